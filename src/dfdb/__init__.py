@@ -1,0 +1,61 @@
+"""dfdb: an asyncio-native, pluggable northbound database layer.
+
+Everything an application needs is importable from here; driver authors import
+from :mod:`dfdb.drivers`.
+"""
+
+from __future__ import annotations
+
+from dfdb.errors import (
+    AlreadyExistsError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+    ConflictError,
+    CorruptObjectError,
+    DfdbError,
+    DriverError,
+    InvalidURL,
+    MissingDependencyError,
+    ModelDefinitionError,
+    NotFoundError,
+    OutcomeUnknownError,
+    StreamClosedError,
+    UnknownDriverError,
+)
+from dfdb.events import Action, ChangeEvent, ChangeStream
+from dfdb.model import NbModel, Ref, dependency_order, registered_models
+from dfdb.nb import ListResult, NbApi, connect
+from dfdb.url import DatabaseURL
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "AlreadyExistsError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "ChangeEvent",
+    "ChangeStream",
+    "ConfigurationError",
+    "ConflictError",
+    "CorruptObjectError",
+    "DatabaseURL",
+    "DfdbError",
+    "DriverError",
+    "InvalidURL",
+    "ListResult",
+    "MissingDependencyError",
+    "ModelDefinitionError",
+    "NbApi",
+    "NbModel",
+    "NotFoundError",
+    "OutcomeUnknownError",
+    "Ref",
+    "StreamClosedError",
+    "UnknownDriverError",
+    "__version__",
+    "connect",
+    "dependency_order",
+    "registered_models",
+]

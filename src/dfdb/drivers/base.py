@@ -1,0 +1,253 @@
+"""The driver contract: a minimal key/value store with revisions and a change stream.
+
+A driver never sees a model: it stores ``(table, id) -> (value bytes, revision)``
+with the object's topic carried alongside. Revisions are integers that strictly
+increase across all writes of a deployment.
+"""
+
+from __future__ import annotations
+
+import enum
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Collection
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar, Final, Literal
+
+from dfdb.errors import StreamClosedError
+from dfdb.url import DatabaseURL
+
+__all__ = [
+    "ABSENT",
+    "ANY",
+    "Capability",
+    "Driver",
+    "Entry",
+    "EventSource",
+    "Expect",
+    "Listing",
+    "RawAction",
+    "RawEvent",
+]
+
+
+class Capability(enum.Flag):
+    """What a driver offers beyond the basic key/value contract."""
+
+    NONE = 0
+    NATIVE_STREAM = enum.auto()
+    """The server pushes changes (pub-sub, watch); ``watch`` needs no polling."""
+    CHANGE_LOG = enum.auto()
+    """Every change is kept, in order, for a while: ``watch(since=…)`` resumes without gaps."""
+    ORDERED = enum.auto()
+    """One stream delivers all its events in revision order, across keys."""
+    TOPIC_FILTER = enum.auto()
+    """``watch(topics=…)`` is filtered by the backend, not by the client."""
+
+
+class _Sentinel(enum.Enum):
+    ABSENT = "absent"
+    ANY = "any"
+
+
+ABSENT: Final = _Sentinel.ABSENT
+"""Expectation for ``put``: the key must not exist (a create)."""
+ANY: Final = _Sentinel.ANY
+"""Expectation for ``put``: write whatever is there (unconditional)."""
+
+Expect = Literal[_Sentinel.ABSENT, _Sentinel.ANY] | int
+"""``ABSENT``, ``ANY``, or the revision the key must have now (compare-and-swap)."""
+
+RawAction = Literal["create", "update", "delete", "resync"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored value."""
+
+    table: str
+    id: str
+    topic: str | None
+    value: bytes
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The result of :meth:`Driver.list`: the entries and the revision they are consistent with."""
+
+    entries: list[Entry]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """A change as a driver reports it.
+
+    Attributes:
+        action: ``create``, ``update``, ``delete``, or ``resync`` (history was lost
+            between the requested position and ``revision``; the scope is ``table``
+            and ``topic``, ``None`` meaning everything watched).
+        table, id, topic: the key (``id`` is empty for ``resync``).
+        value: the new value; for a delete the last value where known, else ``None``.
+        revision: the revision of the change; for ``resync``, the position the stream
+            continues from.
+    """
+
+    action: RawAction
+    table: str | None
+    id: str
+    topic: str | None
+    value: bytes | None
+    revision: int
+
+
+class EventSource(ABC):
+    """An async iterator of :class:`RawEvent` returned by :meth:`Driver.watch`.
+
+    It is subscribed when ``watch`` returns: every later change arrives. ``aclose``
+    stops it and releases everything it holds.
+    """
+
+    def __aiter__(self) -> EventSource:
+        return self
+
+    @abstractmethod
+    async def __anext__(self) -> RawEvent:
+        """The next event, waiting for one.
+
+        Raises:
+            StopAsyncIteration: the source was closed.
+            BackendUnavailableError: the server is gone and reconnecting failed.
+        """
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop the source; idempotent."""
+
+
+class Driver(ABC):
+    """A backend. Subclasses implement the key/value operations below.
+
+    Register a driver under the entry-point group ``dfdb.drivers`` with its URL
+    scheme as the name and ``module:Class`` as the value. The class is built with
+    ``Driver(url)`` and opened with ``await driver.open()``; it must be closed with
+    ``aclose`` (or ``async with``).
+    """
+
+    capabilities: ClassVar[Capability] = Capability.NONE
+    """What this driver offers; see :class:`Capability`."""
+
+    def __init__(self, url: DatabaseURL) -> None:
+        self.url = url
+        self._closed = False
+        self._opened = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``aclose`` was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StreamClosedError(f"the {self.url.scheme} driver is closed")
+
+    async def __aenter__(self) -> Driver:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Connect to the backend. The base implementation only marks the driver open.
+
+        Raises:
+            BackendUnavailableError: the server cannot be reached.
+        """
+        self._check_open()
+        self._opened = True
+
+    async def aclose(self) -> None:
+        """Close connections and stop tasks; idempotent."""
+        self._closed = True
+
+    def __del__(self) -> None:
+        if getattr(self, "_opened", False) and not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed dfdb driver {self.url}", ResourceWarning, stacklevel=1, source=self)
+
+    @abstractmethod
+    async def identity(self) -> str:
+        """A string naming this backend's data: changes when the data is not the same any more
+        (another server, or one that came back without its data). Part of every cursor."""
+
+    @abstractmethod
+    async def get(self, table: str, id: str) -> Entry | None:
+        """The entry at (table, id), or ``None`` when absent."""
+
+    @abstractmethod
+    async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
+        """Write ``value`` at (table, id) if ``expect`` holds.
+
+        Args:
+            expect: ``ABSENT`` (create), ``ANY`` (unconditional) or the key's
+                current revision (compare-and-swap).
+
+        Returns:
+            The revision of the write.
+
+        Raises:
+            AlreadyExistsError: ``ABSENT`` was expected and the key exists.
+            NotFoundError: a revision was expected and the key is absent.
+            ConflictError: a revision was expected and the key has another.
+            ValueError: an update names another topic than the stored one.
+            BackendUnavailableError: the write may or may not have happened.
+        """
+
+    @abstractmethod
+    async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
+        """Delete (table, id), if it is at revision ``expect`` when given.
+
+        Returns:
+            The deleted entry with the revision of the delete.
+
+        Raises:
+            NotFoundError: the key is absent.
+            ConflictError: ``expect`` was given and the key has another revision.
+        """
+
+    @abstractmethod
+    async def list(self, table: str, topic: str | None = None) -> Listing:
+        """Every entry of ``table`` (of one ``topic`` when given), and the revision
+        the listing is consistent with: a watch from that revision misses nothing."""
+
+    @abstractmethod
+    async def watch(
+        self,
+        tables: Collection[str],
+        topics: Collection[str | None] | None = None,
+        since: int | None = None,
+    ) -> EventSource:
+        """Subscribe to changes of ``tables``; subscribed when this returns.
+
+        Args:
+            topics: only these topics (``None`` in the set: topic-less objects);
+                ``None``: every topic. A driver without ``TOPIC_FILTER`` may return
+                other topics too; the caller filters.
+            since: deliver every change after this revision (drivers with a change
+                log or native stream); ``None``: changes from now on. When history
+                after ``since`` is gone the source yields a ``resync`` event first.
+        """
+
+    @abstractmethod
+    async def allocate_unique_key(self, table: str) -> int:
+        """A positive integer never returned before for ``table`` on this backend."""
+
+    @abstractmethod
+    async def compact(self) -> None:
+        """Discard change history up to the current revision, as an operator's maintenance
+        step would; a watcher resuming from an older cursor then gets ``resync``. A driver
+        that keeps no history does nothing."""

@@ -1,0 +1,115 @@
+"""The errors dfdb raises.
+
+Every failure is a :class:`DfdbError`. Builtin exception types are mixed in so that
+generic handlers keep working (``except LookupError`` catches :class:`NotFoundError`)::
+
+    DfdbError
+    ├─ ConfigurationError(ValueError)
+    │   ├─ InvalidURL
+    │   ├─ UnknownDriverError
+    │   └─ MissingDependencyError(ImportError)
+    ├─ DriverError
+    │   ├─ BackendUnavailableError(ConnectionError)
+    │   │   └─ OutcomeUnknownError
+    │   └─ BackendTimeoutError(TimeoutError)
+    ├─ NotFoundError(LookupError)
+    ├─ AlreadyExistsError
+    ├─ ConflictError
+    ├─ CorruptObjectError
+    ├─ StreamClosedError
+    └─ ModelDefinitionError(TypeError)
+
+Client-library exceptions (redis, grpc, ZooKeeper, sqlite) never reach the user:
+drivers map them to these types at their boundary.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExistsError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "ConflictError",
+    "CorruptObjectError",
+    "DfdbError",
+    "DriverError",
+    "InvalidURL",
+    "MissingDependencyError",
+    "ModelDefinitionError",
+    "NotFoundError",
+    "OutcomeUnknownError",
+    "StreamClosedError",
+    "UnknownDriverError",
+]
+
+
+class DfdbError(Exception):
+    """Base class of every error dfdb raises."""
+
+
+class ConfigurationError(DfdbError, ValueError):
+    """The configuration (a URL, an option) is wrong; fix it and try again."""
+
+
+class InvalidURL(ConfigurationError):
+    """A database URL that cannot be parsed or has a bad option value."""
+
+
+class UnknownDriverError(ConfigurationError):
+    """No driver is registered for the URL's scheme."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """The client library a driver needs is not installed."""
+
+
+class DriverError(DfdbError):
+    """The backend failed to carry out an operation."""
+
+
+class BackendUnavailableError(DriverError, ConnectionError):
+    """The server cannot be reached or dropped the connection, and retries are spent."""
+
+
+class OutcomeUnknownError(BackendUnavailableError):
+    """A write's reply was lost and dfdb cannot tell whether the write took effect."""
+
+
+class BackendTimeoutError(DriverError, TimeoutError):
+    """The backend did not answer within the call's timeout."""
+
+
+class NotFoundError(DfdbError, LookupError):
+    """The object (table, id) does not exist."""
+
+
+class AlreadyExistsError(DfdbError):
+    """A create found an object with the same (table, id)."""
+
+
+class ConflictError(DfdbError):
+    """A compare-and-swap failed: the object changed since the copy was read."""
+
+
+class CorruptObjectError(DfdbError):
+    """A stored value cannot be decoded into its model.
+
+    Attributes:
+        table: the table of the bad value.
+        id: the key of the bad value.
+    """
+
+    def __init__(self, table: str, id: str, reason: str) -> None:
+        super().__init__(f"corrupt object {table}/{id}: {reason}")
+        self.table = table
+        self.id = id
+        self.reason = reason
+
+
+class StreamClosedError(DfdbError):
+    """The stream, NbApi or driver was closed and cannot be used any more."""
+
+
+class ModelDefinitionError(DfdbError, TypeError):
+    """A model class is defined wrongly (duplicate table, reference cycle, …)."""

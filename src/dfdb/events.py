@@ -1,0 +1,216 @@
+"""Change events and the :class:`ChangeStream` that delivers them."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import warnings
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from dfdb.drivers.base import EventSource, RawEvent
+from dfdb.errors import CorruptObjectError, StreamClosedError
+from dfdb.model import NbModel
+
+__all__ = ["Action", "ChangeEvent", "ChangeStream", "format_cursor", "parse_cursor"]
+
+log = logging.getLogger("dfdb")
+
+_DEDUP_KEYS = 200_000
+
+
+class Action(enum.StrEnum):
+    """What happened to an object (``RESYNC``: history was lost; reconcile the scope)."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    RESYNC = "resync"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One change delivered by a :class:`ChangeStream`.
+
+    Attributes:
+        action: the :class:`Action`.
+        model: the object's model class; for ``RESYNC`` the scope's model, ``None``
+            meaning every model watched.
+        id: the object's id (empty for ``RESYNC``).
+        topic: the object's topic, deletes included; for ``RESYNC`` the scope's topic,
+            ``None`` meaning every topic watched.
+        revision: the backend's position of the change.
+        obj: the new object; for a delete the last one where known, else ``None``;
+            ``None`` for ``RESYNC``.
+        cursor: the stream position just after this event.
+    """
+
+    action: Action
+    model: type[NbModel] | None
+    id: str
+    topic: str | None
+    revision: int
+    obj: NbModel | None
+    cursor: str
+
+
+def format_cursor(identity: str, revision: int) -> str:
+    """The opaque cursor text for ``revision`` on the backend named ``identity``."""
+    return f"{identity}@{revision}"
+
+
+def parse_cursor(cursor: str) -> tuple[str, int]:
+    """Split a cursor into (backend identity, revision).
+
+    Raises:
+        ValueError: ``cursor`` is not a dfdb cursor.
+    """
+    if isinstance(cursor, str):
+        identity, sep, rev = cursor.rpartition("@")
+        if sep and identity and rev.isdigit():
+            return identity, int(rev)
+    raise ValueError(f"not a dfdb cursor: {cursor!r}")
+
+
+Decoder = Callable[[type[NbModel], str, str | None, bytes, int], NbModel]
+
+
+class ChangeStream:
+    """An async iterator of :class:`ChangeEvent`, from ``NbApi.watch``.
+
+    Use it with ``async with``: it is subscribed when entered, and every change
+    committed after that arrives. Duplicates (same key, same revision) are dropped;
+    a stored value that fails validation is logged with its table and key and
+    skipped. ``cursor`` is the position after the last event yielded; pass it to
+    ``watch(since=…)`` to resume.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, type[NbModel]],
+        topics: Collection[str | None] | None,
+        opener: Callable[[int | None], Awaitable[EventSource]],
+        identity: str,
+        since: int | None,
+        *,
+        filter_topics: bool,
+        decode: Decoder,
+        start_with_resync: bool = False,
+    ) -> None:
+        self._models = dict(models)
+        self._topics = None if topics is None else frozenset(topics)
+        self._opener = opener
+        self._identity = identity
+        self._since = since
+        self._filter_topics = filter_topics
+        self._decode = decode
+        self._source: EventSource | None = None
+        self._state = "new"
+        self._last: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._position = since
+        self._pending_resync = start_with_resync
+        self.corrupt = 0
+        """How many events were skipped because their value failed validation."""
+        self.duplicates = 0
+        """How many duplicate events were dropped."""
+
+    @property
+    def cursor(self) -> str:
+        """The position after the last event yielded (resume with ``watch(since=cursor)``).
+
+        Raises:
+            StreamClosedError: the stream was never entered.
+        """
+        if self._position is None:
+            raise StreamClosedError("the stream has no position until it is entered")
+        return format_cursor(self._identity, self._position)
+
+    async def __aenter__(self) -> ChangeStream:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Subscribe; ``async with`` calls this."""
+        if self._state != "new":
+            raise StreamClosedError("a ChangeStream can be entered only once")
+        self._state = "opening"
+        source = await self._opener(self._since)
+        self._source = source
+        self._state = "open"
+        if self._position is None:
+            self._position = getattr(source, "position", None)
+            if self._position is None:
+                self._position = 0
+
+    def __aiter__(self) -> ChangeStream:
+        return self
+
+    async def __anext__(self) -> ChangeEvent:
+        if self._state != "open" or self._source is None:
+            if self._state == "closed":
+                raise StopAsyncIteration
+            raise StreamClosedError("enter the stream with 'async with nb.watch(…)' before iterating")
+        if self._pending_resync:
+            self._pending_resync = False
+            self._last.clear()
+            return ChangeEvent(Action.RESYNC, None, "", None, self._position or 0, None, self.cursor)
+        source = self._source
+        while True:
+            raw = await source.__anext__()
+            event = self._convert(raw)
+            if event is not None:
+                return event
+
+    def _convert(self, raw: RawEvent) -> ChangeEvent | None:
+        if raw.action == "resync":
+            self._last.clear()
+            self._position = raw.revision
+            model = self._models.get(raw.table) if raw.table else None
+            return ChangeEvent(Action.RESYNC, model, "", raw.topic, raw.revision, None, self.cursor)
+        if self._position is None or raw.revision > self._position:
+            self._position = raw.revision
+        model = self._models.get(raw.table or "")
+        if model is None:
+            return None
+        if self._filter_topics and self._topics is not None and raw.topic not in self._topics:
+            return None
+        key = (raw.table or "", raw.id)
+        last = self._last.get(key)
+        if last is not None and raw.revision <= last:
+            self.duplicates += 1
+            return None
+        self._last[key] = raw.revision
+        self._last.move_to_end(key)
+        if len(self._last) > _DEDUP_KEYS:
+            self._last.popitem(last=False)
+        obj: NbModel | None = None
+        if raw.value is not None:
+            try:
+                obj = self._decode(model, raw.id, raw.topic, raw.value, raw.revision)
+            except CorruptObjectError as exc:
+                if raw.action != "delete":
+                    self.corrupt += 1
+                    log.warning("skipping change at revision %d: %s", raw.revision, exc)
+                    return None
+        return ChangeEvent(Action(raw.action), model, raw.id, raw.topic, raw.revision, obj, self.cursor)
+
+    async def aclose(self) -> None:
+        """Unsubscribe and release everything; idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        source, self._source = self._source, None
+        if source is not None:
+            await source.aclose()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_state", "closed") == "open":
+            _warn("unclosed dfdb ChangeStream", ResourceWarning, stacklevel=1, source=self)

@@ -1,0 +1,146 @@
+"""A fault-injecting driver wrapper, to prove the conformance suite can fail.
+
+``faulty://NAME?fault=F&inner=SCHEME[&other options]`` wraps the driver
+``SCHEME://NAME?other options`` and injects one fault ``F``:
+
+``drop``
+    drops every 1,000th event of each change stream.
+``reorder``
+    swaps two consecutive events of the same key.
+``ignore_expect``
+    ignores the expected revision of updates and deletes (no compare-and-swap).
+``trim``
+    loses the history a resumed watch asks for, without announcing it.
+``leak``
+    leaves a task running for every watch.
+``lose_reply``
+    performs every first write attempt, then reports the connection as lost
+    (a fault the NbApi must absorb: its retries are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Collection
+
+from dfdb.drivers import driver_class, register_driver
+from dfdb.drivers.base import ANY, Driver, Entry, EventSource, Expect, Listing, RawEvent
+from dfdb.errors import BackendUnavailableError, InvalidURL
+from dfdb.url import DatabaseURL
+
+__all__ = ["FAULTS", "FaultyDriver"]
+
+FAULTS = ("drop", "reorder", "ignore_expect", "trim", "leak", "lose_reply")
+
+_leaked: set[asyncio.Task[None]] = set()
+
+
+class FaultyDriver(Driver):
+    """Wraps another driver and injects one fault; see the module documentation."""
+
+    def __init__(self, url: DatabaseURL) -> None:
+        super().__init__(url)
+        fault = url.option("fault")
+        if fault not in FAULTS:
+            raise InvalidURL(f"faulty:// needs fault= one of {', '.join(FAULTS)}")
+        self.fault = fault
+        inner_scheme = url.option("inner", "memory") or "memory"
+        inner_url = DatabaseURL(
+            inner_scheme,
+            url.hosts,
+            url.username,
+            url.password,
+            url.path,
+            {k: v for k, v in url.options.items() if k not in ("fault", "inner")},
+        )
+        self.inner = driver_class(inner_url)(inner_url)
+        self.capabilities = self.inner.capabilities  # type: ignore[misc]
+        self._lost: set[tuple[str, str]] = set()
+
+    async def open(self) -> None:
+        await super().open()
+        await self.inner.open()
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.inner.aclose()
+
+    async def identity(self) -> str:
+        return await self.inner.identity()
+
+    async def get(self, table: str, id: str) -> Entry | None:
+        return await self.inner.get(table, id)
+
+    async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
+        if self.fault == "ignore_expect" and isinstance(expect, int):
+            expect = ANY
+        revision = await self.inner.put(table, id, topic, value, expect)
+        if self.fault == "lose_reply" and (table, id) not in self._lost:
+            self._lost.add((table, id))
+            raise BackendUnavailableError("connection lost (injected)")
+        return revision
+
+    async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
+        if self.fault == "ignore_expect":
+            expect = None
+        return await self.inner.delete(table, id, expect)
+
+    async def list(self, table: str, topic: str | None = None) -> Listing:
+        return await self.inner.list(table, topic)
+
+    async def watch(
+        self,
+        tables: Collection[str],
+        topics: Collection[str | None] | None = None,
+        since: int | None = None,
+    ) -> EventSource:
+        if self.fault == "leak":
+            task = asyncio.create_task(asyncio.sleep(3600), name="dfdb-injected-leak")
+            _leaked.add(task)
+        if self.fault == "trim" and since is not None:
+            since = None  # start from now: whatever happened after `since` is silently gone
+        return _FaultySource(await self.inner.watch(tables, topics, since), self.fault)
+
+    async def allocate_unique_key(self, table: str) -> int:
+        return await self.inner.allocate_unique_key(table)
+
+    async def compact(self) -> None:
+        await self.inner.compact()
+
+
+class _FaultySource(EventSource):
+    def __init__(self, inner: EventSource, fault: str) -> None:
+        self._inner = inner
+        self._fault = fault
+        self._count = 0
+        self._pending: list[RawEvent] = []
+
+    async def __anext__(self) -> RawEvent:
+        if self._pending:
+            return self._pending.pop()
+        while True:
+            event = await self._inner.__anext__()
+            if event.action == "resync":
+                if self._fault == "trim":
+                    continue
+                return event
+            self._count += 1
+            if self._fault == "drop" and self._count % 1000 == 0:
+                continue
+            if self._fault == "reorder":
+                nxt: RawEvent | None = None
+                with contextlib.suppress(TimeoutError):
+                    nxt = await asyncio.wait_for(self._inner.__anext__(), 0.05)
+                if nxt is not None:
+                    if (nxt.table, nxt.id) == (event.table, event.id):
+                        self._pending.append(event)
+                        return nxt
+                    self._pending.append(nxt)
+            return event
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+register_driver("faulty", FaultyDriver)

@@ -1,0 +1,53 @@
+"""Resource accounting: tasks, threads and file descriptors before and after a test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from dataclasses import dataclass
+
+__all__ = ["ResourceSnapshot"]
+
+
+def _fd_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # pragma: no cover - not Linux
+        return 0
+
+
+@dataclass(frozen=True)
+class ResourceSnapshot:
+    """The tasks, threads and open file descriptors of this process at one moment."""
+
+    tasks: frozenset[asyncio.Task[object]]
+    threads: frozenset[threading.Thread]
+    fds: int
+
+    @classmethod
+    def take(cls) -> ResourceSnapshot:
+        """Take a snapshot now (inside a running event loop)."""
+        current = asyncio.current_task()
+        tasks = frozenset(t for t in asyncio.all_tasks() if t is not current and not t.done())
+        return cls(tasks, frozenset(threading.enumerate()), _fd_count())
+
+    def leaks_since(self, baseline: ResourceSnapshot) -> list[str]:
+        """What this snapshot holds beyond ``baseline``, described; empty when nothing."""
+        problems = [f"task left running: {t.get_name()} ({t.get_coro()!r})" for t in self.tasks - baseline.tasks]
+        problems += [f"thread left running: {t.name}" for t in self.threads - baseline.threads if t.is_alive()]
+        if self.fds > baseline.fds:
+            problems.append(f"{self.fds - baseline.fds} file descriptor(s) left open")
+        return problems
+
+    @staticmethod
+    async def wait_clean(baseline: ResourceSnapshot, grace: float = 2.0) -> list[str]:
+        """Wait up to ``grace`` seconds for resources to return to ``baseline``;
+        return what is still left over (empty when clean)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            leaks = ResourceSnapshot.take().leaks_since(baseline)
+            if not leaks or loop.time() >= deadline:
+                return leaks
+            await asyncio.sleep(0.01)

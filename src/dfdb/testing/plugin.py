@@ -1,0 +1,79 @@
+"""The pytest plugin behind the conformance suite: URLs, the ``nb`` fixture, leak checks.
+
+Options: ``--dfdb-url URL`` (repeatable) or the ini setting ``dfdb_urls`` (one URL
+a line). ``{name}`` in a URL becomes a fresh name per test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+import dfdb
+from dfdb.testing.leaks import ResourceSnapshot
+
+DEFAULT_URLS = ["memory://{name}"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dfdb")
+    group.addoption(
+        "--dfdb-url",
+        action="append",
+        default=[],
+        help="database URL to run the dfdb conformance suite against ({name}: a fresh name per test)",
+    )
+    parser.addini("dfdb_urls", "database URLs for the dfdb conformance suite", type="linelist", default=[])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "dfdb_exact: needs a driver that delivers every change (not polling)")
+    import dfdb.testing.faults  # noqa: F401  (registers faulty://)
+
+
+def _urls(config: pytest.Config) -> list[str]:
+    urls: list[str] = config.getoption("dfdb_url") or config.getini("dfdb_urls") or DEFAULT_URLS
+    return urls
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "dfdb_url" in metafunc.fixturenames:
+        urls = _urls(metafunc.config)
+        metafunc.parametrize(
+            "dfdb_url",
+            urls,
+            ids=[u.split("?", 1)[0].split("://", 1)[0] + ("-poll" if "notifications=poll" in u else "") for u in urls],
+        )
+
+
+@pytest.fixture
+async def dfdb_leak_check() -> AsyncIterator[None]:
+    """Fails the test when tasks, threads or file descriptors outlive it."""
+    baseline = ResourceSnapshot.take()
+    yield
+    leaks = await ResourceSnapshot.wait_clean(baseline)
+    if leaks:
+        pytest.fail("resources left behind: " + "; ".join(leaks))
+
+
+@pytest.fixture
+def dfdb_fresh_url(dfdb_url: str) -> str:
+    """``dfdb_url`` with ``{name}`` replaced by a name unique to this test."""
+    return dfdb_url.replace("{name}", "t" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture
+async def nb(dfdb_leak_check: None, dfdb_fresh_url: str) -> AsyncIterator[dfdb.NbApi]:
+    """An open :class:`dfdb.NbApi` on an empty namespace of the URL under test."""
+    async with dfdb.connect(dfdb_fresh_url) as api:
+        yield api
+
+
+@pytest.fixture
+def exact_nb(nb: dfdb.NbApi) -> dfdb.NbApi:
+    """``nb``, skipping the test when its streams only converge (snapshot polling)."""
+    if not nb.exact:
+        pytest.skip("snapshot polling promises convergence, not every change")
+    return nb

@@ -1,0 +1,158 @@
+"""Database URLs: parsed once, several hosts allowed, password masked."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from dfdb.errors import InvalidURL
+
+__all__ = ["DatabaseURL"]
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    """A parsed database URL such as ``etcd://user:pw@h1:2379,h2:2379/prefix?timeout=3``.
+
+    Attributes:
+        scheme: the driver's scheme (``memory``, ``sqlite``, ``redis`` …).
+        hosts: ``(host, port)`` pairs; ``port`` is ``None`` when not given.
+        username: the user name, or ``None``.
+        password: the password, or ``None``; never shown by ``repr`` or ``str``.
+        path: the part after the hosts, without the leading ``/``.
+        options: the query string as a mapping of strings.
+    """
+
+    scheme: str
+    hosts: tuple[tuple[str, int | None], ...] = ()
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    path: str = ""
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, url: str | DatabaseURL) -> DatabaseURL:
+        """Parse ``url``.
+
+        Raises:
+            InvalidURL: the text is not a URL dfdb understands.
+        """
+        if isinstance(url, DatabaseURL):
+            return url
+        if not isinstance(url, str) or "://" not in url:
+            raise InvalidURL(f"not a database URL (expected scheme://…): {_mask_text(str(url))!r}")
+        scheme, rest = url.split("://", 1)
+        if not scheme or not all(c.isalnum() or c in "+-." for c in scheme):
+            raise InvalidURL(f"bad scheme in database URL: {scheme!r}")
+        parts = urlsplit("x://" + rest)
+        netloc = rest.split("/", 1)[0].split("?", 1)[0]
+        username = password = None
+        if "@" in netloc:
+            userinfo, netloc = netloc.rsplit("@", 1)
+            user, _, pw = userinfo.partition(":")
+            username = unquote(user) or None
+            password = unquote(pw) if pw else None
+        hosts: list[tuple[str, int | None]] = []
+        for hostport in filter(None, netloc.split(",")):
+            host, port = _split_hostport(hostport)
+            hosts.append((host, port))
+        try:
+            options = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+        except ValueError as exc:  # pragma: no cover - parse_qsl is lenient
+            raise InvalidURL(f"bad query string in database URL: {exc}") from None
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        return cls(scheme.lower(), tuple(hosts), username, password, unquote(path), options)
+
+    def option(self, name: str, default: str | None = None) -> str | None:
+        """The raw text of option ``name``, or ``default``."""
+        return self.options.get(name, default)
+
+    def int_option(self, name: str, default: int, *, minimum: int = 0) -> int:
+        """Option ``name`` as an integer ≥ ``minimum``.
+
+        Raises:
+            InvalidURL: the value is not such an integer.
+        """
+        raw = self.options.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidURL(f"option {name}={raw!r} is not an integer") from None
+        if value < minimum:
+            raise InvalidURL(f"option {name}={value} must be at least {minimum}")
+        return value
+
+    def float_option(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        """Option ``name`` as a number ≥ ``minimum``.
+
+        Raises:
+            InvalidURL: the value is not such a number.
+        """
+        raw = self.options.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidURL(f"option {name}={raw!r} is not a number") from None
+        if not value >= minimum:
+            raise InvalidURL(f"option {name}={value} must be at least {minimum}")
+        return value
+
+    def without_options(self, *names: str) -> DatabaseURL:
+        """A copy without the options ``names``."""
+        opts = {k: v for k, v in self.options.items() if k not in names}
+        return DatabaseURL(self.scheme, self.hosts, self.username, self.password, self.path, opts)
+
+    def render(self, *, mask: bool = True) -> str:
+        """The URL as text; the password shows as ``***`` unless ``mask`` is false."""
+        auth = ""
+        if self.username or self.password:
+            auth = quote(self.username or "", safe="")
+            if self.password:
+                auth += ":" + ("***" if mask else quote(self.password, safe=""))
+            auth += "@"
+        hosts = ",".join(h if p is None else f"{_host_text(h)}:{p}" for h, p in self.hosts)
+        text = f"{self.scheme}://{auth}{hosts}"
+        if self.path or self.scheme == "sqlite":
+            text += "/" + self.path
+        if self.options:
+            text += "?" + "&".join(f"{k}={v}" for k, v in self.options.items())
+        return text
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def _host_text(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _split_hostport(text: str) -> tuple[str, int | None]:
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise InvalidURL(f"bad host in database URL: {text!r}")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.partition(":")
+    if not port_text:
+        return host, None
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise InvalidURL(f"bad port in database URL: {port_text!r}") from None
+    if not 0 < port < 65536:
+        raise InvalidURL(f"port out of range in database URL: {port}")
+    return host, port
+
+
+def _mask_text(text: str) -> str:
+    if "@" in text and "://" in text:
+        scheme, rest = text.split("://", 1)
+        userinfo, _, tail = rest.partition("@")
+        return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{tail}"
+    return text
