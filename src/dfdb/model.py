@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -23,6 +24,8 @@ __all__ = [
 ]
 
 _MAX_KEY = 255
+_REF_NAME = re.compile(r"Ref\[\s*['\"]?(\w+)")
+_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f/]")
 
 
 def validate_key(value: str, what: str = "id") -> str:
@@ -36,6 +39,8 @@ def validate_key(value: str, what: str = "id") -> str:
     """
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, not {type(value).__name__}")
+    if 0 < len(value) <= _MAX_KEY and value not in (".", "..") and not _BAD_CHAR.search(value):
+        return value
     if not value:
         raise ValueError(f"{what} must not be empty")
     if len(value) > _MAX_KEY:
@@ -153,7 +158,7 @@ class NbModel(BaseModel):
         super().__pydantic_init_subclass__(**kwargs)
         if "__table__" in cls.__dict__:
             try:
-                dependency_order([m for m in _REGISTRY.values() if _is_complete(m)])
+                dependency_order(_REGISTRY.values())
             except ModelDefinitionError:
                 _REGISTRY.pop(cls.__table__, None)
                 _BY_NAME.pop(cls.__name__, None)
@@ -166,10 +171,6 @@ class NbModel(BaseModel):
 
     def __hash__(self) -> int:
         return hash((type(self), self.id, self.topic, self.version))
-
-
-def _is_complete(model: type[NbModel]) -> bool:
-    return bool(getattr(model, "__pydantic_complete__", False))
 
 
 def model_for_table(table: str) -> type[NbModel] | None:
@@ -198,6 +199,14 @@ def _walk_model(model: type[BaseModel], found: set[type[NbModel]], seen: set[typ
 
 
 def _walk_annotation(ann: Any, found: set[type[NbModel]], seen: set[type]) -> None:
+    if isinstance(ann, typing.ForwardRef):
+        ann = ann.__forward_arg__
+    if isinstance(ann, str):  # not resolved yet: find the references by name
+        for name in _REF_NAME.findall(ann):
+            target = _BY_NAME.get(name)
+            if target is not None:
+                found.add(target)
+        return
     origin = typing.get_origin(ann)
     if origin is Ref:
         args = typing.get_args(ann)

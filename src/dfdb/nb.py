@@ -170,6 +170,7 @@ class NbApi:
 
     def __del__(self) -> None:
         if getattr(self, "_state", "closed") == "open":
+            self.driver._warned = True  # one warning for the pair is enough
             warnings.warn(f"unclosed dfdb NbApi {self.url}", ResourceWarning, stacklevel=1, source=self)
 
     def _check(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote
 
 from dfdb.errors import InvalidURL
 
@@ -45,8 +45,9 @@ class DatabaseURL:
         scheme, rest = url.split("://", 1)
         if not scheme or not all(c.isalnum() or c in "+-." for c in scheme):
             raise InvalidURL(f"bad scheme in database URL: {scheme!r}")
-        parts = urlsplit("x://" + rest)
-        netloc = rest.split("/", 1)[0].split("?", 1)[0]
+        rest, _, query = rest.partition("?")
+        rest = rest.partition("#")[0]
+        netloc, slash, path = rest.partition("/")
         username = password = None
         if "@" in netloc:
             userinfo, netloc = netloc.rsplit("@", 1)
@@ -57,12 +58,8 @@ class DatabaseURL:
         for hostport in filter(None, netloc.split(",")):
             host, port = _split_hostport(hostport)
             hosts.append((host, port))
-        try:
-            options = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
-        except ValueError as exc:  # pragma: no cover - parse_qsl is lenient
-            raise InvalidURL(f"bad query string in database URL: {exc}") from None
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
-        return cls(scheme.lower(), tuple(hosts), username, password, unquote(path), options)
+        options = dict(parse_qsl(query, keep_blank_values=True))
+        return cls(scheme.lower(), tuple(hosts), username, password, unquote(path) if slash else "", options)
 
     def option(self, name: str, default: str | None = None) -> str | None:
         """The raw text of option ``name``, or ``default``."""

@@ -89,7 +89,7 @@ def driver_class(url: DatabaseURL) -> type[Driver]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        if extra is not None and exc.name and not exc.name.startswith("dfdb"):
+        if extra is not None and exc.name and exc.name.split(".")[0] != "dfdb":
             raise MissingDependencyError(
                 f"the {scheme}:// driver needs the {exc.name!r} package. Install it with: pip install 'dfdb[{extra}]'"
             ) from exc

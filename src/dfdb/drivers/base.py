@@ -143,6 +143,7 @@ class Driver(ABC):
         self.url = url
         self._closed = False
         self._opened = False
+        self._warned = False
 
     @property
     def closed(self) -> bool:
@@ -176,7 +177,7 @@ class Driver(ABC):
         self._closed = True
 
     def __del__(self) -> None:
-        if getattr(self, "_opened", False) and not getattr(self, "_closed", True):
+        if getattr(self, "_opened", False) and not getattr(self, "_closed", True) and not self._warned:
             warnings.warn(f"unclosed dfdb driver {self.url}", ResourceWarning, stacklevel=1, source=self)
 
     @abstractmethod

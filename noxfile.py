@@ -1,0 +1,50 @@
+"""Development sessions: ``nox`` runs lint, mypy, tests and examples."""
+
+from __future__ import annotations
+
+import glob
+
+import nox
+
+nox.options.sessions = ["lint", "mypy", "tests", "examples"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "src", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def mypy(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[all,dev]")
+    session.run("mypy", "src")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole test suite, the conformance suite on every built-in driver included."""
+    session.install("-e", ".[all,dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def examples(session: nox.Session) -> None:
+    """Run every example as a user would."""
+    session.install("-e", ".")
+    for path in sorted(glob.glob("examples/*.py")):
+        session.run("python", path)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmarks (not part of the default run)."""
+    session.install("-e", ".[all]")
+    session.run("python", "-m", "dfdb", "bench", *session.posargs)

@@ -1,0 +1,301 @@
+"""The ``dfdb`` command: demo, admin commands, copy between backends, benchmarks.
+
+Every handled error prints one line; usage mistakes exit 2, other failures exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
+
+from pydantic import ValidationError
+
+import dfdb.models  # noqa: F401  (registers the network model set)
+from dfdb.drivers.base import ABSENT
+from dfdb.errors import AlreadyExistsError, ConfigurationError, DfdbError, NotFoundError
+from dfdb.events import Action
+from dfdb.model import NbModel, model_for_table, registered_models
+from dfdb.nb import NbApi, connect
+
+__all__ = ["DEFAULT_URL", "main"]
+
+DEFAULT_URL = "memory://"
+"""The embedded default database, used when neither ``--db`` nor ``DFDB_URL`` is set."""
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"dfdb: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dfdb", description="dfdb: a pluggable northbound database with loss-free change streams.")
+    p.add_argument("--db", help="database URL (default: $DFDB_URL, else the embedded default)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds before an unreachable server is an error")
+    p.add_argument("--models", action="append", default=[], metavar="MODULE", help="import MODULE to register models")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="run a whole deployment in one process and check convergence")
+    d.add_argument("--tenants", type=_positive, default=4)
+    d.add_argument("--switches", type=_positive, default=2, help="switches per tenant")
+    d.add_argument("--ports", type=_positive, default=8, help="ports per switch")
+    d.add_argument("--controllers", type=_positive, default=3)
+    d.add_argument("--changes", type=_natural, default=2000, help="changes after the topology is built")
+    d.add_argument("--seed", type=int, default=1)
+
+    ls = sub.add_parser("ls", help="list a table as JSON lines")
+    ls.add_argument("table")
+    ls.add_argument("--topic")
+    g = sub.add_parser("get", help="print one object as JSON")
+    g.add_argument("table")
+    g.add_argument("id")
+    put = sub.add_parser("put", help="create or replace an object given as JSON")
+    put.add_argument("table")
+    put.add_argument("json")
+    rm = sub.add_parser("rm", help="delete an object")
+    rm.add_argument("table")
+    rm.add_argument("id")
+    w = sub.add_parser("watch", help="print changes as JSON lines until interrupted")
+    w.add_argument("tables", nargs="+", metavar="TABLE")
+    w.add_argument("--topic", action="append", help="only this topic (repeatable)")
+    w.add_argument("--since", help="resume from a cursor")
+    w.add_argument("--count", type=_positive, help="stop after this many events")
+    c = sub.add_parser("copy", help="copy every table to another backend")
+    c.add_argument("--to", required=True, metavar="URL")
+    srv = sub.add_parser("server", help="run a local database server for development")
+    srv_sub = srv.add_subparsers(dest="server_command", required=True, metavar="ACTION", parser_class=_Parser)
+    run = srv_sub.add_parser("run", help="run BACKEND in the foreground on loopback")
+    run.add_argument("backend")
+    run.add_argument("--members", type=_positive, default=1)
+    b = sub.add_parser("bench", help="measure sequential writes and write->event latency")
+    b.add_argument("--count", type=_positive, default=2000)
+    return p
+
+
+def _positive(text: str) -> int:
+    value = _natural(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        for module in args.models:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise UsageError(f"cannot import models module {module!r}: {exc}") from None
+        return asyncio.run(_run(args, sys.stdout))
+    except UsageError as exc:
+        print(f"dfdb: error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigurationError as exc:
+        print(f"dfdb: error: {exc}", file=sys.stderr)
+        return 2
+    except DfdbError as exc:
+        print(f"dfdb: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _url(args: argparse.Namespace) -> str:
+    return str(args.db or os.environ.get("DFDB_URL") or DEFAULT_URL)
+
+
+def _model(table: str) -> type[NbModel]:
+    model = model_for_table(table)
+    if model is None:
+        known = ", ".join(m.__table__ for m in registered_models())
+        raise UsageError(f"unknown table {table!r}; known tables: {known}")
+    return model
+
+
+def _json(obj: NbModel) -> str:
+    return obj.model_dump_json()
+
+
+async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "server":
+        return _server(args)
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    nb = connect(_url(args), timeout=args.timeout)
+    async with nb:
+        command = args.command
+        if command == "demo":
+            return await _demo(nb, args, out)
+        if command == "ls":
+            for obj in await nb.get_all(_model(args.table), topic=args.topic):
+                print(_json(obj), file=out)
+            return 0
+        if command == "get":
+            print(_json(await nb.get(_model(args.table), args.id)), file=out)
+            return 0
+        if command == "put":
+            print(_json(await _put(nb, _model(args.table), args.json)), file=out)
+            return 0
+        if command == "rm":
+            await nb.delete(_model(args.table), args.id)
+            return 0
+        if command == "watch":
+            return await _watch(nb, args, out)
+        if command == "copy":
+            return await _copy(nb, args.to, args.timeout)
+        if command == "bench":
+            return await _bench(nb, args.count, out)
+    raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse refuses first
+
+
+async def _put(nb: NbApi, model: type[NbModel], text: str) -> NbModel:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError("the object must be a JSON object")
+    data.pop("version", None)
+    try:
+        obj = model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "object"
+        raise UsageError(f"invalid {model.__table__}: {where}: {first.get('msg')}") from None
+    try:
+        return await nb.create(obj)
+    except AlreadyExistsError:
+        pass
+    changes = obj.model_dump(exclude={"id", "version"})
+    try:
+        return await nb.patch(model, obj.id, **changes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+async def _watch(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
+    models = [_model(t) for t in args.tables]
+    topics = set(args.topic) if args.topic else None
+    try:
+        stream = nb.watch(models, topics=topics, since=args.since)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    seen = 0
+    async with stream:
+        async for ev in stream:
+            record: dict[str, Any] = {
+                "action": ev.action.value,
+                "table": ev.model.__table__ if ev.model else None,
+                "id": ev.id or None,
+                "topic": ev.topic,
+                "revision": ev.revision,
+                "cursor": ev.cursor,
+            }
+            if ev.obj is not None and ev.action != Action.RESYNC:
+                record["object"] = ev.obj.model_dump(mode="json")
+            print(json.dumps(record), file=out, flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    return 0
+
+
+async def _copy(source: NbApi, to_url: str, limit: float) -> int:
+    tty = sys.stderr.isatty()
+    copied = skipped = 0
+    async with connect(to_url, timeout=limit) as target:
+        for model in registered_models():
+            table = model.__table__
+            listing = await source.driver.list(table)
+            total = len(listing.entries)
+            for n, entry in enumerate(sorted(listing.entries, key=lambda e: e.id), 1):
+                try:
+                    await target.driver.put(table, entry.id, entry.topic, entry.value, ABSENT)
+                    copied += 1
+                except AlreadyExistsError:
+                    skipped += 1
+                if tty and (n % 100 == 0 or n == total):
+                    print(f"\r{table}: {n}/{total}", end="", file=sys.stderr, flush=True)
+            if tty and total:
+                print(file=sys.stderr)
+            elif total:
+                print(f"{table}: {total}/{total}", file=sys.stderr)
+    print(f"copied {copied} objects to {target.url}; {skipped} already there (left unchanged)", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
+    from dfdb.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(args.tenants, args.switches, args.ports, args.controllers, args.changes, args.seed)
+    result = await run_demo(nb, cfg, out)
+    return 0 if result.ok else 1
+
+
+async def _bench(nb: NbApi, count: int, out: TextIO) -> int:
+    from dfdb.models import Chassis
+
+    prefix = f"bench-{int(time.time() * 1000)}"
+    started = time.perf_counter()
+    for i in range(count):
+        await nb.create(Chassis(id=f"{prefix}-{i}", ip=f"198.51.100.{i % 250 + 1}"))
+    create_rate = count / (time.perf_counter() - started)
+    latencies: list[float] = []
+    async with nb.watch(Chassis) as stream:
+        for i in range(count):
+            t0 = time.perf_counter()
+            await nb.patch(Chassis, f"{prefix}-{i}", external_host_ip="198.51.100.254")
+            async with asyncio.timeout(10):
+                while True:
+                    ev = await anext(stream)
+                    if ev.id == f"{prefix}-{i}":
+                        break
+            latencies.append(time.perf_counter() - t0)
+    for i in range(count):
+        try:
+            await nb.delete(Chassis, f"{prefix}-{i}")
+        except NotFoundError:
+            pass
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    print(f"dfdb bench on {nb.url}", file=out)
+    print(f"sequential create:        {create_rate:,.0f} objects/s ({count} objects)", file=out)
+    print(f"patch->event latency p50: {p50:.3f} ms  p99: {p99:.3f} ms", file=out)
+    return 0
+
+
+def _server(args: argparse.Namespace) -> int:
+    from dfdb.testing.servers import SERVERS, run_foreground
+
+    factory = SERVERS.get(args.backend)
+    if factory is None:
+        known = ", ".join(sorted(SERVERS)) or "none yet"
+        raise UsageError(f"no server backend {args.backend!r}; available: {known}")
+    return run_foreground(factory, args.members)

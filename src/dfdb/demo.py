@@ -1,0 +1,349 @@
+"""``dfdb demo``: a whole deployment in one process.
+
+A writer builds a topology (tenants x switches with subnets, routers, security
+groups, QoS policies, ports bound to chassis, floating IPs) and keeps changing it,
+while several local controllers follow it through change streams. The summary
+reports writes, events per controller, write→event latency and a convergence
+check of every controller's view against the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from dfdb.events import Action, parse_cursor
+from dfdb.model import NbModel
+from dfdb.models import (
+    Chassis,
+    FloatingIp,
+    LogicalPort,
+    LogicalRouter,
+    LogicalSwitch,
+    PortBinding,
+    QosPolicy,
+    RouterPort,
+    SecurityGroup,
+    SecurityGroupRule,
+    Subnet,
+)
+from dfdb.nb import NbApi
+
+__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+
+MODELS: tuple[type[NbModel], ...] = (
+    Chassis,
+    QosPolicy,
+    SecurityGroup,
+    LogicalSwitch,
+    Subnet,
+    LogicalPort,
+    LogicalRouter,
+    FloatingIp,
+)
+
+Key = tuple[str, str]
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the demo deployment."""
+
+    tenants: int = 4
+    switches: int = 2
+    ports: int = 8
+    controllers: int = 3
+    changes: int = 2000
+    seed: int = 1
+
+
+@dataclass
+class ControllerResult:
+    """What one controller saw."""
+
+    name: str
+    events: int = 0
+    objects: int = 0
+    latencies: list[float] = field(default_factory=list)
+    converged: bool = False
+    diff: str = ""
+
+
+@dataclass
+class DemoResult:
+    """The demo's outcome; ``ok`` is false when a controller diverged."""
+
+    objects_written: int
+    writes: int
+    write_seconds: float
+    controllers: list[ControllerResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.converged for c in self.controllers)
+
+
+class _Controller:
+    """A local controller: a full copy of the topology kept by one change stream."""
+
+    def __init__(self, nb: NbApi, name: str, sent: dict[tuple[str, str, int], float]) -> None:
+        self.nb = nb
+        self.result = ControllerResult(name)
+        self.store: dict[Key, NbModel] = {}
+        self.position = 0
+        self.ready = asyncio.Event()
+        self.progress = asyncio.Event()
+        self._sent = sent
+
+    async def run(self) -> None:
+        first = await self.nb.list(MODELS[0])
+        async with self.nb.watch(MODELS, since=first.cursor) as stream:
+            listed: dict[str, int] = {}
+            for model in MODELS:
+                listing = first if model is MODELS[0] else await self.nb.list(model)
+                listed[model.__table__] = parse_cursor(listing.cursor)[1]
+                for obj in listing.items:
+                    self.store[(model.__table__, obj.id)] = obj
+            self.position = parse_cursor(stream.cursor)[1]
+            self.ready.set()
+            async for ev in stream:
+                self.position = parse_cursor(ev.cursor)[1]
+                self.progress.set()
+                if ev.action == Action.RESYNC or ev.model is None:
+                    continue
+                table = ev.model.__table__
+                if ev.revision <= listed.get(table, 0):
+                    continue  # already in the listing
+                self.result.events += 1
+                now = time.perf_counter()
+                key = (table, ev.id)
+                if ev.action == Action.DELETE:
+                    self.store.pop(key, None)
+                    started = self._sent.get((table, ev.id, -1))
+                elif ev.obj is not None:
+                    self.store[key] = ev.obj
+                    started = self._sent.get((table, ev.id, ev.obj.version))
+                else:
+                    started = None
+                if started is not None:
+                    self.result.latencies.append(now - started)
+
+
+class _Writer:
+    def __init__(self, nb: NbApi, cfg: DemoConfig, sent: dict[tuple[str, str, int], float]) -> None:
+        self.nb = nb
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.sent = sent
+        self.writes = 0
+        self.created = 0
+        self.ports: dict[str, LogicalPort] = {}
+        self.chassis: list[str] = []
+        self.switches: dict[str, list[str]] = {}
+        self.groups: dict[str, list[str]] = {}
+
+    async def create(self, obj: NbModel) -> NbModel:
+        self.sent[(type(obj).__table__, obj.id, 1)] = time.perf_counter()
+        stored = await self.nb.create(obj)
+        self.writes += 1
+        self.created += 1
+        return stored
+
+    async def update(self, obj: NbModel) -> NbModel:
+        self.sent[(type(obj).__table__, obj.id, obj.version + 1)] = time.perf_counter()
+        stored = await self.nb.update(obj)
+        self.writes += 1
+        return stored
+
+    async def delete(self, model: type[NbModel], id: str) -> None:
+        self.sent[(model.__table__, id, -1)] = time.perf_counter()
+        await self.nb.delete(model, id)
+        self.writes += 1
+
+    async def build(self) -> None:
+        cfg = self.cfg
+        for c in range(cfg.controllers):
+            ch = Chassis(id=f"chassis-{c}", ip=ipaddress.ip_address(f"192.0.2.{c + 1}"))
+            self.chassis.append((await self.create(ch)).id)
+        for t in range(cfg.tenants):
+            topic = f"tenant-{t}"
+            qos = await self.create(QosPolicy(id=f"qos-{t}", topic=topic, max_kbps=10_000 * (t + 1)))
+            sg = await self.create(
+                SecurityGroup(
+                    id=f"sg-{t}",
+                    topic=topic,
+                    name="default",
+                    rules=(SecurityGroupRule(id=f"sg-{t}-r0", remote_group=f"sg-{t}"),),
+                )
+            )
+            self.groups[topic] = [sg.id]
+            switch_ids: list[str] = []
+            router_ports: list[RouterPort] = []
+            for s in range(cfg.switches):
+                sw_id = f"ls-{t}-{s}"
+                await self.create(
+                    LogicalSwitch(
+                        id=sw_id, topic=topic, name=f"net{s}", segmentation_id=1000 + t * 64 + s, qos_policy=qos.id
+                    )
+                )
+                net = ipaddress.ip_network(f"10.{t}.{s}.0/24")
+                await self.create(Subnet(id=f"subnet-{t}-{s}", topic=topic, cidr=net, gateway_ip=net[1], lswitch=sw_id))
+                router_ports.append(
+                    RouterPort(id=f"rp-{t}-{s}", lswitch=sw_id, mac=_mac(t, s, 0), network=f"{net[1]}/24")
+                )
+                switch_ids.append(sw_id)
+                for p in range(cfg.ports):
+                    await self.new_port(topic, t, s, p)
+            self.switches[topic] = switch_ids
+            await self.create(LogicalRouter(id=f"lr-{t}", topic=topic, name=f"router{t}", ports=tuple(router_ports)))
+            first_port = next(iter(p for p in self.ports.values() if p.topic == topic), None)
+            await self.create(
+                FloatingIp(
+                    id=f"fip-{t}",
+                    topic=topic,
+                    floating_ip_address=ipaddress.ip_address(f"203.0.113.{t + 1}"),
+                    lport=first_port.id if first_port else None,
+                    lrouter=f"lr-{t}",
+                )
+            )
+
+    async def new_port(self, topic: str, t: int, s: int, p: int) -> None:
+        port = LogicalPort(
+            id=f"lp-{t}-{s}-{p}",
+            topic=topic,
+            lswitch=f"ls-{t}-{s}",
+            ips=(ipaddress.ip_address(f"10.{t}.{s}.{p + 10}"),),
+            macs=(_mac(t, s, p + 1),),
+            binding=PortBinding(chassis=self.rng.choice(self.chassis)),
+            security_groups=tuple(self.groups.get(topic, ())),
+            device_owner="compute:nova",
+        )
+        stored = await self.create(port)
+        assert isinstance(stored, LogicalPort)
+        self.ports[stored.id] = stored
+
+    async def churn(self) -> None:
+        for n in range(self.cfg.changes):
+            port_id = self.rng.choice(sorted(self.ports))
+            port = self.ports[port_id]
+            roll = self.rng.random()
+            if roll < 0.6:
+                new = port.model_copy(update={"name": f"vm-{n}", "enabled": not port.enabled})
+            elif roll < 0.9:
+                new = port.model_copy(update={"binding": PortBinding(chassis=self.rng.choice(self.chassis))})
+            else:
+                await self.delete(LogicalPort, port_id)
+                del self.ports[port_id]
+                _, t, s, p = port_id.split("-")
+                await self.new_port(port.topic or "", int(t), int(s), int(p))
+                continue
+            stored = await self.update(new)
+            assert isinstance(stored, LogicalPort)
+            self.ports[port_id] = stored
+            await asyncio.sleep(0)  # let the controllers run on in-process backends
+
+
+def _mac(t: int, s: int, p: int) -> str:
+    return f"fa:16:3e:{t % 256:02x}:{s % 256:02x}:{p % 256:02x}"
+
+
+async def _snapshot(nb: NbApi) -> dict[Key, NbModel]:
+    state: dict[Key, NbModel] = {}
+    for model in MODELS:
+        for obj in await nb.get_all(model):
+            state[(model.__table__, obj.id)] = obj
+    return state
+
+
+async def run_demo(nb: NbApi, cfg: DemoConfig, out: TextIO, *, settle: float = 15.0) -> DemoResult:
+    """Run the demo on ``nb`` and print its summary to ``out``."""
+    sent: dict[tuple[str, str, int], float] = {}
+    controllers = [_Controller(nb, f"controller-{i}", sent) for i in range(cfg.controllers)]
+    tasks = [asyncio.create_task(c.run(), name=f"dfdb-demo-{c.result.name}") for c in controllers]
+    try:
+        async with asyncio.timeout(settle):
+            await asyncio.gather(*(c.ready.wait() for c in controllers))
+        writer = _Writer(nb, cfg, sent)
+        started = time.perf_counter()
+        await writer.build()
+        await writer.churn()
+        elapsed = time.perf_counter() - started
+        final = parse_cursor((await nb.list(MODELS[-1])).cursor)[1]
+        truth = await _snapshot(nb)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settle
+        for c in controllers:
+            while c.position < final or c.store != truth:
+                if loop.time() >= deadline or tasks[controllers.index(c)].done():
+                    break
+                c.progress.clear()
+                try:
+                    async with asyncio.timeout(min(0.2, max(deadline - loop.time(), 0.01))):
+                        await c.progress.wait()
+                except TimeoutError:
+                    pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for c, outcome in zip(controllers, results, strict=True):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+            c.result.diff = f"stream failed: {outcome!r}"
+        c.result.objects = len(c.store)
+        missing = truth.keys() - c.store.keys()
+        extra = c.store.keys() - truth.keys()
+        stale = [k for k in truth.keys() & c.store.keys() if truth[k].model_dump() != c.store[k].model_dump()]
+        c.result.converged = not (missing or extra or stale or c.result.diff)
+        if not c.result.converged and not c.result.diff:
+            c.result.diff = f"{len(missing)} missing, {len(extra)} extra, {len(stale)} stale"
+    result = DemoResult(writer.created, writer.writes, elapsed, [c.result for c in controllers])
+    _print_summary(nb, cfg, result, len(truth), out)
+    return result
+
+
+def _ms(values: Sequence[float], q: float) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.2f}"
+
+
+def _print_summary(nb: NbApi, cfg: DemoConfig, result: DemoResult, objects: int, out: TextIO) -> None:
+    mode = "native stream" if nb.exact else f"snapshot polling every {nb.poll_interval:g}s"
+    rate = result.writes / result.write_seconds if result.write_seconds else 0.0
+    print(f"dfdb demo on {nb.url} ({mode})", file=out)
+    print(
+        f"topology: {cfg.tenants} tenants x {cfg.switches} switches x {cfg.ports} ports, "
+        f"{cfg.controllers} chassis; {objects} objects in the database",
+        file=out,
+    )
+    print(
+        f"writer: {result.objects_written} objects created, {result.writes} writes in "
+        f"{result.write_seconds:.2f}s ({rate:,.0f} writes/s)",
+        file=out,
+    )
+    print(file=out)
+    header = f"{'controller':<14} {'events':>8} {'objects':>8} {'p50 ms':>8} {'p99 ms':>8}  converged"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for c in result.controllers:
+        lat = c.latencies
+        verdict = "yes" if c.converged else f"NO ({c.diff})"
+        print(
+            f"{c.name:<14} {c.events:>8} {c.objects:>8} {_ms(lat, 0.5):>8} {_ms(lat, 0.99):>8}  {verdict}",
+            file=out,
+        )
+    all_lat = [x for c in result.controllers for x in c.latencies]
+    if all_lat:
+        print(
+            f"{'all':<14} {sum(c.events for c in result.controllers):>8} {'':>8} "
+            f"{_ms(all_lat, 0.5):>8} {_ms(all_lat, 0.99):>8}",
+            file=out,
+        )
+    print(file=out)
+    print("result: every controller converged" if result.ok else "result: DIVERGED", file=out)

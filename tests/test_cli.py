@@ -1,0 +1,113 @@
+"""The dfdb command line: exit codes, one-line errors, the admin commands, the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from dfdb.cli import main
+from dfdb.drivers import memory
+
+
+def dfdb_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dfdb", *args], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("dfdb")]
+    assert len(lines) == 1, result.stderr
+    assert text in lines[0]
+
+
+def test_demo_prints_its_table_and_converges() -> None:
+    result = dfdb_cmd("demo", "--tenants", "2", "--changes", "300")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "controller-0" in out and "controller-2" in out
+    assert "p50 ms" in out and "p99 ms" in out
+    assert "result: every controller converged" in out
+    assert out.count(" yes") == 3
+
+
+def test_demo_in_polling_mode() -> None:
+    result = dfdb_cmd("--db", "memory://?notifications=poll&poll_interval=0.02", "demo", "--changes", "200")
+    assert result.returncode == 0, result.stderr
+    assert "snapshot polling" in result.stdout and "converged" in result.stdout
+
+
+def test_missing_object_is_exit_1() -> None:
+    assert_one_line_error(dfdb_cmd("get", "lswitch", "nope"), 1, "lswitch/nope not found")
+
+
+def test_usage_mistakes_are_exit_2() -> None:
+    assert_one_line_error(dfdb_cmd("ls", "no_such_table"), 2, "unknown table")
+    assert_one_line_error(dfdb_cmd("--db", "nosuch://x", "ls", "lswitch"), 2, "known schemes")
+    assert_one_line_error(dfdb_cmd("--db", "not a url", "ls", "lswitch"), 2, "not a database URL")
+    assert_one_line_error(dfdb_cmd("put", "lswitch", "{bad json"), 2, "not valid JSON")
+    assert_one_line_error(dfdb_cmd("put", "lswitch", '{"id": "a/b"}'), 2, "invalid lswitch")
+    assert_one_line_error(dfdb_cmd("server", "run", "nosuch"), 2, "no server backend")
+    assert_one_line_error(dfdb_cmd("--timeout", "0", "ls", "lswitch"), 2, "--timeout")
+    assert_one_line_error(dfdb_cmd("watch", "lswitch", "--since", "garbage"), 2, "cursor")
+    assert dfdb_cmd().returncode == 2
+    assert dfdb_cmd("demo", "--tenants", "0").returncode == 2
+
+
+def test_dfdb_url_environment_variable_is_used() -> None:
+    import os
+
+    env = {**os.environ, "DFDB_URL": "nosuch://from-env"}
+    assert_one_line_error(dfdb_cmd("ls", "lswitch", env=env), 2, "nosuch")
+
+
+@pytest.fixture
+def shared_store() -> Iterator[str]:
+    """Keeps memory://cli-test alive across several in-process command runs."""
+    store = memory._Store("cli-test", 1000)
+    store.users += 1
+    memory._STORES["cli-test"] = store
+    yield "memory://cli-test"
+    memory._STORES.pop("cli-test", None)
+
+
+def test_admin_commands_round_trip(shared_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--db", shared_store, "put", "lswitch", '{"id": "net1", "topic": "t1", "mtu": 1400}']) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert (created["id"], created["version"], created["mtu"]) == ("net1", 1, 1400)
+    assert main(["--db", shared_store, "put", "lswitch", '{"id": "net1", "topic": "t1", "mtu": 9000}']) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 2
+    assert main(["--db", shared_store, "put", "lswitch", '{"id": "net1", "topic": "t2"}']) == 2
+    assert "topic" in capsys.readouterr().err
+    assert main(["--db", shared_store, "get", "lswitch", "net1"]) == 0
+    assert json.loads(capsys.readouterr().out)["mtu"] == 9000
+    assert main(["--db", shared_store, "ls", "lswitch", "--topic", "t1"]) == 0
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ["net1"]
+    assert main(["--db", shared_store, "copy", "--to", "memory://cli-copy-target"]) == 0
+    assert "copied 1 objects" in capsys.readouterr().err
+    assert main(["--db", shared_store, "rm", "lswitch", "net1"]) == 0
+    assert main(["--db", shared_store, "rm", "lswitch", "net1"]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["--db", shared_store, "ls", "lswitch"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_watch_prints_json_lines(shared_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--db", shared_store, "put", "chassis", '{"id": "c1", "ip": "192.0.2.1"}']) == 0
+    capsys.readouterr()
+    foreign = "elsewhere@1"
+    assert main(["--db", shared_store, "watch", "chassis", "--since", foreign, "--count", "1"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["action"] == "resync" and record["cursor"].startswith("memory-")
+
+
+def test_bench_reports_rates() -> None:
+    result = dfdb_cmd("bench", "--count", "50")
+    assert result.returncode == 0, result.stderr
+    assert "sequential create" in result.stdout and "p99" in result.stdout

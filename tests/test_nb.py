@@ -1,0 +1,232 @@
+"""NbApi behaviour beyond the conformance suite: retries, errors, registry, streams."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Collection
+
+import pytest
+
+import dfdb
+from dfdb.drivers import Driver, Entry, EventSource, Expect, Listing, RawEvent, register_driver
+from dfdb.drivers.memory import MemoryDriver
+from dfdb.errors import BackendUnavailableError
+from dfdb.events import ChangeStream
+from dfdb.url import DatabaseURL
+
+
+class Thing(dfdb.NbModel, table="test_nb_thing"):
+    n: int = 0
+
+
+class DownDriver(MemoryDriver):
+    """A backend that never answers."""
+
+    async def open(self) -> None:
+        raise BackendUnavailableError(f"cannot connect to {self.url}")
+
+
+class BlipDriver(MemoryDriver):
+    """Each write is applied, then its reply is lost; another writer sneaks in when asked."""
+
+    interfere = False
+
+    async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
+        await super().put(table, id, topic, value, expect)
+        if self.interfere:
+            self.interfere = False
+            await super().put(table, id, topic, value.replace(b'"_w":"', b'"_w":"x'), dfdb.drivers.ANY)
+        raise BackendUnavailableError("connection reset")
+
+
+register_driver("test-down", DownDriver)
+register_driver("test-blip", BlipDriver)
+
+
+async def test_unreachable_server_is_a_clear_error_within_the_timeout() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(dfdb.BackendUnavailableError, match="cannot connect") as info:
+        async with dfdb.connect("test-down://u:pw@unreachable-db", timeout=0.3):
+            pass
+    assert loop.time() - started < 3
+    assert isinstance(info.value, ConnectionError)
+    assert "pw" not in str(info.value)
+
+
+async def test_lost_reply_on_create_is_recognised_as_our_own_write() -> None:
+    async with dfdb.connect("faulty://?fault=lose_reply") as nb:
+        created = await nb.create(Thing(id="a", topic="t"))
+        assert created.version == 1
+        updated = await nb.update(created.model_copy(update={"n": 5}))
+        assert (updated.version, updated.n) == (2, 5)
+        assert (await nb.get(Thing, "a")).n == 5
+
+
+async def test_lost_reply_with_interference_is_outcome_unknown() -> None:
+    async with dfdb.connect("test-blip://", timeout=1) as nb:
+        driver = nb.driver
+        assert isinstance(driver, BlipDriver)
+        driver.interfere = True
+        with pytest.raises(dfdb.OutcomeUnknownError) as info:
+            await nb.create(Thing(id="a", topic="t"))
+        assert isinstance(info.value, dfdb.BackendUnavailableError)
+
+
+def test_unknown_scheme_lists_the_known_ones() -> None:
+    with pytest.raises(dfdb.UnknownDriverError, match="memory") as info:
+        dfdb.connect("nosuchdb://x")
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_client_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dfdb import drivers
+
+    monkeypatch.setitem(drivers._BUILTIN, "fakedb", ("dfdb_no_such_client_module:Driver", "fakedb"))
+    with pytest.raises(dfdb.MissingDependencyError, match=r"pip install 'dfdb\[fakedb\]'"):
+        dfdb.connect("fakedb://x")
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("memory://?notifications=sometimes", "notifications"),
+        ("memory://?poll_interval=0", "positive"),
+        ("memory://?timeout=abc", "timeout"),
+        ("memory://?history=0", "history"),
+        ("memory://?bogus=1", "bogus"),
+        ("memory://host:123", "store name"),
+    ],
+)
+def test_bad_options_are_configuration_errors(url: str, match: str) -> None:
+    with pytest.raises(dfdb.ConfigurationError, match=match):
+        dfdb.connect(url)
+
+
+async def test_named_memory_stores_are_shared_while_open() -> None:
+    async with dfdb.connect("memory://shared-one") as a, dfdb.connect("memory://shared-one") as b:
+        await a.create(Thing(id="x"))
+        assert (await b.get(Thing, "x")).id == "x"
+        async with dfdb.connect("memory://") as private:
+            assert await private.get_all(Thing) == []
+    async with dfdb.connect("memory://shared-one") as c:
+        assert await c.get_all(Thing) == []  # the last user closed it
+
+
+async def test_bounded_history_yields_resync() -> None:
+    async with dfdb.connect("memory://?history=10") as nb:
+        async with nb.watch(Thing) as stream:
+            await nb.create(Thing(id="first"))
+            await anext(stream)
+            cursor = stream.cursor
+        for i in range(30):
+            await nb.create(Thing(id=f"t{i}"))
+        async with nb.watch(Thing, since=cursor) as resumed:
+            ev = await anext(resumed)
+            assert ev.action == dfdb.Action.RESYNC
+
+
+class _ScriptedSource(EventSource):
+    def __init__(self, events: list[RawEvent]) -> None:
+        self.events = events
+        self.closed = False
+
+    async def __anext__(self) -> RawEvent:
+        if not self.events:
+            raise StopAsyncIteration
+        return self.events.pop(0)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_stream_drops_duplicates_and_older_revisions() -> None:
+    def value(n: int) -> bytes:
+        return Thing(id="a", version=n).model_dump_json().encode()
+
+    raw = [
+        RawEvent("create", "test_nb_thing", "a", None, value(1), 1),
+        RawEvent("create", "test_nb_thing", "a", None, value(1), 1),
+        RawEvent("update", "test_nb_thing", "a", None, value(2), 3),
+        RawEvent("update", "test_nb_thing", "a", None, value(1), 2),
+        RawEvent("update", "other_table", "a", None, b"{}", 4),
+    ]
+    source = _ScriptedSource(raw)
+
+    async def opener(since: int | None) -> EventSource:
+        return source
+
+    stream = ChangeStream(
+        {"test_nb_thing": Thing}, None, opener, "id", 0, filter_topics=False, decode=dfdb.NbApi._decode
+    )
+    async with stream:
+        got = [ev async for ev in stream]
+    assert [(ev.action, ev.revision) for ev in got] == [("create", 1), ("update", 3)]
+    assert stream.duplicates == 2
+    assert stream.cursor == "id@4"
+    assert source.closed
+
+
+async def test_iterating_a_stream_that_was_not_entered_is_an_error() -> None:
+    async with dfdb.connect("memory://") as nb:
+        stream = nb.watch(Thing)
+        with pytest.raises(dfdb.StreamClosedError, match="async with"):
+            await anext(stream)
+
+
+async def test_unclosed_api_warns() -> None:
+    nb = await dfdb.connect("memory://")
+    assert isinstance(nb, dfdb.NbApi)
+    with pytest.warns(ResourceWarning, match="unclosed dfdb NbApi"):
+        del nb
+        gc.collect()
+        gc.collect()
+
+
+async def test_cancelling_a_call_leaves_nothing_behind() -> None:
+    async with dfdb.connect("memory://?notifications=poll&poll_interval=0.01") as nb:
+        async with nb.watch(Thing) as stream:
+            waiter = asyncio.create_task(anext(stream))
+            await asyncio.sleep(0.05)
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            await nb.create(Thing(id="after-cancel"))
+            ev = await asyncio.wait_for(anext(stream), 5)
+            assert ev.id == "after-cancel"
+
+
+class NoStreamDriver(MemoryDriver):
+    """A driver with neither a native stream nor a change log: NbApi polls it."""
+
+    capabilities = dfdb.drivers.Capability.NONE
+
+    async def watch(
+        self, tables: Collection[str], topics: Collection[str | None] | None = None, since: int | None = None
+    ) -> EventSource:
+        raise AssertionError("must not be called")
+
+
+register_driver("test-nostream", NoStreamDriver)
+
+
+async def test_drivers_without_streams_are_polled() -> None:
+    async with dfdb.connect("test-nostream://", poll_interval=0.01) as nb:
+        assert not nb.exact
+        async with nb.watch(Thing) as stream:
+            await nb.create(Thing(id="p"))
+            ev = await asyncio.wait_for(anext(stream), 5)
+            assert (ev.action, ev.id) == (dfdb.Action.CREATE, "p")
+            await nb.delete(Thing, "p")
+            ev = await asyncio.wait_for(anext(stream), 5)
+            assert (ev.action, ev.id, ev.topic) == (dfdb.Action.DELETE, "p", None)
+    with pytest.raises(dfdb.ConfigurationError, match="native"):
+        dfdb.connect("test-nostream://", notifications="native")
+
+
+def test_driver_contract_is_abstract() -> None:
+    with pytest.raises(TypeError):
+        Driver(DatabaseURL.parse("x://"))  # type: ignore[abstract]
+    assert Entry("t", "i", None, b"", 1).revision == 1
+    assert Listing([], 0).entries == []
