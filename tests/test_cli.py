@@ -6,11 +6,19 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from dfdb.cli import main
 from dfdb.drivers import memory
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands run in a folder of their own: the default database file lands there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DFDB_URL", raising=False)
 
 
 def dfdb_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -24,10 +24,15 @@ from dfdb.events import Action
 from dfdb.model import NbModel, model_for_table, registered_models
 from dfdb.nb import NbApi, connect
 
-__all__ = ["DEFAULT_URL", "main"]
+__all__ = ["DEFAULT_URL", "DEMO_URL", "main"]
 
-DEFAULT_URL = "memory://"
-"""The embedded default database, used when neither ``--db`` nor ``DFDB_URL`` is set."""
+DEFAULT_URL = "sqlite:///./dfdb.sqlite3"
+"""The embedded default database of the admin commands, used when neither ``--db`` nor
+``DFDB_URL`` is set: a file in the current folder, so that commands in several
+terminals see each other's writes."""
+
+DEMO_URL = "memory://"
+"""The default database of ``dfdb demo``: in-process, nothing left behind."""
 
 
 class UsageError(Exception):
@@ -127,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _url(args: argparse.Namespace) -> str:
-    return str(args.db or os.environ.get("DFDB_URL") or DEFAULT_URL)
+    default = DEMO_URL if args.command == "demo" else DEFAULT_URL
+    return str(args.db or os.environ.get("DFDB_URL") or default)
 
 
 def _model(table: str) -> type[NbModel]:

@@ -371,7 +371,8 @@ class NbApi:
         table = _table_of(model)
         validate_key(id)
         try:
-            await self.driver.delete(table, id)
+            async with asyncio.timeout(self.timeout):
+                await self.driver.delete(table, id)
         except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
             if isinstance(exc, OutcomeUnknownError):
                 raise

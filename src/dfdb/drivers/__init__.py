@@ -48,6 +48,7 @@ ENTRY_POINT_GROUP = "dfdb.drivers"
 # scheme -> ("module:Class", extra that installs its client library or None)
 _BUILTIN: dict[str, tuple[str, str | None]] = {
     "memory": ("dfdb.drivers.memory:MemoryDriver", None),
+    "sqlite": ("dfdb.drivers.sqlite:SqliteDriver", "sqlite"),
 }
 
 _registered: dict[str, type[Driver] | str] = {}

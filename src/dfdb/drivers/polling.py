@@ -1,4 +1,10 @@
-"""Snapshot-diff polling: a change stream for any driver, from repeated listings.
+"""Polling change streams that serve any driver.
+
+:class:`ChangeLogPoller` reads a change log "after revision R" (drivers with a
+change log but no push). :class:`SnapshotPoller` lists and diffs (drivers with
+neither), as follows.
+
+Snapshot-diff polling: a change stream for any driver, from repeated listings.
 
 Used for drivers with neither a native stream nor a change log, or when asked with
 ``connect(url, notifications="poll")``. It lists the watched tables every
@@ -13,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 
 from dfdb.drivers.base import Driver, Entry, EventSource, RawEvent
 from dfdb.errors import DriverError
 from dfdb.retry import Backoff
 
-__all__ = ["SnapshotPoller"]
+__all__ = ["ChangeBatch", "ChangeLogPoller", "ChangeReader", "SnapshotPoller"]
 
 log = logging.getLogger("dfdb")
 
@@ -146,3 +153,89 @@ class SnapshotPoller(EventSource):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """One read of a change log: "the changes after revision R".
+
+    Attributes:
+        events: the matching changes after R, in revision order.
+        position: every matching change up to this revision is in ``events``.
+        trimmed: the highest revision the log has discarded; a reader whose
+            position is below it has lost changes.
+    """
+
+    events: list[RawEvent]
+    position: int
+    trimmed: int
+
+
+ChangeReader = Callable[[int], Awaitable[ChangeBatch]]
+
+
+class ChangeLogPoller(EventSource):
+    """An :class:`EventSource` for any driver with a change log it can read "after R".
+
+    It asks only for the changes after its position, so an idle poll costs one
+    index search whatever the table size. It wakes at once when ``wake`` is set (by
+    writes of the same process) and every ``interval`` seconds otherwise (for writes
+    of other processes). A position below the log's trim point yields ``resync``.
+    Read failures are retried with backoff, resuming from the same position.
+    """
+
+    def __init__(
+        self,
+        read: ChangeReader,
+        position: int,
+        *,
+        interval: float,
+        waiters: set[asyncio.Event],
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._read = read
+        self.position = position
+        self._interval = interval
+        self._waiters = waiters
+        self._wake = asyncio.Event()
+        self._backoff = backoff or Backoff()
+        self._buffer: list[RawEvent] = []
+        self._closed = False
+        waiters.add(self._wake)
+
+    async def __anext__(self) -> RawEvent:
+        failures = 0
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._buffer:
+                return self._buffer.pop()
+            self._wake.clear()
+            try:
+                batch = await self._read(self.position)
+            except DriverError as exc:
+                delay = self._backoff.delay(failures)
+                failures += 1
+                log.warning("reading the change log failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            if self._closed:
+                raise StopAsyncIteration
+            if self.position < batch.trimmed:
+                self.position = max(batch.position, batch.trimmed)
+                return RawEvent("resync", None, "", None, None, self.position)
+            self.position = max(self.position, batch.position)
+            if batch.events:
+                self._buffer = batch.events[::-1]
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._waiters.discard(self._wake)
+        self._wake.set()

@@ -1,13 +1,15 @@
 """The pytest plugin behind the conformance suite: URLs, the ``nb`` fixture, leak checks.
 
 Options: ``--dfdb-url URL`` (repeatable) or the ini setting ``dfdb_urls`` (one URL
-a line). ``{name}`` in a URL becomes a fresh name per test.
+a line). ``{name}`` in a URL becomes a fresh name per test, ``{tmp}`` the test's
+own temporary folder.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -59,9 +61,10 @@ async def dfdb_leak_check() -> AsyncIterator[None]:
 
 
 @pytest.fixture
-def dfdb_fresh_url(dfdb_url: str) -> str:
-    """``dfdb_url`` with ``{name}`` replaced by a name unique to this test."""
-    return dfdb_url.replace("{name}", "t" + uuid.uuid4().hex[:12])
+def dfdb_fresh_url(dfdb_url: str, tmp_path: Path) -> str:
+    """``dfdb_url`` with ``{name}`` replaced by a name unique to this test and ``{tmp}``
+    by a temporary folder of its own."""
+    return dfdb_url.replace("{name}", "t" + uuid.uuid4().hex[:12]).replace("{tmp}", str(tmp_path))
 
 
 @pytest.fixture
