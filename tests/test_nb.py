@@ -157,8 +157,11 @@ async def test_stream_drops_duplicates_and_older_revisions() -> None:
     async def opener(since: int | None) -> EventSource:
         return source
 
+    async def identity() -> str:
+        return "id"
+
     stream = ChangeStream(
-        {"test_nb_thing": Thing}, None, opener, "id", 0, filter_topics=False, decode=dfdb.NbApi._decode
+        {"test_nb_thing": Thing}, None, opener, identity, ("id", 0), filter_topics=False, decode=dfdb.NbApi._decode
     )
     async with stream:
         got = [ev async for ev in stream]

@@ -93,25 +93,25 @@ class ChangeStream:
         models: Mapping[str, type[NbModel]],
         topics: Collection[str | None] | None,
         opener: Callable[[int | None], Awaitable[EventSource]],
-        identity: str,
-        since: int | None,
+        identity: Callable[[], Awaitable[str]],
+        since: tuple[str, int] | None,
         *,
         filter_topics: bool,
         decode: Decoder,
-        start_with_resync: bool = False,
     ) -> None:
         self._models = dict(models)
         self._topics = None if topics is None else frozenset(topics)
         self._opener = opener
-        self._identity = identity
+        self._get_identity = identity
+        self._identity = ""
         self._since = since
         self._filter_topics = filter_topics
         self._decode = decode
         self._source: EventSource | None = None
         self._state = "new"
         self._last: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._position = since
-        self._pending_resync = start_with_resync
+        self._position: int | None = None
+        self._pending_resync = False
         self.corrupt = 0
         """How many events were skipped because their value failed validation."""
         self.duplicates = 0
@@ -142,13 +142,22 @@ class ChangeStream:
         if self._state != "new":
             raise StreamClosedError("a ChangeStream can be entered only once")
         self._state = "opening"
-        source = await self._opener(self._since)
+        try:
+            self._identity = await self._get_identity()
+            start: int | None = None
+            if self._since is not None:
+                if self._since[0] == self._identity:
+                    start = self._since[1]
+                else:  # a cursor of another backend, or of data that is gone
+                    self._pending_resync = True
+            source = await self._opener(start)
+        except BaseException:
+            self._state = "closed"
+            raise
         self._source = source
         self._state = "open"
-        if self._position is None:
-            self._position = getattr(source, "position", None)
-            if self._position is None:
-                self._position = 0
+        position = getattr(source, "position", None)
+        self._position = start if start is not None else int(position or 0)
 
     def __aiter__(self) -> ChangeStream:
         return self
@@ -173,6 +182,8 @@ class ChangeStream:
         if raw.action == "resync":
             self._last.clear()
             self._position = raw.revision
+            if raw.identity:
+                self._identity = raw.identity
             model = self._models.get(raw.table) if raw.table else None
             return ChangeEvent(Action.RESYNC, model, "", raw.topic, raw.revision, None, self.cursor)
         if self._position is None or raw.revision > self._position:

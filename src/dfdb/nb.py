@@ -31,7 +31,7 @@ from dfdb.errors import (
 )
 from dfdb.events import ChangeStream, format_cursor, parse_cursor
 from dfdb.model import NbModel, validate_key
-from dfdb.retry import Backoff
+from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
 from dfdb.url import DatabaseURL
 
 __all__ = ["ListResult", "NbApi", "Notifications", "connect"]
@@ -188,8 +188,11 @@ class NbApi:
             remaining = deadline - loop.time()
             try:
                 async with asyncio.timeout(max(remaining, 0.001)):
-                    return await call()
+                    result = await call()
+                checkpoint()
+                return result
             except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
+                raise_if_cancelling(exc)
                 if isinstance(exc, OutcomeUnknownError):
                     raise
                 delay = self.backoff.delay(attempt)
@@ -221,8 +224,11 @@ class NbApi:
                                 "has changed since; the write may or may not have taken effect"
                             )
                     sent = True
-                    return await self.driver.put(table, id, topic, value, expect)
+                    revision = await self.driver.put(table, id, topic, value, expect)
+                checkpoint()
+                return revision
             except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
+                raise_if_cancelling(exc)
                 if isinstance(exc, OutcomeUnknownError):
                     raise
                 delay = self.backoff.delay(attempt)
@@ -355,7 +361,7 @@ class NbApi:
                 items.append(self._decode_entry(model, entry))
             except CorruptObjectError as exc:
                 log.warning("skipping %s", exc)
-        return ListResult(items, format_cursor(self._identity or "", listing.revision))
+        return ListResult(items, format_cursor(listing.identity or self._identity or "", listing.revision))
 
     async def get_all(self, model: type[M], topic: str | None = None) -> builtins.list[M]:
         """Every object of ``model`` (of one ``topic`` when given), sorted by id."""
@@ -374,6 +380,7 @@ class NbApi:
             async with asyncio.timeout(self.timeout):
                 await self.driver.delete(table, id)
         except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
+            raise_if_cancelling(exc)
             if isinstance(exc, OutcomeUnknownError):
                 raise
             try:
@@ -452,15 +459,7 @@ class NbApi:
         for t in topic_set or ():
             if t is not None:
                 validate_key(t, "topic")
-        identity = self._identity or ""
-        position: int | None = None
-        resync = False
-        if since is not None:
-            their_identity, revision = parse_cursor(since)
-            if their_identity == identity:
-                position = revision
-            else:
-                resync = True
+        start = parse_cursor(since) if since is not None else None
         poll = not self.exact
         caps = self.driver.capabilities
 
@@ -473,15 +472,18 @@ class NbApi:
                 return poller
             return await self._retry(lambda: self.driver.watch(list(by_table), topic_set, since_rev), "watch")
 
+        async def identity() -> str:
+            self._identity = await self._retry(self.driver.identity, "watch")
+            return self._identity
+
         return ChangeStream(
             by_table,
             topic_set,
             opener,
             identity,
-            position,
+            start,
             filter_topics=not (caps & Capability.TOPIC_FILTER) or poll,
             decode=self._decode,
-            start_with_resync=resync,
         )
 
 

@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "checkpoint", "raise_if_cancelling"]
+
+
+def checkpoint() -> None:
+    """Raise ``CancelledError`` when the current task was asked to stop.
+
+    Some client libraries swallow a cancellation that races their own internal
+    timeouts; loops that call them check here after every call, so a cancelled
+    task always stops.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
+def raise_if_cancelling(exc: BaseException) -> None:
+    """Re-raise cancellation that a client library turned into another error.
+
+    Some clients answer a cancelled read with a connection error; retrying it would
+    swallow the cancellation. Call this first in every retrying ``except``.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc
 
 
 @dataclass(frozen=True)

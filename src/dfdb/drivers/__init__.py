@@ -49,6 +49,9 @@ ENTRY_POINT_GROUP = "dfdb.drivers"
 _BUILTIN: dict[str, tuple[str, str | None]] = {
     "memory": ("dfdb.drivers.memory:MemoryDriver", None),
     "sqlite": ("dfdb.drivers.sqlite:SqliteDriver", "sqlite"),
+    "redis": ("dfdb.drivers.redis:RedisDriver", "redis"),
+    "rediss": ("dfdb.drivers.redis:RedisDriver", "redis"),
+    "unix": ("dfdb.drivers.redis:RedisDriver", "redis"),
 }
 
 _registered: dict[str, type[Driver] | str] = {}

@@ -79,6 +79,8 @@ class Listing:
 
     entries: list[Entry]
     revision: int
+    identity: str | None = None
+    """The backend identity the revision belongs to, when the driver read it with the listing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,8 @@ class RawEvent:
         value: the new value; for a delete the last value where known, else ``None``.
         revision: the revision of the change; for ``resync``, the position the stream
             continues from.
+        identity: for ``resync``, the backend identity from here on when it changed
+            (a server that came back without its data); otherwise ``None``.
     """
 
     action: RawAction
@@ -101,6 +105,7 @@ class RawEvent:
     topic: str | None
     value: bytes | None
     revision: int
+    identity: str | None = None
 
 
 class EventSource(ABC):

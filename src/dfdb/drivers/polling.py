@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from dfdb.drivers.base import Driver, Entry, EventSource, RawEvent
 from dfdb.errors import DriverError
-from dfdb.retry import Backoff
+from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
 
 __all__ = ["ChangeBatch", "ChangeLogPoller", "ChangeReader", "SnapshotPoller"]
 
@@ -96,7 +96,9 @@ class SnapshotPoller(EventSource):
             await asyncio.sleep(self._interval)
             try:
                 state, revision = await self._snapshot()
+                checkpoint()
             except DriverError as exc:
+                raise_if_cancelling(exc)
                 delay = self._backoff.delay(failures)
                 failures += 1
                 log.warning("polling failed (%s); retrying in %.2fs", exc, delay)
@@ -213,7 +215,9 @@ class ChangeLogPoller(EventSource):
             self._wake.clear()
             try:
                 batch = await self._read(self.position)
+                checkpoint()
             except DriverError as exc:
+                raise_if_cancelling(exc)
                 delay = self._backoff.delay(failures)
                 failures += 1
                 log.warning("reading the change log failed (%s); retrying in %.2fs", exc, delay)

@@ -2,19 +2,22 @@
 
 Options: ``--dfdb-url URL`` (repeatable) or the ini setting ``dfdb_urls`` (one URL
 a line). ``{name}`` in a URL becomes a fresh name per test, ``{tmp}`` the test's
-own temporary folder.
+own temporary folder, ``{redis}`` the address of a Redis server started for the
+session (skipped when ``redis-server`` is missing, failed when
+``DFDB_REQUIRE_SERVERS=1``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import dfdb
 from dfdb.testing.leaks import ResourceSnapshot
+from dfdb.testing.servers import LocalServer, require_servers
 
 DEFAULT_URLS = ["memory://{name}"]
 
@@ -60,11 +63,42 @@ async def dfdb_leak_check() -> AsyncIterator[None]:
         pytest.fail("resources left behind: " + "; ".join(leaks))
 
 
+def _server_or_skip(factory: Callable[[], LocalServer]) -> Iterator[LocalServer]:
+    server = factory()
+    if not server.available():
+        server.stop()
+        message = f"{server.binary} is not installed (scripts/install-servers.sh)"
+        if require_servers():
+            pytest.fail(message + " and DFDB_REQUIRE_SERVERS is set")
+        pytest.skip(message)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def dfdb_redis_server() -> Iterator[LocalServer]:
+    """A ``redis-server`` on a free loopback port for the whole session (``{redis}`` in URLs)."""
+    from dfdb.testing.servers import RedisServer
+
+    yield from _server_or_skip(lambda: RedisServer(appendonly=False))
+
+
+SERVER_PLACEHOLDERS = {"{redis}": "dfdb_redis_server"}
+
+
 @pytest.fixture
-def dfdb_fresh_url(dfdb_url: str, tmp_path: Path) -> str:
-    """``dfdb_url`` with ``{name}`` replaced by a name unique to this test and ``{tmp}``
-    by a temporary folder of its own."""
-    return dfdb_url.replace("{name}", "t" + uuid.uuid4().hex[:12]).replace("{tmp}", str(tmp_path))
+def dfdb_fresh_url(dfdb_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """``dfdb_url`` with ``{name}`` replaced by a name unique to this test, ``{tmp}`` by a
+    temporary folder of its own, and ``{redis}`` by the address of a test server."""
+    url = dfdb_url.replace("{name}", "t" + uuid.uuid4().hex[:12]).replace("{tmp}", str(tmp_path))
+    for placeholder, fixture in SERVER_PLACEHOLDERS.items():
+        if placeholder in url:
+            server = request.getfixturevalue(fixture)
+            url = url.replace(placeholder, server.url.split("://", 1)[1].split("/", 1)[0])
+    return url
 
 
 @pytest.fixture

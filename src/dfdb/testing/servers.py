@@ -112,3 +112,73 @@ def run_foreground(factory: Callable[[int], LocalServer], members: int) -> int:
         return 0
     finally:
         server.stop()
+
+
+def _wait_ready(check: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerUnavailable(f"{what} exited with status {proc.returncode} while starting")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise ServerUnavailable(f"{what} was not ready within {within:g}s")
+
+
+class RedisServer(LocalServer):
+    """``redis-server`` on a free loopback port.
+
+    Args:
+        members: must be 1 (replication is not set up here).
+        appendonly: keep an append-only file (``appendfsync always``) so that a
+            restart after ``kill -9`` keeps every acknowledged write.
+    """
+
+    binary = "redis-server"
+
+    def __init__(self, members: int = 1, *, appendonly: bool = True) -> None:
+        if members != 1:
+            raise ServerUnavailable("redis: only single servers are supported (--members 1)")
+        super().__init__(members)
+        self.appendonly = appendonly
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+
+    def start(self) -> None:
+        binary = shutil.which(self.binary)
+        if binary is None:
+            raise ServerUnavailable("redis-server is not installed (scripts/install-servers.sh redis)")
+        args = [
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+            "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.workdir / "redis.log"),
+        ]  # fmt: skip
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.processes = [proc]
+        _wait_ready(self._ping, proc, f"redis-server on port {self.port}")
+
+    def kill(self) -> None:
+        """``kill -9`` the server (its data folder stays)."""
+        for proc in self.processes:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def restart(self) -> None:
+        """Start the server again on the same port with the same data folder."""
+        self.kill()
+        self.start()
+
+
+SERVERS["redis"] = lambda members: RedisServer(members)

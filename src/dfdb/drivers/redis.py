@@ -1,0 +1,523 @@
+"""``redis://``, ``rediss://`` and ``unix://`` URLs: Redis with a durable change stream.
+
+Layout under a key prefix (option ``prefix``, default ``dfdb``), ``/`` separated
+since ids, topics and tables never contain one::
+
+    P/epoch                  this dataset's identity (recreated when data is lost)
+    P/rev                    the revision counter (INCR)
+    P/e/TABLE/ID             hash: v (value), r (revision), t (topic, "" for none)
+    P/i/TABLE                set of ids;  P/i/TABLE/t/TOPIC, P/i/TABLE/n: ids by topic
+    P/s/TABLE                stream of every change of the table
+    P/s/TABLE/t/TOPIC        stream of one topic;  P/s/TABLE/n: topic-less objects
+    P/trim                   hash: stream key -> highest revision trimmed from it
+
+One Lua script checks a write's expectation, changes the value, takes the next
+revision from ``P/rev`` and appends the change with stream entry id
+``<revision>-0`` to the table stream and to the topic stream. One integer cursor
+thus resumes every stream, and a topic subscription reads only its own streams.
+Streams are trimmed to ``maxlen`` entries (default 100,000, in steps of a tenth),
+the highest discarded revision recorded in ``P/trim`` by the same script; a position
+below it yields ``resync``, and so does a dataset whose
+epoch changed (a server that came back without its data, ``FLUSHALL``, another
+server) or whose counter went back below the position.
+
+Options: ``prefix``, ``maxlen``, ``block`` (seconds a blocking read waits before
+re-checking the epoch, default 1), ``connect_timeout`` (default 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import uuid
+from collections.abc import Collection
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, EventSource, Expect, Listing, RawEvent
+from dfdb.errors import (
+    AlreadyExistsError,
+    BackendUnavailableError,
+    ConflictError,
+    DriverError,
+    InvalidURL,
+    NotFoundError,
+)
+from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
+from dfdb.url import DatabaseURL
+
+__all__ = ["RedisDriver"]
+
+log = logging.getLogger("dfdb")
+
+_READ_COUNT = 1000
+_SCAN_BATCH = 1000
+
+# KEYS: entry, rev, epoch   ARGV: prefix, table, id, op, expect, topic, value, maxlen, epoch
+_WRITE = """
+local prefix, tbl, id, op, expect, topic, value, maxlen, epoch =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local current = redis.call('GET', KEYS[3])
+if current ~= epoch then return {'EPOCH', current or ''} end
+local old = redis.call('HMGET', KEYS[1], 'r', 't', 'v')
+local exists = old[1] ~= false
+local action
+if op == 'put' then
+  if expect == 'absent' then
+    if exists then return {'EXISTS', old[1]} end
+  elseif expect ~= 'any' then
+    if not exists then return {'NOTFOUND', ''} end
+    if old[1] ~= expect then return {'CONFLICT', old[1]} end
+  end
+  if exists and old[2] ~= topic then return {'TOPIC', old[2]} end
+  action = exists and 'update' or 'create'
+else
+  if not exists then return {'NOTFOUND', ''} end
+  if expect ~= 'any' and old[1] ~= expect then return {'CONFLICT', old[1]} end
+  action = 'delete'
+  topic = old[2]
+  value = old[3]
+end
+local rev = redis.call('INCR', KEYS[2])
+local tsuffix = (topic == '') and '/n' or ('/t/' .. topic)
+if op == 'put' then
+  redis.call('HSET', KEYS[1], 'r', rev, 't', topic, 'v', value)
+  if not exists then
+    redis.call('SADD', prefix .. '/i/' .. tbl, id)
+    redis.call('SADD', prefix .. '/i/' .. tbl .. tsuffix, id)
+  end
+else
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', prefix .. '/i/' .. tbl, id)
+  redis.call('SREM', prefix .. '/i/' .. tbl .. tsuffix, id)
+end
+local sid = rev .. '-0'
+local fields = {'a', action, 'b', tbl, 'i', id, 'p', topic, 'v', value}
+local limit = tonumber(maxlen)
+local slack = math.min(1000, math.max(1, math.floor(limit / 10)))
+for _, key in ipairs({prefix .. '/s/' .. tbl, prefix .. '/s/' .. tbl .. tsuffix}) do
+  redis.call('XADD', key, sid, unpack(fields))
+  local len = redis.call('XLEN', key)
+  if len > limit + slack then
+    -- trim, recording the highest discarded revision in the same step
+    local old = redis.call('XRANGE', key, '-', '+', 'COUNT', len - limit)
+    local last = tonumber(string.match(old[#old][1], '^(%d+)'))
+    redis.call('XTRIM', key, 'MINID', (last + 1) .. '-0')
+    redis.call('HSET', prefix .. '/trim', key, last)
+  end
+end
+return {'OK', tostring(rev), topic, value}
+"""
+
+# KEYS: epoch   ARGV: expected old epoch ('' = absent), new epoch
+_NEW_EPOCH = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return ARGV[2] end
+return current
+"""
+
+# KEYS: trim hash, stream   discard the whole stream, recording its last revision
+_COMPACT = """
+local info = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #info == 0 then return 0 end
+local last = tonumber(string.match(info[1][1], '^(%d+)'))
+redis.call('XTRIM', KEYS[2], 'MAXLEN', 0)
+local known = tonumber(redis.call('HGET', KEYS[1], KEYS[2]) or '0')
+if last > known then redis.call('HSET', KEYS[1], KEYS[2], last) end
+return last
+"""
+
+_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+
+
+def _unavailable(url: DatabaseURL, exc: BaseException) -> BackendUnavailableError:
+    return BackendUnavailableError(f"{url}: {type(exc).__name__}: {exc}")
+
+
+class RedisDriver(Driver):
+    """The Redis driver; see the module documentation."""
+
+    capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
+
+    def __init__(self, url: DatabaseURL) -> None:
+        super().__init__(url)
+        known = {"prefix", "maxlen", "block", "connect_timeout"}
+        unknown = set(url.options) - known
+        if unknown:
+            raise InvalidURL(f"unknown {url.scheme}:// option(s): {', '.join(sorted(unknown))}")
+        self.prefix = url.option("prefix", "dfdb") or "dfdb"
+        if "/" in self.prefix:
+            raise InvalidURL("the redis prefix must not contain '/'")
+        self.maxlen = url.int_option("maxlen", 100_000, minimum=1)
+        self.block = url.float_option("block", 1.0, minimum=0.01)
+        self.connect_timeout = url.float_option("connect_timeout", 5.0, minimum=0.01)
+        self._kwargs = self._client_kwargs(url)
+        self._client: Any = None
+        self._reader_client: Any = None
+        self._write: Any = None
+        self._new_epoch: Any = None
+        self._compact: Any = None
+        self.epoch = ""
+        self._sources: set[RedisSource] = set()
+
+    def _client_kwargs(self, url: DatabaseURL) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"username": url.username, "password": url.password}
+        if url.scheme == "unix":
+            if not url.path:
+                raise InvalidURL("unix:// needs a socket path: unix:///run/redis.sock")
+            kwargs["unix_socket_path"] = "/" + url.path.lstrip("/")
+            db = url.int_option("db", 0) if "db" in url.options else 0
+        else:
+            if len(url.hosts) > 1:
+                raise InvalidURL("redis:// takes one host (Redis Cluster is not supported)")
+            host, port = url.hosts[0] if url.hosts else ("127.0.0.1", None)
+            kwargs["host"] = host or "127.0.0.1"
+            kwargs["port"] = port or 6379
+            kwargs["ssl"] = url.scheme == "rediss"
+            try:
+                db = int(url.path) if url.path else 0
+            except ValueError:
+                raise InvalidURL(f"the redis database must be a number, not {url.path!r}") from None
+        kwargs["db"] = db
+        return kwargs
+
+    def _key(self, *parts: str) -> str:
+        return "/".join((self.prefix, *parts))
+
+    def _new_client(self, socket_timeout: float | None) -> aioredis.Redis:
+        kw = self._kwargs
+        common: dict[str, Any] = {
+            "db": kw["db"],
+            "username": kw["username"],
+            "password": kw["password"],
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_timeout": socket_timeout,
+            "retry": Retry(NoBackoff(), 0),  # dfdb retries, idempotently; redis-py must not
+            "decode_responses": False,
+        }
+        if "unix_socket_path" in kw:
+            return aioredis.Redis(unix_socket_path=kw["unix_socket_path"], **common)
+        return aioredis.Redis(host=kw["host"], port=kw["port"], ssl=kw["ssl"], **common)
+
+    # ------------------------------------------------------------ connection
+    async def open(self) -> None:
+        await super().open()
+        if self._client is not None:
+            return
+        self._client = self._new_client(socket_timeout=max(5.0, self.connect_timeout))
+        self._reader_client = self._new_client(socket_timeout=self.block + max(5.0, self.connect_timeout))
+        self._write = self._client.register_script(_WRITE)
+        self._new_epoch = self._client.register_script(_NEW_EPOCH)
+        self._compact = self._client.register_script(_COMPACT)
+        try:
+            await self.refresh_epoch()
+        except BaseException:
+            await self._close_clients()
+            raise
+
+    async def _close_clients(self) -> None:
+        for client in (self._client, self._reader_client):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        self._client = self._reader_client = None
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        await super().aclose()
+        for source in list(self._sources):
+            await source.aclose()
+        await self._close_clients()
+
+    def _c(self) -> Any:  # redis-py's reply types are unions of bytes/str/None; checked here by hand
+        self._check_open()
+        if self._client is None:
+            raise RuntimeError("the driver is not open; use 'async with' or 'await open()'")
+        return self._client
+
+    async def refresh_epoch(self, stale: str | None = None) -> str:
+        """Read the dataset's epoch, creating one when absent (or replacing ``stale``)."""
+        client = self._c()
+        key = self._key("epoch")
+        try:
+            if stale is None:
+                await client.set(key, f"redis-{uuid.uuid4().hex[:16]}", nx=True)
+                raw = await client.get(key)
+            else:
+                raw = await self._new_epoch(keys=[key], args=[stale, f"redis-{uuid.uuid4().hex[:16]}"])
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(self.url, exc) from None
+        except rexc.RedisError as exc:
+            raise DriverError(f"{self.url}: {exc}") from None
+        self.epoch = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return self.epoch
+
+    # ------------------------------------------------------------ contract
+    async def identity(self) -> str:
+        await self._adopt_epoch()
+        return self.epoch
+
+    async def _adopt_epoch(self, raw: bytes | None = None, *, read: bool = True) -> None:
+        """Follow the server's epoch: adopt another one, or make one when it is gone."""
+        if read:
+            try:
+                raw = await self._c().get(self._key("epoch"))
+            except _CONNECTION_ERRORS as exc:
+                raise _unavailable(self.url, exc) from None
+        if raw is None:
+            await self.refresh_epoch(stale="")
+        else:
+            self.epoch = raw.decode()
+
+    async def get(self, table: str, id: str) -> Entry | None:
+        try:
+            row = await self._c().hmget(self._key("e", table, id), "r", "t", "v")
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(self.url, exc) from None
+        if row[0] is None:
+            return None
+        return Entry(table, id, row[1].decode() or None, row[2], int(row[0]))
+
+    async def _run_write(
+        self, table: str, id: str, op: str, expect: str, topic: str, value: bytes
+    ) -> tuple[int, str | None, bytes]:
+        entry_key = self._key("e", table, id)
+        for _ in range(3):
+            try:
+                reply = await self._write(
+                    keys=[entry_key, self._key("rev"), self._key("epoch")],
+                    args=[self.prefix, table, id, op, expect, topic, value, self.maxlen, self.epoch],
+                )
+            except _CONNECTION_ERRORS as exc:
+                raise _unavailable(self.url, exc) from None
+            except rexc.RedisError as exc:
+                raise DriverError(f"{self.url}: {exc}") from None
+            status, detail = reply[0].decode(), reply[1]
+            if status == "OK":
+                return int(detail), reply[2].decode() or None, reply[3]
+            if status == "EPOCH":  # the data set changed under us: adopt its epoch (or make one)
+                await self.refresh_epoch(stale=detail.decode() or "")
+                continue
+            if status == "EXISTS":
+                raise AlreadyExistsError(f"{table}/{id} already exists")
+            if status == "NOTFOUND":
+                raise NotFoundError(f"{table}/{id} not found")
+            if status == "CONFLICT":
+                raise ConflictError(f"{table}/{id} is at revision {detail.decode()}, not {expect}")
+            if status == "TOPIC":
+                raise ValueError(f"{table}/{id} belongs to topic {detail.decode() or None!r}, not {topic or None!r}")
+            raise DriverError(f"{self.url}: unexpected reply {status!r} from the write script")
+        raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
+
+    async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
+        exp = "absent" if expect is ABSENT else "any" if expect is ANY else str(expect)
+        return (await self._run_write(table, id, "put", exp, topic or "", value))[0]
+
+    async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
+        exp = "any" if expect is None else str(expect)
+        revision, topic, value = await self._run_write(table, id, "delete", exp, "", b"")
+        return Entry(table, id, topic, value, revision)
+
+    async def list(self, table: str, topic: str | None = None) -> Listing:
+        client = self._c()
+        index = self._key("i", table) if topic is None else self._key("i", table, "t", topic)
+        entries: builtins.list[Entry] = []
+        try:
+            raw_epoch, raw_rev = (
+                await client.pipeline(transaction=True).get(self._key("epoch")).get(self._key("rev")).execute()
+            )
+            revision = int(raw_rev or 0)
+            if raw_epoch is None or raw_epoch.decode() != self.epoch:
+                await self._adopt_epoch(raw_epoch, read=False)
+                if raw_epoch is None:
+                    revision = 0
+            cursor = 0
+            while True:
+                cursor, ids = await client.sscan(index, cursor, count=_SCAN_BATCH)
+                if ids:
+                    pipe = client.pipeline(transaction=False)
+                    for raw_id in ids:
+                        pipe.hmget(self._key("e", table, raw_id.decode()), "r", "t", "v")
+                    for raw_id, row in zip(ids, await pipe.execute(), strict=True):
+                        if row[0] is not None:
+                            entries.append(Entry(table, raw_id.decode(), row[1].decode() or None, row[2], int(row[0])))
+                if cursor == 0:
+                    break
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(self.url, exc) from None
+        return Listing(entries, revision, self.epoch)
+
+    async def watch(
+        self,
+        tables: Collection[str],
+        topics: Collection[str | None] | None = None,
+        since: int | None = None,
+    ) -> EventSource:
+        self._c()
+        if since is None:
+            try:
+                since = int(await self._c().get(self._key("rev")) or 0)
+            except _CONNECTION_ERRORS as exc:
+                raise _unavailable(self.url, exc) from None
+        streams: builtins.list[str] = []
+        for table in sorted(set(tables)):
+            if topics is None:
+                streams.append(self._key("s", table))
+            else:
+                streams.extend(
+                    self._key("s", table, "n") if topic is None else self._key("s", table, "t", topic)
+                    for topic in sorted(topics, key=lambda t: (t is None, t or ""))
+                )
+        source = RedisSource(self, streams, since)
+        self._sources.add(source)
+        return source
+
+    async def allocate_unique_key(self, table: str) -> int:
+        try:
+            return int(await self._c().incr(self._key("keys", table)))
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(self.url, exc) from None
+
+    async def compact(self) -> None:
+        client = self._c()
+        try:
+            async for key in client.scan_iter(match=self._key("s", "*"), count=1000):
+                await self._compact(keys=[self._key("trim"), key])
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(self.url, exc) from None
+
+
+class RedisSource(EventSource):
+    """Blocking ``XREAD`` on the subscribed streams from one position, merged in revision order.
+
+    Each round trip also reads the epoch and the counter (before the read) and each
+    stream's trim watermark (after it), so that lost history is announced.
+    A lost connection is retried with backoff, resuming from the position.
+    """
+
+    def __init__(self, driver: RedisDriver, streams: builtins.list[str], position: int) -> None:
+        self._driver = driver
+        self._streams = streams
+        self.position = position
+        self._ids = dict.fromkeys(streams, position)
+        self._epoch = driver.epoch
+        self._buffer: builtins.list[RawEvent] = []
+        self._closed = False
+        self._backoff = Backoff()
+        self.records_read = 0
+        """Stream entries read from the server (including ones later filtered)."""
+
+    async def __anext__(self) -> RawEvent:
+        failures = 0
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._buffer:
+                return self._buffer.pop()
+            try:
+                event = await self._round()
+                checkpoint()
+            except (BackendUnavailableError, *_CONNECTION_ERRORS) as exc:
+                raise_if_cancelling(exc)
+                if self._closed:
+                    raise StopAsyncIteration from None
+                delay = self._backoff.delay(failures)
+                failures += 1
+                log.warning("redis stream interrupted (%s); resuming in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            if event is not None:
+                return event
+
+    def _resync(self, revision: int, epoch: str) -> RawEvent:
+        self.position = revision
+        self._ids = dict.fromkeys(self._streams, revision)
+        self._epoch = epoch
+        return RawEvent("resync", None, "", None, None, revision, identity=epoch)
+
+    async def _round(self) -> RawEvent | None:
+        driver = self._driver
+        client = driver._reader_client
+        if client is None:
+            raise StopAsyncIteration
+        pipe = client.pipeline(transaction=False)
+        pipe.get(driver._key("epoch"))
+        pipe.get(driver._key("rev"))
+        pipe.xread({s: f"{i}-0" for s, i in self._ids.items()}, count=_READ_COUNT, block=int(driver.block * 1000))
+        pipe.hmget(driver._key("trim"), self._streams)
+        replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        raw_epoch, raw_rev, data = replies[0], replies[1], replies[2]
+        epoch = raw_epoch.decode() if raw_epoch else ""
+        counter = int(raw_rev or 0)
+        if epoch != self._epoch or counter < self.position:
+            # another dataset, one that came back without its data, or a counter that went back
+            if not epoch:
+                fresh = await driver.refresh_epoch(stale="")
+            elif epoch != self._epoch:
+                fresh = driver.epoch = epoch
+            else:
+                fresh = await driver.refresh_epoch(stale=epoch)
+            now = int(await client.get(driver._key("rev")) or 0)
+            return self._resync(now, fresh)
+        asked = dict(self._ids)
+        for stream, trimmed in zip(self._streams, replies[3], strict=True):
+            if trimmed is not None and int(trimmed) > asked[stream]:
+                return self._resync(counter, epoch)
+        if not data:
+            return None
+        per_stream: dict[str, builtins.list[tuple[int, dict[bytes, bytes]]]] = {}
+        for raw_stream, entries in data:
+            name = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
+            per_stream[name] = [(int(eid.decode().split("-")[0]), fields) for eid, fields in entries]
+            self.records_read += len(entries)
+        full = [items[-1][0] for items in per_stream.values() if len(items) >= _READ_COUNT]
+        cap = min(full) if full else None
+        merged: dict[int, RawEvent | None] = {}
+        for name, items in per_stream.items():
+            for revision, fields in items:
+                if cap is not None and revision > cap:
+                    break
+                self._ids[name] = revision
+                merged.setdefault(revision, _event(revision, fields))
+        if cap is not None:
+            for name in self._ids:
+                self._ids[name] = max(self._ids[name], cap)
+        if not merged:
+            return None
+        self.position = max(self.position, max(merged))
+        events = [ev for _, ev in sorted(merged.items()) if ev is not None]
+        self._buffer = events[::-1]
+        return None
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._driver._sources.discard(self)
+
+
+def _event(revision: int, fields: dict[bytes, bytes]) -> RawEvent | None:
+    try:
+        action = fields[b"a"].decode()
+        table = fields[b"b"].decode()
+        id = fields[b"i"].decode()
+        topic = fields[b"p"].decode() or None
+        value = fields[b"v"]
+    except (KeyError, UnicodeDecodeError):
+        log.warning("skipping malformed stream entry %d-0 (fields: %s)", revision, sorted(fields))
+        return None
+    if action not in ("create", "update", "delete"):
+        log.warning("skipping stream entry %d-0 of %s/%s: unknown action %r", revision, table, id, action)
+        return None
+    return RawEvent(action, table, id, topic, value, revision)  # type: ignore[arg-type]
