@@ -118,6 +118,12 @@ class ChangeStream:
         """How many duplicate events were dropped."""
 
     @property
+    def records_read(self) -> int | None:
+        """Change records this stream read from the backend, where the driver counts them."""
+        value = getattr(self._source, "records_read", None)
+        return value if isinstance(value, int) else None
+
+    @property
     def cursor(self) -> str:
         """The position after the last event yielded (resume with ``watch(since=cursor)``).
 

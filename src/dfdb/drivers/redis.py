@@ -45,6 +45,7 @@ from dfdb.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
     ConflictError,
+    CorruptObjectError,
     DriverError,
     InvalidURL,
     NotFoundError,
@@ -281,9 +282,9 @@ class RedisDriver(Driver):
             row = await self._c().hmget(self._key("e", table, id), "r", "t", "v")
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
-        if row[0] is None:
-            return None
-        return Entry(table, id, row[1].decode() or None, row[2], int(row[0]))
+        except rexc.ResponseError as exc:  # e.g. another program wrote a string there
+            raise CorruptObjectError(table, id, f"not a dfdb entry ({exc})") from None
+        return _entry(table, id, row)
 
     async def _run_write(
         self, table: str, id: str, op: str, expect: str, topic: str, value: bytes
@@ -297,6 +298,10 @@ class RedisDriver(Driver):
                 )
             except _CONNECTION_ERRORS as exc:
                 raise _unavailable(self.url, exc) from None
+            except rexc.ResponseError as exc:
+                if "WRONGTYPE" in str(exc):
+                    raise CorruptObjectError(table, id, "not a dfdb entry (wrong Redis type)") from None
+                raise DriverError(f"{self.url}: {exc}") from None
             except rexc.RedisError as exc:
                 raise DriverError(f"{self.url}: {exc}") from None
             status, detail = reply[0].decode(), reply[1]
@@ -345,9 +350,16 @@ class RedisDriver(Driver):
                     pipe = client.pipeline(transaction=False)
                     for raw_id in ids:
                         pipe.hmget(self._key("e", table, raw_id.decode()), "r", "t", "v")
-                    for raw_id, row in zip(ids, await pipe.execute(), strict=True):
-                        if row[0] is not None:
-                            entries.append(Entry(table, raw_id.decode(), row[1].decode() or None, row[2], int(row[0])))
+                    for raw_id, row in zip(ids, await pipe.execute(raise_on_error=False), strict=True):
+                        try:
+                            if isinstance(row, Exception):
+                                raise CorruptObjectError(table, raw_id.decode(), f"not a dfdb entry ({row})")
+                            entry = _entry(table, raw_id.decode(), row)
+                        except CorruptObjectError as exc:
+                            log.warning("skipping %s", exc)
+                            continue
+                        if entry is not None:
+                            entries.append(entry)
                 if cursor == 0:
                     break
         except _CONNECTION_ERRORS as exc:
@@ -472,7 +484,7 @@ class RedisSource(EventSource):
             return self._resync(now, fresh)
         asked = dict(self._ids)
         for stream, trimmed in zip(self._streams, replies[3], strict=True):
-            if trimmed is not None and int(trimmed) > asked[stream]:
+            if trimmed is not None and int(trimmed if trimmed.isdigit() else 0) > asked[stream]:
                 return self._resync(counter, epoch)
         if not data:
             return None
@@ -505,6 +517,16 @@ class RedisSource(EventSource):
             return
         self._closed = True
         self._driver._sources.discard(self)
+
+
+def _entry(table: str, id: str, row: builtins.list[Any]) -> Entry | None:
+    """An entry from ``HMGET r t v``; ``None`` when absent."""
+    if row[0] is None:
+        return None
+    try:
+        return Entry(table, id, row[1].decode() or None if row[1] is not None else None, row[2] or b"", int(row[0]))
+    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+        raise CorruptObjectError(table, id, f"malformed dfdb entry ({exc})") from None
 
 
 def _event(revision: int, fields: dict[bytes, bytes]) -> RawEvent | None:

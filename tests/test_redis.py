@@ -1,0 +1,217 @@
+"""The Redis driver against a real redis-server: restarts, lost data, topic reads, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+import dfdb
+from dfdb.testing.servers import RedisServer, require_servers
+
+
+class Port(dfdb.NbModel, table="redis_port"):
+    n: int = 0
+
+
+def start_server(appendonly: bool) -> Iterator[RedisServer]:
+    server = RedisServer(appendonly=appendonly)
+    if not server.available():
+        server.stop()
+        if require_servers():
+            pytest.fail("redis-server is not installed and DFDB_REQUIRE_SERVERS is set")
+        pytest.skip("redis-server is not installed")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def durable_server() -> Iterator[RedisServer]:
+    yield from start_server(appendonly=True)
+
+
+@pytest.fixture
+def volatile_server() -> Iterator[RedisServer]:
+    yield from start_server(appendonly=False)
+
+
+class Watcher:
+    """Follows Port through one stream; on RESYNC relists (the reconcile of DESIGN.md)."""
+
+    def __init__(self, nb: dfdb.NbApi) -> None:
+        self.nb = nb
+        self.pairs: list[tuple[str, int]] = []
+        self.view: dict[str, int] = {}
+        self.resyncs = 0
+        self.position = 0
+        self.moved = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        listing = await self.nb.list(Port)
+        self.view = {p.id: p.version for p in listing.items}
+        async with self.nb.watch(Port, since=listing.cursor) as stream:
+            self.ready.set()
+            async for ev in stream:
+                if ev.action == dfdb.Action.RESYNC:
+                    self.resyncs += 1
+                    self.view = {p.id: p.version for p in await self.nb.get_all(Port)}
+                else:
+                    self.pairs.append((ev.id, ev.revision))
+                    if ev.action == dfdb.Action.DELETE:
+                        self.view.pop(ev.id, None)
+                    elif ev.obj is not None:
+                        self.view[ev.id] = ev.obj.version
+                self.position = ev.revision
+                self.moved.set()
+
+    async def wait_past(self, revision: int, within: float = 30) -> None:
+        async with asyncio.timeout(within):
+            while self.position < revision:
+                self.moved.clear()
+                await self.moved.wait()
+
+
+@contextlib.asynccontextmanager
+async def watchers(nb: dfdb.NbApi, count: int) -> AsyncIterator[list[Watcher]]:
+    ws = [Watcher(nb) for _ in range(count)]
+    tasks = [asyncio.create_task(w.run()) for w in ws]
+    try:
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(w.ready.wait() for w in ws))
+        yield ws
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+            if not t.cancelled() and t.exception() is not None:
+                raise AssertionError("a watcher failed") from t.exception()
+
+
+async def server_record(url: str) -> list[tuple[str, int]]:
+    """The server's own record of writes: the table stream, read raw."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url.split("?")[0])
+    try:
+        entries = await client.xrange("dfdb/s/redis_port")
+    finally:
+        await client.aclose()
+    return [(fields[b"i"].decode(), int(eid.decode().split("-")[0])) for eid, fields in entries]
+
+
+async def test_kill_9_with_persistence_loses_nothing(durable_server: RedisServer) -> None:
+    url = durable_server.url
+    async with dfdb.connect(url, timeout=20) as nb, watchers(nb, 2) as ws:
+        killed = asyncio.Event()
+
+        async def writer() -> None:
+            live: dict[str, Port] = {}
+            for n in range(2000):
+                key = f"p{n % 50}"
+                if key in live:
+                    live[key] = await nb.update(live[key].model_copy(update={"n": n}))
+                else:
+                    live[key] = await nb.create(Port(id=key, topic=f"t{n % 4}", n=n))
+                if n == 700:
+                    killed.set()
+
+        async def killer() -> None:
+            await killed.wait()
+            await asyncio.to_thread(durable_server.restart)  # kill -9, then start on the same port
+
+        await asyncio.gather(writer(), killer())  # a spurious Conflict/AlreadyExists error would raise here
+        final = await server_record(url)
+        assert len(final) == 2000
+        for w in ws:
+            await w.wait_past(final[-1][1])
+            assert w.resyncs == 0
+            assert w.pairs == final
+
+
+@pytest.mark.parametrize("loss", ["restart", "flushall"])
+async def test_lost_data_is_announced_and_reconciled(volatile_server: RedisServer, loss: str) -> None:
+    url = volatile_server.url
+    async with dfdb.connect(url, timeout=20) as nb, watchers(nb, 2) as ws:
+        for n in range(300):
+            await nb.create(Port(id=f"old{n}", topic="t"))
+        if loss == "restart":
+            await asyncio.to_thread(volatile_server.restart)
+        else:
+            import redis.asyncio as aioredis
+
+            raw = aioredis.Redis.from_url(url)
+            await raw.flushall()
+            await raw.aclose()
+        for n in range(100):
+            await nb.create(Port(id=f"new{n}", topic="t"))
+        await nb.delete(Port, "new0")
+        truth = {p.id: p.version for p in await nb.get_all(Port)}
+        assert set(truth) == {f"new{n}" for n in range(1, 100)}
+        for w in ws:
+            async with asyncio.timeout(30):
+                while w.view != truth or w.resyncs == 0:
+                    w.moved.clear()
+                    await w.moved.wait()
+            assert w.resyncs >= 1
+
+
+async def test_topic_watcher_reads_only_its_topic(volatile_server: RedisServer) -> None:
+    async with dfdb.connect(volatile_server.url) as nb:
+        async with nb.watch(Port, topics={"t7"}) as stream:
+            for n in range(2000):
+                await nb.create(Port(id=f"p{n}", topic=f"t{n % 20}"))
+            mine = [await asyncio.wait_for(anext(stream), 10) for _ in range(100)]
+            assert {ev.topic for ev in mine} == {"t7"}
+            assert stream.records_read == 100
+
+
+async def test_foreign_data_in_the_namespace_is_contained(
+    volatile_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis.asyncio as aioredis
+
+    raw = aioredis.Redis.from_url(volatile_server.url)
+    try:
+        async with dfdb.connect(volatile_server.url) as nb, nb.watch(Port) as stream:
+            await nb.create(Port(id="good", topic="t"))
+            assert (await asyncio.wait_for(anext(stream), 10)).id == "good"
+            # another program writes a plain string where an entry lives, and indexes it
+            await raw.set("dfdb/e/redis_port/alien", "hello")
+            await raw.sadd("dfdb/i/redis_port", "alien")
+            with pytest.raises(dfdb.CorruptObjectError) as info:
+                await nb.get(Port, "alien")
+            assert (info.value.table, info.value.id) == ("redis_port", "alien")
+            assert [p.id for p in await nb.get_all(Port)] == ["good"]
+            assert "alien" in caplog.text
+            # a stream entry with missing fields, at the next revision
+            rev = await raw.incr("dfdb/rev")
+            await raw.xadd("dfdb/s/redis_port", {"a": "create"}, id=f"{rev}-0")
+            await nb.create(Port(id="after", topic="t"))
+            ev = await asyncio.wait_for(anext(stream), 10)
+            assert ev.id == "after"
+            assert "malformed stream entry" in caplog.text
+    finally:
+        await raw.aclose()
+
+
+def test_password_never_shown() -> None:
+    nb = dfdb.connect("redis://user:hunter2@127.0.0.1:1/0")
+    assert "hunter2" not in str(nb.url) and "hunter2" not in repr(nb.url)
+
+
+async def test_unreachable_server_is_one_clear_error() -> None:
+    from dfdb.testing.servers import free_port
+
+    port = free_port()
+    with pytest.raises(dfdb.BackendUnavailableError, match=f"127.0.0.1:{port}") as info:
+        async with dfdb.connect(f"redis://u:secret@127.0.0.1:{port}/0", timeout=1):
+            pass
+    assert "secret" not in str(info.value)
