@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +216,48 @@ async def test_unreachable_server_is_one_clear_error() -> None:
         async with dfdb.connect(f"redis://u:secret@127.0.0.1:{port}/0", timeout=1):
             pass
     assert "secret" not in str(info.value)
+
+
+def test_cli_unreachable_server_is_one_line_within_seconds() -> None:
+    import subprocess
+    import sys
+    import time
+
+    from dfdb.testing.servers import free_port
+
+    port = free_port()
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "dfdb", "--db", f"redis://u:pw@127.0.0.1:{port}/0", "--timeout", "1", "ls", "lport"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and ":pw@" not in lines[0]
+
+
+async def test_unix_socket_url(tmp_path: Path) -> None:
+    import shutil
+
+    from dfdb.testing.servers import free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if require_servers():
+            pytest.fail("redis-server is not installed and DFDB_REQUIRE_SERVERS is set")
+        pytest.skip("redis-server is not installed")
+    sock = f"{tmp_path}/redis.sock"
+    proc = await asyncio.create_subprocess_exec(
+        binary, "--port", str(free_port()), "--bind", "127.0.0.1", "--unixsocket", sock, "--save", "",
+        "--appendonly", "no", "--dir", str(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with dfdb.connect(f"unix://{sock}", timeout=10) as nb:
+            await nb.create(Port(id="u", topic="t"))
+            assert (await nb.get(Port, "u")).id == "u"
+    finally:
+        proc.terminate()
+        await proc.wait()

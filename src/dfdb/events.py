@@ -6,7 +6,7 @@ import enum
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -112,10 +112,35 @@ class ChangeStream:
         self._last: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._position: int | None = None
         self._pending_resync = False
+        self._floors: dict[str | None, int] = {}
         self.corrupt = 0
         """How many events were skipped because their value failed validation."""
         self.duplicates = 0
         """How many duplicate events were dropped."""
+
+    async def add_topics(self, topics: Iterable[str | None], *, since: str) -> None:
+        """Follow ``topics`` too, with no gap: every change of them after the cursor
+        ``since`` (typically from ``nb.list(Model, topic=…)``) arrives. A stream of every
+        topic ignores this.
+
+        Raises:
+            ValueError: ``since`` is not a cursor of this backend.
+            StreamClosedError: the stream is not open, or its driver cannot change topics.
+        """
+        if self._state != "open" or self._source is None:
+            raise StreamClosedError("enter the stream with 'async with' before adding topics")
+        if self._topics is None:
+            return
+        identity, revision = parse_cursor(since)
+        if identity != self._identity:
+            raise ValueError(f"cursor {since!r} is from another backend")
+        new = frozenset(topics) - self._topics
+        if not new:
+            return
+        for topic in new:
+            self._floors[topic] = revision  # that topic's changes at or before are in the caller's listing
+        await self._source.add_topics(new, revision)
+        self._topics = self._topics | new
 
     @property
     def records_read(self) -> int | None:
@@ -187,6 +212,7 @@ class ChangeStream:
     def _convert(self, raw: RawEvent) -> ChangeEvent | None:
         if raw.action == "resync":
             self._last.clear()
+            self._floors.clear()
             self._position = raw.revision
             if raw.identity:
                 self._identity = raw.identity
@@ -198,6 +224,8 @@ class ChangeStream:
         if model is None:
             return None
         if self._filter_topics and self._topics is not None and raw.topic not in self._topics:
+            return None
+        if self._floors and raw.revision <= self._floors.get(raw.topic, 0):
             return None
         key = (raw.table or "", raw.id)
         last = self._last.get(key)

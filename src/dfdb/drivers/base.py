@@ -131,6 +131,16 @@ class EventSource(ABC):
     async def aclose(self) -> None:
         """Stop the source; idempotent."""
 
+    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
+        """Follow ``topics`` too, from revision ``since``: every change of them after
+        ``since`` arrives (those at or before the source's position first, then the rest
+        in order). Sources of a watch on every topic ignore this.
+
+        Raises:
+            StreamClosedError: this source cannot change its topics; open a new watch.
+        """
+        raise StreamClosedError(f"{type(self).__name__} cannot add topics to a running watch")
+
 
 class Driver(ABC):
     """A backend. Subclasses implement the key/value operations below.

@@ -209,6 +209,24 @@ class _MemorySource(EventSource):
                 continue
             await self._wake.wait()
 
+    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
+        if self._topics is None:
+            return
+        new = frozenset(topics) - self._topics
+        if not new:
+            return
+        store = self._store
+        if since < store.trimmed:
+            self._buffer.append(RawEvent("resync", None, "", None, None, self._position))
+        else:
+            backlog = [
+                ev
+                for ev in store.after(since)
+                if ev.revision <= self._position and ev.table in self._tables and ev.topic in new
+            ]
+            self._buffer.extend(reversed(backlog))  # popped from the end: oldest first
+        self._topics = self._topics | new
+
     async def aclose(self) -> None:
         if self._closed:
             return

@@ -146,6 +146,11 @@ class SnapshotPoller(EventSource):
         self._task.result()  # re-raise what stopped the task
         raise StopAsyncIteration
 
+    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
+        """Add topics; their objects arrive with the next snapshot (convergence only)."""
+        if self._topics is not None:
+            self._topics = self._topics | frozenset(topics)
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -173,7 +178,8 @@ class ChangeBatch:
     trimmed: int
 
 
-ChangeReader = Callable[[int], Awaitable[ChangeBatch]]
+ChangeReader = Callable[[int, frozenset[str | None] | None], Awaitable[ChangeBatch]]
+"""``read(after, topics)``: the changes after revision ``after`` of ``topics`` (``None``: all)."""
 
 
 class ChangeLogPoller(EventSource):
@@ -191,11 +197,13 @@ class ChangeLogPoller(EventSource):
         read: ChangeReader,
         position: int,
         *,
+        topics: frozenset[str | None] | None = None,
         interval: float,
         waiters: set[asyncio.Event],
         backoff: Backoff | None = None,
     ) -> None:
         self._read = read
+        self._topics = topics
         self.position = position
         self._interval = interval
         self._waiters = waiters
@@ -214,7 +222,7 @@ class ChangeLogPoller(EventSource):
                 return self._buffer.pop()
             self._wake.clear()
             try:
-                batch = await self._read(self.position)
+                batch = await self._read(self.position, self._topics)
                 checkpoint()
             except DriverError as exc:
                 raise_if_cancelling(exc)
@@ -236,6 +244,26 @@ class ChangeLogPoller(EventSource):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
                     await self._wake.wait()
+
+    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
+        if self._topics is None:
+            return
+        new = frozenset(topics) - self._topics
+        if not new:
+            return
+        backlog: list[RawEvent] = []
+        after = since
+        while after < self.position:
+            batch = await self._read(after, new)
+            if after < batch.trimmed:
+                backlog = [RawEvent("resync", None, "", None, None, self.position)]
+                break
+            backlog.extend(ev for ev in batch.events if ev.revision <= self.position)
+            if not batch.events or batch.position <= after:
+                break
+            after = batch.position
+        self._buffer.extend(reversed(backlog))  # popped from the end: oldest first
+        self._topics = self._topics | new
 
     async def aclose(self) -> None:
         if self._closed:

@@ -387,7 +387,7 @@ class RedisDriver(Driver):
                     self._key("s", table, "n") if topic is None else self._key("s", table, "t", topic)
                     for topic in sorted(topics, key=lambda t: (t is None, t or ""))
                 )
-        source = RedisSource(self, streams, since)
+        source = RedisSource(self, streams, since, sorted(set(tables)) if topics is not None else None)
         self._sources.add(source)
         return source
 
@@ -414,9 +414,16 @@ class RedisSource(EventSource):
     A lost connection is retried with backoff, resuming from the position.
     """
 
-    def __init__(self, driver: RedisDriver, streams: builtins.list[str], position: int) -> None:
+    def __init__(
+        self,
+        driver: RedisDriver,
+        streams: builtins.list[str],
+        position: int,
+        topic_tables: builtins.list[str] | None = None,
+    ) -> None:
         self._driver = driver
         self._streams = streams
+        self._topic_tables = topic_tables
         self.position = position
         self._ids = dict.fromkeys(streams, position)
         self._epoch = driver.epoch
@@ -511,6 +518,17 @@ class RedisSource(EventSource):
         events = [ev for _, ev in sorted(merged.items()) if ev is not None]
         self._buffer = events[::-1]
         return None
+
+    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
+        if self._topic_tables is None:
+            return
+        driver = self._driver
+        for table in self._topic_tables:
+            for topic in topics:
+                key = driver._key("s", table, "n") if topic is None else driver._key("s", table, "t", topic)
+                if key not in self._ids:
+                    self._streams.append(key)
+                    self._ids[key] = since  # read from `since`: the topic's earlier changes come first
 
     async def aclose(self) -> None:
         if self._closed:

@@ -317,10 +317,12 @@ class SqliteDriver(Driver):
                 raise _unavailable(self.url, exc) from None
         table_set, topic_set = frozenset(tables), None if topics is None else frozenset(topics)
 
-        async def read(position: int) -> ChangeBatch:
-            return await self.changes_after(position, table_set, topic_set)
+        async def read(position: int, topics: frozenset[str | None] | None) -> ChangeBatch:
+            return await self.changes_after(position, table_set, topics)
 
-        source = ChangeLogPoller(read, since, interval=self.poll_interval, waiters=_WAITERS[self._key])
+        source = ChangeLogPoller(
+            read, since, topics=topic_set, interval=self.poll_interval, waiters=_WAITERS[self._key]
+        )
         self._sources.add(source)
         return source
 

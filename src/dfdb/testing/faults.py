@@ -139,6 +139,9 @@ class _FaultySource(EventSource):
                     self._pending.append(nxt)
             return event
 
+    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
+        await self._inner.add_topics(topics, since)
+
     async def aclose(self) -> None:
         await self._inner.aclose()
 

@@ -19,6 +19,7 @@ from dfdb import Action, ChangeEvent, ChangeStream, NbApi, NbModel, Ref
 __all__ = [
     "ConformanceItem",
     "ConformanceLink",
+    "test_add_topics_to_a_running_watch",
     "test_bad_cursor_is_refused",
     "test_bad_ids_are_refused",
     "test_caught_up_watcher_gets_no_resync",
@@ -415,6 +416,30 @@ async def test_topic_filter(nb: NbApi) -> None:
         await nb.delete(Item, "y")
         ev = await next_event(t1)
         assert (ev.action, ev.id) == (Action.DELETE, "y")
+
+
+async def test_add_topics_to_a_running_watch(nb: NbApi) -> None:
+    async with nb.watch(Item, topics={"t1"}) as stream:
+        await nb.create(Item(id="a", topic="t2"))
+        listing = await nb.list(Item, topic="t2")
+        assert [o.id for o in listing.items] == ["a"]
+        await nb.create(Item(id="b", topic="t2"))  # after the listing, before the topic is added
+        await nb.create(Item(id="c", topic="t1"))
+        await nb.create(Item(id="x", topic="t3"))
+        await stream.add_topics({"t2"}, since=listing.cursor)
+        await nb.create(Item(id="d", topic="t2"))
+        seen: list[str] = []
+        async for ev in events_until(stream, lambda: {"b", "c", "d"} <= set(seen)):
+            seen.append(ev.id)  # noqa: PERF401  (the condition reads the list as it grows)
+        assert "x" not in seen
+        if nb.exact:
+            assert sorted(seen) == ["b", "c", "d"], seen
+            assert seen.index("b") < seen.index("d")
+    async with nb.watch(Item) as everything:
+        await everything.add_topics({"t9"}, since=listing.cursor)  # a watch of every topic ignores it
+        with pytest.raises(ValueError, match="another backend"):
+            async with nb.watch(Item, topics={"t1"}) as other:
+                await other.add_topics({"t2"}, since="elsewhere@1")
 
 
 async def test_multi_table_watch(nb: NbApi) -> None:
