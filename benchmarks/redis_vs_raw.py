@@ -6,7 +6,7 @@ Starts its own redis-server (no persistence) unless --db is given. Cases (each r
 for dfdb and raw, interleaved, median of 5):
 - sequential create: ``nb.create`` vs raw ``SET key <the same JSON bytes>`` on one connection;
 - bulk load of LogicalPorts: ``nb.create_many`` vs raw pipelined ``SET`` (chunks of 256);
-- write->event latency: ``nb.patch`` then the ``ChangeStream`` event vs raw ``XADD`` then
+- write->event latency: ``nb.update`` (compare-and-swap) then the ``ChangeStream`` event vs raw ``XADD`` then
   a blocking ``XREAD`` on another connection.
 """
 
@@ -83,11 +83,11 @@ async def latency_dfdb(url: str, n: int) -> list[float]:
     run = uuid.uuid4().hex[:6]
     out: list[float] = []
     async with dfdb.connect(url + f"?prefix=b{run}") as nb:
-        await nb.create(port(0, run))
+        obj = await nb.create(port(0, run))
         async with nb.watch(LogicalPort) as stream:
             for i in range(n):
                 t0 = time.perf_counter()
-                await nb.patch(LogicalPort, f"{run}-0", name=str(i))
+                obj = await nb.update(obj.model_copy(update={"name": str(i)}))
                 await anext(stream)
                 out.append(time.perf_counter() - t0)
     return out

@@ -16,7 +16,7 @@ from typing import Any, Generic, Literal, TypeVar, cast
 from pydantic import ValidationError
 
 from dfdb.drivers import driver_class
-from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, EventSource, Expect
+from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, EventSource, Expect, PutRequest
 from dfdb.drivers.polling import SnapshotPoller
 from dfdb.errors import (
     BackendTimeoutError,
@@ -205,12 +205,16 @@ class NbApi:
         reason = str(exc) or f"no answer within {self.timeout:g}s"
         return BackendUnavailableError(f"{self.url}: {what} failed: {reason}")
 
-    async def _write(self, table: str, id: str, topic: str | None, value: bytes, wid: bytes, expect: Expect) -> int:
-        """``driver.put`` with retries; recognises its own earlier success by the write id."""
+    async def _write(
+        self, table: str, id: str, topic: str | None, value: bytes, wid: bytes, expect: Expect, *, sent: bool = False
+    ) -> int:
+        """``driver.put`` with retries; recognises its own earlier success by the write id.
+
+        ``sent``: an earlier attempt may have reached the server (its reply was lost).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         attempt = 0
-        sent = False
         while True:
             try:
                 async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
@@ -398,13 +402,60 @@ class NbApi:
         return await self._retry(lambda: self.driver.allocate_unique_key(table), "allocate_unique_key")
 
     async def create_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
-        """Create many objects, in chunks; not atomic.
+        """Create many objects, in chunks (one driver batch each); not atomic.
 
         Returns:
             For each input, in order: the stored object, or the error that refused it (a ``DfdbError``, or a
             ``ValueError``/``TypeError`` for an invalid object).
         """
-        return await self._many(self.create, objs)
+        self._check()
+        results: builtins.list[M | Exception] = []
+        items = list(objs)
+        for start in range(0, len(items), BATCH_CHUNK):
+            results.extend(await self._create_chunk(items[start : start + BATCH_CHUNK]))
+        return results
+
+    async def _create_chunk(self, chunk: builtins.list[M]) -> builtins.list[M | Exception]:
+        prepared: builtins.list[tuple[M, bytes, bytes] | Exception] = []
+        for obj in chunk:
+            try:
+                _model_of(obj)
+                new = obj.model_copy(update={"version": 1})
+                value, wid = self._encode(new)
+                prepared.append((new, value, wid))
+            except (TypeError, ValueError) as exc:
+                prepared.append(exc)
+        requests = [
+            PutRequest(type(p[0]).__table__, p[0].id, p[0].topic, p[1], ABSENT)
+            for p in prepared
+            if not isinstance(p, Exception)
+        ]
+        try:
+            async with asyncio.timeout(self.timeout):
+                outcomes: builtins.list[int | Exception] = await self.driver.put_many(requests)
+            checkpoint()
+        except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
+            raise_if_cancelling(exc)
+            outcomes = [exc] * len(requests)
+        results: builtins.list[M | Exception] = []
+        pending = iter(outcomes)
+        for p in prepared:
+            if isinstance(p, Exception):
+                results.append(p)
+                continue
+            new, value, wid = p
+            outcome = next(pending)
+            if isinstance(outcome, BackendUnavailableError | BackendTimeoutError | TimeoutError):
+                try:  # the batch's reply was lost: finish this write idempotently
+                    outcome = await self._write(type(new).__table__, new.id, new.topic, value, wid, ABSENT, sent=True)
+                except DfdbError as exc:
+                    outcome = exc
+            if isinstance(outcome, Exception):
+                results.append(outcome)
+            else:
+                object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (outcome, new.topic)})
+                results.append(new)
+        return results
 
     async def update_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
         """Update many objects (each compare-and-swap), in chunks; not atomic.

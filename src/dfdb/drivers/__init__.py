@@ -21,6 +21,7 @@ from dfdb.drivers.base import (
     EventSource,
     Expect,
     Listing,
+    PutRequest,
     RawAction,
     RawEvent,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "EventSource",
     "Expect",
     "Listing",
+    "PutRequest",
     "RawAction",
     "RawEvent",
     "driver_class",

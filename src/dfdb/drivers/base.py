@@ -7,10 +7,11 @@ increase across all writes of a deployment.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Final, Literal
@@ -27,6 +28,7 @@ __all__ = [
     "EventSource",
     "Expect",
     "Listing",
+    "PutRequest",
     "RawAction",
     "RawEvent",
 ]
@@ -71,6 +73,17 @@ class Entry:
     topic: str | None
     value: bytes
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutRequest:
+    """One write of :meth:`Driver.put_many`: the arguments of :meth:`Driver.put`."""
+
+    table: str
+    id: str
+    topic: str | None
+    value: bytes
+    expect: Expect
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +235,27 @@ class Driver(ABC):
             ValueError: an update names another topic than the stored one.
             BackendUnavailableError: the write may or may not have happened.
         """
+
+    async def put_many(self, writes: Sequence[PutRequest]) -> list[int | Exception]:
+        """Several ``put`` calls; not atomic. Drivers override this to batch round trips.
+
+        Returns:
+            For each request, in order: the write's revision, or the error ``put`` would
+            have raised (``AlreadyExistsError``, ``ConflictError``, …).
+
+        Raises:
+            BackendUnavailableError: the batch failed as a whole; each write may or may
+                not have happened.
+        """
+        outcomes = await asyncio.gather(
+            *(self.put(w.table, w.id, w.topic, w.value, w.expect) for w in writes), return_exceptions=True
+        )
+        results: list[int | Exception] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome
+            results.append(outcome)
+        return results
 
     @abstractmethod
     async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:

@@ -32,7 +32,7 @@ import builtins
 import contextlib
 import logging
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -40,7 +40,18 @@ from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, EventSource, Expect, Listing, RawEvent
+from dfdb.drivers.base import (
+    ABSENT,
+    ANY,
+    Capability,
+    Driver,
+    Entry,
+    EventSource,
+    Expect,
+    Listing,
+    PutRequest,
+    RawEvent,
+)
 from dfdb.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
@@ -304,22 +315,63 @@ class RedisDriver(Driver):
                 raise DriverError(f"{self.url}: {exc}") from None
             except rexc.RedisError as exc:
                 raise DriverError(f"{self.url}: {exc}") from None
-            status, detail = reply[0].decode(), reply[1]
-            if status == "OK":
-                return int(detail), reply[2].decode() or None, reply[3]
-            if status == "EPOCH":  # the data set changed under us: adopt its epoch (or make one)
-                await self.refresh_epoch(stale=detail.decode() or "")
+            if reply[0] == b"EPOCH":  # the data set changed under us: adopt its epoch (or make one)
+                await self.refresh_epoch(stale=reply[1].decode() or "")
                 continue
-            if status == "EXISTS":
-                raise AlreadyExistsError(f"{table}/{id} already exists")
-            if status == "NOTFOUND":
-                raise NotFoundError(f"{table}/{id} not found")
-            if status == "CONFLICT":
-                raise ConflictError(f"{table}/{id} is at revision {detail.decode()}, not {expect}")
-            if status == "TOPIC":
-                raise ValueError(f"{table}/{id} belongs to topic {detail.decode() or None!r}, not {topic or None!r}")
-            raise DriverError(f"{self.url}: unexpected reply {status!r} from the write script")
+            return self._reply(table, id, expect, topic, reply)
         raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
+
+    async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
+        """One pipeline of write scripts: one round trip for the whole batch."""
+        client = self._c()
+        for _ in range(3):
+            pipe = client.pipeline(transaction=False)
+            for w in writes:
+                exp = "absent" if w.expect is ABSENT else "any" if w.expect is ANY else str(w.expect)
+                await self._write(  # queues EVALSHA on the pipeline
+                    keys=[self._key("e", w.table, w.id), self._key("rev"), self._key("epoch")],
+                    args=[self.prefix, w.table, w.id, "put", exp, w.topic or "", w.value, self.maxlen, self.epoch],
+                    client=pipe,
+                )
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except _CONNECTION_ERRORS as exc:
+                raise _unavailable(self.url, exc) from None
+            stale = [r for r in replies if not isinstance(r, Exception) and r[0] == b"EPOCH"]
+            if stale:
+                await self.refresh_epoch(stale=stale[0][1].decode() or "")
+                if len(stale) == len(replies):
+                    continue
+                # mixed replies: the epoch changed mid-batch; those writes report BackendUnavailableError
+            results: builtins.list[int | Exception] = []
+            for w, reply in zip(writes, replies, strict=True):
+                try:
+                    if isinstance(reply, Exception):
+                        raise reply
+                    results.append(self._reply(w.table, w.id, str(w.expect), w.topic or "", reply)[0])
+                except (DriverError, AlreadyExistsError, NotFoundError, ConflictError, ValueError) as exc:
+                    results.append(exc)
+                except rexc.RedisError as exc:
+                    results.append(DriverError(f"{self.url}: {exc}"))
+            return results
+        raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
+
+    def _reply(self, table: str, id: str, expect: str, topic: str, reply: Any) -> tuple[int, str | None, bytes]:
+        """Interpret the write script's reply (EPOCH is handled by the caller)."""
+        status, detail = reply[0].decode(), reply[1]
+        if status == "OK":
+            return int(detail), reply[2].decode() or None, reply[3]
+        if status == "EPOCH":
+            raise BackendUnavailableError(f"{self.url}: the dataset changed during the write")
+        if status == "EXISTS":
+            raise AlreadyExistsError(f"{table}/{id} already exists")
+        if status == "NOTFOUND":
+            raise NotFoundError(f"{table}/{id} not found")
+        if status == "CONFLICT":
+            raise ConflictError(f"{table}/{id} is at revision {detail.decode()}, not {expect}")
+        if status == "TOPIC":
+            raise ValueError(f"{table}/{id} belongs to topic {detail.decode() or None!r}, not {topic or None!r}")
+        raise DriverError(f"{self.url}: unexpected reply {status!r} from the write script")
 
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
         exp = "absent" if expect is ABSENT else "any" if expect is ANY else str(expect)
