@@ -115,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 importlib.import_module(module)
             except ImportError as exc:
                 raise UsageError(f"cannot import models module {module!r}: {exc}") from None
+        if args.command == "server":
+            return _server(args)  # synchronous: Ctrl-C must reach it at once
         return asyncio.run(_run(args, sys.stdout))
     except UsageError as exc:
         print(f"dfdb: error: {exc}", file=sys.stderr)
@@ -149,8 +151,6 @@ def _json(obj: NbModel) -> str:
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
-    if args.command == "server":
-        return _server(args)
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
     nb = connect(_url(args), timeout=args.timeout)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from dataclasses import dataclass
 
 __all__ = ["Backoff", "checkpoint", "raise_if_cancelling"]
+
+log = logging.getLogger("dfdb")
 
 
 def checkpoint() -> None:
@@ -50,3 +53,13 @@ class Backoff:
         """The delay before retry number ``attempt`` (0-based), jittered."""
         cap = min(self.maximum, self.initial * self.factor**attempt)
         return random.uniform(cap / 2, cap)
+
+    async def pause(self, attempt: int, what: str, exc: BaseException) -> None:
+        """Log that ``what`` failed with ``exc`` and sleep before retry ``attempt``.
+
+        A cancellation that a client library turned into ``exc`` is re-raised instead.
+        """
+        raise_if_cancelling(exc)
+        delay = self.delay(attempt)
+        log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
+        await asyncio.sleep(delay)

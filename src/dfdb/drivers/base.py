@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import warnings
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final, Literal, TypeVar
 
 from dfdb.errors import StreamClosedError
 from dfdb.url import DatabaseURL
@@ -155,6 +156,9 @@ class EventSource(ABC):
         raise StreamClosedError(f"{type(self).__name__} cannot add topics to a running watch")
 
 
+S = TypeVar("S", bound=EventSource)
+
+
 class Driver(ABC):
     """A backend. Subclasses implement the key/value operations below.
 
@@ -172,6 +176,7 @@ class Driver(ABC):
         self._closed = False
         self._opened = False
         self._warned = False
+        self._sources: weakref.WeakSet[EventSource] = weakref.WeakSet()
 
     @property
     def closed(self) -> bool:
@@ -201,8 +206,21 @@ class Driver(ABC):
         self._opened = True
 
     async def aclose(self) -> None:
-        """Close connections and stop tasks; idempotent."""
+        """Close every change source of this driver, then its connections; idempotent."""
+        if self._closed:
+            return
         self._closed = True
+        for source in list(self._sources):
+            await source.aclose()
+        await self._release()
+
+    async def _release(self) -> None:  # noqa: B027  (an optional hook: drivers without connections skip it)
+        """Close connections and stop tasks; called once by ``aclose``, after the sources."""
+
+    def _track(self, source: S) -> S:
+        """Register a source returned by ``watch`` so that ``aclose`` closes it."""
+        self._sources.add(source)
+        return source
 
     def __del__(self) -> None:
         if getattr(self, "_opened", False) and not getattr(self, "_closed", True) and not self._warned:

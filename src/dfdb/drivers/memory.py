@@ -72,7 +72,6 @@ class MemoryDriver(Driver):
         if unknown:
             raise InvalidURL(f"unknown memory:// option(s): {', '.join(sorted(unknown))}")
         self._store: _Store | None = None
-        self._sources: set[_MemorySource] = set()
 
     async def open(self) -> None:
         await super().open()
@@ -86,12 +85,7 @@ class MemoryDriver(Driver):
         store.users += 1
         self._store = store
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        await super().aclose()
-        for source in list(self._sources):
-            await source.aclose()
+    async def _release(self) -> None:
         store, self._store = self._store, None
         if store is not None:
             store.users -= 1
@@ -155,9 +149,7 @@ class MemoryDriver(Driver):
         since: int | None = None,
     ) -> EventSource:
         store = self._s()
-        source = _MemorySource(self, store, tables, topics, store.revision if since is None else since)
-        self._sources.add(source)
-        return source
+        return self._track(_MemorySource(store, tables, topics, store.revision if since is None else since))
 
     async def allocate_unique_key(self, table: str) -> int:
         return next(self._s().counters[table])
@@ -169,13 +161,11 @@ class MemoryDriver(Driver):
 class _MemorySource(EventSource):
     def __init__(
         self,
-        driver: MemoryDriver,
         store: _Store,
         tables: Collection[str],
         topics: Collection[str | None] | None,
         position: int,
     ) -> None:
-        self._driver = driver
         self._store = store
         self._tables = frozenset(tables)
         self._topics = None if topics is None else frozenset(topics)
@@ -232,5 +222,4 @@ class _MemorySource(EventSource):
             return
         self._closed = True
         self._store.waiters.discard(self._wake)
-        self._driver._sources.discard(self)
         self._wake.set()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from dfdb.drivers.base import Driver, Entry, EventSource, RawEvent
 from dfdb.errors import DriverError
-from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
+from dfdb.retry import Backoff, checkpoint
 
 __all__ = ["ChangeBatch", "ChangeLogPoller", "ChangeReader", "SnapshotPoller"]
 
@@ -98,11 +98,8 @@ class SnapshotPoller(EventSource):
                 state, revision = await self._snapshot()
                 checkpoint()
             except DriverError as exc:
-                raise_if_cancelling(exc)
-                delay = self._backoff.delay(failures)
+                await self._backoff.pause(failures, "polling", exc)
                 failures += 1
-                log.warning("polling failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
                 continue
             failures = 0
             events = self._diff(state, revision)
@@ -225,11 +222,8 @@ class ChangeLogPoller(EventSource):
                 batch = await self._read(self.position, self._topics)
                 checkpoint()
             except DriverError as exc:
-                raise_if_cancelling(exc)
-                delay = self._backoff.delay(failures)
+                await self._backoff.pause(failures, "reading the change log", exc)
                 failures += 1
-                log.warning("reading the change log failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
                 continue
             failures = 0
             if self._closed:

@@ -27,7 +27,6 @@ re-checking the epoch, default 1), ``connect_timeout`` (default 5).
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import logging
@@ -176,7 +175,6 @@ class RedisDriver(Driver):
         self._new_epoch: Any = None
         self._compact: Any = None
         self.epoch = ""
-        self._sources: set[RedisSource] = set()
 
     def _client_kwargs(self, url: DatabaseURL) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"username": url.username, "password": url.password}
@@ -240,12 +238,7 @@ class RedisDriver(Driver):
                     await client.aclose()
         self._client = self._reader_client = None
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        await super().aclose()
-        for source in list(self._sources):
-            await source.aclose()
+    async def _release(self) -> None:
         await self._close_clients()
 
     def _c(self) -> Any:  # redis-py's reply types are unions of bytes/str/None; checked here by hand
@@ -439,9 +432,7 @@ class RedisDriver(Driver):
                     self._key("s", table, "n") if topic is None else self._key("s", table, "t", topic)
                     for topic in sorted(topics, key=lambda t: (t is None, t or ""))
                 )
-        source = RedisSource(self, streams, since, sorted(set(tables)) if topics is not None else None)
-        self._sources.add(source)
-        return source
+        return self._track(RedisSource(self, streams, since, sorted(set(tables)) if topics is not None else None))
 
     async def allocate_unique_key(self, table: str) -> int:
         try:
@@ -499,10 +490,8 @@ class RedisSource(EventSource):
                 raise_if_cancelling(exc)
                 if self._closed:
                     raise StopAsyncIteration from None
-                delay = self._backoff.delay(failures)
+                await self._backoff.pause(failures, "reading the redis streams", exc)
                 failures += 1
-                log.warning("redis stream interrupted (%s); resuming in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
                 continue
             failures = 0
             if event is not None:
@@ -586,7 +575,6 @@ class RedisSource(EventSource):
         if self._closed:
             return
         self._closed = True
-        self._driver._sources.discard(self)
 
 
 def _entry(table: str, id: str, row: builtins.list[Any]) -> Entry | None:

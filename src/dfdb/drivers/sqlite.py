@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import os
 import sqlite3
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 import aiosqlite
@@ -91,7 +92,6 @@ class SqliteDriver(Driver):
         self._lock = asyncio.Lock()
         self._writes = 0
         self._identity = ""
-        self._sources: set[ChangeLogPoller] = set()
 
     # ------------------------------------------------------------ connection
     async def open(self) -> None:
@@ -124,12 +124,7 @@ class SqliteDriver(Driver):
         self._identity = str(row[0])
         self._db = db
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        await super().aclose()
-        for source in list(self._sources):
-            await source.aclose()
+    async def _release(self) -> None:
         db, self._db = self._db, None
         if db is not None:
             await db.close()
@@ -139,6 +134,22 @@ class SqliteDriver(Driver):
         if self._db is None:
             raise RuntimeError("the driver is not open; use 'async with' or 'await open()'")
         return self._db
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> AsyncIterator[aiosqlite.Connection]:
+        """One transaction under the driver's lock; SQLite errors become ``BackendUnavailableError``."""
+        db = self._conn()
+        async with self._lock:
+            try:
+                await db.execute(begin)
+                try:
+                    yield db
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _unavailable(self.url, exc) from None
 
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         async with self._conn().execute(sql, params) as cur:
@@ -168,43 +179,33 @@ class SqliteDriver(Driver):
 
     async def _write(self, table: str, id: str, topic: str | None, value: bytes | None, expect: Expect | None) -> Entry:
         """One write transaction: check ``expect``, log the change, apply it. ``value`` None deletes."""
-        db = self._conn()
-        async with self._lock:
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    old = await self._fetchone(
-                        "SELECT topic, value, revision FROM dfdb_entries WHERE tbl = ? AND id = ?", (table, id)
-                    )
-                    _check_expectation(table, id, topic, value, old, expect)
-                    if value is None:
-                        action, logged, topic = "delete", _blob(old[1]), old[0]
-                    else:
-                        action, logged = ("create" if old is None else "update"), value
-                    cur = await db.execute(
-                        "INSERT INTO dfdb_changelog (tbl, id, topic, action, value, at) VALUES (?, ?, ?, ?, ?, ?)",
-                        (table, id, topic, action, logged, time.time()),
-                    )
-                    revision = cur.lastrowid
-                    await cur.close()
-                    assert revision is not None
-                    if value is None:
-                        await db.execute("DELETE FROM dfdb_entries WHERE tbl = ? AND id = ?", (table, id))
-                    else:
-                        await db.execute(
-                            "INSERT INTO dfdb_entries (tbl, id, topic, value, revision) VALUES (?, ?, ?, ?, ?) "
-                            "ON CONFLICT (tbl, id) DO UPDATE SET value = excluded.value, revision = excluded.revision",
-                            (table, id, topic, value, revision),
-                        )
-                    self._writes += 1
-                    if self._writes % _TRIM_EVERY == 0:
-                        await self._trim(revision)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    await db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise _unavailable(self.url, exc) from None
+        async with self._transaction() as db:
+            old = await self._fetchone(
+                "SELECT topic, value, revision FROM dfdb_entries WHERE tbl = ? AND id = ?", (table, id)
+            )
+            _check_expectation(table, id, topic, value, old, expect)
+            if value is None:
+                action, logged, topic = "delete", _blob(old[1]), old[0]
+            else:
+                action, logged = ("create" if old is None else "update"), value
+            cur = await db.execute(
+                "INSERT INTO dfdb_changelog (tbl, id, topic, action, value, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (table, id, topic, action, logged, time.time()),
+            )
+            revision = cur.lastrowid
+            await cur.close()
+            assert revision is not None
+            if value is None:
+                await db.execute("DELETE FROM dfdb_entries WHERE tbl = ? AND id = ?", (table, id))
+            else:
+                await db.execute(
+                    "INSERT INTO dfdb_entries (tbl, id, topic, value, revision) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (tbl, id) DO UPDATE SET value = excluded.value, revision = excluded.revision",
+                    (table, id, topic, value, revision),
+                )
+            self._writes += 1
+            if self._writes % _TRIM_EVERY == 0:
+                await self._trim(revision)
         self._wake()
         return Entry(table, id, topic, logged, revision)
 
@@ -236,25 +237,16 @@ class SqliteDriver(Driver):
         return int(row[0]) if row else 0
 
     async def list(self, table: str, topic: str | None = None) -> Listing:
-        db = self._conn()
-        async with self._lock:
-            try:
-                await db.execute("BEGIN")
-                try:
-                    head = await self._head()
-                    if topic is None:
-                        rows = await self._fetchall(
-                            "SELECT id, topic, value, revision FROM dfdb_entries WHERE tbl = ?", (table,)
-                        )
-                    else:
-                        rows = await self._fetchall(
-                            "SELECT id, topic, value, revision FROM dfdb_entries WHERE tbl = ? AND topic = ?",
-                            (table, topic),
-                        )
-                finally:
-                    await db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise _unavailable(self.url, exc) from None
+        async with self._transaction("BEGIN"):  # one read snapshot for the head and the rows
+            head = await self._head()
+            if topic is None:
+                rows = await self._fetchall(
+                    "SELECT id, topic, value, revision FROM dfdb_entries WHERE tbl = ?", (table,)
+                )
+            else:
+                rows = await self._fetchall(
+                    "SELECT id, topic, value, revision FROM dfdb_entries WHERE tbl = ? AND topic = ?", (table, topic)
+                )
         return Listing([Entry(table, r[0], r[1], _blob(r[2]), r[3]) for r in rows], head)
 
     def changes_sql(
@@ -320,11 +312,9 @@ class SqliteDriver(Driver):
         async def read(position: int, topics: frozenset[str | None] | None) -> ChangeBatch:
             return await self.changes_after(position, table_set, topics)
 
-        source = ChangeLogPoller(
-            read, since, topics=topic_set, interval=self.poll_interval, waiters=_WAITERS[self._key]
+        return self._track(
+            ChangeLogPoller(read, since, topics=topic_set, interval=self.poll_interval, waiters=_WAITERS[self._key])
         )
-        self._sources.add(source)
-        return source
 
     async def allocate_unique_key(self, table: str) -> int:
         async with self._lock:
@@ -339,18 +329,8 @@ class SqliteDriver(Driver):
         return int(row[0])
 
     async def compact(self) -> None:
-        db = self._conn()
-        async with self._lock:
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    await self._trim(await self._head(), everything=True)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    await db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise _unavailable(self.url, exc) from None
+        async with self._transaction():
+            await self._trim(await self._head(), everything=True)
 
 
 def _check_expectation(

@@ -62,8 +62,7 @@ class FaultyDriver(Driver):
         await super().open()
         await self.inner.open()
 
-    async def aclose(self) -> None:
-        await super().aclose()
+    async def _release(self) -> None:
         await self.inner.aclose()
 
     async def identity(self) -> str:
