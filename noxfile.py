@@ -45,6 +45,6 @@ def examples(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """The benchmarks (not part of the default run)."""
+    """The benchmarks (not part of the default run); writes docs/benchmarks.md."""
     session.install("-e", ".[all]")
-    session.run("python", "-m", "dfdb", "bench", *session.posargs)
+    session.run("python", "benchmarks/run.py", *session.posargs)
