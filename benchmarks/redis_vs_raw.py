@@ -87,8 +87,9 @@ async def latency_dfdb(url: str, n: int) -> list[float]:
         async with nb.watch(LogicalPort) as stream:
             for i in range(n):
                 t0 = time.perf_counter()
+                event = asyncio.ensure_future(anext(stream))  # the consumer waits, as the raw XREAD does
                 obj = await nb.update(obj.model_copy(update={"name": str(i)}))
-                await anext(stream)
+                await event
                 out.append(time.perf_counter() - t0)
     return out
 
