@@ -18,6 +18,7 @@ def test_all_is_the_public_namespace() -> None:
         "testing",
         "cli",
         "demo",
+        "replica",
     }
     assert set(dfdb.__all__) - {"__version__"} == public
 

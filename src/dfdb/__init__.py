@@ -25,7 +25,8 @@ from dfdb.errors import (
 )
 from dfdb.events import Action, ChangeEvent, ChangeStream
 from dfdb.model import NbModel, Ref, dependency_order, registered_models
-from dfdb.nb import ListResult, NbApi, connect
+from dfdb.nb import ListResult, NbApi, connect, revision_of
+from dfdb.replica import Replica, ReplicaEvent, SyncMode
 from dfdb.url import DatabaseURL
 
 __version__ = "0.1.0"
@@ -52,10 +53,14 @@ __all__ = [
     "NotFoundError",
     "OutcomeUnknownError",
     "Ref",
+    "Replica",
+    "ReplicaEvent",
     "StreamClosedError",
+    "SyncMode",
     "UnknownDriverError",
     "__version__",
     "connect",
     "dependency_order",
     "registered_models",
+    "revision_of",
 ]

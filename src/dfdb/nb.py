@@ -34,7 +34,7 @@ from dfdb.model import NbModel, validate_key
 from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
 from dfdb.url import DatabaseURL
 
-__all__ = ["ListResult", "NbApi", "Notifications", "connect"]
+__all__ = ["ListResult", "NbApi", "Notifications", "connect", "revision_of"]
 
 log = logging.getLogger("dfdb")
 
@@ -536,6 +536,13 @@ class NbApi:
             filter_topics=not (caps & Capability.TOPIC_FILTER) or poll,
             decode=self._decode,
         )
+
+
+def revision_of(obj: NbModel) -> int | None:
+    """The backend revision at which ``obj`` was read or written by an :class:`NbApi`
+    (``None`` for an object built by hand). Pass it to ``Replica.wait_for``."""
+    origin = obj._dfdb_origin
+    return origin[0] if origin is not None else None
 
 
 def _model_of(obj: NbModel) -> type[NbModel]:

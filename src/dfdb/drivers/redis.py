@@ -508,11 +508,12 @@ class RedisSource(EventSource):
         client = driver._reader_client
         if client is None:
             raise StopAsyncIteration
+        streams, asked = list(self._streams), dict(self._ids)  # add_topics may grow them meanwhile
         pipe = client.pipeline(transaction=False)
         pipe.get(driver._key("epoch"))
         pipe.get(driver._key("rev"))
-        pipe.xread({s: f"{i}-0" for s, i in self._ids.items()}, count=_READ_COUNT, block=int(driver.block * 1000))
-        pipe.hmget(driver._key("trim"), self._streams)
+        pipe.xread({s: f"{i}-0" for s, i in asked.items()}, count=_READ_COUNT, block=int(driver.block * 1000))
+        pipe.hmget(driver._key("trim"), streams)
         replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception):
@@ -530,8 +531,7 @@ class RedisSource(EventSource):
                 fresh = await driver.refresh_epoch(stale=epoch)
             now = int(await client.get(driver._key("rev")) or 0)
             return self._resync(now, fresh)
-        asked = dict(self._ids)
-        for stream, trimmed in zip(self._streams, replies[3], strict=True):
+        for stream, trimmed in zip(streams, replies[3], strict=True):
             if trimmed is not None and int(trimmed if trimmed.isdigit() else 0) > asked[stream]:
                 return self._resync(counter, epoch)
         if not data:
@@ -551,7 +551,7 @@ class RedisSource(EventSource):
                 self._ids[name] = revision
                 merged.setdefault(revision, _event(revision, fields))
         if cap is not None:
-            for name in self._ids:
+            for name in streams:
                 self._ids[name] = max(self._ids[name], cap)
         if not merged:
             return None
