@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 import dfdb
 from dfdb import Action, NbApi, Replica, SyncMode, revision_of
@@ -120,3 +121,65 @@ async def test_replica_reconciles_after_resync() -> None:
             await settle(replica, probe)
             assert replica.resyncs >= 1
             assert {n.id for n in replica.get_all(Net)} == {o.id for o in await nb.get_all(Net)}
+
+
+class Host(dfdb.NbModel, table="replica_host"):
+    pass
+
+
+class NicSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    rack: str = ""
+
+
+class Link(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    host: dfdb.Ref[Host]
+
+
+class Nic(dfdb.NbModel, table="replica_nic", indexes=("host", "spec.rack", "ips", ("host", "vlan"), "links.host")):
+    host: dfdb.Ref[Host] | None = None
+    spec: NicSpec | None = None
+    ips: tuple[str, ...] = ()
+    vlan: int = 0
+    links: tuple[Link, ...] = ()
+
+
+async def test_indexes_follow_field_changes(exact_nb: NbApi) -> None:
+    nb = exact_nb
+    await nb.create(Host(id="h1"))
+    a = await nb.create(Nic(id="a", topic="t", host="h1", spec=NicSpec(rack="r1"), ips=("10.0.0.1", "10.0.0.2"),
+                            vlan=5, links=(Link(host="h1"), Link(host="h2"))))  # fmt: skip
+    await nb.create(Nic(id="b", topic="t", host="h2", ips=("10.0.0.3",), vlan=5))
+    async with Replica(nb, [Host, Nic]) as replica:
+        assert [n.id for n in replica.by_index(Nic, "host", "h1")] == ["a"]
+        assert [n.id for n in replica.by_index(Nic, "spec.rack", "r1")] == ["a"]
+        assert [n.id for n in replica.by_index(Nic, "ips", "10.0.0.2")] == ["a"]
+        assert [n.id for n in replica.by_index(Nic, ("host", "vlan"), ("h2", 5))] == ["b"]
+        assert [n.id for n in replica.by_index(Nic, "links.host", "h2")] == ["a"]
+        assert replica.get_one(Nic, "host", "h1") == a
+        assert replica.get_one(Nic, "host", "nobody") is None
+        with pytest.raises(KeyError, match="no index"):
+            replica.by_index(Nic, "vlan", 5)
+        assert a.host is not None and replica.resolve(a.host) == replica.get(Host, "h1")
+        # index keys follow field changes and deletes
+        a2 = await nb.update(a.model_copy(update={"host": "h2", "ips": ("10.0.0.9",), "spec": None}))
+        await settle(replica, a2)
+        assert replica.by_index(Nic, "host", "h1") == []
+        assert [n.id for n in replica.by_index(Nic, "host", "h2")] == ["a", "b"]
+        with pytest.raises(ValueError, match="2 Nic objects"):
+            replica.get_one(Nic, "host", "h2")
+        assert replica.by_index(Nic, "ips", "10.0.0.1") == []
+        assert replica.by_index(Nic, "spec.rack", "r1") == []
+        await nb.delete(Nic, "b")
+        probe = await nb.create(Host(id="probe"))
+        await settle(replica, probe)
+        assert [n.id for n in replica.by_index(Nic, "host", "h2")] == ["a"]
+        assert replica.by_index(Nic, "ips", "10.0.0.3") == []
+
+
+def test_bad_index_declaration_is_refused() -> None:
+    with pytest.raises(dfdb.ModelDefinitionError, match="index"):
+
+        class Bad(dfdb.NbModel, table="replica_bad_index", indexes=("",)):
+            pass

@@ -116,10 +116,12 @@ def _resolve_target(spec: Any) -> type[NbModel] | None:
 class NbModel(BaseModel):
     """Base class of every stored object.
 
-    A subclass names its table with a class keyword::
+    A subclass names its table with a class keyword, and may declare the indexes a
+    :class:`~dfdb.Replica` keeps for it — a field, a nested path, a list field (each
+    element is indexed) or a tuple of them (a multi-field index)::
 
-        class LogicalSwitch(NbModel, table="lswitch"):
-            mtu: int = 1500
+        class LogicalPort(NbModel, table="lport", indexes=("lswitch", "binding.chassis", "ips")):
+            ...
 
     Attributes:
         id: the object's key within its table.
@@ -132,6 +134,7 @@ class NbModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     __table__: ClassVar[str]
+    __indexes__: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     id: Key
     topic: TopicKey | None = None
@@ -140,8 +143,16 @@ class NbModel(BaseModel):
     # Where this copy was read: (revision, topic); lets update() skip a read.
     _dfdb_origin: tuple[int, str | None] | None = PrivateAttr(default=None)
 
-    def __init_subclass__(cls, *, table: str | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, *, table: str | None = None, indexes: Iterable[str | tuple[str, ...]] = (), **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
+        declared = tuple((i,) if isinstance(i, str) else tuple(i) for i in indexes)
+        for index in declared:
+            if not index or not all(isinstance(p, str) and p for p in index):
+                raise ModelDefinitionError(f"{cls.__name__}: an index is a field path or a tuple of them: {index!r}")
+        if declared or "__indexes__" not in cls.__dict__:
+            cls.__indexes__ = tuple(getattr(cls, "__indexes__", ())) + declared
         if table is not None:
             validate_key(table, "table name")
             existing = _REGISTRY.get(table)

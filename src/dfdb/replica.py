@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
@@ -80,6 +82,9 @@ class Replica:
         if self.mode is SyncMode.FULL and self._topics:
             raise ValueError("topics are for SyncMode.SELECTIVE")
         self._store: dict[type[NbModel], dict[str, tuple[NbModel, int]]] = {m: {} for m in self.models}
+        self._indexes: dict[type[NbModel], dict[tuple[str, ...], defaultdict[Hashable, set[str]]]] = {
+            m: {index: defaultdict(set) for index in m.__indexes__} for m in self.models
+        }
         self._tombstones: dict[tuple[type[NbModel], str], int] = {}
         self._position = 0
         self._synced = asyncio.Event()
@@ -156,14 +161,34 @@ class Replica:
             if held is None:
                 self._remember_delete(model, id, revision)
                 return
-            del table[id]
+            self._drop_row(model, id)
             self._remember_delete(model, id, revision)
             self._emit(ReplicaEvent(Action.DELETE, model, id, held[0], None, revision))
         else:
             self._tombstones.pop((model, id), None)
-            table[id] = (obj, revision)
+            self._put_row(model, id, obj, revision)
             action = Action.CREATE if held is None else Action.UPDATE
             self._emit(ReplicaEvent(action, model, id, held[0] if held else None, obj, revision))
+
+    def _put_row(self, model: type[NbModel], id: str, obj: NbModel, revision: int) -> None:
+        rows = self._store[model]
+        held = rows.get(id)
+        for index, entries in self._indexes[model].items():
+            old_keys = _index_keys(held[0], index) if held is not None else set()
+            new_keys = _index_keys(obj, index)
+            for key in old_keys - new_keys:
+                _discard(entries, key, id)
+            for key in new_keys - old_keys:
+                entries[key].add(id)
+        rows[id] = (obj, revision)
+
+    def _drop_row(self, model: type[NbModel], id: str) -> None:
+        held = self._store[model].pop(id, None)
+        if held is None:
+            return
+        for index, entries in self._indexes[model].items():
+            for key in _index_keys(held[0], index):
+                _discard(entries, key, id)
 
     def _remember_delete(self, model: type[NbModel], id: str, revision: int) -> None:
         self._tombstones[(model, id)] = revision
@@ -207,8 +232,10 @@ class Replica:
         self._synced.clear()
         async with self._lock:
             before = {m: dict(rows) for m, rows in self._store.items()}
-            for rows in self._store.values():
+            for model, rows in self._store.items():
                 rows.clear()
+                for entries in self._indexes[model].values():
+                    entries.clear()
             self._tombstones.clear()
             subscribers, self._subscribers = self._subscribers, set()
             try:
@@ -277,7 +304,7 @@ class Replica:
             for model in reversed(self.models):
                 rows = self._store[model]
                 for id, (obj, rev) in [(i, r) for i, r in rows.items() if r[0].topic == topic]:
-                    del rows[id]
+                    self._drop_row(model, id)
                     self._emit(ReplicaEvent(Action.DELETE, model, id, obj, None, rev))
 
     @property
@@ -296,6 +323,39 @@ class Replica:
         rows = self._store.get(model, {})
         return [obj for _, (obj, _) in sorted(rows.items()) if topic is None or obj.topic == topic]  # type: ignore[misc]
 
+    def by_index(self, model: type[M], index: str | tuple[str, ...], value: Hashable) -> list[M]:
+        """The cached objects whose ``index`` (declared on the model) holds ``value``, sorted
+        by id. A list field matches each element; a multi-field index takes a tuple.
+
+        Raises:
+            KeyError: ``model`` declares no such index.
+        """
+        key = (index,) if isinstance(index, str) else tuple(index)
+        entries = self._indexes.get(model, {}).get(key)
+        if entries is None:
+            raise KeyError(f"{model.__name__} declares no index {index!r} (indexes: {model.__indexes__})")
+        rows = self._store[model]
+        return [rows[i][0] for i in sorted(entries.get(value, ()))]  # type: ignore[misc]
+
+    def get_one(self, model: type[M], index: str | tuple[str, ...], value: Hashable) -> M | None:
+        """The one cached object whose ``index`` holds ``value``, or ``None``.
+
+        Raises:
+            ValueError: more than one object matches.
+            KeyError: ``model`` declares no such index.
+        """
+        found = self.by_index(model, index, value)
+        if len(found) > 1:
+            raise ValueError(f"{len(found)} {model.__name__} objects have {index}={value!r}: {[o.id for o in found]}")
+        return found[0] if found else None
+
+    def resolve(self, ref: str, model: type[M] | None = None) -> M | None:
+        """The cached target of a reference (``Ref`` values know their model), or ``None``."""
+        target = model or getattr(ref, "target", None)
+        if target is None:
+            raise ValueError(f"cannot tell which model {ref!r} refers to; pass the model")
+        return self.get(target, ref)
+
     def __len__(self) -> int:
         return sum(len(rows) for rows in self._store.values())
 
@@ -308,3 +368,29 @@ class Replica:
                 yield await queue.get()
         finally:
             self._subscribers.discard(queue)
+
+
+def _path_values(value: object, parts: Sequence[str]) -> list[Hashable]:
+    """The values at a dotted path; lists along the way fan out, ``None`` yields nothing."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple | set | frozenset):
+        return [v for item in value for v in _path_values(item, parts)]
+    if not parts:
+        return [value] if isinstance(value, Hashable) else []
+    return _path_values(getattr(value, parts[0], None), parts[1:])
+
+
+def _index_keys(obj: NbModel, index: tuple[str, ...]) -> set[Hashable]:
+    values = [_path_values(obj, path.split(".")) for path in index]
+    if len(index) == 1:
+        return set(values[0])
+    return set(itertools.product(*values))
+
+
+def _discard(entries: defaultdict[Hashable, set[str]], key: Hashable, id: str) -> None:
+    ids = entries.get(key)
+    if ids is not None:
+        ids.discard(id)
+        if not ids:
+            del entries[key]

@@ -139,7 +139,7 @@ class LogicalSwitch(NbModel, table="lswitch"):
     qos_policy: Ref[QosPolicy] | None = None
 
 
-class Subnet(NbModel, table="subnet"):
+class Subnet(NbModel, table="subnet", indexes=("lswitch",)):
     """An IP range on a logical switch."""
 
     name: str = ""
@@ -158,7 +158,7 @@ class PortBinding(_Part):
     vtep_address: IpAddress | None = None
 
 
-class LogicalPort(NbModel, table="lport"):
+class LogicalPort(NbModel, table="lport", indexes=("lswitch", "binding.chassis", "ips", "macs", "security_groups")):
     """A port on a logical switch: a VM interface, a router interface, a DHCP port…"""
 
     name: str = ""
@@ -192,7 +192,7 @@ class LogicalRouter(NbModel, table="lrouter"):
     gateway: Ref[LogicalPort] | None = None
 
 
-class FloatingIp(NbModel, table="floatingip"):
+class FloatingIp(NbModel, table="floatingip", indexes=("lport", "floating_ip_address")):
     """A public address translated to a port's private one."""
 
     floating_ip_address: IpAddress
