@@ -183,3 +183,59 @@ def test_bad_index_declaration_is_refused() -> None:
 
         class Bad(dfdb.NbModel, table="replica_bad_index", indexes=("",)):
             pass
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_randomized_replicas_converge(exact_nb: NbApi, seed: int) -> None:
+    """Random creates, updates, deletes and re-creations under another topic, references
+    made before and after their targets; FULL and SELECTIVE replicas end equal to the
+    database within their scope. The seed is in the test id to replay a failure.
+
+    Exact streams only for now: under snapshot polling a SELECTIVE replica that adds and
+    removes topics while writes race can keep a stale object (a known, open problem)."""
+    import random
+
+    nb = exact_nb
+    rng = random.Random(seed)
+    topics = [f"t{i}" for i in range(4)]
+    async with (
+        Replica(nb, [Net, Vm]) as full,
+        Replica(nb, [Net, Vm], mode=SyncMode.SELECTIVE, topics={"t0", "t1"}) as selective,
+    ):
+        live: dict[tuple[type[dfdb.NbModel], str], dfdb.NbModel] = {}
+        last: dfdb.NbModel | None = None
+        for step in range(1500):
+            model: type[Net] | type[Vm] = rng.choice([Net, Vm])
+            key = f"{model.__name__.lower()}{rng.randrange(40)}"
+            held = live.get((model, key))
+            roll = rng.random()
+            if held is None:
+                topic = rng.choice([*topics, None])
+                if model is Vm:
+                    obj: dfdb.NbModel = Vm(id=key, topic=topic, net=f"net{rng.randrange(40)}", n=step)
+                else:
+                    obj = Net(id=key, topic=topic, name=str(step))
+                last = live[(model, key)] = await nb.create(obj)
+            elif roll < 0.25:
+                await nb.delete(model, key)
+                del live[(model, key)]
+            else:
+                change = {"n": step} if model is Vm else {"name": str(step)}
+                last = live[(model, key)] = await nb.update(held.model_copy(update=change))
+            if step == 700:
+                await selective.add_topic("t2")
+                await selective.remove_topic("t0")
+        probe = await nb.create(Net(id="probe", topic="t1"))
+        for replica in (full, selective):
+            await settle(replica, probe)
+
+        def scope_of(replica: Replica) -> set[str | None] | None:
+            return None if replica.mode is SyncMode.FULL else {None, *replica.topics}
+
+        for replica in (full, selective):
+            scope = scope_of(replica)
+            for model in (Net, Vm):
+                truth = {o.id: o.model_dump() for o in await nb.get_all(model) if scope is None or o.topic in scope}
+                held_now = {o.id: o.model_dump() for o in replica.get_all(model)}
+                assert held_now == truth, f"seed {seed}, {replica.mode}, {model.__name__}"
+        assert last is not None

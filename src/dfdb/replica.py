@@ -286,11 +286,12 @@ class Replica:
         if topic in self._topics or self._stream is None:
             return
         async with self._lock:
-            first = await self.nb.list(self.models[0], topic=topic)
-            await self._stream.add_topics({topic}, since=first.cursor)
+            # follow first, from the stream's own position, then list: every change after
+            # that position arrives, and the listings (taken later) are never newer than it
+            await self._stream.add_topics({topic}, since=self._stream.cursor)
             self._topics.add(topic)
             for model in self.models:
-                listing = first if model is self.models[0] else await self.nb.list(model, topic=topic)
+                listing = await self.nb.list(model, topic=topic)
                 for obj in listing.items:
                     origin = obj._dfdb_origin
                     self._apply(model, obj.id, obj, origin[0] if origin else 0)

@@ -31,6 +31,7 @@ __all__ = ["ChangeBatch", "ChangeLogPoller", "ChangeReader", "SnapshotPoller"]
 log = logging.getLogger("dfdb")
 
 _Key = tuple[str, str]
+_ALL = "\x00all"  # marks a listing of every topic (no topic can contain a control character)
 
 
 class SnapshotPoller(EventSource):
@@ -61,26 +62,39 @@ class SnapshotPoller(EventSource):
         self._state: dict[_Key, Entry] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._listed_at: dict[tuple[str, str | None], int] = {}
+        self._lock = asyncio.Lock()  # one snapshot-and-diff at a time (the task, add_topics)
+        self._extra: list[RawEvent] = []  # events found by add_topics, delivered first
         self.position = 0
         """The revision the last snapshot was consistent with."""
 
     async def _snapshot(self) -> tuple[dict[_Key, Entry], int]:
         state: dict[_Key, Entry] = {}
         revision = 0
+        self._listed_at = {}
         for table in self._tables:
             if self._topics is None or None in self._topics:
                 listing = await self._driver.list(table)
                 entries = [e for e in listing.entries if self._topics is None or e.topic in self._topics]
                 revision = max(revision, listing.revision)
+                self._listed_at[(table, _ALL)] = listing.revision
             else:
                 entries = []
                 for topic in sorted(t for t in self._topics if t is not None):
                     listing = await self._driver.list(table, topic)
                     entries.extend(listing.entries)
                     revision = max(revision, listing.revision)
+                    self._listed_at[(table, topic)] = listing.revision
             for entry in entries:
                 state[(entry.table, entry.id)] = entry
         return state, revision
+
+    def _deleted_at(self, entry: Entry, fallback: int) -> int:
+        """A delete's revision is unknown: use that of the listing that no longer held the key,
+        so that a re-creation listed later (at a higher revision) is never taken as older."""
+        listed = self._listed_at
+        at = listed.get((entry.table, _ALL), listed.get((entry.table, entry.topic)))
+        return fallback if at is None else at
 
     async def start(self) -> None:
         """Take the first snapshot and start the polling task."""
@@ -95,16 +109,17 @@ class SnapshotPoller(EventSource):
         while True:
             await asyncio.sleep(self._interval)
             try:
-                state, revision = await self._snapshot()
+                async with self._lock:
+                    state, revision = await self._snapshot()
+                    events = self._diff(state, revision)
+                    self._state = state
+                    self.position = max(self.position, revision)
                 checkpoint()
             except DriverError as exc:
                 await self._backoff.pause(failures, "polling", exc)
                 failures += 1
                 continue
             failures = 0
-            events = self._diff(state, revision)
-            self._state = state
-            self.position = max(self.position, revision)
             for event in events:
                 await self._queue.put(event)
 
@@ -119,7 +134,8 @@ class SnapshotPoller(EventSource):
                 events.append(RawEvent("update", entry.table, entry.id, entry.topic, entry.value, entry.revision))
         for key, before in old.items():
             if key not in state:
-                events.append(RawEvent("delete", before.table, before.id, before.topic, before.value, revision))
+                at = self._deleted_at(before, revision)
+                events.append(RawEvent("delete", before.table, before.id, before.topic, before.value, at))
         events.sort(key=lambda ev: ev.revision)
         return events
 
@@ -128,6 +144,8 @@ class SnapshotPoller(EventSource):
             raise StopAsyncIteration
         if self._task is None:
             raise RuntimeError("SnapshotPoller.start() was not awaited")
+        if self._extra:
+            return self._extra.pop(0)
         getter = asyncio.ensure_future(self._queue.get())
         try:
             done, _ = await asyncio.wait({getter, self._task}, return_when=asyncio.FIRST_COMPLETED)
@@ -144,9 +162,24 @@ class SnapshotPoller(EventSource):
         raise StopAsyncIteration
 
     async def add_topics(self, topics: Collection[str | None], since: int) -> None:
-        """Add topics; their objects arrive with the next snapshot (convergence only)."""
-        if self._topics is not None:
-            self._topics = self._topics | frozenset(topics)
+        """Add topics: their current objects join the snapshot now (so that their later
+        changes and deletes are diffed); changes arrive with the next snapshot."""
+        if self._topics is None:
+            return
+        new = frozenset(topics) - self._topics
+        async with self._lock:
+            found: list[RawEvent] = []
+            for table in self._tables:
+                for topic in sorted(t for t in new if t is not None):
+                    for entry in (await self._driver.list(table, topic)).entries:
+                        self._state[(entry.table, entry.id)] = entry
+                        if entry.revision > since:  # changed after `since`: deliver it
+                            found.append(
+                                RawEvent("create", entry.table, entry.id, entry.topic, entry.value, entry.revision)
+                            )
+            found.sort(key=lambda ev: ev.revision)
+            self._extra.extend(found)
+            self._topics = self._topics | new
 
     async def aclose(self) -> None:
         if self._closed:
