@@ -24,6 +24,8 @@ from dfdb.drivers.base import (
     PutRequest,
     RawAction,
     RawEvent,
+    check_delete,
+    check_put,
 )
 from dfdb.errors import MissingDependencyError, UnknownDriverError
 from dfdb.url import DatabaseURL
@@ -40,6 +42,8 @@ __all__ = [
     "PutRequest",
     "RawAction",
     "RawEvent",
+    "check_delete",
+    "check_put",
     "driver_class",
     "known_schemes",
     "register_driver",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Final, Literal, TypeVar
 
-from dfdb.errors import StreamClosedError
+from dfdb.errors import AlreadyExistsError, ConflictError, NotFoundError, StreamClosedError
 from dfdb.url import DatabaseURL
 
 __all__ = [
@@ -32,6 +32,8 @@ __all__ = [
     "PutRequest",
     "RawAction",
     "RawEvent",
+    "check_delete",
+    "check_put",
 ]
 
 
@@ -120,6 +122,40 @@ class RawEvent:
     value: bytes | None
     revision: int
     identity: str | None = None
+
+    @classmethod
+    def resync(cls, revision: int, identity: str | None = None) -> RawEvent:
+        """A ``resync`` of everything watched, continuing from ``revision``."""
+        return cls("resync", None, "", None, None, revision, identity)
+
+
+def check_put(table: str, id: str, topic: str | None, current: tuple[str | None, int] | None, expect: Expect) -> None:
+    """Check a ``put`` against the key's ``current`` (topic, revision), ``None`` when absent.
+
+    Raises what :meth:`Driver.put` promises: ``AlreadyExistsError``, ``NotFoundError``,
+    ``ConflictError``, or ``ValueError`` for another topic.
+    """
+    if expect is ABSENT:
+        if current is not None:
+            raise AlreadyExistsError(f"{table}/{id} already exists")
+    elif expect is not ANY:
+        if current is None:
+            raise NotFoundError(f"{table}/{id} not found")
+        if current[1] != expect:
+            raise ConflictError(f"{table}/{id} is at revision {current[1]}, not {expect}")
+    if current is not None and current[0] != topic:
+        raise ValueError(f"{table}/{id} belongs to topic {current[0]!r}, not {topic!r}")
+
+
+def check_delete(table: str, id: str, current_revision: int | None, expect: int | None) -> None:
+    """Check a ``delete`` against the key's current revision (``None`` when absent).
+
+    Raises what :meth:`Driver.delete` promises: ``NotFoundError`` or ``ConflictError``.
+    """
+    if current_revision is None:
+        raise NotFoundError(f"{table}/{id} not found")
+    if expect is not None and current_revision != expect:
+        raise ConflictError(f"{table}/{id} is at revision {current_revision}, not {expect}")
 
 
 class EventSource(ABC):

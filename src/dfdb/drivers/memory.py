@@ -15,8 +15,18 @@ import uuid
 from collections import defaultdict
 from collections.abc import Collection
 
-from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, EventSource, Expect, Listing, RawEvent
-from dfdb.errors import AlreadyExistsError, ConflictError, InvalidURL, NotFoundError
+from dfdb.drivers.base import (
+    Capability,
+    Driver,
+    Entry,
+    EventSource,
+    Expect,
+    Listing,
+    RawEvent,
+    check_delete,
+    check_put,
+)
+from dfdb.errors import InvalidURL
 from dfdb.url import DatabaseURL
 
 __all__ = ["MemoryDriver"]
@@ -108,16 +118,7 @@ class MemoryDriver(Driver):
         store = self._s()
         rows = store.tables[table]
         old = rows.get(id)
-        if expect is ABSENT:
-            if old is not None:
-                raise AlreadyExistsError(f"{table}/{id} already exists")
-        elif expect is not ANY:
-            if old is None:
-                raise NotFoundError(f"{table}/{id} not found")
-            if old.revision != expect:
-                raise ConflictError(f"{table}/{id} is at revision {old.revision}, not {expect}")
-        if old is not None and old.topic != topic:
-            raise ValueError(f"{table}/{id} belongs to topic {old.topic!r}, not {topic!r}")
+        check_put(table, id, topic, None if old is None else (old.topic, old.revision), expect)
         store.revision += 1
         rows[id] = Entry(table, id, topic, value, store.revision)
         store.append(RawEvent("create" if old is None else "update", table, id, topic, value, store.revision))
@@ -127,10 +128,8 @@ class MemoryDriver(Driver):
         store = self._s()
         rows = store.tables.get(table, {})
         old = rows.get(id)
-        if old is None:
-            raise NotFoundError(f"{table}/{id} not found")
-        if expect is not None and old.revision != expect:
-            raise ConflictError(f"{table}/{id} is at revision {old.revision}, not {expect}")
+        check_delete(table, id, None if old is None else old.revision, expect)
+        assert old is not None
         store.revision += 1
         del rows[id]
         store.append(RawEvent("delete", table, id, old.topic, old.value, store.revision))
@@ -184,7 +183,7 @@ class _MemorySource(EventSource):
             store = self._store
             if self._position < store.trimmed or self._position > store.revision:
                 self._position = store.revision
-                return RawEvent("resync", None, "", None, None, store.revision)
+                return RawEvent.resync(store.revision)
             self._wake.clear()
             tables, topics = self._tables, self._topics
             found = [
@@ -207,7 +206,7 @@ class _MemorySource(EventSource):
             return
         store = self._store
         if since < store.trimmed:
-            self._buffer.append(RawEvent("resync", None, "", None, None, self._position))
+            self._buffer.append(RawEvent.resync(self._position))
         else:
             backlog = [
                 ev

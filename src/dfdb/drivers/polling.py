@@ -101,7 +101,7 @@ class SnapshotPoller(EventSource):
         self._state, self.position = await self._snapshot()
         if self._since is not None and self._since < self.position:
             # What changed since that cursor cannot be told apart (deletes are gone).
-            self._queue.put_nowait(RawEvent("resync", None, "", None, None, self.position))
+            self._queue.put_nowait(RawEvent.resync(self.position))
         self._task = asyncio.create_task(self._run(), name="dfdb-snapshot-poller")
 
     async def _run(self) -> None:
@@ -263,7 +263,7 @@ class ChangeLogPoller(EventSource):
                 raise StopAsyncIteration
             if self.position < batch.trimmed:
                 self.position = max(batch.position, batch.trimmed)
-                return RawEvent("resync", None, "", None, None, self.position)
+                return RawEvent.resync(self.position)
             self.position = max(self.position, batch.position)
             if batch.events:
                 self._buffer = batch.events[::-1]
@@ -283,7 +283,7 @@ class ChangeLogPoller(EventSource):
         while after < self.position:
             batch = await self._read(after, new)
             if after < batch.trimmed:
-                backlog = [RawEvent("resync", None, "", None, None, self.position)]
+                backlog = [RawEvent.resync(self.position)]
                 break
             backlog.extend(ev for ev in batch.events if ev.revision <= self.position)
             if not batch.events or batch.position <= after:

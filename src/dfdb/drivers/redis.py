@@ -320,7 +320,7 @@ class RedisDriver(Driver):
         for _ in range(3):
             pipe = client.pipeline(transaction=False)
             for w in writes:
-                exp = "absent" if w.expect is ABSENT else "any" if w.expect is ANY else str(w.expect)
+                exp = _expect_arg(w.expect)
                 await self._write(  # queues EVALSHA on the pipeline
                     keys=[self._key("e", w.table, w.id), self._key("rev"), self._key("epoch")],
                     args=[self.prefix, w.table, w.id, "put", exp, w.topic or "", w.value, self.maxlen, self.epoch],
@@ -367,7 +367,7 @@ class RedisDriver(Driver):
         raise DriverError(f"{self.url}: unexpected reply {status!r} from the write script")
 
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
-        exp = "absent" if expect is ABSENT else "any" if expect is ANY else str(expect)
+        exp = _expect_arg(expect)
         return (await self._run_write(table, id, "put", exp, topic or "", value))[0]
 
     async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
@@ -501,7 +501,7 @@ class RedisSource(EventSource):
         self.position = revision
         self._ids = dict.fromkeys(self._streams, revision)
         self._epoch = epoch
-        return RawEvent("resync", None, "", None, None, revision, identity=epoch)
+        return RawEvent.resync(revision, epoch)
 
     async def _round(self) -> RawEvent | None:
         driver = self._driver
@@ -575,6 +575,11 @@ class RedisSource(EventSource):
         if self._closed:
             return
         self._closed = True
+
+
+def _expect_arg(expect: Expect) -> str:
+    """The write script's expectation argument."""
+    return "absent" if expect is ABSENT else "any" if expect is ANY else str(expect)
 
 
 def _entry(table: str, id: str, row: builtins.list[Any]) -> Entry | None:

@@ -32,14 +32,21 @@ from typing import Any
 
 import aiosqlite
 
-from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, EventSource, Expect, Listing, RawEvent
+from dfdb.drivers.base import (
+    Capability,
+    Driver,
+    Entry,
+    EventSource,
+    Expect,
+    Listing,
+    RawEvent,
+    check_delete,
+    check_put,
+)
 from dfdb.drivers.polling import ChangeBatch, ChangeLogPoller
 from dfdb.errors import (
-    AlreadyExistsError,
     BackendUnavailableError,
-    ConflictError,
     InvalidURL,
-    NotFoundError,
 )
 from dfdb.url import DatabaseURL
 
@@ -336,22 +343,12 @@ class SqliteDriver(Driver):
 def _check_expectation(
     table: str, id: str, topic: str | None, value: bytes | None, old: Any, expect: Expect | None
 ) -> None:
-    if value is None:  # delete
-        if old is None:
-            raise NotFoundError(f"{table}/{id} not found")
-        if expect is not None and old[2] != expect:
-            raise ConflictError(f"{table}/{id} is at revision {old[2]}, not {expect}")
-        return
-    if expect is ABSENT:
-        if old is not None:
-            raise AlreadyExistsError(f"{table}/{id} already exists")
-    elif expect is not ANY:
-        if old is None:
-            raise NotFoundError(f"{table}/{id} not found")
-        if old[2] != expect:
-            raise ConflictError(f"{table}/{id} is at revision {old[2]}, not {expect}")
-    if old is not None and old[0] != topic:
-        raise ValueError(f"{table}/{id} belongs to topic {old[0]!r}, not {topic!r}")
+    """``old`` is the row (topic, value, revision) or ``None``; ``value`` ``None`` is a delete."""
+    if value is None:
+        check_delete(table, id, None if old is None else old[2], expect if isinstance(expect, int) else None)
+    else:
+        assert expect is not None
+        check_put(table, id, topic, None if old is None else (old[0], old[2]), expect)
 
 
 def _blob(value: bytes | str) -> bytes:
