@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import dfdb
 from dfdb.testing.servers import RedisServer, require_servers
+from watching import watchers
 
 
 class Port(dfdb.NbModel, table="redis_port"):
@@ -41,61 +41,6 @@ def volatile_server() -> Iterator[RedisServer]:
     yield from start_server(appendonly=False)
 
 
-class Watcher:
-    """Follows Port through one stream; on RESYNC relists (the reconcile of DESIGN.md)."""
-
-    def __init__(self, nb: dfdb.NbApi) -> None:
-        self.nb = nb
-        self.pairs: list[tuple[str, int]] = []
-        self.view: dict[str, int] = {}
-        self.resyncs = 0
-        self.position = 0
-        self.moved = asyncio.Event()
-        self.ready = asyncio.Event()
-
-    async def run(self) -> None:
-        listing = await self.nb.list(Port)
-        self.view = {p.id: p.version for p in listing.items}
-        async with self.nb.watch(Port, since=listing.cursor) as stream:
-            self.ready.set()
-            async for ev in stream:
-                if ev.action == dfdb.Action.RESYNC:
-                    self.resyncs += 1
-                    self.view = {p.id: p.version for p in await self.nb.get_all(Port)}
-                else:
-                    self.pairs.append((ev.id, ev.revision))
-                    if ev.action == dfdb.Action.DELETE:
-                        self.view.pop(ev.id, None)
-                    elif ev.obj is not None:
-                        self.view[ev.id] = ev.obj.version
-                self.position = ev.revision
-                self.moved.set()
-
-    async def wait_past(self, revision: int, within: float = 30) -> None:
-        async with asyncio.timeout(within):
-            while self.position < revision:
-                self.moved.clear()
-                await self.moved.wait()
-
-
-@contextlib.asynccontextmanager
-async def watchers(nb: dfdb.NbApi, count: int) -> AsyncIterator[list[Watcher]]:
-    ws = [Watcher(nb) for _ in range(count)]
-    tasks = [asyncio.create_task(w.run()) for w in ws]
-    try:
-        async with asyncio.timeout(10):
-            await asyncio.gather(*(w.ready.wait() for w in ws))
-        yield ws
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-            if not t.cancelled() and t.exception() is not None:
-                raise AssertionError("a watcher failed") from t.exception()
-
-
 async def server_record(url: str) -> list[tuple[str, int]]:
     """The server's own record of writes: the table stream, read raw."""
     import redis.asyncio as aioredis
@@ -110,7 +55,7 @@ async def server_record(url: str) -> list[tuple[str, int]]:
 
 async def test_kill_9_with_persistence_loses_nothing(durable_server: RedisServer) -> None:
     url = durable_server.url
-    async with dfdb.connect(url, timeout=20) as nb, watchers(nb, 2) as ws:
+    async with dfdb.connect(url, timeout=20) as nb, watchers(nb, Port, 2) as ws:
         killed = asyncio.Event()
 
         async def writer() -> None:
@@ -140,7 +85,7 @@ async def test_kill_9_with_persistence_loses_nothing(durable_server: RedisServer
 @pytest.mark.parametrize("loss", ["restart", "flushall"])
 async def test_lost_data_is_announced_and_reconciled(volatile_server: RedisServer, loss: str) -> None:
     url = volatile_server.url
-    async with dfdb.connect(url, timeout=20) as nb, watchers(nb, 2) as ws:
+    async with dfdb.connect(url, timeout=20) as nb, watchers(nb, Port, 2) as ws:
         for n in range(300):
             await nb.create(Port(id=f"old{n}", topic="t"))
         if loss == "restart":

@@ -85,7 +85,10 @@ class ChangeStream:
     committed after that arrives. Duplicates (same key, same revision) are dropped;
     a stored value that fails validation is logged with its table and key and
     skipped. ``cursor`` is the position after the last event yielded; pass it to
-    ``watch(since=…)`` to resume.
+    ``watch(since=…)`` to resume. On a driver that does not deliver a whole stream in
+    revision order (etcd with several topics) the cursor is the highest position
+    below which every change was yielded, so a resumed stream may repeat a few events
+    (a Replica drops them by revision).
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class ChangeStream:
         *,
         filter_topics: bool,
         decode: Decoder,
+        ordered: bool = True,
     ) -> None:
         self._models = dict(models)
         self._topics = None if topics is None else frozenset(topics)
@@ -107,6 +111,7 @@ class ChangeStream:
         self._since = since
         self._filter_topics = filter_topics
         self._decode = decode
+        self._ordered = ordered
         self._source: EventSource | None = None
         self._state = "new"
         self._last: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -157,7 +162,10 @@ class ChangeStream:
         """
         if self._position is None:
             raise StreamClosedError("the stream has no position until it is entered")
-        return format_cursor(self._identity, self._position)
+        position = self._position
+        if not self._ordered and self._source is not None:  # an idle stream moves on with its source
+            position = max(position, int(getattr(self._source, "position", position)))
+        return format_cursor(self._identity, position)
 
     async def __aenter__(self) -> ChangeStream:
         await self.open()
@@ -218,8 +226,11 @@ class ChangeStream:
                 self._identity = raw.identity
             model = self._models.get(raw.table) if raw.table else None
             return ChangeEvent(Action.RESYNC, model, "", raw.topic, raw.revision, None, self.cursor)
-        if self._position is None or raw.revision > self._position:
-            self._position = raw.revision
+        position = raw.revision
+        if not self._ordered:  # the source knows up to where every change was returned
+            position = min(position, int(getattr(self._source, "position", position)))
+        if self._position is None or position > self._position:
+            self._position = position
         model = self._models.get(raw.table or "")
         if model is None:
             return None

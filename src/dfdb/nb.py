@@ -535,6 +535,7 @@ class NbApi:
             start,
             filter_topics=not (caps & Capability.TOPIC_FILTER) or poll,
             decode=self._decode,
+            ordered=poll or bool(caps & Capability.ORDERED),
         )
 
 

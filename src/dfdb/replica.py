@@ -204,7 +204,9 @@ class Replica:
         try:
             async for ev in stream:
                 await self._on_event(ev)
-                self._position = max(self._position, ev.revision)
+                # the cursor, not the event's revision: on an unordered driver an older
+                # change of another topic may still be on its way
+                self._position = max(self._position, parse_cursor(ev.cursor)[1])
                 self._progress.set()
         except Exception as exc:
             self._failure = exc

@@ -58,6 +58,7 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
     "redis": ("dfdb.drivers.redis:RedisDriver", "redis"),
     "rediss": ("dfdb.drivers.redis:RedisDriver", "redis"),
     "unix": ("dfdb.drivers.redis:RedisDriver", "redis"),
+    "etcd": ("dfdb.drivers.etcd:EtcdDriver", "etcd"),
 }
 
 _registered: dict[str, type[Driver] | str] = {}

@@ -162,7 +162,9 @@ class EventSource(ABC):
     """An async iterator of :class:`RawEvent` returned by :meth:`Driver.watch`.
 
     It is subscribed when ``watch`` returns: every later change arrives. ``aclose``
-    stops it and releases everything it holds.
+    stops it and releases everything it holds. A source of a driver without
+    ``Capability.ORDERED`` has a ``position`` attribute: every change at or below it
+    has been returned (the stream's cursor never passes it).
     """
 
     def __aiter__(self) -> EventSource:

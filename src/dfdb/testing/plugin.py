@@ -3,8 +3,8 @@
 Options: ``--dfdb-url URL`` (repeatable) or the ini setting ``dfdb_urls`` (one URL
 a line). ``{name}`` in a URL becomes a fresh name per test, ``{tmp}`` the test's
 own temporary folder, ``{redis}`` the address of a Redis server started for the
-session (skipped when ``redis-server`` is missing, failed when
-``DFDB_REQUIRE_SERVERS=1``).
+session, ``{etcd}`` that of an etcd member (skipped when the server is missing,
+failed when ``DFDB_REQUIRE_SERVERS=1``).
 """
 
 from __future__ import annotations
@@ -86,7 +86,15 @@ def dfdb_redis_server() -> Iterator[LocalServer]:
     yield from _server_or_skip(lambda: RedisServer(appendonly=False))
 
 
-SERVER_PLACEHOLDERS = {"{redis}": "dfdb_redis_server"}
+@pytest.fixture(scope="session")
+def dfdb_etcd_server() -> Iterator[LocalServer]:
+    """A single ``etcd`` member on free loopback ports for the whole session (``{etcd}`` in URLs)."""
+    from dfdb.testing.servers import EtcdServer
+
+    yield from _server_or_skip(lambda: EtcdServer())
+
+
+SERVER_PLACEHOLDERS = {"{redis}": "dfdb_redis_server", "{etcd}": "dfdb_etcd_server"}
 
 
 @pytest.fixture

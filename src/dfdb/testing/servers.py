@@ -7,6 +7,8 @@ cluster of ``members``) on free loopback ports with data in a temporary folder.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -19,7 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
-__all__ = ["SERVERS", "LocalServer", "ServerUnavailable", "free_port", "require_servers", "run_foreground"]
+__all__ = [
+    "SERVERS",
+    "EtcdServer",
+    "LocalServer",
+    "RedisServer",
+    "ServerUnavailable",
+    "free_port",
+    "require_servers",
+    "run_foreground",
+]
 
 
 class ServerUnavailable(RuntimeError):
@@ -182,3 +193,136 @@ class RedisServer(LocalServer):
 
 
 SERVERS["redis"] = lambda members: RedisServer(members)
+
+
+def _http_json(url: str, body: bytes | None = None, timeout: float = 1.0) -> dict[str, object]:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
+        data: dict[str, object] = json.loads(reply.read())
+        return data
+
+
+class EtcdServer(LocalServer):
+    """``etcd`` on free loopback ports (client and peer): one member or a cluster.
+
+    Args:
+        members: 1 for a single server, 3 (or more) for a cluster.
+        progress_interval: the server's ``--experimental-watch-progress-notify-interval``.
+    """
+
+    binary = "etcd"
+
+    def __init__(self, members: int = 1, *, progress_interval: str = "1s") -> None:
+        if members < 1:
+            raise ServerUnavailable("etcd: --members must be at least 1")
+        super().__init__(members)
+        self.progress_interval = progress_interval
+        self.client_ports = [free_port() for _ in range(members)]
+        self.peer_ports = [free_port() for _ in range(members)]
+        self.token = f"dfdb-{os.getpid()}-{id(self):x}"
+
+    @property
+    def url(self) -> str:
+        return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
+
+    def member_url(self, index: int) -> str:
+        """The dfdb URL of member ``index`` alone."""
+        return f"etcd://127.0.0.1:{self.client_ports[index]}"
+
+    def _args(self, index: int, binary: str, state: str) -> list[str]:
+        cluster = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer_ports))
+        client = f"http://127.0.0.1:{self.client_ports[index]}"
+        peer = f"http://127.0.0.1:{self.peer_ports[index]}"
+        return [
+            binary, "--name", f"m{index}", "--data-dir", str(self.workdir / f"m{index}"),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", cluster, "--initial-cluster-token", self.token,
+            "--initial-cluster-state", state,
+            "--experimental-watch-progress-notify-interval", self.progress_interval,
+            "--log-level", "error", "--logger", "zap",
+        ]  # fmt: skip
+
+    def healthy(self, index: int) -> bool:
+        """Whether member ``index`` answers ``/health`` with a leader."""
+        try:
+            return _http_json(f"http://127.0.0.1:{self.client_ports[index]}/health").get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def start(self) -> None:
+        binary = shutil.which(self.binary)
+        if binary is None:
+            raise ServerUnavailable("etcd is not installed (scripts/install-servers.sh etcd)")
+        self.processes = [self._spawn(i, binary) for i in range(self.members)]
+        for i, proc in enumerate(self.processes):
+            assert proc is not None
+            _wait_ready(functools.partial(self.healthy, i), proc, f"etcd member m{i} on port {self.client_ports[i]}")
+
+    def _spawn(self, index: int, binary: str, state: str = "new") -> subprocess.Popen[bytes]:
+        with open(self.workdir / f"m{index}.log", "ab") as log:
+            return subprocess.Popen(self._args(index, binary, state), stdout=log, stderr=log)
+
+    def _stop_process(self, proc: subprocess.Popen[bytes] | None, grace: float = 2.0) -> None:
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)  # a paused member would never exit
+        super()._stop_process(proc, grace)  # a member without quorum may ignore SIGTERM: SIGKILL after it
+
+    def leader(self) -> int:
+        """The index of the current leader (waits up to 10 s for one)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ids: dict[str, int] = {}
+            leader = None
+            for i, port in enumerate(self.client_ports):
+                proc = self.processes[i] if i < len(self.processes) else None
+                if proc is None or proc.poll() is not None:
+                    continue
+                try:
+                    status = _http_json(f"http://127.0.0.1:{port}/v3/maintenance/status", b"{}")
+                except (OSError, ValueError):
+                    continue
+                header = status.get("header")
+                if isinstance(header, dict):
+                    ids[str(header.get("member_id"))] = i
+                leader = str(status.get("leader")) if status.get("leader") else leader
+            if leader in ids:
+                return ids[leader]
+            time.sleep(0.05)
+        raise ServerUnavailable("etcd: no leader within 10s")
+
+    def kill(self, index: int = 0) -> None:
+        """``kill -9`` member ``index`` (its data folder stays)."""
+        proc = self.processes[index]
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, index: int = 0) -> None:
+        """Start member ``index`` again with its data (after ``kill``)."""
+        self.kill(index)
+        binary = shutil.which(self.binary)
+        assert binary is not None
+        proc = self._spawn(index, binary, "existing")
+        self.processes[index] = proc
+        if self.members == 1:
+            _wait_ready(lambda: self.healthy(index), proc, f"etcd member m{index}")
+
+    def pause(self, index: int) -> None:
+        """``SIGSTOP`` member ``index``: it keeps its connections but answers nothing."""
+        proc = self.processes[index]
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, index: int) -> None:
+        """``SIGCONT`` member ``index``."""
+        proc = self.processes[index]
+        assert proc is not None
+        proc.send_signal(signal.SIGCONT)
+
+
+SERVERS["etcd"] = lambda members: EtcdServer(members)

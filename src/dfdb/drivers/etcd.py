@@ -1,0 +1,734 @@
+"""``etcd://host:port[,host:port…][/prefix]``: etcd v3 with revision-exact watches.
+
+Layout under the prefix ``P`` (the URL path, default ``dfdb``)::
+
+    P/d/t/TOPIC/TABLE/ID   the value of an object of topic TOPIC
+    P/d/n/TABLE/ID         the value of a topic-less object
+    P/i/TABLE/ID           the index: "t/TOPIC" or "n", a newline, the value
+    P/k/TABLE              the counter of allocate_unique_key
+    P/identity             this dataset's identity (made once, kept with the data)
+
+Every write is one transaction on the index key and the data key, so both carry
+the same ``mod_revision``: the entry's revision is etcd's store revision, and each
+revision changes one data key. The index key keeps ids unique across topics (a
+create compares its version with 0), makes ``get`` one round trip and lists a whole
+table; it holds a second copy of the value for that. A compare-and-swap compares
+the ``mod_revision`` of both keys, so an expectation naming another topic fails too.
+
+A watch follows data keys only, topic first: one prefix watch per topic (so etcd
+itself filters topics, and every table of a topic shares one watch), or one watch
+of ``P/d/`` for every topic; tables are filtered as events arrive. Each watch
+resumes after any disconnect from the last revision it delivered, with
+``prev_kv`` so that deletes carry the last value; a compacted start revision
+yields ``resync``.
+
+Options: ``timeout`` (seconds per call, default 3), ``keepalive`` (seconds between
+gRPC keepalive pings on a watch, default 5; with ``keepalive_timeout``, default 2, a
+hung member is noticed within about their sum), ``page`` (keys per listing page,
+default 1000), ``window`` (writes in flight in ``put_many``, default 64).
+
+Several endpoints make a cluster: calls go to one member and move to the next on a
+connection failure or time-out; watches ask for a leader (``hasleader``), so a
+member cut off from the cluster ends them and they move on. An idle watch learns
+how far it is with etcd's progress notifications (server flag
+``--experimental-watch-progress-notify-interval``, 10 minutes by default): set it
+lower where compaction runs often, so that a reconnecting idle watch resumes above
+the compacted revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import heapq
+import itertools
+import logging
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aetcd import rpc
+
+from dfdb.drivers.base import (
+    ABSENT,
+    ANY,
+    Capability,
+    Driver,
+    Entry,
+    EventSource,
+    Expect,
+    Listing,
+    PutRequest,
+    RawAction,
+    RawEvent,
+)
+from dfdb.errors import (
+    AlreadyExistsError,
+    BackendUnavailableError,
+    ConflictError,
+    CorruptObjectError,
+    DriverError,
+    InvalidURL,
+    NotFoundError,
+)
+from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
+from dfdb.url import DatabaseURL
+
+__all__ = ["EtcdDriver", "EtcdSource"]
+
+log = logging.getLogger("dfdb")
+
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.ABORTED,
+}
+_EQUAL = rpc.Compare.EQUAL
+_GREATER = rpc.Compare.GREATER
+
+
+def _range_end(prefix: bytes) -> bytes:
+    """The end of the key range holding every key that starts with ``prefix``."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+class _Conflict(Exception):
+    """A delete's read-then-compare lost a race; read again."""
+
+
+class _Endpoints:
+    """gRPC channels to a list of members: one in use, the next on failure."""
+
+    def __init__(self, driver: EtcdDriver, start: int = 0) -> None:
+        self._driver = driver
+        self._index = start % len(driver.targets)
+        self._channel: grpc.aio.Channel | None = None
+        self._token: str | None = None
+        self.kv: Any = None
+        self.watch: Any = None
+
+    @property
+    def target(self) -> str:
+        return self._driver.targets[self._index]
+
+    async def connect(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            driver = self._driver
+            channel = grpc.aio.insecure_channel(self.target, options=driver.channel_options)
+            if driver.url.username is not None:
+                try:
+                    reply = await rpc.AuthStub(channel).Authenticate(
+                        rpc.AuthenticateRequest(name=driver.url.username, password=driver.url.password or ""),
+                        timeout=driver.timeout,
+                    )
+                except grpc.aio.AioRpcError:
+                    await channel.close()
+                    raise
+                self._token = reply.token
+            self._channel = channel
+            self.kv = rpc.KVStub(channel)
+            self.watch = rpc.WatchStub(channel)
+        return self._channel
+
+    def metadata(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        return ((("token", self._token),) if self._token else ()) + extra
+
+    async def failover(self, failed: grpc.aio.Channel | None = None) -> None:
+        """Drop the channel in use and move to the next member (unless ``failed`` is given
+        and another caller already moved away from it)."""
+        if failed is not None and failed is not self._channel:
+            return
+        self._index = (self._index + 1) % len(self._driver.targets)
+        await self.close()
+
+    async def close(self) -> None:
+        channel, self._channel, self._token = self._channel, None, None
+        self.kv = self.watch = None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+
+class EtcdDriver(Driver):
+    """The etcd driver; see the module documentation."""
+
+    capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.TOPIC_FILTER
+
+    def __init__(self, url: DatabaseURL) -> None:
+        super().__init__(url)
+        known = {"timeout", "keepalive", "keepalive_timeout", "page", "window"}
+        unknown = set(url.options) - known
+        if unknown:
+            raise InvalidURL(f"unknown etcd:// option(s): {', '.join(sorted(unknown))}")
+        if (url.username is None) != (url.password is None):
+            raise InvalidURL("etcd:// needs both a user name and a password, or neither")
+        self.prefix = url.path.strip("/") or "dfdb"
+        self.timeout = url.float_option("timeout", 3.0, minimum=0.01)
+        keepalive = url.float_option("keepalive", 5.0, minimum=0.1)
+        keepalive_timeout = url.float_option("keepalive_timeout", 2.0, minimum=0.1)
+        self.page = url.int_option("page", 1000, minimum=1)
+        self.window = url.int_option("window", 64, minimum=1)
+        self.targets = [
+            f"[{host}]:{port or 2379}" if ":" in host else f"{host or '127.0.0.1'}:{port or 2379}"
+            for host, port in (url.hosts or (("127.0.0.1", None),))
+        ]
+        self.channel_options = [
+            ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+            ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
+            ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),  # grpcio 1.6x+ waits on this one
+            ("grpc.keepalive_permit_without_calls", 0),  # etcd answers idle pings with GOAWAY
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        self._conn = _Endpoints(self)
+        self._identity: str | None = None
+        self._sources_started = 0
+
+    # ------------------------------------------------------------ keys
+    def _key(self, *parts: str) -> bytes:
+        return "/".join((self.prefix, *parts)).encode()
+
+    def _index_key(self, table: str, id: str) -> bytes:
+        return self._key("i", table, id)
+
+    @staticmethod
+    def _location(topic: str | None) -> str:
+        return "n" if topic is None else f"t/{topic}"
+
+    def _data_key(self, table: str, topic: str | None, id: str) -> bytes:
+        return self._key("d", self._location(topic), table, id)
+
+    def _topic_prefix(self, topic: str | None) -> bytes:
+        """The prefix of the data keys of one topic (every table)."""
+        return self._key("d", self._location(topic)) + b"/"
+
+    def _parse_data_key(self, key: bytes) -> tuple[str, str | None, str] | None:
+        """(table, topic, id) of a data key, ``None`` for a key dfdb did not write."""
+        rest = self._relative(key)
+        if rest is not None and len(rest) == 4 and rest[:2] == ["d", "n"]:
+            return rest[2], None, rest[3]
+        if rest is not None and len(rest) == 5 and rest[:2] == ["d", "t"]:
+            return rest[3], rest[2], rest[4]
+        return None
+
+    def _relative(self, key: bytes) -> builtins.list[str] | None:
+        """The parts of ``key`` after the prefix, ``None`` when it is not under it."""
+        try:
+            parts = key.decode().split("/")
+        except UnicodeDecodeError:
+            return None
+        head = self.prefix.split("/")
+        return parts[len(head) :] if parts[: len(head)] == head else None
+
+    # ------------------------------------------------------------ calls
+    async def _call(self, method: str, request: Any) -> Any:
+        """One unary KV call with a time-out, moving to the next member on failure."""
+        self._check_open()
+        conn = self._conn
+        channel = None
+        try:
+            channel = await conn.connect()
+            return await getattr(conn.kv, method)(request, timeout=self.timeout, metadata=conn.metadata())
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # another caller closed the channel under this call (a failover)
+            raise BackendUnavailableError(f"{self.url} ({conn.target}): the connection was replaced") from None
+        except grpc.aio.AioRpcError as exc:
+            raise_if_cancelling(exc)
+            code = exc.code()
+            if code == grpc.StatusCode.UNAUTHENTICATED and conn.metadata():
+                await conn.close()  # the token expired: authenticate again on the next call
+            if code in _RETRYABLE or code == grpc.StatusCode.UNAUTHENTICATED:
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    await conn.failover(channel)
+                raise BackendUnavailableError(f"{self.url} ({conn.target}): {code.name}: {exc.details()}") from None
+            raise DriverError(f"{self.url}: {code.name}: {exc.details()}") from None
+
+    async def _txn(self, compare: builtins.list[Any], success: builtins.list[Any], failure: builtins.list[Any]) -> Any:
+        return await self._call("Txn", rpc.TxnRequest(compare=compare, success=success, failure=failure))
+
+    async def _range(self, key: bytes, end: bytes | None = None, **fields: Any) -> Any:
+        request = rpc.RangeRequest(key=key, **fields)
+        if end is not None:
+            request.range_end = end
+        return await self._call("Range", request)
+
+    # ------------------------------------------------------------ connection
+    async def open(self) -> None:
+        await super().open()
+        try:
+            await self.identity()
+        except BaseException:
+            await self._conn.close()
+            raise
+
+    async def _release(self) -> None:
+        await self._conn.close()
+
+    async def identity(self) -> str:
+        key = self._key("identity")
+        fresh = f"etcd-{uuid.uuid4().hex[:16]}".encode()
+        reply = await self._txn(
+            [rpc.Compare(key=key, target=rpc.Compare.VERSION, result=_EQUAL, version=0)],
+            [rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=fresh))],
+            [rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+        )
+        if reply.succeeded:
+            self._identity = fresh.decode()
+        else:
+            self._identity = reply.responses[0].response_range.kvs[0].value.decode()
+        return self._identity
+
+    async def current_revision(self) -> int:
+        """The store revision now."""
+        reply = await self._range(self._key("identity"), count_only=True)
+        return int(reply.header.revision)
+
+    # ------------------------------------------------------------ contract
+    def _index_entry(self, table: str, id: str, kv: Any) -> Entry:
+        location, sep, value = bytes(kv.value).partition(b"\n")
+        loc = location.decode(errors="replace")
+        if not sep or not (loc == "n" or loc.startswith("t/")):
+            raise CorruptObjectError(table, id, "not a dfdb index entry")
+        return Entry(table, id, None if loc == "n" else loc[2:], value, int(kv.mod_revision))
+
+    async def get(self, table: str, id: str) -> Entry | None:
+        reply = await self._range(self._index_key(table, id))
+        if not reply.kvs:
+            return None
+        return self._index_entry(table, id, reply.kvs[0])
+
+    def _put_ops(self, table: str, id: str, topic: str | None, value: bytes) -> builtins.list[Any]:
+        index = self._location(topic).encode() + b"\n" + value
+        return [
+            rpc.RequestOp(request_put=rpc.PutRequest(key=self._index_key(table, id), value=index)),
+            rpc.RequestOp(request_put=rpc.PutRequest(key=self._data_key(table, topic, id), value=value)),
+        ]
+
+    async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
+        index, data = self._index_key(table, id), self._data_key(table, topic, id)
+        puts = self._put_ops(table, id, topic, value)
+        read_index = [rpc.RequestOp(request_range=rpc.RangeRequest(key=index))]
+        absent = rpc.Compare(key=index, target=rpc.Compare.VERSION, result=_EQUAL, version=0)
+        if expect is ABSENT:
+            reply = await self._txn([absent], puts, read_index)
+        elif expect is ANY:  # create, or update when it exists under this topic
+            exists_here = rpc.Compare(key=data, target=rpc.Compare.VERSION, result=_GREATER, version=0)
+            inner = rpc.TxnRequest(compare=[exists_here], success=puts, failure=read_index)
+            reply = await self._txn([absent], puts, [rpc.RequestOp(request_txn=inner)])
+        else:
+            same = [
+                rpc.Compare(key=index, target=rpc.Compare.MOD, result=_EQUAL, mod_revision=expect),
+                rpc.Compare(key=data, target=rpc.Compare.MOD, result=_EQUAL, mod_revision=expect),
+            ]
+            reply = await self._txn(same, puts, read_index)
+        if reply.succeeded:
+            return int(reply.header.revision)
+        response = reply.responses[0]
+        if response.WhichOneof("response") == "response_txn":
+            if response.response_txn.succeeded:
+                return int(reply.header.revision)
+            response = response.response_txn.responses[0]
+        kvs = response.response_range.kvs
+        if not kvs:
+            raise NotFoundError(f"{table}/{id} not found")
+        current = self._index_entry(table, id, kvs[0])
+        if expect is ABSENT:
+            raise AlreadyExistsError(f"{table}/{id} already exists")
+        if expect is not ANY and current.revision != expect:
+            raise ConflictError(f"{table}/{id} is at revision {current.revision}, not {expect}")
+        raise ValueError(f"{table}/{id} belongs to topic {current.topic!r}, not {topic!r}")
+
+    async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
+        """Writes in flight ``window`` at a time, one transaction each: every write keeps
+        its own outcome and its own revision."""
+        results: builtins.list[int | Exception] = [0] * len(writes)
+        queue = iter(enumerate(writes))
+        failure: list[BaseException] = []
+
+        async def worker() -> None:
+            for i, w in queue:
+                if failure:
+                    return
+                try:
+                    results[i] = await self.put(w.table, w.id, w.topic, w.value, w.expect)
+                except BackendUnavailableError as exc:
+                    failure.append(exc)
+                    return
+                except (AlreadyExistsError, NotFoundError, ConflictError, ValueError, DriverError) as exc:
+                    results[i] = exc
+
+        await asyncio.gather(*(worker() for _ in range(min(self.window, len(writes)))))
+        if failure:
+            raise failure[0]
+        return results
+
+    async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
+        index = self._index_key(table, id)
+        for _ in range(100):
+            current = await self.get(table, id)
+            if current is None:
+                raise NotFoundError(f"{table}/{id} not found")
+            if expect is not None and current.revision != expect:
+                raise ConflictError(f"{table}/{id} is at revision {current.revision}, not {expect}")
+            reply = await self._txn(
+                [rpc.Compare(key=index, target=rpc.Compare.MOD, result=_EQUAL, mod_revision=current.revision)],
+                [
+                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=index)),
+                    rpc.RequestOp(
+                        request_delete_range=rpc.DeleteRangeRequest(key=self._data_key(table, current.topic, id))
+                    ),
+                ],
+                [],
+            )
+            if reply.succeeded:
+                return Entry(table, id, current.topic, current.value, int(reply.header.revision))
+        raise ConflictError(f"{table}/{id} keeps changing; delete gave up")
+
+    async def list(self, table: str, topic: str | None = None) -> Listing:
+        """A whole table from its index keys, one topic from its data keys; every page read
+        at the first page's revision."""
+        prefix = self._key("i", table) + b"/" if topic is None else self._key("d", f"t/{topic}", table) + b"/"
+        end = _range_end(prefix)
+        for _ in range(5):
+            entries: builtins.list[Entry] = []
+            key, revision = prefix, 0
+            try:
+                while True:
+                    reply = await self._range(key, end, limit=self.page, revision=revision)
+                    revision = revision or int(reply.header.revision)
+                    for kv in reply.kvs:
+                        entry = self._listed(table, topic, kv)
+                        if entry is not None:
+                            entries.append(entry)
+                    if not reply.more or not reply.kvs:
+                        return Listing(entries, revision, self._identity)
+                    key = bytes(reply.kvs[-1].key) + b"\x00"
+            except DriverError as exc:
+                if "compacted" not in str(exc):
+                    raise
+                # compacted between two pages: list again at a newer revision
+        raise BackendUnavailableError(f"{self.url}: the listing kept being compacted")
+
+    def _listed(self, table: str, topic: str | None, kv: Any) -> Entry | None:
+        id = bytes(kv.key).rsplit(b"/", 1)[-1].decode(errors="replace")
+        if topic is not None:
+            return Entry(table, id, topic, bytes(kv.value), int(kv.mod_revision))
+        try:
+            return self._index_entry(table, id, kv)
+        except CorruptObjectError as exc:
+            log.warning("skipping %s", exc)
+            return None
+
+    async def watch(
+        self,
+        tables: Collection[str],
+        topics: Collection[str | None] | None = None,
+        since: int | None = None,
+    ) -> EventSource:
+        self._check_open()
+        if since is None:
+            since = await self.current_revision()
+        source = EtcdSource(self, sorted(set(tables)), topics, since)
+        await source.start()
+        return self._track(source)
+
+    async def allocate_unique_key(self, table: str) -> int:
+        key = self._key("k", table)
+        for _ in range(1000):
+            reply = await self._range(key)
+            if reply.kvs:
+                current, rev = int(reply.kvs[0].value), int(reply.kvs[0].mod_revision)
+                guard = rpc.Compare(key=key, target=rpc.Compare.MOD, result=_EQUAL, mod_revision=rev)
+            else:
+                current = 0
+                guard = rpc.Compare(key=key, target=rpc.Compare.VERSION, result=_EQUAL, version=0)
+            put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=str(current + 1).encode()))
+            if (await self._txn([guard], [put], [])).succeeded:
+                return current + 1
+        raise ConflictError(f"allocate_unique_key({table!r}) met too many concurrent callers")
+
+    async def compact(self) -> None:
+        revision = await self.current_revision()
+        try:
+            await self._call("Compact", rpc.CompactionRequest(revision=revision, physical=True))
+        except DriverError as exc:
+            if "compacted" not in str(exc):  # already compacted at that revision
+                raise
+
+
+@dataclass
+class _Watcher:
+    """One prefix watch of an :class:`EtcdSource`."""
+
+    watch_id: int
+    prefix: bytes
+    frontier: int
+    """Every change under the prefix up to here has been delivered."""
+    created: bool = False
+    synced: bool = False
+    """etcd sends this watch's changes as they happen (it is not catching up)."""
+
+
+class EtcdSource(EventSource):
+    """Prefix watches on one gRPC stream, resumed from their own revisions after a disconnect.
+
+    ``position`` says up to where every change has been returned: the lowest
+    frontier of the watches, below anything still buffered. A watch's frontier moves
+    with its own events and progress notifications; and since etcd sends the events
+    of the watches of one stream that are in sync in revision order, an event at
+    revision ``r`` of one watch also moves every other in-sync watch to ``r`` (each
+    revision changes one data key). A watch is known to be in sync when it was
+    created above the store's revision, or once a reply of its own says so (its
+    header revision is its last event's, or a progress notification). Events read
+    together are merged in revision order; a watch catching up (after a reconnect,
+    or a topic just added) may deliver older revisions after newer ones of another.
+    """
+
+    def __init__(
+        self, driver: EtcdDriver, tables: builtins.list[str], topics: Collection[str | None] | None, since: int
+    ) -> None:
+        self._driver = driver
+        self._tables = set(tables)
+        self._topics = None if topics is None else set(topics)
+        self._watchers: dict[int, _Watcher] = {}
+        self._next_id = 1
+        if topics is None:
+            self._add(driver._key("d") + b"/", since)
+        else:
+            for topic in sorted(topics, key=lambda t: (t is None, t or "")):
+                self._add(driver._topic_prefix(topic), since)
+        self._conn = _Endpoints(driver, start=driver._sources_started)
+        driver._sources_started += 1
+        self._call: Any = None
+        self._buffer: builtins.list[tuple[int, int, RawEvent]] = []  # a heap by revision
+        self._seq = itertools.count()
+        self._closed = False
+        self._backoff = Backoff()
+        self._identity = driver._identity
+        self.records_read = 0
+        """Change records read from the server (every event of the subscribed prefixes)."""
+        self.reconnects = 0
+        """How many times the stream was opened again after a failure."""
+
+    def _add(self, prefix: bytes, since: int) -> _Watcher:
+        watcher = _Watcher(self._next_id, prefix, since)
+        self._watchers[watcher.watch_id] = watcher
+        self._next_id += 1
+        return watcher
+
+    @property
+    def position(self) -> int:
+        """Every change at or below this revision has been returned."""
+        delivered = min((w.frontier for w in self._watchers.values()), default=0)
+        if self._buffer:
+            delivered = min(delivered, self._buffer[0][0] - 1)
+        return delivered
+
+    @property
+    def target(self) -> str:
+        """The member this source reads from."""
+        return self._conn.target
+
+    def _push(self, event: RawEvent) -> None:
+        heapq.heappush(self._buffer, (event.revision, next(self._seq), event))
+
+    def _reached(self, watcher: _Watcher, revision: int) -> None:
+        """``watcher`` delivered everything up to ``revision``; so did every in-sync watch."""
+        watcher.frontier = max(watcher.frontier, revision)
+        if watcher.synced:
+            for other in self._watchers.values():
+                if other.synced and other.frontier < revision:
+                    other.frontier = revision
+
+    # ------------------------------------------------------------ stream
+    async def start(self) -> None:
+        """Open the stream and create every watcher; subscribed when this returns."""
+        failures = 0
+        while True:
+            try:
+                await self._open_stream()
+                return
+            except _Compacted:  # resuming from a compacted revision: say so first
+                self._push(await self._restart_all(await self._driver.current_revision()))
+            except (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError) as exc:
+                raise_if_cancelling(exc)
+                await self._drop_stream(failover=True)
+                if failures >= 3:
+                    raise BackendUnavailableError(f"{self._driver.url}: cannot open a watch: {exc}") from None
+                await self._backoff.pause(failures, "opening the etcd watch", exc)
+                failures += 1
+
+    async def _open_stream(self) -> None:
+        conn = self._conn
+        await conn.connect()
+        self._call = conn.watch.Watch(metadata=conn.metadata(("hasleader", "true")))
+        for watcher in list(self._watchers.values()):
+            await self._create(watcher)
+        async with asyncio.timeout(self._driver.timeout * 3):
+            while not all(w.created for w in self._watchers.values()):
+                await self._read_one()
+
+    async def _create(self, watcher: _Watcher) -> None:
+        watcher.created = watcher.synced = False
+        request = rpc.WatchCreateRequest(
+            key=watcher.prefix,
+            range_end=_range_end(watcher.prefix),
+            start_revision=watcher.frontier + 1,
+            progress_notify=True,
+            prev_kv=True,
+            watch_id=watcher.watch_id,
+        )
+        await self._call.write(rpc.WatchRequest(create_request=request))
+
+    async def _drop_stream(self, *, failover: bool) -> None:
+        call, self._call = self._call, None
+        for watcher in self._watchers.values():
+            watcher.synced = False
+        if call is not None:
+            call.cancel()
+        if failover:
+            await self._conn.failover()
+
+    async def _read_one(self) -> None:
+        """Read one response and apply it."""
+        call = self._call
+        if call is None:
+            raise BackendUnavailableError(f"{self._driver.url}: the watch stream was dropped")
+        try:
+            reply = await call.read()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise BackendUnavailableError(f"{self._driver.url}: the watch stream was dropped") from None
+        if reply is grpc.aio.EOF:
+            raise BackendUnavailableError(f"{self._driver.url}: the watch stream ended")
+        watcher = self._watchers.get(reply.watch_id)
+        if reply.compact_revision:
+            raise _Compacted(int(reply.compact_revision))
+        if reply.canceled:
+            if watcher is None:
+                return  # a watcher this source cancelled
+            raise BackendUnavailableError(f"{self._driver.url}: watch cancelled: {reply.cancel_reason or 'no reason'}")
+        if watcher is None:
+            return  # a progress broadcast (-1), which etcd 3.4 may send ahead of pending events
+        header = int(reply.header.revision)
+        if reply.created:
+            watcher.created = True
+            watcher.synced = watcher.frontier >= header  # created above the store's revision
+            return
+        if not reply.events:  # a progress notification: sent to in-sync watches only
+            watcher.synced = True
+            self._reached(watcher, header)
+            return
+        self.records_read += len(reply.events)
+        last = watcher.frontier
+        for ev in reply.events:
+            last = max(last, self._take(watcher, ev))
+        if header == last:  # sent as it happened, not from history
+            watcher.synced = True
+        self._reached(watcher, last)
+
+    def _take(self, watcher: _Watcher, ev: Any) -> int:
+        """Buffer one etcd event of ``watcher``; returns its revision."""
+        kv = ev.kv
+        revision = int(kv.mod_revision)
+        if revision <= watcher.frontier:
+            return revision  # already delivered before a reconnect
+        parsed = self._driver._parse_data_key(bytes(kv.key))
+        if parsed is None:
+            log.warning("skipping %r at revision %d: not a dfdb key", bytes(kv.key), revision)
+            return revision
+        table, topic, id = parsed
+        if table not in self._tables:
+            return revision
+        if ev.type == rpc.Event.DELETE:
+            value = bytes(ev.prev_kv.value) if ev.prev_kv.key else None  # empty KeyValue when compacted
+            self._push(RawEvent("delete", table, id, topic, value, revision))
+        else:
+            action: RawAction = "create" if kv.version == 1 else "update"
+            self._push(RawEvent(action, table, id, topic, bytes(kv.value), revision))
+        return revision
+
+    async def __anext__(self) -> RawEvent:
+        failures = 0
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._buffer:
+                return heapq.heappop(self._buffer)[2]
+            try:
+                if self._call is None:
+                    self.reconnects += 1
+                    await self._open_stream()
+                    resync = await self._check_dataset()
+                    if resync is not None:
+                        return resync
+                await self._read_one()
+                checkpoint()
+                failures = 0
+            except _Compacted:
+                return await self._restart_all(await self._driver.current_revision())
+            except (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError) as exc:
+                raise_if_cancelling(exc)
+                if self._closed:
+                    raise StopAsyncIteration from None
+                await self._drop_stream(failover=True)
+                await self._backoff.pause(failures, f"reading the etcd watch ({self._conn.target})", exc)
+                failures += 1
+
+    async def _check_dataset(self) -> RawEvent | None:
+        """After reconnecting: a dataset that lost its data (or is another one) yields resync."""
+        identity = await self._driver.identity()
+        revision = await self._driver.current_revision()
+        if identity == self._identity and revision >= self.position:
+            return None
+        self._identity = identity
+        return await self._restart_all(revision, identity)
+
+    async def _restart_all(self, revision: int, identity: str | None = None) -> RawEvent:
+        """History is gone: forget buffered events, follow every watcher from ``revision``
+        on a new stream, and return the ``resync`` event that says so."""
+        await self._drop_stream(failover=False)
+        self._buffer.clear()
+        for watcher in self._watchers.values():
+            watcher.frontier = revision
+        return RawEvent.resync(revision, identity)
+
+    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
+        if self._topics is None:
+            return
+        for topic in [t for t in topics if t not in self._topics]:
+            self._topics.add(topic)
+            watcher = self._add(self._driver._topic_prefix(topic), since)
+            if self._call is not None:  # else the next read opens the stream with it
+                try:
+                    await self._create(watcher)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    await self._drop_stream(failover=False)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._drop_stream(failover=False)
+        await self._conn.close()
+
+
+class _Compacted(Exception):
+    """A watcher's start revision was compacted (``revision``: the oldest one kept)."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(revision)
+        self.revision = revision

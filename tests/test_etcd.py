@@ -1,0 +1,310 @@
+"""The etcd driver against real etcd: restarts, a 3-member cluster losing its leader or a
+hung member, compaction, foreign data, URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+import dfdb
+from dfdb.events import parse_cursor
+from dfdb.testing.servers import EtcdServer, require_servers
+from watching import Watcher, watchers
+
+
+class Port(dfdb.NbModel, table="etcd_port"):
+    n: int = 0
+
+
+def start_server(members: int) -> Iterator[EtcdServer]:
+    server = EtcdServer(members)
+    if not server.available():
+        server.stop()
+        if require_servers():
+            pytest.fail("etcd is not installed and DFDB_REQUIRE_SERVERS is set")
+        pytest.skip("etcd is not installed")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def single() -> Iterator[EtcdServer]:
+    yield from start_server(1)
+
+
+@pytest.fixture
+def cluster() -> Iterator[EtcdServer]:
+    yield from start_server(3)
+
+
+async def server_history(server: EtcdServer, last: int, table: str = "etcd_port") -> list[tuple[str, int]]:
+    """The server's own record up to revision ``last``: every change of the table's data
+    keys, read with a raw aetcd watch from revision 1."""
+    import aetcd
+
+    alive = next(i for i, proc in enumerate(server.processes) if proc is not None and proc.poll() is None)
+    host, port = "127.0.0.1", server.client_ports[alive]
+    pairs: list[tuple[str, int]] = []
+    async with aetcd.Client(host, int(port), timeout=5) as client:
+        watch = await client.watch_prefix(b"dfdb/d/", start_revision=1)
+        try:
+            async with asyncio.timeout(30):
+                async for event in watch:
+                    *_, key_table, key_id = event.kv.key.decode().split("/")
+                    if key_table == table:
+                        pairs.append((key_id, event.kv.mod_revision))
+                    if event.kv.mod_revision >= last:
+                        break
+        finally:
+            await watch.cancel()
+    return pairs
+
+
+async def write_ports(nb: dfdb.NbApi, count: int, at: int, reached: asyncio.Event) -> int:
+    """Creates and updates over 50 keys and 4 topics; sets ``reached`` after write ``at``.
+    Returns the revision of the last write."""
+    live: dict[str, Port] = {}
+    for n in range(count):
+        key = f"p{n % 50}"
+        if key in live:
+            live[key] = await nb.update(live[key].model_copy(update={"n": n}))
+        else:
+            live[key] = await nb.create(Port(id=key, topic=f"t{n % 4}", n=n))
+        if n == at:
+            reached.set()
+    return dfdb.revision_of(live[f"p{(count - 1) % 50}"]) or 0
+
+
+async def check_watchers(ws: list[Watcher], server: EtcdServer, writes: int, last: int) -> None:
+    history = await server_history(server, last)
+    assert len(history) == writes
+    for w in ws:
+        await w.wait_past(history[-1][1])
+        assert w.resyncs == 0
+        assert w.pairs == history
+
+
+async def test_restart_of_a_single_member_loses_nothing(single: EtcdServer) -> None:
+    async with dfdb.connect(single.url, timeout=30) as nb, watchers(nb, Port, 2) as ws:
+        reached = asyncio.Event()
+
+        async def restarter() -> None:
+            await reached.wait()
+            await asyncio.to_thread(single.restart)  # kill -9, then start with the same data
+
+        last, _ = await asyncio.gather(write_ports(nb, 2000, 700, reached), restarter())
+        await check_watchers(ws, single, 2000, last)
+
+
+async def test_leader_killed_during_writes_and_watches(cluster: EtcdServer) -> None:
+    async with dfdb.connect(cluster.url, timeout=30) as nb, watchers(nb, Port, 3) as ws:
+        reached = asyncio.Event()
+
+        async def killer() -> None:
+            await reached.wait()
+            leader = await asyncio.to_thread(cluster.leader)
+            cluster.kill(leader)
+
+        # a spurious AlreadyExistsError or ConflictError after the election would raise here
+        last, _ = await asyncio.gather(write_ports(nb, 1000, 300, reached), killer())
+        await check_watchers(ws, cluster, 1000, last)
+
+
+async def test_watch_leaves_a_hung_member_within_ten_seconds(cluster: EtcdServer) -> None:
+    async with dfdb.connect(cluster.url, timeout=30) as nb, watchers(nb, Port, 1) as ws:
+        watcher = ws[0]
+        await nb.create(Port(id="before", topic="t"))
+        await watcher.wait_past(1)
+        assert watcher.stream is not None
+        source = watcher.stream._source
+        hung = cluster.client_ports.index(int(source.target.rsplit(":", 1)[1]))  # type: ignore[union-attr]
+        cluster.pause(hung)
+        try:
+            loop = asyncio.get_running_loop()
+            paused_at = loop.time()
+            created = await nb.create(Port(id="during", topic="t"))  # through another member
+            revision = dfdb.revision_of(created)
+            assert revision is not None
+            await watcher.wait_past(revision, within=10 - (loop.time() - paused_at))
+            assert watcher.pairs[-1] == ("during", revision)
+        finally:
+            cluster.resume(hung)
+        assert watcher.resyncs == 0
+        assert [p for p, _ in watcher.pairs] == ["before", "during"]
+
+
+async def test_compaction_resyncs_a_stalled_watcher_only(single: EtcdServer) -> None:
+    async with dfdb.connect(single.url, timeout=30) as nb:
+        await nb.create(Port(id="q0", topic="quiet"))
+        async with nb.watch(Port, topics={"quiet"}) as idle, nb.watch(Port) as stalled:
+            quiet_events: asyncio.Queue[dfdb.ChangeEvent] = asyncio.Queue()
+
+            async def consume() -> None:
+                async for ev in idle:
+                    quiet_events.put_nowait(ev)
+
+            consumer = asyncio.create_task(consume())
+            try:
+                await nb.create(Port(id="first", topic="busy"))
+                assert (await asyncio.wait_for(anext(stalled), 10)).id == "first"
+                cursor = stalled.cursor  # this watcher stalls here: it reads nothing more
+                last = None
+                for n in range(50):
+                    last = await nb.create(Port(id=f"b{n}", topic="busy"))
+                await nb.delete(Port, "b0")
+                revision = dfdb.revision_of(last) or 0
+                # progress notifications (every second on the test server) move the idle cursor on
+                async with asyncio.timeout(10):
+                    while parse_cursor(idle.cursor)[1] < revision:
+                        await asyncio.sleep(0.05)
+                await nb.driver.compact()
+                await asyncio.to_thread(single.restart)  # the idle stream must reconnect
+                later = await nb.create(Port(id="q1", topic="quiet"))
+                ev = await asyncio.wait_for(quiet_events.get(), 20)
+                assert (ev.action, ev.id, ev.revision) == (dfdb.Action.CREATE, "q1", dfdb.revision_of(later))
+                assert quiet_events.empty()  # no RESYNC before it
+            finally:
+                consumer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consumer
+        async with nb.watch(Port, since=cursor) as resumed:
+            ev = await asyncio.wait_for(anext(resumed), 10)
+            assert ev.action == dfdb.Action.RESYNC
+            listing = await nb.list(Port)
+            assert sorted(p.id for p in listing.items) == sorted(
+                ["q0", "q1", "first", *(f"b{n}" for n in range(1, 50))]
+            )
+            await nb.create(Port(id="after", topic="busy"))
+            ev = await asyncio.wait_for(anext(resumed), 10)
+            assert (ev.action, ev.id) == (dfdb.Action.CREATE, "after")
+
+
+async def test_foreign_value_is_reported_and_skipped(single: EtcdServer, caplog: pytest.LogCaptureFixture) -> None:
+    endpoint = single.url.split("://")[1]
+    async with dfdb.connect(single.url) as nb, nb.watch(Port) as stream:
+        await nb.create(Port(id="good", topic="t"))
+        assert (await asyncio.wait_for(anext(stream), 10)).id == "good"
+        for key, value in [
+            ("dfdb/d/t/t/etcd_port/alien", '{"id": "alien", "topic": "t", "n": "many"}'),
+            ("dfdb/d/t/t/etcd_port/junk", "not json"),
+            ("dfdb/d/odd", "not even a dfdb key"),
+        ]:
+            await asyncio.to_thread(
+                subprocess.run,
+                ["etcdctl", "--endpoints", endpoint, "put", key, value],
+                check=True, capture_output=True, env={"ETCDCTL_API": "3"},
+            )  # fmt: skip
+        await nb.create(Port(id="after", topic="t"))
+        ev = await asyncio.wait_for(anext(stream), 10)
+        assert ev.id == "after"
+        assert "alien" in caplog.text and "junk" in caplog.text and "etcd_port" in caplog.text
+        assert stream.corrupt == 2
+        assert sorted(p.id for p in await nb.get_all(Port)) == ["after", "good"]
+
+
+def test_password_never_shown() -> None:
+    nb = dfdb.connect("etcd://root:hunter2@127.0.0.1:1,127.0.0.1:2/pre")
+    assert "hunter2" not in str(nb.url) and "hunter2" not in repr(nb.url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("etcd://127.0.0.1:1?bogus=1", "unknown etcd:// option"),
+        ("etcd://user@127.0.0.1:1", "both a user name and a password"),
+        ("etcd://127.0.0.1:1?timeout=soon", "timeout"),
+    ],
+)
+def test_bad_urls_are_refused(url: str, message: str) -> None:
+    with pytest.raises(dfdb.InvalidURL, match=message):
+        dfdb.connect(url)
+
+
+async def test_unreachable_cluster_is_one_clear_error() -> None:
+    from dfdb.testing.servers import free_port
+
+    ports = [free_port(), free_port()]
+    url = f"etcd://u:secret@127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
+    with pytest.raises(dfdb.BackendUnavailableError, match=r"127\.0\.0\.1") as info:
+        async with dfdb.connect(url, timeout=2):
+            pass
+    assert "secret" not in str(info.value)
+
+
+async def test_prefix_separates_datasets(single: EtcdServer) -> None:
+    async with dfdb.connect(single.url + "/one") as one, dfdb.connect(single.url + "/two") as two:
+        await one.create(Port(id="a", topic="t"))
+        with pytest.raises(dfdb.NotFoundError):
+            await two.get(Port, "a")
+        assert await one.driver.identity() != await two.driver.identity()
+
+
+async def test_authentication(single: EtcdServer) -> None:
+    endpoint = single.url.split("://")[1]
+
+    def ctl(*args: str, user: str | None = None) -> None:
+        command = ["etcdctl", "--endpoints", endpoint, *args]
+        if user:
+            command[1:1] = ["--user", user]
+        subprocess.run(command, check=True, capture_output=True, env={"ETCDCTL_API": "3"})
+
+    await asyncio.to_thread(ctl, "user", "add", "root:rootpw")
+    await asyncio.to_thread(ctl, "auth", "enable")
+    try:
+        with pytest.raises(dfdb.DriverError) as info:
+            async with dfdb.connect(single.url.replace("://", "://root:wrong@"), timeout=3):
+                pass
+        assert "wrong" not in str(info.value)
+        async with dfdb.connect(single.url.replace("://", "://root:rootpw@")) as nb, nb.watch(Port) as stream:
+            await nb.create(Port(id="a", topic="t"))
+            assert (await asyncio.wait_for(anext(stream), 10)).id == "a"
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            await asyncio.to_thread(ctl, "auth", "disable", user="root:rootpw")
+
+
+async def test_server_run_command_starts_a_cluster() -> None:
+    import signal
+    import sys
+
+    if not EtcdServer.available():
+        if require_servers():
+            pytest.fail("etcd is not installed and DFDB_REQUIRE_SERVERS is set")
+        pytest.skip("etcd is not installed")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dfdb", "server", "run", "etcd", "--members", "3", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert line.startswith("serving on etcd://127.0.0.1:"), line
+        url = line.split()[2]
+        assert url.count(",") == 2
+        async with dfdb.connect(url) as nb:
+            await nb.create(Port(id="dev", topic="t"))
+            assert (await nb.get(Port, "dev")).id == "dev"  # type: ignore[union-attr]
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_topic_watch_reads_only_its_topics(single: EtcdServer) -> None:
+    async with dfdb.connect(single.url) as nb, nb.watch(Port, topics={"t7", "t8"}) as stream:
+        for n in range(400):
+            await nb.create(Port(id=f"p{n}", topic=f"t{n % 20}"))
+        mine = [await asyncio.wait_for(anext(stream), 10) for _ in range(40)]
+        assert sorted(ev.id for ev in mine) == sorted(f"p{n}" for n in range(400) if n % 20 in (7, 8))
+        assert [ev.revision for ev in mine] == sorted(ev.revision for ev in mine)
+        assert stream.records_read == 40
+        # the cursor covers every change of both topics: both watches are in sync
+        assert parse_cursor(stream.cursor)[1] >= mine[-1].revision

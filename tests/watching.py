@@ -1,0 +1,67 @@
+"""A test watcher that follows one model and reconciles on RESYNC, for the fault tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import dfdb
+
+
+class Watcher:
+    """Follows ``model`` through one stream; on RESYNC relists (the reconcile of DESIGN.md)."""
+
+    def __init__(self, nb: dfdb.NbApi, model: type[dfdb.NbModel]) -> None:
+        self.nb = nb
+        self.model = model
+        self.pairs: list[tuple[str, int]] = []
+        self.view: dict[str, int] = {}
+        self.resyncs = 0
+        self.position = 0
+        self.moved = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.stream: dfdb.ChangeStream | None = None
+
+    async def run(self) -> None:
+        listing = await self.nb.list(self.model)
+        self.view = {p.id: p.version for p in listing.items}
+        async with self.nb.watch(self.model, since=listing.cursor) as stream:
+            self.stream = stream
+            self.ready.set()
+            async for ev in stream:
+                if ev.action == dfdb.Action.RESYNC:
+                    self.resyncs += 1
+                    self.view = {p.id: p.version for p in await self.nb.get_all(self.model)}
+                else:
+                    self.pairs.append((ev.id, ev.revision))
+                    if ev.action == dfdb.Action.DELETE:
+                        self.view.pop(ev.id, None)
+                    elif ev.obj is not None:
+                        self.view[ev.id] = ev.obj.version
+                self.position = ev.revision
+                self.moved.set()
+
+    async def wait_past(self, revision: int, within: float = 30) -> None:
+        async with asyncio.timeout(within):
+            while self.position < revision:
+                self.moved.clear()
+                await self.moved.wait()
+
+
+@contextlib.asynccontextmanager
+async def watchers(nb: dfdb.NbApi, model: type[dfdb.NbModel], count: int) -> AsyncIterator[list[Watcher]]:
+    ws = [Watcher(nb, model) for _ in range(count)]
+    tasks = [asyncio.create_task(w.run()) for w in ws]
+    try:
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(w.ready.wait() for w in ws))
+        yield ws
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+            if not t.cancelled() and t.exception() is not None:
+                raise AssertionError("a watcher failed") from t.exception()
