@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import dfdb
+from dfdb.events import parse_cursor
 
 
 class Watcher:
@@ -39,7 +40,7 @@ class Watcher:
                         self.view.pop(ev.id, None)
                     elif ev.obj is not None:
                         self.view[ev.id] = ev.obj.version
-                self.position = ev.revision
+                self.position = max(self.position, parse_cursor(ev.cursor)[1])  # every change up to here
                 self.moved.set()
 
     async def wait_past(self, revision: int, within: float = 30) -> None:

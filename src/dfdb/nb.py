@@ -19,6 +19,7 @@ from dfdb.drivers import driver_class
 from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, EventSource, Expect, PutRequest
 from dfdb.drivers.polling import SnapshotPoller
 from dfdb.errors import (
+    AlreadyExistsError,
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
@@ -227,8 +228,17 @@ class NbApi:
                                 f"{self.url}: the reply to a write of {table}/{id} was lost and the object "
                                 "has changed since; the write may or may not have taken effect"
                             )
-                    sent = True
-                    revision = await self.driver.put(table, id, topic, value, expect)
+                    retried, sent = sent, True
+                    try:
+                        revision = await self.driver.put(table, id, topic, value, expect)
+                    except (ConflictError, AlreadyExistsError):
+                        if not retried:
+                            raise
+                        # the earlier attempt may have landed after the check above
+                        current = await self.driver.get(table, id)
+                        if current is None or _write_id(current.value) != wid:
+                            raise
+                        revision = current.revision
                 checkpoint()
                 return revision
             except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:

@@ -59,6 +59,7 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
     "rediss": ("dfdb.drivers.redis:RedisDriver", "redis"),
     "unix": ("dfdb.drivers.redis:RedisDriver", "redis"),
     "etcd": ("dfdb.drivers.etcd:EtcdDriver", "etcd"),
+    "zk": ("dfdb.drivers.zookeeper:ZooKeeperDriver", "zookeeper"),
 }
 
 _registered: dict[str, type[Driver] | str] = {}

@@ -5,7 +5,7 @@ Layout under the prefix ``P`` (the URL path, default ``dfdb``)::
     P/d/t/TOPIC/TABLE/ID   the value of an object of topic TOPIC
     P/d/n/TABLE/ID         the value of a topic-less object
     P/i/TABLE/ID           the index: "t/TOPIC" or "n", a newline, the value
-    P/k/TABLE              the counter of allocate_unique_key
+    P/k/TABLE              allocate_unique_key: its version counts the keys given
     P/identity             this dataset's identity (made once, kept with the data)
 
 Every write is one transaction on the index key and the data key, so both carry
@@ -444,19 +444,18 @@ class EtcdDriver(Driver):
         return self._track(source)
 
     async def allocate_unique_key(self, table: str) -> int:
+        """The new version of a counter key, written and read in one transaction: one round
+        trip, no retries under contention (etcd serialises the writes)."""
         key = self._key("k", table)
-        for _ in range(1000):
-            reply = await self._range(key)
-            if reply.kvs:
-                current, rev = int(reply.kvs[0].value), int(reply.kvs[0].mod_revision)
-                guard = rpc.Compare(key=key, target=rpc.Compare.MOD, result=_EQUAL, mod_revision=rev)
-            else:
-                current = 0
-                guard = rpc.Compare(key=key, target=rpc.Compare.VERSION, result=_EQUAL, version=0)
-            put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=str(current + 1).encode()))
-            if (await self._txn([guard], [put], [])).succeeded:
-                return current + 1
-        raise ConflictError(f"allocate_unique_key({table!r}) met too many concurrent callers")
+        reply = await self._txn(
+            [],
+            [
+                rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=b"")),
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=key)),
+            ],
+            [],
+        )
+        return int(reply.responses[1].response_range.kvs[0].version)
 
     async def compact(self) -> None:
         revision = await self.current_revision()

@@ -3,8 +3,8 @@
 Options: ``--dfdb-url URL`` (repeatable) or the ini setting ``dfdb_urls`` (one URL
 a line). ``{name}`` in a URL becomes a fresh name per test, ``{tmp}`` the test's
 own temporary folder, ``{redis}`` the address of a Redis server started for the
-session, ``{etcd}`` that of an etcd member (skipped when the server is missing,
-failed when ``DFDB_REQUIRE_SERVERS=1``).
+session, ``{etcd}`` that of an etcd member, ``{zookeeper}`` that of a ZooKeeper
+server (skipped when the server is missing, failed when ``DFDB_REQUIRE_SERVERS=1``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,19 @@ def dfdb_etcd_server() -> Iterator[LocalServer]:
     yield from _server_or_skip(lambda: EtcdServer())
 
 
-SERVER_PLACEHOLDERS = {"{redis}": "dfdb_redis_server", "{etcd}": "dfdb_etcd_server"}
+@pytest.fixture(scope="session")
+def dfdb_zookeeper_server() -> Iterator[LocalServer]:
+    """A standalone ZooKeeper on a free loopback port for the whole session (``{zookeeper}`` in URLs)."""
+    from dfdb.testing.servers import ZooKeeperServer
+
+    yield from _server_or_skip(lambda: ZooKeeperServer())
+
+
+SERVER_PLACEHOLDERS = {
+    "{redis}": "dfdb_redis_server",
+    "{etcd}": "dfdb_etcd_server",
+    "{zookeeper}": "dfdb_zookeeper_server",
+}
 
 
 @pytest.fixture

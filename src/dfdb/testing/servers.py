@@ -27,6 +27,7 @@ __all__ = [
     "LocalServer",
     "RedisServer",
     "ServerUnavailable",
+    "ZooKeeperServer",
     "free_port",
     "require_servers",
     "run_foreground",
@@ -326,3 +327,108 @@ class EtcdServer(LocalServer):
 
 
 SERVERS["etcd"] = lambda members: EtcdServer(members)
+
+
+class ZooKeeperServer(LocalServer):
+    """ZooKeeper (``QuorumPeerMain`` from the Debian package) on free loopback ports:
+    standalone or an ensemble of ``members``."""
+
+    binary = "java"
+    classpath = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
+
+    def __init__(self, members: int = 1) -> None:
+        if members < 1:
+            raise ServerUnavailable("zookeeper: --members must be at least 1")
+        super().__init__(members)
+        self.client_ports = [free_port() for _ in range(members)]
+        self.quorum_ports = [(free_port(), free_port()) for _ in range(members)]
+
+    @classmethod
+    def available(cls) -> bool:
+        return shutil.which("java") is not None and all(Path(p).exists() for p in cls.classpath.split(":"))
+
+    @property
+    def url(self) -> str:
+        return "zk://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
+
+    def _config(self, index: int) -> Path:
+        data = self.workdir / f"m{index}"
+        data.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "tickTime=500", "initLimit=10", "syncLimit=5", f"dataDir={data}",
+            f"clientPort={self.client_ports[index]}", "clientPortAddress=127.0.0.1",
+            "admin.enableServer=false", "4lw.commands.whitelist=*", "maxSessionTimeout=60000",
+        ]  # fmt: skip
+        if self.members > 1:
+            (data / "myid").write_text(f"{index + 1}\n")
+            lines += [f"server.{i + 1}=127.0.0.1:{a}:{b}" for i, (a, b) in enumerate(self.quorum_ports)]
+        config = self.workdir / f"zoo{index}.cfg"
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
+    def serving(self, index: int) -> bool:
+        """Whether member ``index`` serves clients."""
+        return self.mode(index) is not None
+
+    def mode(self, index: int) -> str | None:
+        """``standalone``, ``leader`` or ``follower`` (from ``srvr``), ``None`` when not serving."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.client_ports[index]), timeout=1) as sock:
+                sock.sendall(b"srvr")
+                reply = b""
+                while chunk := sock.recv(4096):
+                    reply += chunk
+        except OSError:
+            return None
+        for line in reply.decode(errors="replace").splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        java = shutil.which("java")
+        if java is None:
+            raise ServerUnavailable("java is not installed (scripts/install-servers.sh zookeeper)")
+        args = [
+            java, "-Xmx256m", "-Dzookeeper.admin.enableServer=false", "-cp", self.classpath,
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self._config(index)),
+        ]  # fmt: skip
+        with open(self.workdir / f"m{index}.log", "ab") as log:
+            return subprocess.Popen(args, stdout=log, stderr=log)
+
+    def start(self) -> None:
+        if not self.available():
+            raise ServerUnavailable("zookeeper is not installed (scripts/install-servers.sh zookeeper)")
+        self.processes = [self._spawn(i) for i in range(self.members)]
+        for i, proc in enumerate(self.processes):
+            assert proc is not None
+            _wait_ready(
+                functools.partial(self.serving, i), proc, f"zookeeper member {i} on port {self.client_ports[i]}"
+            )
+
+    def leader(self) -> int:
+        """The index of the ensemble's leader (0 for a standalone server)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for i in range(self.members):
+                if self.mode(i) in ("leader", "standalone"):
+                    return i
+            time.sleep(0.05)
+        raise ServerUnavailable("zookeeper: no leader within 10s")
+
+    def kill(self, index: int = 0) -> None:
+        """``kill -9`` member ``index`` (its data folder stays)."""
+        proc = self.processes[index]
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, index: int = 0) -> None:
+        """Start member ``index`` again with its data (after ``kill``)."""
+        self.kill(index)
+        proc = self._spawn(index)
+        self.processes[index] = proc
+        _wait_ready(functools.partial(self.serving, index), proc, f"zookeeper member {index}")
+
+
+SERVERS["zookeeper"] = lambda members: ZooKeeperServer(members)

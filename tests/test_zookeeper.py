@@ -1,0 +1,258 @@
+"""The ZooKeeper driver against real ZooKeeper: restarts, session expiry, an ensemble losing
+its leader, log buckets and pruning, 100k objects, foreign data, URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+
+import pytest
+from aiozk import ZKClient
+
+import dfdb
+from dfdb.drivers import PutRequest
+from dfdb.testing.servers import ZooKeeperServer, require_servers
+from watching import Watcher, watchers
+
+
+class Port(dfdb.NbModel, table="zk_port"):
+    n: int = 0
+
+
+def start_server(members: int) -> Iterator[ZooKeeperServer]:
+    server = ZooKeeperServer(members)
+    if not server.available():
+        server.stop()
+        if require_servers():
+            pytest.fail("zookeeper is not installed and DFDB_REQUIRE_SERVERS is set")
+        pytest.skip("zookeeper is not installed")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def single() -> Iterator[ZooKeeperServer]:
+    yield from start_server(1)
+
+
+@pytest.fixture
+def ensemble() -> Iterator[ZooKeeperServer]:
+    yield from start_server(3)
+
+
+async def server_history(server: ZooKeeperServer, table: str = "zk_port") -> list[tuple[str, int]]:
+    """The server's own record: every change node of the table's logs, read with a raw
+    aiozk client, in zxid order."""
+    alive = next(i for i, proc in enumerate(server.processes) if proc is not None and proc.poll() is None)
+    client = ZKClient(f"127.0.0.1:{server.client_ports[alive]}", session_timeout=10)
+    await client.start()
+    pairs: list[tuple[str, int]] = []
+    try:
+        for topic in await client.get_children(f"/dfdb/l/{table}/t"):
+            log_path = f"/dfdb/l/{table}/t/{topic}"
+            for bucket in await client.get_children(log_path):
+                for change in await client.get_children(f"{log_path}/{bucket}"):
+                    data, stat = await client.get(f"{log_path}/{bucket}/{change}")
+                    pairs.append((data.split(b"\n")[1].decode(), stat.created_zxid))
+    finally:
+        await client.close()
+    return sorted(pairs, key=lambda p: p[1])
+
+
+async def write_ports(nb: dfdb.NbApi, count: int, at: int, reached: asyncio.Event) -> None:
+    """Creates and updates over 50 keys and 4 topics; sets ``reached`` after write ``at``."""
+    live: dict[str, Port] = {}
+    for n in range(count):
+        key = f"p{n % 50}"
+        if key in live:
+            live[key] = await nb.update(live[key].model_copy(update={"n": n}))
+        else:
+            live[key] = await nb.create(Port(id=key, topic=f"t{n % 4}", n=n))
+        if n == at:
+            reached.set()
+
+
+async def check_watchers(ws: list[Watcher], server: ZooKeeperServer, writes: int) -> None:
+    history = await server_history(server)
+    assert len(history) == writes
+    for w in ws:
+        try:
+            await w.wait_past(history[-1][1])
+        except TimeoutError:
+            pytest.fail(f"watcher at {w.position} with {len(w.pairs)} changes, server at {history[-1]}")
+        assert w.resyncs == 0
+        assert sorted(w.pairs, key=lambda p: p[1]) == history
+        assert len(w.pairs) == writes
+
+
+async def test_restart_loses_nothing(single: ZooKeeperServer) -> None:
+    async with dfdb.connect(single.url, timeout=30) as nb, watchers(nb, Port, 2) as ws:
+        reached = asyncio.Event()
+
+        async def restarter() -> None:
+            await reached.wait()
+            await asyncio.to_thread(single.restart)  # kill -9, then start with the same data
+
+        await asyncio.gather(write_ports(nb, 2000, 700, reached), restarter())
+        await check_watchers(ws, single, 2000)
+
+
+async def expire_session(nb: dfdb.NbApi, server: ZooKeeperServer) -> None:
+    """End the driver's session from another connection: ZooKeeper expires it, as after
+    a long pause, and the driver must start a new one."""
+    zk = nb.driver._zk  # type: ignore[attr-defined]
+    old = zk.session.session_id
+    thief = ZKClient(server.url.split("://")[1], session_timeout=10)
+    thief.session.session_id, thief.session.password = old, zk.session.password
+    await thief.start()
+    assert thief.session.session_id == old
+    await thief.close()
+    async with asyncio.timeout(30):
+        while zk.session.session_id in (old, None):
+            with contextlib.suppress(dfdb.BackendUnavailableError):  # the probe may meet the repair
+                await nb.driver.get("zk_port", "probe")
+
+
+async def test_session_expiry_is_survived(single: ZooKeeperServer) -> None:
+    async with dfdb.connect(single.url + "?session_timeout=4", timeout=30) as nb, watchers(nb, Port, 2) as ws:
+        reached = asyncio.Event()
+
+        async def expirer() -> None:
+            await reached.wait()
+            await expire_session(nb, single)
+
+        await asyncio.gather(write_ports(nb, 600, 200, reached), expirer())
+        await check_watchers(ws, single, 600)
+
+
+async def test_leader_killed_during_writes_and_watches(ensemble: ZooKeeperServer) -> None:
+    async with dfdb.connect(ensemble.url, timeout=30) as nb, watchers(nb, Port, 2) as ws:
+        reached = asyncio.Event()
+
+        async def killer() -> None:
+            await reached.wait()
+            ensemble.kill(await asyncio.to_thread(ensemble.leader))
+
+        # a spurious AlreadyExistsError or ConflictError after the election would raise here
+        await asyncio.gather(write_ports(nb, 600, 200, reached), killer())
+        await check_watchers(ws, ensemble, 600)
+
+
+async def test_buckets_move_on_and_pruning_is_announced(single: ZooKeeperServer) -> None:
+    async with dfdb.connect(single.url + "/b?bucket_size=10&keep=2") as nb:
+        async with nb.watch(Port) as live, nb.watch(Port) as stalled:
+            await nb.create(Port(id="first", topic="t"))
+            assert (await asyncio.wait_for(anext(stalled), 10)).id == "first"
+            cursor = stalled.cursor
+            assert (await asyncio.wait_for(anext(live), 10)).id == "first"
+            for n in range(45):  # the live stream keeps up, across 5 buckets
+                await nb.create(Port(id=f"p{n}", topic="t"))
+                ev = await asyncio.wait_for(anext(live), 10)
+                assert (ev.action, ev.id) == (dfdb.Action.CREATE, f"p{n}")
+        buckets = await nb.driver._children("/b/l/zk_port/t/t")  # type: ignore[attr-defined]
+        assert len(buckets) == 2  # the others were pruned
+        async with nb.watch(Port, since=cursor) as resumed:
+            ev = await asyncio.wait_for(anext(resumed), 10)
+            assert ev.action == dfdb.Action.RESYNC
+            assert len((await nb.list(Port)).items) == 46
+
+
+async def test_hundred_thousand_objects(single: ZooKeeperServer) -> None:
+    count = 100_000
+    async with dfdb.connect(single.url + "/big", timeout=120) as nb:
+        started = time.monotonic()
+        writes = [
+            PutRequest("zk_port", f"p{n}", f"t{n % 20}", b'{"id": "p%d", "n": %d}' % (n, n), dfdb.drivers.ABSENT)
+            for n in range(count)
+        ]
+        results = await nb.driver.put_many(writes)
+        assert all(isinstance(r, int) for r in results)
+        loaded = time.monotonic() - started
+        listing = await nb.driver.list("zk_port")
+        assert len(listing.entries) == count
+        assert {e.id for e in listing.entries} == {f"p{n}" for n in range(count)}
+        print(f"100k: bulk load {loaded:.1f}s, list {time.monotonic() - started - loaded:.1f}s")
+
+
+async def test_foreign_data_is_reported_and_skipped(single: ZooKeeperServer, caplog: pytest.LogCaptureFixture) -> None:
+    async with dfdb.connect(single.url) as nb, nb.watch(Port) as stream:
+        await nb.create(Port(id="good", topic="t"))
+        assert (await asyncio.wait_for(anext(stream), 10)).id == "good"
+        driver = nb.driver
+        await driver.put("zk_port", "alien", "t", b'{"id": "alien", "n": "many"}', dfdb.drivers.ABSENT)
+        zk = driver._zk  # type: ignore[attr-defined]
+        await zk.create("/dfdb/l/zk_port/t/t/b0000000000/c", b"?\nnonsense", sequential=True)
+        await nb.create(Port(id="after", topic="t"))
+        ev = await asyncio.wait_for(anext(stream), 10)
+        assert ev.id == "after"
+        assert "alien" in caplog.text and "malformed change" in caplog.text
+        with pytest.raises(dfdb.CorruptObjectError):
+            await nb.get(Port, "alien")
+        assert sorted(p.id for p in await nb.get_all(Port)) == ["after", "good"]
+
+
+def test_password_never_shown() -> None:
+    nb = dfdb.connect("zk://user:hunter2@127.0.0.1:1,127.0.0.1:2/chroot")
+    assert "hunter2" not in str(nb.url) and "hunter2" not in repr(nb.url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("zk://127.0.0.1:1?bogus=1", "unknown zk:// option"),
+        ("zk://user@127.0.0.1:1", "both a user name and a password"),
+        ("zk://127.0.0.1:1?bucket_size=1", "bucket_size"),
+    ],
+)
+def test_bad_urls_are_refused(url: str, message: str) -> None:
+    with pytest.raises(dfdb.InvalidURL, match=message):
+        dfdb.connect(url)
+
+
+async def test_unreachable_ensemble_is_one_clear_error() -> None:
+    from dfdb.testing.servers import free_port
+
+    url = f"zk://u:secret@127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    with pytest.raises(dfdb.BackendUnavailableError) as info:
+        async with dfdb.connect(url, timeout=3):
+            pass
+    assert "secret" not in str(info.value)
+
+
+async def test_digest_authentication(single: ZooKeeperServer) -> None:
+    async with dfdb.connect(single.url.replace("://", "://ops:pw@") + "/auth") as nb, nb.watch(Port) as stream:
+        await nb.create(Port(id="a", topic="t"))
+        assert (await asyncio.wait_for(anext(stream), 10)).id == "a"
+
+
+async def test_server_run_command_starts_an_ensemble() -> None:
+    import signal
+    import sys
+
+    if not ZooKeeperServer.available():
+        if require_servers():
+            pytest.fail("zookeeper is not installed and DFDB_REQUIRE_SERVERS is set")
+        pytest.skip("zookeeper is not installed")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dfdb", "server", "run", "zookeeper", "--members", "3", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert line.startswith("serving on zk://127.0.0.1:"), line
+        url = line.split()[2]
+        assert url.count(",") == 2
+        async with dfdb.connect(url, timeout=30) as nb:
+            await nb.create(Port(id="dev", topic="t"))
+            assert (await nb.get(Port, "dev")).id == "dev"
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
