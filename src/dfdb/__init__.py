@@ -26,7 +26,7 @@ from dfdb.errors import (
 from dfdb.events import Action, ChangeEvent, ChangeStream
 from dfdb.model import NbModel, Ref, dependency_order, registered_models
 from dfdb.nb import ListResult, NbApi, connect, revision_of
-from dfdb.replica import Replica, ReplicaEvent, SyncMode
+from dfdb.replica import Replica, ReplicaEvent, ReplicaStats, SyncMode
 from dfdb.url import DatabaseURL
 
 __version__ = "0.1.0"
@@ -55,6 +55,7 @@ __all__ = [
     "Ref",
     "Replica",
     "ReplicaEvent",
+    "ReplicaStats",
     "StreamClosedError",
     "SyncMode",
     "UnknownDriverError",

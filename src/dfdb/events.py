@@ -148,6 +148,11 @@ class ChangeStream:
         self._topics = self._topics | new
 
     @property
+    def topics(self) -> frozenset[str | None] | None:
+        """The topics followed (``None``: every topic)."""
+        return self._topics
+
+    @property
     def records_read(self) -> int | None:
         """Change records this stream read from the backend, where the driver counts them."""
         value = getattr(self._source, "records_read", None)
@@ -163,8 +168,10 @@ class ChangeStream:
         if self._position is None:
             raise StreamClosedError("the stream has no position until it is entered")
         position = self._position
-        if not self._ordered and self._source is not None:  # an idle stream moves on with its source
-            position = max(position, int(getattr(self._source, "position", position)))
+        if self._source is not None and self._state == "open":  # an idle stream moves on with its source
+            caught_up = self._source.caught_up()
+            if caught_up is not None:
+                position = max(position, caught_up)
         return format_cursor(self._identity, position)
 
     async def __aenter__(self) -> ChangeStream:

@@ -1,10 +1,13 @@
 """The Replica: a local controller's in-memory copy of the database, kept in sync.
 
-This first version follows the modes ``FULL`` (every object of the chosen models)
-and ``SELECTIVE`` (the subscribed topics plus topic-less objects, topics added and
-removed at run time). It loads with a list, follows one change stream from the
-list's cursor, never lets a lower revision overwrite a higher one (deletes
-included), and answers ``RESYNC`` by relisting its scope.
+Three modes: ``FULL`` (every object of the chosen models), ``SELECTIVE`` (the
+subscribed topics plus topic-less objects, topics added and removed at run time) and
+``REACTIVE`` (nothing up front; objects fetched on first access and kept fresh while
+held, least recently used ones evicted). A Replica loads with a list, follows one
+change stream from the list's cursor (reopened from its cursor when it breaks), never
+lets a lower revision overwrite a higher one (deletes included), and answers
+``RESYNC`` by relisting its scope. ``events()`` tells what changed, in dependency
+order, coalesced per key and bounded per consumer.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
-from dfdb.errors import StreamClosedError
+from dfdb.errors import BackendUnavailableError, NotFoundError, StreamClosedError
 from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
-from dfdb.model import NbModel, dependency_order, validate_key
+from dfdb.model import NbModel, Ref, dependency_order, validate_key
 from dfdb.nb import NbApi
+from dfdb.retry import Backoff
 
-__all__ = ["Replica", "ReplicaEvent", "SyncMode"]
+__all__ = ["Replica", "ReplicaEvent", "ReplicaStats", "SyncMode"]
 
 log = logging.getLogger("dfdb")
 
@@ -41,18 +45,105 @@ class SyncMode(enum.StrEnum):
     """Every object of the chosen models."""
     SELECTIVE = "selective"
     """The subscribed topics, plus topic-less objects."""
+    REACTIVE = "reactive"
+    """Objects fetched on first access (``Replica.fetch``), kept fresh while held."""
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaEvent:
-    """A change the Replica applied: ``old`` is ``None`` for a create, ``new`` for a delete."""
+    """A change the Replica applied: ``old`` is ``None`` for a create, ``new`` for a delete.
+
+    ``RESYNC`` (``model`` ``None``) tells a consumer of ``events()`` that it fell too far
+    behind: its pending events were dropped, and it should read the Replica's state again.
+    """
 
     action: Action
-    model: type[NbModel]
+    model: type[NbModel] | None
     id: str
     old: NbModel | None
     new: NbModel | None
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStats:
+    """Counters of a :class:`Replica` (``Replica.stats()``)."""
+
+    objects: int
+    """Objects held."""
+    events: int
+    """Changes applied."""
+    deferred: int
+    """Events held back until a reference target arrived (in all)."""
+    deferred_now: int
+    """Events waiting for a reference target now."""
+    resyncs: int
+    """Relists after a ``RESYNC``."""
+    reconnects: int
+    """Times the change stream was reopened from its cursor."""
+    lag: int
+    """Events applied but not yet taken by the slowest ``events()`` consumer."""
+    position: int
+    """Every change of the scope up to this revision is applied."""
+    records_read: int | None
+    """Change records the streams read from the server, where the driver counts them."""
+    evictions: int
+    """Objects evicted to stay within ``max_objects`` (REACTIVE)."""
+
+
+class _Consumer:
+    """One ``events()`` consumer: pending events coalesced per key, at most ``limit`` keys;
+    past that the pending events are replaced by one ``RESYNC``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending: dict[tuple[type[NbModel] | None, str], ReplicaEvent] = {}
+        self.ready = asyncio.Event()
+        self.overflows = 0
+
+    def push(self, event: ReplicaEvent) -> None:
+        key = (event.model, event.id)
+        before = self.pending.pop(key, None)
+        merged = event if before is None else _coalesce(before, event)
+        if merged is not None:
+            self.pending[key] = merged
+        if len(self.pending) > self.limit:
+            self.overflows += 1
+            self.pending = {(None, ""): ReplicaEvent(Action.RESYNC, None, "", None, None, event.revision)}
+        self.ready.set()
+
+    async def get(self) -> ReplicaEvent:
+        while not self.pending:
+            self.ready.clear()
+            await self.ready.wait()
+        key = next(iter(self.pending))
+        return self.pending.pop(key)
+
+
+def _coalesce(first: ReplicaEvent, then: ReplicaEvent) -> ReplicaEvent | None:
+    """One event with the effect of ``first`` followed by ``then`` on the same key (``None``:
+    nothing happened, a create undone by a delete)."""
+    if first.action == Action.RESYNC:
+        return first
+    if first.action == Action.CREATE:
+        if then.action == Action.DELETE:
+            return None
+        return ReplicaEvent(Action.CREATE, then.model, then.id, None, then.new, then.revision)
+    if first.action == Action.DELETE and then.action == Action.CREATE:
+        return ReplicaEvent(Action.UPDATE, then.model, then.id, first.old, then.new, then.revision)
+    return ReplicaEvent(then.action, then.model, then.id, first.old, then.new, then.revision)
+
+
+def _references(obj: NbModel) -> list[tuple[type[NbModel], str]]:
+    """The (model, id) targets of the references an object holds."""
+    found: list[tuple[type[NbModel], str]] = []
+    for name in type(obj).model_fields:
+        value = getattr(obj, name, None)
+        for item in value if isinstance(value, list | tuple) else (value,):
+            target = getattr(item, "target", None) if isinstance(item, Ref) else None
+            if target is not None:
+                found.append((target, str(item)))
+    return found
 
 
 class Replica:
@@ -61,8 +152,12 @@ class Replica:
     Args:
         nb: an open :class:`NbApi`.
         models: the models to hold.
-        mode: :attr:`SyncMode.FULL` or :attr:`SyncMode.SELECTIVE`.
+        mode: :attr:`SyncMode.FULL`, :attr:`SyncMode.SELECTIVE` or :attr:`SyncMode.REACTIVE`.
         topics: the first topics of a selective Replica.
+        max_objects: the most objects a reactive Replica holds (least recently used
+            ones are evicted).
+        max_pending: the most keys an ``events()`` consumer may have pending before
+            its pending events turn into one ``RESYNC``.
     """
 
     def __init__(
@@ -72,15 +167,35 @@ class Replica:
         *,
         mode: SyncMode = SyncMode.FULL,
         topics: Iterable[str] = (),
+        max_objects: int = 10_000,
+        max_pending: int = 10_000,
     ) -> None:
         if not models:
             raise ValueError("a Replica needs at least one model")
+        if max_objects < 1 or max_pending < 1:
+            raise ValueError("max_objects and max_pending must be positive")
         self.nb = nb
         self.models = dependency_order(models)
         self.mode = SyncMode(mode)
+        self.max_objects = max_objects
+        self.max_pending = max_pending
         self._topics: set[str] = {validate_key(t, "topic") for t in topics}
-        if self.mode is SyncMode.FULL and self._topics:
+        if self.mode is not SyncMode.SELECTIVE and self._topics:
             raise ValueError("topics are for SyncMode.SELECTIVE")
+        self._held_topics: dict[str | None, int] = {}  # REACTIVE: objects held per topic
+        self._partial: set[str] = set()  # SELECTIVE: removed topics whose referenced objects stay
+        self._recent: dict[tuple[type[NbModel], str], None] = {}  # REACTIVE: least recent first
+        self._waiting: dict[tuple[type[NbModel], str], list[tuple[ReplicaEvent, set[tuple[type[NbModel], str]]]]] = {}
+        self._deferred_now = 0
+        self.deferred = 0
+        """Events held back until a reference target arrived (in all)."""
+        self.reconnects = 0
+        """Times the change stream was reopened from its cursor."""
+        self.evictions = 0
+        """Objects evicted to stay within ``max_objects``."""
+        self._records_before = 0
+        self._background: set[asyncio.Task[None]] = set()
+        self._reopened = asyncio.Event()
         self._store: dict[type[NbModel], dict[str, tuple[NbModel, int]]] = {m: {} for m in self.models}
         self._indexes: dict[type[NbModel], dict[tuple[str, ...], defaultdict[Hashable, set[str]]]] = {
             m: {index: defaultdict(set) for index in m.__indexes__} for m in self.models
@@ -91,7 +206,7 @@ class Replica:
         self._progress = asyncio.Event()
         self._stream: ChangeStream | None = None
         self._task: asyncio.Task[None] | None = None
-        self._subscribers: set[asyncio.Queue[ReplicaEvent]] = set()
+        self._subscribers: set[_Consumer] = set()
         self._lock = asyncio.Lock()
         self._failure: BaseException | None = None
         self.resyncs = 0
@@ -100,18 +215,26 @@ class Replica:
         """How many changes the Replica applied."""
 
     # ------------------------------------------------------------ lifecycle
+    def _scope(self) -> set[str | None] | None:
+        """The topics the stream follows (``None``: every topic)."""
+        if self.mode is SyncMode.FULL:
+            return None
+        if self.mode is SyncMode.SELECTIVE:
+            return {None, *self._topics, *self._partial}
+        return set(self._held_topics)
+
     async def __aenter__(self) -> Replica:
-        scope = None if self.mode is SyncMode.FULL else {None, *self._topics}
-        stream = self.nb.watch(self.models, topics=scope)
+        stream = self.nb.watch(self.models, topics=self._scope())
         await stream.open()
         self._stream = stream
         try:
-            await self._load(self._topics if self.mode is SyncMode.SELECTIVE else None)
+            if self.mode is not SyncMode.REACTIVE:
+                await self._load(self._topics if self.mode is SyncMode.SELECTIVE else None)
         except BaseException:
             await stream.aclose()
             raise
         self._synced.set()
-        self._task = asyncio.create_task(self._follow(stream), name="dfdb-replica")
+        self._task = asyncio.create_task(self._follow(), name="dfdb-replica")
         return self
 
     async def __aexit__(
@@ -121,6 +244,10 @@ class Replica:
 
     async def aclose(self) -> None:
         """Stop following; idempotent."""
+        for pending in list(self._background):
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -181,6 +308,11 @@ class Replica:
             for key in new_keys - old_keys:
                 entries[key].add(id)
         rows[id] = (obj, revision)
+        if self.mode is SyncMode.REACTIVE:
+            if held is None:
+                self._held_topics[obj.topic] = self._held_topics.get(obj.topic, 0) + 1
+            self._recent.pop((model, id), None)
+            self._recent[(model, id)] = None
 
     def _drop_row(self, model: type[NbModel], id: str) -> None:
         held = self._store[model].pop(id, None)
@@ -189,6 +321,13 @@ class Replica:
         for index, entries in self._indexes[model].items():
             for key in _index_keys(held[0], index):
                 _discard(entries, key, id)
+        if self.mode is SyncMode.REACTIVE:
+            self._recent.pop((model, id), None)
+            left = self._held_topics.get(held[0].topic, 0) - 1
+            if left > 0:
+                self._held_topics[held[0].topic] = left
+            else:
+                self._held_topics.pop(held[0].topic, None)
 
     def _remember_delete(self, model: type[NbModel], id: str, revision: int) -> None:
         self._tombstones[(model, id)] = revision
@@ -197,23 +336,102 @@ class Replica:
 
     def _emit(self, event: ReplicaEvent) -> None:
         self.events_applied += 1
-        for queue in self._subscribers:
-            queue.put_nowait(event)
+        assert event.model is not None
+        key = (event.model, event.id)
+        if event.action == Action.DELETE:
+            self._release(key, force=True)  # its own held-back events go first, never dropped
+        elif event.new is not None:
+            missing = {
+                ref for ref in _references(event.new) if ref[0] in self._store and ref[1] not in self._store[ref[0]]
+            }
+            if missing and self.mode is not SyncMode.REACTIVE:
+                self.deferred += 1
+                self._deferred_now += 1
+                entry = (event, missing)
+                for ref in missing:
+                    self._waiting.setdefault(ref, []).append(entry)
+                return
+        self._deliver(event)
+        if event.action != Action.DELETE:
+            self._release(key)
 
-    async def _follow(self, stream: ChangeStream) -> None:
-        try:
-            async for ev in stream:
-                await self._on_event(ev)
-                # the cursor, not the event's revision: on an unordered driver an older
-                # change of another topic may still be on its way
-                self._position = max(self._position, parse_cursor(ev.cursor)[1])
+    def _release(self, key: tuple[type[NbModel], str], *, force: bool = False) -> None:
+        """Deliver the events that waited for ``key`` (all of them when ``force``)."""
+        for event, missing in self._waiting.pop(key, []):
+            missing.discard(key)
+            if missing and not force:
+                continue
+            for other in missing:
+                waiting = self._waiting.get(other, [])
+                waiting[:] = [(e, m) for e, m in waiting if e is not event]
+                if not waiting:
+                    self._waiting.pop(other, None)
+            self._deferred_now -= 1
+            self._deliver(event)
+            assert event.model is not None
+            self._release((event.model, event.id))
+
+    def _deliver(self, event: ReplicaEvent) -> None:
+        for consumer in self._subscribers:
+            consumer.push(event)
+
+    async def _follow(self) -> None:
+        """Apply the stream's events; reopen it from its cursor when it breaks or ends."""
+        backoff = Backoff()
+        failures = 0
+        cursor: str | None = None
+        while True:
+            stream = self._stream
+            assert stream is not None
+            try:
+                async for ev in stream:
+                    await self._on_event(ev)
+                    # the cursor, not the event's revision: on an unordered driver an older
+                    # change of another topic may still be on its way
+                    self._position = max(self._position, parse_cursor(ev.cursor)[1])
+                    self._progress.set()
+                    failures = 0
+            except (BackendUnavailableError, StreamClosedError) as exc:
+                log.warning("replica stream broke (%s); reopening from its cursor", exc)
+            except Exception as exc:
+                self._failure = exc
+                self._synced.clear()
                 self._progress.set()
-        except Exception as exc:
-            self._failure = exc
+                log.error("replica stopped following: %s", exc)
+                raise
             self._synced.clear()
-            self._progress.set()
-            log.error("replica stopped following: %s", exc)
-            raise
+            with contextlib.suppress(StreamClosedError):  # a stream that never opened keeps the last one
+                cursor = stream.cursor
+            self._records_before += stream.records_read or 0
+            await stream.aclose()
+            if failures:
+                await asyncio.sleep(backoff.delay(failures))
+            failures += 1
+            self.reconnects += 1
+            fresh = self.nb.watch(self.models, topics=self._scope(), since=cursor)
+            self._stream = fresh  # from here on aclose() closes it, whatever happens below
+            try:
+                await fresh.open()
+                missing = (self._scope() or set()) - (fresh.topics or set())
+                if fresh.topics is not None and missing and cursor is not None:
+                    await fresh.add_topics(missing, since=cursor)  # followed while it was reopening
+            except BackendUnavailableError as exc:
+                log.warning("reopening the replica stream failed (%s); retrying", exc)
+                continue
+            self._synced.set()
+            self._reopened.set()
+
+    async def _reopen(self) -> None:
+        """Make the follower reopen its stream (with the current scope) from its cursor."""
+        stream = self._stream
+        source = getattr(stream, "_source", None)
+        if source is None:
+            return
+        self._reopened.clear()
+        await source.aclose()  # the stream ends; the follower reopens it
+        while not self._reopened.is_set() and self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reopened.wait(), 1)
 
     async def _on_event(self, ev: ChangeEvent) -> None:
         if ev.action == Action.RESYNC:
@@ -222,7 +440,10 @@ class Replica:
         if ev.model is None or ev.model not in self._store:
             return
         if self.mode is SyncMode.SELECTIVE and ev.topic is not None and ev.topic not in self._topics:
-            return
+            if ev.topic not in self._partial or ev.id not in self._store[ev.model]:
+                return  # a removed topic is followed only for the objects still referenced
+        if self.mode is SyncMode.REACTIVE and ev.id not in self._store[ev.model]:
+            return  # only held objects are kept fresh
         if ev.action == Action.DELETE:
             self._apply(ev.model, ev.id, None, ev.revision)
         elif ev.obj is not None:
@@ -239,9 +460,14 @@ class Replica:
                 for entries in self._indexes[model].values():
                     entries.clear()
             self._tombstones.clear()
+            self._recent.clear()
+            self._held_topics = dict.fromkeys(self._held_topics, 0)  # still followed; counted again
             subscribers, self._subscribers = self._subscribers, set()
             try:
-                await self._load(self._topics if self.mode is SyncMode.SELECTIVE else None)
+                if self.mode is SyncMode.REACTIVE:
+                    await self._refetch(before)
+                else:
+                    await self._load(self._topics if self.mode is SyncMode.SELECTIVE else None)
             finally:
                 self._subscribers = subscribers
             for model, rows in before.items():
@@ -273,11 +499,22 @@ class Replica:
         Raises:
             StreamClosedError: the Replica stopped.
         """
-        while self._position < revision:
+        while self._applied_up_to() < revision:
             if self._task is None or self._task.done():
                 raise StreamClosedError(f"the replica stopped before revision {revision}: {self._failure}")
             self._progress.clear()
-            await self._progress.wait()
+            # an idle stream's cursor also moves without events (progress notifications)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), 0.05)
+
+    def _applied_up_to(self) -> int:
+        """Every change of the scope up to this revision is applied."""
+        stream = self._stream
+        if stream is None or not self._synced.is_set() or self._lock.locked():
+            return self._position
+        with contextlib.suppress(StreamClosedError):
+            self._position = max(self._position, parse_cursor(stream.cursor)[1])
+        return self._position
 
     # ------------------------------------------------------------ topics
     async def add_topic(self, topic: str) -> None:
@@ -292,6 +529,7 @@ class Replica:
             # that position arrives, and the listings (taken later) are never newer than it
             await self._stream.add_topics({topic}, since=self._stream.cursor)
             self._topics.add(topic)
+            self._partial.discard(topic)
             for model in self.models:
                 listing = await self.nb.list(model, topic=topic)
                 for obj in listing.items:
@@ -299,16 +537,110 @@ class Replica:
                     self._apply(model, obj.id, obj, origin[0] if origin else 0)
 
     async def remove_topic(self, topic: str) -> None:
-        """Stop following ``topic`` and evict its objects (in reverse dependency order)."""
+        """Stop following ``topic`` and evict its objects in reverse dependency order, except
+        objects still referenced by objects the Replica keeps (they stay until released)."""
         if self.mode is not SyncMode.SELECTIVE:
             raise ValueError("remove_topic needs SyncMode.SELECTIVE")
         async with self._lock:
+            if topic not in self._topics:
+                return
             self._topics.discard(topic)
+            self._partial.add(topic)
+            # evict what nothing in scope references (again for topics removed before)
+            leaving = {(m, i) for m in self.models for i, (o, _) in self._store[m].items() if o.topic in self._partial}
+            kept = {
+                ref
+                for m in self.models
+                for i, (o, _) in self._store[m].items()
+                if (m, i) not in leaving
+                for ref in _references(o)
+            }
             for model in reversed(self.models):
                 rows = self._store[model]
-                for id, (obj, rev) in [(i, r) for i, r in rows.items() if r[0].topic == topic]:
+                for id in sorted(i for m, i in leaving if m is model):
+                    if (model, id) in kept:
+                        continue
+                    obj, rev = rows[id]
                     self._drop_row(model, id)
                     self._emit(ReplicaEvent(Action.DELETE, model, id, obj, None, rev))
+            held = {o.topic for m in self.models for o, _ in self._store[m].values()}
+            self._partial &= {t for t in held if t is not None}
+            await self._reopen()
+
+    # ------------------------------------------------------------ reactive
+    async def fetch(self, model: type[M], id: str) -> M | None:
+        """The object from the Replica, fetched from the database (with the objects it
+        references) on a miss and kept fresh while held; ``None`` when it does not exist.
+
+        Raises:
+            ValueError: the Replica is not REACTIVE, or ``model`` is not one of its models.
+        """
+        if self.mode is not SyncMode.REACTIVE:
+            raise ValueError("fetch needs SyncMode.REACTIVE; use get")
+        if model not in self._store:
+            raise ValueError(f"{model.__name__} is not one of this Replica's models")
+        held = self._store[model].get(id)
+        if held is not None:
+            self._recent.pop((model, id), None)
+            self._recent[(model, id)] = None
+            return held[0]  # type: ignore[return-value]
+        await self._fetch(model, id, depth=3)
+        self._evict()
+        found = self._store[model].get(id)
+        return found[0] if found is not None else None  # type: ignore[return-value]
+
+    async def _fetch(self, model: type[NbModel], id: str, depth: int) -> None:
+        try:
+            obj = await self.nb.get(model, id)
+        except NotFoundError:
+            return
+        await self._follow_topic(obj.topic)
+        fresh = await self.nb.get(model, id)  # read again after following: nothing falls between
+        origin = fresh._dfdb_origin
+        self._apply(model, id, fresh, origin[0] if origin else 0)
+        if depth > 0:
+            for target, ref in _references(fresh):
+                if target in self._store and ref not in self._store[target]:
+                    with contextlib.suppress(NotFoundError):
+                        await self._fetch(target, ref, depth - 1)
+
+    async def _follow_topic(self, topic: str | None) -> None:
+        stream = self._stream
+        if stream is None or topic in self._held_topics:
+            return
+        self._held_topics.setdefault(topic, 0)
+        with contextlib.suppress(StreamClosedError):  # reopening: the new stream follows it
+            await stream.add_topics({topic}, since=stream.cursor)
+
+    def _evict(self) -> None:
+        """Drop least recently used objects beyond ``max_objects``; a topic whose last
+        object goes is no longer followed."""
+        dropped = False
+        while len(self._recent) > self.max_objects:
+            model, id = next(iter(self._recent))
+            self._drop_row(model, id)
+            self._recent.pop((model, id), None)
+            self.evictions += 1
+            dropped = True
+        if dropped:
+            for topic in [t for t, n in self._held_topics.items() if n <= 0]:
+                del self._held_topics[topic]
+            if self._stream is not None and self._stream.topics != self._scope():
+                self._reopen_soon()
+
+    def _reopen_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reopen())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refetch(self, before: dict[type[NbModel], dict[str, tuple[NbModel, int]]]) -> None:
+        """After a ``RESYNC`` in REACTIVE mode: fetch again what was held."""
+        for model, rows in before.items():
+            for id in rows:
+                with contextlib.suppress(NotFoundError):
+                    obj = await self.nb.get(model, id)
+                    origin = obj._dfdb_origin
+                    self._apply(model, id, obj, origin[0] if origin else 0)
 
     @property
     def topics(self) -> frozenset[str]:
@@ -363,14 +695,34 @@ class Replica:
         return sum(len(rows) for rows in self._store.values())
 
     async def events(self) -> AsyncIterator[ReplicaEvent]:
-        """The changes applied from now on, as :class:`ReplicaEvent`."""
-        queue: asyncio.Queue[ReplicaEvent] = asyncio.Queue()
-        self._subscribers.add(queue)
+        """The changes applied from now on, as :class:`ReplicaEvent`, an object's event
+        after those of the objects it references. Pending changes of one key are merged
+        (a create then an update is one create); a consumer with more than ``max_pending``
+        keys pending gets one ``RESYNC`` instead of them, and should read the state again."""
+        consumer = _Consumer(self.max_pending)
+        self._subscribers.add(consumer)
         try:
             while True:
-                yield await queue.get()
+                yield await consumer.get()
         finally:
-            self._subscribers.discard(queue)
+            self._subscribers.discard(consumer)
+
+    def stats(self) -> ReplicaStats:
+        """The Replica's counters now."""
+        stream = self._stream
+        read = stream.records_read if stream is not None else None
+        return ReplicaStats(
+            objects=len(self),
+            events=self.events_applied,
+            deferred=self.deferred,
+            deferred_now=self._deferred_now,
+            resyncs=self.resyncs,
+            reconnects=self.reconnects,
+            lag=max((len(c.pending) for c in self._subscribers), default=0),
+            position=self._applied_up_to(),
+            records_read=None if read is None else read + self._records_before,
+            evictions=self.evictions,
+        )
 
 
 def _path_values(value: object, parts: Sequence[str]) -> list[Hashable]:

@@ -167,6 +167,11 @@ class EventSource(ABC):
     has been returned (the stream's cursor never passes it).
     """
 
+    @staticmethod
+    def _below(buffer: Sequence[RawEvent], position: int) -> int:
+        """``position``, or just below the oldest event still in ``buffer``."""
+        return min(position, min((ev.revision for ev in buffer), default=position + 1) - 1)
+
     def __aiter__(self) -> EventSource:
         return self
 
@@ -182,6 +187,12 @@ class EventSource(ABC):
     @abstractmethod
     async def aclose(self) -> None:
         """Stop the source; idempotent."""
+
+    def caught_up(self) -> int | None:
+        """A revision such that every change of the watched scope at or below it has been
+        returned, or ``None`` when the source cannot tell. It lets an idle stream's cursor
+        move past changes outside its scope."""
+        return None
 
     async def add_topics(self, topics: Collection[str | None], since: int) -> None:
         """Follow ``topics`` too, from revision ``since``: every change of them after

@@ -539,6 +539,9 @@ class EtcdSource(EventSource):
         """The member this source reads from."""
         return self._conn.target
 
+    def caught_up(self) -> int:
+        return self.position
+
     def _push(self, event: RawEvent) -> None:
         heapq.heappush(self._buffer, (event.revision, next(self._seq), event))
 

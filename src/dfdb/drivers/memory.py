@@ -198,6 +198,9 @@ class _MemorySource(EventSource):
                 continue
             await self._wake.wait()
 
+    def caught_up(self) -> int:
+        return self._below(self._buffer, self._position)
+
     async def add_topics(self, topics: Collection[str | None], since: int) -> None:
         if self._topics is None:
             return

@@ -272,6 +272,9 @@ class ChangeLogPoller(EventSource):
                 async with asyncio.timeout(self._interval):
                     await self._wake.wait()
 
+    def caught_up(self) -> int:
+        return self._below(self._buffer, self.position)
+
     async def add_topics(self, topics: Collection[str | None], since: int) -> None:
         if self._topics is None:
             return

@@ -27,6 +27,7 @@ re-checking the epoch, default 1), ``connect_timeout`` (default 5).
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import logging
@@ -473,6 +474,7 @@ class RedisSource(EventSource):
         self._buffer: builtins.list[RawEvent] = []
         self._closed = False
         self._backoff = Backoff()
+        self._grown = asyncio.Event()
         self.records_read = 0
         """Stream entries read from the server (including ones later filtered)."""
 
@@ -509,6 +511,11 @@ class RedisSource(EventSource):
         if client is None:
             raise StopAsyncIteration
         streams, asked = list(self._streams), dict(self._ids)  # add_topics may grow them meanwhile
+        if not streams:  # a watch of no topic yet: wait for add_topics
+            self._grown.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._grown.wait(), driver.block)
+            return None
         pipe = client.pipeline(transaction=False)
         pipe.get(driver._key("epoch"))
         pipe.get(driver._key("rev"))
@@ -534,7 +541,8 @@ class RedisSource(EventSource):
         for stream, trimmed in zip(streams, replies[3], strict=True):
             if trimmed is not None and int(trimmed if trimmed.isdigit() else 0) > asked[stream]:
                 return self._resync(counter, epoch)
-        if not data:
+        if not data:  # nothing after our ids, and the counter was read before: all read up to it
+            self.position = max(self.position, counter)
             return None
         per_stream: dict[str, builtins.list[tuple[int, dict[bytes, bytes]]]] = {}
         for raw_stream, entries in data:
@@ -560,6 +568,9 @@ class RedisSource(EventSource):
         self._buffer = events[::-1]
         return None
 
+    def caught_up(self) -> int:
+        return self._below(self._buffer, self.position)
+
     async def add_topics(self, topics: Collection[str | None], since: int) -> None:
         if self._topic_tables is None:
             return
@@ -570,6 +581,7 @@ class RedisSource(EventSource):
                 if key not in self._ids:
                     self._streams.append(key)
                     self._ids[key] = since  # read from `since`: the topic's earlier changes come first
+        self._grown.set()
 
     async def aclose(self) -> None:
         if self._closed:

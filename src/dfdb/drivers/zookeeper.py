@@ -757,6 +757,9 @@ class ZooKeeperSource(EventSource):
             delivered = min(delivered, self._buffer[0][0] - 1)
         return delivered
 
+    def caught_up(self) -> int:
+        return self.position
+
     def _push(self, event: RawEvent) -> None:
         heapq.heappush(self._buffer, (event.revision, next(self._seq), event))
 

@@ -358,6 +358,7 @@ class ZooKeeperServer(LocalServer):
             "tickTime=500", "initLimit=10", "syncLimit=5", f"dataDir={data}",
             f"clientPort={self.client_ports[index]}", "clientPortAddress=127.0.0.1",
             "admin.enableServer=false", "4lw.commands.whitelist=*", "maxSessionTimeout=60000",
+            "forceSync=no",  # loopback tests: the page cache survives kill -9 of the server
         ]  # fmt: skip
         if self.members > 1:
             (data / "myid").write_text(f"{index + 1}\n")
