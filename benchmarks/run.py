@@ -18,7 +18,11 @@ HERE = Path(__file__).resolve().parent
 CASES = [
     ("SQLite change-log polling", "sqlite_polling.py", [], ["--sizes", "2000", "--events", "100"]),
     ("Redis: dfdb against the raw client", "redis_vs_raw.py", [], ["--quick", "--repeat", "2"]),
-]
+    ("etcd: dfdb against the raw client", "cluster_vs_raw.py", ["--backend", "etcd"],
+     ["--backend", "etcd", "--quick", "--repeat", "2"]),
+    ("ZooKeeper: dfdb against the raw client", "cluster_vs_raw.py", ["--backend", "zookeeper"],
+     ["--backend", "zookeeper", "--quick", "--repeat", "2"]),
+]  # fmt: skip
 
 
 def main() -> int:

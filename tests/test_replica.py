@@ -352,3 +352,51 @@ async def test_replica_survives_a_cut_stream(exact_nb: NbApi) -> None:
         assert len(replica.get_all(Net)) == 51
         stats = replica.stats()
         assert stats.reconnects == 2 and stats.resyncs == 0 and stats.objects == 51
+
+
+async def test_selective_controller_follows_its_chassis_and_reads_little(exact_nb: NbApi) -> None:
+    """20 tenants; a controller with ports of 2 of them follows those 2 topics only and
+    reads at most 15% of the change records (where the driver counts them)."""
+    from dfdb.models import Chassis, LogicalPort, PortBinding
+
+    nb = exact_nb
+    await nb.create(Chassis(id="c1", ip="10.0.0.1"))
+    ports: dict[str, LogicalPort] = {}
+    for t in range(20):
+        for p in range(5):
+            chassis = "c1" if (t, p) in {(3, 0), (3, 1), (7, 2)} else "c2"
+            port = LogicalPort(
+                id=f"p{t}-{p}", topic=f"tenant{t}", lswitch=f"ls{t}", binding=PortBinding(chassis=chassis)
+            )
+            ports[port.id] = await nb.create(port)
+    async with Replica(nb, [Chassis, LogicalPort], mode=SyncMode.SELECTIVE) as replica:
+        helper = dfdb.ChassisTopics(replica, "c1")
+        for port_id in ("p3-0", "p3-1", "p7-2"):  # the local switch reports its ports
+            await helper.port_bound(ports[port_id])
+        assert replica.topics == {"tenant3", "tenant7"} and helper.subscriptions == 2  # tenant3 once
+        before = replica.stats().records_read
+        writes = 0
+        for round_ in range(10):
+            for port_id, port in list(ports.items()):
+                if round_ % 2 or port_id.endswith("-4"):
+                    ports[port_id] = await nb.update(port.model_copy(update={"name": f"r{round_}"}))
+                    writes += 1
+        await settle(replica, ports["p7-2"])
+        assert {p.id for p in replica.get_all(LogicalPort)} == {f"p{t}-{p}" for t in (3, 7) for p in range(5)}
+        after = replica.stats().records_read
+        if after is not None and before is not None:
+            read = after - before
+            assert read <= 0.15 * writes, f"read {read} of {writes} change records"
+            print(f"selective controller read {read} of {writes} change records ({read / writes:.1%})")
+        # the last local port of tenant3 goes: the topic goes with it
+        events = replica.events()
+        await helper.port_unbound("tenant3", "p3-0")
+        assert "tenant3" in replica.topics
+        moved = await nb.update(ports["p3-1"].model_copy(update={"binding": PortBinding(chassis="c2")}))
+        async with asyncio.timeout(WAIT):
+            async for ev in events:
+                await helper.observe(ev)
+                if ev.id == "p3-1" and ev.new == moved:
+                    break
+        assert replica.topics == {"tenant7"} and replica.get(LogicalPort, "p3-1") is None
+        await events.aclose()

@@ -26,12 +26,13 @@ from dfdb.errors import (
 from dfdb.events import Action, ChangeEvent, ChangeStream
 from dfdb.model import NbModel, Ref, dependency_order, registered_models
 from dfdb.nb import ListResult, NbApi, connect, revision_of
-from dfdb.replica import Replica, ReplicaEvent, ReplicaStats, SyncMode
+from dfdb.replica import ChassisTopics, Replica, ReplicaEvent, ReplicaEvents, ReplicaStats, SyncMode
 from dfdb.url import DatabaseURL
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChassisTopics",
     "Action",
     "AlreadyExistsError",
     "BackendTimeoutError",
@@ -55,6 +56,7 @@ __all__ = [
     "Ref",
     "Replica",
     "ReplicaEvent",
+    "ReplicaEvents",
     "ReplicaStats",
     "StreamClosedError",
     "SyncMode",

@@ -18,7 +18,7 @@ import enum
 import itertools
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
@@ -29,7 +29,7 @@ from dfdb.model import NbModel, Ref, dependency_order, validate_key
 from dfdb.nb import NbApi
 from dfdb.retry import Backoff
 
-__all__ = ["Replica", "ReplicaEvent", "ReplicaStats", "SyncMode"]
+__all__ = ["ChassisTopics", "Replica", "ReplicaEvent", "ReplicaEvents", "ReplicaStats", "SyncMode"]
 
 log = logging.getLogger("dfdb")
 
@@ -196,6 +196,7 @@ class Replica:
         self._records_before = 0
         self._background: set[asyncio.Task[None]] = set()
         self._reopened = asyncio.Event()
+        self._muted = False
         self._store: dict[type[NbModel], dict[str, tuple[NbModel, int]]] = {m: {} for m in self.models}
         self._indexes: dict[type[NbModel], dict[tuple[str, ...], defaultdict[Hashable, set[str]]]] = {
             m: {index: defaultdict(set) for index in m.__indexes__} for m in self.models
@@ -372,6 +373,8 @@ class Replica:
             self._release((event.model, event.id))
 
     def _deliver(self, event: ReplicaEvent) -> None:
+        if self._muted:
+            return
         for consumer in self._subscribers:
             consumer.push(event)
 
@@ -462,14 +465,14 @@ class Replica:
             self._tombstones.clear()
             self._recent.clear()
             self._held_topics = dict.fromkeys(self._held_topics, 0)  # still followed; counted again
-            subscribers, self._subscribers = self._subscribers, set()
+            self._muted = True  # the reload's own events are replaced by the difference below
             try:
                 if self.mode is SyncMode.REACTIVE:
                     await self._refetch(before)
                 else:
                     await self._load(self._topics if self.mode is SyncMode.SELECTIVE else None)
             finally:
-                self._subscribers = subscribers
+                self._muted = False
             for model, rows in before.items():
                 now = self._store[model]
                 for id, (old, _) in rows.items():
@@ -694,18 +697,15 @@ class Replica:
     def __len__(self) -> int:
         return sum(len(rows) for rows in self._store.values())
 
-    async def events(self) -> AsyncIterator[ReplicaEvent]:
-        """The changes applied from now on, as :class:`ReplicaEvent`, an object's event
-        after those of the objects it references. Pending changes of one key are merged
-        (a create then an update is one create); a consumer with more than ``max_pending``
-        keys pending gets one ``RESYNC`` instead of them, and should read the state again."""
+    def events(self) -> ReplicaEvents:
+        """The changes applied from now on (subscribed when this returns), as
+        :class:`ReplicaEvent`, an object's event after those of the objects it references.
+        Pending changes of one key are merged (a create then an update is one create); a
+        consumer with more than ``max_pending`` keys pending gets one ``RESYNC`` instead of
+        them, and should read the state again. Close it with ``aclose``."""
         consumer = _Consumer(self.max_pending)
         self._subscribers.add(consumer)
-        try:
-            while True:
-                yield await consumer.get()
-        finally:
-            self._subscribers.discard(consumer)
+        return ReplicaEvents(self._subscribers, consumer)
 
     def stats(self) -> ReplicaStats:
         """The Replica's counters now."""
@@ -723,6 +723,116 @@ class Replica:
             records_read=None if read is None else read + self._records_before,
             evictions=self.evictions,
         )
+
+
+class ReplicaEvents:
+    """An async iterator of :class:`ReplicaEvent` from ``Replica.events()``."""
+
+    def __init__(self, subscribers: set[_Consumer], consumer: _Consumer) -> None:
+        self._subscribers = subscribers
+        self._consumer = consumer
+
+    def __aiter__(self) -> ReplicaEvents:
+        return self
+
+    async def __anext__(self) -> ReplicaEvent:
+        if self._consumer not in self._subscribers:
+            raise StopAsyncIteration
+        return await self._consumer.get()
+
+    async def aclose(self) -> None:
+        """Unsubscribe; idempotent."""
+        self._subscribers.discard(self._consumer)
+
+    def __del__(self) -> None:
+        self._subscribers.discard(self._consumer)
+
+
+class ChassisTopics:
+    """Dragonflow's selective topology for one controller: a SELECTIVE Replica follows a
+    tenant's topic while this chassis has a port bound in it.
+
+    Tell it about local ports as the controller learns of them (``port_bound``; in
+    Dragonflow, from the local switch); it also follows the Replica's own changes, so a
+    port deleted or bound elsewhere stops counting. The first local port of a tenant
+    subscribes its topic, a second one does not subscribe again, and the topic is removed
+    when the last one goes.
+
+    Args:
+        replica: a SELECTIVE :class:`Replica`.
+        chassis: this controller's chassis id.
+        chassis_of: the chassis a port is bound to (default: ``port.binding.chassis``).
+    """
+
+    def __init__(
+        self,
+        replica: Replica,
+        chassis: str,
+        chassis_of: Callable[[NbModel], str | None] | None = None,
+    ) -> None:
+        if replica.mode is not SyncMode.SELECTIVE:
+            raise ValueError("ChassisTopics needs a SELECTIVE Replica")
+        self.replica = replica
+        self.chassis = chassis
+        self._chassis_of = chassis_of or _binding_chassis
+        self._ports: dict[str, set[str]] = {}
+        self.subscriptions = 0
+        """How many times a topic was subscribed."""
+
+    def local_ports(self, topic: str) -> frozenset[str]:
+        """The ids of this chassis's ports known in ``topic``."""
+        return frozenset(self._ports.get(topic, ()))
+
+    async def port_bound(self, port: NbModel) -> None:
+        """``port`` is bound to this chassis: follow its topic (once per topic)."""
+        if port.topic is None or self._chassis_of(port) != self.chassis:
+            return
+        ports = self._ports.setdefault(port.topic, set())
+        first = not ports
+        ports.add(port.id)
+        if first:
+            self.subscriptions += 1
+            await self.replica.add_topic(port.topic)
+
+    async def port_unbound(self, topic: str, port_id: str) -> None:
+        """The port is gone from this chassis: drop its topic when it was the last one."""
+        ports = self._ports.get(topic)
+        if ports is None or port_id not in ports:
+            return
+        ports.discard(port_id)
+        if not ports:
+            del self._ports[topic]
+            await self.replica.remove_topic(topic)
+
+    async def observe(self, event: ReplicaEvent) -> None:
+        """Account for a change of the Replica (pass every ``replica.events()`` item)."""
+        if event.action == Action.RESYNC:
+            for topic in list(self._ports):
+                for port_id in list(self._ports.get(topic, ())):
+                    held = self.replica.get(_model_of_ports(self.replica, topic, port_id), port_id)
+                    if held is None or self._chassis_of(held) != self.chassis:
+                        await self.port_unbound(topic, port_id)
+            return
+        obj = event.new if event.new is not None else event.old
+        if obj is None or obj.topic is None:
+            return
+        if event.new is not None and self._chassis_of(event.new) == self.chassis:
+            await self.port_bound(event.new)
+        elif obj.id in self._ports.get(obj.topic, ()):
+            await self.port_unbound(obj.topic, obj.id)
+
+
+def _binding_chassis(port: NbModel) -> str | None:
+    binding = getattr(port, "binding", None)
+    chassis = getattr(binding, "chassis", None)
+    return str(chassis) if chassis is not None else None
+
+
+def _model_of_ports(replica: Replica, topic: str, port_id: str) -> type[NbModel]:
+    for model in replica.models:
+        if port_id in replica._store[model]:
+            return model
+    return replica.models[-1]
 
 
 def _path_values(value: object, parts: Sequence[str]) -> list[Hashable]:
