@@ -45,6 +45,15 @@ def test_demo_prints_its_table_and_converges() -> None:
     assert out.count(" yes") == 3
 
 
+@pytest.mark.parametrize("mode", ["full", "selective", "reactive"])
+def test_demo_with_replicas(mode: str) -> None:
+    result = dfdb_cmd("demo", "--mode", mode, "--tenants", "3", "--changes", "200")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"controllers: {mode} replicas" in out and "records read" in out
+    assert "result: every controller converged" in out and out.count(" yes") == 3
+
+
 def test_demo_in_polling_mode() -> None:
     result = dfdb_cmd("--db", "memory://?notifications=poll&poll_interval=0.02", "demo", "--changes", "200")
     assert result.returncode == 0, result.stderr

@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--controllers", type=_positive, default=3)
     d.add_argument("--changes", type=_natural, default=2000, help="changes after the topology is built")
     d.add_argument("--seed", type=int, default=1)
+    d.add_argument(
+        "--mode",
+        choices=["stream", "full", "selective", "reactive"],
+        default="stream",
+        help="controllers as change streams, or as Replicas in this mode",
+    )
 
     ls = sub.add_parser("ls", help="list a table as JSON lines")
     ls.add_argument("table")
@@ -259,7 +265,7 @@ async def _copy(source: NbApi, to_url: str, limit: float) -> int:
 async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     from dfdb.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(args.tenants, args.switches, args.ports, args.controllers, args.changes, args.seed)
+    cfg = DemoConfig(args.tenants, args.switches, args.ports, args.controllers, args.changes, args.seed, args.mode)
     result = await run_demo(nb, cfg, out)
     return 0 if result.ok else 1
 

@@ -10,6 +10,7 @@ check of every controller's view against the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import random
 import time
@@ -33,6 +34,7 @@ from dfdb.models import (
     Subnet,
 )
 from dfdb.nb import NbApi
+from dfdb.replica import ChassisTopics, Replica, SyncMode
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
@@ -60,6 +62,10 @@ class DemoConfig:
     controllers: int = 3
     changes: int = 2000
     seed: int = 1
+    mode: str = "stream"
+    """``stream`` (each controller a ChangeStream), or a Replica mode: ``full``,
+    ``selective`` (tenants with a port on the controller's chassis) or ``reactive``
+    (the controller's own ports, fetched)."""
 
 
 @dataclass
@@ -72,6 +78,7 @@ class ControllerResult:
     latencies: list[float] = field(default_factory=list)
     converged: bool = False
     diff: str = ""
+    records_read: int | None = None
 
 
 @dataclass
@@ -260,8 +267,96 @@ async def _snapshot(nb: NbApi) -> dict[Key, NbModel]:
     return state
 
 
+class _ReplicaController:
+    """A local controller as a :class:`~dfdb.Replica` on chassis ``chassis``."""
+
+    def __init__(self, nb: NbApi, name: str, chassis: str, mode: SyncMode) -> None:
+        self.nb = nb
+        self.result = ControllerResult(name)
+        self.chassis = chassis
+        self.replica = Replica(nb, MODELS, mode=mode, max_objects=100_000)
+        self.helper: ChassisTopics | None = None
+
+    async def start(self) -> None:
+        await self.replica.__aenter__()
+        if self.replica.mode is SyncMode.SELECTIVE:
+            self.helper = ChassisTopics(self.replica, self.chassis)
+
+    async def local_ports(self) -> None:
+        """What the local switch reports: the ports bound to this chassis now."""
+        ports = [p for p in await self.nb.get_all(LogicalPort) if p.binding and p.binding.chassis == self.chassis]
+        if self.helper is not None:
+            mine = {(p.topic, p.id) for p in ports}
+            for topic in list(self.replica.topics):
+                for port_id in self.helper.local_ports(topic):
+                    if (topic, port_id) not in mine:
+                        await self.helper.port_unbound(topic, port_id)
+            for port in ports:
+                await self.helper.port_bound(port)
+        elif self.replica.mode is SyncMode.REACTIVE:
+            for port in ports:
+                await self.replica.fetch(LogicalPort, port.id)
+
+    async def settle(self, revision: int, truth: dict[Key, NbModel], within: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self.replica.wait_for(revision)
+        held = {(m.__table__, o.id): o for m in MODELS for o in self.replica.get_all(m)}
+        if self.replica.mode is SyncMode.FULL:
+            scope = truth
+        elif self.replica.mode is SyncMode.SELECTIVE:
+            topics = {None, *self.replica.topics}
+            scope = {k: o for k, o in truth.items() if o.topic in topics}
+            scope |= {k: truth[k] for k in held.keys() - scope.keys() if k in truth}  # kept by reference
+        else:
+            scope = {k: truth[k] for k in held if k in truth}
+        missing = scope.keys() - held.keys()
+        extra = held.keys() - scope.keys()
+        stale = [k for k in scope.keys() & held.keys() if scope[k].model_dump() != held[k].model_dump()]
+        stats = self.replica.stats()
+        self.result.objects = stats.objects
+        self.result.events = stats.events
+        self.result.records_read = stats.records_read
+        self.result.converged = not (missing or extra or stale)
+        if not self.result.converged:
+            self.result.diff = f"{len(missing)} missing, {len(extra)} extra, {len(stale)} stale"
+
+    async def stop(self) -> None:
+        await self.replica.aclose()
+
+
+async def _run_replicas(nb: NbApi, cfg: DemoConfig, out: TextIO, settle: float) -> DemoResult:
+    controllers = [
+        _ReplicaController(nb, f"controller-{i}", f"chassis-{i}", SyncMode(cfg.mode)) for i in range(cfg.controllers)
+    ]
+    try:
+        for c in controllers:
+            await c.start()
+        writer = _Writer(nb, cfg, {})
+        started = time.perf_counter()
+        await writer.build()
+        for c in controllers:
+            await c.local_ports()
+        await writer.churn()
+        elapsed = time.perf_counter() - started
+        for c in controllers:
+            await c.local_ports()
+        final = parse_cursor((await nb.list(MODELS[-1])).cursor)[1]
+        truth = await _snapshot(nb)
+        for c in controllers:
+            await c.settle(final, truth, settle)
+    finally:
+        for c in controllers:
+            await c.stop()
+    result = DemoResult(writer.created, writer.writes, elapsed, [c.result for c in controllers])
+    _print_summary(nb, cfg, result, len(truth), out)
+    return result
+
+
 async def run_demo(nb: NbApi, cfg: DemoConfig, out: TextIO, *, settle: float = 15.0) -> DemoResult:
     """Run the demo on ``nb`` and print its summary to ``out``."""
+    if cfg.mode != "stream":
+        return await _run_replicas(nb, cfg, out, settle)
     sent: dict[tuple[str, str, int], float] = {}
     controllers = [_Controller(nb, f"controller-{i}", sent) for i in range(cfg.controllers)]
     tasks = [asyncio.create_task(c.run(), name=f"dfdb-demo-{c.result.name}") for c in controllers]
@@ -328,22 +423,34 @@ def _print_summary(nb: NbApi, cfg: DemoConfig, result: DemoResult, objects: int,
         file=out,
     )
     print(file=out)
-    header = f"{'controller':<14} {'events':>8} {'objects':>8} {'p50 ms':>8} {'p99 ms':>8}  converged"
-    print(header, file=out)
-    print("-" * len(header), file=out)
-    for c in result.controllers:
-        lat = c.latencies
-        verdict = "yes" if c.converged else f"NO ({c.diff})"
-        print(
-            f"{c.name:<14} {c.events:>8} {c.objects:>8} {_ms(lat, 0.5):>8} {_ms(lat, 0.99):>8}  {verdict}",
-            file=out,
-        )
-    all_lat = [x for c in result.controllers for x in c.latencies]
-    if all_lat:
-        print(
-            f"{'all':<14} {sum(c.events for c in result.controllers):>8} {'':>8} "
-            f"{_ms(all_lat, 0.5):>8} {_ms(all_lat, 0.99):>8}",
-            file=out,
-        )
+    if cfg.mode != "stream":
+        header = f"{'controller':<14} {'events':>8} {'objects':>8} {'records read':>14}  converged"
+        print(f"controllers: {cfg.mode} replicas; the database holds {objects} objects, "
+              f"{result.writes} change records were written", file=out)  # fmt: skip
+        print(header, file=out)
+        print("-" * len(header), file=out)
+        for c in result.controllers:
+            verdict = "yes" if c.converged else f"NO ({c.diff})"
+            read = "-" if c.records_read is None else f"{c.records_read:,}"
+            print(f"{c.name:<14} {c.events:>8} {c.objects:>8} {read:>14}  {verdict}", file=out)
+        print(f"{'database':<14} {result.writes:>8} {objects:>8} {'':>14}", file=out)
+    else:
+        header = f"{'controller':<14} {'events':>8} {'objects':>8} {'p50 ms':>8} {'p99 ms':>8}  converged"
+        print(header, file=out)
+        print("-" * len(header), file=out)
+        for c in result.controllers:
+            lat = c.latencies
+            verdict = "yes" if c.converged else f"NO ({c.diff})"
+            print(
+                f"{c.name:<14} {c.events:>8} {c.objects:>8} {_ms(lat, 0.5):>8} {_ms(lat, 0.99):>8}  {verdict}",
+                file=out,
+            )
+        all_lat = [x for c in result.controllers for x in c.latencies]
+        if all_lat:
+            print(
+                f"{'all':<14} {sum(c.events for c in result.controllers):>8} {'':>8} "
+                f"{_ms(all_lat, 0.5):>8} {_ms(all_lat, 0.99):>8}",
+                file=out,
+            )
     print(file=out)
     print("result: every controller converged" if result.ok else "result: DIVERGED", file=out)
