@@ -400,3 +400,16 @@ async def test_selective_controller_follows_its_chassis_and_reads_little(exact_n
                     break
         assert replica.topics == {"tenant7"} and replica.get(LogicalPort, "p3-1") is None
         await events.aclose()
+
+
+async def test_invalid_update_evicts_the_key(nb: NbApi, caplog: pytest.LogCaptureFixture) -> None:
+    net = await nb.create(Net(id="n", topic="t", name="good"))
+    async with Replica(nb, [Net]) as replica:
+        assert replica.get(Net, "n") == net
+        try:
+            await nb.driver.put(Net.__table__, "n", "t", b'{"id": "n", "topic": "t", "name": 5}', net._dfdb_origin[0])  # type: ignore[index]
+        except dfdb.BackendUnavailableError:
+            pass
+        await settle(replica, await nb.create(Net(id="probe", topic="t")))
+        assert replica.get(Net, "n") is None  # evicted, not kept outdated
+        assert replica.corrupt == 1 and "replica evicts" in caplog.text and "n" in caplog.text

@@ -119,6 +119,9 @@ class ChangeStream:
         self._pending_resync = False
         self._floors: dict[str | None, int] = {}
         self.corrupt = 0
+        self.on_corrupt: Callable[[type[NbModel], str, int], None] | None = None
+        """Called with (model, id, revision) for each change skipped because its value
+        failed validation (a Replica evicts that key)."""
         """How many events were skipped because their value failed validation."""
         self.duplicates = 0
         """How many duplicate events were dropped."""
@@ -262,6 +265,8 @@ class ChangeStream:
                 if raw.action != "delete":
                     self.corrupt += 1
                     log.warning("skipping change at revision %d: %s", raw.revision, exc)
+                    if self.on_corrupt is not None:
+                        self.on_corrupt(model, raw.id, raw.revision)
                     return None
         return ChangeEvent(Action(raw.action), model, raw.id, raw.topic, raw.revision, obj, self.cursor)
 

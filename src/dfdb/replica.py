@@ -193,6 +193,8 @@ class Replica:
         """Times the change stream was reopened from its cursor."""
         self.evictions = 0
         """Objects evicted to stay within ``max_objects``."""
+        self.corrupt = 0
+        """Changes whose value failed validation (their keys were evicted)."""
         self._records_before = 0
         self._background: set[asyncio.Task[None]] = set()
         self._reopened = asyncio.Event()
@@ -224,8 +226,23 @@ class Replica:
             return {None, *self._topics, *self._partial}
         return set(self._held_topics)
 
+    def _evict_corrupt(self, model: type[NbModel], id: str, revision: int) -> None:
+        """A change of ``id`` failed validation: evict the key rather than keep an outdated copy."""
+        self.corrupt += 1
+        held = self._store.get(model, {}).get(id)
+        log.warning("replica evicts %s/%s: its value at revision %d is not valid", model.__table__, id, revision)
+        if held is not None and held[1] < revision:
+            self._drop_row(model, id)
+            self._remember_delete(model, id, revision)
+            self._emit(ReplicaEvent(Action.DELETE, model, id, held[0], None, revision))
+
+    def _watch(self, since: str | None = None) -> ChangeStream:
+        stream = self.nb.watch(self.models, topics=self._scope(), since=since)
+        stream.on_corrupt = self._evict_corrupt
+        return stream
+
     async def __aenter__(self) -> Replica:
-        stream = self.nb.watch(self.models, topics=self._scope())
+        stream = self._watch()
         await stream.open()
         self._stream = stream
         try:
@@ -411,7 +428,7 @@ class Replica:
                 await asyncio.sleep(backoff.delay(failures))
             failures += 1
             self.reconnects += 1
-            fresh = self.nb.watch(self.models, topics=self._scope(), since=cursor)
+            fresh = self._watch(cursor)
             self._stream = fresh  # from here on aclose() closes it, whatever happens below
             try:
                 await fresh.open()
