@@ -35,7 +35,8 @@ is read from the raw reply (``Transaction.commit`` hides which operation failed)
 version-checked deletes and sets go through the raw requests (the client otherwise
 uses versions from its own cache); requests carry our own time-outs (a connection the
 server closed while idle is noticed only after the session time-out); the reply's
-zxid is read from the connection (the client keeps only the latest).
+zxid is read from the connection (the client keeps only the latest); a ``multi`` is
+never re-sent after a lost reply (aiozk marks it as not writing).
 """
 
 from __future__ import annotations
@@ -171,16 +172,19 @@ class ZooKeeperDriver(Driver):
         """
         zk = self._client()
         session = zk.session
+        # aiozk: a TransactionRequest says it writes nothing (writes_data False); a multi
+        # whose reply was lost must not be sent again
+        writing = bool(request.writes_data) or isinstance(request, protocol.TransactionRequest)
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
-                    await session.ensure_safe_state(writing=request.writes_data)
+                    await session.ensure_safe_state(writing=writing)
                     session.xid = session.xid + 1 if session.xid < 0x7FFFFFFF else 1
                     try:
                         zxid, response = await session.conn.send(request, xid=session.xid)
                     except _CONNECTION_LOST as error:
                         _repair(session, lost=isinstance(error, exc.SessionExpired | exc.SessionLost))
-                        if request.writes_data:  # it may or may not have been applied
+                        if writing:  # it may or may not have been applied
                             raise BackendUnavailableError(f"{self.url}: connection lost during a write") from None
                         await asyncio.sleep(0.05)
                         continue
