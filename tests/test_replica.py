@@ -213,8 +213,8 @@ def test_bad_index_declaration_is_refused() -> None:
 @pytest.mark.parametrize(("seed", "steps"), [(1, 10_000), (2, 2_000)])
 async def test_randomized_replicas_converge(exact_nb: NbApi, seed: int, steps: int) -> None:
     """Random creates, updates, deletes and re-creations under another topic, references
-    made before and after their targets, with FULL, SELECTIVE and REACTIVE replicas whose
-    streams are cut twice and which reconcile a forced RESYNC; each ends equal to the
+    made before and after their targets, with two replicas in each mode (FULL, SELECTIVE,
+    REACTIVE) whose streams are cut twice and which reconcile a forced RESYNC; each ends equal to the
     database within its scope. The seed is in the test id to replay a failure.
 
     Exact streams only: under snapshot polling a SELECTIVE replica that adds and removes
@@ -228,9 +228,11 @@ async def test_randomized_replicas_converge(exact_nb: NbApi, seed: int, steps: i
         Replica(nb, [Net, Vm]) as full,
         Replica(nb, [Net, Vm], mode=SyncMode.SELECTIVE, topics={"t0", "t1"}) as selective,
         Replica(nb, [Net, Vm], mode=SyncMode.SELECTIVE, topics={"t3"}) as other,
+        Replica(nb, [Vm, Net]) as full2,
         Replica(nb, [Net, Vm], mode=SyncMode.REACTIVE, max_objects=20) as reactive,
+        Replica(nb, [Net, Vm], mode=SyncMode.REACTIVE, max_objects=5) as reactive2,
     ):
-        replicas = (full, selective, other, reactive)
+        replicas = (full, full2, selective, other, reactive, reactive2)
         live: dict[tuple[type[dfdb.NbModel], str], dfdb.NbModel] = {}
         last: dfdb.NbModel | None = None
         for step in range(steps):
@@ -252,7 +254,7 @@ async def test_randomized_replicas_converge(exact_nb: NbApi, seed: int, steps: i
                 change = {"n": step} if model is Vm else {"name": str(step)}
                 last = live[(model, key)] = await nb.update(held.model_copy(update=change))
             if roll > 0.9:
-                await reactive.fetch(model, f"{model.__name__.lower()}{rng.randrange(40)}")
+                await rng.choice([reactive, reactive2]).fetch(model, f"{model.__name__.lower()}{rng.randrange(40)}")
             if step == steps * 3 // 10:
                 await selective.add_topic("t2")
                 await selective.remove_topic("t0")
@@ -270,7 +272,7 @@ async def test_randomized_replicas_converge(exact_nb: NbApi, seed: int, steps: i
         def scope_of(replica: Replica) -> set[str | None] | None:
             return None if replica.mode is SyncMode.FULL else {None, *replica.topics}
 
-        for replica in (full, selective, other):
+        for replica in (full, full2, selective, other):
             scope = scope_of(replica)
             for model in (Net, Vm):
                 everything = {o.id: o.model_dump() for o in await nb.get_all(model)}
@@ -283,9 +285,9 @@ async def test_randomized_replicas_converge(exact_nb: NbApi, seed: int, steps: i
                 assert all(everything.get(i) == o for i, o in outside.items()), f"seed {seed}: stale {outside}"
         for model in (Net, Vm):  # a reactive replica holds fresh copies, at most max_objects
             everything = {o.id: o.model_dump() for o in await nb.get_all(model)}
-            for obj in reactive.get_all(model):
+            for obj in [*reactive.get_all(model), *reactive2.get_all(model)]:
                 assert everything.get(obj.id) == obj.model_dump(), f"seed {seed}: stale {obj}"
-        assert len(reactive) <= 20
+        assert len(reactive) <= 20 and len(reactive2) <= 5
         assert last is not None
 
 
