@@ -13,35 +13,21 @@ import pytest
 import dfdb
 from dfdb.events import parse_cursor
 from dfdb.testing.servers import EtcdServer, require_servers
-from watching import Watcher, watchers
+from watching import Watcher, serve, watchers
 
 
 class Port(dfdb.NbModel, table="etcd_port"):
     n: int = 0
 
 
-def start_server(members: int) -> Iterator[EtcdServer]:
-    server = EtcdServer(members)
-    if not server.available():
-        server.stop()
-        if require_servers():
-            pytest.fail("etcd is not installed and DFDB_REQUIRE_SERVERS is set")
-        pytest.skip("etcd is not installed")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def single() -> Iterator[EtcdServer]:
-    yield from start_server(1)
+    yield from serve(lambda: EtcdServer(1))
 
 
 @pytest.fixture
 def cluster() -> Iterator[EtcdServer]:
-    yield from start_server(3)
+    yield from serve(lambda: EtcdServer(3))
 
 
 async def server_history(server: EtcdServer, last: int, table: str = "etcd_port") -> list[tuple[str, int]]:

@@ -10,35 +10,21 @@ import pytest
 
 import dfdb
 from dfdb.testing.servers import RedisServer, require_servers
-from watching import watchers
+from watching import serve, watchers
 
 
 class Port(dfdb.NbModel, table="redis_port"):
     n: int = 0
 
 
-def start_server(appendonly: bool) -> Iterator[RedisServer]:
-    server = RedisServer(appendonly=appendonly)
-    if not server.available():
-        server.stop()
-        if require_servers():
-            pytest.fail("redis-server is not installed and DFDB_REQUIRE_SERVERS is set")
-        pytest.skip("redis-server is not installed")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def durable_server() -> Iterator[RedisServer]:
-    yield from start_server(appendonly=True)
+    yield from serve(lambda: RedisServer(appendonly=True))
 
 
 @pytest.fixture
 def volatile_server() -> Iterator[RedisServer]:
-    yield from start_server(appendonly=False)
+    yield from serve(lambda: RedisServer(appendonly=False))
 
 
 async def server_record(url: str) -> list[tuple[str, int]]:

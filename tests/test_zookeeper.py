@@ -14,35 +14,21 @@ from aiozk import ZKClient
 import dfdb
 from dfdb.drivers import PutRequest
 from dfdb.testing.servers import ZooKeeperServer, require_servers
-from watching import Watcher, watchers
+from watching import Watcher, serve, watchers
 
 
 class Port(dfdb.NbModel, table="zk_port"):
     n: int = 0
 
 
-def start_server(members: int) -> Iterator[ZooKeeperServer]:
-    server = ZooKeeperServer(members)
-    if not server.available():
-        server.stop()
-        if require_servers():
-            pytest.fail("zookeeper is not installed and DFDB_REQUIRE_SERVERS is set")
-        pytest.skip("zookeeper is not installed")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def single() -> Iterator[ZooKeeperServer]:
-    yield from start_server(1)
+    yield from serve(lambda: ZooKeeperServer(1))
 
 
 @pytest.fixture
 def ensemble() -> Iterator[ZooKeeperServer]:
-    yield from start_server(3)
+    yield from serve(lambda: ZooKeeperServer(3))
 
 
 async def server_history(server: ZooKeeperServer, table: str = "zk_port") -> list[tuple[str, int]]:

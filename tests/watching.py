@@ -1,13 +1,18 @@
-"""A test watcher that follows one model and reconciles on RESYNC, for the fault tests."""
+"""Helpers of the driver fault tests: a local server per test, and a watcher that follows
+one model and reconciles on RESYNC."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
+
+import pytest
 
 import dfdb
 from dfdb.events import parse_cursor
+from dfdb.testing.servers import LocalServer, require_servers
 
 
 class Watcher:
@@ -66,3 +71,22 @@ async def watchers(nb: dfdb.NbApi, model: type[dfdb.NbModel], count: int) -> Asy
                 await t
             if not t.cancelled() and t.exception() is not None:
                 raise AssertionError("a watcher failed") from t.exception()
+
+
+S = TypeVar("S", bound=LocalServer)
+
+
+def serve(factory: Callable[[], S]) -> Iterator[S]:
+    """Start a server for one test (skipped when its binary is missing, failed when
+    ``DFDB_REQUIRE_SERVERS=1``) and stop it afterwards."""
+    server = factory()
+    if not server.available():
+        server.stop()
+        if require_servers():
+            pytest.fail(f"{server.binary} is not installed and DFDB_REQUIRE_SERVERS is set")
+        pytest.skip(f"{server.binary} is not installed")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

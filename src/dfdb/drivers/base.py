@@ -12,12 +12,19 @@ import enum
 import warnings
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Final, Literal, TypeVar
 
-from dfdb.errors import AlreadyExistsError, ConflictError, NotFoundError, StreamClosedError
+from dfdb.errors import (
+    AlreadyExistsError,
+    BackendUnavailableError,
+    ConflictError,
+    DriverError,
+    NotFoundError,
+    StreamClosedError,
+)
 from dfdb.url import DatabaseURL
 
 __all__ = [
@@ -323,6 +330,34 @@ class Driver(ABC):
                 raise outcome
             results.append(outcome)
         return results
+
+    async def _put_windowed(
+        self, writes: Sequence[PutRequest], indexes: Iterable[int], window: int, results: list[int | Exception]
+    ) -> None:
+        """``put`` the writes at ``indexes``, ``window`` at a time, each outcome into ``results``.
+
+        Raises:
+            BackendUnavailableError: a write's outcome is unknown; no further write starts.
+        """
+        queue = iter(indexes)
+        failure: list[BackendUnavailableError] = []
+
+        async def worker() -> None:
+            for i in queue:
+                if failure:
+                    return
+                w = writes[i]
+                try:
+                    results[i] = await self.put(w.table, w.id, w.topic, w.value, w.expect)
+                except BackendUnavailableError as exc:
+                    failure.append(exc)
+                    return
+                except (AlreadyExistsError, NotFoundError, ConflictError, ValueError, DriverError) as exc:
+                    results[i] = exc
+
+        await asyncio.gather(*(worker() for _ in range(max(1, min(window, len(writes))))))
+        if failure:
+            raise failure[0]
 
     @abstractmethod
     async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:

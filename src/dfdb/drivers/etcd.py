@@ -353,24 +353,7 @@ class EtcdDriver(Driver):
         """Writes in flight ``window`` at a time, one transaction each: every write keeps
         its own outcome and its own revision."""
         results: builtins.list[int | Exception] = [0] * len(writes)
-        queue = iter(enumerate(writes))
-        failure: list[BaseException] = []
-
-        async def worker() -> None:
-            for i, w in queue:
-                if failure:
-                    return
-                try:
-                    results[i] = await self.put(w.table, w.id, w.topic, w.value, w.expect)
-                except BackendUnavailableError as exc:
-                    failure.append(exc)
-                    return
-                except (AlreadyExistsError, NotFoundError, ConflictError, ValueError, DriverError) as exc:
-                    results[i] = exc
-
-        await asyncio.gather(*(worker() for _ in range(min(self.window, len(writes)))))
-        if failure:
-            raise failure[0]
+        await self._put_windowed(writes, range(len(writes)), self.window, results)
         return results
 
     async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:

@@ -486,26 +486,9 @@ class ZooKeeperDriver(Driver):
                         results[j] = revision
 
         await asyncio.gather(*(chunk_worker() for _ in range(_CHUNKS_IN_FLIGHT)))
-        pending = iter([i for i, r in enumerate(results) if r is None])
-        failure: builtins.list[BaseException] = []
-
-        async def worker() -> None:
-            for i in pending:
-                if failure:
-                    return
-                w = writes[i]
-                try:
-                    results[i] = await self.put(w.table, w.id, w.topic, w.value, w.expect)
-                except BackendUnavailableError as error:
-                    failure.append(error)
-                    return
-                except (AlreadyExistsError, NotFoundError, ConflictError, ValueError, DriverError) as error:
-                    results[i] = error
-
-        await asyncio.gather(*(worker() for _ in range(self.window)))
-        if failure:
-            raise failure[0]
-        return [r if r is not None else DriverError("not written") for r in results]
+        done: builtins.list[int | Exception] = [r if r is not None else 0 for r in results]
+        await self._put_windowed(writes, [i for i, r in enumerate(results) if r is None], self.window, done)
+        return done
 
     async def _create_chunk(self, writes: builtins.list[PutRequest], attempts: int = 5) -> builtins.list[int] | None:
         """Create ``writes`` in one multi; ``None`` when it failed (write them one by one)."""
