@@ -12,8 +12,8 @@ import pytest
 
 import dfdb
 from dfdb.events import parse_cursor
-from dfdb.testing.servers import EtcdServer, require_servers
-from watching import Watcher, serve, watchers
+from dfdb.testing.servers import EtcdServer
+from watching import Watcher, check_server_run, serve, watchers
 
 
 class Port(dfdb.NbModel, table="etcd_port"):
@@ -257,31 +257,7 @@ async def test_authentication(single: EtcdServer) -> None:
 
 
 async def test_server_run_command_starts_a_cluster() -> None:
-    import signal
-    import sys
-
-    if not EtcdServer.available():
-        if require_servers():
-            pytest.fail("etcd is not installed and DFDB_REQUIRE_SERVERS is set")
-        pytest.skip("etcd is not installed")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dfdb", "server", "run", "etcd", "--members", "3", stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        assert line.startswith("serving on etcd://127.0.0.1:"), line
-        url = line.split()[2]
-        assert url.count(",") == 2
-        async with dfdb.connect(url) as nb:
-            await nb.create(Port(id="dev", topic="t"))
-            assert (await nb.get(Port, "dev")).id == "dev"  # type: ignore[union-attr]
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    await check_server_run(EtcdServer, "etcd", "etcd", Port, members=3)
 
 
 async def test_topic_watch_reads_only_its_topics(single: EtcdServer) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 import dfdb
 from dfdb.testing.servers import RedisServer, require_servers
-from watching import serve, watchers
+from watching import check_server_run, serve, watchers
 
 
 class Port(dfdb.NbModel, table="redis_port"):
@@ -195,27 +195,4 @@ async def test_unix_socket_url(tmp_path: Path) -> None:
 
 
 async def test_server_run_command_serves_until_interrupted() -> None:
-    import signal
-    import sys
-
-    if not RedisServer.available():
-        if require_servers():
-            pytest.fail("redis-server is not installed and DFDB_REQUIRE_SERVERS is set")
-        pytest.skip("redis-server is not installed")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dfdb", "server", "run", "redis", stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        assert line.startswith("serving on redis://127.0.0.1:"), line
-        url = line.split()[2]
-        async with dfdb.connect(url) as nb:
-            await nb.create(Port(id="dev", topic="t"))
-            assert (await nb.get(Port, "dev")).id == "dev"
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    await check_server_run(RedisServer, "redis", "redis", Port)

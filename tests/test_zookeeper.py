@@ -13,8 +13,8 @@ from aiozk import ZKClient
 
 import dfdb
 from dfdb.drivers import PutRequest
-from dfdb.testing.servers import ZooKeeperServer, require_servers
-from watching import Watcher, serve, watchers
+from dfdb.testing.servers import ZooKeeperServer
+from watching import Watcher, check_server_run, serve, watchers
 
 
 class Port(dfdb.NbModel, table="zk_port"):
@@ -217,28 +217,4 @@ async def test_digest_authentication(single: ZooKeeperServer) -> None:
 
 
 async def test_server_run_command_starts_an_ensemble() -> None:
-    import signal
-    import sys
-
-    if not ZooKeeperServer.available():
-        if require_servers():
-            pytest.fail("zookeeper is not installed and DFDB_REQUIRE_SERVERS is set")
-        pytest.skip("zookeeper is not installed")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dfdb", "server", "run", "zookeeper", "--members", "3", stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        assert line.startswith("serving on zk://127.0.0.1:"), line
-        url = line.split()[2]
-        assert url.count(",") == 2
-        async with dfdb.connect(url, timeout=30) as nb:
-            await nb.create(Port(id="dev", topic="t"))
-            assert (await nb.get(Port, "dev")).id == "dev"
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    await check_server_run(ZooKeeperServer, "zookeeper", "zk", Port, members=3)

@@ -90,3 +90,33 @@ def serve(factory: Callable[[], S]) -> Iterator[S]:
         yield server
     finally:
         server.stop()
+
+
+async def check_server_run(
+    server: type[LocalServer], backend: str, scheme: str, model: type[dfdb.NbModel], members: int = 1
+) -> None:
+    """``dfdb server run BACKEND [--members N]`` prints a URL that serves, and exits 0 on Ctrl-C."""
+    import signal
+    import sys
+
+    if not server.available():
+        if require_servers():
+            pytest.fail(f"{backend} is not installed and DFDB_REQUIRE_SERVERS is set")
+        pytest.skip(f"{backend} is not installed")
+    args = ["server", "run", backend] + (["--members", str(members)] if members > 1 else [])
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dfdb", *args, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert line.startswith(f"serving on {scheme}://127.0.0.1:"), line
+        url = line.split()[2]
+        assert url.count(",") == members - 1
+        async with dfdb.connect(url, timeout=30) as nb:
+            await nb.create(model(id="dev", topic="t"))
+            assert (await nb.get(model, "dev")).id == "dev"
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
