@@ -211,9 +211,22 @@ async def test_unreachable_ensemble_is_one_clear_error() -> None:
 
 
 async def test_digest_authentication(single: ZooKeeperServer) -> None:
-    async with dfdb.connect(single.url.replace("://", "://ops:pw@") + "/auth") as nb, nb.watch(Port) as stream:
-        await nb.create(Port(id="a", topic="t"))
+    """With credentials, dfdb's nodes are for that user alone, and the credentials are sent
+    again on every new connection: writes and watches go on through server restarts."""
+    url = single.url.replace("://", "://ops:pw@") + "/auth"
+    async with dfdb.connect(url, timeout=30) as nb, nb.watch(Port) as stream:
+        live = await nb.create(Port(id="a", topic="t"))
         assert (await asyncio.wait_for(anext(stream), 10)).id == "a"
+        for n in range(3):  # back to back: the reconnection itself may meet the next restart
+            await asyncio.to_thread(single.restart)
+            live = await nb.update(live.model_copy(update={"n": n + 1}))
+            event = await asyncio.wait_for(anext(stream), 30)
+            assert (event.id, event.obj) == ("a", live)
+    for stranger in (single.url + "/auth", single.url.replace("://", "://ops:wrong@") + "/auth"):
+        with pytest.raises(dfdb.DriverError, match="not allowed") as info:
+            async with dfdb.connect(stranger, timeout=5) as nb:
+                await nb.get(Port, "a")
+        assert "wrong" not in str(info.value)
 
 
 async def test_server_run_command_starts_an_ensemble() -> None:

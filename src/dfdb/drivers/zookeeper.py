@@ -36,7 +36,9 @@ version-checked deletes and sets go through the raw requests (the client otherwi
 uses versions from its own cache); requests carry our own time-outs (a connection the
 server closed while idle is noticed only after the session time-out); the reply's
 zxid is read from the connection (the client keeps only the latest); a ``multi`` is
-never re-sent after a lost reply (aiozk marks it as not writing).
+never re-sent after a lost reply (aiozk marks it as not writing); a connection that
+ends is noticed at once, and the session is repaired by our own loop (aiozk's can
+stall for good when the connection drops while it re-sets the watches).
 """
 
 from __future__ import annotations
@@ -134,6 +136,8 @@ class ZooKeeperDriver(Driver):
         self.idle = url.float_option("idle", 5.0, minimum=0.05)
         self.window = url.int_option("window", 64, minimum=1)
         self.servers = ",".join(f"{host or '127.0.0.1'}:{port or 2181}" for host, port in url.hosts) or "127.0.0.1:2181"
+        # with credentials, dfdb's nodes are for that user alone ("auth": whoever created them)
+        self._acl = [protocol.UNRESTRICTED_ACCESS if url.username is None else protocol.AUTHED_UNRESTRICTED]
         self._zk: Any = None
         self._ensured: set[str] = set()
         self._logs: dict[str, tuple[int, int, int]] = {}  # log path -> (bucket, trim, version)
@@ -156,6 +160,11 @@ class ZooKeeperDriver(Driver):
     @staticmethod
     def _bucket(log_path: str, bucket: int) -> str:
         return f"{log_path}/b{bucket:010d}"
+
+    def _create(self, path: str, data: bytes) -> Any:
+        request = protocol.CreateRequest(path=path, data=data, acl=self._acl)
+        request.set_flags(False, False, False)
+        return request
 
     # ------------------------------------------------------------ calls
     def _client(self) -> Any:
@@ -225,9 +234,7 @@ class ZooKeeperDriver(Driver):
             if sub in self._ensured:
                 continue
             try:
-                await self._send(
-                    protocol.CreateRequest(path=sub, data=b"", acl=[protocol.UNRESTRICTED_ACCESS], flags=0)
-                )
+                await self._send(protocol.CreateRequest(path=sub, data=b"", acl=self._acl, flags=0))
             except exc.NodeExists:
                 pass
             self._ensured.add(sub)
@@ -250,12 +257,14 @@ class ZooKeeperDriver(Driver):
         if self._zk is not None:
             return
         self._zk = ZKClient(self.servers, session_timeout=self.session_timeout, read_timeout=self.session_timeout)
-        self._zk.session.find_server = functools.partial(_find_server, self._zk.session, self._tasks)
+        session = self._zk.session
+        session.find_server = functools.partial(_find_server, session, self._tasks)
+        auth = None if self.url.username is None else f"{self.url.username}:{self.url.password}".encode()
+        session.repair_loop = functools.partial(_repair_loop, session, self._tasks, auth)
         try:
             async with asyncio.timeout(self.timeout):
                 await self._zk.session.start()
-            if self.url.username is not None:
-                auth = f"{self.url.username}:{self.url.password}".encode()
+            if auth is not None:
                 await self._send(protocol.AuthRequest(type=0, scheme="digest", auth=auth))
             await self.identity()
         except BaseException as error:
@@ -288,9 +297,7 @@ class ZooKeeperDriver(Driver):
             await self._ensure(self.root)
             fresh = f"zk-{uuid.uuid4().hex[:16]}".encode()
             try:
-                await self._send(
-                    protocol.CreateRequest(path=path, data=fresh, acl=[protocol.UNRESTRICTED_ACCESS], flags=0)
-                )
+                await self._send(protocol.CreateRequest(path=path, data=fresh, acl=self._acl, flags=0))
             except exc.NodeExists:
                 pass
             found = await self._get(path)
@@ -319,8 +326,8 @@ class ZooKeeperDriver(Driver):
             await self._ensure(log_path.rsplit("/", 1)[0])
             await self._multi(  # fails as a whole when another writer made it first
                 [
-                    _create(log_path, json.dumps({"b": 0, "trim": 0}).encode()),
-                    _create(self._bucket(log_path, 0), b""),
+                    self._create(log_path, json.dumps({"b": 0, "trim": 0}).encode()),
+                    self._create(self._bucket(log_path, 0), b""),
                 ]
             )
         raise BackendUnavailableError(f"{self.url}: cannot create the change log {log_path}")
@@ -339,7 +346,7 @@ class ZooKeeperDriver(Driver):
         replies = await self._multi(
             [
                 _set(log_path, json.dumps({"b": bucket + 1, "trim": trim}).encode(), version),
-                _create(self._bucket(log_path, bucket + 1), b""),
+                self._create(self._bucket(log_path, bucket + 1), b""),
             ]
         )
         if any(isinstance(r, Exception) for r in replies):
@@ -392,7 +399,9 @@ class ZooKeeperDriver(Driver):
         """Append the change to its log in the same multi as ``body``; returns the zxid."""
         log_path = self._log(table, loc)
         bucket, _trim, version = await self._log_state(log_path)
-        entry = _create(f"{self._bucket(log_path, bucket)}/c", _CODES[action] + b"\n" + id.encode() + b"\n" + value)
+        entry = self._create(
+            f"{self._bucket(log_path, bucket)}/c", _CODES[action] + b"\n" + id.encode() + b"\n" + value
+        )
         entry.set_flags(False, True, False)
         ops = [protocol.CheckVersionRequest(path=log_path, version=version), *body, entry]
         replies = await self._multi(ops)
@@ -419,7 +428,7 @@ class ZooKeeperDriver(Driver):
                 if current is None:
                     if expect is not ABSENT and expect is not ANY:
                         raise NotFoundError(f"{table}/{id} not found")
-                    body = [_create(index, loc.encode()), _set(index, loc.encode(), -1), _create(data, value)]
+                    body = [self._create(index, loc.encode()), _set(index, loc.encode(), -1), self._create(data, value)]
                     try:
                         return await self._write(table, id, loc, body, "create", value, 2)
                     except exc.NodeExists:
@@ -509,12 +518,14 @@ class ZooKeeperDriver(Driver):
             log_path = self._log(w.table, loc)
             index = self._index(w.table, w.id)
             ops += [
-                _create(index, loc.encode()),
+                self._create(index, loc.encode()),
                 _set(index, loc.encode(), -1),
-                _create(self._data(w.table, loc, w.id), w.value),
+                self._create(self._data(w.table, loc, w.id), w.value),
             ]
             zxid_at = len(ops) - 2
-            entry = _create(f"{self._bucket(log_path, logs[log_path][0])}/c", b"c\n" + w.id.encode() + b"\n" + w.value)
+            entry = self._create(
+                f"{self._bucket(log_path, logs[log_path][0])}/c", b"c\n" + w.id.encode() + b"\n" + w.value
+            )
             entry.set_flags(False, True, False)
             ops.append(entry)
             entries.append((log_path, len(ops) - 1))
@@ -639,7 +650,7 @@ class ZooKeeperDriver(Driver):
                 replies = await self._multi(
                     [
                         _set(log_path, json.dumps({"b": bucket + 1, "trim": trim}).encode(), version),
-                        _create(self._bucket(log_path, bucket + 1), b""),
+                        self._create(self._bucket(log_path, bucket + 1), b""),
                     ]
                 )
                 self._logs.pop(log_path, None)
@@ -656,6 +667,76 @@ def _repair(session: Any, *, lost: bool) -> None:
         session.state.transition_to(States.LOST if lost else States.SUSPENDED)
 
 
+def _close_later(conn: Any, tasks: set[asyncio.Task[Any]], timeout: float) -> None:
+    task = asyncio.create_task(conn.close(timeout))
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _repair_loop(session: Any, tasks: set[asyncio.Task[Any]], auth: bytes | None) -> None:
+    """aiozk: its repair loop re-sets the watches through ``Session.send``, which waits for
+    a connected state that only the repair loop itself can bring back, so a connection lost
+    at that moment stalls the session for good (and any other error ends the loop). This
+    one sends the session's own requests on the new connection under a time-out and starts
+    over on any failure; it also re-sends the digest credentials, which ZooKeeper holds per
+    connection."""
+    while not session.closing:
+        await session.state.wait_for(States.SUSPENDED, States.LOST)
+        if session.closing:
+            return
+        await session.find_server(allow_read_only=session.allow_read_only)
+        conn = session.conn
+        try:
+            await asyncio.wait_for(session.establish_session(), session.timeout)
+        except (exc.ZKError, OSError, TimeoutError) as error:
+            log.info("ZooKeeper session at %s:%s not re-established: %r", conn.host, conn.port, error)
+            conn.abort(exc.SessionLost)
+            _close_later(conn, tasks, 0.1)
+            if isinstance(error, exc.SessionLost):  # expired or refused: the next one is new
+                session.session_id, session.password = None, b"\x00"
+            continue
+        conn.start_read_loop()
+        conn.read_loop_task.add_done_callback(functools.partial(_connection_ended, session, conn))
+        try:
+            async with asyncio.timeout(session.timeout):
+                if auth is not None:
+                    await conn.send(protocol.AuthRequest(type=0, scheme="digest", auth=auth))
+                await _set_watches(session, conn)
+        except (exc.ZKError, OSError, TimeoutError) as error:
+            log.info("ZooKeeper connection to %s:%s lost while set up: %r", conn.host, conn.port, error)
+            conn.abort()
+            continue
+        session.state.transition_to(States.READ_ONLY if conn.start_read_only else States.CONNECTED)
+
+
+def _connection_ended(session: Any, conn: Any, _task: object) -> None:
+    """aiozk: a read loop that meets the end of the stream (a server killed or restarted)
+    returns quietly, and requests sent afterwards wait for their time-out; fail them now
+    and hand the session to the repair loop."""
+    if conn.closing or session.closing:
+        return
+    conn.abort()
+    if session.conn is conn:
+        _repair(session, lost=False)
+
+
+async def _set_watches(session: Any, conn: Any) -> None:
+    """Re-register the session's watches after a reconnection (changes after the last zxid seen fire)."""
+    request = protocol.SetWatchesRequest(
+        relative_zxid=session.last_zxid or 0, data_watches=[], exist_watches=[], child_watches=[]
+    )
+    for event_type, path in session.watch_callbacks:
+        if event_type == protocol.WatchEvent.CREATED:
+            request.exist_watches.append(path)
+        elif event_type == protocol.WatchEvent.DATA_CHANGED:
+            request.data_watches.append(path)
+        elif event_type == protocol.WatchEvent.CHILDREN_CHANGED:
+            request.child_watches.append(path)
+    if request.exist_watches or request.data_watches or request.child_watches:
+        session.xid = session.xid + 1 if session.xid < 0x7FFFFFFF else 1
+        await conn.send(request, xid=session.xid)
+
+
 async def _find_server(session: Any, tasks: set[asyncio.Task[Any]], allow_read_only: bool) -> None:
     """aiozk: its own ``find_server`` backs off exponentially up to 60 s between rounds of
     connection attempts; a restarted server would wait that long. This one uses dfdb's
@@ -668,24 +749,14 @@ async def _find_server(session: Any, tasks: set[asyncio.Task[Any]], allow_read_o
             if conn is None:
                 continue
             if conn.start_read_only and not allow_read_only:
-                task = asyncio.create_task(conn.close(session.timeout))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                _close_later(conn, tasks, session.timeout)
                 continue
             old, session.conn = session.conn, conn
             if old is not None:
-                task = asyncio.create_task(old.close(session.timeout))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                _close_later(old, tasks, session.timeout)
             return
         await asyncio.sleep(backoff.delay(attempt))
         attempt += 1
-
-
-def _create(path: str, data: bytes) -> Any:
-    request = protocol.CreateRequest(path=path, data=data, acl=[protocol.UNRESTRICTED_ACCESS])
-    request.set_flags(False, False, False)
-    return request
 
 
 def _set(path: str, data: bytes, version: int) -> Any:
