@@ -156,10 +156,14 @@ class ChangeStream:
         return self._topics
 
     @property
-    def records_read(self) -> int | None:
-        """Change records this stream read from the backend, where the driver counts them."""
-        value = getattr(self._source, "records_read", None)
-        return value if isinstance(value, int) else None
+    def records_read(self) -> int:
+        """Change records this stream read from the backend (0 before it opens)."""
+        return 0 if self._source is None else self._source.records_read
+
+    @property
+    def bytes_read(self) -> int:
+        """The size of those records as the driver received them (0 before it opens)."""
+        return 0 if self._source is None else self._source.bytes_read
 
     @property
     def cursor(self) -> str:

@@ -85,8 +85,10 @@ class ReplicaStats:
     """Events applied but not yet taken by the slowest ``events()`` consumer."""
     position: int
     """Every change of the scope up to this revision is applied."""
-    records_read: int | None
-    """Change records the streams read from the server, where the driver counts them."""
+    records_read: int
+    """Change records the change streams read from the server (the initial lists not included)."""
+    bytes_read: int
+    """The size of those records as the driver received them."""
     evictions: int
     """Objects evicted to stay within ``max_objects`` (REACTIVE)."""
 
@@ -196,6 +198,7 @@ class Replica:
         self.corrupt = 0
         """Changes whose value failed validation (their keys were evicted)."""
         self._records_before = 0
+        self._bytes_before = 0
         self._background: set[asyncio.Task[None]] = set()
         self._reopened = asyncio.Event()
         self._muted = False
@@ -422,7 +425,8 @@ class Replica:
             self._synced.clear()
             with contextlib.suppress(StreamClosedError):  # a stream that never opened keeps the last one
                 cursor = stream.cursor
-            self._records_before += stream.records_read or 0
+            self._records_before += stream.records_read
+            self._bytes_before += stream.bytes_read
             await stream.aclose()
             if failures:
                 await asyncio.sleep(backoff.delay(failures))
@@ -727,7 +731,6 @@ class Replica:
     def stats(self) -> ReplicaStats:
         """The Replica's counters now."""
         stream = self._stream
-        read = stream.records_read if stream is not None else None
         return ReplicaStats(
             objects=len(self),
             events=self.events_applied,
@@ -737,7 +740,8 @@ class Replica:
             reconnects=self.reconnects,
             lag=max((len(c.pending) for c in self._subscribers), default=0),
             position=self._applied_up_to(),
-            records_read=None if read is None else read + self._records_before,
+            records_read=self._records_before + (stream.records_read if stream is not None else 0),
+            bytes_read=self._bytes_before + (stream.bytes_read if stream is not None else 0),
             evictions=self.evictions,
         )
 

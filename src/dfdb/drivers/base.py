@@ -174,6 +174,18 @@ class EventSource(ABC):
     has been returned (the stream's cursor never passes it).
     """
 
+    records_read: int = 0
+    """Change records this source read from the backend (a snapshot poll counts every
+    object it lists)."""
+    bytes_read: int = 0
+    """The size of those records as the driver received them (keys, values, metadata)."""
+
+    def _count_read(self, events: Iterable[RawEvent]) -> None:
+        """Count ``events`` as read (for sources that receive them whole)."""
+        for ev in events:
+            self.records_read += 1
+            self.bytes_read += len(ev.table or "") + len(ev.id) + len(ev.topic or "") + len(ev.value or b"") + 16
+
     @staticmethod
     def _below(buffer: Sequence[RawEvent], position: int) -> int:
         """``position``, or just below the oldest event still in ``buffer``."""

@@ -498,7 +498,6 @@ class EtcdSource(EventSource):
         self._closed = False
         self._backoff = Backoff()
         self._identity = driver._identity
-        self.records_read = 0
         """Change records read from the server (every event of the subscribed prefixes)."""
         self.reconnects = 0
         """How many times the stream was opened again after a failure."""
@@ -618,6 +617,7 @@ class EtcdSource(EventSource):
             self._reached(watcher, header)
             return
         self.records_read += len(reply.events)
+        self.bytes_read += reply.ByteSize()
         last = watcher.frontier
         for ev in reply.events:
             last = max(last, self._take(watcher, ev))

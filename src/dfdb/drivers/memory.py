@@ -192,6 +192,7 @@ class _MemorySource(EventSource):
                 if ev.table in tables and (topics is None or ev.topic in topics)
             ]
             self._position = store.revision
+            self._count_read(found)
             if found:
                 found.reverse()
                 self._buffer = found
@@ -216,6 +217,7 @@ class _MemorySource(EventSource):
                 for ev in store.after(since)
                 if ev.revision <= self._position and ev.table in self._tables and ev.topic in new
             ]
+            self._count_read(backlog)
             self._buffer.extend(reversed(backlog))  # popped from the end: oldest first
         self._topics = self._topics | new
 

@@ -87,6 +87,8 @@ class SnapshotPoller(EventSource):
                     self._listed_at[(table, topic)] = listing.revision
             for entry in entries:
                 state[(entry.table, entry.id)] = entry
+                self.records_read += 1
+                self.bytes_read += len(entry.table) + len(entry.id) + len(entry.topic or "") + len(entry.value) + 16
         return state, revision
 
     def _deleted_at(self, entry: Entry, fallback: int) -> int:
@@ -265,6 +267,7 @@ class ChangeLogPoller(EventSource):
                 self.position = max(batch.position, batch.trimmed)
                 return RawEvent.resync(self.position)
             self.position = max(self.position, batch.position)
+            self._count_read(batch.events)
             if batch.events:
                 self._buffer = batch.events[::-1]
                 continue
@@ -288,6 +291,7 @@ class ChangeLogPoller(EventSource):
             if after < batch.trimmed:
                 backlog = [RawEvent.resync(self.position)]
                 break
+            self._count_read(batch.events)
             backlog.extend(ev for ev in batch.events if ev.revision <= self.position)
             if not batch.events or batch.position <= after:
                 break

@@ -475,7 +475,6 @@ class RedisSource(EventSource):
         self._closed = False
         self._backoff = Backoff()
         self._grown = asyncio.Event()
-        self.records_read = 0
         """Stream entries read from the server (including ones later filtered)."""
 
     async def __anext__(self) -> RawEvent:
@@ -549,6 +548,7 @@ class RedisSource(EventSource):
             name = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
             per_stream[name] = [(int(eid.decode().split("-")[0]), fields) for eid, fields in entries]
             self.records_read += len(entries)
+            self.bytes_read += sum(len(eid) + sum(len(k) + len(v) for k, v in f.items()) for eid, f in entries)
         full = [items[-1][0] for items in per_stream.values() if len(items) >= _READ_COUNT]
         cap = min(full) if full else None
         merged: dict[int, RawEvent | None] = {}

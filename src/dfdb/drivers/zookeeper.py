@@ -804,7 +804,6 @@ class ZooKeeperSource(EventSource):
         self._callbacks: dict[tuple[int, str], Any] = {}
         self._resync_at = 0
         self._idle_frontier = since
-        self.records_read = 0
         """Change nodes read from the server."""
 
     @property
@@ -1000,6 +999,7 @@ class ZooKeeperSource(EventSource):
         data, stat = got
         revision = int(stat.created_zxid)
         self.records_read += 1
+        self.bytes_read += len(data)
         if revision <= entry.frontier:
             return
         entry.frontier = revision
