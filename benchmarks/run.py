@@ -1,61 +1,57 @@
-"""Run every benchmark and write docs/benchmarks.md.
+"""Run the benchmark cases on every backend and write docs/benchmarks.md and docs/benchmarks.json.
 
-Usage: python benchmarks/run.py [--quick] [--out docs/benchmarks.md]
+Usage: python benchmarks/run.py [--quick] [--backends memory,sqlite,redis,etcd,zookeeper]
+       [--repeat N] [--out docs/benchmarks.md] [--json docs/benchmarks.json]
+
+The cases and the raw baselines are described in ``dfdb.bench``; the servers are
+started here on loopback (as the tests do). ``--quick`` is a smoke test, not a
+measurement. Also runs the SQLite change-log polling benchmark (``sqlite_polling.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import asyncio
+import dataclasses
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from dfdb.bench import BACKENDS, Sizes, run_all, write_reports
 
-CASES = [
-    ("SQLite change-log polling", "sqlite_polling.py", [], ["--sizes", "2000", "--events", "100"]),
-    ("Redis: dfdb against the raw client", "redis_vs_raw.py", [], ["--quick", "--repeat", "2"]),
-    ("etcd: dfdb against the raw client", "cluster_vs_raw.py", ["--backend", "etcd"],
-     ["--backend", "etcd", "--quick", "--repeat", "2"]),
-    ("ZooKeeper: dfdb against the raw client", "cluster_vs_raw.py", ["--backend", "zookeeper"],
-     ["--backend", "zookeeper", "--quick", "--repeat", "2"]),
-]  # fmt: skip
+HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--repeat", type=int, help="runs of each case (default 5; quick: 2)")
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"))
+    parser.add_argument("--json", default=None, help="default: --out with .json")
     args = parser.parse_args()
-    sections = [
-        "# Benchmarks",
-        "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, {platform.platform()}"
-        + (" — **quick mode: smoke test, not a measurement**" if args.quick else "")
-        + ". Regenerate with `nox -s bench` (or `python benchmarks/run.py`).",
-        "",
-    ]
-    failed = False
-    for title, script, full, quick in CASES:
-        cmd = [sys.executable, str(HERE / script), *(quick if args.quick else full)]
-        print("running", " ".join(cmd[1:]), flush=True)
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        shown = " ".join([f"benchmarks/{script}", *(quick if args.quick else full)])
-        sections += [f"## {title}", "", f"`python {shown}`", ""]
-        if result.returncode != 0:
-            failed = True
-            sections += ["Failed:", "", "```", result.stderr.strip()[-2000:], "```", ""]
-        else:
-            sections += [result.stdout.strip(), ""]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        parser.error(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(BACKENDS)}")
+    sizes = Sizes.quick() if args.quick else Sizes()
+    if args.repeat is not None:
+        if args.repeat < 1:
+            parser.error("--repeat must be at least 1")
+        sizes = dataclasses.replace(sizes, repeat=args.repeat)
+    results, info = asyncio.run(run_all(backends, sizes, log=sys.stderr))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(sections))
-    print(f"wrote {out}")
-    return 1 if failed else 0
+    json_path = Path(args.json) if args.json else out.with_suffix(".json")
+    write_reports(results, info, sizes, quick=args.quick, markdown=out, json_path=json_path)
+    polling = [sys.executable, str(HERE / "sqlite_polling.py")]
+    if args.quick:
+        polling += ["--sizes", "2000", "--events", "100"]
+    report = subprocess.run(polling, capture_output=True, text=True, check=True).stdout.strip()
+    shown = " ".join(["benchmarks/sqlite_polling.py", *polling[2:]])
+    with out.open("a") as f:
+        f.write(f"\n## SQLite change-log polling\n\n`python {shown}`\n\n{report}\n")
+    print(f"wrote {out} and {json_path}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,8 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
-    if not RedisServer.available() and not require_servers():
-        pytest.skip("redis-server is not installed")
+    """Every case on every backend, the markdown table and the JSON file."""
+    import json
+
+    from dfdb.testing.servers import EtcdServer, ZooKeeperServer
+
+    if not all(s.available() for s in (RedisServer, EtcdServer, ZooKeeperServer)) and not require_servers():
+        pytest.skip("redis-server, etcd or ZooKeeper is not installed")
     out = tmp_path / "benchmarks.md"
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
@@ -23,5 +28,12 @@ def test_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     text = out.read_text()
-    assert "| sequential create (ops/s) |" in text
+    for backend in ("memory", "sqlite", "redis", "etcd", "zookeeper"):
+        assert f"| sequential create | {backend} | objects/s |" in text
+        assert f"| write->event p99 | {backend} | ms |" in text
     assert "| objects | idle poll |" in text
+    rows = json.loads((tmp_path / "benchmarks.json").read_text())["results"]
+    counts = {b: sum(r["backend"] == b for r in rows) for b in ("memory", "sqlite", "redis", "etcd", "zookeeper")}
+    assert counts == {"memory": 10, "sqlite": 8, "redis": 10, "etcd": 10, "zookeeper": 10}  # sqlite: no polling mode
+    assert all(r["value"] > 0 for r in rows)
+    assert all(r["raw"] for r in rows if r["backend"] in ("redis", "etcd", "zookeeper"))

@@ -124,7 +124,19 @@ def test_watch_prints_json_lines(shared_store: str, capsys: pytest.CaptureFixtur
     assert record["action"] == "resync" and record["cursor"].startswith("memory-")
 
 
-def test_bench_reports_rates() -> None:
-    result = dfdb_cmd("bench", "--count", "50")
+def test_bench_runs_the_cases_on_the_given_database(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = dfdb_cmd("--db", "memory://", "bench", "--quick", "--repeat", "1", "--json", str(out))
     assert result.returncode == 0, result.stderr
-    assert "sequential create" in result.stdout and "p99" in result.stdout
+    assert "| sequential create | memory | objects/s |" in result.stdout
+    fanout = "| fan-out 200 writes / 5 topics: records read (raw: own topic's) | memory | records | 40 | 40 | 1.00x |"
+    assert fanout in result.stdout
+    report = json.loads(out.read_text())
+    rows = {r["case"]: r for r in report["results"]}
+    assert len(rows) == 10 and all(r["backend"] == "memory" and r["value"] > 0 for r in rows.values())
+    assert rows["sequential create"]["raw"] == [] and len(rows["sequential create"]["dfdb"]) == 1
+
+
+def test_bench_refuses_an_unknown_backend() -> None:
+    result = dfdb_cmd("--db", "nosuch://x", "bench", "--quick")
+    assert result.returncode != 0 and "Traceback" not in result.stderr

@@ -11,7 +11,6 @@ import importlib
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 import dfdb.models  # noqa: F401  (registers the network model set)
 from dfdb.drivers.base import ABSENT
-from dfdb.errors import AlreadyExistsError, ConfigurationError, DfdbError, NotFoundError
+from dfdb.errors import AlreadyExistsError, ConfigurationError, DfdbError
 from dfdb.events import Action
 from dfdb.model import NbModel, model_for_table, registered_models
 from dfdb.nb import NbApi, connect
@@ -90,8 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     run = srv_sub.add_parser("run", help="run BACKEND in the foreground on loopback")
     run.add_argument("backend")
     run.add_argument("--members", type=_positive, default=1)
-    b = sub.add_parser("bench", help="measure sequential writes and write->event latency")
-    b.add_argument("--count", type=_positive, default=2000)
+    b = sub.add_parser("bench", help="dfdb against the raw client on --db: the five benchmark cases")
+    b.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
+    b.add_argument("--repeat", type=_positive, help="runs of each case (default 5; quick: 2)")
+    b.add_argument("--json", metavar="FILE", help="also write every sample as JSON to FILE")
     return p
 
 
@@ -182,7 +183,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         if command == "copy":
             return await _copy(nb, args.to, args.timeout)
         if command == "bench":
-            return await _bench(nb, args.count, out)
+            return await _bench(nb, args, out)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse refuses first
 
 
@@ -270,36 +271,24 @@ async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     return 0 if result.ok else 1
 
 
-async def _bench(nb: NbApi, count: int, out: TextIO) -> int:
-    from dfdb.models import Chassis
+async def _bench(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
+    import dataclasses
+    from pathlib import Path
 
-    prefix = f"bench-{int(time.time() * 1000)}"
-    started = time.perf_counter()
-    for i in range(count):
-        await nb.create(Chassis(id=f"{prefix}-{i}", ip=f"198.51.100.{i % 250 + 1}"))
-    create_rate = count / (time.perf_counter() - started)
-    latencies: list[float] = []
-    async with nb.watch(Chassis) as stream:
-        for i in range(count):
-            t0 = time.perf_counter()
-            await nb.patch(Chassis, f"{prefix}-{i}", external_host_ip="198.51.100.254")
-            async with asyncio.timeout(10):
-                while True:
-                    ev = await anext(stream)
-                    if ev.id == f"{prefix}-{i}":
-                        break
-            latencies.append(time.perf_counter() - t0)
-    for i in range(count):
-        try:
-            await nb.delete(Chassis, f"{prefix}-{i}")
-        except NotFoundError:
-            pass
-    latencies.sort()
-    p50 = latencies[len(latencies) // 2] * 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
-    print(f"dfdb bench on {nb.url}", file=out)
-    print(f"sequential create:        {create_rate:,.0f} objects/s ({count} objects)", file=out)
-    print(f"patch->event latency p50: {p50:.3f} ms  p99: {p99:.3f} ms", file=out)
+    from dfdb.bench import SCHEMES, Sizes, render_markdown, run_backend, versions, write_reports
+
+    sizes = Sizes.quick() if args.quick else Sizes()
+    if args.repeat is not None:
+        sizes = dataclasses.replace(sizes, repeat=args.repeat)
+    backend = SCHEMES.get(nb.url.scheme)
+    if backend is None:
+        raise UsageError(f"dfdb bench knows {', '.join(sorted(SCHEMES))} URLs, not {nb.url.scheme}://")
+    await nb.aclose()  # every run opens its own namespace
+    results = await run_backend(backend, nb.url, sizes, cleanup=True, log=sys.stderr)
+    info = versions()
+    print(render_markdown(results, sizes=sizes, versions=info, quick=args.quick), file=out)
+    if args.json:
+        write_reports(results, info, sizes, quick=args.quick, markdown=None, json_path=Path(args.json))
     return 0
 
 
