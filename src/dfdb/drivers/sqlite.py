@@ -39,6 +39,7 @@ from dfdb.drivers.base import (
     EventSource,
     Expect,
     Listing,
+    PutRequest,
     RawEvent,
     check_delete,
     check_put,
@@ -46,6 +47,7 @@ from dfdb.drivers.base import (
 from dfdb.drivers.polling import ChangeBatch, ChangeLogPoller
 from dfdb.errors import (
     BackendUnavailableError,
+    DfdbError,
     InvalidURL,
 )
 from dfdb.url import DatabaseURL
@@ -68,6 +70,7 @@ CREATE TABLE IF NOT EXISTS dfdb_counters (tbl TEXT PRIMARY KEY, next INTEGER NOT
 
 _CHANGES_LIMIT = 1000
 _TRIM_EVERY = 256
+_BATCH = 500  # writes per transaction in put_many
 
 # Watchers of each file in this process, woken by this process's writes.
 _WAITERS: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
@@ -187,33 +190,54 @@ class SqliteDriver(Driver):
     async def _write(self, table: str, id: str, topic: str | None, value: bytes | None, expect: Expect | None) -> Entry:
         """One write transaction: check ``expect``, log the change, apply it. ``value`` None deletes."""
         async with self._transaction() as db:
-            old = await self._fetchone(
-                "SELECT topic, value, revision FROM dfdb_entries WHERE tbl = ? AND id = ?", (table, id)
-            )
-            _check_expectation(table, id, topic, value, old, expect)
-            if value is None:
-                action, logged, topic = "delete", _blob(old[1]), old[0]
-            else:
-                action, logged = ("create" if old is None else "update"), value
-            cur = await db.execute(
-                "INSERT INTO dfdb_changelog (tbl, id, topic, action, value, at) VALUES (?, ?, ?, ?, ?, ?)",
-                (table, id, topic, action, logged, time.time()),
-            )
-            revision = cur.lastrowid
-            await cur.close()
-            assert revision is not None
-            if value is None:
-                await db.execute("DELETE FROM dfdb_entries WHERE tbl = ? AND id = ?", (table, id))
-            else:
-                await db.execute(
-                    "INSERT INTO dfdb_entries (tbl, id, topic, value, revision) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (tbl, id) DO UPDATE SET value = excluded.value, revision = excluded.revision",
-                    (table, id, topic, value, revision),
-                )
-            self._writes += 1
-            if self._writes % _TRIM_EVERY == 0:
-                await self._trim(revision)
+            entry = await self._apply(db, table, id, topic, value, expect)
         self._wake()
+        return entry
+
+    async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
+        """The writes in transactions of up to ``_BATCH``; a write whose expectation fails
+        is reported in its place and the others go on."""
+        results: builtins.list[int | Exception] = []
+        for start in range(0, len(writes), _BATCH):
+            async with self._transaction() as db:
+                for w in writes[start : start + _BATCH]:
+                    try:
+                        results.append((await self._apply(db, w.table, w.id, w.topic, w.value, w.expect)).revision)
+                    except DfdbError as exc:  # AlreadyExistsError, ConflictError, NotFoundError
+                        results.append(exc)
+            self._wake()
+        return results
+
+    async def _apply(
+        self, db: Any, table: str, id: str, topic: str | None, value: bytes | None, expect: Expect | None
+    ) -> Entry:
+        """One write inside the caller's transaction."""
+        old = await self._fetchone(
+            "SELECT topic, value, revision FROM dfdb_entries WHERE tbl = ? AND id = ?", (table, id)
+        )
+        _check_expectation(table, id, topic, value, old, expect)
+        if value is None:
+            action, logged, topic = "delete", _blob(old[1]), old[0]
+        else:
+            action, logged = ("create" if old is None else "update"), value
+        cur = await db.execute(
+            "INSERT INTO dfdb_changelog (tbl, id, topic, action, value, at) VALUES (?, ?, ?, ?, ?, ?)",
+            (table, id, topic, action, logged, time.time()),
+        )
+        revision = cur.lastrowid
+        await cur.close()
+        assert revision is not None
+        if value is None:
+            await db.execute("DELETE FROM dfdb_entries WHERE tbl = ? AND id = ?", (table, id))
+        else:
+            await db.execute(
+                "INSERT INTO dfdb_entries (tbl, id, topic, value, revision) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (tbl, id) DO UPDATE SET value = excluded.value, revision = excluded.revision",
+                (table, id, topic, value, revision),
+            )
+        self._writes += 1
+        if self._writes % _TRIM_EVERY == 0:
+            await self._trim(revision)
         return Entry(table, id, topic, logged, revision)
 
     async def _trim(self, head: int, *, everything: bool = False) -> None:

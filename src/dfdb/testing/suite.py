@@ -237,9 +237,12 @@ async def test_unique_keys_under_concurrency(nb: NbApi) -> None:
 
 async def test_create_many_and_update_many_report_per_item(nb: NbApi) -> None:
     await nb.create(Item(id="b", topic="t1"))
-    results = await nb.create_many([Item(id=f"k{i}", topic="t1", n=i) for i in range(300)] + [Item(id="b", topic="t1")])
-    assert [r.id for r in results[:300] if isinstance(r, Item)] == [f"k{i}" for i in range(300)]
-    assert isinstance(results[300], dfdb.AlreadyExistsError)
+    fresh = [Item(id=f"k{i}", topic="t1", n=i) for i in range(300)]
+    results = await nb.create_many([*fresh[:100], Item(id="b", topic="t1"), *fresh[100:], Item(id="b", topic="t2")])
+    assert isinstance(results[100], dfdb.AlreadyExistsError) and isinstance(results[301], dfdb.AlreadyExistsError)
+    results = results[:100] + results[101:301]  # a refused write in the middle of a batch stops nothing else
+    assert [r.id for r in results if isinstance(r, Item)] == [f"k{i}" for i in range(300)]
+    assert len(await nb.get_all(Item, "t1")) == 301 and await nb.get_all(Item, "t2") == []
     stale = Item(id="k1", topic="t1", version=7)
     changed = [r.model_copy(update={"n": -1}) for r in results[:3] if isinstance(r, Item)]
     updated = await nb.update_many([*changed, stale])
