@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from collections.abc import Iterator
 
 import pytest
-from aiozk import ZKClient
+from aiozk import ZKClient, protocol
 
 import dfdb
 from dfdb.drivers import PutRequest
@@ -89,15 +90,26 @@ async def test_restart_loses_nothing(single: ZooKeeperServer) -> None:
 
 
 async def expire_session(nb: dfdb.NbApi, server: ZooKeeperServer) -> None:
-    """End the driver's session from another connection: ZooKeeper expires it, as after
-    a long pause, and the driver must start a new one."""
+    """End the driver's session from another connection, as ZooKeeper does after a long
+    pause, and wait for the driver to start a new one. The other connection sends its
+    connect and close requests in one write: the driver, which reconnects at once when
+    its connection is taken, cannot take the session back in between."""
     zk = nb.driver._zk  # type: ignore[attr-defined]
     old = zk.session.session_id
-    thief = ZKClient(server.url.split("://")[1], session_timeout=10)
-    thief.session.session_id, thief.session.password = old, zk.session.password
-    await thief.start()
-    assert thief.session.session_id == old
-    await thief.close()
+    hello = protocol.ConnectRequest(
+        protocol_version=0, last_seen_zxid=0, timeout=10_000, session_id=old, password=zk.session.password,
+        read_only=False,
+    ).serialize()  # fmt: skip
+    bye = protocol.CloseRequest().serialize(1)
+    host, port = server.url.split("://")[1].split(",")[0].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(struct.pack("!i", len(hello)) + hello + struct.pack("!i", len(bye)) + bye)
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), 10)  # the server closes the connection after the close
+    finally:
+        writer.close()
+        await writer.wait_closed()
     async with asyncio.timeout(30):
         while zk.session.session_id in (old, None):
             with contextlib.suppress(dfdb.BackendUnavailableError):  # the probe may meet the repair

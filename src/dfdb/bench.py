@@ -187,6 +187,9 @@ class _Raw:
     async def close(self) -> None:
         """Disconnect."""
 
+    async def prepare(self, run: str) -> None:
+        """Make the place ``seq`` or ``bulk`` writes to (not timed)."""
+
     async def seq(self, run: str, values: list[bytes]) -> None:
         raise NotImplementedError
 
@@ -223,14 +226,17 @@ class _RawSqlite(_Raw):
         if self.db is not None:
             await self.db.close()
 
+    async def prepare(self, run: str) -> None:
+        await self._open_run(run)
+
     async def seq(self, run: str, values: list[bytes]) -> None:
-        db = await self._open_run(run)
+        db = self.db
         for i, v in enumerate(values):
             await db.execute("INSERT INTO raw (k, v) VALUES (?, ?)", (str(i), v))
             await db.commit()
 
     async def bulk(self, run: str, values: list[bytes]) -> None:
-        db = await self._open_run(run)
+        db = self.db
         for start in range(0, len(values), 500):
             await db.executemany(
                 "INSERT INTO raw (k, v) VALUES (?, ?)",
@@ -391,13 +397,14 @@ class _RawZooKeeper(_Raw):
         if self.client is not None:
             await self.client.close()
 
-    async def seq(self, run: str, values: list[bytes]) -> None:
+    async def prepare(self, run: str) -> None:
         await self.client.ensure_path(f"/{run}")
+
+    async def seq(self, run: str, values: list[bytes]) -> None:
         for i, v in enumerate(values):
             await self.client.create(f"/{run}/{i}", v)
 
     async def bulk(self, run: str, values: list[bytes]) -> None:
-        await self.client.ensure_path(f"/{run}")
         todo = iter(range(0, len(values), 100))
 
         async def worker() -> None:
@@ -455,18 +462,27 @@ def _raw_for(url: DatabaseURL, tmp: Path) -> _Raw | None:
 
 
 # ---------------------------------------------------------------- dfdb side
-async def _dfdb_seq(url: DatabaseURL, run: str, n: int) -> None:
+async def _dfdb_seq(url: DatabaseURL, run: str, n: int) -> float:
+    """Objects/s; the objects are made and the connection opened before the clock starts."""
+    ports = [_port(i, run) for i in range(n)]
     async with connect(url) as nb:
-        for i in range(n):
-            await nb.create(_port(i, run))
+        t0 = time.perf_counter()
+        for obj in ports:
+            await nb.create(obj)
+        return n / (time.perf_counter() - t0)
 
 
-async def _dfdb_bulk(url: DatabaseURL, run: str, n: int) -> None:
+async def _dfdb_bulk(url: DatabaseURL, run: str, n: int) -> float:
+    """Objects/s, as for ``_dfdb_seq``."""
+    ports = [_port(i, run) for i in range(n)]
     async with connect(url, timeout=600) as nb:
-        results = await nb.create_many([_port(i, run) for i in range(n)])
+        t0 = time.perf_counter()
+        results = await nb.create_many(ports)
+        rate = n / (time.perf_counter() - t0)
     failed = [r for r in results if isinstance(r, Exception)]
     if failed:
         raise RuntimeError(f"bulk load: {len(failed)} writes failed, e.g. {failed[0]}")
+    return rate
 
 
 async def _dfdb_latency(url: DatabaseURL, run: str, n: int) -> list[float]:
@@ -617,11 +633,11 @@ async def run_backend(
 
         async def seq_raw(run: str) -> float:
             assert raw is not None
-            return await _rate(sizes.seq, raw.seq(raw_ns(run), _values(sizes.seq, run)))
+            name, values = raw_ns(run), _values(sizes.seq, run)
+            await raw.prepare(name)
+            return await _rate(sizes.seq, raw.seq(name, values))
 
-        d, r = await _interleave(
-            sizes.repeat, lambda run: _rate(sizes.seq, _dfdb_seq(ns(run), run, sizes.seq)), seq_raw if raw else None
-        )
+        d, r = await _interleave(sizes.repeat, lambda run: _dfdb_seq(ns(run), run, sizes.seq), seq_raw if raw else None)
         results.append(BenchResult("sequential create", backend, "objects/s", d, r, target=0.8))
 
         # 2. bulk load; the last dfdb and raw datasets stay for case 4
@@ -632,12 +648,13 @@ async def run_backend(
             kept["dfdb"] = run
             await keeper.aclose()
             await keeper.enter_async_context(connect(ns(run)))
-            return await _rate(sizes.bulk, _dfdb_bulk(ns(run), run, sizes.bulk))
+            return await _dfdb_bulk(ns(run), run, sizes.bulk)
 
         async def bulk_raw(run: str) -> float:
             assert raw is not None
             kept["raw"] = raw_ns(run)
             values = _values(sizes.bulk, run)
+            await raw.prepare(kept["raw"])
             return await _rate(sizes.bulk, raw.bulk(kept["raw"], values))
 
         d, r = await _interleave(sizes.repeat, bulk_dfdb, bulk_raw if raw else None)

@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import itertools
 import logging
+import typing
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from dfdb.errors import BackendUnavailableError, NotFoundError, StreamClosedError
 from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
@@ -136,10 +138,24 @@ def _coalesce(first: ReplicaEvent, then: ReplicaEvent) -> ReplicaEvent | None:
     return ReplicaEvent(then.action, then.model, then.id, first.old, then.new, then.revision)
 
 
+@functools.cache
+def _reference_fields(model: type[NbModel]) -> tuple[str, ...]:
+    """The fields of ``model`` declared as a ``Ref`` (or a collection or union holding one)."""
+
+    def holds_ref(annotation: Any) -> bool:
+        if annotation is Ref or typing.get_origin(annotation) is Ref:
+            return True
+        if isinstance(annotation, type) and issubclass(annotation, Ref):
+            return True
+        return any(holds_ref(arg) for arg in typing.get_args(annotation))
+
+    return tuple(name for name, info in model.model_fields.items() if holds_ref(info.annotation))
+
+
 def _references(obj: NbModel) -> list[tuple[type[NbModel], str]]:
     """The (model, id) targets of the references an object holds."""
     found: list[tuple[type[NbModel], str]] = []
-    for name in type(obj).model_fields:
+    for name in _reference_fields(type(obj)):
         value = getattr(obj, name, None)
         for item in value if isinstance(value, list | tuple) else (value,):
             target = getattr(item, "target", None) if isinstance(item, Ref) else None
@@ -858,17 +874,34 @@ def _model_of_ports(replica: Replica, topic: str, port_id: str) -> type[NbModel]
 
 def _path_values(value: object, parts: Sequence[str]) -> list[Hashable]:
     """The values at a dotted path; lists along the way fan out, ``None`` yields nothing."""
+    current = _fan_out(value)
+    for part in parts:
+        current = [x for v in current for x in _fan_out(getattr(v, part, None))]
+    return [v for v in current if isinstance(v, Hashable)]
+
+
+def _fan_out(value: object) -> list[object]:
     if value is None:
         return []
     if isinstance(value, list | tuple | set | frozenset):
-        return [v for item in value for v in _path_values(item, parts)]
-    if not parts:
-        return [value] if isinstance(value, Hashable) else []
-    return _path_values(getattr(value, parts[0], None), parts[1:])
+        return [x for item in value for x in _fan_out(item)]
+    return [value]
+
+
+@functools.cache
+def _split_paths(index: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(path.split(".")) for path in index)
 
 
 def _index_keys(obj: NbModel, index: tuple[str, ...]) -> set[Hashable]:
-    values = [_path_values(obj, path.split(".")) for path in index]
+    paths = _split_paths(index)
+    if len(paths) == 1 and len(paths[0]) == 1:  # one plain field: the common case
+        value = getattr(obj, paths[0][0], None)
+        if value is None:
+            return set()
+        if not isinstance(value, list | tuple | set | frozenset):
+            return {value} if isinstance(value, Hashable) else set()
+    values = [_path_values(obj, path) for path in paths]
     if len(index) == 1:
         return set(values[0])
     return set(itertools.product(*values))
