@@ -244,6 +244,12 @@ class _RawSqlite(_Raw):
             )
             await db.commit()
 
+    async def drop(self, names: list[str]) -> None:
+        for name in names:
+            for stem in (name, f"raw-{name}"):
+                for suffix in ("", "-wal", "-shm"):
+                    (self.tmp / f"{stem}.db{suffix}").unlink(missing_ok=True)
+
     async def read_all(self, run: str) -> dict[str, Any]:
         db = await self._open_run(run)
         async with db.execute("SELECT k, v FROM raw") as cursor:
@@ -302,8 +308,9 @@ class _RawRedis(_Raw):
 
     async def drop(self, names: list[str]) -> None:
         for name in names:
-            async for key in self.client.scan_iter(match=f"{name}/*", count=1000):
-                await self.client.unlink(key)
+            keys = [k async for k in self.client.scan_iter(match=f"{name}/*", count=1000)]
+            for start in range(0, len(keys), 1000):
+                await self.client.unlink(*keys[start : start + 1000])
 
 
 class _RawEtcd(_Raw):
@@ -372,8 +379,12 @@ class _RawEtcd(_Raw):
             start = reply.kvs[-1].key + b"\0"
 
     async def drop(self, names: list[str]) -> None:
+        from aetcd import rpc
+
         for name in names:
             await self.client.delete_prefix(f"{name}/".encode())
+        status = await self.client.kvstub.Range(rpc.RangeRequest(key=b"\0", limit=1), timeout=30)
+        await self.client.kvstub.Compact(rpc.CompactionRequest(revision=status.header.revision), timeout=60)
 
 
 class _RawZooKeeper(_Raw):
@@ -443,10 +454,24 @@ class _RawZooKeeper(_Raw):
         return out
 
     async def drop(self, names: list[str]) -> None:
+        """Delete each tree, deepest nodes first, in ``multi`` chunks of 500."""
         for name in names:
-            for path in (f"/{name}", f"/{name}-watched"):
-                with contextlib.suppress(Exception):
-                    await self.client.deleteall(path)
+            levels: list[list[str]] = []
+            level = [p for p in (f"/{name}", f"/{name}-watched") if await self.client.exists(p)]
+            while level:
+                levels.append(level)
+                children = await asyncio.gather(*(self.client.get_children(p) for p in level))
+                level = [f"{p}/{c}" for p, names_ in zip(level, children, strict=True) for c in names_]
+            for paths in reversed(levels):
+                chunks = [paths[i : i + 500] for i in range(0, len(paths), 500)]
+                for batch in range(0, len(chunks), 4):
+                    await asyncio.gather(*(self._delete(chunk) for chunk in chunks[batch : batch + 4]))
+
+    async def _delete(self, paths: list[str]) -> None:
+        txn = self.client.begin_transaction()
+        for path in paths:
+            txn.delete(path)
+        await txn.commit()
 
 
 def _raw_for(url: DatabaseURL, tmp: Path) -> _Raw | None:
@@ -645,6 +670,8 @@ async def run_backend(
         kept: dict[str, str] = {}
 
         async def bulk_dfdb(run: str) -> float:
+            if "dfdb" in kept and raw is not None:  # only the last run's data stays
+                await raw.drop([f"bench-{kept['dfdb']}"])
             kept["dfdb"] = run
             await keeper.aclose()
             await keeper.enter_async_context(connect(ns(run)))
@@ -652,6 +679,8 @@ async def run_backend(
 
         async def bulk_raw(run: str) -> float:
             assert raw is not None
+            if "raw" in kept:
+                await raw.drop([kept["raw"]])
             kept["raw"] = raw_ns(run)
             values = _values(sizes.bulk, run)
             await raw.prepare(kept["raw"])

@@ -475,7 +475,6 @@ class RedisSource(EventSource):
         self._closed = False
         self._backoff = Backoff()
         self._grown = asyncio.Event()
-        """Stream entries read from the server (including ones later filtered)."""
 
     async def __anext__(self) -> RawEvent:
         failures = 0
