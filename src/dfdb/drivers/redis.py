@@ -124,6 +124,7 @@ for _, key in ipairs({prefix .. '/s/' .. tbl, prefix .. '/s/' .. tbl .. tsuffix}
     redis.call('HSET', prefix .. '/trim', key, last)
   end
 end
+if op == 'put' then return {'OK', tostring(rev)} end  -- the caller has the topic and value
 return {'OK', tostring(rev), topic, value}
 """
 
@@ -312,7 +313,7 @@ class RedisDriver(Driver):
             if reply[0] == b"EPOCH":  # the data set changed under us: adopt its epoch (or make one)
                 await self.refresh_epoch(stale=reply[1].decode() or "")
                 continue
-            return self._reply(table, id, expect, topic, reply)
+            return self._reply(table, id, expect, topic, value, reply)
         raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
 
     async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
@@ -342,7 +343,7 @@ class RedisDriver(Driver):
                 try:
                     if isinstance(reply, Exception):
                         raise reply
-                    results.append(self._reply(w.table, w.id, str(w.expect), w.topic or "", reply)[0])
+                    results.append(self._reply(w.table, w.id, str(w.expect), w.topic or "", w.value, reply)[0])
                 except (DriverError, AlreadyExistsError, NotFoundError, ConflictError, ValueError) as exc:
                     results.append(exc)
                 except rexc.RedisError as exc:
@@ -350,10 +351,15 @@ class RedisDriver(Driver):
             return results
         raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
 
-    def _reply(self, table: str, id: str, expect: str, topic: str, reply: Any) -> tuple[int, str | None, bytes]:
-        """Interpret the write script's reply (EPOCH is handled by the caller)."""
+    def _reply(
+        self, table: str, id: str, expect: str, topic: str, value: bytes, reply: Any
+    ) -> tuple[int, str | None, bytes]:
+        """Interpret the write script's reply (EPOCH is handled by the caller): the
+        revision, and the topic and value written (a delete's come from the server)."""
         status, detail = reply[0].decode(), reply[1]
         if status == "OK":
+            if len(reply) == 2:  # a put
+                return int(detail), topic or None, value
             return int(detail), reply[2].decode() or None, reply[3]
         if status == "EPOCH":
             raise BackendUnavailableError(f"{self.url}: the dataset changed during the write")

@@ -184,13 +184,20 @@ class ZooKeeperDriver(Driver):
         # aiozk: a TransactionRequest says it writes nothing (writes_data False); a multi
         # whose reply was lost must not be sent again
         writing = bool(request.writes_data) or isinstance(request, protocol.TransactionRequest)
+        conn = None
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
+                    _keep_repairing(session)
                     await session.ensure_safe_state(writing=writing)
+                    conn = session.conn
+                    if conn.read_loop_task is None or conn.read_loop_task.done():
+                        _repair(session, lost=False)  # nothing reads its replies any more
+                        await asyncio.sleep(0.05)
+                        continue
                     session.xid = session.xid + 1 if session.xid < 0x7FFFFFFF else 1
                     try:
-                        zxid, response = await session.conn.send(request, xid=session.xid)
+                        zxid, response = await conn.send(request, xid=session.xid)
                     except _CONNECTION_LOST as error:
                         _repair(session, lost=isinstance(error, exc.SessionExpired | exc.SessionLost))
                         if writing:  # it may or may not have been applied
@@ -204,6 +211,8 @@ class ZooKeeperDriver(Driver):
             raise
         except _UNAVAILABLE as error:
             raise_if_cancelling(error)
+            if isinstance(error, TimeoutError) and conn is not None and conn is session.conn:
+                _repair(session, lost=False)  # no reply within the time-out: a new connection for the next call
             raise BackendUnavailableError(f"{self.url}: {type(error).__name__}: {error or 'no reply'}") from None
         except exc.NoAuth:
             raise DriverError(f"{self.url}: not allowed (check the user and password)") from None
@@ -658,6 +667,16 @@ class ZooKeeperDriver(Driver):
                     await self._prune(log_path, bucket + 1)
 
 
+def _keep_repairing(session: Any) -> None:
+    """Start the session's repair loop again if it ended (it never should: reported)."""
+    task = session.repair_loop_task
+    if task is None or not task.done() or session.closing or not session.started:
+        return
+    if not task.cancelled() and task.exception() is not None:
+        log.error("ZooKeeper repair loop ended: %r; started again", task.exception())
+    session.repair_loop_task = asyncio.create_task(session.repair_loop())
+
+
 def _repair(session: Any, *, lost: bool) -> None:
     """aiozk: a connection the server closed (or a session it expired) is noticed only when
     a request fails, and the session stays "connected"; hand it to the repair loop."""
@@ -684,6 +703,7 @@ async def _repair_loop(session: Any, tasks: set[asyncio.Task[Any]], auth: bytes 
         await session.state.wait_for(States.SUSPENDED, States.LOST)
         if session.closing:
             return
+        log.info("ZooKeeper session %s: %s, reconnecting", hex(session.session_id or 0), session.state.current_state)
         await session.find_server(allow_read_only=session.allow_read_only)
         conn = session.conn
         try:
@@ -707,6 +727,7 @@ async def _repair_loop(session: Any, tasks: set[asyncio.Task[Any]], auth: bytes 
             conn.abort()
             continue
         session.state.transition_to(States.READ_ONLY if conn.start_read_only else States.CONNECTED)
+        log.info("ZooKeeper session %s connected to %s:%s", hex(session.session_id or 0), conn.host, conn.port)
 
 
 def _connection_ended(session: Any, conn: Any, _task: object) -> None:
