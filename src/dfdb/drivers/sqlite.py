@@ -162,12 +162,11 @@ class SqliteDriver(Driver):
                 raise _unavailable(self.url, exc) from None
 
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        async with self._conn().execute(sql, params) as cur:
-            return await cur.fetchone()
+        rows = await self._conn().execute_fetchall(sql, params)  # one trip to the SQLite thread
+        return next(iter(rows), None)
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self._conn().execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return list(await self._conn().execute_fetchall(sql, params))
 
     def _wake(self) -> None:
         for waiter in _WAITERS.get(self._key, ()):
@@ -220,13 +219,12 @@ class SqliteDriver(Driver):
             action, logged, topic = "delete", _blob(old[1]), old[0]
         else:
             action, logged = ("create" if old is None else "update"), value
-        cur = await db.execute(
+        inserted = await db.execute_insert(
             "INSERT INTO dfdb_changelog (tbl, id, topic, action, value, at) VALUES (?, ?, ?, ?, ?, ?)",
             (table, id, topic, action, logged, time.time()),
         )
-        revision = cur.lastrowid
-        await cur.close()
-        assert revision is not None
+        assert inserted is not None
+        revision = int(inserted[0])
         if value is None:
             await db.execute("DELETE FROM dfdb_entries WHERE tbl = ? AND id = ?", (table, id))
         else:
