@@ -1,11 +1,13 @@
 """Run the benchmark cases on every backend and write docs/benchmarks.md and docs/benchmarks.json.
 
 Usage: python benchmarks/run.py [--quick] [--backends memory,sqlite,redis,etcd,zookeeper]
-       [--repeat N] [--out docs/benchmarks.md] [--json docs/benchmarks.json]
+       [--repeat N] [--update] [--out docs/benchmarks.md] [--json docs/benchmarks.json]
 
 The cases and the raw baselines are described in ``dfdb.bench``; the servers are
 started here on loopback (as the tests do). ``--quick`` is a smoke test, not a
-measurement. Also runs the SQLite change-log polling benchmark (``sqlite_polling.py``).
+measurement. The reports are rewritten after each backend; ``--update`` keeps the rows
+of the backends not run this time (from the JSON file). Also runs the SQLite
+change-log polling benchmark (``sqlite_polling.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dfdb.bench import BACKENDS, Sizes, run_all, write_reports
+from dfdb.bench import BACKENDS, BenchResult, Sizes, load_results, run_all, write_reports
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,6 +31,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, help="runs of each case (default 5; quick: 2)")
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"))
     parser.add_argument("--json", default=None, help="default: --out with .json")
+    parser.add_argument("--update", action="store_true", help="keep the other backends' rows of the JSON file")
     args = parser.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = sorted(set(backends) - set(BACKENDS))
@@ -39,10 +42,15 @@ def main() -> int:
         if args.repeat < 1:
             parser.error("--repeat must be at least 1")
         sizes = dataclasses.replace(sizes, repeat=args.repeat)
-    results, info = asyncio.run(run_all(backends, sizes, log=sys.stderr))
     out = Path(args.out)
     json_path = Path(args.json) if args.json else out.with_suffix(".json")
-    write_reports(results, info, sizes, quick=args.quick, markdown=out, json_path=json_path)
+    kept = [r for r in load_results(json_path) if r.backend not in backends] if args.update else []
+
+    def write(results: list[BenchResult], info: dict[str, str]) -> None:
+        rows = sorted([*kept, *results], key=lambda r: BACKENDS.index(r.backend) if r.backend in BACKENDS else 99)
+        write_reports(rows, info, sizes, quick=args.quick, markdown=out, json_path=json_path)
+
+    asyncio.run(run_all(backends, sizes, log=sys.stderr, done=write))
     polling = [sys.executable, str(HERE / "sqlite_polling.py")]
     if args.quick:
         polling += ["--sizes", "2000", "--events", "100"]

@@ -904,7 +904,7 @@ def _servers(backends: list[str]) -> Iterator[dict[str, str]]:
                 factory: dict[str, Callable[[], LocalServer]] = {
                     "redis": lambda: RedisServer(appendonly=False),
                     "etcd": EtcdServer,
-                    "zookeeper": ZooKeeperServer,
+                    "zookeeper": lambda: ZooKeeperServer(heap="2g"),  # 100k objects, log included
                 }
                 if backend not in factory:
                     raise InvalidURL(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -926,19 +926,37 @@ SCHEMES = {"memory": "memory", "sqlite": "sqlite", "redis": "redis", "etcd": "et
 
 
 async def run_all(
-    backends: list[str], sizes: Sizes, *, log: TextIO | None = None
+    backends: list[str],
+    sizes: Sizes,
+    *,
+    log: TextIO | None = None,
+    done: Callable[[list[BenchResult], dict[str, str]], None] | None = None,
 ) -> tuple[list[BenchResult], dict[str, str]]:
     """Every case on each backend in ``backends`` (servers started here); returns the
-    rows and the versions."""
+    rows and the versions. ``done`` is called with the rows so far after each backend."""
     info = versions()
     results: list[BenchResult] = []
-    with _servers(backends) as urls:
-        for backend in backends:
+    for backend in backends:  # one server at a time
+        with _servers([backend]) as urls:
             if log is not None:
                 print(f"{backend} at {urls[backend]}", file=log, flush=True)
-            info[f"url {backend}"] = urls[backend]
             results += await run_backend(backend, urls[backend], sizes, log=log)
+        if done is not None:
+            done(results, info)
     return results, info
+
+
+def load_results(path: Path) -> list[BenchResult]:
+    """The rows of a JSON report written by :func:`write_reports`."""
+    rows = json.loads(path.read_text())["results"]
+    names = {f.name for f in dataclasses.fields(BenchResult)}
+    out = []
+    for row in rows:
+        fields = {k: v for k, v in row.items() if k in names}
+        if fields.get("pooled") is not None:
+            fields["pooled"] = tuple(fields["pooled"])
+        out.append(BenchResult(**fields))
+    return out
 
 
 def write_reports(

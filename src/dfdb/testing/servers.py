@@ -336,10 +336,12 @@ class ZooKeeperServer(LocalServer):
     binary = "java"
     classpath = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
 
-    def __init__(self, members: int = 1) -> None:
+    def __init__(self, members: int = 1, *, heap: str = "256m") -> None:
         if members < 1:
             raise ServerUnavailable("zookeeper: --members must be at least 1")
         super().__init__(members)
+        self.heap = heap
+        """The JVM's -Xmx: ZooKeeper holds every node in memory."""
         self.client_ports = [free_port() for _ in range(members)]
         self.quorum_ports = [(free_port(), free_port()) for _ in range(members)]
 
@@ -391,7 +393,7 @@ class ZooKeeperServer(LocalServer):
         if java is None:
             raise ServerUnavailable("java is not installed (scripts/install-servers.sh zookeeper)")
         args = [
-            java, "-Xmx256m", "-Dzookeeper.admin.enableServer=false", "-cp", self.classpath,
+            java, f"-Xmx{self.heap}", "-Dzookeeper.admin.enableServer=false", "-cp", self.classpath,
             "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self._config(index)),
         ]  # fmt: skip
         with open(self.workdir / f"m{index}.log", "ab") as log:
