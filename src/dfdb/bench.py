@@ -164,9 +164,15 @@ class _Namespaces:
         self.tmp = tmp
         self.made: list[str] = []
 
+    def remember(self, name: str) -> str:
+        """Note ``name`` for removal at the end; returns it."""
+        if name not in self.made:
+            self.made.append(name)
+        return name
+
     def url(self, name: str, **options: str) -> DatabaseURL:
         base = self.base
-        self.made.append(name)
+        self.remember(name)
         opts = {**base.options, **options}
         if base.scheme == "memory":
             return dataclasses.replace(base, path=name, options=opts)
@@ -641,8 +647,7 @@ async def run_backend(
         return spaces.url(f"bench-{run}", **options)
 
     def raw_ns(run: str) -> str:
-        spaces.made.append(f"bench-raw-{run}")
-        return f"bench-raw-{run}"
+        return spaces.remember(f"bench-raw-{run}")
 
     async with contextlib.AsyncExitStack() as stack:
         if raw is not None:
