@@ -180,11 +180,12 @@ class EventSource(ABC):
     bytes_read: int = 0
     """The size of those records as the driver received them (keys, values, metadata)."""
 
-    def _count_read(self, events: Iterable[RawEvent]) -> None:
-        """Count ``events`` as read (for sources that receive them whole)."""
-        for ev in events:
+    def _count_read(self, records: Iterable[RawEvent | Entry]) -> None:
+        """Count ``records`` (events, or the entries of a listing) as read, for sources
+        that receive them whole: table, id, topic, value and 16 bytes of metadata each."""
+        for r in records:
             self.records_read += 1
-            self.bytes_read += len(ev.table or "") + len(ev.id) + len(ev.topic or "") + len(ev.value or b"") + 16
+            self.bytes_read += len(r.table or "") + len(r.id) + len(r.topic or "") + len(r.value or b"") + 16
 
     @staticmethod
     def _below(buffer: Sequence[RawEvent], position: int) -> int:

@@ -85,10 +85,9 @@ class SnapshotPoller(EventSource):
                     entries.extend(listing.entries)
                     revision = max(revision, listing.revision)
                     self._listed_at[(table, topic)] = listing.revision
+            self._count_read(entries)
             for entry in entries:
                 state[(entry.table, entry.id)] = entry
-                self.records_read += 1
-                self.bytes_read += len(entry.table) + len(entry.id) + len(entry.topic or "") + len(entry.value) + 16
         return state, revision
 
     def _deleted_at(self, entry: Entry, fallback: int) -> int:
