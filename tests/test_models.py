@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 import dfdb
-from dfdb.model import model_for_table, references
 from dfdb.models import Chassis, LogicalPort, LogicalRouter, LogicalSwitch, SecurityGroup, Subnet
+from dfdb.nbmodel import model_for_table, references
 
 
 class Widget(dfdb.NbModel, table="test_widget"):

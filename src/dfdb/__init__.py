@@ -6,6 +6,8 @@ from :mod:`dfdb.drivers`.
 
 from __future__ import annotations
 
+import logging
+
 from dfdb.errors import (
     AlreadyExistsError,
     BackendTimeoutError,
@@ -24,12 +26,14 @@ from dfdb.errors import (
     UnknownDriverError,
 )
 from dfdb.events import Action, ChangeEvent, ChangeStream
-from dfdb.model import NbModel, Ref, dependency_order, registered_models
 from dfdb.nb import ListResult, NbApi, connect, revision_of
+from dfdb.nbmodel import NbModel, Ref, dependency_order, registered_models
 from dfdb.replica import ChassisTopics, Replica, ReplicaEvent, ReplicaEvents, ReplicaStats, SyncMode
 from dfdb.url import DatabaseURL
 
 __version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "ChassisTopics",

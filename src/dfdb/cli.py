@@ -20,8 +20,8 @@ import dfdb.models  # noqa: F401  (registers the network model set)
 from dfdb.drivers.base import ABSENT
 from dfdb.errors import AlreadyExistsError, ConfigurationError, DfdbError
 from dfdb.events import Action
-from dfdb.model import NbModel, model_for_table, registered_models
 from dfdb.nb import NbApi, connect
+from dfdb.nbmodel import NbModel, model_for_table, registered_models
 
 __all__ = ["DEFAULT_URL", "DEMO_URL", "main"]
 

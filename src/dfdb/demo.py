@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from dfdb.events import Action, parse_cursor
-from dfdb.model import NbModel
 from dfdb.models import (
     Chassis,
     FloatingIp,
@@ -34,6 +33,7 @@ from dfdb.models import (
     Subnet,
 )
 from dfdb.nb import NbApi
+from dfdb.nbmodel import NbModel
 from dfdb.replica import ChassisTopics, Replica, SyncMode
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]

@@ -13,11 +13,11 @@ from typing import Any
 
 from dfdb.drivers.base import EventSource, RawEvent
 from dfdb.errors import CorruptObjectError, StreamClosedError
-from dfdb.model import NbModel
+from dfdb.nbmodel import NbModel
 
 __all__ = ["Action", "ChangeEvent", "ChangeStream", "format_cursor", "parse_cursor"]
 
-log = logging.getLogger("dfdb")
+log = logging.getLogger(__name__)
 
 _DEDUP_KEYS = 200_000
 

@@ -31,13 +31,13 @@ from dfdb.errors import (
     StreamClosedError,
 )
 from dfdb.events import ChangeStream, format_cursor, parse_cursor
-from dfdb.model import NbModel, validate_key
+from dfdb.nbmodel import NbModel, validate_key
 from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
 from dfdb.url import DatabaseURL
 
 __all__ = ["ListResult", "NbApi", "Notifications", "connect", "revision_of"]
 
-log = logging.getLogger("dfdb")
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=NbModel)
 T = TypeVar("T")

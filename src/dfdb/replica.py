@@ -27,13 +27,13 @@ from typing import Any, TypeVar
 
 from dfdb.errors import BackendUnavailableError, NotFoundError, StreamClosedError
 from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
-from dfdb.model import NbModel, Ref, dependency_order, validate_key
 from dfdb.nb import NbApi
+from dfdb.nbmodel import NbModel, Ref, dependency_order, validate_key
 from dfdb.retry import Backoff
 
 __all__ = ["ChassisTopics", "Replica", "ReplicaEvent", "ReplicaEvents", "ReplicaStats", "SyncMode"]
 
-log = logging.getLogger("dfdb")
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=NbModel)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 __all__ = ["Backoff", "checkpoint", "raise_if_cancelling"]
 
-log = logging.getLogger("dfdb")
+log = logging.getLogger(__name__)
 
 
 def checkpoint() -> None:

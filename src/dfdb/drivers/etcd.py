@@ -79,7 +79,7 @@ from dfdb.url import DatabaseURL
 
 __all__ = ["EtcdDriver", "EtcdSource"]
 
-log = logging.getLogger("dfdb")
+log = logging.getLogger(__name__)
 
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,

@@ -28,7 +28,7 @@ from dfdb.retry import Backoff, checkpoint
 
 __all__ = ["ChangeBatch", "ChangeLogPoller", "ChangeReader", "SnapshotPoller"]
 
-log = logging.getLogger("dfdb")
+log = logging.getLogger(__name__)
 
 _Key = tuple[str, str]
 _ALL = "\x00all"  # marks a listing of every topic (no topic can contain a control character)

@@ -66,7 +66,7 @@ from dfdb.url import DatabaseURL
 
 __all__ = ["RedisDriver"]
 
-log = logging.getLogger("dfdb")
+log = logging.getLogger(__name__)
 
 _READ_COUNT = 1000
 _SCAN_BATCH = 1000

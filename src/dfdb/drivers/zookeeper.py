@@ -88,7 +88,7 @@ from dfdb.url import DatabaseURL
 
 __all__ = ["ZooKeeperDriver", "ZooKeeperSource"]
 
-log = logging.getLogger("dfdb")
+log = logging.getLogger(__name__)
 
 _ACTIONS = {b"c": "create", b"u": "update", b"d": "delete"}
 _CODES = {v: k for k, v in _ACTIONS.items()}

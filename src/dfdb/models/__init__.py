@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from dfdb.model import NbModel, Ref
+from dfdb.nbmodel import NbModel, Ref
 
 __all__ = [
     "Chassis",
