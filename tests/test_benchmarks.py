@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dfdb.testing.servers import RedisServer, require_servers
+from dfdb.servers import EtcdServer, RedisServer, ZooKeeperServer
+from dfdb.testing.servers import require_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,8 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
     """Every case on every backend, the markdown table and the JSON file."""
     import json
-
-    from dfdb.testing.servers import EtcdServer, ZooKeeperServer
 
     if not all(s.available() for s in (RedisServer, EtcdServer, ZooKeeperServer)) and not require_servers():
         pytest.skip("redis-server, etcd or ZooKeeper is not installed")

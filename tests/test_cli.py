@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import dfdb
 from dfdb.cli import main
-from dfdb.drivers import memory
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +72,7 @@ def test_usage_mistakes_are_exit_2() -> None:
     assert_one_line_error(dfdb_cmd("put", "lswitch", "{bad json"), 2, "not valid JSON")
     assert_one_line_error(dfdb_cmd("put", "lswitch", '{"id": "a/b"}'), 2, "invalid lswitch")
     assert_one_line_error(dfdb_cmd("server", "run", "nosuch"), 2, "no server backend")
+    assert_one_line_error(dfdb_cmd("server", "run", "redis", "--members", "3"), 2, "single servers")
     assert_one_line_error(dfdb_cmd("--timeout", "0", "ls", "lswitch"), 2, "--timeout")
     assert_one_line_error(dfdb_cmd("watch", "lswitch", "--since", "garbage"), 2, "cursor")
     assert dfdb_cmd().returncode == 2
@@ -86,12 +88,16 @@ def test_dfdb_url_environment_variable_is_used() -> None:
 
 @pytest.fixture
 def shared_store() -> Iterator[str]:
-    """Keeps memory://cli-test alive across several in-process command runs."""
-    store = memory._Store("cli-test", 1000)
-    store.users += 1
-    memory._STORES["cli-test"] = store
-    yield "memory://cli-test"
-    memory._STORES.pop("cli-test", None)
+    """Keeps memory://cli-test alive across several in-process command runs: a named
+    memory store lives while a connection to it is open."""
+    url = "memory://cli-test"
+    with asyncio.Runner() as runner:
+        nb = dfdb.connect(url)
+        runner.run(nb.__aenter__())
+        try:
+            yield url
+        finally:
+            runner.run(nb.aclose())
 
 
 def test_admin_commands_round_trip(shared_store: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,3 +146,31 @@ def test_bench_runs_the_cases_on_the_given_database(tmp_path: Path) -> None:
 def test_bench_refuses_an_unknown_backend() -> None:
     result = dfdb_cmd("--db", "nosuch://x", "bench", "--quick")
     assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+def test_server_run_stops_on_sigterm_and_deletes_its_data() -> None:
+    import signal
+
+    from dfdb.servers import RedisServer
+    from dfdb.testing.servers import require_servers
+
+    if not RedisServer.available():
+        if require_servers():
+            pytest.fail("redis-server is not installed and DFDB_REQUIRE_SERVERS is set")
+        pytest.skip("redis-server is not installed")
+    proc = subprocess.Popen([sys.executable, "-m", "dfdb", "server", "run", "redis"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("serving on redis://127.0.0.1:"), line
+        workdir = Path(line.split("(data in ", 1)[1].split(")", 1)[0])
+        assert workdir.is_dir()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert not workdir.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -12,11 +12,13 @@ import pytest
 
 import dfdb
 from dfdb.events import parse_cursor
-from dfdb.testing.servers import LocalServer, require_servers
+from dfdb.servers import LocalServer
+from dfdb.testing.servers import require_servers
 
 
 class Watcher:
-    """Follows ``model`` through one stream; on RESYNC relists (the reconcile of DESIGN.md)."""
+    """Follows ``model`` through one stream; on RESYNC it lists the table again and
+    replaces its view, as a Replica reconciles."""
 
     def __init__(self, nb: dfdb.NbApi, model: type[dfdb.NbModel]) -> None:
         self.nb = nb

@@ -293,7 +293,7 @@ async def _bench(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from dfdb.testing.servers import SERVERS, run_foreground
+    from dfdb.servers import SERVERS, run_foreground
 
     factory = SERVERS.get(args.backend)
     if factory is None:

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 import dfdb
+from dfdb.servers import EtcdServer, LocalServer, RedisServer, ZooKeeperServer
 from dfdb.testing.leaks import ResourceSnapshot
-from dfdb.testing.servers import LocalServer, require_servers
+from dfdb.testing.servers import require_servers
 
 DEFAULT_URLS = ["memory://{name}"]
 
@@ -81,24 +82,18 @@ def _server_or_skip(factory: Callable[[], LocalServer]) -> Iterator[LocalServer]
 @pytest.fixture(scope="session")
 def dfdb_redis_server() -> Iterator[LocalServer]:
     """A ``redis-server`` on a free loopback port for the whole session (``{redis}`` in URLs)."""
-    from dfdb.testing.servers import RedisServer
-
     yield from _server_or_skip(lambda: RedisServer(appendonly=False))
 
 
 @pytest.fixture(scope="session")
 def dfdb_etcd_server() -> Iterator[LocalServer]:
     """A single ``etcd`` member on free loopback ports for the whole session (``{etcd}`` in URLs)."""
-    from dfdb.testing.servers import EtcdServer
-
     yield from _server_or_skip(lambda: EtcdServer())
 
 
 @pytest.fixture(scope="session")
 def dfdb_zookeeper_server() -> Iterator[LocalServer]:
     """A standalone ZooKeeper on a free loopback port for the whole session (``{zookeeper}`` in URLs)."""
-    from dfdb.testing.servers import ZooKeeperServer
-
     yield from _server_or_skip(lambda: ZooKeeperServer())
 
 
