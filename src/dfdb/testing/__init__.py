@@ -12,6 +12,8 @@ A third-party driver runs the same behaviour tests as the built-in ones::
 
 ``{name}`` in a URL is replaced by a fresh name for every test, so that each test
 starts from an empty namespace. ``--dfdb-url URL`` (repeatable) overrides the ini.
+``{redis}``, ``{etcd}`` and ``{zookeeper}`` in a URL start a local server for the
+session with :mod:`dfdb.servers` (the code behind ``dfdb server run``).
 """
 
 from __future__ import annotations
