@@ -16,6 +16,7 @@ def test_all_is_the_public_namespace() -> None:
         "retry",
         "models",
         "testing",
+        "servers",
         "cli",
         "demo",
         "replica",
