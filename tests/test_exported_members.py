@@ -9,7 +9,7 @@ def test_all_is_the_public_namespace() -> None:
         "annotations",
         "errors",
         "events",
-        "model",
+        "nbmodel",
         "nb",
         "url",
         "drivers",

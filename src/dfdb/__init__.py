@@ -6,7 +6,7 @@ from :mod:`dfdb.drivers`.
 
 from __future__ import annotations
 
-import logging
+import logging as _logging
 
 from dfdb.errors import (
     AlreadyExistsError,
@@ -33,7 +33,7 @@ from dfdb.url import DatabaseURL
 
 __version__ = "0.1.0"
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 __all__ = [
     "ChassisTopics",
