@@ -71,6 +71,7 @@ class MemoryDriver(Driver):
     """The embedded in-process driver; see the module documentation."""
 
     capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
+    max_value_size = 16 * 1024 * 1024  # a bound of our own: the store keeps each value in its history too
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)
