@@ -409,6 +409,11 @@ class Driver(ABC):
                 after ``since`` is gone the source yields a ``resync`` event first.
         """
 
+    async def tables(self) -> Sequence[str] | None:
+        """The names of the tables that hold at least one entry, sorted; ``None`` when the
+        driver cannot tell (tools such as ``dfdb copy`` then use the registered models' tables)."""
+        return None
+
     @abstractmethod
     async def allocate_unique_key(self, table: str) -> int:
         """A positive integer never returned before for ``table`` on this backend."""

@@ -10,6 +10,7 @@ least one of them is open; ``memory://`` alone is a private store.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import itertools
 import uuid
 from collections import defaultdict
@@ -150,6 +151,9 @@ class MemoryDriver(Driver):
     ) -> EventSource:
         store = self._s()
         return self._track(_MemorySource(store, tables, topics, store.revision if since is None else since))
+
+    async def tables(self) -> builtins.list[str]:
+        return sorted(name for name, rows in self._s().tables.items() if rows)
 
     async def allocate_unique_key(self, table: str) -> int:
         return next(self._s().counters[table])
