@@ -163,13 +163,13 @@ def test_copy_reads_one_consistent_snapshot(tmp_path: Path, capsys: pytest.Captu
 
     async def run() -> tuple[int, set[str], set[str]]:
         async with dfdb.connect(source) as nb:
-            await nb.create_many([PairA(id=f"p{i}") for i in range(2000)])
-            await nb.create_many([PairB(id=f"p{i}") for i in range(2000)])
+            await nb.create_many([PairA(id=f"p{i}") for i in range(1000)])
+            await nb.create_many([PairB(id=f"p{i}") for i in range(1000)])
             stop = asyncio.Event()
 
             async def writer() -> None:
-                i = 2000
-                while not stop.is_set() and i < 2300:
+                i = 1000
+                while not stop.is_set() and i < 1300:
                     await nb.create(PairA(id=f"p{i}"))
                     await nb.create(PairB(id=f"p{i}"))
                     i += 1
@@ -186,5 +186,5 @@ def test_copy_reads_one_consistent_snapshot(tmp_path: Path, capsys: pytest.Captu
 
     status, a, b = asyncio.run(run())
     assert status == 0, capsys.readouterr().err
-    assert len(a) >= 2000
+    assert len(a) >= 1000
     assert b <= a and len(a - b) <= 1, (len(a), len(b), sorted(b - a)[:5])
