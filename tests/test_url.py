@@ -44,3 +44,10 @@ def test_bad_password_url_error_is_masked() -> None:
     with pytest.raises(dfdb.InvalidURL) as info:
         DatabaseURL.parse("x")
     assert "x" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN", "1e999"])
+def test_float_options_must_be_finite(text: str) -> None:
+    url = DatabaseURL.parse(f"etcd://h?timeout={text}")
+    with pytest.raises(dfdb.InvalidURL, match="timeout"):
+        url.float_option("timeout", 3.0)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import itertools
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -17,11 +19,13 @@ from typing import Any, NoReturn, TextIO
 from pydantic import ValidationError
 
 import dfdb.models  # noqa: F401  (registers the network model set)
-from dfdb.drivers.base import ABSENT
+from dfdb.drivers.base import ABSENT, Driver, Entry, Listing
 from dfdb.errors import AlreadyExistsError, ConfigurationError, DfdbError
 from dfdb.events import Action
-from dfdb.nb import NbApi, connect
+from dfdb.nb import NbApi, connect, unknown_fields
 from dfdb.nbmodel import NbModel, model_for_table, registered_models
+from dfdb.retry import Backoff
+from dfdb.url import DatabaseURL
 
 __all__ = ["DEFAULT_URL", "DEMO_URL", "main"]
 
@@ -32,6 +36,9 @@ terminals see each other's writes."""
 
 DEMO_URL = "memory://"
 """The default database of ``dfdb demo``: in-process, nothing left behind."""
+
+DEFAULT_TIMEOUT = 5.0
+"""Seconds before an unreachable server is an error, unless ``--timeout`` or the URL says otherwise."""
 
 
 class UsageError(Exception):
@@ -47,7 +54,11 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dfdb", description="dfdb: a pluggable northbound database with loss-free change streams.")
     p.add_argument("--db", help="database URL (default: $DFDB_URL, else the embedded default)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds before an unreachable server is an error")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        help=f"seconds before an unreachable server is an error (default: the URL's timeout, else {DEFAULT_TIMEOUT:g})",
+    )
     p.add_argument("--models", action="append", default=[], metavar="MODULE", help="import MODULE to register models")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -103,6 +114,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds: {text}")
+    return value
+
+
 def _natural(text: str) -> int:
     try:
         value = int(text)
@@ -125,24 +146,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "server":
             return _server(args)  # synchronous: Ctrl-C must reach it at once
         return asyncio.run(_run(args, sys.stdout))
-    except UsageError as exc:
-        print(f"dfdb: error: {exc}", file=sys.stderr)
-        return 2
-    except ConfigurationError as exc:
-        print(f"dfdb: error: {exc}", file=sys.stderr)
-        return 2
+    except (UsageError, ConfigurationError) as exc:
+        return _fail(2, f"error: {exc}")
     except DfdbError as exc:
-        print(f"dfdb: {exc}", file=sys.stderr)
-        return 1
+        return _fail(1, str(exc))
+    except ValueError as exc:  # an invalid id, topic or object given on the command line
+        return _fail(2, f"error: {exc}")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # one line, never a traceback
+        return _fail(1, f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def _fail(status: int, message: str) -> int:
+    """Print ``message`` as one line on stderr; return ``status``."""
+    line = " ".join(message.split())
+    print(f"dfdb: {line}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+    return status
 
 
 def _url(args: argparse.Namespace) -> str:
     default = DEMO_URL if args.command == "demo" else DEFAULT_URL
     return str(args.db or os.environ.get("DFDB_URL") or default)
+
+
+def _connect(url: str, timeout: float | None) -> NbApi:
+    """``connect(url)``: ``--timeout`` when given wins over the URL's ``timeout``, which
+    wins over :data:`DEFAULT_TIMEOUT`."""
+    if timeout is None and "timeout" not in DatabaseURL.parse(url).options:
+        timeout = DEFAULT_TIMEOUT
+    return connect(url, timeout=timeout)
 
 
 def _model(table: str) -> type[NbModel]:
@@ -158,9 +193,7 @@ def _json(obj: NbModel) -> str:
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
-    nb = connect(_url(args), timeout=args.timeout)
+    nb = _connect(_url(args), args.timeout)
     async with nb:
         command = args.command
         if command == "demo":
@@ -201,14 +234,14 @@ async def _put(nb: NbApi, model: type[NbModel], text: str) -> NbModel:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "object"
         raise UsageError(f"invalid {model.__table__}: {where}: {first.get('msg')}") from None
+    unknown = unknown_fields(data, obj.model_dump())
+    if unknown:
+        raise UsageError(f"invalid {model.__table__}: unknown field {', '.join(map(repr, unknown))}")
     try:
-        return await nb.create(obj)
-    except AlreadyExistsError:
-        pass
-    changes = obj.model_dump(exclude={"id", "version"})
-    try:
-        return await nb.patch(model, obj.id, **changes)
+        return await nb.put(obj)
     except ValueError as exc:
+        if isinstance(exc, DfdbError):
+            raise
         raise UsageError(str(exc)) from None
 
 
@@ -239,15 +272,24 @@ async def _watch(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-async def _copy(source: NbApi, to_url: str, limit: float) -> int:
+async def _copy(source: NbApi, to_url: str, limit: float | None) -> int:
+    """Copy every table of ``source`` (raw values: no model needed) from one consistent
+    snapshot; objects already at the target are left unchanged (exit status 1)."""
     tty = sys.stderr.isatty()
+    driver = source.driver
+    listed = await driver.tables()
+    if listed is None:
+        print(
+            f"dfdb: the {source.url.scheme}:// backend cannot list its tables: "
+            "copying the tables of the registered models (--models adds more)",
+            file=sys.stderr,
+        )
+    snapshot = await _snapshot(driver, listed is None, source.timeout)
     copied = skipped = 0
-    async with connect(to_url, timeout=limit) as target:
-        for model in registered_models():
-            table = model.__table__
-            listing = await source.driver.list(table)
-            total = len(listing.entries)
-            for n, entry in enumerate(sorted(listing.entries, key=lambda e: e.id), 1):
+    async with _connect(to_url, limit) as target:
+        for table, entries in snapshot.items():
+            total = len(entries)
+            for n, entry in enumerate(entries, 1):
                 try:
                     await target.driver.put(table, entry.id, entry.topic, entry.value, ABSENT)
                     copied += 1
@@ -259,8 +301,50 @@ async def _copy(source: NbApi, to_url: str, limit: float) -> int:
                 print(file=sys.stderr)
             elif total:
                 print(f"{table}: {total}/{total}", file=sys.stderr)
-    print(f"copied {copied} objects to {target.url}; {skipped} already there (left unchanged)", file=sys.stderr)
+    tables = sum(1 for entries in snapshot.values() if entries)
+    print(
+        f"copied {copied} objects of {tables} tables to {target.url}; {skipped} already there (left unchanged)",
+        file=sys.stderr,
+    )
     return 1 if skipped else 0
+
+
+async def _snapshot(driver: Driver, registered_only: bool, limit: float) -> dict[str, list[Entry]]:
+    """Every table's entries as of one moment, sorted by id.
+
+    The tables are listed one after another; when their listings name one revision, no
+    write came between them. Otherwise they are listed again until two rounds agree on
+    every entry's revision (nothing changed in between, so the first round is a state
+    the database had), for at most ``limit`` seconds.
+
+    Raises:
+        DfdbError: writers kept changing the tables for ``limit`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    previous: dict[str, list[tuple[str, int]]] | None = None
+    backoff = Backoff(initial=0.02, maximum=0.5)
+    for attempt in itertools.count():
+        if registered_only:
+            names = sorted(m.__table__ for m in registered_models())
+        else:
+            names = list(await driver.tables() or ())
+        listings: dict[str, Listing] = {name: await driver.list(name) for name in names}
+        if len({listing.revision for listing in listings.values()}) <= 1:
+            return _sorted_entries(listings)
+        keys = {name: sorted((e.id, e.revision) for e in listing.entries) for name, listing in listings.items()}
+        if keys == previous:
+            return _sorted_entries(listings)
+        previous = keys
+        delay = backoff.delay(attempt)
+        if loop.time() + delay >= deadline:
+            break
+        await asyncio.sleep(delay)
+    raise DfdbError(f"writers kept changing the source for {limit:g}s: pause them and copy again (or raise --timeout)")
+
+
+def _sorted_entries(listings: dict[str, Listing]) -> dict[str, list[Entry]]:
+    return {name: sorted(listing.entries, key=lambda e: e.id) for name, listing in listings.items()}
 
 
 async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import itertools
 import json
 import logging
+import math
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, cast
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from dfdb.drivers import driver_class
 from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, EventSource, Expect, PutRequest
@@ -26,9 +29,11 @@ from dfdb.errors import (
     ConflictError,
     CorruptObjectError,
     DfdbError,
+    InvalidURL,
     NotFoundError,
     OutcomeUnknownError,
     StreamClosedError,
+    ValueTooLargeError,
 )
 from dfdb.events import ChangeStream, format_cursor, parse_cursor
 from dfdb.nbmodel import NbModel, validate_key
@@ -44,9 +49,12 @@ T = TypeVar("T")
 
 Notifications = Literal["auto", "native", "poll"]
 
-PATCH_ATTEMPTS = 10
 BATCH_CHUNK = 256
 _WRITE_ID = b'{"_w":"'
+_SHARED_OPTIONS = ("poll_interval", "timeout")
+"""URL options that configure the NbApi and that a driver may read too (its own per-call timeout)."""
+_CONFLICT_BACKOFF = Backoff(initial=0.001, maximum=0.1)
+"""Pauses between ``patch``/``put`` attempts that met a concurrent writer: short, jittered, growing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,19 +84,24 @@ def connect(
         timeout: seconds a call may take, retries included, before
             ``BackendUnavailableError`` (default 10).
 
+    A ``timeout`` or ``poll_interval`` in the URL also reaches the driver when it
+    reads that option itself (etcd's and ZooKeeper's per-call timeout, SQLite's
+    change-log poll interval); a keyword argument sets only the NbApi's.
+
     Raises:
-        InvalidURL, UnknownDriverError, MissingDependencyError: a configuration mistake.
+        InvalidURL, UnknownDriverError, MissingDependencyError: a configuration mistake
+            (also a ``nan``, infinite, zero or negative ``timeout`` or ``poll_interval``).
     """
     parsed = DatabaseURL.parse(url)
     mode = notifications or parsed.option("notifications", "auto")
     if mode not in ("auto", "native", "poll"):
         raise ConfigurationError(f"notifications must be auto, native or poll, not {mode!r}")
-    interval = poll_interval if poll_interval is not None else parsed.float_option("poll_interval", 0.5)
-    limit = timeout if timeout is not None else parsed.float_option("timeout", 10.0)
-    if interval <= 0 or limit <= 0:
-        raise ConfigurationError("poll_interval and timeout must be positive")
-    driver_url = parsed.without_options("notifications", "poll_interval", "timeout")
-    driver = driver_class(driver_url)(driver_url)
+    # the URL's values are checked even when a keyword argument wins
+    url_interval = parsed.float_option("poll_interval", 0.5)
+    url_limit = parsed.float_option("timeout", 10.0)
+    interval = _seconds("poll_interval", poll_interval if poll_interval is not None else url_interval)
+    limit = _seconds("timeout", timeout if timeout is not None else url_limit)
+    driver = _build_driver(parsed.without_options("notifications"))
     if mode == "native" and not driver.capabilities & (Capability.NATIVE_STREAM | Capability.CHANGE_LOG):
         raise ConfigurationError(f"the {parsed.scheme}:// driver has no native change stream")
     return NbApi(driver, notifications=cast(Notifications, mode), poll_interval=interval, timeout=limit)
@@ -113,9 +126,13 @@ class NbApi:
         self.driver = driver
         """The driver underneath (for driver authors and tools)."""
         self.notifications = notifications
-        self.poll_interval = poll_interval
-        self.timeout = timeout
+        self.poll_interval = _seconds("poll_interval", poll_interval)
+        self.timeout = _seconds("timeout", timeout)
         self.backoff = backoff or Backoff()
+        self.retries = 0
+        """Calls retried after a connection failure or a timeout (each retry counts once)."""
+        self.conflict_retries = 0
+        """``patch`` and ``put`` attempts repeated because a concurrent writer came first."""
         self._identity: str | None = None
         self._state = "new"
 
@@ -200,11 +217,19 @@ class NbApi:
                 attempt += 1
                 if loop.time() + delay >= deadline:
                     raise self._unavailable(what, exc) from exc
-                await asyncio.sleep(delay)
+                await self._pause(what, exc, attempt, delay)
+
+    async def _pause(self, what: str, exc: BaseException, attempt: int, delay: float) -> None:
+        """Count and log one retry of ``what``, then sleep ``delay`` seconds."""
+        self.retries += 1
+        log.debug("%s on %s failed (%s); retry %d in %.3fs", what, self.url, self._reason(exc), attempt, delay)
+        await asyncio.sleep(delay)
+
+    def _reason(self, exc: BaseException) -> str:
+        return str(exc) or f"no answer within {self.timeout:g}s"
 
     def _unavailable(self, what: str, exc: BaseException) -> BackendUnavailableError:
-        reason = str(exc) or f"no answer within {self.timeout:g}s"
-        return BackendUnavailableError(f"{self.url}: {what} failed: {reason}")
+        return BackendUnavailableError(f"{self.url}: {what} failed: {self._reason(exc)}")
 
     async def _write(
         self, table: str, id: str, topic: str | None, value: bytes, wid: bytes, expect: Expect, *, sent: bool = False
@@ -249,25 +274,50 @@ class NbApi:
                 attempt += 1
                 if loop.time() + delay >= deadline:
                     raise OutcomeUnknownError(
-                        f"{self.url}: write of {table}/{id} failed and its outcome is unknown: "
-                        f"{exc or f'no answer within {self.timeout:g}s'}"
+                        f"{self.url}: write of {table}/{id} failed and its outcome is unknown: {self._reason(exc)}"
                     ) from exc
-                await asyncio.sleep(delay)
+                await self._pause(f"write of {table}/{id}", exc, attempt, delay)
 
     # ----------------------------------------------------------------- encoding
-    def _encode(self, obj: NbModel) -> tuple[bytes, bytes]:
+    def _prepare(self, obj: M, version: int) -> tuple[M, bytes, bytes]:
+        """Validate ``obj`` at ``version`` and encode it: (the stored object, value, write id).
+
+        Every write passes here, so nothing unvalidated is stored whatever way ``obj`` was
+        built (``model_copy(update=…)`` and ``model_construct`` skip pydantic's checks).
+
+        Raises:
+            TypeError: ``obj`` is not an object of a stored model.
+            ValueError: the object or its key is invalid.
+            ValueTooLargeError: the encoded value exceeds the driver's ``max_value_size``.
+        """
+        model = cast(type[M], _model_of(obj))
+        table = model.__table__
+        validate_key(obj.id)
+        if obj.topic is not None:
+            validate_key(obj.topic, "topic")
+        draft = obj.model_copy(update={"version": version})
+        try:
+            body = draft.__pydantic_serializer__.to_json(draft, warnings=False)
+            new = model.model_validate_json(body)
+        except ValidationError as exc:
+            raise ValueError(f"invalid {table}/{obj.id}: {_first_error(exc)}") from exc
+        except PydanticSerializationError as exc:
+            raise ValueError(f"invalid {table}/{obj.id}: {exc}") from exc
+        if new.__dict__ != draft.__dict__:
+            body = new.__pydantic_serializer__.to_json(new)  # the validated form (coerced values)
         wid = uuid.uuid4().hex.encode()
-        body = obj.__pydantic_serializer__.to_json(obj)
-        return _WRITE_ID + wid + b'",' + body[1:], wid
+        value = _WRITE_ID + wid + b'",' + body[1:]
+        limit = self.driver.max_value_size
+        if limit is not None and len(value) > limit:
+            raise ValueTooLargeError(table, obj.id, len(value), limit, f"{self.url.scheme}://")
+        return new, value, wid
 
     @staticmethod
     def _decode(model: type[M], id: str, topic: str | None, value: bytes, revision: int) -> M:
         try:
             obj = model.model_validate_json(value)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "value"
-            raise CorruptObjectError(model.__table__, id, f"{where}: {first.get('msg')}") from None
+            raise CorruptObjectError(model.__table__, id, _first_error(exc)) from None
         if obj.id != id or obj.topic != topic:
             raise CorruptObjectError(model.__table__, id, f"stored object names {obj.topic}/{obj.id}")
         object.__setattr__(obj, "__pydantic_private__", {"_dfdb_origin": (revision, topic)})
@@ -282,13 +332,12 @@ class NbApi:
 
         Raises:
             AlreadyExistsError: an object with that (table, id) exists.
+            ValueError: the object or its key is invalid (``ValueTooLargeError``: too large).
         """
         self._check()
-        model = _model_of(obj)
-        new = obj.model_copy(update={"version": 1})
-        value, wid = self._encode(new)
-        revision = await self._write(model.__table__, obj.id, obj.topic, value, wid, ABSENT)
-        object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (revision, obj.topic)})
+        new, value, wid = self._prepare(obj, 1)
+        revision = await self._write(type(new).__table__, new.id, new.topic, value, wid, ABSENT)
+        object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (revision, new.topic)})
         return new
 
     async def update(self, obj: M) -> M:
@@ -300,51 +349,115 @@ class NbApi:
         Raises:
             ConflictError: the object changed since ``obj`` was read.
             NotFoundError: the object does not exist.
-            ValueError: ``obj.topic`` differs from the stored topic.
+            CorruptObjectError: ``obj`` was not read through an NbApi and the stored value
+                is corrupt (use :meth:`put` to replace it).
+            ValueError: the object or its key is invalid, or ``obj.topic`` differs from the
+                stored topic.
         """
         self._check()
         model = _model_of(obj)
         table = model.__table__
+        if type(obj.version) is not int:
+            raise ValueError(f"invalid {table}/{obj.id}: version must be an integer, not {obj.version!r}")
+        new, value, wid = self._prepare(obj, obj.version + 1)
         origin = obj._dfdb_origin
         if origin is None:
-            current = await self._retry(lambda: self.driver.get(table, obj.id), "get")
+            current = await self._retry(lambda: self.driver.get(table, new.id), "get")
             if current is None:
-                raise NotFoundError(f"{table}/{obj.id} not found")
+                raise NotFoundError(f"{table}/{new.id} not found")
             stored = self._decode_entry(model, current)
             if stored.version != obj.version:
-                raise ConflictError(f"{table}/{obj.id} is at version {stored.version}, not {obj.version}")
+                raise ConflictError(f"{table}/{new.id} is at version {stored.version}, not {obj.version}")
             origin = (current.revision, current.topic)
-        if origin[1] != obj.topic:
-            raise ValueError(
-                f"{table}/{obj.id}: the topic is fixed for an object's life "
-                f"({origin[1]!r} -> {obj.topic!r}); delete and create instead"
-            )
-        new = obj.model_copy(update={"version": obj.version + 1})
-        value, wid = self._encode(new)
-        revision = await self._write(table, obj.id, obj.topic, value, wid, origin[0])
-        object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (revision, obj.topic)})
+        _check_topic(table, new.id, origin[1], new.topic)
+        revision = await self._write(table, new.id, new.topic, value, wid, origin[0])
+        object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (revision, new.topic)})
         return new
 
+    async def put(self, obj: M) -> M:
+        """Create or replace the object (table, id) whatever is stored now, a corrupt value
+        included: the way to repair an object that another program wrote badly.
+
+        ``obj.version`` is ignored: the stored object gets the stored version plus one (read
+        from the raw value, so a corrupt one counts too), or 1 when there was none. It is
+        written with compare-and-swap against what was read and read again when another
+        writer came first, until the timeout.
+
+        Raises:
+            ConflictError: concurrent writers kept coming first until the timeout.
+            ValueError: the object or its key is invalid, or ``obj.topic`` differs from the
+                stored topic (topics are fixed: delete and create instead).
+        """
+        self._check()
+        model = _model_of(obj)
+        table = model.__table__
+        validate_key(obj.id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        attempt = 0
+        while True:
+            current = await self._retry(lambda: self.driver.get(table, obj.id), "get")
+            expect: Expect = ABSENT
+            version = 1
+            if current is not None:
+                _check_topic(table, obj.id, current.topic, obj.topic)
+                expect = current.revision
+                version = _raw_version(current.value) + 1
+            new, value, wid = self._prepare(obj, version)
+            try:
+                revision = await self._write(table, new.id, new.topic, value, wid, expect)
+            except (ConflictError, AlreadyExistsError, NotFoundError) as exc:
+                attempt = await self._conflict_pause(f"put of {table}/{obj.id}", exc, attempt, deadline)
+                continue
+            object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (revision, new.topic)})
+            return new
+
     async def patch(self, model: type[M], id: str, /, **changes: Any) -> M:
-        """Read, merge ``changes`` and update, retrying on conflicts (at most 10 attempts).
+        """Read, merge ``changes`` and update; on a conflict, read and merge again after a
+        short jittered pause, until the timeout.
 
         Raises:
             NotFoundError: the object does not exist.
-            ConflictError: every attempt met a concurrent writer.
-            ValueError: the changes fail validation or change the topic.
+            CorruptObjectError: the stored value is corrupt (use :meth:`put` to replace it).
+            ConflictError: concurrent writers kept coming first until the timeout.
+            ValueError: a change names an unknown field, fails validation or changes the topic.
         """
+        table = _table_of(model)
         for key in ("id", "version"):
             if key in changes:
                 raise ValueError(f"patch cannot change {key!r}")
-        for _ in range(PATCH_ATTEMPTS):
+        unknown = sorted(set(changes) - set(model.model_fields))
+        if unknown:
+            raise ValueError(f"{table} has no field {', '.join(map(repr, unknown))}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        attempt = 0
+        while True:
             current = await self.get(model, id)
-            merged = model.model_validate({**current.model_dump(), **changes})
+            try:
+                merged = model.model_validate({**current.model_dump(), **changes})
+            except ValidationError as exc:
+                raise ValueError(f"invalid {table}/{id}: {_first_error(exc)}") from exc
+            extra = unknown_fields(changes, merged.model_dump())
+            if extra:
+                raise ValueError(f"{table}/{id}: unknown field {', '.join(map(repr, extra))}")
             object.__setattr__(merged, "__pydantic_private__", dict(current.__pydantic_private__ or {}))
             try:
                 return await self.update(merged)
-            except ConflictError:
-                continue
-        raise ConflictError(f"{model.__table__}/{id}: {PATCH_ATTEMPTS} attempts met concurrent writers")
+            except ConflictError as exc:
+                attempt = await self._conflict_pause(f"patch of {table}/{id}", exc, attempt, deadline)
+
+    async def _conflict_pause(self, what: str, exc: DfdbError, attempt: int, deadline: float) -> int:
+        """Count, log and wait out one conflict of ``what``; re-raise it once the deadline is near."""
+        delay = _CONFLICT_BACKOFF.delay(attempt)
+        if asyncio.get_running_loop().time() + delay >= deadline:
+            raise ConflictError(
+                f"{what}: concurrent writers came first for {self.timeout:g}s ({attempt + 1} attempts): {exc}"
+            ) from exc
+        self.conflict_retries += 1
+        log.debug("%s met a concurrent writer (%s); attempt %d in %.3fs", what, exc, attempt + 2, delay)
+        await asyncio.sleep(delay)
+        return attempt + 1
 
     async def get(self, model: type[M], id: str) -> M:
         """The object (table, id).
@@ -382,7 +495,7 @@ class NbApi:
         return (await self.list(model, topic)).items
 
     async def delete(self, model: type[M], id: str) -> None:
-        """Delete the object (table, id).
+        """Delete the object (table, id), also when its stored value is corrupt.
 
         Raises:
             NotFoundError: it does not exist.
@@ -397,6 +510,8 @@ class NbApi:
             raise_if_cancelling(exc)
             if isinstance(exc, OutcomeUnknownError):
                 raise
+            self.retries += 1
+            log.debug("delete of %s/%s on %s failed (%s); retrying", table, id, self.url, self._reason(exc))
             try:
                 await self._retry(lambda: self.driver.delete(table, id), "delete")
             except NotFoundError:
@@ -429,10 +544,7 @@ class NbApi:
         prepared: builtins.list[tuple[M, bytes, bytes] | Exception] = []
         for obj in chunk:
             try:
-                _model_of(obj)
-                new = obj.model_copy(update={"version": 1})
-                value, wid = self._encode(new)
-                prepared.append((new, value, wid))
+                prepared.append(self._prepare(obj, 1))
             except (TypeError, ValueError) as exc:
                 prepared.append(exc)
         requests = [
@@ -567,6 +679,67 @@ def _table_of(model: type[NbModel]) -> str:
     if not (isinstance(model, type) and issubclass(model, NbModel) and "__table__" in model.__dict__):
         raise TypeError(f"{model!r} is not a stored model (declare it with table=…)")
     return model.__table__
+
+
+def _build_driver(url: DatabaseURL) -> Driver:
+    """The driver for ``url``, given those of the NbApi's options it reads itself."""
+    cls = driver_class(url)
+    given = [o for o in _SHARED_OPTIONS if o in url.options]
+    # fewest options dropped first: the driver keeps every one it accepts
+    for k in range(len(given) + 1):
+        for dropped in itertools.combinations(given, k):
+            try:
+                return cls(url.without_options(*dropped))
+            except InvalidURL:
+                if k == len(given):
+                    raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _seconds(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+    return float(value)
+
+
+def _check_topic(table: str, id: str, stored: str | None, new: str | None) -> None:
+    if stored != new:
+        raise ValueError(
+            f"{table}/{id}: the topic is fixed for an object's life ({stored!r} -> {new!r}); delete and create instead"
+        )
+
+
+def _first_error(exc: ValidationError) -> str:
+    """The first problem of a validation error, on one line: ``field.path: message``."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "value"
+    return f"{where}: {first.get('msg')}"
+
+
+def _raw_version(value: bytes) -> int:
+    """The ``version`` in a stored value, read leniently (0 when it cannot be read)."""
+    try:
+        version = json.loads(value).get("version")
+    except (ValueError, AttributeError):
+        return 0
+    return version if type(version) is int and version >= 0 else 0
+
+
+def unknown_fields(given: Any, stored: Any, path: str = "") -> builtins.list[str]:
+    """The paths of keys in ``given`` (input data) that validation dropped: keys of its
+    dicts that the matching dicts of ``stored`` (the validated object's ``model_dump()``) lack."""
+    found: builtins.list[str] = []
+    if isinstance(given, dict) and isinstance(stored, dict):
+        for key, value in given.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key not in stored:
+                found.append(where)
+            elif not isinstance(value, BaseModel):
+                found.extend(unknown_fields(value, stored[key], where))
+    elif isinstance(given, list | tuple) and isinstance(stored, list | tuple) and len(given) == len(stored):
+        for i, (g, v) in enumerate(zip(given, stored, strict=True)):
+            found.extend(unknown_fields(g, v, f"{path}[{i}]"))
+    return found
 
 
 def _write_id(value: bytes) -> bytes | None:

@@ -25,14 +25,15 @@ __all__ = [
 
 _MAX_KEY = 255
 _REF_NAME = re.compile(r"Ref\[\s*['\"]?(\w+)")
-_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f/]")
+_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f/\ud800-\udfff]")
 
 
 def validate_key(value: str, what: str = "id") -> str:
     """Check that ``value`` is a valid id or topic and return it.
 
     Ids and topics are non-empty strings of at most 255 characters with no ``/``, no
-    control characters, and not ``.`` or ``..``.
+    control characters, no lone surrogates (text that is not valid Unicode, such as
+    undecodable bytes from a command line), and not ``.`` or ``..``.
 
     Raises:
         ValueError: the value breaks one of those rules.
@@ -51,7 +52,7 @@ def validate_key(value: str, what: str = "id") -> str:
         raise ValueError(f"{what} must not be {value!r}")
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
         raise ValueError(f"{what} must not contain control characters: {value!r}")
-    return value
+    raise ValueError(f"{what} is not valid Unicode (it holds a lone surrogate): {value!r}")
 
 
 def _validate_topic(value: str) -> str:

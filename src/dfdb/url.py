@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote
@@ -83,10 +84,10 @@ class DatabaseURL:
         return value
 
     def float_option(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        """Option ``name`` as a number ≥ ``minimum``.
+        """Option ``name`` as a finite number ≥ ``minimum``.
 
         Raises:
-            InvalidURL: the value is not such a number.
+            InvalidURL: the value is not such a number (``nan`` and ``inf`` are refused).
         """
         raw = self.options.get(name)
         if raw is None:
@@ -95,7 +96,9 @@ class DatabaseURL:
             value = float(raw)
         except ValueError:
             raise InvalidURL(f"option {name}={raw!r} is not a number") from None
-        if not value >= minimum:
+        if not math.isfinite(value):
+            raise InvalidURL(f"option {name}={raw!r} must be a finite number")
+        if value < minimum:
             raise InvalidURL(f"option {name}={value} must be at least {minimum}")
         return value
 

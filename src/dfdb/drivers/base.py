@@ -239,6 +239,8 @@ class Driver(ABC):
 
     capabilities: ClassVar[Capability] = Capability.NONE
     """What this driver offers; see :class:`Capability`."""
+    max_value_size: ClassVar[int | None] = None
+    """The largest encoded value, in bytes, the backend takes (``None``: no limit of its own)."""
 
     def __init__(self, url: DatabaseURL) -> None:
         self.url = url
@@ -406,6 +408,11 @@ class Driver(ABC):
                 log or native stream); ``None``: changes from now on. When history
                 after ``since`` is gone the source yields a ``resync`` event first.
         """
+
+    async def tables(self) -> Sequence[str] | None:
+        """The names of the tables that hold at least one entry, sorted; ``None`` when the
+        driver cannot tell (tools such as ``dfdb copy`` then use the registered models' tables)."""
+        return None
 
     @abstractmethod
     async def allocate_unique_key(self, table: str) -> int:

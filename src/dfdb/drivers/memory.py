@@ -10,6 +10,7 @@ least one of them is open; ``memory://`` alone is a private store.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import itertools
 import uuid
 from collections import defaultdict
@@ -71,6 +72,7 @@ class MemoryDriver(Driver):
     """The embedded in-process driver; see the module documentation."""
 
     capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
+    max_value_size = 16 * 1024 * 1024  # a bound of our own: the store keeps each value in its history too
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)
@@ -149,6 +151,9 @@ class MemoryDriver(Driver):
     ) -> EventSource:
         store = self._s()
         return self._track(_MemorySource(store, tables, topics, store.revision if since is None else since))
+
+    async def tables(self) -> builtins.list[str]:
+        return sorted(name for name, rows in self._s().tables.items() if rows)
 
     async def allocate_unique_key(self, table: str) -> int:
         return next(self._s().counters[table])

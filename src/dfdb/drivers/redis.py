@@ -54,6 +54,7 @@ from dfdb.drivers.base import (
 )
 from dfdb.errors import (
     AlreadyExistsError,
+    AuthenticationError,
     BackendUnavailableError,
     ConflictError,
     CorruptObjectError,
@@ -146,10 +147,13 @@ if last > known then redis.call('HSET', KEYS[1], KEYS[2], last) end
 return last
 """
 
-_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.AuthenticationWrongNumberOfArgsError)
 
 
-def _unavailable(url: DatabaseURL, exc: BaseException) -> BackendUnavailableError:
+def _unavailable(url: DatabaseURL, exc: BaseException) -> DriverError:
+    if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):  # permanent: not retried
+        reason = str(exc) if url.password else "the server requires a password and the URL gives none"
+        return AuthenticationError(f"{url}: authentication failed: {reason}")
     return BackendUnavailableError(f"{url}: {type(exc).__name__}: {exc}")
 
 
@@ -157,10 +161,11 @@ class RedisDriver(Driver):
     """The Redis driver; see the module documentation."""
 
     capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
+    max_value_size = 16 * 1024 * 1024  # each write is kept three times: the entry and two stream entries
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)
-        known = {"prefix", "maxlen", "block", "connect_timeout"}
+        known = {"prefix", "maxlen", "block", "connect_timeout"} | ({"db"} if url.scheme == "unix" else set())
         unknown = set(url.options) - known
         if unknown:
             raise InvalidURL(f"unknown {url.scheme}:// option(s): {', '.join(sorted(unknown))}")

@@ -278,6 +278,9 @@ class SqliteDriver(Driver):
                 )
         return Listing([Entry(table, r[0], r[1], _blob(r[2]), r[3]) for r in rows], head)
 
+    async def tables(self) -> builtins.list[str]:
+        return [r[0] for r in await self._fetchall("SELECT DISTINCT tbl FROM dfdb_entries ORDER BY tbl")]
+
     def changes_sql(
         self, tables: Collection[str], topics: Collection[str | None] | None
     ) -> tuple[str, builtins.list[Any]]:
