@@ -235,6 +235,11 @@ class ReaderTaskSource(BufferedSource):
                 if self._urgent or self._buffer:
                     self._wanted.clear()
                 self._finish_round()
+        except asyncio.CancelledError:
+            if not self._closed:
+                raise
+            # cancelled by aclose: end without keeping the exception, whose traceback would
+            # hold the interrupted read (and its connection) until the garbage collector runs
         except Exception as exc:  # StopAsyncIteration included: the source cannot go on
             self._failure = exc
         finally:
