@@ -115,6 +115,7 @@ class _Endpoints:
     async def connect(self) -> grpc.aio.Channel:
         if self._channel is None:
             driver = self._driver
+            log.debug("connecting to etcd member %s of %s", self.target, driver.url)
             channel = grpc.aio.insecure_channel(self.target, options=driver.channel_options)
             if driver.url.username is not None:
                 try:
@@ -139,7 +140,9 @@ class _Endpoints:
         and another caller already moved away from it)."""
         if failed is not None and failed is not self._channel:
             return
+        previous = self.target
         self._index = (self._index + 1) % len(self._driver.targets)
+        log.debug("leaving etcd member %s for %s", previous, self.target)
         await self.close()
 
     async def close(self) -> None:
@@ -667,7 +670,9 @@ class EtcdSource(ReaderTaskSource):
         parsed = self._access.parse_data_key(key)
         if parsed is None:
             table = self._access.table_of(key)
-            if table is None or table in self._tables:  # a table of this watch, or no telling
+            if table is None:  # no table's record: nothing to make whole
+                self._count_malformed(None, repr(key), revision, "not a dfdb data key", "skipped")
+            elif table in self._tables:
                 self._push(self._malformed(table, repr(key), revision, "not a dfdb data key"))
             return revision
         table, topic, id = parsed

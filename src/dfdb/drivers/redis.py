@@ -233,6 +233,7 @@ class RedisDriver(Driver):
         except BaseException:
             await self._close_clients()
             raise
+        log.debug("connected to %s (epoch %s)", self.url, self.epoch)
 
     async def _close_clients(self) -> None:
         for client in (self._client, self._reader_client):
