@@ -105,6 +105,34 @@ async def test_topic_watcher_reads_only_its_topic(volatile_server: RedisServer) 
             assert stream.records_read == 100
 
 
+async def test_timed_out_reads_keep_their_connection(volatile_server: RedisServer) -> None:
+    import redis.asyncio as aioredis
+
+    raw = aioredis.Redis.from_url(volatile_server.url)
+
+    async def connections_made() -> int:
+        return int((await raw.info("stats"))["total_connections_received"])
+
+    try:
+        async with dfdb.connect(volatile_server.url) as nb, nb.watch(Port) as stream:
+            await nb.create(Port(id="first", topic="t"))
+            assert (await asyncio.wait_for(anext(stream), 10)).id == "first"
+            before = await connections_made()
+            timeouts = 0
+            for _ in range(200):  # a blocking read cancelled by its time-out, again and again
+                try:
+                    await asyncio.wait_for(anext(stream), 0.0003)
+                except TimeoutError:
+                    timeouts += 1
+            await nb.create(Port(id="after", topic="t"))
+            assert (await asyncio.wait_for(anext(stream), 10)).id == "after"
+            assert timeouts == 200
+            assert await connections_made() == before  # no connection was dropped and made again
+            assert stream.reconnects == 0
+    finally:
+        await raw.aclose()
+
+
 async def test_foreign_data_in_the_namespace_is_contained(
     volatile_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
