@@ -41,12 +41,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import heapq
-import itertools
 import logging
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -62,9 +59,8 @@ from dfdb.drivers.base import (
     Expect,
     Listing,
     PutRequest,
-    RawAction,
-    RawEvent,
 )
+from dfdb.drivers.etcd_watch import EtcdSource, _range_end
 from dfdb.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
@@ -74,7 +70,7 @@ from dfdb.errors import (
     InvalidURL,
     NotFoundError,
 )
-from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
+from dfdb.retry import raise_if_cancelling
 from dfdb.url import DatabaseURL
 
 __all__ = ["EtcdDriver", "EtcdSource"]
@@ -91,15 +87,6 @@ _RETRYABLE = {
 }
 _EQUAL = rpc.Compare.EQUAL
 _GREATER = rpc.Compare.GREATER
-
-
-def _range_end(prefix: bytes) -> bytes:
-    """The end of the key range holding every key that starts with ``prefix``."""
-    return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
-class _Conflict(Exception):
-    """A delete's read-then-compare lost a race; read again."""
 
 
 class _Endpoints:
@@ -120,6 +107,7 @@ class _Endpoints:
     async def connect(self) -> grpc.aio.Channel:
         if self._channel is None:
             driver = self._driver
+            log.debug("connecting to etcd member %s of %s", self.target, driver.url)
             channel = grpc.aio.insecure_channel(self.target, options=driver.channel_options)
             if driver.url.username is not None:
                 try:
@@ -144,7 +132,9 @@ class _Endpoints:
         and another caller already moved away from it)."""
         if failed is not None and failed is not self._channel:
             return
+        previous = self.target
         self._index = (self._index + 1) % len(self._driver.targets)
+        log.debug("leaving etcd member %s for %s", previous, self.target)
         await self.close()
 
     async def close(self) -> None:
@@ -423,8 +413,12 @@ class EtcdDriver(Driver):
         self._check_open()
         if since is None:
             since = await self.current_revision()
-        source = EtcdSource(self, sorted(set(tables)), topics, since)
-        await source.start()
+        source = EtcdSource(_WatchAccess(self), sorted(set(tables)), topics, since)
+        try:
+            await source.start()
+        except BaseException:
+            await source.aclose()
+            raise
         return self._track(source)
 
     async def allocate_unique_key(self, table: str) -> int:
@@ -450,271 +444,47 @@ class EtcdDriver(Driver):
                 raise
 
 
-@dataclass
-class _Watcher:
-    """One prefix watch of an :class:`EtcdSource`."""
+class _WatchAccess:
+    """What an :class:`EtcdSource` may use of its driver: the key layout, its own
+    connections (starting at the next member, so that watches spread over a cluster),
+    the dataset's identity and the store revision."""
 
-    watch_id: int
-    prefix: bytes
-    frontier: int
-    """Every change under the prefix up to here has been delivered."""
-    created: bool = False
-    synced: bool = False
-    """etcd sends this watch's changes as they happen (it is not catching up)."""
-
-
-class EtcdSource(EventSource):
-    """Prefix watches on one gRPC stream, resumed from their own revisions after a disconnect.
-
-    ``position`` says up to where every change has been returned: the lowest
-    frontier of the watches, below anything still buffered. A watch's frontier moves
-    with its own events and progress notifications; and since etcd sends the events
-    of the watches of one stream that are in sync in revision order, an event at
-    revision ``r`` of one watch also moves every other in-sync watch to ``r`` (each
-    revision changes one data key). A watch is known to be in sync when it was
-    created above the store's revision, or once a reply of its own says so (its
-    header revision is its last event's, or a progress notification). Events read
-    together are merged in revision order; a watch catching up (after a reconnect,
-    or a topic just added) may deliver older revisions after newer ones of another.
-    """
-
-    def __init__(
-        self, driver: EtcdDriver, tables: builtins.list[str], topics: Collection[str | None] | None, since: int
-    ) -> None:
+    def __init__(self, driver: EtcdDriver) -> None:
         self._driver = driver
-        self._tables = set(tables)
-        self._topics = None if topics is None else set(topics)
-        self._watchers: dict[int, _Watcher] = {}
-        self._next_id = 1
-        if topics is None:
-            self._add(driver._key("d") + b"/", since)
-        else:
-            for topic in sorted(topics, key=lambda t: (t is None, t or "")):
-                self._add(driver._topic_prefix(topic), since)
-        self._conn = _Endpoints(driver, start=driver._sources_started)
+        self.url = driver.url
+        self.timeout = driver.timeout
+
+    def every_topic(self) -> bytes:
+        """The prefix of every data key."""
+        return self._driver._key("d") + b"/"
+
+    def topic_prefix(self, topic: str | None) -> bytes:
+        return self._driver._topic_prefix(topic)
+
+    def parse_data_key(self, key: bytes) -> tuple[str, str | None, str] | None:
+        return self._driver._parse_data_key(key)
+
+    def table_of(self, key: bytes) -> str | None:
+        """The table named by a data key that does not parse, when it names one."""
+        rest = self._driver._relative(key)
+        if rest is not None and rest[:2] == ["d", "n"] and len(rest) >= 3:
+            return rest[2]
+        if rest is not None and rest[:2] == ["d", "t"] and len(rest) >= 4:
+            return rest[3]
+        return None
+
+    def endpoints(self) -> _Endpoints:
+        driver = self._driver
+        conn = _Endpoints(driver, start=driver._sources_started)
         driver._sources_started += 1
-        self._call: Any = None
-        self._buffer: builtins.list[tuple[int, int, RawEvent]] = []  # a heap by revision
-        self._seq = itertools.count()
-        self._closed = False
-        self._backoff = Backoff()
-        self._identity = driver._identity
-        """Change records read from the server (every event of the subscribed prefixes)."""
-        self.reconnects = 0
-        """How many times the stream was opened again after a failure."""
-
-    def _add(self, prefix: bytes, since: int) -> _Watcher:
-        watcher = _Watcher(self._next_id, prefix, since)
-        self._watchers[watcher.watch_id] = watcher
-        self._next_id += 1
-        return watcher
+        return conn
 
     @property
-    def position(self) -> int:
-        """Every change at or below this revision has been returned."""
-        delivered = min((w.frontier for w in self._watchers.values()), default=0)
-        if self._buffer:
-            delivered = min(delivered, self._buffer[0][0] - 1)
-        return delivered
+    def known_identity(self) -> str | None:
+        return self._driver._identity
 
-    @property
-    def target(self) -> str:
-        """The member this source reads from."""
-        return self._conn.target
+    async def identity(self) -> str:
+        return await self._driver.identity()
 
-    def caught_up(self) -> int:
-        return self.position
-
-    def _push(self, event: RawEvent) -> None:
-        heapq.heappush(self._buffer, (event.revision, next(self._seq), event))
-
-    def _reached(self, watcher: _Watcher, revision: int) -> None:
-        """``watcher`` delivered everything up to ``revision``; so did every in-sync watch."""
-        watcher.frontier = max(watcher.frontier, revision)
-        if watcher.synced:
-            for other in self._watchers.values():
-                if other.synced and other.frontier < revision:
-                    other.frontier = revision
-
-    # ------------------------------------------------------------ stream
-    async def start(self) -> None:
-        """Open the stream and create every watcher; subscribed when this returns."""
-        failures = 0
-        while True:
-            try:
-                await self._open_stream()
-                return
-            except _Compacted:  # resuming from a compacted revision: say so first
-                self._push(await self._restart_all(await self._driver.current_revision()))
-            except (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError) as exc:
-                raise_if_cancelling(exc)
-                await self._drop_stream(failover=True)
-                if failures >= 3:
-                    raise BackendUnavailableError(f"{self._driver.url}: cannot open a watch: {exc}") from None
-                await self._backoff.pause(failures, "opening the etcd watch", exc)
-                failures += 1
-
-    async def _open_stream(self) -> None:
-        conn = self._conn
-        await conn.connect()
-        self._call = conn.watch.Watch(metadata=conn.metadata(("hasleader", "true")))
-        for watcher in list(self._watchers.values()):
-            await self._create(watcher)
-        async with asyncio.timeout(self._driver.timeout * 3):
-            while not all(w.created for w in self._watchers.values()):
-                await self._read_one()
-
-    async def _create(self, watcher: _Watcher) -> None:
-        watcher.created = watcher.synced = False
-        request = rpc.WatchCreateRequest(
-            key=watcher.prefix,
-            range_end=_range_end(watcher.prefix),
-            start_revision=watcher.frontier + 1,
-            progress_notify=True,
-            prev_kv=True,
-            watch_id=watcher.watch_id,
-        )
-        await self._call.write(rpc.WatchRequest(create_request=request))
-
-    async def _drop_stream(self, *, failover: bool) -> None:
-        call, self._call = self._call, None
-        for watcher in self._watchers.values():
-            watcher.synced = False
-        if call is not None:
-            call.cancel()
-        if failover:
-            await self._conn.failover()
-
-    async def _read_one(self) -> None:
-        """Read one response and apply it."""
-        call = self._call
-        if call is None:
-            raise BackendUnavailableError(f"{self._driver.url}: the watch stream was dropped")
-        try:
-            reply = await call.read()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            raise BackendUnavailableError(f"{self._driver.url}: the watch stream was dropped") from None
-        if reply is grpc.aio.EOF:
-            raise BackendUnavailableError(f"{self._driver.url}: the watch stream ended")
-        watcher = self._watchers.get(reply.watch_id)
-        if reply.compact_revision:
-            raise _Compacted(int(reply.compact_revision))
-        if reply.canceled:
-            if watcher is None:
-                return  # a watcher this source cancelled
-            raise BackendUnavailableError(f"{self._driver.url}: watch cancelled: {reply.cancel_reason or 'no reason'}")
-        if watcher is None:
-            return  # a progress broadcast (-1), which etcd 3.4 may send ahead of pending events
-        header = int(reply.header.revision)
-        if reply.created:
-            watcher.created = True
-            watcher.synced = watcher.frontier >= header  # created above the store's revision
-            return
-        if not reply.events:  # a progress notification: sent to in-sync watches only
-            watcher.synced = True
-            self._reached(watcher, header)
-            return
-        self.records_read += len(reply.events)
-        self.bytes_read += reply.ByteSize()
-        last = watcher.frontier
-        for ev in reply.events:
-            last = max(last, self._take(watcher, ev))
-        if header == last:  # sent as it happened, not from history
-            watcher.synced = True
-        self._reached(watcher, last)
-
-    def _take(self, watcher: _Watcher, ev: Any) -> int:
-        """Buffer one etcd event of ``watcher``; returns its revision."""
-        kv = ev.kv
-        revision = int(kv.mod_revision)
-        if revision <= watcher.frontier:
-            return revision  # already delivered before a reconnect
-        parsed = self._driver._parse_data_key(bytes(kv.key))
-        if parsed is None:
-            log.warning("skipping %r at revision %d: not a dfdb key", bytes(kv.key), revision)
-            return revision
-        table, topic, id = parsed
-        if table not in self._tables:
-            return revision
-        if ev.type == rpc.Event.DELETE:
-            value = bytes(ev.prev_kv.value) if ev.prev_kv.key else None  # empty KeyValue when compacted
-            self._push(RawEvent("delete", table, id, topic, value, revision))
-        else:
-            action: RawAction = "create" if kv.version == 1 else "update"
-            self._push(RawEvent(action, table, id, topic, bytes(kv.value), revision))
-        return revision
-
-    async def __anext__(self) -> RawEvent:
-        failures = 0
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._buffer:
-                return heapq.heappop(self._buffer)[2]
-            try:
-                if self._call is None:
-                    self.reconnects += 1
-                    await self._open_stream()
-                    resync = await self._check_dataset()
-                    if resync is not None:
-                        return resync
-                await self._read_one()
-                checkpoint()
-                failures = 0
-            except _Compacted:
-                return await self._restart_all(await self._driver.current_revision())
-            except (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError) as exc:
-                raise_if_cancelling(exc)
-                if self._closed:
-                    raise StopAsyncIteration from None
-                await self._drop_stream(failover=True)
-                await self._backoff.pause(failures, f"reading the etcd watch ({self._conn.target})", exc)
-                failures += 1
-
-    async def _check_dataset(self) -> RawEvent | None:
-        """After reconnecting: a dataset that lost its data (or is another one) yields resync."""
-        identity = await self._driver.identity()
-        revision = await self._driver.current_revision()
-        if identity == self._identity and revision >= self.position:
-            return None
-        self._identity = identity
-        return await self._restart_all(revision, identity)
-
-    async def _restart_all(self, revision: int, identity: str | None = None) -> RawEvent:
-        """History is gone: forget buffered events, follow every watcher from ``revision``
-        on a new stream, and return the ``resync`` event that says so."""
-        await self._drop_stream(failover=False)
-        self._buffer.clear()
-        for watcher in self._watchers.values():
-            watcher.frontier = revision
-        return RawEvent.resync(revision, identity)
-
-    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
-        if self._topics is None:
-            return
-        for topic in [t for t in topics if t not in self._topics]:
-            self._topics.add(topic)
-            watcher = self._add(self._driver._topic_prefix(topic), since)
-            if self._call is not None:  # else the next read opens the stream with it
-                try:
-                    await self._create(watcher)
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    await self._drop_stream(failover=False)
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self._drop_stream(failover=False)
-        await self._conn.close()
-
-
-class _Compacted(Exception):
-    """A watcher's start revision was compacted (``revision``: the oldest one kept)."""
-
-    def __init__(self, revision: int) -> None:
-        super().__init__(revision)
-        self.revision = revision
+    async def current_revision(self) -> int:
+        return await self._driver.current_revision()

@@ -8,17 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 import dfdb
 import dfdb.drivers
-from dfdb import Action, ChangeEvent, ChangeStream, NbApi, NbModel, Ref
+from dfdb import Action, ChangeEvent, NbApi, Ref
+from dfdb.testing.conformance import ConformanceItem, ConformanceLink, events_until, next_event, raw_put
+from dfdb.testing.suite_streams import (
+    UNREADABLE_RECORD_WRITERS,
+    test_cancelled_reads_lose_nothing,
+    test_nb_closed_under_an_open_stream_leaves_nothing,
+    test_remove_topics_from_a_running_watch,
+    test_reopen_from_the_cursor_loses_nothing,
+    test_stream_closed_after_cancelled_reads_leaves_nothing,
+    test_unreadable_change_record_yields_a_scoped_resync,
+)
 
 __all__ = [
+    "UNREADABLE_RECORD_WRITERS",
     "ConformanceItem",
     "ConformanceLink",
+    "test_cancelled_reads_lose_nothing",
+    "test_nb_closed_under_an_open_stream_leaves_nothing",
+    "test_remove_topics_from_a_running_watch",
+    "test_reopen_from_the_cursor_loses_nothing",
+    "test_stream_closed_after_cancelled_reads_leaves_nothing",
+    "test_unreadable_change_record_yields_a_scoped_resync",
     "test_add_topics_to_a_running_watch",
     "test_bad_cursor_is_refused",
     "test_bad_ids_are_refused",
@@ -49,54 +65,8 @@ __all__ = [
     "test_watch_delivers_create_update_delete",
 ]
 
-WAIT = 10.0
-
-
-class ConformanceItem(NbModel, table="dfdb_conformance_item"):
-    """The suite's main model."""
-
-    n: int = 0
-    label: str = ""
-
-
-class ConformanceLink(NbModel, table="dfdb_conformance_link"):
-    """A second table, referencing the first."""
-
-    item: Ref[ConformanceItem] | None = None
-
-
 Item = ConformanceItem
 Link = ConformanceLink
-
-
-async def next_event(stream: ChangeStream, within: float = WAIT) -> ChangeEvent:
-    """The stream's next event, failing the test after ``within`` seconds."""
-    try:
-        async with asyncio.timeout(within):
-            return await anext(stream)
-    except TimeoutError:
-        pytest.fail(f"no change event within {within}s")
-
-
-async def events_until(
-    stream: ChangeStream, done: Callable[[], bool], within: float = WAIT
-) -> AsyncIterator[ChangeEvent]:
-    """Yield events until ``done()`` is true after one; fail after ``within`` seconds."""
-    try:
-        async with asyncio.timeout(within):
-            while not done():
-                yield await anext(stream)
-    except TimeoutError:
-        pytest.fail(f"the stream did not reach the expected state within {within}s")
-
-
-async def raw_put(nb: NbApi, table: str, id: str, topic: str | None, value: bytes) -> None:
-    """Write raw bytes straight through the driver (a lost reply is checked, not trusted)."""
-    try:
-        await nb.driver.put(table, id, topic, value, dfdb.drivers.ANY)
-    except dfdb.BackendUnavailableError:
-        entry = await nb.driver.get(table, id)
-        assert entry is not None and entry.value == value
 
 
 # --------------------------------------------------------------------- CRUD
