@@ -363,6 +363,7 @@ async def test_selective_controller_follows_its_chassis_and_reads_little(exact_n
 
     nb = exact_nb
     await nb.create(Chassis(id="c1", ip="10.0.0.1"))
+    await nb.create(Chassis(id="c2", ip="10.0.0.2"))  # a port's event waits for its binding's chassis
     ports: dict[str, LogicalPort] = {}
     for t in range(20):
         for p in range(5):
@@ -416,3 +417,69 @@ async def test_invalid_update_evicts_the_key(nb: NbApi, caplog: pytest.LogCaptur
         await settle(replica, await nb.create(Net(id="probe", topic="t")))
         assert replica.get(Net, "n") is None  # evicted, not kept outdated
         assert replica.corrupt == 1 and "replica evicts" in caplog.text and "n" in caplog.text
+
+
+async def test_nested_references_order_and_defer_events(exact_nb: NbApi) -> None:
+    """``binding.chassis`` (a nested model) and ``ports[].lswitch`` (a list of nested
+    models) are references like top-level ones: their referrer's event waits for them."""
+    from dfdb.models import Chassis, LogicalPort, LogicalRouter, LogicalSwitch, PortBinding, RouterPort
+
+    nb = exact_nb
+    ls = await nb.create(LogicalSwitch(id="ls1", topic="t"))
+    async with Replica(nb, [Chassis, LogicalSwitch, LogicalPort, LogicalRouter]) as replica:
+        events = replica.events()
+        port = await nb.create(LogicalPort(id="p1", topic="t", lswitch=ls, binding=PortBinding(chassis="c1")))
+        router_port = RouterPort(id="rp1", lswitch="ls2", mac="fa:16:3e:00:00:01", network="10.0.0.1/24")
+        router = await nb.create(LogicalRouter(id="r1", topic="t", ports=(router_port,)))
+        await settle(replica, router)
+        assert replica.get(LogicalPort, "p1") == port and replica.get(LogicalRouter, "r1") == router  # stored
+        assert replica.stats().deferred_now == 2  # their events wait for the chassis and the switch
+        chassis = await nb.create(Chassis(id="c1", ip="10.0.0.1"))
+        ls2 = await nb.create(LogicalSwitch(id="ls2", topic="t"))
+        got = [await asyncio.wait_for(anext(events), WAIT) for _ in range(4)]
+        assert [(e.model, e.id, e.new) for e in got] == [
+            (Chassis, "c1", chassis),
+            (LogicalPort, "p1", port),
+            (LogicalSwitch, "ls2", ls2),
+            (LogicalRouter, "r1", router),
+        ]
+        stats = replica.stats()
+        assert (stats.deferred, stats.deferred_now) == (2, 0)
+        await events.aclose()
+
+
+async def test_reactive_fetch_brings_nested_references(exact_nb: NbApi) -> None:
+    from dfdb.models import Chassis, LogicalPort, LogicalRouter, LogicalSwitch, PortBinding, RouterPort
+
+    nb = exact_nb
+    chassis = await nb.create(Chassis(id="c1", ip="10.0.0.1"))
+    ls = await nb.create(LogicalSwitch(id="ls1", topic="t"))
+    port = await nb.create(LogicalPort(id="p1", topic="t", lswitch=ls, binding=PortBinding(chassis=chassis)))
+    router_port = RouterPort(id="rp1", lswitch="ls1", mac="fa:16:3e:00:00:01", network="10.0.0.1/24")
+    router = await nb.create(LogicalRouter(id="r1", topic="t", ports=(router_port,)))
+    models = [Chassis, LogicalSwitch, LogicalPort, LogicalRouter]
+    async with Replica(nb, models, mode=SyncMode.REACTIVE) as replica:
+        assert await replica.fetch(LogicalPort, "p1") == port
+        assert port.binding is not None and port.binding.chassis is not None
+        assert replica.resolve(port.binding.chassis) == chassis  # came along with the port
+    async with Replica(nb, models, mode=SyncMode.REACTIVE) as replica:
+        assert await replica.fetch(LogicalRouter, "r1") == router
+        assert replica.resolve(router.ports[0].lswitch) == ls
+
+
+async def test_remove_topic_keeps_nested_reference_targets(exact_nb: NbApi) -> None:
+    from dfdb.models import LogicalRouter, LogicalSwitch, RouterPort
+
+    nb = exact_nb
+    ls = await nb.create(LogicalSwitch(id="ls1", topic="t1"))
+    lonely = await nb.create(LogicalSwitch(id="ls9", topic="t1"))
+    router_port = RouterPort(id="rp1", lswitch=ls, mac="fa:16:3e:00:00:01", network="10.0.0.1/24")
+    router = await nb.create(LogicalRouter(id="r1", topic="t2", ports=(router_port,)))
+    async with Replica(nb, [LogicalSwitch, LogicalRouter], mode=SyncMode.SELECTIVE, topics={"t1", "t2"}) as replica:
+        await replica.remove_topic("t1")
+        assert replica.get(LogicalRouter, "r1") == router
+        assert replica.get(LogicalSwitch, "ls1") == ls  # the router's port still names it
+        assert replica.get(LogicalSwitch, "ls9") is None, lonely
+        ls_b = await nb.update(ls.model_copy(update={"name": "renamed"}))
+        await settle(replica, ls_b)
+        assert replica.get(LogicalSwitch, "ls1") == ls_b  # and it stays fresh

@@ -18,17 +18,16 @@ import enum
 import functools
 import itertools
 import logging
-import typing
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from dfdb.errors import BackendUnavailableError, NotFoundError, StreamClosedError
 from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
 from dfdb.nb import NbApi
-from dfdb.nbmodel import NbModel, Ref, dependency_order, validate_key
+from dfdb.nbmodel import NbModel, dependency_order, reference_targets, validate_key
 from dfdb.retry import Backoff
 
 __all__ = ["ChassisTopics", "Replica", "ReplicaEvent", "ReplicaEvents", "ReplicaStats", "SyncMode"]
@@ -136,32 +135,6 @@ def _coalesce(first: ReplicaEvent, then: ReplicaEvent) -> ReplicaEvent | None:
     if first.action == Action.DELETE and then.action == Action.CREATE:
         return ReplicaEvent(Action.UPDATE, then.model, then.id, first.old, then.new, then.revision)
     return ReplicaEvent(then.action, then.model, then.id, first.old, then.new, then.revision)
-
-
-@functools.cache
-def _reference_fields(model: type[NbModel]) -> tuple[str, ...]:
-    """The fields of ``model`` declared as a ``Ref`` (or a collection or union holding one)."""
-
-    def holds_ref(annotation: Any) -> bool:
-        if annotation is Ref or typing.get_origin(annotation) is Ref:
-            return True
-        if isinstance(annotation, type) and issubclass(annotation, Ref):
-            return True
-        return any(holds_ref(arg) for arg in typing.get_args(annotation))
-
-    return tuple(name for name, info in model.model_fields.items() if holds_ref(info.annotation))
-
-
-def _references(obj: NbModel) -> list[tuple[type[NbModel], str]]:
-    """The (model, id) targets of the references an object holds."""
-    found: list[tuple[type[NbModel], str]] = []
-    for name in _reference_fields(type(obj)):
-        value = getattr(obj, name, None)
-        for item in value if isinstance(value, list | tuple) else (value,):
-            target = getattr(item, "target", None) if isinstance(item, Ref) else None
-            if target is not None:
-                found.append((target, str(item)))
-    return found
 
 
 class Replica:
@@ -379,7 +352,9 @@ class Replica:
             self._release(key, force=True)  # its own held-back events go first, never dropped
         elif event.new is not None:
             missing = {
-                ref for ref in _references(event.new) if ref[0] in self._store and ref[1] not in self._store[ref[0]]
+                (target, ref)
+                for target, ref in reference_targets(event.new)
+                if target in self._store and ref not in self._store[target]
             }
             if missing and self.mode is not SyncMode.REACTIVE:
                 self.deferred += 1
@@ -593,7 +568,7 @@ class Replica:
                 for m in self.models
                 for i, (o, _) in self._store[m].items()
                 if (m, i) not in leaving
-                for ref in _references(o)
+                for ref in reference_targets(o)
             }
             for model in reversed(self.models):
                 rows = self._store[model]
@@ -639,7 +614,7 @@ class Replica:
         origin = fresh._dfdb_origin
         self._apply(model, id, fresh, origin[0] if origin else 0)
         if depth > 0:
-            for target, ref in _references(fresh):
+            for target, ref in reference_targets(fresh):
                 if target in self._store and ref not in self._store[target]:
                     with contextlib.suppress(NotFoundError):
                         await self._fetch(target, ref, depth - 1)
