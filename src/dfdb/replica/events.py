@@ -11,7 +11,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from dfdb.events import Action
-from dfdb.nbmodel import NbModel
+from dfdb.nbmodel import NbModel, reference_targets
 
 __all__ = ["EventFlow", "Flag", "ReplicaEvent", "ReplicaEvents"]
 
@@ -56,7 +56,9 @@ class Flag:
 
 class _Consumer:
     """One ``events()`` consumer: pending events coalesced per key, at most ``limit`` keys;
-    past that the pending events are replaced by one ``RESYNC``.
+    past that the pending events are replaced by one ``RESYNC``. A merged event keeps its
+    place, so that what refers to the object still comes after it, unless it is a delete or
+    now refers to an object pending after it: then it goes last.
 
     The pending events stay in this keyed buffer until a read returns one (a read cancelled
     at any point leaves them all in place). A memory object stream of one slot wakes the
@@ -73,15 +75,28 @@ class _Consumer:
 
     def push(self, event: ReplicaEvent) -> None:
         key = (event.model, event.id)
-        before = self.pending.pop(key, None)
+        before = self.pending.get(key)
         merged = event if before is None else _coalesce(before, event)
-        if merged is not None:
+        if merged is None:
+            del self.pending[key]
+        elif before is not None and (merged.new is None or self._refers_to_later(key, merged.new)):
+            del self.pending[key]  # a delete, or an object whose targets wait behind it: it goes last
             self.pending[key] = merged
+        else:
+            self.pending[key] = merged  # keeps its place: the events after it that refer to it stay after it
         if len(self.pending) > self.limit:
             self.overflows += 1
             self.pending = {(None, ""): ReplicaEvent(Action.RESYNC, None, "", None, None, event.revision)}
         with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._bell.send_nowait(None)  # a full bell already wakes the reader
+
+    def _refers_to_later(self, key: tuple[type[NbModel] | None, str], obj: NbModel) -> bool:
+        """Whether ``obj`` refers to an object whose event is pending after ``key``'s."""
+        targets = [t for t in reference_targets(obj) if t in self.pending]
+        if not targets:
+            return False
+        order = {k: n for n, k in enumerate(self.pending)}
+        return any(order[t] > order[key] for t in targets)
 
     async def get(self) -> ReplicaEvent:
         """The oldest pending event, waiting for one.
@@ -102,6 +117,7 @@ class _Consumer:
     def end(self) -> None:
         """No more events will come: the reader stops once the pending ones are read."""
         self._bell.close()
+        self._woken.close()
 
     def close(self) -> None:
         self._bell.close()
@@ -152,6 +168,7 @@ class ReplicaEvents:
 
     def __del__(self) -> None:
         self._subscribers.discard(self._consumer)
+        self._consumer.close()
 
 
 class EventFlow:
