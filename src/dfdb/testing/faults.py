@@ -191,6 +191,10 @@ class _FaultySource(EventSource):
                     self._pending.append(nxt)
             return event
 
+    @property
+    def position(self) -> int:
+        return self._inner.position
+
     def caught_up(self) -> int | None:
         return self._inner.caught_up()
 
