@@ -640,8 +640,9 @@ async def _replica_round_trip() -> None:
             "trio",
             marks=pytest.mark.xfail(
                 raises=RuntimeError,
-                reason="the NbApi is asyncio-only (dfdb/nb.py: NbApi._retry calls asyncio.get_running_loop and "
-                "asyncio.timeout; the memory driver waits on asyncio.Event)",
+                reason="the NbApi is asyncio-only: dfdb/nb.py NbApi._retry and NbApi._write call "
+                "asyncio.get_running_loop, asyncio.timeout and asyncio.sleep, and dfdb/retry.py checkpoint "
+                "calls asyncio.current_task (the Replica and memory:// run on trio once those use anyio)",
             ),
         ),
     ],

@@ -81,11 +81,9 @@ class Replica:
         """Changes whose value failed validation (their keys were evicted)."""
         self.resyncs = 0
         """How many times the Replica relisted its scope after a ``RESYNC``."""
-        self._records_before = 0
-        self._bytes_before = 0
         self._tasks: TaskGroup | None = None
+        self._records_read = self._bytes_read = 0  # of the stream, once closed
         self._following = False
-        self._reopened = Flag()
         self._position = 0
         self._synced = Flag()
         self._progress = Flag()
@@ -164,6 +162,7 @@ class Replica:
         finally:
             stream, self._stream = self._stream, None
             if stream is not None:
+                self._records_read, self._bytes_read = stream.records_read, stream.bytes_read
                 with anyio.CancelScope(shield=True):
                     await stream.aclose()
             self._following = False
@@ -239,12 +238,11 @@ class Replica:
             self._progress.set()
 
     async def _follow_stream(self) -> None:
+        stream = self._stream
+        assert stream is not None
         backoff = Backoff()
         failures = 0
-        cursor: str | None = None
         while True:
-            stream = self._stream
-            assert stream is not None
             try:
                 async for ev in stream:
                     await self._on_event(ev)
@@ -253,45 +251,38 @@ class Replica:
                     self._position = max(self._position, parse_cursor(ev.cursor)[1])
                     self._progress.set()
                     failures = 0
-            except (BackendUnavailableError, StreamClosedError) as exc:
-                log.warning("replica stream broke (%s); reopening from its cursor", exc)
+                log.warning("replica stream ended; reopening it from its cursor")
+            except BackendUnavailableError as exc:
+                log.warning("replica stream broke (%s); reopening it from its cursor", exc)
             self._synced.clear()
-            with contextlib.suppress(StreamClosedError):  # a stream that never opened keeps the last one
-                cursor = stream.cursor
-            self._records_before += stream.records_read
-            self._bytes_before += stream.bytes_read
-            await stream.aclose()
             if failures:
                 await anyio.sleep(backoff.delay(failures))
             failures += 1
             self.reconnects += 1
-            fresh = self._watch(cursor)
-            self._stream = fresh  # from here on aclose() closes it, whatever happens below
             try:
-                await fresh.open()
-                missing = (self._scope() or set()) - (fresh.topics or set())
-                if fresh.topics is not None and missing and cursor is not None:
-                    await fresh.add_topics(missing, since=cursor)  # followed while it was reopening
+                await stream.reopen()
+            except StreamClosedError:
+                return  # closed: the Replica is closing
             except BackendUnavailableError as exc:
                 log.warning("reopening the replica stream failed (%s); retrying", exc)
                 continue
             self._synced.set()
-            self._reopened.set()
 
-    async def _reopen(self) -> None:
-        """Make the follower reopen its stream, with the current scope, from its cursor."""
+    async def _narrow(self) -> None:
+        """Stop following the topics the stream follows beyond the Replica's scope now."""
         stream = self._stream
-        if stream is None or not self._following:
+        scope = self._scope()
+        if stream is None or stream.topics is None or scope is None:
             return
-        self._reopened.clear()
-        await _end_stream(stream)  # the follower sees the stream end and reopens it
-        while not self._reopened.is_set() and self._following:
-            with anyio.move_on_after(1):
-                await self._reopened.wait()
-
-    def _reopen_soon(self) -> None:
-        if self._tasks is not None:
-            self._tasks.start_soon(self._reopen, name="dfdb-replica-reopen")
+        gone = stream.topics - scope
+        if not gone:
+            return
+        try:
+            await stream.remove_topics(gone)
+        except StreamClosedError:
+            pass  # closed: the Replica is closing
+        except BackendUnavailableError as exc:  # the old subscription goes on; their events are filtered out
+            log.warning("narrowing the replica stream failed (%s); its events are filtered out", exc)
 
     async def _on_event(self, ev: ChangeEvent) -> None:
         if ev.action == Action.RESYNC:
@@ -420,7 +411,7 @@ class Replica:
                     self._flow.emit(ReplicaEvent(Action.DELETE, model, id, obj, None, rev))
             held = {o.topic for m in self.models for o, _ in rows[m].values()}
             self._partial &= {t for t in held if t is not None}
-            await self._reopen()
+            await self._narrow()
 
     # ------------------------------------------------------------ reactive
     async def fetch(self, model: type[M], id: str) -> M | None:
@@ -440,7 +431,7 @@ class Replica:
             self._recent[(model, id)] = None
             return held[0]  # type: ignore[return-value]
         await self._fetch(model, id, depth=3)
-        self._evict()
+        await self._evict()
         return self.get(model, id)
 
     async def _fetch(self, model: type[NbModel], id: str, depth: int) -> None:
@@ -465,7 +456,7 @@ class Replica:
         with contextlib.suppress(StreamClosedError):  # reopening: the new stream follows it
             await stream.add_topics({topic}, since=stream.cursor)
 
-    def _evict(self) -> None:
+    async def _evict(self) -> None:
         """Drop least recently used objects beyond ``max_objects``; a topic whose last
         object goes is no longer followed."""
         dropped = False
@@ -478,8 +469,7 @@ class Replica:
         if dropped:
             for topic in [t for t, n in self._held_topics.items() if n <= 0]:
                 del self._held_topics[topic]
-            if self._stream is not None and self._stream.topics != self._scope():
-                self._reopen_soon()
+            await self._narrow()
 
     async def _refetch(self, before: dict[type[NbModel], dict[str, Row]]) -> None:
         """After a ``RESYNC`` in REACTIVE mode: fetch again what was held."""
@@ -562,15 +552,7 @@ class Replica:
             reconnects=self.reconnects,
             lag=self._flow.lag,
             position=self._applied_up_to(),
-            records_read=self._records_before + (stream.records_read if stream is not None else 0),
-            bytes_read=self._bytes_before + (stream.bytes_read if stream is not None else 0),
+            records_read=stream.records_read if stream is not None else self._records_read,
+            bytes_read=stream.bytes_read if stream is not None else self._bytes_read,
             evictions=self.evictions,
         )
-
-
-async def _end_stream(stream: ChangeStream) -> None:
-    """End ``stream`` as seen by the task iterating it, so that it is reopened from its
-    cursor with the Replica's current scope (the one place that reaches into the stream)."""
-    source = stream._source
-    if source is not None:
-        await source.aclose()
