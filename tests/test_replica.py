@@ -610,6 +610,15 @@ async def test_remove_topic_keeps_nested_reference_targets(exact_nb: NbApi) -> N
         assert replica.get(LogicalSwitch, "ls1") == ls_b  # and it stays fresh
 
 
+def need_backend(backend: str) -> None:
+    """Skip unless anyio can run ``backend`` (its trio backend needs trio 0.32 or later)."""
+    if backend == "trio":
+        trio = pytest.importorskip("trio")
+        version = tuple(int(p) for p in trio.__version__.split(".")[:2] if p.isdigit())
+        if version < (0, 32):
+            pytest.skip(f"anyio's trio backend needs trio>=0.32, not {trio.__version__}")
+
+
 async def _replica_round_trip() -> None:
     """Load, follow, read events (one read cancelled by a deadline), close: on any anyio backend."""
     import anyio
@@ -650,6 +659,7 @@ async def _replica_round_trip() -> None:
 def test_replica_runs_on_asyncio_and_trio(backend: str) -> None:
     import anyio
 
+    need_backend(backend)
     anyio.run(_replica_round_trip, backend=backend)
 
 
@@ -658,6 +668,7 @@ def test_replica_events_run_on_asyncio_and_trio(backend: str) -> None:
     """The event side of a Replica (coalescing, deferral, cancellable reads, end) on either backend."""
     import anyio
 
+    need_backend(backend)
     from dfdb.replica.events import EventFlow, ReplicaEvent
 
     async def main() -> None:
@@ -686,3 +697,18 @@ def test_replica_events_run_on_asyncio_and_trio(backend: str) -> None:
         assert [e async for e in events] == []
 
     anyio.run(main, backend=backend)
+
+
+async def test_closing_ends_events_and_a_closed_replica_stays_closed(nb: NbApi) -> None:
+    replica = Replica(nb, [Net])
+    async with replica:
+        events = replica.events()
+        net = await nb.create(Net(id="n", topic="t"))
+        await settle(replica, net)
+    assert [(e.action, e.new) async for e in events] == [(Action.CREATE, net)]  # what was pending, then the end
+    assert not replica.synced
+    with pytest.raises(dfdb.StreamClosedError):
+        await replica.wait_for((revision_of(net) or 0) + 1)
+    with pytest.raises(dfdb.StreamClosedError, match="only once"):
+        async with replica:
+            pass

@@ -82,6 +82,7 @@ class Replica:
         self.resyncs = 0
         """How many times the Replica relisted its scope after a ``RESYNC``."""
         self._tasks: TaskGroup | None = None
+        self._entered = False
         self._records_read = self._bytes_read = 0  # of the stream, once closed
         self._following = False
         self._position = 0
@@ -120,15 +121,12 @@ class Replica:
             self._store.remember_delete(model, id, revision)
             self._flow.emit(ReplicaEvent(Action.DELETE, model, id, held[0], None, revision))
 
-    def _watch(self, since: str | None = None) -> ChangeStream:
-        stream = self.nb.watch(self.models, topics=self._scope(), since=since)
-        stream.on_corrupt = self._evict_corrupt
-        return stream
-
     async def __aenter__(self) -> Replica:
-        if self._tasks is not None or self._stream is not None:
-            raise RuntimeError("a Replica can be entered only once")
-        stream = self._watch()
+        if self._entered:
+            raise StreamClosedError("a Replica can be entered only once")
+        self._entered = True
+        stream = self.nb.watch(self.models, topics=self._scope())
+        stream.on_corrupt = self._evict_corrupt
         await stream.open()
         self._stream = stream
         tasks = anyio.create_task_group()
