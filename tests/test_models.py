@@ -8,8 +8,18 @@ import pytest
 from pydantic import ValidationError
 
 import dfdb
-from dfdb.models import Chassis, LogicalPort, LogicalRouter, LogicalSwitch, SecurityGroup, Subnet
-from dfdb.nbmodel import model_for_table, references
+from dfdb.models import (
+    Chassis,
+    LogicalPort,
+    LogicalRouter,
+    LogicalSwitch,
+    PortBinding,
+    QosPolicy,
+    RouterPort,
+    SecurityGroup,
+    Subnet,
+)
+from dfdb.nbmodel import model_for_table, reference_targets, references
 
 
 class Widget(dfdb.NbModel, table="test_widget"):
@@ -134,3 +144,26 @@ def test_network_models_use_real_types() -> None:
 def test_network_models_round_trip_through_json() -> None:
     sub = Subnet(id="s", topic="t", cidr="10.1.0.0/16", gateway_ip="10.1.0.1", lswitch="ls")
     assert Subnet.model_validate_json(sub.model_dump_json()) == sub
+
+
+def test_references_are_found_in_nested_models_and_lists() -> None:
+    assert references(LogicalPort) == {LogicalSwitch, Chassis, SecurityGroup, QosPolicy}  # binding.chassis
+    assert references(LogicalRouter) == {LogicalSwitch, LogicalPort}  # ports[].lswitch
+    port = LogicalPort(
+        id="p", lswitch="s", binding=PortBinding(chassis="c1"), security_groups=["sg1", "sg2"], qos_policy="q"
+    )
+    assert reference_targets(port) == [
+        (LogicalSwitch, "s"),
+        (Chassis, "c1"),
+        (SecurityGroup, "sg1"),
+        (SecurityGroup, "sg2"),
+        (QosPolicy, "q"),
+    ]
+    ports = [RouterPort(id=f"rp{i}", lswitch=f"s{i}", mac="fa:16:3e:00:00:01", network="10.0.0.1/24") for i in (1, 2)]
+    router = LogicalRouter(id="r", ports=ports, gateway="p")
+    assert reference_targets(router) == [(LogicalSwitch, "s1"), (LogicalSwitch, "s2"), (LogicalPort, "p")]
+    assert reference_targets(LogicalPort(id="p", lswitch="s", binding=PortBinding(type="vtep"))) == [
+        (LogicalSwitch, "s")
+    ]
+    rules = SecurityGroup(id="sg", rules=[{"id": "r1", "remote_group": "sg2"}, {"id": "r2"}])
+    assert reference_targets(rules) == [(SecurityGroup, "sg2")]

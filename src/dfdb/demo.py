@@ -346,7 +346,7 @@ async def _run_replicas(nb: NbApi, cfg: DemoConfig, out: TextIO, settle: float) 
         for c in controllers:
             await c.settle(final, truth, settle)
     finally:
-        for c in controllers:
+        for c in reversed(controllers):  # each Replica's task group closes in the reverse order of opening
             await c.stop()
     result = DemoResult(writer.created, writer.writes, elapsed, [c.result for c in controllers])
     _print_summary(nb, cfg, result, len(truth), out)

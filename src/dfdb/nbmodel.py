@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, GetCoreSchemaHandler, PrivateAttr
@@ -19,6 +20,8 @@ __all__ = [
     "Ref",
     "dependency_order",
     "model_for_table",
+    "reference_targets",
+    "references",
     "registered_models",
     "validate_key",
 ]
@@ -197,44 +200,75 @@ def registered_models() -> list[type[NbModel]]:
 
 def references(model: type[NbModel]) -> set[type[NbModel]]:
     """The models that ``model``'s fields reference (also through nested models)."""
-    found: set[type[NbModel]] = set()
-    _walk_model(model, found, set())
+    return {
+        target
+        for info in model.model_fields.values()
+        for target in _annotation_targets(info.annotation, {model})
+        if target is not None
+    }
+
+
+def reference_targets(obj: BaseModel) -> list[tuple[type[NbModel], str]]:
+    """The (model, id) targets of the references ``obj`` holds, nested models and
+    collections included (``binding.chassis``, ``ports[].lswitch``), in field order."""
+    found: list[tuple[type[NbModel], str]] = []
+    _collect_targets(obj, found)
     return found
 
 
-def _walk_model(model: type[BaseModel], found: set[type[NbModel]], seen: set[type]) -> None:
-    if model in seen:
-        return
-    seen.add(model)
-    for info in model.model_fields.values():
-        _walk_annotation(info.annotation, found, seen)
+def _collect_targets(value: object, found: list[tuple[type[NbModel], str]]) -> None:
+    if isinstance(value, Ref):
+        if value.target is not None:
+            found.append((value.target, str(value)))
+    elif isinstance(value, BaseModel):
+        for name in _reference_fields(type(value)):
+            _collect_targets(getattr(value, name, None), found)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _collect_targets(item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_targets(item, found)
 
 
-def _walk_annotation(ann: Any, found: set[type[NbModel]], seen: set[type]) -> None:
+@functools.cache
+def _reference_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``model`` that can hold a reference, directly or in a nested model."""
+    return tuple(
+        name
+        for name, info in model.model_fields.items()
+        if any(True for _ in _annotation_targets(info.annotation, {model}))
+    )
+
+
+def _annotation_targets(ann: Any, seen: set[type]) -> Iterator[type[NbModel] | None]:
+    """Every reference an annotation can hold, as its target model (``None``: a target not
+    known yet), walking unions, collections, ``Annotated`` and nested (non-stored) models."""
     if isinstance(ann, typing.ForwardRef):
         ann = ann.__forward_arg__
     if isinstance(ann, str):  # not resolved yet: find the references by name
         for name in _REF_NAME.findall(ann):
-            target = _BY_NAME.get(name)
-            if target is not None:
-                found.add(target)
+            yield _BY_NAME.get(name)
+        return
+    if ann is Ref or (isinstance(ann, type) and issubclass(ann, Ref)):
+        yield None
         return
     origin = typing.get_origin(ann)
     if origin is Ref:
         args = typing.get_args(ann)
-        target = _resolve_target(args[0]) if args else None
-        if target is not None:
-            found.add(target)
+        yield _resolve_target(args[0]) if args else None
         return
     if origin is Annotated:
-        _walk_annotation(typing.get_args(ann)[0], found, seen)
+        yield from _annotation_targets(typing.get_args(ann)[0], seen)
         return
     if origin is not None or isinstance(ann, types.UnionType):
         for arg in typing.get_args(ann):
-            _walk_annotation(arg, found, seen)
+            yield from _annotation_targets(arg, seen)
         return
-    if isinstance(ann, type) and issubclass(ann, BaseModel) and not issubclass(ann, NbModel):
-        _walk_model(ann, found, seen)
+    if isinstance(ann, type) and issubclass(ann, BaseModel) and not issubclass(ann, NbModel) and ann not in seen:
+        seen.add(ann)
+        for info in ann.model_fields.values():
+            yield from _annotation_targets(info.annotation, seen)
 
 
 def dependency_order(models: Iterable[type[NbModel]]) -> list[type[NbModel]]:

@@ -16,6 +16,9 @@
 ``lose_reply``
     performs every first write attempt, then reports the connection as lost
     (a fault the NbApi must absorb: its retries are idempotent).
+
+Without ``fault=`` the wrapper injects nothing by itself; with any fault,
+:meth:`FaultyDriver.cut` drops the change streams' connections when a test says so.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class FaultyDriver(Driver):
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)
         fault = url.option("fault")
-        if fault not in FAULTS:
+        if fault is not None and fault not in FAULTS:
             raise InvalidURL(f"faulty:// needs fault= one of {', '.join(FAULTS)}")
         self.fault = fault
         inner_scheme = url.option("inner", "memory") or "memory"
@@ -57,6 +60,27 @@ class FaultyDriver(Driver):
         self.inner = driver_class(inner_url)(inner_url)
         self.capabilities = self.inner.capabilities  # type: ignore[misc]
         self._lost: set[tuple[str, str]] = set()
+        self._open_sources: set[_FaultySource] = set()
+        self._history_lost_upto = -1  # a watch resumed from a cursor at or below it gets a resync
+
+    async def cut(self, *, lose_history: bool = False) -> int:
+        """Drop the connection of every open change stream, as a server that goes away
+        does: each one's next (or current) read raises ``BackendUnavailableError`` once, and
+        the stream is over. With ``lose_history``, the history up to now is gone too: a
+        watch resumed from a cursor at or below the current revision starts with a
+        ``resync``, as after a server that came back without its change log.
+
+        Returns:
+            How many streams were cut.
+        """
+        sources = list(self._open_sources)
+        self._open_sources.clear()
+        if lose_history:
+            tables = {t for source in sources for t in source.tables}
+            self._history_lost_upto = max(self._history_lost_upto, await self._head(tables, -1))
+        for source in sources:
+            await source.cut()
+        return len(sources)
 
     async def open(self) -> None:
         await super().open()
@@ -99,7 +123,17 @@ class FaultyDriver(Driver):
             _leaked.add(task)
         if self.fault == "trim" and since is not None:
             since = None  # start from now: whatever happened after `since` is silently gone
-        return _FaultySource(await self.inner.watch(tables, topics, since), self.fault)
+        forgotten: RawEvent | None = None
+        if since is not None and since <= self._history_lost_upto:
+            forgotten, since = RawEvent.resync(await self._head(tables, since)), None
+        inner = await self.inner.watch(tables, topics, since)
+        source = _FaultySource(inner, self.fault, self._open_sources, tables)
+        if forgotten is not None:
+            source._pending.append(forgotten)
+        return source
+
+    async def _head(self, tables: Collection[str], default: int) -> int:
+        return max([(await self.inner.list(t)).revision for t in tables], default=default)
 
     async def allocate_unique_key(self, table: str) -> int:
         return await self.inner.allocate_unique_key(table)
@@ -109,17 +143,36 @@ class FaultyDriver(Driver):
 
 
 class _FaultySource(EventSource):
-    def __init__(self, inner: EventSource, fault: str) -> None:
+    def __init__(
+        self, inner: EventSource, fault: str | None, registry: set[_FaultySource], tables: Collection[str]
+    ) -> None:
+        self.tables = frozenset(tables)
         self._inner = inner
         self._fault = fault
         self._count = 0
         self._pending: list[RawEvent] = []
+        self._registry = registry
+        self._cut = False
+        registry.add(self)
+
+    async def cut(self) -> None:
+        self._cut = True
+        await self._inner.aclose()  # wakes a read waiting on it
 
     async def __anext__(self) -> RawEvent:
+        if self._cut:
+            self._cut = False
+            raise BackendUnavailableError("connection cut (injected)")
         if self._pending:
             return self._pending.pop()
         while True:
-            event = await self._inner.__anext__()
+            try:
+                event = await self._inner.__anext__()
+            except StopAsyncIteration:
+                if not self._cut:
+                    raise
+                self._cut = False
+                raise BackendUnavailableError("connection cut (injected)") from None
             if event.action == "resync":
                 if self._fault == "trim":
                     continue
@@ -149,6 +202,7 @@ class _FaultySource(EventSource):
         await self._inner.add_topics(topics, since)
 
     async def aclose(self) -> None:
+        self._registry.discard(self)
         await self._inner.aclose()
 
 

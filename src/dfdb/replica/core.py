@@ -1,0 +1,556 @@
+"""The :class:`Replica` itself: loading, following its change stream, topics, lookups."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Hashable, Iterable, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from dfdb.errors import BackendUnavailableError, NotFoundError, StreamClosedError
+from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
+from dfdb.nb import NbApi, revision_of
+from dfdb.nbmodel import NbModel, dependency_order, reference_targets, validate_key
+from dfdb.replica.events import EventFlow, Flag, ReplicaEvent, ReplicaEvents
+from dfdb.replica.modes import ReplicaStats, SyncMode
+from dfdb.replica.store import Row, Store
+from dfdb.retry import Backoff
+
+__all__ = ["Replica"]
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=NbModel)
+
+
+class Replica:
+    """An indexed local copy of ``models``; use it with ``async with``.
+
+    Its background work (following the change stream, reopening it) runs in a task group
+    the Replica owns from ``__aenter__`` to ``aclose``; like every anyio task group it is
+    closed by the task that opened it, and several Replicas close in the reverse order of
+    opening (as nested ``async with`` blocks do). It runs on asyncio and on trio.
+
+    Args:
+        nb: an open :class:`NbApi`.
+        models: the models to hold.
+        mode: :attr:`SyncMode.FULL`, :attr:`SyncMode.SELECTIVE` or :attr:`SyncMode.REACTIVE`.
+        topics: the first topics of a selective Replica.
+        max_objects: the most objects a reactive Replica holds (least recently used
+            ones are evicted).
+        max_pending: the most keys an ``events()`` consumer may have pending before
+            its pending events turn into one ``RESYNC``.
+    """
+
+    def __init__(
+        self,
+        nb: NbApi,
+        models: Sequence[type[NbModel]],
+        *,
+        mode: SyncMode = SyncMode.FULL,
+        topics: Iterable[str] = (),
+        max_objects: int = 10_000,
+        max_pending: int = 10_000,
+    ) -> None:
+        if not models:
+            raise ValueError("a Replica needs at least one model")
+        if max_objects < 1 or max_pending < 1:
+            raise ValueError("max_objects and max_pending must be positive")
+        self.nb = nb
+        self.models = dependency_order(models)
+        self.mode = SyncMode(mode)
+        self.max_objects = max_objects
+        self.max_pending = max_pending
+        self._topics: set[str] = {validate_key(t, "topic") for t in topics}
+        if self.mode is not SyncMode.SELECTIVE and self._topics:
+            raise ValueError("topics are for SyncMode.SELECTIVE")
+        self._held_topics: dict[str | None, int] = {}  # REACTIVE: objects held per topic
+        self._partial: set[str] = set()  # SELECTIVE: removed topics whose referenced objects stay
+        self._recent: dict[tuple[type[NbModel], str], None] = {}  # REACTIVE: least recent first
+        self._store = Store(self.models)
+        self._flow = EventFlow(self._missing, max_pending, defer=self.mode is not SyncMode.REACTIVE)
+        self.reconnects = 0
+        """Times the change stream was reopened from its cursor."""
+        self.evictions = 0
+        """Objects evicted to stay within ``max_objects``."""
+        self.corrupt = 0
+        """Changes whose value failed validation (their keys were evicted)."""
+        self.resyncs = 0
+        """How many times the Replica relisted its scope after a ``RESYNC``."""
+        self._tasks: TaskGroup | None = None
+        self._entered = False
+        self._records_read = self._bytes_read = 0  # of the stream, once closed
+        self._following = False
+        self._position = 0
+        self._synced = Flag()
+        self._progress = Flag()
+        self._stream: ChangeStream | None = None
+        self._lock = anyio.Lock()
+        self._failure: BaseException | None = None
+
+    @property
+    def deferred(self) -> int:
+        """Events held back until a reference target arrived (in all)."""
+        return self._flow.deferred
+
+    @property
+    def events_applied(self) -> int:
+        """How many changes the Replica applied."""
+        return self._flow.emitted
+
+    # ------------------------------------------------------------ lifecycle
+    def _scope(self) -> set[str | None] | None:
+        """The topics the stream follows (``None``: every topic)."""
+        if self.mode is SyncMode.FULL:
+            return None
+        if self.mode is SyncMode.SELECTIVE:
+            return {None, *self._topics, *self._partial}
+        return set(self._held_topics)
+
+    def _evict_corrupt(self, model: type[NbModel], id: str, revision: int) -> None:
+        """A change of ``id`` failed validation: evict the key rather than keep an outdated copy."""
+        self.corrupt += 1
+        held = self._store.row(model, id)
+        log.warning("replica evicts %s/%s: its value at revision %d is not valid", model.__table__, id, revision)
+        if held is not None and held[1] < revision:
+            self._drop_row(model, id)
+            self._store.remember_delete(model, id, revision)
+            self._flow.emit(ReplicaEvent(Action.DELETE, model, id, held[0], None, revision))
+
+    async def __aenter__(self) -> Replica:
+        if self._entered:
+            raise StreamClosedError("a Replica can be entered only once")
+        self._entered = True
+        stream = self.nb.watch(self.models, topics=self._scope())
+        stream.on_corrupt = self._evict_corrupt
+        await stream.open()
+        self._stream = stream
+        tasks = anyio.create_task_group()
+        try:
+            if self.mode is not SyncMode.REACTIVE:
+                await self._load(self._topics if self.mode is SyncMode.SELECTIVE else None)
+            await tasks.__aenter__()
+        except BaseException:
+            self._stream = None
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+        self._tasks = tasks
+        self._synced.set()
+        self._following = True
+        tasks.start_soon(self._follow, name="dfdb-replica")
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop following and end the ``events()`` iterators; idempotent."""
+        tasks, self._tasks = self._tasks, None
+        try:
+            if tasks is not None:
+                tasks.cancel_scope.cancel()
+                await tasks.__aexit__(None, None, None)
+        finally:
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                self._records_read, self._bytes_read = stream.records_read, stream.bytes_read
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+            self._following = False
+            self._synced.clear()
+            self._progress.set()
+            self._flow.end()
+
+    # ------------------------------------------------------------ loading
+    async def _load(self, topics: set[str] | None) -> None:
+        """List the scope (all, or ``topics`` plus topic-less objects) into the store."""
+        for model in self.models:
+            if topics is None:
+                listings = [await self.nb.list(model)]
+            else:
+                listings = [await self.nb.list(model, topic=t) for t in sorted(topics)]
+                listings.append(await self.nb.list(model))  # topic-less objects are filtered below
+            for listing in listings:
+                self._position = max(self._position, parse_cursor(listing.cursor)[1])
+                for obj in listing.items:
+                    if topics is not None and obj.topic is not None and obj.topic not in topics:
+                        continue
+                    self._apply(model, obj.id, obj, revision_of(obj) or 0)
+
+    def _apply(self, model: type[NbModel], id: str, obj: NbModel | None, revision: int) -> None:
+        if self._store.is_stale(model, id, revision):
+            return
+        held = self._store.row(model, id)
+        if obj is None:
+            if held is not None:
+                self._drop_row(model, id)
+            self._store.remember_delete(model, id, revision)
+            if held is not None:
+                self._flow.emit(ReplicaEvent(Action.DELETE, model, id, held[0], None, revision))
+        else:
+            self._put_row(model, id, obj, revision)
+            action = Action.CREATE if held is None else Action.UPDATE
+            self._flow.emit(ReplicaEvent(action, model, id, held[0] if held else None, obj, revision))
+
+    def _put_row(self, model: type[NbModel], id: str, obj: NbModel, revision: int) -> None:
+        held = self._store.put(model, id, obj, revision)
+        if self.mode is SyncMode.REACTIVE:
+            if held is None:
+                self._held_topics[obj.topic] = self._held_topics.get(obj.topic, 0) + 1
+            self._recent.pop((model, id), None)
+            self._recent[(model, id)] = None
+
+    def _drop_row(self, model: type[NbModel], id: str) -> None:
+        held = self._store.drop(model, id)
+        if held is not None and self.mode is SyncMode.REACTIVE:
+            self._recent.pop((model, id), None)
+            left = self._held_topics.get(held[0].topic, 0) - 1
+            if left > 0:
+                self._held_topics[held[0].topic] = left
+            else:
+                self._held_topics.pop(held[0].topic, None)
+
+    def _missing(self, obj: NbModel) -> set[tuple[type[NbModel], str]]:
+        """The reference targets of ``obj`` (of the Replica's models) that it does not hold."""
+        rows = self._store.rows
+        return {(target, ref) for target, ref in reference_targets(obj) if target in rows and ref not in rows[target]}
+
+    # ------------------------------------------------------------ following
+    async def _follow(self) -> None:
+        """Apply the stream's events; reopen it from its cursor when it breaks or ends."""
+        try:
+            await self._follow_stream()
+        except Exception as exc:  # kept for wait_for and synced; the owner's task goes on
+            self._failure = exc
+            log.error("replica stopped following: %s", exc)
+        finally:
+            self._following = False
+            self._synced.clear()
+            self._progress.set()
+
+    async def _follow_stream(self) -> None:
+        stream = self._stream
+        assert stream is not None
+        backoff = Backoff()
+        failures = 0
+        while True:
+            try:
+                async for ev in stream:
+                    await self._on_event(ev)
+                    # the cursor, not the event's revision: on an unordered driver an older
+                    # change of another topic may still be on its way
+                    self._position = max(self._position, parse_cursor(ev.cursor)[1])
+                    self._progress.set()
+                    failures = 0
+                log.warning("replica stream ended; reopening it from its cursor")
+            except BackendUnavailableError as exc:
+                log.warning("replica stream broke (%s); reopening it from its cursor", exc)
+            self._synced.clear()
+            if failures:
+                await anyio.sleep(backoff.delay(failures))
+            failures += 1
+            self.reconnects += 1
+            try:
+                await stream.reopen()
+            except StreamClosedError:
+                return  # closed: the Replica is closing
+            except BackendUnavailableError as exc:
+                log.warning("reopening the replica stream failed (%s); retrying", exc)
+                continue
+            self._synced.set()
+
+    async def _narrow(self) -> None:
+        """Stop following the topics the stream follows beyond the Replica's scope now."""
+        stream = self._stream
+        scope = self._scope()
+        if stream is None or stream.topics is None or scope is None:
+            return
+        gone = stream.topics - scope
+        if not gone:
+            return
+        try:
+            await stream.remove_topics(gone)
+        except StreamClosedError:
+            pass  # closed: the Replica is closing
+        except BackendUnavailableError as exc:  # the old subscription goes on; their events are filtered out
+            log.warning("narrowing the replica stream failed (%s); its events are filtered out", exc)
+
+    async def _on_event(self, ev: ChangeEvent) -> None:
+        if ev.action == Action.RESYNC:
+            await self._resync()
+            return
+        if ev.model is None or ev.model not in self._store:
+            return
+        held = self._store.row(ev.model, ev.id) is not None
+        if self.mode is SyncMode.SELECTIVE and ev.topic is not None and ev.topic not in self._topics:
+            if ev.topic not in self._partial or not held:
+                return  # a removed topic is followed only for the objects still referenced
+        if self.mode is SyncMode.REACTIVE and not held:
+            return  # only held objects are kept fresh
+        if ev.action == Action.DELETE:
+            self._apply(ev.model, ev.id, None, ev.revision)
+        elif ev.obj is not None:
+            self._apply(ev.model, ev.id, ev.obj, ev.revision)
+
+    async def _resync(self) -> None:
+        """History was lost: relist the scope and replace it, emitting updates and deletes."""
+        self.resyncs += 1
+        self._synced.clear()
+        async with self._lock:
+            before = self._store.clear()
+            self._recent.clear()
+            self._held_topics = dict.fromkeys(self._held_topics, 0)  # still followed; counted again
+            self._flow.muted = True  # the reload's own events are replaced by the difference below
+            try:
+                if self.mode is SyncMode.REACTIVE:
+                    await self._refetch(before)
+                else:
+                    await self._load(self._topics if self.mode is SyncMode.SELECTIVE else None)
+            finally:
+                self._flow.muted = False
+            for model, rows in before.items():
+                now = self._store.rows[model]
+                for id, (old, _) in rows.items():
+                    if id not in now:
+                        self._flow.emit(ReplicaEvent(Action.DELETE, model, id, old, None, self._position))
+                    elif now[id][0] != old:
+                        self._flow.emit(ReplicaEvent(Action.UPDATE, model, id, old, now[id][0], now[id][1]))
+                for id, (obj, rev) in now.items():
+                    if id not in rows:
+                        self._flow.emit(ReplicaEvent(Action.CREATE, model, id, None, obj, rev))
+        self._synced.set()
+
+    # ------------------------------------------------------------ state
+    @property
+    def synced(self) -> bool:
+        """Whether the Replica is loaded and following its stream."""
+        return self._synced.is_set() and self._following
+
+    async def wait_synced(self) -> None:
+        """Return once the Replica is loaded and following."""
+        await self._synced.wait()
+
+    async def wait_for(self, revision: int) -> None:
+        """Return once the Replica has applied every change of its scope up to ``revision``
+        (read-your-writes: pass the revision of your own write within the scope).
+
+        Raises:
+            StreamClosedError: the Replica stopped.
+        """
+        while self._applied_up_to() < revision:
+            if not self._following:
+                raise StreamClosedError(f"the replica stopped before revision {revision}: {self._failure}")
+            self._progress.clear()
+            # an idle stream's cursor also moves without events (progress notifications)
+            with anyio.move_on_after(0.05):
+                await self._progress.wait()
+
+    def _applied_up_to(self) -> int:
+        """Every change of the scope up to this revision is applied."""
+        stream = self._stream
+        if stream is None or not self._synced.is_set() or self._lock.locked():
+            return self._position
+        with contextlib.suppress(StreamClosedError):
+            self._position = max(self._position, parse_cursor(stream.cursor)[1])
+        return self._position
+
+    # ------------------------------------------------------------ topics
+    async def add_topic(self, topic: str) -> None:
+        """Load ``topic`` and follow it; returns once it is loaded, with no gap."""
+        if self.mode is not SyncMode.SELECTIVE:
+            raise ValueError("add_topic needs SyncMode.SELECTIVE")
+        validate_key(topic, "topic")
+        if topic in self._topics or self._stream is None:
+            return
+        async with self._lock:
+            # follow first, from the stream's own position, then list: every change after
+            # that position arrives, and the listings (taken later) are never newer than it
+            await self._stream.add_topics({topic}, since=self._stream.cursor)
+            self._topics.add(topic)
+            self._partial.discard(topic)
+            for model in self.models:
+                listing = await self.nb.list(model, topic=topic)
+                for obj in listing.items:
+                    self._apply(model, obj.id, obj, revision_of(obj) or 0)
+
+    async def remove_topic(self, topic: str) -> None:
+        """Stop following ``topic`` and evict its objects in reverse dependency order, except
+        objects still referenced by objects the Replica keeps (they stay until released)."""
+        if self.mode is not SyncMode.SELECTIVE:
+            raise ValueError("remove_topic needs SyncMode.SELECTIVE")
+        async with self._lock:
+            if topic not in self._topics:
+                return
+            self._topics.discard(topic)
+            self._partial.add(topic)
+            # evict what nothing in scope references (again for topics removed before)
+            rows = self._store.rows
+            leaving = {(m, i) for m in self.models for i, (o, _) in rows[m].items() if o.topic in self._partial}
+            kept = {
+                ref
+                for m in self.models
+                for i, (o, _) in rows[m].items()
+                if (m, i) not in leaving
+                for ref in reference_targets(o)
+            }
+            for model in reversed(self.models):
+                for id in sorted(i for m, i in leaving if m is model):
+                    if (model, id) in kept:
+                        continue
+                    obj, rev = rows[model][id]
+                    self._drop_row(model, id)
+                    self._flow.emit(ReplicaEvent(Action.DELETE, model, id, obj, None, rev))
+            held = {o.topic for m in self.models for o, _ in rows[m].values()}
+            self._partial &= {t for t in held if t is not None}
+            await self._narrow()
+
+    # ------------------------------------------------------------ reactive
+    async def fetch(self, model: type[M], id: str) -> M | None:
+        """The object from the Replica, fetched from the database (with the objects it
+        references) on a miss and kept fresh while held; ``None`` when it does not exist.
+
+        Raises:
+            ValueError: the Replica is not REACTIVE, or ``model`` is not one of its models.
+        """
+        if self.mode is not SyncMode.REACTIVE:
+            raise ValueError("fetch needs SyncMode.REACTIVE; use get")
+        if model not in self._store:
+            raise ValueError(f"{model.__name__} is not one of this Replica's models")
+        held = self._store.row(model, id)
+        if held is not None:
+            self._recent.pop((model, id), None)
+            self._recent[(model, id)] = None
+            return held[0]  # type: ignore[return-value]
+        await self._fetch(model, id, depth=3)
+        await self._evict()
+        return self.get(model, id)
+
+    async def _fetch(self, model: type[NbModel], id: str, depth: int) -> None:
+        try:
+            obj = await self.nb.get(model, id)
+        except NotFoundError:
+            return
+        await self._follow_topic(obj.topic)
+        fresh = await self.nb.get(model, id)  # read again after following: nothing falls between
+        self._apply(model, id, fresh, revision_of(fresh) or 0)
+        if depth > 0:
+            for target, ref in reference_targets(fresh):
+                if target in self._store and self._store.row(target, ref) is None:
+                    with contextlib.suppress(NotFoundError):
+                        await self._fetch(target, ref, depth - 1)
+
+    async def _follow_topic(self, topic: str | None) -> None:
+        stream = self._stream
+        if stream is None or topic in self._held_topics:
+            return
+        self._held_topics.setdefault(topic, 0)
+        with contextlib.suppress(StreamClosedError):  # reopening: the new stream follows it
+            await stream.add_topics({topic}, since=stream.cursor)
+
+    async def _evict(self) -> None:
+        """Drop least recently used objects beyond ``max_objects``; a topic whose last
+        object goes is no longer followed."""
+        dropped = False
+        while len(self._recent) > self.max_objects:
+            model, id = next(iter(self._recent))
+            self._drop_row(model, id)
+            self._recent.pop((model, id), None)
+            self.evictions += 1
+            dropped = True
+        if dropped:
+            for topic in [t for t, n in self._held_topics.items() if n <= 0]:
+                del self._held_topics[topic]
+            await self._narrow()
+
+    async def _refetch(self, before: dict[type[NbModel], dict[str, Row]]) -> None:
+        """After a ``RESYNC`` in REACTIVE mode: fetch again what was held."""
+        for model, rows in before.items():
+            for id in rows:
+                with contextlib.suppress(NotFoundError):
+                    obj = await self.nb.get(model, id)
+                    self._apply(model, id, obj, revision_of(obj) or 0)
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The subscribed topics (SELECTIVE)."""
+        return frozenset(self._topics)
+
+    # ------------------------------------------------------------ lookups
+    def get(self, model: type[M], id: str) -> M | None:
+        """The cached object, or ``None`` (a lookup, not a query)."""
+        held = self._store.row(model, id)
+        return held[0] if held is not None else None  # type: ignore[return-value]
+
+    def get_all(self, model: type[M], topic: str | None = None) -> list[M]:
+        """Every cached object of ``model`` (of one ``topic`` when given), sorted by id."""
+        rows = self._store.rows.get(model, {})
+        return [obj for _, (obj, _) in sorted(rows.items()) if topic is None or obj.topic == topic]  # type: ignore[misc]
+
+    def by_index(self, model: type[M], index: str | tuple[str, ...], value: Hashable) -> list[M]:
+        """The cached objects whose ``index`` (declared on the model) holds ``value``, sorted
+        by id. A list field matches each element; a multi-field index takes a tuple.
+
+        Raises:
+            KeyError: ``model`` declares no such index.
+        """
+        key = (index,) if isinstance(index, str) else tuple(index)
+        ids = self._store.lookup(model, key, value)
+        if ids is None:
+            raise KeyError(f"{model.__name__} declares no index {index!r} (indexes: {model.__indexes__})")
+        rows = self._store.rows[model]
+        return [rows[i][0] for i in ids]  # type: ignore[misc]
+
+    def get_one(self, model: type[M], index: str | tuple[str, ...], value: Hashable) -> M | None:
+        """The one cached object whose ``index`` holds ``value``, or ``None``.
+
+        Raises:
+            ValueError: more than one object matches.
+            KeyError: ``model`` declares no such index.
+        """
+        found = self.by_index(model, index, value)
+        if len(found) > 1:
+            raise ValueError(f"{len(found)} {model.__name__} objects have {index}={value!r}: {[o.id for o in found]}")
+        return found[0] if found else None
+
+    def resolve(self, ref: str, model: type[M] | None = None) -> M | None:
+        """The cached target of a reference (``Ref`` values know their model), or ``None``."""
+        target = model or getattr(ref, "target", None)
+        if target is None:
+            raise ValueError(f"cannot tell which model {ref!r} refers to; pass the model")
+        return self.get(target, ref)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def events(self) -> ReplicaEvents:
+        """The changes applied from now on (subscribed when this returns), as
+        :class:`ReplicaEvent`, an object's event after those of the objects it references.
+        Pending changes of one key are merged (a create then an update is one create); a
+        consumer with more than ``max_pending`` keys pending gets one ``RESYNC`` instead of
+        them, and should read the state again. It ends when the Replica closes; close it
+        with ``aclose``."""
+        return self._flow.subscribe()
+
+    def stats(self) -> ReplicaStats:
+        """The Replica's counters now."""
+        stream = self._stream
+        return ReplicaStats(
+            objects=len(self),
+            events=self._flow.emitted,
+            deferred=self._flow.deferred,
+            deferred_now=self._flow.deferred_now,
+            resyncs=self.resyncs,
+            reconnects=self.reconnects,
+            lag=self._flow.lag,
+            position=self._applied_up_to(),
+            records_read=stream.records_read if stream is not None else self._records_read,
+            bytes_read=stream.bytes_read if stream is not None else self._bytes_read,
+            evictions=self.evictions,
+        )

@@ -1,0 +1,47 @@
+"""The Replica's modes and counters."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["ReplicaStats", "SyncMode"]
+
+
+class SyncMode(enum.StrEnum):
+    """How much of the database a :class:`Replica` holds."""
+
+    FULL = "full"
+    """Every object of the chosen models."""
+    SELECTIVE = "selective"
+    """The subscribed topics, plus topic-less objects."""
+    REACTIVE = "reactive"
+    """Objects fetched on first access (``Replica.fetch``), kept fresh while held."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStats:
+    """Counters of a :class:`Replica` (``Replica.stats()``)."""
+
+    objects: int
+    """Objects held."""
+    events: int
+    """Changes applied."""
+    deferred: int
+    """Events held back until a reference target arrived (in all)."""
+    deferred_now: int
+    """Events waiting for a reference target now."""
+    resyncs: int
+    """Relists after a ``RESYNC``."""
+    reconnects: int
+    """Times the change stream was reopened from its cursor."""
+    lag: int
+    """Events applied but not yet taken by the slowest ``events()`` consumer."""
+    position: int
+    """Every change of the scope up to this revision is applied."""
+    records_read: int
+    """Change records the change streams read from the server (the initial lists not included)."""
+    bytes_read: int
+    """The size of those records as the driver received them."""
+    evictions: int
+    """Objects evicted to stay within ``max_objects`` (REACTIVE)."""

@@ -1,0 +1,142 @@
+"""The Replica's store: its rows per model, their indexes, and tombstones of recent deletes."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Sequence
+
+from dfdb.nbmodel import NbModel
+
+__all__ = ["Row", "Store"]
+
+Row = tuple[NbModel, int]
+"""A held object and the revision it was written at."""
+
+_TOMBSTONES = 100_000
+
+
+class Store:
+    """Rows of ``models`` by id, with the indexes each model declares (``__indexes__``) and
+    the revision of recent deletes, so that an older change never brings a key back."""
+
+    def __init__(self, models: Iterable[type[NbModel]]) -> None:
+        self.rows: dict[type[NbModel], dict[str, Row]] = {m: {} for m in models}
+        """The rows of each model by id (read it; change it through the methods)."""
+        self._indexes: dict[type[NbModel], dict[tuple[str, ...], defaultdict[Hashable, set[str]]]] = {
+            m: {index: defaultdict(set) for index in m.__indexes__} for m in self.rows
+        }
+        self._tombstones: dict[tuple[type[NbModel], str], int] = {}
+
+    def __contains__(self, model: object) -> bool:
+        return model in self.rows
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self.rows.values())
+
+    def row(self, model: type[NbModel], id: str) -> Row | None:
+        """The held object of ``model`` ``id`` and its revision, or ``None``."""
+        rows = self.rows.get(model)
+        return rows.get(id) if rows is not None else None
+
+    def is_stale(self, model: type[NbModel], id: str, revision: int) -> bool:
+        """Whether the store already holds ``id``, or its delete, at ``revision`` or later."""
+        held = self.rows[model].get(id)
+        if held is not None and held[1] >= revision:
+            return True
+        gone = self._tombstones.get((model, id))
+        return gone is not None and gone >= revision
+
+    def put(self, model: type[NbModel], id: str, obj: NbModel, revision: int) -> Row | None:
+        """Hold ``obj`` at ``revision``, its index entries following its fields; returns the
+        row it replaced."""
+        rows = self.rows[model]
+        held = rows.get(id)
+        for index, entries in self._indexes[model].items():
+            old_keys = index_keys(held[0], index) if held is not None else set()
+            new_keys = index_keys(obj, index)
+            for key in old_keys - new_keys:
+                _discard(entries, key, id)
+            for key in new_keys - old_keys:
+                entries[key].add(id)
+        rows[id] = (obj, revision)
+        self._tombstones.pop((model, id), None)
+        return held
+
+    def drop(self, model: type[NbModel], id: str) -> Row | None:
+        """Drop ``id`` and its index entries; returns the row dropped."""
+        held = self.rows[model].pop(id, None)
+        if held is not None:
+            for index, entries in self._indexes[model].items():
+                for key in index_keys(held[0], index):
+                    _discard(entries, key, id)
+        return held
+
+    def remember_delete(self, model: type[NbModel], id: str, revision: int) -> None:
+        """Note that ``id`` was deleted at ``revision`` (the most recent deletes are kept)."""
+        self._tombstones[(model, id)] = revision
+        if len(self._tombstones) > _TOMBSTONES:
+            del self._tombstones[next(iter(self._tombstones))]
+
+    def clear(self) -> dict[type[NbModel], dict[str, Row]]:
+        """Empty the store (tombstones too); returns what it held."""
+        before = {m: dict(rows) for m, rows in self.rows.items()}
+        for model, rows in self.rows.items():
+            rows.clear()
+            for entries in self._indexes[model].values():
+                entries.clear()
+        self._tombstones.clear()
+        return before
+
+    def lookup(self, model: type[NbModel], index: tuple[str, ...], value: Hashable) -> list[str] | None:
+        """The sorted ids whose ``index`` holds ``value`` (``None``: no such index)."""
+        entries = self._indexes.get(model, {}).get(index)
+        if entries is None:
+            return None
+        return sorted(entries.get(value, ()))
+
+
+def _path_values(value: object, parts: Sequence[str]) -> list[Hashable]:
+    """The values at a dotted path; lists along the way fan out, ``None`` yields nothing."""
+    current = _fan_out(value)
+    for part in parts:
+        current = [x for v in current for x in _fan_out(getattr(v, part, None))]
+    return [v for v in current if isinstance(v, Hashable)]
+
+
+def _fan_out(value: object) -> list[object]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple | set | frozenset):
+        return [x for item in value for x in _fan_out(item)]
+    return [value]
+
+
+@functools.cache
+def _split_paths(index: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(path.split(".")) for path in index)
+
+
+def index_keys(obj: NbModel, index: tuple[str, ...]) -> set[Hashable]:
+    """The keys ``obj`` has in ``index``: a field's value, each element of a list field, a
+    tuple per combination for a multi-field index."""
+    paths = _split_paths(index)
+    if len(paths) == 1 and len(paths[0]) == 1:  # one plain field: the common case
+        value = getattr(obj, paths[0][0], None)
+        if value is None:
+            return set()
+        if not isinstance(value, list | tuple | set | frozenset):
+            return {value} if isinstance(value, Hashable) else set()
+    values = [_path_values(obj, path) for path in paths]
+    if len(index) == 1:
+        return set(values[0])
+    return set(itertools.product(*values))
+
+
+def _discard(entries: defaultdict[Hashable, set[str]], key: Hashable, id: str) -> None:
+    ids = entries.get(key)
+    if ids is not None:
+        ids.discard(id)
+        if not ids:
+            del entries[key]
