@@ -535,6 +535,7 @@ async def test_invalid_update_evicts_the_key(nb: NbApi, caplog: pytest.LogCaptur
     net = await nb.create(Net(id="n", topic="t", name="good"))
     async with Replica(nb, [Net]) as replica:
         assert replica.get(Net, "n") == net
+        events = replica.events()
         try:
             await nb.driver.put(Net.__table__, "n", "t", b'{"id": "n", "topic": "t", "name": 5}', revision_of(net) or 0)
         except dfdb.BackendUnavailableError:
@@ -542,6 +543,24 @@ async def test_invalid_update_evicts_the_key(nb: NbApi, caplog: pytest.LogCaptur
         await settle(replica, await nb.create(Net(id="probe", topic="t")))
         assert replica.get(Net, "n") is None  # evicted, not kept outdated
         assert replica.corrupt == 1 and "replica evicts" in caplog.text and "n" in caplog.text
+        assert replica.stats().corrupt == 1
+        # the eviction is told as corruption, never as an ordinary delete
+        repaired = await nb.put(Net(id="n", topic="t", name="fixed"))
+        await nb.delete(Net, "probe")
+        seen = []
+        async with asyncio.timeout(WAIT):
+            async for ev in events:
+                seen.append((ev.action, ev.id, ev.corrupt))
+                if ev.id == "probe" and ev.action == dfdb.Action.DELETE:
+                    break
+        assert seen == [
+            (dfdb.Action.DELETE, "n", True),
+            (dfdb.Action.CREATE, "probe", False),
+            (dfdb.Action.CREATE, "n", False),
+            (dfdb.Action.DELETE, "probe", False),
+        ]
+        assert replica.get(Net, "n") == repaired
+        await events.aclose()
 
 
 async def test_nested_references_order_and_defer_events(exact_nb: NbApi) -> None:

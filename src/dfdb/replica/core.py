@@ -119,7 +119,7 @@ class Replica:
         if held is not None and held[1] < revision:
             self._drop_row(model, id)
             self._store.remember_delete(model, id, revision)
-            self._flow.emit(ReplicaEvent(Action.DELETE, model, id, held[0], None, revision))
+            self._flow.emit(ReplicaEvent(Action.DELETE, model, id, held[0], None, revision, corrupt=True))
 
     async def __aenter__(self) -> Replica:
         if self._entered:
@@ -553,4 +553,5 @@ class Replica:
             records_read=stream.records_read if stream is not None else self._records_read,
             bytes_read=stream.bytes_read if stream is not None else self._bytes_read,
             evictions=self.evictions,
+            corrupt=self.corrupt,
         )

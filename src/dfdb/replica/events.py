@@ -24,6 +24,11 @@ class ReplicaEvent:
 
     ``RESYNC`` (``model`` ``None``) tells a consumer of ``events()`` that it fell too far
     behind: its pending events were dropped, and it should read the Replica's state again.
+
+    ``corrupt`` is true on a ``DELETE`` that is not a deletion: the object's new stored
+    value failed validation, so the Replica evicted its outdated copy (the database still
+    holds the bad value; it is logged with its table and key and counted in
+    ``ReplicaStats.corrupt``). A later valid write brings the object back as a ``CREATE``.
     """
 
     action: Action
@@ -32,6 +37,7 @@ class ReplicaEvent:
     old: NbModel | None
     new: NbModel | None
     revision: int
+    corrupt: bool = False
 
 
 class Flag:
@@ -136,7 +142,7 @@ def _coalesce(first: ReplicaEvent, then: ReplicaEvent) -> ReplicaEvent | None:
         return ReplicaEvent(Action.CREATE, then.model, then.id, None, then.new, then.revision)
     if first.action == Action.DELETE and then.action == Action.CREATE:
         return ReplicaEvent(Action.UPDATE, then.model, then.id, first.old, then.new, then.revision)
-    return ReplicaEvent(then.action, then.model, then.id, first.old, then.new, then.revision)
+    return ReplicaEvent(then.action, then.model, then.id, first.old, then.new, then.revision, then.corrupt)
 
 
 class ReplicaEvents:

@@ -45,3 +45,6 @@ class ReplicaStats:
     """The size of those records as the driver received them."""
     evictions: int
     """Objects evicted to stay within ``max_objects`` (REACTIVE)."""
+    corrupt: int = 0
+    """Objects evicted because a new stored value failed validation (each also a ``DELETE``
+    event with ``corrupt`` set)."""
