@@ -104,12 +104,30 @@ def test_bad_urls(url: str, match: str) -> None:
         dfdb.connect(url)
 
 
-async def test_a_missing_directory_fails_at_once(tmp_path: Path) -> None:
+def write_file(path: str, data: bytes) -> None:
+    Path(path).write_bytes(data)
+
+
+@pytest.mark.parametrize("case", ["missing directory", "not a database"])
+async def test_an_unusable_file_fails_at_once(tmp_path: Path, case: str) -> None:
+    if case == "missing directory":
+        path, match = f"{tmp_path}/missing-dir/x.db", f"directory {tmp_path}/missing-dir does not exist"
+    else:
+        path, match = f"{tmp_path}/x.db", "not a database"
+        write_file(path, b"this is no SQLite file, " * 100)
     started = time.monotonic()
-    with pytest.raises(dfdb.ConfigurationError, match=f"directory {tmp_path}/missing-dir does not exist"):
-        async with dfdb.connect(f"sqlite:///{tmp_path}/missing-dir/x.db", timeout=10):
+    with pytest.raises(dfdb.ConfigurationError, match=match):
+        async with dfdb.connect(f"sqlite:///{path}", timeout=10):
             pass
     assert time.monotonic() - started < 2  # not retried for the whole deadline
+
+
+async def test_a_file_whose_write_lock_is_held_opens_and_reads(db_url: str, tmp_path: Path) -> None:
+    async with dfdb.connect(db_url) as nb:
+        await nb.create(Thing(id="a"))
+    with locked(f"{tmp_path}/dfdb.db"):
+        async with dfdb.connect(db_url, timeout=5) as nb:
+            assert [t.id for t in await nb.get_all(Thing)] == ["a"]
 
 
 async def test_writers_in_several_processes_lose_nothing(db_url: str) -> None:

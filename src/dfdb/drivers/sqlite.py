@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -95,6 +96,7 @@ _TRIM_EVERY = 256
 _LOCK_SLICE = 0.02
 """Seconds SQLite itself waits on another connection's lock before the driver checks
 the call's deadline and whether the caller is still waiting."""
+_NOT_OPEN = "the driver is not open; use 'async with' or 'await open()'"
 _ACTIONS = frozenset({"create", "update", "delete"})
 _PERMANENT = frozenset(
     {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH}
@@ -162,11 +164,14 @@ class SqliteDriver(Driver):
         lock and rolls back a transaction that has not committed yet.
         """
         self._check_open()
+        return await self._to_thread(functools.partial(self._in_thread, fn))
+
+    async def _to_thread(self, fn: Callable[[_Call], T]) -> T:
         if self._limiter is None:
-            raise RuntimeError("the driver is not open; use 'async with' or 'await open()'")
+            raise RuntimeError(_NOT_OPEN)
         call = _Call(self._deadline())
         try:
-            return await anyio.to_thread.run_sync(self._in_thread, fn, call, limiter=self._limiter)
+            return await anyio.to_thread.run_sync(fn, call, limiter=self._limiter)
         except BaseException:
             call.abandoned.set()
             raise
@@ -179,10 +184,13 @@ class SqliteDriver(Driver):
         return time.monotonic() + max(remaining, 0.0)
 
     def _in_thread(self, fn: Callable[[sqlite3.Connection, _Call], T], call: _Call) -> T:
+        """``fn`` on the connection (in the SQLite thread)."""
         with self._mutex:
             db = self._db
             if db is None:
-                raise StreamClosedError(f"the {self.url.scheme} driver is closed")
+                if self._closed:
+                    raise StreamClosedError(f"the {self.url.scheme} driver is closed")
+                raise RuntimeError(_NOT_OPEN)
             return self._until_deadline(lambda: fn(db, call), db, call)
 
     def _until_deadline(self, attempt: Callable[[], T], db: sqlite3.Connection, call: _Call) -> T:
@@ -208,14 +216,8 @@ class SqliteDriver(Driver):
         await super().open()
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
-        if self._db is not None:
-            return
-        call = _Call(self._deadline())
-        try:
-            await anyio.to_thread.run_sync(self._connect, call, limiter=self._limiter)
-        except BaseException:
-            call.abandoned.set()
-            raise
+        if self._db is None:
+            await self._to_thread(self._connect)
 
     def _connect(self, call: _Call) -> None:
         """Open and set up the connection (in the SQLite thread); the driver owns it
@@ -232,7 +234,7 @@ class SqliteDriver(Driver):
             except sqlite3.Error as exc:
                 raise _mapped(self.url, exc, "cannot open") from None
             try:
-                self._identity = self._until_deadline(lambda: _set_up(db), db, call)
+                self._identity = self._until_deadline(lambda: _set_up(db, call), db, call)
             except BaseException:
                 db.close()
                 raise
@@ -265,7 +267,7 @@ class SqliteDriver(Driver):
     async def identity(self) -> str:
         self._check_open()
         if self._db is None:
-            raise RuntimeError("the driver is not open; use 'async with' or 'await open()'")
+            raise RuntimeError(_NOT_OPEN)
         return self._identity
 
     async def get(self, table: str, id: str) -> Entry | None:
@@ -515,7 +517,7 @@ def _transaction(db: sqlite3.Connection, call: _Call, begin: str = "BEGIN IMMEDI
         raise
 
 
-def _set_up(db: sqlite3.Connection) -> str:
+def _set_up(db: sqlite3.Connection, call: _Call) -> str:
     """Make the file a dfdb database (when it is not yet); return its identity.
 
     Writes only to a file that is not set up, so a file that is locked by another
@@ -524,14 +526,12 @@ def _set_up(db: sqlite3.Connection) -> str:
     db.execute("PRAGMA synchronous = NORMAL")
     if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         db.execute("PRAGMA journal_mode = WAL")
-    with contextlib.suppress(sqlite3.OperationalError):  # no such table: a new file
-        rows = dict(db.execute("SELECT key, value FROM dfdb_meta WHERE key IN ('identity', 'trimmed')").fetchall())
-        if len(rows) == 2 and db.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'dfdb_%'").fetchone()[
-            0
-        ] >= len(SCHEMA):
-            return str(rows["identity"])
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    (objects,) = db.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'dfdb_%'").fetchone()
+    if objects >= len(SCHEMA):
+        meta = dict(db.execute("SELECT key, value FROM dfdb_meta WHERE key IN ('identity', 'trimmed')").fetchall())
+        if len(meta) == 2:
+            return str(meta["identity"])
+    with _transaction(db, call):
         for statement in SCHEMA:
             db.execute(statement)
         db.execute(
@@ -540,11 +540,6 @@ def _set_up(db: sqlite3.Connection) -> str:
         )
         db.execute("INSERT INTO dfdb_meta (key, value) VALUES ('trimmed', '0') ON CONFLICT (key) DO NOTHING")
         identity = db.execute("SELECT value FROM dfdb_meta WHERE key = 'identity'").fetchone()[0]
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.rollback()
-        raise
     return str(identity)
 
 
