@@ -517,3 +517,11 @@ async def test_values_over_the_limit_are_refused(db_url: str) -> None:
         assert isinstance(outcomes[0], int) and isinstance(outcomes[1], ValueError)
         assert await driver.get("t", "big") is None and await driver.get("t", "b") is None
         assert (await driver.put("t", "max", None, b"y" * limit, ABSENT)) > outcomes[0]
+
+
+async def test_text_that_is_not_utf8_is_a_value_error(db_url: str) -> None:
+    async with dfdb.connect(db_url) as nb:
+        with pytest.raises(ValueError, match="not UTF-8") as caught:
+            await nb.driver.put("t", "\udcff", None, b"1", ABSENT)
+        assert not isinstance(caught.value, UnicodeError)
+        assert await nb.driver.get("t", "a") is None  # and the driver goes on

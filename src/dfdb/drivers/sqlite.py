@@ -202,6 +202,8 @@ class SqliteDriver(Driver):
                 db.rollback()
             try:
                 return attempt()
+            except UnicodeEncodeError as exc:  # a key or topic with a lone surrogate
+                raise ValueError(f"not storable text (not UTF-8): {exc.object!r}") from None
             except sqlite3.Error as exc:
                 if not _busy(exc):
                     raise _mapped(self.url, exc) from None
