@@ -21,9 +21,8 @@ the same process wake watchers at once, other processes' writes are seen within
 is recorded in the same transaction as the trim, so a cursor below it yields
 ``resync``. A log row the driver cannot read (written by another tool) is logged,
 counted in :attr:`SqliteDriver.malformed_records` and announced as a ``resync`` of
-its table; the stream goes on after it.
-
-Values are limited to :attr:`SqliteDriver.max_value_size` (16 MiB).
+its table; the stream goes on after it. Values are limited to
+:attr:`SqliteDriver.max_value_size` (16 MiB).
 
 Options: ``poll_interval``, ``log_size``, ``log_age``, ``busy_timeout`` (seconds,
 default 10).
@@ -449,20 +448,21 @@ class SqliteDriver(Driver):
         try:
             event = RawEvent(_text(action), _text(table), _text(id), _text(topic, None), value, revision)
             if event.action not in _ACTIONS or not event.id or (value is None and event.action != "delete"):
-                raise ValueError(f"not a change: action {event.action!r}, value {_size(value)}")
+                raise ValueError(f"not a change: action {event.action!r}" + (", no value" if value is None else ""))
         except ValueError as exc:
             self.malformed_records += 1
             name, key = (x.decode(errors="backslashreplace") if isinstance(x, bytes) else x for x in (table, id))
+            scope = _text(table) if _readable(table) else None  # a table name that is not text: everything
             log.warning(
-                "%s: unreadable change-log row at revision %d (table %r, key %r): %s; announcing a resync of %r",
+                "%s: unreadable change-log row at revision %d (table %r, key %r): %s; announcing a resync of %s",
                 self.url,
                 revision,
                 name,
                 key,
                 exc,
-                name,
+                "everything watched" if scope is None else repr(scope),
             )
-            return RawEvent("resync", name, "", None, None, revision)
+            return RawEvent("resync", scope, "", None, None, revision)
         return event
 
     async def watch(
@@ -579,8 +579,12 @@ def _text(raw: bytes | None, default: Any = _MISSING) -> Any:
     return raw.decode()  # UnicodeDecodeError is a ValueError
 
 
-def _size(value: bytes | None) -> str:
-    return "none" if value is None else f"{len(value)} bytes"
+def _readable(raw: bytes | None) -> bool:
+    try:
+        _text(raw)
+    except ValueError:
+        return False
+    return True
 
 
 def _busy(exc: sqlite3.Error) -> bool:
