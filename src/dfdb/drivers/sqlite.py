@@ -1,31 +1,25 @@
 """``sqlite:///path/to/file.db``: embedded persistence with a change log.
 
-Entries and a change log live in one SQLite file (WAL mode). Every write appends
-its change to the log in the same transaction; the log's autoincrement key is the
-global revision. Compare-and-swap, create-if-absent, conditional delete and
-unique-key allocation are atomic across every process that shares the file.
+Entries and a change log live in one SQLite file (WAL mode). Every write appends its change to the log in the
+same transaction; the log's autoincrement key is the global revision. Compare-and-swap, create-if-absent,
+conditional delete and unique-key allocation are atomic across every process that shares the file.
 
-All SQLite work runs on one connection in a worker thread, one call at a time
-(``anyio.to_thread.run_sync`` with a limiter of one): each operation — a write with
-its check, log append and trim, a whole ``put_many``, a listing — is one function
-run in one trip to the thread, committed or rolled back before it returns. So the
-driver runs under asyncio and trio alike, and a cancelled call never leaves the
-connection inside a transaction: a cancelled write happened once or not at all.
-While another process holds the write lock the call waits, at most ``busy_timeout``
-seconds and never past its deadline, then raises ``BackendTimeoutError``.
+All SQLite work runs on one connection in a worker thread, one call at a time (``anyio.to_thread.run_sync``
+with a limiter of one): each operation — a write with its check, log append and trim, a whole ``put_many``, a
+listing — is one function run in one trip to the thread, committed or rolled back before it returns. So the
+driver runs under asyncio and trio alike, and a cancelled call never leaves the connection inside a
+transaction: a cancelled write happened once or not at all. While another process holds the write lock the
+call waits, at most ``busy_timeout`` seconds and never past its deadline, then raises ``BackendTimeoutError``.
 
-Change streams read the log "after revision R" (:class:`ChangeLogPoller`): writes of
-the same process wake watchers at once, other processes' writes are seen within
-``poll_interval`` (default 0.1 s). Retention is bounded: ``log_size`` changes
-(default 100,000) and, when set, ``log_age`` seconds; the highest discarded revision
-is recorded in the same transaction as the trim, so a cursor below it yields
-``resync``. A log row the driver cannot read (written by another tool) is logged,
-counted in :attr:`SqliteDriver.malformed_records` and announced as a ``resync`` of
-its table; the stream goes on after it. Values are limited to
+Change streams read the log "after revision R" (:class:`ChangeLogPoller`): writes of the same process wake
+watchers at once, other processes' writes are seen within ``poll_interval`` (default 0.1 s). Retention is
+bounded: ``log_size`` changes (default 100,000) and, when set, ``log_age`` seconds; the highest discarded
+revision is recorded in the same transaction as the trim, so a cursor below it yields ``resync``. A log row
+the driver cannot read (written by another tool) is logged, counted in :attr:`SqliteDriver.malformed_records`
+and announced as a ``resync`` of its table; the stream goes on after it. Values are limited to
 :attr:`SqliteDriver.max_value_size` (16 MiB).
 
-Options: ``poll_interval``, ``log_size``, ``log_age``, ``busy_timeout`` (seconds,
-default 10).
+Options: ``poll_interval``, ``log_size``, ``log_age``, ``busy_timeout`` (seconds, default 10).
 """
 
 from __future__ import annotations
@@ -398,7 +392,8 @@ class SqliteDriver(Driver):
         return Listing([Entry(table, r[0], r[1], _blob(r[2]), r[3]) for r in rows], head)
 
     async def tables(self) -> builtins.list[str]:
-        return [r[0] for r in await self._fetchall("SELECT DISTINCT tbl FROM dfdb_entries ORDER BY tbl")]
+        sql = "SELECT DISTINCT tbl FROM dfdb_entries ORDER BY tbl"
+        return [r[0] for r in await self._trip(lambda db, call: db.execute(sql).fetchall())]
 
     def changes_sql(
         self, tables: Collection[str], topics: Collection[str | None] | None
