@@ -209,13 +209,17 @@ class ChangeLogPoller(BufferedSource):
         return None
 
     def _readable(self, events: list[RawEvent]) -> list[RawEvent]:
-        """``events``, each record with an unknown action replaced by a resync of its table."""
-        return [
-            ev
-            if ev.action in _ACTIONS
-            else self._malformed(ev.table, f"{ev.table}/{ev.id}", ev.revision, f"unknown action {ev.action!r}")
-            for ev in events
-        ]
+        """``events``, each record with an unknown action replaced by a resync of its table.
+        A ``resync`` in a batch is the reader's own report of a record it could not read
+        (it logged it): counted here and passed on."""
+        readable = []
+        for ev in events:
+            if ev.action == "resync":
+                self.records_malformed += 1
+            elif ev.action not in _ACTIONS:
+                ev = self._malformed(ev.table, f"{ev.table}/{ev.id}", ev.revision, f"unknown action {ev.action!r}")
+            readable.append(ev)
+        return readable
 
     async def _follow(self, topics: frozenset[str | None], since: int) -> None:
         backlog: list[RawEvent] = []

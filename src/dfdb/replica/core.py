@@ -344,7 +344,9 @@ class Replica:
         Raises:
             StreamClosedError: the Replica stopped.
         """
-        while self._applied_up_to() < revision:
+        # a relist in progress (after a RESYNC) has emptied the scope: it is not caught up,
+        # whatever position an earlier load reached
+        while not self._synced.is_set() or self._applied_up_to() < revision:
             if not self._following:
                 raise StreamClosedError(f"the replica stopped before revision {revision}: {self._failure}")
             self._progress.clear()
