@@ -451,6 +451,31 @@ async def test_replica_reconciles_when_history_is_lost_while_cut(faulty_nb: NbAp
         await events.aclose()
 
 
+async def test_readers_never_see_an_emptied_scope_during_a_resync(faulty_nb: NbApi) -> None:
+    """A RESYNC relists the scope and swaps the contents at once: a reader looking at every
+    scheduling point meanwhile sees the old objects or the new, never a missing one."""
+    nb = faulty_nb
+    await nb.create_many([Net(id=f"n{i}", topic="t") for i in range(50)])
+    async with Replica(nb, [Net]) as replica:
+        assert len(replica.get_all(Net)) == 50
+        smallest = 50
+        done = asyncio.Event()
+
+        async def look() -> None:
+            nonlocal smallest
+            while not done.is_set():
+                smallest = min(smallest, len(replica.get_all(Net)))
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(look())
+        assert await cut(nb, lose_history=True) == 1
+        await settle(replica, await nb.create(Net(id="probe", topic="t")))
+        done.set()
+        await watcher
+        assert replica.stats().resyncs == 1
+        assert smallest == 50, f"a reader saw {smallest} of 50 objects during the resync"
+
+
 async def test_cancelled_event_reads_lose_nothing(exact_nb: NbApi) -> None:
     """Reads of ``events()`` cancelled at any point (while waiting, just as an event was
     handed over, under ``asyncio.wait_for`` with tiny timeouts) lose and repeat nothing."""

@@ -13,7 +13,7 @@ from anyio.abc import TaskGroup
 
 from dfdb.errors import BackendUnavailableError, NotFoundError, StreamClosedError
 from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
-from dfdb.nb import NbApi, revision_of
+from dfdb.nb import ListResult, NbApi, revision_of
 from dfdb.nbmodel import NbModel, dependency_order, reference_targets, validate_key
 from dfdb.replica.events import EventFlow, Flag, ReplicaEvent, ReplicaEvents
 from dfdb.replica.modes import ReplicaStats, SyncMode
@@ -171,18 +171,27 @@ class Replica:
     # ------------------------------------------------------------ loading
     async def _load(self, topics: set[str] | None) -> None:
         """List the scope (all, or ``topics`` plus topic-less objects) into the store."""
+        self._fill(await self._list_scope(topics), topics)
+
+    async def _list_scope(self, topics: set[str] | None) -> list[tuple[type[NbModel], ListResult[NbModel]]]:
+        """The listings of the scope (all, or ``topics`` plus every topic-less object)."""
+        listings: list[tuple[type[NbModel], ListResult[NbModel]]] = []
         for model in self.models:
             if topics is None:
-                listings = [await self.nb.list(model)]
+                listings.append((model, await self.nb.list(model)))
             else:
-                listings = [await self.nb.list(model, topic=t) for t in sorted(topics)]
-                listings.append(await self.nb.list(model))  # topic-less objects are filtered below
-            for listing in listings:
-                self._position = max(self._position, parse_cursor(listing.cursor)[1])
-                for obj in listing.items:
-                    if topics is not None and obj.topic is not None and obj.topic not in topics:
-                        continue
-                    self._apply(model, obj.id, obj, revision_of(obj) or 0)
+                listings += [(model, await self.nb.list(model, topic=t)) for t in sorted(topics)]
+                listings.append((model, await self.nb.list(model)))  # topic-less objects are filtered below
+        return listings
+
+    def _fill(self, listings: list[tuple[type[NbModel], ListResult[NbModel]]], topics: set[str] | None) -> None:
+        """Apply ``listings`` to the store, with no await: readers never see half of it."""
+        for model, listing in listings:
+            self._position = max(self._position, parse_cursor(listing.cursor)[1])
+            for obj in listing.items:
+                if topics is not None and obj.topic is not None and obj.topic not in topics:
+                    continue
+                self._apply(model, obj.id, obj, revision_of(obj) or 0)
 
     def _apply(self, model: type[NbModel], id: str, obj: NbModel | None, revision: int) -> None:
         if self._store.is_stale(model, id, revision):
@@ -304,6 +313,10 @@ class Replica:
         self.resyncs += 1
         self._synced.clear()
         async with self._lock:
+            topics = self._topics if self.mode is SyncMode.SELECTIVE else None
+            # list first and swap the contents with no await in between: a reader sees the
+            # old contents or the new, never an empty or half-filled scope
+            listings = await self._list_scope(topics) if self.mode is not SyncMode.REACTIVE else []
             before = self._store.clear()
             self._recent.clear()
             self._held_topics = dict.fromkeys(self._held_topics, 0)  # still followed; counted again
@@ -312,7 +325,7 @@ class Replica:
                 if self.mode is SyncMode.REACTIVE:
                     await self._refetch(before)
                 else:
-                    await self._load(self._topics if self.mode is SyncMode.SELECTIVE else None)
+                    self._fill(listings, topics)
             finally:
                 self._flow.muted = False
             for model, rows in before.items():
