@@ -90,6 +90,25 @@ class LocalServer(ABC):
             proc.kill()
             proc.wait()
 
+    def kill(self, index: int = 0) -> None:
+        """``kill -9`` member ``index`` (its data folder stays)."""
+        proc = self.processes[index]
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def pause(self, index: int = 0) -> None:
+        """``SIGSTOP`` member ``index``: it keeps its connections but answers nothing."""
+        proc = self.processes[index]
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, index: int = 0) -> None:
+        """``SIGCONT`` member ``index``."""
+        proc = self.processes[index]
+        assert proc is not None
+        proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop every member and delete the data folder."""
         for proc in self.processes:
@@ -193,13 +212,6 @@ class RedisServer(LocalServer):
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.processes = [proc]
         _wait_ready(self._ping, proc, f"redis-server on port {self.port}")
-
-    def kill(self) -> None:
-        """``kill -9`` the server (its data folder stays)."""
-        for proc in self.processes:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
     def restart(self) -> None:
         """Start the server again on the same port with the same data folder."""
@@ -325,13 +337,6 @@ class EtcdServer(LocalServer):
             time.sleep(0.05)
         raise ServerUnavailable("etcd: no leader within 10s")
 
-    def kill(self, index: int = 0) -> None:
-        """``kill -9`` member ``index`` (its data folder stays)."""
-        proc = self.processes[index]
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
     def restart(self, index: int = 0) -> None:
         """Start member ``index`` again with its data (after ``kill``)."""
         self.kill(index)
@@ -341,18 +346,6 @@ class EtcdServer(LocalServer):
         self.processes[index] = proc
         if self.members == 1:
             _wait_ready(lambda: self.healthy(index), proc, f"etcd member m{index}")
-
-    def pause(self, index: int) -> None:
-        """``SIGSTOP`` member ``index``: it keeps its connections but answers nothing."""
-        proc = self.processes[index]
-        assert proc is not None
-        proc.send_signal(signal.SIGSTOP)
-
-    def resume(self, index: int) -> None:
-        """``SIGCONT`` member ``index``."""
-        proc = self.processes[index]
-        assert proc is not None
-        proc.send_signal(signal.SIGCONT)
 
 
 SERVERS["etcd"] = lambda members: EtcdServer(members)
@@ -447,13 +440,6 @@ class ZooKeeperServer(LocalServer):
                     return i
             time.sleep(0.05)
         raise ServerUnavailable("zookeeper: no leader within 10s")
-
-    def kill(self, index: int = 0) -> None:
-        """``kill -9`` member ``index`` (its data folder stays)."""
-        proc = self.processes[index]
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
     def restart(self, index: int = 0) -> None:
         """Start member ``index`` again with its data (after ``kill``)."""
