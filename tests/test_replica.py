@@ -756,3 +756,64 @@ async def test_closing_ends_events_and_a_closed_replica_stays_closed(nb: NbApi) 
     with pytest.raises(dfdb.StreamClosedError, match="only once"):
         async with replica:
             pass
+
+
+async def test_add_topic_cancelled_at_any_step_leaves_the_topic_out(nb: NbApi) -> None:
+    """A cancelled ``add_topic`` leaves the topic out (nothing half-loaded stays); the next
+    call loads it whole."""
+    await nb.create_many([Net(id=f"n{i}", topic="t1") for i in range(10)])
+    async with Replica(nb, [Net], mode=SyncMode.SELECTIVE) as replica:
+        for steps in range(40):
+            adding = asyncio.create_task(replica.add_topic("t1"))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            adding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await adding
+            if adding.cancelled():
+                assert "t1" not in replica.topics and replica.get_all(Net, topic="t1") == []
+            await replica.add_topic("t1")
+            assert len(replica.get_all(Net, topic="t1")) == 10, f"cancelled after {steps} steps"
+            await replica.remove_topic("t1")
+
+
+async def test_concurrent_add_topic_calls_return_once_loaded(nb: NbApi) -> None:
+    await nb.create_many([Net(id=f"n{i}", topic="t1") for i in range(50)])
+    async with Replica(nb, [Net], mode=SyncMode.SELECTIVE) as replica:
+
+        async def add() -> int:
+            await replica.add_topic("t1")
+            return len(replica.get_all(Net, topic="t1"))
+
+        calls = []
+        for _ in range(30):  # a call at every step of the first one's load
+            calls.append(asyncio.create_task(add()))
+            await asyncio.sleep(0)
+        assert await asyncio.gather(*calls) == [50] * 30
+
+
+async def test_a_replica_closed_from_another_task_disturbs_nothing(nb: NbApi) -> None:
+    """``asyncio.wait_for(replica.aclose(), t)`` runs ``aclose`` in a task of its own: the
+    Replica closes, and the task that opened it goes on undisturbed."""
+    replica = Replica(nb, [Net])
+    await replica.__aenter__()
+    await asyncio.wait_for(replica.aclose(), 5)
+    await asyncio.sleep(0)  # no stray cancellation reaches this task
+    await nb.create(Net(id="after", topic="t"))
+    assert not replica.synced
+
+
+async def test_events_end_when_the_nbapi_closes_under_the_replica(dfdb_fresh_url: str) -> None:
+    nb = await dfdb.connect(dfdb_fresh_url)
+    async with Replica(nb, [Net]) as replica:
+        events = replica.events()
+        await nb.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(events), WAIT)
+        with pytest.raises(dfdb.StreamClosedError):
+            await replica.wait_for(10**9)
+
+
+def test_topics_must_not_be_a_string(nb: NbApi) -> None:
+    with pytest.raises(TypeError, match="not the string"):
+        Replica(nb, [Net], mode=SyncMode.SELECTIVE, topics="ab")

@@ -9,8 +9,8 @@ from types import TracebackType
 from typing import TypeVar
 
 import anyio
-from anyio.abc import TaskGroup
 
+from dfdb.background import BackgroundTask
 from dfdb.errors import BackendUnavailableError, NotFoundError, StreamClosedError
 from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
 from dfdb.nb import ListResult, NbApi, revision_of
@@ -65,6 +65,8 @@ class Replica:
         self.mode = SyncMode(mode)
         self.max_objects = max_objects
         self.max_pending = max_pending
+        if isinstance(topics, str):
+            raise TypeError(f"topics must be a collection of topics, not the string {topics!r}")
         self._topics: set[str] = {validate_key(t, "topic") for t in topics}
         if self.mode is not SyncMode.SELECTIVE and self._topics:
             raise ValueError("topics are for SyncMode.SELECTIVE")
@@ -81,7 +83,8 @@ class Replica:
         """Changes whose value failed validation (their keys were evicted)."""
         self.resyncs = 0
         """How many times the Replica relisted its scope after a ``RESYNC``."""
-        self._tasks: TaskGroup | None = None
+        self._follower = BackgroundTask("dfdb-replica")
+        self._loading: set[str] = set()  # SELECTIVE: topics being added (followed, not loaded yet)
         self._entered = False
         self._records_read = self._bytes_read = 0  # of the stream, once closed
         self._following = False
@@ -129,20 +132,19 @@ class Replica:
         stream.on_corrupt = self._evict_corrupt
         await stream.open()
         self._stream = stream
-        tasks = anyio.create_task_group()
         try:
             if self.mode is not SyncMode.REACTIVE:
                 await self._load(self._topics if self.mode is SyncMode.SELECTIVE else None)
-            await tasks.__aenter__()
+            self._synced.set()
+            self._following = True
+            await self._follower.start(self._follow)
         except BaseException:
             self._stream = None
+            self._following = False
+            self._synced.clear()
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
             raise
-        self._tasks = tasks
-        self._synced.set()
-        self._following = True
-        tasks.start_soon(self._follow, name="dfdb-replica")
         return self
 
     async def __aexit__(
@@ -152,11 +154,8 @@ class Replica:
 
     async def aclose(self) -> None:
         """Stop following and end the ``events()`` iterators; idempotent."""
-        tasks, self._tasks = self._tasks, None
         try:
-            if tasks is not None:
-                tasks.cancel_scope.cancel()
-                await tasks.__aexit__(None, None, None)
+            await self._follower.stop()
         finally:
             stream, self._stream = self._stream, None
             if stream is not None:
@@ -239,10 +238,11 @@ class Replica:
         except Exception as exc:  # kept for wait_for and synced; the owner's task goes on
             self._failure = exc
             log.error("replica stopped following: %s", exc)
-        finally:
+        finally:  # for good (the Replica or its NbApi closed, or a failure): consumers end too
             self._following = False
             self._synced.clear()
             self._progress.set()
+            self._flow.end()
 
     async def _follow_stream(self) -> None:
         stream = self._stream
@@ -298,7 +298,12 @@ class Replica:
         if ev.model is None or ev.model not in self._store:
             return
         held = self._store.row(ev.model, ev.id) is not None
-        if self.mode is SyncMode.SELECTIVE and ev.topic is not None and ev.topic not in self._topics:
+        if (
+            self.mode is SyncMode.SELECTIVE
+            and ev.topic is not None
+            and ev.topic not in self._topics
+            and ev.topic not in self._loading
+        ):
             if ev.topic not in self._partial or not held:
                 return  # a removed topic is followed only for the objects still referenced
         if self.mode is SyncMode.REACTIVE and not held:
@@ -378,22 +383,32 @@ class Replica:
 
     # ------------------------------------------------------------ topics
     async def add_topic(self, topic: str) -> None:
-        """Load ``topic`` and follow it; returns once it is loaded, with no gap."""
+        """Load ``topic`` and follow it; returns once it is loaded, with no gap. A call that
+        fails or is cancelled leaves the topic out (call again); concurrent calls for one
+        topic all return once it is loaded."""
         if self.mode is not SyncMode.SELECTIVE:
             raise ValueError("add_topic needs SyncMode.SELECTIVE")
         validate_key(topic, "topic")
-        if topic in self._topics or self._stream is None:
-            return
         async with self._lock:
+            if topic in self._topics or self._stream is None:
+                return
             # follow first, from the stream's own position, then list: every change after
-            # that position arrives, and the listings (taken later) are never newer than it
-            await self._stream.add_topics({topic}, since=self._stream.cursor)
+            # that position arrives (applied meanwhile: the topic is loading), and the
+            # listings (taken later) are never newer than it
+            self._loading.add(topic)
+            try:
+                await self._stream.add_topics({topic}, since=self._stream.cursor)
+                listings = [(model, await self.nb.list(model, topic=topic)) for model in self.models]
+            except BaseException:
+                self._loading.discard(topic)
+                if topic not in self._partial:
+                    self._partial.add(topic)  # what arrived of it meanwhile goes again
+                    self._evict_partial()
+                raise
+            self._loading.discard(topic)
             self._topics.add(topic)
             self._partial.discard(topic)
-            for model in self.models:
-                listing = await self.nb.list(model, topic=topic)
-                for obj in listing.items:
-                    self._apply(model, obj.id, obj, revision_of(obj) or 0)
+            self._fill(listings, None)
 
     async def remove_topic(self, topic: str) -> None:
         """Stop following ``topic`` and evict its objects in reverse dependency order, except
@@ -405,26 +420,30 @@ class Replica:
                 return
             self._topics.discard(topic)
             self._partial.add(topic)
-            # evict what nothing in scope references (again for topics removed before)
-            rows = self._store.rows
-            leaving = {(m, i) for m in self.models for i, (o, _) in rows[m].items() if o.topic in self._partial}
-            kept = {
-                ref
-                for m in self.models
-                for i, (o, _) in rows[m].items()
-                if (m, i) not in leaving
-                for ref in reference_targets(o)
-            }
-            for model in reversed(self.models):
-                for id in sorted(i for m, i in leaving if m is model):
-                    if (model, id) in kept:
-                        continue
-                    obj, rev = rows[model][id]
-                    self._drop_row(model, id)
-                    self._flow.emit(ReplicaEvent(Action.DELETE, model, id, obj, None, rev))
-            held = {o.topic for m in self.models for o, _ in rows[m].values()}
-            self._partial &= {t for t in held if t is not None}
+            self._evict_partial()
             await self._narrow()
+
+    def _evict_partial(self) -> None:
+        """Evict the objects of removed topics that nothing in scope references (again for
+        topics removed before), in reverse dependency order."""
+        rows = self._store.rows
+        leaving = {(m, i) for m in self.models for i, (o, _) in rows[m].items() if o.topic in self._partial}
+        kept = {
+            ref
+            for m in self.models
+            for i, (o, _) in rows[m].items()
+            if (m, i) not in leaving
+            for ref in reference_targets(o)
+        }
+        for model in reversed(self.models):
+            for id in sorted(i for m, i in leaving if m is model):
+                if (model, id) in kept:
+                    continue
+                obj, rev = rows[model][id]
+                self._drop_row(model, id)
+                self._flow.emit(ReplicaEvent(Action.DELETE, model, id, obj, None, rev))
+        held = {o.topic for m in self.models for o, _ in rows[m].values()}
+        self._partial &= {t for t in held if t is not None}
 
     # ------------------------------------------------------------ reactive
     async def fetch(self, model: type[M], id: str) -> M | None:
