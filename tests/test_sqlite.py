@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 import dfdb
+from dfdb.drivers.base import ABSENT, Entry, PutRequest
 from dfdb.drivers.sqlite import SqliteDriver
+from dfdb.url import DatabaseURL
 
 HELPERS = Path(__file__).parent / "helpers"
 sys.path.insert(0, str(HELPERS))
@@ -64,7 +71,8 @@ async def test_bounded_log_announces_loss(tmp_path: Path) -> None:
         cursor = (await nb.list(Thing)).cursor
         for i in range(600):  # the log is trimmed every 256 writes
             await nb.create(Thing(id=f"t{i}"))
-        count = sqlite3.connect(f"{tmp_path}/x.db").execute("SELECT count(*) FROM dfdb_changelog").fetchone()[0]
+        with contextlib.closing(sqlite3.connect(f"{tmp_path}/x.db")) as db:
+            count = db.execute("SELECT count(*) FROM dfdb_changelog").fetchone()[0]
         assert count < 600
         async with nb.watch(Thing, since=cursor) as stream:
             ev = await asyncio.wait_for(anext(stream), 10)
@@ -78,7 +86,8 @@ async def test_idle_poll_is_an_index_search(db_url: str, tmp_path: Path) -> None
         assert isinstance(driver, SqliteDriver)
         for topics in (None, {"t"}, {"t", None}):
             sql, params = driver.changes_sql({"sqlite_thing", "other"}, topics)
-            plan = sqlite3.connect(f"{tmp_path}/dfdb.db").execute("EXPLAIN QUERY PLAN " + sql, [0, *params]).fetchall()
+            with contextlib.closing(sqlite3.connect(f"{tmp_path}/dfdb.db")) as db:
+                plan = db.execute("EXPLAIN QUERY PLAN " + sql, [0, *params]).fetchall()
             details = " | ".join(row[-1] for row in plan)
             assert "SEARCH dfdb_changelog USING INTEGER PRIMARY KEY (rowid>?)" in details, details
             # no table scan of the log or the entries; sqlite_sequence holds one row per
@@ -95,10 +104,30 @@ def test_bad_urls(url: str, match: str) -> None:
         dfdb.connect(url)
 
 
-async def test_unopenable_file_is_backend_unavailable(tmp_path: Path) -> None:
-    with pytest.raises(dfdb.BackendUnavailableError, match="cannot open"):
-        async with dfdb.connect(f"sqlite:///{tmp_path}/missing-dir/x.db", timeout=0.5):
+def write_file(path: str, data: bytes) -> None:
+    Path(path).write_bytes(data)
+
+
+@pytest.mark.parametrize("case", ["missing directory", "not a database"])
+async def test_an_unusable_file_fails_at_once(tmp_path: Path, case: str) -> None:
+    if case == "missing directory":
+        path, match = f"{tmp_path}/missing-dir/x.db", f"directory {tmp_path}/missing-dir does not exist"
+    else:
+        path, match = f"{tmp_path}/x.db", "not a database"
+        write_file(path, b"this is no SQLite file, " * 100)
+    started = time.monotonic()
+    with pytest.raises(dfdb.ConfigurationError, match=match):
+        async with dfdb.connect(f"sqlite:///{path}", timeout=10):
             pass
+    assert time.monotonic() - started < 2  # not retried for the whole deadline
+
+
+async def test_a_file_whose_write_lock_is_held_opens_and_reads(db_url: str, tmp_path: Path) -> None:
+    async with dfdb.connect(db_url) as nb:
+        await nb.create(Thing(id="a"))
+    with locked(f"{tmp_path}/dfdb.db"):
+        async with dfdb.connect(db_url, timeout=5) as nb:
+            assert [t.id for t in await nb.get_all(Thing)] == ["a"]
 
 
 async def test_writers_in_several_processes_lose_nothing(db_url: str) -> None:
@@ -248,6 +277,251 @@ def test_cli_unopenable_file_is_one_line(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2, result.stderr  # a wrong --db, like a wrong argument
     assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "cannot open" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "does not exist" in result.stderr
+
+
+# ---------------------------------------------------------------- locks, deadlines, threads
+class Locker:
+    """Another OS process holding the database's lock (tests/helpers/sqlite_locker.py)."""
+
+    def __init__(self, path: str, mode: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HELPERS / "sqlite_locker.py"), path, mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "LOCKED"
+
+    def release(self) -> None:
+        if self.proc.returncode is None:
+            out, _ = self.proc.communicate("\n", timeout=30)
+            assert out.strip() == "RELEASED"
+
+
+@contextlib.contextmanager
+def locked(path: str, mode: str = "write") -> Iterator[Locker]:
+    locker = Locker(path, mode)
+    try:
+        yield locker
+    finally:
+        if locker.proc.poll() is None:
+            locker.proc.kill()
+            locker.proc.communicate()
+
+
+def take_write_lock_at_once(path: str) -> None:
+    """Fails unless nobody holds the file's write lock."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=0)) as db:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("cancel", ["asyncio.timeout", "anyio.fail_after", "NbApi timeout"])
+async def test_a_write_cancelled_while_locked_leaves_no_damage(tmp_path: Path, cancel: str) -> None:
+    path = f"{tmp_path}/x.db"
+    async with dfdb.connect(f"sqlite:///{path}", timeout=0.5) as nb:
+        await nb.create(Thing(id="before"))
+        driver = nb.driver
+        with locked(path) as locker:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):  # BackendUnavailableError from the NbApi is not one
+                if cancel == "asyncio.timeout":
+                    async with asyncio.timeout(0.3):
+                        await driver.put("sqlite_thing", "a", None, b'{"id": "a", "version": 1}', ABSENT)
+                elif cancel == "anyio.fail_after":
+                    with anyio.fail_after(0.3):
+                        await driver.put("sqlite_thing", "a", None, b'{"id": "a", "version": 1}', ABSENT)
+                else:
+                    try:
+                        await nb.create(Thing(id="a"))
+                    except dfdb.BackendUnavailableError as exc:
+                        raise TimeoutError from exc
+            assert time.monotonic() - started < 3  # the deadline, not the 10 s busy timeout
+            locker.release()
+        # the cancelled write did not happen, and nothing was left half-done: later
+        # writes work, and nobody's lock is held any more
+        with pytest.raises(dfdb.NotFoundError):
+            await nb.get(Thing, "a")
+        await nb.create(Thing(id="after"))
+        await nb.patch(Thing, "before", n=1)
+        take_write_lock_at_once(path)
+        assert [t.id for t in await nb.get_all(Thing)] == ["after", "before"]
+
+
+async def test_a_locked_database_honours_the_deadline(tmp_path: Path) -> None:
+    path = f"{tmp_path}/x.db"
+    with locked(path, "exclusive"):  # not even readable
+        started = time.monotonic()
+        with pytest.raises(dfdb.BackendUnavailableError, match="locked"):
+            async with dfdb.connect(f"sqlite:///{path}", timeout=1):
+                pass
+        assert time.monotonic() - started < 3
+
+
+def run_cli(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "dfdb", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return result, time.monotonic() - started
+
+
+def test_cli_on_a_locked_file_is_one_line_within_the_timeout(tmp_path: Path) -> None:
+    path = f"{tmp_path}/x.db"
+    with locked(path, "exclusive"):
+        result, took = run_cli("--db", f"sqlite:///{path}", "--timeout", "2", "ls", "lswitch", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "locked" in result.stderr, result.stderr
+    assert took < 8  # the interpreter's start, then at most the 2 s deadline
+
+
+def test_cli_with_a_tiny_timeout_ends(tmp_path: Path) -> None:
+    for _ in range(3):
+        result, _ = run_cli("--db", f"sqlite:///{tmp_path}/x.db", "--timeout", "1e-9", "ls", "lswitch", cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def _new_threads_end(before: set[threading.Thread]) -> None:
+    """Every thread started since ``before`` ends (daemon threads may idle a while:
+    they never keep the process alive)."""
+    for thread in set(threading.enumerate()) - before:
+        if not thread.daemon:
+            thread.join(10)
+            assert not thread.is_alive(), f"thread left running: {thread.name}"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_no_thread_is_left_behind(tmp_path: Path, backend: str) -> None:
+    path = f"{tmp_path}/x.db"
+
+    async def scenario() -> None:
+        # an open cut short by its deadline
+        driver = SqliteDriver(DatabaseURL.parse(f"sqlite:///{path}"))
+        with anyio.move_on_after(1e-9):
+            await driver.open()
+        await driver.aclose()
+        # an open that fails on a locked file
+        with locked(path, "exclusive"):
+            driver = SqliteDriver(DatabaseURL.parse(f"sqlite:///{path}?busy_timeout=0.3"))
+            with pytest.raises(dfdb.BackendTimeoutError, match="locked"):
+                await driver.open()
+            await driver.aclose()
+        # a driver used and closed
+        async with SqliteDriver(DatabaseURL.parse(f"sqlite:///{path}")) as driver:
+            await driver.put("t", "a", None, b"1", ABSENT)
+
+    before = set(threading.enumerate())
+    anyio.run(scenario, backend=backend)
+    _new_threads_end(before)
+
+
+async def test_no_thread_is_left_behind_in_a_running_loop(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    for timeout in (1e-9, 1e-6, 1e-3):
+        with contextlib.suppress(dfdb.BackendUnavailableError):
+            async with dfdb.connect(f"sqlite:///{tmp_path}/x.db", timeout=timeout) as nb:
+                await nb.get_all(Thing)
+    # the event loop's idle worker threads are stopped with its main task; nothing else remains
+    left = [t.name for t in set(threading.enumerate()) - before if t.name != "AnyIO worker thread"]
+    assert left == []
+
+
+# ---------------------------------------------------------------- trio
+def test_the_driver_runs_under_trio(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with SqliteDriver(DatabaseURL.parse(f"sqlite:///{tmp_path}/x.db")) as driver:
+            r1 = await driver.put("t", "a", "p", b"1", ABSENT)
+            assert (await driver.get("t", "a")) == Entry("t", "a", "p", b"1", r1)
+            outcomes = await driver.put_many(
+                [PutRequest("t", "b", None, b"2", ABSENT), PutRequest("t", "a", "p", b"x", ABSENT)]
+            )
+            assert isinstance(outcomes[0], int) and isinstance(outcomes[1], dfdb.AlreadyExistsError)
+            listing = await driver.list("t")
+            assert sorted(e.id for e in listing.entries) == ["a", "b"] and listing.revision == outcomes[0]
+            assert [await driver.allocate_unique_key("t") for _ in range(3)] == [1, 2, 3]
+            deleted = await driver.delete("t", "b")
+            assert deleted.revision > outcomes[0]
+            batch = await driver.changes_after(0, {"t"}, None)
+            assert [(ev.action, ev.id) for ev in batch.events] == [("create", "a"), ("create", "b"), ("delete", "b")]
+
+    anyio.run(main, backend="trio")
+
+
+# ---------------------------------------------------------------- malformed log rows
+def insert_log_rows(path: str, *rows: tuple[str, str, str]) -> None:
+    """Append change-log rows as another tool could: (table, id SQL, action)."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=10)) as db:
+        for table, id_sql, action in rows:
+            db.execute(
+                f"INSERT INTO dfdb_changelog (tbl, id, topic, action, value, at) VALUES (?, {id_sql}, NULL, ?, ?, 0)",
+                (table, action, b"{}"),
+            )
+
+
+async def test_a_malformed_log_row_is_a_resync_not_a_dead_stream(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = f"{tmp_path}/dfdb.db"
+    async with dfdb.connect(db_url) as nb, nb.watch(Thing) as stream:
+        async with dfdb.Replica(nb, [Thing]) as replica:
+            await replica.wait_synced()
+            await nb.create(Thing(id="a"))
+            insert_log_rows(path, ("sqlite_thing", "'x'", "frobnicate"))
+            await nb.create(Thing(id="b"))
+            insert_log_rows(path, ("sqlite_thing", "CAST(X'FF00' AS TEXT)", "update"))  # not UTF-8
+            c = await nb.create(Thing(id="c"))
+
+            got = []
+            async with asyncio.timeout(10):
+                while len(got) < 5:
+                    ev = await anext(stream)
+                    got.append((ev.action, ev.model, ev.id))
+            assert got == [
+                (dfdb.Action.CREATE, Thing, "a"),
+                (dfdb.Action.RESYNC, Thing, ""),
+                (dfdb.Action.CREATE, Thing, "b"),
+                (dfdb.Action.RESYNC, Thing, ""),
+                (dfdb.Action.CREATE, Thing, "c"),
+            ]
+
+            revision = dfdb.revision_of(c)
+            assert revision is not None
+            await asyncio.wait_for(replica.wait_for(revision), 10)
+            assert sorted(t.id for t in replica.get_all(Thing)) == ["a", "b", "c"]
+            assert replica.stats().resyncs == 2
+            driver = nb.driver
+            assert isinstance(driver, SqliteDriver)
+            assert driver.malformed_records == 4  # two rows, read by two watchers
+            await nb.create(Thing(id="d"))  # and it goes on
+            ev = await asyncio.wait_for(anext(stream), 10)
+            assert (ev.action, ev.id) == (dfdb.Action.CREATE, "d")
+    warnings = [r.getMessage() for r in caplog.records if "unreadable change-log row" in r.getMessage()]
+    assert any("revision 2 (table 'sqlite_thing', key 'x')" in w and "'frobnicate'" in w for w in warnings), warnings
+
+
+# ---------------------------------------------------------------- value size
+async def test_values_over_the_limit_are_refused(db_url: str) -> None:
+    limit = SqliteDriver.max_value_size
+    assert limit == 16 * 1024 * 1024
+    async with dfdb.connect(db_url) as nb:
+        driver = nb.driver
+        big = b"x" * (limit + 1)
+        with pytest.raises(ValueError, match="limit of 16,777,216 bytes"):
+            await driver.put("t", "big", None, big, ABSENT)
+        outcomes = await driver.put_many(
+            [PutRequest("t", "a", None, b"1", ABSENT), PutRequest("t", "b", None, big, ABSENT)]
+        )
+        assert isinstance(outcomes[0], int) and isinstance(outcomes[1], ValueError)
+        assert await driver.get("t", "big") is None and await driver.get("t", "b") is None
+        assert (await driver.put("t", "max", None, b"y" * limit, ABSENT)) > outcomes[0]
+
+
+async def test_text_that_is_not_utf8_is_a_value_error(db_url: str) -> None:
+    async with dfdb.connect(db_url) as nb:
+        with pytest.raises(ValueError, match="not UTF-8") as caught:
+            await nb.driver.put("t", "\udcff", None, b"1", ABSENT)
+        assert not isinstance(caught.value, UnicodeError)
+        assert await nb.driver.get("t", "a") is None  # and the driver goes on
