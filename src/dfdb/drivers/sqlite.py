@@ -30,7 +30,6 @@ default 10).
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import functools
@@ -103,7 +102,7 @@ _PERMANENT = frozenset(
 """Error codes that retrying cannot fix: the URL names a file that cannot be used."""
 
 # Watchers of each file in this process, woken by this process's writes.
-_WAITERS: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+_WAITERS: defaultdict[str, set[anyio.Event]] = defaultdict(set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,7 +397,10 @@ class SqliteDriver(Driver):
         return Listing([Entry(table, r[0], r[1], _blob(r[2]), r[3]) for r in rows], head)
 
     async def tables(self) -> builtins.list[str]:
-        return [r[0] for r in await self._fetchall("SELECT DISTINCT tbl FROM dfdb_entries ORDER BY tbl")]
+        def read(db: sqlite3.Connection, call: _Call) -> builtins.list[Any]:
+            return db.execute("SELECT DISTINCT tbl FROM dfdb_entries ORDER BY tbl").fetchall()
+
+        return [r[0] for r in await self._trip(read)]
 
     def changes_sql(
         self, tables: Collection[str], topics: Collection[str | None] | None
