@@ -7,6 +7,9 @@ import os
 import threading
 from dataclasses import dataclass
 
+import anyio
+import sniffio
+
 __all__ = ["ResourceSnapshot"]
 
 
@@ -15,6 +18,10 @@ def _fd_count() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:  # pragma: no cover - not Linux
         return 0
+
+
+_LOOP_THREADS = ("AnyIO worker thread", "Trio thread")
+"""Names of the event loops' own worker-thread pools: their idle threads outlive a call by design."""
 
 
 @dataclass(frozen=True)
@@ -27,15 +34,22 @@ class ResourceSnapshot:
 
     @classmethod
     def take(cls) -> ResourceSnapshot:
-        """Take a snapshot now (inside a running event loop)."""
-        current = asyncio.current_task()
-        tasks = frozenset(t for t in asyncio.all_tasks() if t is not current and not t.done())
+        """Take a snapshot now (inside a running event loop). Tasks are asyncio's: under
+        trio every task belongs to a nursery that outlives it, so none is counted."""
+        tasks: frozenset[asyncio.Task[object]] = frozenset()
+        if sniffio.current_async_library() == "asyncio":
+            current = asyncio.current_task()
+            tasks = frozenset(t for t in asyncio.all_tasks() if t is not current and not t.done())
         return cls(tasks, frozenset(threading.enumerate()), _fd_count())
 
     def leaks_since(self, baseline: ResourceSnapshot) -> list[str]:
         """What this snapshot holds beyond ``baseline``, described; empty when nothing."""
         problems = [f"task left running: {t.get_name()} ({t.get_coro()!r})" for t in self.tasks - baseline.tasks]
-        problems += [f"thread left running: {t.name}" for t in self.threads - baseline.threads if t.is_alive()]
+        problems += [
+            f"thread left running: {t.name}"
+            for t in self.threads - baseline.threads
+            if t.is_alive() and not t.name.startswith(_LOOP_THREADS)
+        ]
         if self.fds > baseline.fds:
             problems.append(f"{self.fds - baseline.fds} file descriptor(s) left open")
         return problems
@@ -44,10 +58,9 @@ class ResourceSnapshot:
     async def wait_clean(baseline: ResourceSnapshot, grace: float = 2.0) -> list[str]:
         """Wait up to ``grace`` seconds for resources to return to ``baseline``;
         return what is still left over (empty when clean)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        deadline = anyio.current_time() + grace
         while True:
             leaks = ResourceSnapshot.take().leaks_since(baseline)
-            if not leaks or loop.time() >= deadline:
+            if not leaks or anyio.current_time() >= deadline:
                 return leaks
-            await asyncio.sleep(0.01)
+            await anyio.sleep(0.01)
