@@ -436,7 +436,7 @@ class Driver(ABC):
             BackendUnavailableError: a write's outcome is unknown; no further write starts.
         """
         queue = iter(indexes)
-        failure: list[BackendUnavailableError] = []
+        failure: list[Exception] = []
 
         async def worker() -> None:
             for i in queue:
@@ -450,6 +450,9 @@ class Driver(ABC):
                     return
                 except (AlreadyExistsError, NotFoundError, ConflictError, ValueError, DriverError) as exc:
                     results[i] = exc
+                except Exception as exc:  # raised as itself below, not wrapped in an ExceptionGroup
+                    failure.append(exc)
+                    return
 
         async with anyio.create_task_group() as tg:
             for _ in range(max(1, min(window, len(writes)))):
