@@ -5,6 +5,9 @@ a line). ``{name}`` in a URL becomes a fresh name per test, ``{tmp}`` the test's
 own temporary folder, ``{redis}`` the address of a Redis server started for the
 session, ``{etcd}`` that of an etcd member, ``{zookeeper}`` that of a ZooKeeper
 server (skipped when the server is missing, failed when ``DFDB_REQUIRE_SERVERS=1``).
+
+A test that takes ``dfdb_backend`` (every conformance test does) runs once per URL
+under asyncio and, for the schemes in :data:`TRIO_SCHEMES`, once more under trio.
 """
 
 from __future__ import annotations
