@@ -61,8 +61,8 @@ async def checkpoint_if_cancelled() -> None:
     after every call into code that may swallow a cancellation, and first in every
     retrying ``except``.
     """
+    await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel scope's own cancellation first
     checkpoint()
-    await anyio.lowlevel.checkpoint_if_cancelled()
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ class Backoff:
 
         A cancellation that a client library turned into ``exc`` is re-raised instead.
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         raise_if_cancelling(exc)
-        await checkpoint_if_cancelled()
         delay = self.delay(attempt)
         log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
         await anyio.sleep(delay)
