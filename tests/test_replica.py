@@ -685,21 +685,7 @@ async def _replica_round_trip() -> None:
             assert [e async for e in events] == []
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "asyncio",
-        pytest.param(
-            "trio",
-            marks=pytest.mark.xfail(
-                raises=RuntimeError,
-                reason="the NbApi is asyncio-only: dfdb/nb.py NbApi._retry and NbApi._write call "
-                "asyncio.get_running_loop, asyncio.timeout and asyncio.sleep, and dfdb/retry.py checkpoint "
-                "calls asyncio.current_task (the Replica and memory:// run on trio once those use anyio)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_replica_runs_on_asyncio_and_trio(backend: str) -> None:
     import anyio
 

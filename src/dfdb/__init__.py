@@ -25,6 +25,7 @@ from dfdb.errors import (
     OutcomeUnknownError,
     StreamClosedError,
     UnknownDriverError,
+    UnsupportedEventLoopError,
     ValueTooLargeError,
 )
 from dfdb.events import Action, ChangeEvent, ChangeStream
@@ -68,6 +69,7 @@ __all__ = [
     "StreamClosedError",
     "SyncMode",
     "UnknownDriverError",
+    "UnsupportedEventLoopError",
     "ValueTooLargeError",
     "__version__",
     "connect",

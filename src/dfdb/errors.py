@@ -7,7 +7,8 @@ generic handlers keep working (``except LookupError`` catches :class:`NotFoundEr
     ├─ ConfigurationError(ValueError)
     │   ├─ InvalidURL
     │   ├─ UnknownDriverError
-    │   └─ MissingDependencyError(ImportError)
+    │   ├─ MissingDependencyError(ImportError)
+    │   └─ UnsupportedEventLoopError
     ├─ DriverError
     │   ├─ BackendUnavailableError(ConnectionError)
     │   │   └─ OutcomeUnknownError
@@ -44,6 +45,7 @@ __all__ = [
     "OutcomeUnknownError",
     "StreamClosedError",
     "UnknownDriverError",
+    "UnsupportedEventLoopError",
     "ValueTooLargeError",
 ]
 
@@ -66,6 +68,10 @@ class UnknownDriverError(ConfigurationError):
 
 class MissingDependencyError(ConfigurationError, ImportError):
     """The client library a driver needs is not installed."""
+
+
+class UnsupportedEventLoopError(ConfigurationError):
+    """The driver's client library runs only under asyncio and another event loop (trio) is running."""
 
 
 class DriverError(DfdbError):

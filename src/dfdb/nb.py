@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import itertools
 import json
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, cast
 
+import anyio
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
@@ -37,7 +37,7 @@ from dfdb.errors import (
 )
 from dfdb.events import ChangeStream, SourceOpener, format_cursor, parse_cursor
 from dfdb.nbmodel import NbModel, validate_key
-from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
+from dfdb.retry import Backoff, checkpoint_if_cancelled
 from dfdb.url import DatabaseURL
 
 __all__ = ["ListResult", "NbApi", "Notifications", "connect", "revision_of"]
@@ -199,23 +199,22 @@ class NbApi:
 
     # ----------------------------------------------------------------- retries
     async def _retry(self, call: Callable[[], Awaitable[T]], what: str) -> T:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        deadline = anyio.current_time() + self.timeout
         attempt = 0
         while True:
-            remaining = deadline - loop.time()
+            remaining = deadline - anyio.current_time()
             try:
-                async with asyncio.timeout(max(remaining, 0.001)):
+                with anyio.fail_after(max(remaining, 0.001)):
                     result = await call()
-                checkpoint()
+                await checkpoint_if_cancelled()
                 return result
             except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
-                raise_if_cancelling(exc)
+                await checkpoint_if_cancelled()
                 if isinstance(exc, OutcomeUnknownError):
                     raise
                 delay = self.backoff.delay(attempt)
                 attempt += 1
-                if loop.time() + delay >= deadline:
+                if anyio.current_time() + delay >= deadline:
                     raise self._unavailable(what, exc) from exc
                 await self._pause(what, exc, attempt, delay)
 
@@ -223,7 +222,7 @@ class NbApi:
         """Count and log one retry of ``what``, then sleep ``delay`` seconds."""
         self.retries += 1
         log.debug("%s on %s failed (%s); retry %d in %.3fs", what, self.url, self._reason(exc), attempt, delay)
-        await asyncio.sleep(delay)
+        await anyio.sleep(delay)
 
     def _reason(self, exc: BaseException) -> str:
         return str(exc) or f"no answer within {self.timeout:g}s"
@@ -238,12 +237,11 @@ class NbApi:
 
         ``sent``: an earlier attempt may have reached the server (its reply was lost).
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        deadline = anyio.current_time() + self.timeout
         attempt = 0
         while True:
             try:
-                async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
                     if sent:
                         current = await self.driver.get(table, id)
                         if current is not None and _write_id(current.value) == wid:
@@ -264,15 +262,15 @@ class NbApi:
                         if current is None or _write_id(current.value) != wid:
                             raise
                         revision = current.revision
-                checkpoint()
+                await checkpoint_if_cancelled()
                 return revision
             except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
-                raise_if_cancelling(exc)
+                await checkpoint_if_cancelled()
                 if isinstance(exc, OutcomeUnknownError):
                     raise
                 delay = self.backoff.delay(attempt)
                 attempt += 1
-                if loop.time() + delay >= deadline:
+                if anyio.current_time() + delay >= deadline:
                     raise OutcomeUnknownError(
                         f"{self.url}: write of {table}/{id} failed and its outcome is unknown: {self._reason(exc)}"
                     ) from exc
@@ -392,8 +390,7 @@ class NbApi:
         model = _model_of(obj)
         table = model.__table__
         validate_key(obj.id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        deadline = anyio.current_time() + self.timeout
         attempt = 0
         while True:
             current = await self._retry(lambda: self.driver.get(table, obj.id), "get")
@@ -429,8 +426,7 @@ class NbApi:
         unknown = sorted(set(changes) - set(model.model_fields))
         if unknown:
             raise ValueError(f"{table} has no field {', '.join(map(repr, unknown))}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        deadline = anyio.current_time() + self.timeout
         attempt = 0
         while True:
             current = await self.get(model, id)
@@ -450,13 +446,13 @@ class NbApi:
     async def _conflict_pause(self, what: str, exc: DfdbError, attempt: int, deadline: float) -> int:
         """Count, log and wait out one conflict of ``what``; re-raise it once the deadline is near."""
         delay = _CONFLICT_BACKOFF.delay(attempt)
-        if asyncio.get_running_loop().time() + delay >= deadline:
+        if anyio.current_time() + delay >= deadline:
             raise ConflictError(
                 f"{what}: concurrent writers came first for {self.timeout:g}s ({attempt + 1} attempts): {exc}"
             ) from exc
         self.conflict_retries += 1
         log.debug("%s met a concurrent writer (%s); attempt %d in %.3fs", what, exc, attempt + 2, delay)
-        await asyncio.sleep(delay)
+        await anyio.sleep(delay)
         return attempt + 1
 
     async def get(self, model: type[M], id: str) -> M:
@@ -504,10 +500,10 @@ class NbApi:
         table = _table_of(model)
         validate_key(id)
         try:
-            async with asyncio.timeout(self.timeout):
+            with anyio.fail_after(self.timeout):
                 await self.driver.delete(table, id)
         except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
-            raise_if_cancelling(exc)
+            await checkpoint_if_cancelled()
             if isinstance(exc, OutcomeUnknownError):
                 raise
             self.retries += 1
@@ -553,11 +549,11 @@ class NbApi:
             if not isinstance(p, Exception)
         ]
         try:
-            async with asyncio.timeout(self.timeout):
+            with anyio.fail_after(self.timeout):
                 outcomes: builtins.list[int | Exception] = await self.driver.put_many(requests)
-            checkpoint()
+            await checkpoint_if_cancelled()
         except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
-            raise_if_cancelling(exc)
+            await checkpoint_if_cancelled()
             outcomes = [exc] * len(requests)
         results: builtins.list[M | Exception] = []
         pending = iter(outcomes)
@@ -594,14 +590,11 @@ class NbApi:
         results: builtins.list[M | Exception] = []
         for start in range(0, len(items), BATCH_CHUNK):
             chunk = items[start : start + BATCH_CHUNK]
-            done = await asyncio.gather(*(op(o) for o in chunk), return_exceptions=True)
+            done = await _gather(op, chunk)
             for outcome in done:
-                if isinstance(outcome, DfdbError | ValueError | TypeError):
-                    results.append(outcome)
-                elif isinstance(outcome, BaseException):
+                if isinstance(outcome, Exception) and not isinstance(outcome, DfdbError | ValueError | TypeError):
                     raise outcome
-                else:
-                    results.append(outcome)
+                results.append(outcome)
         return results
 
     # ----------------------------------------------------------------- streams
@@ -762,3 +755,21 @@ def _still_expected(current: Entry | None, expect: Expect) -> bool:
     if expect is ABSENT:
         return current is None
     return current is not None and current.revision == expect
+
+
+async def _gather(op: Callable[[M], Awaitable[M]], objs: Sequence[M]) -> list[M | Exception]:
+    """``op`` of every object, concurrently in one task group: each outcome (the result or the
+    ``Exception`` it raised) in the objects' order. Cancellation and other ``BaseException``s
+    propagate."""
+    done: list[M | Exception | None] = [None] * len(objs)
+
+    async def run(i: int, obj: M) -> None:
+        try:
+            done[i] = await op(obj)
+        except Exception as exc:  # kept in its place; the caller decides what it is
+            done[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i, obj in enumerate(objs):
+            tg.start_soon(run, i, obj)
+    return [outcome for outcome in done if outcome is not None]

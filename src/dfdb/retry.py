@@ -7,32 +7,62 @@ import logging
 import random
 from dataclasses import dataclass
 
-__all__ = ["Backoff", "checkpoint", "raise_if_cancelling"]
+import anyio
+import anyio.lowlevel
+import sniffio
+
+__all__ = ["Backoff", "checkpoint", "checkpoint_if_cancelled", "raise_if_cancelling"]
 
 log = logging.getLogger(__name__)
 
 
-def checkpoint() -> None:
-    """Raise ``CancelledError`` when the current task was asked to stop.
+def _asyncio_task() -> asyncio.Task[object] | None:
+    """The running asyncio task, or ``None`` under another event loop (trio)."""
+    try:
+        if sniffio.current_async_library() != "asyncio":
+            return None
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+    return asyncio.current_task()
 
-    Some client libraries swallow a cancellation that races their own internal
-    timeouts; loops that call them check here after every call, so a cancelled
-    task always stops.
+
+def checkpoint() -> None:
+    """Raise ``CancelledError`` when the current asyncio task was asked to stop.
+
+    Some asyncio client libraries swallow a cancellation that races their own
+    internal timeouts; loops that call them check here after every call, so a
+    cancelled task always stops. Under trio, where a cancellation is delivered
+    again at every later checkpoint and so cannot be swallowed, this does nothing;
+    code that runs on both uses :func:`checkpoint_if_cancelled`.
     """
-    task = asyncio.current_task()
+    task = _asyncio_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError()
 
 
 def raise_if_cancelling(exc: BaseException) -> None:
-    """Re-raise cancellation that a client library turned into another error.
+    """Re-raise cancellation that an asyncio client library turned into another error.
 
     Some clients answer a cancelled read with a connection error; retrying it would
-    swallow the cancellation. Call this first in every retrying ``except``.
+    swallow the cancellation. Call this first in every retrying ``except``; code that
+    runs on trio as well awaits :func:`checkpoint_if_cancelled` there instead.
     """
-    task = asyncio.current_task()
+    task = _asyncio_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError() from exc
+
+
+async def checkpoint_if_cancelled() -> None:
+    """Raise the event loop's cancellation when the current task was asked to stop.
+
+    Works under asyncio and trio: an asyncio task cancelled directly
+    (``task.cancel()``, ``asyncio.wait_for``) or a task in a cancelled anyio/trio
+    cancel scope raises here; otherwise this returns without yielding. Call it
+    after every call into code that may swallow a cancellation, and first in every
+    retrying ``except``.
+    """
+    await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel scope's own cancellation first
+    checkpoint()
 
 
 @dataclass(frozen=True)
@@ -59,7 +89,8 @@ class Backoff:
 
         A cancellation that a client library turned into ``exc`` is re-raised instead.
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         raise_if_cancelling(exc)
         delay = self.delay(attempt)
         log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
-        await asyncio.sleep(delay)
+        await anyio.sleep(delay)

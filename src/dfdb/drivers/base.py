@@ -7,7 +7,6 @@ increase across all writes of a deployment.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import warnings
@@ -18,6 +17,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Final, Literal, TypeVar
 
+import anyio
+import sniffio
+
 from dfdb.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
@@ -25,6 +27,7 @@ from dfdb.errors import (
     DriverError,
     NotFoundError,
     StreamClosedError,
+    UnsupportedEventLoopError,
 )
 from dfdb.url import DatabaseURL
 
@@ -303,6 +306,8 @@ class Driver(ABC):
     """What this driver offers; see :class:`Capability`."""
     max_value_size: ClassVar[int | None] = None
     """The largest encoded value, in bytes, the backend takes (``None``: no limit of its own)."""
+    requires_asyncio: ClassVar[bool] = False
+    """The client library runs only under asyncio: :meth:`open` refuses under trio."""
 
     def __init__(self, url: DatabaseURL) -> None:
         self.url = url
@@ -334,8 +339,19 @@ class Driver(ABC):
 
         Raises:
             BackendUnavailableError: the server cannot be reached.
+            UnsupportedEventLoopError: the driver needs asyncio and another event loop runs.
         """
         self._check_open()
+        if self.requires_asyncio:
+            try:
+                library = sniffio.current_async_library()
+            except sniffio.AsyncLibraryNotFoundError:
+                library = "no event loop"
+            if library != "asyncio":
+                raise UnsupportedEventLoopError(
+                    f"the {self.url.scheme} driver needs asyncio (its client library is asyncio-only); "
+                    f"it was opened under {library}"
+                )
         self._opened = True
 
     async def aclose(self) -> None:
@@ -398,14 +414,17 @@ class Driver(ABC):
             BackendUnavailableError: the batch failed as a whole; each write may or may
                 not have happened.
         """
-        outcomes = await asyncio.gather(
-            *(self.put(w.table, w.id, w.topic, w.value, w.expect) for w in writes), return_exceptions=True
-        )
-        results: list[int | Exception] = []
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-                raise outcome
-            results.append(outcome)
+        results: list[int | Exception] = [0] * len(writes)
+
+        async def one(i: int, w: PutRequest) -> None:
+            try:
+                results[i] = await self.put(w.table, w.id, w.topic, w.value, w.expect)
+            except Exception as exc:  # the write's outcome, in its place
+                results[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i, w in enumerate(writes):
+                tg.start_soon(one, i, w)
         return results
 
     async def _put_windowed(
@@ -417,7 +436,7 @@ class Driver(ABC):
             BackendUnavailableError: a write's outcome is unknown; no further write starts.
         """
         queue = iter(indexes)
-        failure: list[BackendUnavailableError] = []
+        failure: list[Exception] = []
 
         async def worker() -> None:
             for i in queue:
@@ -431,8 +450,13 @@ class Driver(ABC):
                     return
                 except (AlreadyExistsError, NotFoundError, ConflictError, ValueError, DriverError) as exc:
                     results[i] = exc
+                except Exception as exc:  # raised as itself below, not wrapped in an ExceptionGroup
+                    failure.append(exc)
+                    return
 
-        await asyncio.gather(*(worker() for _ in range(max(1, min(window, len(writes))))))
+        async with anyio.create_task_group() as tg:
+            for _ in range(max(1, min(window, len(writes)))):
+                tg.start_soon(worker)
         if failure:
             raise failure[0]
 

@@ -150,6 +150,7 @@ class EtcdDriver(Driver):
 
     capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.TOPIC_FILTER
     max_value_size = 750 * 1024  # a request carries the value twice (data and index key); etcd takes 1.5 MiB
+    requires_asyncio = True
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)

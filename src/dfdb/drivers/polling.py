@@ -12,7 +12,6 @@ read loses nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -179,18 +178,25 @@ class ChangeLogPoller(BufferedSource):
         *,
         topics: frozenset[str | None] | None = None,
         interval: float,
-        waiters: set[asyncio.Event],
+        waiters: set[anyio.Event],
         backoff: Backoff | None = None,
     ) -> None:
         super().__init__(position, topics=topics, what="reading the change log", backoff=backoff)
         self._read = read
         self._interval = interval
         self._waiters = waiters
-        self._wake = asyncio.Event()
+        self._wake = anyio.Event()
         waiters.add(self._wake)
 
+    def _rearm(self) -> None:
+        """A fresh wake-up for this round once the last one fired (anyio events are set once)."""
+        if self._wake.is_set():
+            self._waiters.discard(self._wake)
+            self._wake = anyio.Event()
+            self._waiters.add(self._wake)
+
     async def _read_round(self) -> RawEvent | None:
-        self._wake.clear()
+        self._rearm()
         topics, after = self._topics, self._read_position
         batch = await self._read(after, topics)
         if topics is not self._topics or after != self._read_position:

@@ -159,6 +159,7 @@ class RedisDriver(Driver):
 
     capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
     max_value_size = 16 * 1024 * 1024  # each write is kept three times: the entry and two stream entries
+    requires_asyncio = True
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)

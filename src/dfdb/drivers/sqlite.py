@@ -24,7 +24,6 @@ Options: ``poll_interval``, ``log_size``, ``log_age``, ``busy_timeout`` (seconds
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import functools
@@ -97,7 +96,7 @@ _PERMANENT = frozenset(
 """Error codes that retrying cannot fix: the URL names a file that cannot be used."""
 
 # Watchers of each file in this process, woken by this process's writes.
-_WAITERS: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+_WAITERS: defaultdict[str, set[anyio.Event]] = defaultdict(set)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,10 @@ import os
 import threading
 from dataclasses import dataclass
 
-__all__ = ["ResourceSnapshot"]
+import anyio
+import sniffio
 
-_ANYIO_WORKER = "AnyIO worker thread"
-"""anyio's thread pool (``anyio.to_thread``) belongs to the event loop, not to whoever
-ran a call in it: an idle worker ends after 10 s, and every one ends with the loop."""
+__all__ = ["ResourceSnapshot"]
 
 
 def _fd_count() -> int:
@@ -19,6 +18,10 @@ def _fd_count() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:  # pragma: no cover - not Linux
         return 0
+
+
+_LOOP_THREADS = ("AnyIO worker thread", "Trio thread")
+"""Names of the event loops' own worker-thread pools: their idle threads outlive a call by design."""
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,12 @@ class ResourceSnapshot:
 
     @classmethod
     def take(cls) -> ResourceSnapshot:
-        """Take a snapshot now (inside a running event loop)."""
-        current = asyncio.current_task()
-        tasks = frozenset(t for t in asyncio.all_tasks() if t is not current and not t.done())
+        """Take a snapshot now (inside a running event loop). Tasks are asyncio's: under
+        trio every task belongs to a nursery that outlives it, so none is counted."""
+        tasks: frozenset[asyncio.Task[object]] = frozenset()
+        if sniffio.current_async_library() == "asyncio":
+            current = asyncio.current_task()
+            tasks = frozenset(t for t in asyncio.all_tasks() if t is not current and not t.done())
         return cls(tasks, frozenset(threading.enumerate()), _fd_count())
 
     def leaks_since(self, baseline: ResourceSnapshot) -> list[str]:
@@ -42,7 +48,7 @@ class ResourceSnapshot:
         problems += [
             f"thread left running: {t.name}"
             for t in self.threads - baseline.threads
-            if t.is_alive() and t.name != _ANYIO_WORKER
+            if t.is_alive() and not t.name.startswith(_LOOP_THREADS)
         ]
         if self.fds > baseline.fds:
             problems.append(f"{self.fds - baseline.fds} file descriptor(s) left open")
@@ -52,10 +58,9 @@ class ResourceSnapshot:
     async def wait_clean(baseline: ResourceSnapshot, grace: float = 2.0) -> list[str]:
         """Wait up to ``grace`` seconds for resources to return to ``baseline``;
         return what is still left over (empty when clean)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        deadline = anyio.current_time() + grace
         while True:
             leaks = ResourceSnapshot.take().leaks_since(baseline)
-            if not leaks or loop.time() >= deadline:
+            if not leaks or anyio.current_time() >= deadline:
                 return leaks
-            await asyncio.sleep(0.01)
+            await anyio.sleep(0.01)

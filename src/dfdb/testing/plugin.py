@@ -5,6 +5,9 @@ a line). ``{name}`` in a URL becomes a fresh name per test, ``{tmp}`` the test's
 own temporary folder, ``{redis}`` the address of a Redis server started for the
 session, ``{etcd}`` that of an etcd member, ``{zookeeper}`` that of a ZooKeeper
 server (skipped when the server is missing, failed when ``DFDB_REQUIRE_SERVERS=1``).
+
+A test that takes ``dfdb_backend`` (every conformance test does) runs once per URL
+under asyncio and, for the schemes in :data:`TRIO_SCHEMES`, once more under trio.
 """
 
 from __future__ import annotations
@@ -44,14 +47,28 @@ def _urls(config: pytest.Config) -> list[str]:
     return urls
 
 
+TRIO_SCHEMES = frozenset({"memory", "sqlite"})
+"""URL schemes whose conformance tests run under trio as well as asyncio."""
+
+
+def _url_id(url: str) -> str:
+    return url.split("?", 1)[0].split("://", 1)[0] + ("-poll" if "notifications=poll" in url else "")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "dfdb_url" in metafunc.fixturenames:
-        urls = _urls(metafunc.config)
-        metafunc.parametrize(
-            "dfdb_url",
-            urls,
-            ids=[u.split("?", 1)[0].split("://", 1)[0] + ("-poll" if "notifications=poll" in u else "") for u in urls],
-        )
+    if "dfdb_url" not in metafunc.fixturenames:
+        return
+    urls = _urls(metafunc.config)
+    if "dfdb_backend" not in metafunc.fixturenames:
+        metafunc.parametrize("dfdb_url", urls, ids=[_url_id(u) for u in urls])
+        return
+    pairs = [
+        (url, backend)
+        for url in urls
+        for backend in ("asyncio", "trio")
+        if backend == "asyncio" or url.split("://", 1)[0] in TRIO_SCHEMES
+    ]
+    metafunc.parametrize(("dfdb_url", "dfdb_backend"), pairs, ids=[f"{_url_id(u)}-{b}" for u, b in pairs])
 
 
 @pytest.fixture

@@ -6,15 +6,21 @@ Import it into a test module (``from dfdb.testing.suite import *``) with the plu
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
+import anyio
+import anyio.lowlevel
 import pytest
 
 import dfdb
 import dfdb.drivers
 from dfdb import Action, ChangeEvent, NbApi, Ref
-from dfdb.testing.conformance import ConformanceItem, ConformanceLink, events_until, next_event, raw_put
+from dfdb.testing.conformance import (
+    ConformanceItem,
+    ConformanceLink,
+    conformance_test,
+    events_until,
+    next_event,
+    raw_put,
+)
 from dfdb.testing.suite_streams import (
     UNREADABLE_RECORD_WRITERS,
     test_cancelled_reads_lose_nothing,
@@ -72,6 +78,7 @@ Link = ConformanceLink
 # --------------------------------------------------------------------- CRUD
 
 
+@conformance_test
 async def test_create_and_get(nb: NbApi) -> None:
     created = await nb.create(Item(id="a", topic="t1", n=5))
     assert created.version == 1
@@ -81,6 +88,7 @@ async def test_create_and_get(nb: NbApi) -> None:
     assert got.model_dump() == {"id": "a", "topic": "t1", "version": 1, "n": 5, "label": ""}
 
 
+@conformance_test
 async def test_create_existing_raises(nb: NbApi) -> None:
     await nb.create(Item(id="a", topic="t1", n=1))
     with pytest.raises(dfdb.AlreadyExistsError):
@@ -90,6 +98,7 @@ async def test_create_existing_raises(nb: NbApi) -> None:
     assert (await nb.get(Item, "a")).n == 1
 
 
+@conformance_test
 async def test_update_checks_version(nb: NbApi) -> None:
     v1 = await nb.create(Item(id="a", topic="t1"))
     v2 = await nb.update(v1.model_copy(update={"n": 2}))
@@ -106,6 +115,7 @@ async def test_update_checks_version(nb: NbApi) -> None:
     assert (await nb.get(Item, "a")).n == 4
 
 
+@conformance_test
 async def test_stale_copy_after_recreate_conflicts(nb: NbApi) -> None:
     old = await nb.create(Item(id="a", topic="t1", n=1))
     await nb.delete(Item, "a")
@@ -115,6 +125,7 @@ async def test_stale_copy_after_recreate_conflicts(nb: NbApi) -> None:
     assert (await nb.get(Item, "a")).n == 2
 
 
+@conformance_test
 async def test_delete(nb: NbApi) -> None:
     await nb.create(Item(id="a", topic="t1"))
     await nb.delete(Item, "a")
@@ -125,6 +136,7 @@ async def test_delete(nb: NbApi) -> None:
     assert await nb.get_all(Item) == []
 
 
+@conformance_test
 async def test_empty_and_unknown_tables(nb: NbApi) -> None:
     assert await nb.get_all(Item) == []
     assert await nb.get_all(Item, topic="nobody") == []
@@ -133,6 +145,7 @@ async def test_empty_and_unknown_tables(nb: NbApi) -> None:
     assert isinstance(listing.cursor, str) and listing.cursor
 
 
+@conformance_test
 async def test_topic_is_fixed(nb: NbApi) -> None:
     item = await nb.create(Item(id="a", topic="t1"))
     with pytest.raises(ValueError, match="topic"):
@@ -143,6 +156,7 @@ async def test_topic_is_fixed(nb: NbApi) -> None:
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", ".", "..", "x" * 256, "tab\there", "nl\n", "\x00"])
+@conformance_test
 async def test_bad_ids_are_refused(nb: NbApi, bad: str) -> None:
     with pytest.raises(ValueError):
         await nb.create(Item(id=bad, topic="t1"))
@@ -153,6 +167,7 @@ async def test_bad_ids_are_refused(nb: NbApi, bad: str) -> None:
     assert await nb.get_all(Item) == []
 
 
+@conformance_test
 async def test_get_all_by_topic(nb: NbApi) -> None:
     for i in range(6):
         await nb.create(Item(id=f"i{i}", topic=f"t{i % 2}", n=i))
@@ -162,6 +177,7 @@ async def test_get_all_by_topic(nb: NbApi) -> None:
     assert len(await nb.get_all(Item)) == 7
 
 
+@conformance_test
 async def test_patch(nb: NbApi) -> None:
     await nb.create(Item(id="a", topic="t1", n=1, label="x"))
     patched = await nb.patch(Item, "a", n=2)
@@ -173,6 +189,7 @@ async def test_patch(nb: NbApi) -> None:
     assert (await nb.get(Item, "a")).n == 2
 
 
+@conformance_test
 async def test_concurrent_read_update_loops_lose_nothing(nb: NbApi) -> None:
     await nb.create(Item(id="counter", topic="t1"))
     tasks, rounds = 8, 25
@@ -183,28 +200,37 @@ async def test_concurrent_read_update_loops_lose_nothing(nb: NbApi) -> None:
         for _ in range(rounds):
             while True:
                 current = await nb.get(Item, "counter")
-                await asyncio.sleep(0)  # let other writers interleave
+                await anyio.lowlevel.checkpoint()  # let other writers interleave
                 try:
                     await nb.update(current.model_copy(update={"n": current.n + 1}))
                     break
                 except dfdb.ConflictError:
                     conflicts += 1
 
-    async with asyncio.TaskGroup() as tg:
+    async with anyio.create_task_group() as tg:
         for _ in range(tasks):
-            tg.create_task(worker())
+            tg.start_soon(worker)
     final = await nb.get(Item, "counter")
     assert final.n == tasks * rounds
     assert final.version == tasks * rounds + 1
     assert conflicts > 0, "the writers never overlapped; the test proved nothing"
 
 
+@conformance_test
 async def test_unique_keys_under_concurrency(nb: NbApi) -> None:
-    keys = await asyncio.gather(*(nb.allocate_unique_key(Item) for _ in range(300)))
+    keys: list[int] = []
+
+    async def allocate() -> None:
+        keys.append(await nb.allocate_unique_key(Item))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(300):
+            tg.start_soon(allocate)
     assert len(set(keys)) == 300
     assert all(isinstance(k, int) and k > 0 for k in keys)
 
 
+@conformance_test
 async def test_create_many_and_update_many_report_per_item(nb: NbApi) -> None:
     await nb.create(Item(id="b", topic="t1"))
     fresh = [Item(id=f"k{i}", topic="t1", n=i) for i in range(300)]
@@ -220,7 +246,8 @@ async def test_create_many_and_update_many_report_per_item(nb: NbApi) -> None:
     assert (await nb.get(Item, "k2")).n == -1
 
 
-async def test_closed_api_refuses_calls(dfdb_leak_check: None, dfdb_fresh_url: str) -> None:
+@conformance_test
+async def test_closed_api_refuses_calls(dfdb_fresh_url: str) -> None:
     api = dfdb.connect(dfdb_fresh_url)
     with pytest.raises(dfdb.StreamClosedError):
         await api.get(Item, "a")
@@ -234,6 +261,7 @@ async def test_closed_api_refuses_calls(dfdb_leak_check: None, dfdb_fresh_url: s
 # --------------------------------------------------------------------- streams
 
 
+@conformance_test
 async def test_watch_delivers_create_update_delete(nb: NbApi) -> None:
     async with nb.watch(Item) as stream:
         created = await nb.create(Item(id="a", topic="t1", n=1))
@@ -252,6 +280,7 @@ async def test_watch_delivers_create_update_delete(nb: NbApi) -> None:
 
 
 @pytest.mark.dfdb_exact
+@conformance_test
 async def test_per_key_order(exact_nb: NbApi) -> None:
     nb = exact_nb
     count = 300
@@ -268,10 +297,11 @@ async def test_per_key_order(exact_nb: NbApi) -> None:
 
 
 @pytest.mark.dfdb_exact
+@conformance_test
 async def test_gap_free_list_then_watch_with_racing_writes(exact_nb: NbApi) -> None:
     nb = exact_nb
     keys, total = 50, 2500
-    halfway = asyncio.Event()
+    halfway, finished = anyio.Event(), anyio.Event()
 
     async def writer() -> None:
         objs: dict[str, Item] = {}
@@ -283,20 +313,22 @@ async def test_gap_free_list_then_watch_with_racing_writes(exact_nb: NbApi) -> N
                 objs[key] = await nb.create(Item(id=key, topic=f"t{n % 3}", n=n))
             if n == total // 5:
                 halfway.set()
-            await asyncio.sleep(0)  # race the list and the watch below
+            await anyio.lowlevel.checkpoint()  # race the list and the watch below
+        finished.set()
 
-    task = asyncio.create_task(writer())
-    await halfway.wait()
-    listing = await nb.list(Item)
-    assert not task.done(), "the writer finished before the list; the test proved nothing"
-    seen = {o.id: [o.version] for o in listing.items}
-    async with nb.watch(Item, since=listing.cursor) as stream:
-        await task
-        final = {o.id: o.version for o in await nb.get_all(Item)}
-        async for ev in events_until(stream, lambda: all(seen.get(k, [0])[-1] >= v for k, v in final.items())):
-            assert ev.action in (Action.CREATE, Action.UPDATE), ev
-            assert ev.obj is not None
-            seen.setdefault(ev.id, []).append(ev.obj.version)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        await halfway.wait()
+        listing = await nb.list(Item)
+        assert not finished.is_set(), "the writer finished before the list; the test proved nothing"
+        seen = {o.id: [o.version] for o in listing.items}
+        async with nb.watch(Item, since=listing.cursor) as stream:
+            await finished.wait()
+            final = {o.id: o.version for o in await nb.get_all(Item)}
+            async for ev in events_until(stream, lambda: all(seen.get(k, [0])[-1] >= v for k, v in final.items())):
+                assert ev.action in (Action.CREATE, Action.UPDATE), ev
+                assert ev.obj is not None
+                seen.setdefault(ev.id, []).append(ev.obj.version)
     for key, versions in seen.items():
         start = versions[0]
         assert versions == list(range(start, final[key] + 1)), f"{key}: gap or duplicate in {versions}"
@@ -305,6 +337,7 @@ async def test_gap_free_list_then_watch_with_racing_writes(exact_nb: NbApi) -> N
 
 
 @pytest.mark.dfdb_exact
+@conformance_test
 async def test_resume_from_stream_cursor(exact_nb: NbApi) -> None:
     nb = exact_nb
     async with nb.watch(Item) as stream:
@@ -326,6 +359,7 @@ async def test_resume_from_stream_cursor(exact_nb: NbApi) -> None:
 
 
 @pytest.mark.dfdb_exact
+@conformance_test
 async def test_resync_when_history_is_gone(exact_nb: NbApi) -> None:
     nb = exact_nb
     async with nb.watch(Item) as stream:
@@ -349,6 +383,7 @@ async def test_resync_when_history_is_gone(exact_nb: NbApi) -> None:
 
 
 @pytest.mark.dfdb_exact
+@conformance_test
 async def test_caught_up_watcher_gets_no_resync(exact_nb: NbApi) -> None:
     nb = exact_nb
     async with nb.watch(Item) as stream:
@@ -360,6 +395,7 @@ async def test_caught_up_watcher_gets_no_resync(exact_nb: NbApi) -> None:
         assert (ev.action, ev.id) == (Action.CREATE, "b")
 
 
+@conformance_test
 async def test_foreign_cursor_yields_resync(nb: NbApi) -> None:
     await nb.create(Item(id="a", topic="t1"))
     foreign = "another-backend@1"
@@ -371,11 +407,13 @@ async def test_foreign_cursor_yields_resync(nb: NbApi) -> None:
         assert (ev2.action, ev2.id) == (Action.CREATE, "b")
 
 
+@conformance_test
 async def test_bad_cursor_is_refused(nb: NbApi) -> None:
     with pytest.raises(ValueError, match="cursor"):
         nb.watch(Item, since="not a cursor")
 
 
+@conformance_test
 async def test_topic_filter(nb: NbApi) -> None:
     async with nb.watch(Item, topics={"t1"}) as t1, nb.watch(Item, topics={None}) as glob:
         await nb.create(Item(id="x", topic="t2"))
@@ -391,6 +429,7 @@ async def test_topic_filter(nb: NbApi) -> None:
         assert (ev.action, ev.id) == (Action.DELETE, "y")
 
 
+@conformance_test
 async def test_add_topics_to_a_running_watch(nb: NbApi) -> None:
     async with nb.watch(Item, topics={"t1"}) as stream:
         await nb.create(Item(id="a", topic="t2"))
@@ -415,6 +454,7 @@ async def test_add_topics_to_a_running_watch(nb: NbApi) -> None:
                 await other.add_topics({"t2"}, since="elsewhere@1")
 
 
+@conformance_test
 async def test_multi_table_watch(nb: NbApi) -> None:
     async with nb.watch([Item, Link]) as stream:
         item = await nb.create(Item(id="i", topic="t1"))
@@ -426,6 +466,7 @@ async def test_multi_table_watch(nb: NbApi) -> None:
     assert isinstance(ev_link.obj, Link) and ev_link.obj.item == "i"
 
 
+@conformance_test
 async def test_corrupt_value_is_contained(nb: NbApi, caplog: pytest.LogCaptureFixture) -> None:
     table = Item.__table__
     async with nb.watch(Item) as stream:
@@ -444,6 +485,7 @@ async def test_corrupt_value_is_contained(nb: NbApi, caplog: pytest.LogCaptureFi
     assert [o.id for o in await nb.get_all(Item)] == ["good"]
 
 
+@conformance_test
 async def test_convergence(nb: NbApi) -> None:
     view: dict[str, Item] = {}
     async with nb.watch(Item) as stream:
@@ -467,19 +509,24 @@ async def test_convergence(nb: NbApi) -> None:
                 view[ev.id] = ev.obj
 
 
+@conformance_test
 async def test_stream_cancelled_mid_iteration_cleans_up(nb: NbApi) -> None:
-    started = asyncio.Event()
+    started = anyio.Event()
+    cancelled: list[bool] = []
 
     async def consume() -> None:
         async with nb.watch(Item) as stream:
             started.set()
-            async for _ in stream:
-                pass
+            try:
+                async for _ in stream:
+                    pass
+            except anyio.get_cancelled_exc_class():
+                cancelled.append(True)
+                raise
 
-    task = asyncio.create_task(consume())
-    await started.wait()
-    await nb.create(Item(id="a", topic="t1"))
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    assert task.cancelled()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        await started.wait()
+        await nb.create(Item(id="a", topic="t1"))
+        tg.cancel_scope.cancel()
+    assert cancelled == [True]

@@ -10,11 +10,21 @@ import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable
 
+import anyio
+import anyio.lowlevel
 import pytest
+import sniffio
 
 import dfdb
 from dfdb import Action, ChangeEvent, ChangeStream, NbApi
-from dfdb.testing.conformance import WAIT, ConformanceItem, ConformanceLink, events_until, next_event
+from dfdb.testing.conformance import (
+    WAIT,
+    ConformanceItem,
+    ConformanceLink,
+    conformance_test,
+    events_until,
+    next_event,
+)
 from dfdb.testing.leaks import ResourceSnapshot
 
 __all__ = [
@@ -34,29 +44,40 @@ Link = ConformanceLink
 # --------------------------------------------------------------------- cancellation
 
 
-async def _timed_out_reads(stream: ChangeStream, seen: list[ChangeEvent], stop: asyncio.Event) -> int:
-    """Read with a 0.3 ms timeout until ``stop`` is set; returns how many reads timed out."""
-    timeouts = 0
+async def _read_within(stream: ChangeStream, seconds: float) -> ChangeEvent:
+    """The stream's next event, or ``TimeoutError`` after ``seconds``: under asyncio with
+    ``asyncio.wait_for``, as asyncio code times out a read; elsewhere with a cancel scope."""
+    if sniffio.current_async_library() == "asyncio":
+        return await asyncio.wait_for(anext(stream), seconds)
+    with anyio.fail_after(seconds):
+        return await anext(stream)
+
+
+async def _timed_out_reads(
+    stream: ChangeStream, seen: list[ChangeEvent], stop: anyio.Event, timeouts: list[int]
+) -> None:
+    """Read with a 0.3 ms timeout until ``stop`` is set; counts the reads that timed out in ``timeouts[0]``."""
     while not stop.is_set():
         try:
-            seen.append(await asyncio.wait_for(anext(stream), 0.0003))
+            seen.append(await _read_within(stream, 0.0003))
         except TimeoutError:
-            timeouts += 1
-    return timeouts
+            timeouts[0] += 1
 
 
+@conformance_test
 async def test_cancelled_reads_lose_nothing(nb: NbApi) -> None:
     count = 300
     async with nb.watch(Item) as stream:
         seen: list[ChangeEvent] = []
-        stop = asyncio.Event()
-        reader = asyncio.create_task(_timed_out_reads(stream, seen, stop))
-        for i in range(count):
-            await nb.create(Item(id=f"i{i:03d}", topic="t1"))
-            if i % 10 == 0:
-                await asyncio.sleep(0.001 if i % 50 else 0.01)  # let the reader catch up and time out waiting
-        stop.set()
-        timeouts = await reader
+        stop, counted = anyio.Event(), [0]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_timed_out_reads, stream, seen, stop, counted)
+            for i in range(count):
+                await nb.create(Item(id=f"i{i:03d}", topic="t1"))
+                if i % 10 == 0:
+                    await anyio.sleep(0.001 if i % 50 else 0.01)  # let the reader catch up and time out waiting
+            stop.set()
+        timeouts = counted[0]
         async for ev in events_until(stream, lambda: len(seen) >= count, within=5):
             seen.append(ev)  # noqa: PERF401  (the condition reads the list as it grows)
         assert timeouts > 0, "no read timed out; the test proved nothing"
@@ -66,31 +87,33 @@ async def test_cancelled_reads_lose_nothing(nb: NbApi) -> None:
         assert stream.reconnects == 0, f"the stream reconnected {stream.reconnects} times"
 
 
+@conformance_test
 async def test_stream_closed_after_cancelled_reads_leaves_nothing(nb: NbApi) -> None:
     # tasks and threads here; the NbApi's own connections (a pool may grow) are checked when it closes
     baseline = ResourceSnapshot.take()
     async with nb.watch(Item) as stream:
-        stop = asyncio.Event()
-        reader = asyncio.create_task(_timed_out_reads(stream, [], stop))
-        for i in range(20):
-            await nb.create(Item(id=f"i{i}", topic="t1"))
-            await asyncio.sleep(0.001)
-        stop.set()
-        await reader
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_timed_out_reads, stream, [], stop, [0])
+            for i in range(20):
+                await nb.create(Item(id=f"i{i}", topic="t1"))
+                await anyio.sleep(0.001)
+            stop.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(anext(stream), 0.0003)
+            await _read_within(stream, 0.0003)
     leaks = [leak for leak in await ResourceSnapshot.wait_clean(baseline) if "file descriptor" not in leak]
     assert not leaks, leaks
 
 
-async def test_nb_closed_under_an_open_stream_leaves_nothing(dfdb_leak_check: None, dfdb_fresh_url: str) -> None:
+@conformance_test
+async def test_nb_closed_under_an_open_stream_leaves_nothing(dfdb_fresh_url: str) -> None:
     api = await dfdb.connect(dfdb_fresh_url)
     try:
         stream = api.watch(Item)
         await stream.open()
         await api.create(Item(id="a", topic="t1"))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(anext(stream), 0.0003)
+            await _read_within(stream, 0.0003)
     finally:
         await api.aclose()
     baseline = ResourceSnapshot.take()
@@ -102,7 +125,12 @@ async def test_nb_closed_under_an_open_stream_leaves_nothing(dfdb_leak_check: No
 # --------------------------------------------------------------------- scope
 
 
+async def _read_into(stream: ChangeStream, got: list[ChangeEvent]) -> None:
+    got.append(await anext(stream))
+
+
 @pytest.mark.dfdb_exact
+@conformance_test
 async def test_reopen_from_the_cursor_loses_nothing(exact_nb: NbApi) -> None:
     nb = exact_nb
     async with nb.watch(Item) as stream:
@@ -110,12 +138,14 @@ async def test_reopen_from_the_cursor_loses_nothing(exact_nb: NbApi) -> None:
             await nb.create(Item(id=f"a{i}", topic="t1"))
         first = [await next_event(stream) for _ in range(2)]
         read = stream.records_read
-        waiting = asyncio.create_task(anext(stream))  # a read waiting while the stream reopens
-        await asyncio.sleep(0)
-        await stream.reopen()
-        for i in range(5, 8):
-            await nb.create(Item(id=f"a{i}", topic="t1"))
-        rest = [await asyncio.wait_for(waiting, WAIT)]
+        rest: list[ChangeEvent] = []
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_read_into, stream, rest)  # a read waiting while the stream reopens
+                await anyio.lowlevel.checkpoint()
+                await stream.reopen()
+                for i in range(5, 8):
+                    await nb.create(Item(id=f"a{i}", topic="t1"))
         rest += [await next_event(stream) for _ in range(5)]
         ids = [ev.id for ev in first + rest]
         assert ids == [f"a{i}" for i in range(8)], ids
@@ -126,17 +156,21 @@ async def test_reopen_from_the_cursor_loses_nothing(exact_nb: NbApi) -> None:
         await stream.reopen()
 
 
+@conformance_test
 async def test_remove_topics_from_a_running_watch(nb: NbApi) -> None:
     async with nb.watch(Item, topics={"t1", "t2"}) as stream:
         await nb.create(Item(id="a", topic="t2"))
         assert (await next_event(stream)).id == "a"
-        waiting = asyncio.create_task(anext(stream))  # a read waiting while the scope narrows
-        await asyncio.sleep(0)
-        await stream.remove_topics({"t2"})
-        assert stream.topics == frozenset({"t1"})
-        await nb.create(Item(id="gone", topic="t2"))
-        await nb.create(Item(id="b", topic="t1"))
-        assert (await asyncio.wait_for(waiting, WAIT)).id == "b"
+        waited: list[ChangeEvent] = []
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_read_into, stream, waited)  # a read waiting while the scope narrows
+                await anyio.lowlevel.checkpoint()
+                await stream.remove_topics({"t2"})
+                assert stream.topics == frozenset({"t1"})
+                await nb.create(Item(id="gone", topic="t2"))
+                await nb.create(Item(id="b", topic="t1"))
+        assert [ev.id for ev in waited] == ["b"]
         listing = await nb.list(Item, topic="t2")
         await nb.create(Item(id="c", topic="t2"))
         await stream.add_topics({"t2"}, since=listing.cursor)
@@ -212,6 +246,7 @@ async def _etcd_record(nb: NbApi, table: str, id: str) -> None:
 
 
 @pytest.mark.dfdb_exact
+@conformance_test
 async def test_unreadable_change_record_yields_a_scoped_resync(
     exact_nb: NbApi, caplog: pytest.LogCaptureFixture
 ) -> None:
