@@ -20,6 +20,7 @@ def test_all_is_the_public_namespace() -> None:
         "cli",
         "demo",
         "replica",
+        "background",
     }
     assert set(dfdb.__all__) - {"__version__"} == public
 

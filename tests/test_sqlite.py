@@ -380,8 +380,9 @@ def test_cli_on_a_locked_file_is_one_line_within_the_timeout(tmp_path: Path) -> 
 def test_cli_with_a_tiny_timeout_ends(tmp_path: Path) -> None:
     for _ in range(3):
         result, _ = run_cli("--db", f"sqlite:///{tmp_path}/x.db", "--timeout", "1e-9", "ls", "lswitch", cwd=tmp_path)
-        assert result.returncode == 1, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        # it ends: done (a call already in the SQLite thread finishes) or one line, exit 1
+        assert result.returncode in (0, 1), result.stderr
+        assert len(result.stderr.strip().splitlines()) == result.returncode, result.stderr
 
 
 def _new_threads_end(before: set[threading.Thread]) -> None:
