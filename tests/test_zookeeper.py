@@ -14,6 +14,7 @@ from aiozk import ZKClient, protocol
 
 import dfdb
 from dfdb.drivers import PutRequest
+from dfdb.drivers.zookeeper import ZooKeeperDriver
 from dfdb.testing.servers import ZooKeeperServer
 from watching import Watcher, check_server_run, serve, watchers
 
@@ -49,6 +50,25 @@ async def server_history(server: ZooKeeperServer, table: str = "zk_port") -> lis
     finally:
         await client.close()
     return sorted(pairs, key=lambda p: p[1])
+
+
+async def raw_children(server: ZooKeeperServer, path: str) -> list[str]:
+    client = ZKClient(server.url.split("://")[1], session_timeout=10)
+    await client.start()
+    try:
+        return list(await client.get_children(path))
+    finally:
+        await client.close()
+
+
+async def raw_create(server: ZooKeeperServer, path: str, data: bytes) -> None:
+    """A sequential node written by another client than dfdb."""
+    client = ZKClient(server.url.split("://")[1], session_timeout=10)
+    await client.start()
+    try:
+        await client.create(path, data, sequential=True)
+    finally:
+        await client.close()
 
 
 async def write_ports(nb: dfdb.NbApi, count: int, at: int, reached: asyncio.Event) -> None:
@@ -94,10 +114,12 @@ async def expire_session(nb: dfdb.NbApi, server: ZooKeeperServer) -> None:
     pause, and wait for the driver to start a new one. The other connection sends its
     connect and close requests in one write: the driver, which reconnects at once when
     its connection is taken, cannot take the session back in between."""
-    zk = nb.driver._zk  # type: ignore[attr-defined]
-    old = zk.session.session_id
+    driver = nb.driver
+    assert isinstance(driver, ZooKeeperDriver)
+    old = driver.session_id
+    password = driver._calls._session().password  # the session's secret: only a test takes it
     hello = protocol.ConnectRequest(
-        protocol_version=0, last_seen_zxid=0, timeout=10_000, session_id=old, password=zk.session.password,
+        protocol_version=0, last_seen_zxid=0, timeout=10_000, session_id=old, password=password,
         read_only=False,
     ).serialize()  # fmt: skip
     bye = protocol.CloseRequest().serialize(1)
@@ -111,7 +133,7 @@ async def expire_session(nb: dfdb.NbApi, server: ZooKeeperServer) -> None:
         writer.close()
         await writer.wait_closed()
     async with asyncio.timeout(30):
-        while zk.session.session_id in (old, None):
+        while driver.session_id in (old, None):
             with contextlib.suppress(dfdb.BackendUnavailableError):  # the probe may meet the repair
                 await nb.driver.get("zk_port", "probe")
 
@@ -152,7 +174,7 @@ async def test_buckets_move_on_and_pruning_is_announced(single: ZooKeeperServer)
                 await nb.create(Port(id=f"p{n}", topic="t"))
                 ev = await asyncio.wait_for(anext(live), 10)
                 assert (ev.action, ev.id) == (dfdb.Action.CREATE, f"p{n}")
-        buckets = await nb.driver._children("/b/l/zk_port/t/t")  # type: ignore[attr-defined]
+        buckets = await raw_children(single, "/b/l/zk_port/t/t")
         assert len(buckets) == 2  # the others were pruned
         async with nb.watch(Port, since=cursor) as resumed:
             ev = await asyncio.wait_for(anext(resumed), 10)
@@ -183,8 +205,7 @@ async def test_foreign_data_is_reported_and_skipped(single: ZooKeeperServer, cap
         assert (await asyncio.wait_for(anext(stream), 10)).id == "good"
         driver = nb.driver
         await driver.put("zk_port", "alien", "t", b'{"id": "alien", "n": "many"}', dfdb.drivers.ABSENT)
-        zk = driver._zk  # type: ignore[attr-defined]
-        await zk.create("/dfdb/l/zk_port/t/t/b0000000000/c", b"?\nnonsense", sequential=True)
+        await raw_create(single, "/dfdb/l/zk_port/t/t/b0000000000/c", b"?\nnonsense")
         await nb.create(Port(id="after", topic="t"))
         ev = await asyncio.wait_for(anext(stream), 10)
         assert ev.id == "after"
