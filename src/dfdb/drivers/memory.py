@@ -9,11 +9,13 @@ least one of them is open; ``memory://`` alone is a private store.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
+import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
+
+import anyio
 
 from dfdb.drivers.base import (
     Capability,
@@ -26,10 +28,15 @@ from dfdb.drivers.base import (
     check_delete,
     check_put,
 )
+from dfdb.drivers.sources import BufferedSource
 from dfdb.errors import InvalidURL
 from dfdb.url import DatabaseURL
 
 __all__ = ["MemoryDriver"]
+
+log = logging.getLogger(__name__)
+
+_ACTIONS = frozenset(("create", "update", "delete"))
 
 
 class _Store:
@@ -42,7 +49,7 @@ class _Store:
         self.log: list[RawEvent] = []  # contiguous: log[i].revision == trimmed + 1 + i
         self.trimmed = 0  # the highest discarded revision
         self.counters: defaultdict[str, itertools.count[int]] = defaultdict(lambda: itertools.count(1))
-        self.waiters: set[asyncio.Event] = set()
+        self.waiters: set[anyio.Event] = set()
         self.users = 0
 
     def append(self, event: RawEvent) -> None:
@@ -51,7 +58,7 @@ class _Store:
             drop = len(self.log) - self.history
             self.trimmed = self.log[drop - 1].revision
             del self.log[:drop]
-        for waiter in self.waiters:
+        for waiter in list(self.waiters):
             waiter.set()
 
     def compact(self) -> None:
@@ -102,20 +109,20 @@ class MemoryDriver(Driver):
             if store.users == 0 and _STORES.get(store.name) is store:
                 del _STORES[store.name]
 
-    def _s(self) -> _Store:
+    def _open_store(self) -> _Store:
         self._check_open()
         if self._store is None:
             raise RuntimeError("the driver is not open; use 'async with' or 'await open()'")
         return self._store
 
     async def identity(self) -> str:
-        return self._s().identity
+        return self._open_store().identity
 
     async def get(self, table: str, id: str) -> Entry | None:
-        return self._s().tables[table].get(id) if table in self._s().tables else None
+        return self._open_store().tables[table].get(id) if table in self._open_store().tables else None
 
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
-        store = self._s()
+        store = self._open_store()
         rows = store.tables[table]
         old = rows.get(id)
         check_put(table, id, topic, None if old is None else (old.topic, old.revision), expect)
@@ -125,7 +132,7 @@ class MemoryDriver(Driver):
         return store.revision
 
     async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
-        store = self._s()
+        store = self._open_store()
         rows = store.tables.get(table, {})
         old = rows.get(id)
         check_delete(table, id, None if old is None else old.revision, expect)
@@ -136,7 +143,7 @@ class MemoryDriver(Driver):
         return Entry(table, id, old.topic, old.value, store.revision)
 
     async def list(self, table: str, topic: str | None = None) -> Listing:
-        store = self._s()
+        store = self._open_store()
         rows = store.tables.get(table, {})
         entries = [e for e in rows.values() if topic is None or e.topic == topic]
         return Listing(entries, store.revision)
@@ -147,17 +154,28 @@ class MemoryDriver(Driver):
         topics: Collection[str | None] | None = None,
         since: int | None = None,
     ) -> EventSource:
-        store = self._s()
+        store = self._open_store()
         return self._track(_MemorySource(store, tables, topics, store.revision if since is None else since))
 
     async def allocate_unique_key(self, table: str) -> int:
-        return next(self._s().counters[table])
+        return next(self._open_store().counters[table])
 
     async def compact(self) -> None:
-        self._s().compact()
+        self._open_store().compact()
+
+    def inject_change(self, table: str, id: str, topic: str | None, action: str, value: bytes | None) -> int:
+        """Append a change record to the store's log exactly as given, without checking it
+        or storing a value: a hook for tests of records a source cannot read (``action``
+        may be anything). Returns the record's revision."""
+        store = self._open_store()
+        store.revision += 1
+        store.append(RawEvent(action, table, id, topic, value, store.revision))  # type: ignore[arg-type]
+        return store.revision
 
 
-class _MemorySource(EventSource):
+class _MemorySource(BufferedSource):
+    """Reads the store's change log after its position; woken by every write."""
+
     def __init__(
         self,
         store: _Store,
@@ -165,65 +183,50 @@ class _MemorySource(EventSource):
         topics: Collection[str | None] | None,
         position: int,
     ) -> None:
+        super().__init__(position, topics=topics, what="reading the memory change log")
         self._store = store
         self._tables = frozenset(tables)
-        self._topics = None if topics is None else frozenset(topics)
-        self._position = position
-        self._wake = asyncio.Event()
-        self._closed = False
-        self._buffer: list[RawEvent] = []
-        store.waiters.add(self._wake)
+        self._wake: anyio.Event | None = None
 
-    async def __anext__(self) -> RawEvent:
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._buffer:
-                return self._buffer.pop()
-            store = self._store
-            if self._position < store.trimmed or self._position > store.revision:
-                self._position = store.revision
-                return RawEvent.resync(store.revision)
-            self._wake.clear()
-            tables, topics = self._tables, self._topics
-            found = [
-                ev
-                for ev in store.after(self._position)
-                if ev.table in tables and (topics is None or ev.topic in topics)
-            ]
-            self._position = store.revision
-            self._count_read(found)
-            if found:
-                found.reverse()
-                self._buffer = found
-                continue
-            await self._wake.wait()
+    async def _read_round(self) -> RawEvent | None:
+        store = self._store
+        if self._read_position < store.trimmed or self._read_position > store.revision:
+            self._read_position = store.revision
+            log.debug("memory store %r: history after %d is gone; resync", store.name, self._read_position)
+            return RawEvent.resync(store.revision)
+        found = self._matching(store.after(self._read_position), self._topics)
+        self._read_position = store.revision
+        self._count_read(found)
+        if found:
+            self._push_all(found)
+            return None
+        wake = self._wake = anyio.Event()
+        store.waiters.add(wake)
+        try:
+            await wake.wait()
+        finally:
+            store.waiters.discard(wake)
+        return None
 
-    def caught_up(self) -> int:
-        return self._below(self._buffer, self._position)
+    def _matching(self, events: Iterable[RawEvent], topics: Collection[str | None] | None) -> list[RawEvent]:
+        """The events of the watched tables and ``topics``; a malformed one becomes a resync."""
+        found: list[RawEvent] = []
+        for ev in events:
+            if ev.table in self._tables and (topics is None or ev.topic in topics):
+                if ev.action not in _ACTIONS:
+                    ev = self._malformed(ev.table, f"{ev.table}/{ev.id}", ev.revision, f"unknown action {ev.action!r}")
+                found.append(ev)
+        return found
 
-    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
-        if self._topics is None:
-            return
-        new = frozenset(topics) - self._topics
-        if not new:
-            return
+    async def _follow(self, topics: frozenset[str | None], since: int) -> None:
         store = self._store
         if since < store.trimmed:
-            self._buffer.append(RawEvent.resync(self._position))
-        else:
-            backlog = [
-                ev
-                for ev in store.after(since)
-                if ev.revision <= self._position and ev.table in self._tables and ev.topic in new
-            ]
-            self._count_read(backlog)
-            self._buffer.extend(reversed(backlog))  # popped from the end: oldest first
-        self._topics = self._topics | new
-
-    async def aclose(self) -> None:
-        if self._closed:
+            self._push(RawEvent.resync(self._read_position))
             return
-        self._closed = True
-        self._store.waiters.discard(self._wake)
-        self._wake.set()
+        backlog = [ev for ev in self._matching(store.after(since), topics) if ev.revision <= self._read_position]
+        self._count_read(backlog)
+        self._push_all(backlog)
+
+    async def _release(self) -> None:
+        if self._wake is not None:
+            self._wake.set()

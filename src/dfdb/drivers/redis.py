@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
@@ -52,6 +53,7 @@ from dfdb.drivers.base import (
     PutRequest,
     RawEvent,
 )
+from dfdb.drivers.sources import ReaderTaskSource
 from dfdb.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
@@ -61,7 +63,6 @@ from dfdb.errors import (
     InvalidURL,
     NotFoundError,
 )
-from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
 from dfdb.url import DatabaseURL
 
 __all__ = ["RedisDriver"]
@@ -243,7 +244,7 @@ class RedisDriver(Driver):
     async def _release(self) -> None:
         await self._close_clients()
 
-    def _c(self) -> Any:  # redis-py's reply types are unions of bytes/str/None; checked here by hand
+    def _open_client(self) -> Any:  # redis-py's reply types are unions of bytes/str/None; checked here by hand
         self._check_open()
         if self._client is None:
             raise RuntimeError("the driver is not open; use 'async with' or 'await open()'")
@@ -251,7 +252,7 @@ class RedisDriver(Driver):
 
     async def refresh_epoch(self, stale: str | None = None) -> str:
         """Read the dataset's epoch, creating one when absent (or replacing ``stale``)."""
-        client = self._c()
+        client = self._open_client()
         key = self._key("epoch")
         try:
             if stale is None:
@@ -275,7 +276,7 @@ class RedisDriver(Driver):
         """Follow the server's epoch: adopt another one, or make one when it is gone."""
         if read:
             try:
-                raw = await self._c().get(self._key("epoch"))
+                raw = await self._open_client().get(self._key("epoch"))
             except _CONNECTION_ERRORS as exc:
                 raise _unavailable(self.url, exc) from None
         if raw is None:
@@ -285,7 +286,7 @@ class RedisDriver(Driver):
 
     async def get(self, table: str, id: str) -> Entry | None:
         try:
-            row = await self._c().hmget(self._key("e", table, id), "r", "t", "v")
+            row = await self._open_client().hmget(self._key("e", table, id), "r", "t", "v")
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         except rexc.ResponseError as exc:  # e.g. another program wrote a string there
@@ -318,7 +319,7 @@ class RedisDriver(Driver):
 
     async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
         """One pipeline of write scripts: one round trip for the whole batch."""
-        client = self._c()
+        client = self._open_client()
         for _ in range(3):
             pipe = client.pipeline(transaction=False)
             for w in writes:
@@ -383,7 +384,7 @@ class RedisDriver(Driver):
         return Entry(table, id, topic, value, revision)
 
     async def list(self, table: str, topic: str | None = None) -> Listing:
-        client = self._c()
+        client = self._open_client()
         index = self._key("i", table) if topic is None else self._key("i", table, "t", topic)
         entries: builtins.list[Entry] = []
         try:
@@ -424,10 +425,10 @@ class RedisDriver(Driver):
         topics: Collection[str | None] | None = None,
         since: int | None = None,
     ) -> EventSource:
-        self._c()
+        self._open_client()
         if since is None:
             try:
-                since = int(await self._c().get(self._key("rev")) or 0)
+                since = int(await self._open_client().get(self._key("rev")) or 0)
             except _CONNECTION_ERRORS as exc:
                 raise _unavailable(self.url, exc) from None
         streams: builtins.list[str] = []
@@ -439,16 +440,16 @@ class RedisDriver(Driver):
                     self._key("s", table, "n") if topic is None else self._key("s", table, "t", topic)
                     for topic in sorted(topics, key=lambda t: (t is None, t or ""))
                 )
-        return self._track(RedisSource(self, streams, since, sorted(set(tables)) if topics is not None else None))
+        return self._track(RedisSource(_SourceAccess(self), streams, since, sorted(set(tables)), topics))
 
     async def allocate_unique_key(self, table: str) -> int:
         try:
-            return int(await self._c().incr(self._key("keys", table)))
+            return int(await self._open_client().incr(self._key("keys", table)))
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
 
     async def compact(self) -> None:
-        client = self._c()
+        client = self._open_client()
         try:
             async for key in client.scan_iter(match=self._key("s", "*"), count=1000):
                 await self._compact(keys=[self._key("trim"), key])
@@ -456,75 +457,100 @@ class RedisDriver(Driver):
             raise _unavailable(self.url, exc) from None
 
 
-class RedisSource(EventSource):
+class _SourceAccess:
+    """What a :class:`RedisSource` may use of its driver: the key layout, the reader
+    connection, the blocking time, and the dataset's epoch (adopted or made anew when
+    the dataset changed)."""
+
+    def __init__(self, driver: RedisDriver) -> None:
+        self._driver = driver
+        self.block = driver.block
+
+    def key(self, *parts: str) -> str:
+        return self._driver._key(*parts)
+
+    def stream_table(self, stream: str) -> str:
+        """The table of a stream key ``P/s/TABLE[/…]``."""
+        return stream[len(self._driver.prefix) + 3 :].split("/", 1)[0]
+
+    def client(self) -> Any:
+        """The connection for blocking reads.
+
+        Raises:
+            StopAsyncIteration: the driver was closed.
+        """
+        client = self._driver._reader_client
+        if client is None:
+            raise StopAsyncIteration
+        return client
+
+    @property
+    def epoch(self) -> str:
+        return self._driver.epoch
+
+    async def new_dataset(self, seen: str, known: str) -> tuple[str, int]:
+        """The dataset is not the one read so far (``seen``: the epoch on the server now,
+        empty when gone; ``known``: the one read so far): adopt ``seen`` or make a new
+        epoch. Returns the epoch and the counter from which to go on."""
+        driver = self._driver
+        if not seen:
+            fresh = await driver.refresh_epoch(stale="")
+        elif seen != known:
+            driver.epoch = fresh = seen
+        else:  # the same epoch but a counter that went back: the data is not the same any more
+            fresh = await driver.refresh_epoch(stale=seen)
+        now = int(await self.client().get(self.key("rev")) or 0)
+        log.debug("redis dataset changed (epoch %s -> %s); resync from %d", known, fresh, now)
+        return fresh, now
+
+
+class RedisSource(ReaderTaskSource):
     """Blocking ``XREAD`` on the subscribed streams from one position, merged in revision order.
 
     Each round trip also reads the epoch and the counter (before the read) and each
-    stream's trim watermark (after it), so that lost history is announced.
-    A lost connection is retried with backoff, resuming from the position.
+    stream's trim watermark (after it), so that lost history is announced. A lost
+    connection is retried with backoff, resuming from the position. The blocking read
+    runs in the source's reader task (a cancelled read would drop the connection).
     """
+
+    _retryable = (BackendUnavailableError, *_CONNECTION_ERRORS)
 
     def __init__(
         self,
-        driver: RedisDriver,
+        access: _SourceAccess,
         streams: builtins.list[str],
         position: int,
-        topic_tables: builtins.list[str] | None = None,
+        tables: builtins.list[str],
+        topics: Collection[str | None] | None,
     ) -> None:
-        self._driver = driver
+        super().__init__(position, topics=topics, what="reading the redis streams")
+        self._access = access
         self._streams = streams
-        self._topic_tables = topic_tables
-        self.position = position
+        self._tables = tables
         self._ids = dict.fromkeys(streams, position)
-        self._epoch = driver.epoch
-        self._buffer: builtins.list[RawEvent] = []
-        self._closed = False
-        self._backoff = Backoff()
+        self._epoch = access.epoch
         self._grown = asyncio.Event()
 
-    async def __anext__(self) -> RawEvent:
-        failures = 0
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._buffer:
-                return self._buffer.pop()
-            try:
-                event = await self._round()
-                checkpoint()
-            except (BackendUnavailableError, *_CONNECTION_ERRORS) as exc:
-                raise_if_cancelling(exc)
-                if self._closed:
-                    raise StopAsyncIteration from None
-                await self._backoff.pause(failures, "reading the redis streams", exc)
-                failures += 1
-                continue
-            failures = 0
-            if event is not None:
-                return event
-
     def _resync(self, revision: int, epoch: str) -> RawEvent:
-        self.position = revision
+        self._read_position = revision
         self._ids = dict.fromkeys(self._streams, revision)
         self._epoch = epoch
         return RawEvent.resync(revision, epoch)
 
-    async def _round(self) -> RawEvent | None:
-        driver = self._driver
-        client = driver._reader_client
-        if client is None:
-            raise StopAsyncIteration
-        streams, asked = list(self._streams), dict(self._ids)  # add_topics may grow them meanwhile
+    async def _read_round(self) -> RawEvent | None:
+        access = self._access
+        client = access.client()
+        streams, asked = builtins.list(self._streams), dict(self._ids)  # add_topics may grow them meanwhile
         if not streams:  # a watch of no topic yet: wait for add_topics
             self._grown.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._grown.wait(), driver.block)
+            with anyio.move_on_after(access.block):
+                await self._grown.wait()
             return None
         pipe = client.pipeline(transaction=False)
-        pipe.get(driver._key("epoch"))
-        pipe.get(driver._key("rev"))
-        pipe.xread({s: f"{i}-0" for s, i in asked.items()}, count=_READ_COUNT, block=int(driver.block * 1000))
-        pipe.hmget(driver._key("trim"), streams)
+        pipe.get(access.key("epoch"))
+        pipe.get(access.key("rev"))
+        pipe.xread({s: f"{i}-0" for s, i in asked.items()}, count=_READ_COUNT, block=int(access.block * 1000))
+        pipe.hmget(access.key("trim"), streams)
         replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception):
@@ -532,21 +558,16 @@ class RedisSource(EventSource):
         raw_epoch, raw_rev, data = replies[0], replies[1], replies[2]
         epoch = raw_epoch.decode() if raw_epoch else ""
         counter = int(raw_rev or 0)
-        if epoch != self._epoch or counter < self.position:
+        if epoch != self._epoch or counter < self._read_position:
             # another dataset, one that came back without its data, or a counter that went back
-            if not epoch:
-                fresh = await driver.refresh_epoch(stale="")
-            elif epoch != self._epoch:
-                fresh = driver.epoch = epoch
-            else:
-                fresh = await driver.refresh_epoch(stale=epoch)
-            now = int(await client.get(driver._key("rev")) or 0)
+            fresh, now = await access.new_dataset(epoch, self._epoch)
             return self._resync(now, fresh)
         for stream, trimmed in zip(streams, replies[3], strict=True):
             if trimmed is not None and int(trimmed if trimmed.isdigit() else 0) > asked[stream]:
+                log.debug("redis stream %s was trimmed past %d; resync", stream, asked[stream])
                 return self._resync(counter, epoch)
         if not data:  # nothing after our ids, and the counter was read before: all read up to it
-            self.position = max(self.position, counter)
+            self._read_position = max(self._read_position, counter)
             return None
         per_stream: dict[str, builtins.list[tuple[int, dict[bytes, bytes]]]] = {}
         for raw_stream, entries in data:
@@ -556,42 +577,46 @@ class RedisSource(EventSource):
             self.bytes_read += sum(len(eid) + sum(len(k) + len(v) for k, v in f.items()) for eid, f in entries)
         full = [items[-1][0] for items in per_stream.values() if len(items) >= _READ_COUNT]
         cap = min(full) if full else None
-        merged: dict[int, RawEvent | None] = {}
+        merged: dict[int, RawEvent] = {}
         for name, items in per_stream.items():
             for revision, fields in items:
                 if cap is not None and revision > cap:
                     break
                 self._ids[name] = revision
-                merged.setdefault(revision, _event(revision, fields))
+                if revision not in merged:
+                    merged[revision] = self._event(name, revision, fields)
         if cap is not None:
             for name in streams:
                 self._ids[name] = max(self._ids[name], cap)
-        if not merged:
-            return None
-        self.position = max(self.position, max(merged))
-        events = [ev for _, ev in sorted(merged.items()) if ev is not None]
-        self._buffer = events[::-1]
+        if merged:
+            self._read_position = max(self._read_position, max(merged))
+            self._push_all(merged.values())
         return None
 
-    def caught_up(self) -> int:
-        return self._below(self._buffer, self.position)
+    def _event(self, stream: str, revision: int, fields: dict[bytes, bytes]) -> RawEvent:
+        """The event of one stream entry; an entry that cannot be read yields a resync of its table."""
+        try:
+            action = fields[b"a"].decode()
+            table = fields[b"b"].decode()
+            id = fields[b"i"].decode()
+            topic = fields[b"p"].decode() or None
+            value = fields[b"v"]
+        except (KeyError, UnicodeDecodeError):
+            reason = f"fields {sorted(k.decode(errors='replace') for k in fields)}"
+            return self._malformed(self._access.stream_table(stream), f"{stream} {revision}-0", revision, reason)
+        if action not in ("create", "update", "delete"):
+            return self._malformed(table, f"{table}/{id}", revision, f"unknown action {action!r}")
+        return RawEvent(action, table, id, topic, value, revision)  # type: ignore[arg-type]
 
-    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
-        if self._topic_tables is None:
-            return
-        driver = self._driver
-        for table in self._topic_tables:
+    async def _follow(self, topics: frozenset[str | None], since: int) -> None:
+        access = self._access
+        for table in self._tables:
             for topic in topics:
-                key = driver._key("s", table, "n") if topic is None else driver._key("s", table, "t", topic)
+                key = access.key("s", table, "n") if topic is None else access.key("s", table, "t", topic)
                 if key not in self._ids:
                     self._streams.append(key)
                     self._ids[key] = since  # read from `since`: the topic's earlier changes come first
         self._grown.set()
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
 
 
 def _expect_arg(expect: Expect) -> str:
@@ -607,19 +632,3 @@ def _entry(table: str, id: str, row: builtins.list[Any]) -> Entry | None:
         return Entry(table, id, row[1].decode() or None if row[1] is not None else None, row[2] or b"", int(row[0]))
     except (ValueError, UnicodeDecodeError, AttributeError) as exc:
         raise CorruptObjectError(table, id, f"malformed dfdb entry ({exc})") from None
-
-
-def _event(revision: int, fields: dict[bytes, bytes]) -> RawEvent | None:
-    try:
-        action = fields[b"a"].decode()
-        table = fields[b"b"].decode()
-        id = fields[b"i"].decode()
-        topic = fields[b"p"].decode() or None
-        value = fields[b"v"]
-    except (KeyError, UnicodeDecodeError):
-        log.warning("skipping malformed stream entry %d-0 (fields: %s)", revision, sorted(fields))
-        return None
-    if action not in ("create", "update", "delete"):
-        log.warning("skipping stream entry %d-0 of %s/%s: unknown action %r", revision, table, id, action)
-        return None
-    return RawEvent(action, table, id, topic, value, revision)  # type: ignore[arg-type]

@@ -138,6 +138,13 @@ class _FaultySource(EventSource):
                     self._pending.append(nxt)
             return event
 
+    @property
+    def position(self) -> int:
+        return self._inner.position
+
+    def caught_up(self) -> int | None:
+        return self._inner.caught_up()
+
     async def add_topics(self, topics: Collection[str | None], since: int) -> None:
         await self._inner.add_topics(topics, since)
 
