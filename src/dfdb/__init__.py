@@ -10,6 +10,7 @@ import logging
 
 from dfdb.errors import (
     AlreadyExistsError,
+    AuthenticationError,
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
@@ -24,6 +25,7 @@ from dfdb.errors import (
     OutcomeUnknownError,
     StreamClosedError,
     UnknownDriverError,
+    ValueTooLargeError,
 )
 from dfdb.events import Action, ChangeEvent, ChangeStream
 from dfdb.nb import ListResult, NbApi, connect, revision_of
@@ -39,6 +41,7 @@ __all__ = [
     "ChassisTopics",
     "Action",
     "AlreadyExistsError",
+    "AuthenticationError",
     "BackendTimeoutError",
     "BackendUnavailableError",
     "ChangeEvent",
@@ -65,6 +68,7 @@ __all__ = [
     "StreamClosedError",
     "SyncMode",
     "UnknownDriverError",
+    "ValueTooLargeError",
     "__version__",
     "connect",
     "dependency_order",

@@ -11,11 +11,13 @@ generic handlers keep working (``except LookupError`` catches :class:`NotFoundEr
     ├─ DriverError
     │   ├─ BackendUnavailableError(ConnectionError)
     │   │   └─ OutcomeUnknownError
-    │   └─ BackendTimeoutError(TimeoutError)
+    │   ├─ BackendTimeoutError(TimeoutError)
+    │   └─ AuthenticationError(PermissionError)
     ├─ NotFoundError(LookupError)
     ├─ AlreadyExistsError
     ├─ ConflictError
     ├─ CorruptObjectError
+    ├─ ValueTooLargeError(ValueError)
     ├─ StreamClosedError
     └─ ModelDefinitionError(TypeError)
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyExistsError",
+    "AuthenticationError",
     "BackendTimeoutError",
     "BackendUnavailableError",
     "ConfigurationError",
@@ -41,6 +44,7 @@ __all__ = [
     "OutcomeUnknownError",
     "StreamClosedError",
     "UnknownDriverError",
+    "ValueTooLargeError",
 ]
 
 
@@ -80,6 +84,13 @@ class BackendTimeoutError(DriverError, TimeoutError):
     """The backend did not answer within the call's timeout."""
 
 
+class AuthenticationError(DriverError, PermissionError):
+    """The server refused the credentials (wrong or missing user name or password).
+
+    A permanent failure: it is not retried, whatever the call's timeout.
+    """
+
+
 class NotFoundError(DfdbError, LookupError):
     """The object (table, id) does not exist."""
 
@@ -105,6 +116,26 @@ class CorruptObjectError(DfdbError):
         self.table = table
         self.id = id
         self.reason = reason
+
+
+class ValueTooLargeError(DfdbError, ValueError):
+    """An object's encoded value is larger than its backend takes (``Driver.max_value_size``).
+
+    Attributes:
+        table: the object's table.
+        id: the object's id.
+        size: the encoded size, in bytes.
+        limit: the backend's limit, in bytes.
+    """
+
+    def __init__(self, table: str, id: str, size: int, limit: int, backend: str) -> None:
+        super().__init__(
+            f"{table}/{id}: the encoded object is {size:,} bytes; the {backend} backend takes at most {limit:,}"
+        )
+        self.table = table
+        self.id = id
+        self.size = size
+        self.limit = limit
 
 
 class StreamClosedError(DfdbError):

@@ -296,6 +296,8 @@ class Driver(ABC):
 
     capabilities: ClassVar[Capability] = Capability.NONE
     """What this driver offers; see :class:`Capability`."""
+    max_value_size: ClassVar[int | None] = None
+    """The largest encoded value, in bytes, the backend takes (``None``: no limit of its own)."""
 
     def __init__(self, url: DatabaseURL) -> None:
         self.url = url

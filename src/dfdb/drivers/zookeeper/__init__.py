@@ -13,6 +13,13 @@ default 10), ``bucket_size`` (default 10,000), ``keep`` (buckets kept per log, d
 (writes in flight in ``put_many``, default 64). Digest authentication comes from the
 URL's user and password.
 
+Values: at most :attr:`ZooKeeperDriver.max_value_size` bytes (500,000), since a write
+sends its value twice in one request (the data node and the change record) and
+ZooKeeper refuses requests over ``jute.maxbuffer`` (1 MiB); a larger one is refused with
+:class:`~dfdb.errors.ValueTooLargeError` before anything is sent. A change record the
+source cannot read (not written by dfdb) is logged, counted and answered with a
+``resync`` of its table.
+
 The package's modules: ``session`` (dfdb's session repair around aiozk), ``client``
 (the calls, under dfdb's time-outs and errors), ``layout`` (paths, records, buckets,
 rotation, pruning), ``driver`` and ``source``.

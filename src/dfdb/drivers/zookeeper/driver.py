@@ -42,6 +42,7 @@ from dfdb.errors import (
     CorruptObjectError,
     InvalidURL,
     NotFoundError,
+    ValueTooLargeError,
 )
 from dfdb.url import DatabaseURL
 
@@ -62,6 +63,12 @@ class ZooKeeperDriver(Driver):
     """The ZooKeeper driver; see the package documentation."""
 
     capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.TOPIC_FILTER
+    max_value_size = 500_000
+    """A create or update sends the value twice in one request (the data node and its change
+    record, in the same ``multi``), and ZooKeeper refuses a request over ``jute.maxbuffer``
+    (1 MiB - 1 byte by default): twice this leaves room for the paths and the other
+    operations. The change log needs the value itself (a change must be readable after the
+    data node moved on), so it cannot be stored once."""
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)
@@ -148,8 +155,15 @@ class ZooKeeperDriver(Driver):
         await self._logs.after_append(log_path, replies[-1].path)
         return int(replies[zxid_at].stat.last_modified_zxid)
 
+    def _check_size(self, table: str, id: str, value: bytes) -> None:
+        """Raises:
+        ValueTooLargeError: ``value`` is over :attr:`max_value_size`."""
+        if len(value) > self.max_value_size:
+            raise ValueTooLargeError(table, id, len(value), self.max_value_size, "zk://")
+
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
         self._check_open()
+        self._check_size(table, id, value)
         calls, layout = self._calls, self._layout
         loc = location(topic)
         index, data = layout.index(table, id), layout.data(table, loc, id)
@@ -209,7 +223,12 @@ class ZooKeeperDriver(Driver):
         that fails, and every other write, is written one by one, ``window`` at a time."""
         self._check_open()
         results: builtins.list[int | Exception | None] = [None] * len(writes)
-        creates = [i for i, w in enumerate(writes) if w.expect is ABSENT]
+        for i, w in enumerate(writes):
+            try:
+                self._check_size(w.table, w.id, w.value)
+            except ValueTooLargeError as error:
+                results[i] = error
+        creates = [i for i, w in enumerate(writes) if w.expect is ABSENT and results[i] is None]
         chunks: builtins.list[builtins.list[int]] = [[]]
         size = 0
         for i in creates:
@@ -361,7 +380,11 @@ class ZooKeeperDriver(Driver):
         if since is None:
             since = await self._calls.current_revision()
         source = ZooKeeperSource(self._access, sorted(set(tables)), topics, since)
-        await source.start()
+        try:
+            await source.start()
+        except BaseException:
+            await source.aclose()  # its watch callbacks go with it
+            raise
         return self._track(source)
 
     async def allocate_unique_key(self, table: str) -> int:

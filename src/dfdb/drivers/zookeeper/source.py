@@ -5,6 +5,10 @@ each log from the first change after its position, then an ``exists`` watch on t
 next change's path and a data watch on the log wake it. ZooKeeper delivers a watch
 event before any reply to a later request, so a log whose watches have not fired is
 complete up to the latest reply: that is how far the stream has read.
+
+The rounds run in the source's reader task (:class:`~dfdb.drivers.sources.ReaderTaskSource`):
+a round moves through the logs over many requests and watch registrations, so a
+cancelled ``__anext__`` cancels only its wait, never a round.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any
 
 from aiozk import exc, protocol
 
-from dfdb.drivers.base import EventSource, RawEvent
+from dfdb.drivers.base import RawEvent
+from dfdb.drivers.sources import ReaderTaskSource
 from dfdb.drivers.zookeeper.client import Calls, WatchKey
 from dfdb.drivers.zookeeper.layout import (
     READ_AHEAD,
@@ -31,9 +36,9 @@ from dfdb.drivers.zookeeper.layout import (
     MalformedChange,
     Pruned,
     location,
+    topic_of,
 )
-from dfdb.errors import BackendUnavailableError
-from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
+from dfdb.errors import DriverError
 
 __all__ = ["LogAccess", "ZooKeeperSource"]
 
@@ -72,43 +77,41 @@ class _Log:
     armed: builtins.list[WatchKey] = field(default_factory=builtins.list)
 
 
-class ZooKeeperSource(EventSource):
+class ZooKeeperSource(ReaderTaskSource):
     """Reads change logs after a position, woken by watches; see the module documentation."""
+
+    _retryable = (DriverError, exc.ZKError, OSError)
 
     def __init__(
         self, access: LogAccess, tables: builtins.list[str], topics: Collection[str | None] | None, since: int
     ) -> None:
+        super().__init__(since, topics=topics, what="reading the zookeeper change logs")
         self._access = access
         self._calls = access.calls
         self._tables = tables
-        self._topics = None if topics is None else set(topics)
         self._since = since
         self._logs: dict[str, _Log] = {}
-        self._buffer: builtins.list[tuple[int, int, RawEvent]] = []
-        self._seq = itertools.count()
+        self._taken: builtins.list[RawEvent] = []  # read in the current round
+        self._held: builtins.list[tuple[int, int, RawEvent]] = []  # read, above what every log has been read to
+        self._order = itertools.count()
+        self._unreadable: builtins.list[tuple[str, str, int, str]] = []  # (table, key, revision, reason)
         self._wake = asyncio.Event()
         self._discover = topics is None
-        self._closed = False
-        self._backoff = Backoff()
         self._connection: tuple[int, int] | None = None
         self._identity = access.calls.known_identity
         self._callbacks: dict[WatchKey, Callable[[str], None]] = {}
         self._resync_at = 0
         self._idle_frontier = since
 
-    @property
-    def position(self) -> int:
-        """Every change at or below this revision has been returned."""
-        delivered = self._read_up_to()
-        if self._buffer:
-            delivered = min(delivered, self._buffer[0][0] - 1)
-        return delivered
-
-    def caught_up(self) -> int:
-        return self.position
-
-    def _push(self, event: RawEvent) -> None:
-        heapq.heappush(self._buffer, (event.revision, next(self._seq), event))
+    def _read_up_to(self) -> int:
+        """Every change at or below this revision has been read (returned, buffered, or
+        taken by the round under way)."""
+        read = self._read_up_to_logs()
+        if self._taken:
+            read = min(read, min(ev.revision for ev in self._taken) - 1)
+        if self._held:
+            read = min(read, self._held[0][0] - 1)
+        return read
 
     def _dirty(self, key: str) -> Callable[[str], None]:
         def mark(_path: str) -> None:
@@ -129,7 +132,8 @@ class ZooKeeperSource(EventSource):
         self._calls.add_watch(key, callback)
 
     async def start(self) -> None:
-        """Find every log's position after ``since``; subscribed when this returns."""
+        """Find every log's position after ``since`` and read them once, arming their
+        watches; subscribed when this returns."""
         if self._topics is not None:
             for table in self._tables:
                 for topic in self._topics:
@@ -141,8 +145,9 @@ class ZooKeeperSource(EventSource):
         if path in self._logs:
             return
         entry = _Log(path, table, topic, frontier=since)
-        self._logs[path] = entry
         await self._seek(entry, since)
+        if path not in self._logs:  # placed only once sought: a round never reads it from nowhere
+            self._logs[path] = entry
 
     async def _seek(self, entry: _Log, since: int) -> None:
         try:
@@ -154,20 +159,64 @@ class ZooKeeperSource(EventSource):
         log.info("change log %s was pruned past position %d", entry.path, entry.frontier)
         self._resync_at = max(self._resync_at, trim)
 
-    def _read_up_to(self) -> int:
-        """Every change at or below this revision has been read (returned or buffered)."""
-        return min((lg.frontier for lg in self._logs.values()), default=self._idle_frontier)
+    async def _read_round(self) -> RawEvent | None:
+        """Wait for a watch (or the idle period), read every log a watch marked, and say
+        when history is gone."""
+        if self._resync_at:
+            return await self._restart(self._resync_at)
+        if not any(entry.dirty for entry in self._logs.values()) and not self._discover:
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(self._access.idle):
+                    await self._wake.wait()
+            except TimeoutError:  # a safety re-read of every log
+                for entry in self._logs.values():
+                    entry.dirty = True
+        await self._round()
+        if self._resync_at:
+            return await self._restart(self._resync_at)
+        identity = self._calls.known_identity
+        if identity != self._identity and identity is not None:
+            self._identity = identity
+            return await self._restart(await self._calls.current_revision(), identity)
+        return None
+
+    async def _after_failure(self, exc: BaseException) -> None:
+        for entry in self._logs.values():
+            entry.dirty = True
 
     async def _round(self) -> None:
         """Read every dirty log to its end and re-arm its watches; then every clean log is
-        complete up to the last reply."""
+        complete up to the last reply. At the end of the round (also one that failed
+        half-way) what it read is buffered up to where every log has been read, so the
+        stream is in revision order across logs; the rest waits for the next round."""
+        try:
+            await self._read_logs()
+        finally:
+            position = self._read_up_to_logs()
+            for table, key, revision, reason in self._unreadable:
+                # in the record's place, but never past a change not read yet
+                self._taken.append(self._malformed(table, key, min(revision, position), reason))
+            self._unreadable.clear()
+            for event in self._taken:
+                heapq.heappush(self._held, (event.revision, next(self._order), event))
+            self._taken.clear()
+            while self._held and self._held[0][0] <= position:
+                self._push(heapq.heappop(self._held)[2])
+
+    def _read_up_to_logs(self) -> int:
+        return min((lg.frontier for lg in self._logs.values()), default=self._idle_frontier)
+
+    async def _read_logs(self) -> None:
         calls, layout = self._calls, self._access.layout
         connection = calls.connection()
         if connection != self._connection:  # a new connection or session: watches may have been lost
-            if self._connection is not None and await calls.identity() != self._identity:
-                self._resync_at = await calls.current_revision()  # a server that lost its data
-                self._identity = calls.known_identity
-                return
+            if self._connection is not None:
+                log.debug("zookeeper change logs: a new connection; reading every log again")
+                if await calls.identity() != self._identity:
+                    self._resync_at = await calls.current_revision()  # a server that lost its data
+                    self._identity = calls.known_identity
+                    return
             self._connection = connection
             for entry in self._logs.values():
                 entry.dirty = True
@@ -184,7 +233,7 @@ class ZooKeeperSource(EventSource):
                 await calls.exists(layout.log(table, "n"), watch=True)
                 await calls.ensure(layout.topic_logs(table))
                 for loc in await self._access.logs.locations(table, watch=True):
-                    await self._add_log(table, None if loc == "n" else loc[2:], self._since)
+                    await self._add_log(table, topic_of(loc), self._since)
         last = 0
         for entry in builtins.list(self._logs.values()):
             if entry.dirty:
@@ -243,50 +292,19 @@ class ZooKeeperSource(EventSource):
         entry.frontier = revision
         try:
             change = Change.decode(data)
-        except MalformedChange:
-            log.warning("skipping malformed change %s/c%010d of %s", entry.path, entry.at.seq, entry.table)
+        except MalformedChange as error:
+            key = self._access.layout.change(self._access.layout.bucket(entry.path, entry.at.bucket), entry.at.seq)
+            self._unreadable.append((entry.table, key, revision, str(error)))
             return
-        self._push(RawEvent(change.action, entry.table, change.id, entry.topic, change.value, revision))
-
-    async def __anext__(self) -> RawEvent:
-        failures = 0
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._resync_at:
-                return await self._restart(self._resync_at)
-            if self._buffer:
-                return heapq.heappop(self._buffer)[2]
-            try:
-                if not any(entry.dirty for entry in self._logs.values()) and not self._discover:
-                    self._wake.clear()
-                    try:
-                        async with asyncio.timeout(self._access.idle):
-                            await self._wake.wait()
-                    except TimeoutError:  # a safety re-read of every log
-                        for entry in self._logs.values():
-                            entry.dirty = True
-                await self._round()
-                checkpoint()
-                failures = 0
-                identity = self._calls.known_identity
-                if identity != self._identity and identity is not None:
-                    self._identity = identity
-                    return await self._restart(await self._calls.current_revision(), identity)
-            except (BackendUnavailableError, exc.ZKError, OSError) as error:
-                raise_if_cancelling(error)
-                if self._closed:
-                    raise StopAsyncIteration from None
-                await self._backoff.pause(failures, "reading the zookeeper change logs", error)
-                failures += 1
-                for entry in self._logs.values():
-                    entry.dirty = True
+        self._taken.append(RawEvent(change.action, entry.table, change.id, entry.topic, change.value, revision))
 
     async def _restart(self, revision: int, identity: str | None = None) -> RawEvent:
         """History is gone: start every log after ``revision`` and say so."""
         self._resync_at = 0
-        self._buffer.clear()
+        self._clear_buffer()
+        self._held.clear()
         now = max(revision, await self._calls.current_revision())
+        log.debug("zookeeper change logs: history gone, every log starts again after %d", now)
         for entry in self._logs.values():
             entry.frontier = now
             await self._seek(entry, now)
@@ -294,21 +312,13 @@ class ZooKeeperSource(EventSource):
         self._since = now
         return RawEvent.resync(now, identity)
 
-    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
-        if self._topics is None:
-            return
+    async def _follow(self, topics: frozenset[str | None], since: int) -> None:
         for topic in topics:
-            if topic in self._topics:
-                continue
-            self._topics.add(topic)
             for table in self._tables:
                 await self._add_log(table, topic, since)
         self._wake.set()
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
         for key, callback in self._callbacks.items():
             self._calls.remove_watch(key, callback)
         self._callbacks.clear()
