@@ -192,6 +192,7 @@ async def test_foreign_value_is_reported_and_skipped(single: EtcdServer, caplog:
         assert ev.id == "after"
         assert "alien" in caplog.text and "junk" in caplog.text and "etcd_port" in caplog.text
         assert stream.corrupt == 2
+        assert stream.records_malformed == 1 and "dfdb/d/odd" in caplog.text  # reported, belongs to no table
         assert sorted(p.id for p in await nb.get_all(Port)) == ["after", "good"]
 
 

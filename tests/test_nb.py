@@ -12,7 +12,7 @@ import dfdb
 from dfdb.drivers import Driver, Entry, EventSource, Expect, Listing, RawEvent, register_driver
 from dfdb.drivers.memory import MemoryDriver
 from dfdb.errors import BackendUnavailableError
-from dfdb.events import ChangeStream
+from dfdb.events import ChangeStream, SourceOpener
 from dfdb.url import DatabaseURL
 
 
@@ -137,8 +137,30 @@ class _ScriptedSource(EventSource):
             raise StopAsyncIteration
         return self.events.pop(0)
 
+    @property
+    def position(self) -> int:
+        return 0
+
     async def aclose(self) -> None:
         self.closed = True
+
+
+class _ScriptedOpener(SourceOpener):
+    def __init__(self, source: EventSource) -> None:
+        self.source = source
+
+    async def identity(self) -> str:
+        return "id"
+
+    async def open(
+        self, tables: Collection[str], topics: frozenset[str | None] | None, since: int | None
+    ) -> EventSource:
+        return self.source
+
+    def decode(
+        self, model: type[dfdb.NbModel], id: str, topic: str | None, value: bytes, revision: int
+    ) -> dfdb.NbModel:
+        return dfdb.NbApi._decode(model, id, topic, value, revision)
 
 
 async def test_stream_drops_duplicates_and_older_revisions() -> None:
@@ -153,16 +175,7 @@ async def test_stream_drops_duplicates_and_older_revisions() -> None:
         RawEvent("update", "other_table", "a", None, b"{}", 4),
     ]
     source = _ScriptedSource(raw)
-
-    async def opener(since: int | None) -> EventSource:
-        return source
-
-    async def identity() -> str:
-        return "id"
-
-    stream = ChangeStream(
-        {"test_nb_thing": Thing}, None, opener, identity, ("id", 0), filter_topics=False, decode=dfdb.NbApi._decode
-    )
+    stream = ChangeStream({"test_nb_thing": Thing}, None, ("id", 0), _ScriptedOpener(source))
     async with stream:
         got = [ev async for ev in stream]
     assert [(ev.action, ev.revision) for ev in got] == [("create", 1), ("update", 3)]

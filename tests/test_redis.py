@@ -105,6 +105,34 @@ async def test_topic_watcher_reads_only_its_topic(volatile_server: RedisServer) 
             assert stream.records_read == 100
 
 
+async def test_timed_out_reads_keep_their_connection(volatile_server: RedisServer) -> None:
+    import redis.asyncio as aioredis
+
+    raw = aioredis.Redis.from_url(volatile_server.url)
+
+    async def connections_made() -> int:
+        return int((await raw.info("stats"))["total_connections_received"])
+
+    try:
+        async with dfdb.connect(volatile_server.url) as nb, nb.watch(Port) as stream:
+            await nb.create(Port(id="first", topic="t"))
+            assert (await asyncio.wait_for(anext(stream), 10)).id == "first"
+            before = await connections_made()
+            timeouts = 0
+            for _ in range(200):  # a blocking read cancelled by its time-out, again and again
+                try:
+                    await asyncio.wait_for(anext(stream), 0.0003)
+                except TimeoutError:
+                    timeouts += 1
+            await nb.create(Port(id="after", topic="t"))
+            assert (await asyncio.wait_for(anext(stream), 10)).id == "after"
+            assert timeouts == 200
+            assert await connections_made() == before  # no connection was dropped and made again
+            assert stream.reconnects == 0
+    finally:
+        await raw.aclose()
+
+
 async def test_foreign_data_in_the_namespace_is_contained(
     volatile_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -123,13 +151,16 @@ async def test_foreign_data_in_the_namespace_is_contained(
             assert (info.value.table, info.value.id) == ("redis_port", "alien")
             assert [p.id for p in await nb.get_all(Port)] == ["good"]
             assert "alien" in caplog.text
-            # a stream entry with missing fields, at the next revision
+            # a stream entry with missing fields, at the next revision: its table is resynced
             rev = await raw.incr("dfdb/rev")
             await raw.xadd("dfdb/s/redis_port", {"a": "create"}, id=f"{rev}-0")
             await nb.create(Port(id="after", topic="t"))
             ev = await asyncio.wait_for(anext(stream), 10)
+            assert (ev.action, ev.model, ev.revision) == (dfdb.Action.RESYNC, Port, rev)
+            ev = await asyncio.wait_for(anext(stream), 10)
             assert ev.id == "after"
-            assert "malformed stream entry" in caplog.text
+            assert stream.records_malformed == 1
+            assert f"dfdb/s/redis_port {rev}-0" in caplog.text and "unreadable change record" in caplog.text
     finally:
         await raw.aclose()
 

@@ -5,21 +5,25 @@ from __future__ import annotations
 import enum
 import logging
 import warnings
+from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+
+import anyio
 
 from dfdb.drivers.base import EventSource, RawEvent
 from dfdb.errors import CorruptObjectError, StreamClosedError
 from dfdb.nbmodel import NbModel
 
-__all__ = ["Action", "ChangeEvent", "ChangeStream", "format_cursor", "parse_cursor"]
+__all__ = ["Action", "ChangeEvent", "ChangeStream", "SourceOpener", "format_cursor", "parse_cursor"]
 
 log = logging.getLogger(__name__)
 
 _DEDUP_KEYS = 200_000
+_RAW_ACTIONS = frozenset(("create", "update", "delete", "resync"))
 
 
 class Action(enum.StrEnum):
@@ -75,7 +79,47 @@ def parse_cursor(cursor: str) -> tuple[str, int]:
     raise ValueError(f"not a dfdb cursor: {cursor!r}")
 
 
-Decoder = Callable[[type[NbModel], str, str | None, bytes, int], NbModel]
+class SourceOpener(ABC):
+    """How a :class:`ChangeStream` reaches its backend.
+
+    The :class:`~dfdb.NbApi` builds one for each watch from its driver, the driver's
+    capabilities and its notification settings: it decides between the driver's own
+    change stream and snapshot polling, says whether the sources it opens deliver a
+    whole stream in revision order, and decodes stored values into models.
+    """
+
+    ordered: bool = True
+    """The sources deliver every event of a stream in revision order."""
+
+    @abstractmethod
+    async def identity(self) -> str:
+        """The backend's identity now (part of every cursor).
+
+        Raises:
+            BackendUnavailableError: the server cannot be reached.
+        """
+
+    @abstractmethod
+    async def open(
+        self, tables: Collection[str], topics: frozenset[str | None] | None, since: int | None
+    ) -> EventSource:
+        """A started source of ``tables`` (of ``topics``; ``None``: every topic) delivering
+        every change after revision ``since`` (``None``: from now on).
+
+        Raises:
+            BackendUnavailableError: the server cannot be reached.
+        """
+
+    @abstractmethod
+    def decode(self, model: type[NbModel], id: str, topic: str | None, value: bytes, revision: int) -> NbModel:
+        """The object stored as ``value``.
+
+        Raises:
+            CorruptObjectError: the value does not validate.
+        """
+
+
+_COUNTERS = ("records_read", "bytes_read", "records_malformed", "reconnects")
 
 
 class ChangeStream:
@@ -89,43 +133,43 @@ class ChangeStream:
     revision order (etcd with several topics) the cursor is the highest position
     below which every change was yielded, so a resumed stream may repeat a few events
     (a Replica drops them by revision).
+
+    Cancelling a read (``asyncio.wait_for(anext(stream), t)``) loses nothing: the
+    next read returns what the cancelled one would have. The scope can change while
+    the stream runs (:meth:`add_topics`, :meth:`remove_topics`), and :meth:`reopen`
+    starts its backend subscription again from the cursor; a read waiting in another
+    task meanwhile goes on with the new subscription.
     """
 
     def __init__(
         self,
         models: Mapping[str, type[NbModel]],
         topics: Collection[str | None] | None,
-        opener: Callable[[int | None], Awaitable[EventSource]],
-        identity: Callable[[], Awaitable[str]],
         since: tuple[str, int] | None,
-        *,
-        filter_topics: bool,
-        decode: Decoder,
-        ordered: bool = True,
+        opener: SourceOpener,
     ) -> None:
         self._models = dict(models)
         self._topics = None if topics is None else frozenset(topics)
-        self._opener = opener
-        self._get_identity = identity
-        self._identity = ""
         self._since = since
-        self._filter_topics = filter_topics
-        self._decode = decode
-        self._ordered = ordered
+        self._opener = opener
+        self._identity = ""
         self._source: EventSource | None = None
         self._state = "new"
         self._last: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._position: int | None = None
         self._pending_resync = False
         self._floors: dict[str | None, int] = {}
+        self._retired = dict.fromkeys(_COUNTERS, 0)  # the counters of sources closed by reopen
+        self._scope_lock = anyio.Lock()  # one change of scope or reopen at a time
         self.corrupt = 0
+        """How many events were skipped because their value failed validation."""
         self.on_corrupt: Callable[[type[NbModel], str, int], None] | None = None
         """Called with (model, id, revision) for each change skipped because its value
         failed validation (a Replica evicts that key)."""
-        """How many events were skipped because their value failed validation."""
         self.duplicates = 0
         """How many duplicate events were dropped."""
 
+    # ------------------------------------------------------------ scope
     async def add_topics(self, topics: Iterable[str | None], *, since: str) -> None:
         """Follow ``topics`` too, with no gap: every change of them after the cursor
         ``since`` (typically from ``nb.list(Model, topic=…)``) arrives. A stream of every
@@ -135,35 +179,138 @@ class ChangeStream:
             ValueError: ``since`` is not a cursor of this backend.
             StreamClosedError: the stream is not open, or its driver cannot change topics.
         """
-        if self._state != "open" or self._source is None:
-            raise StreamClosedError("enter the stream with 'async with' before adding topics")
+        self._check_open("adding topics")
         if self._topics is None:
             return
         identity, revision = parse_cursor(since)
         if identity != self._identity:
             raise ValueError(f"cursor {since!r} is from another backend")
-        new = frozenset(topics) - self._topics
-        if not new:
-            return
-        for topic in new:
-            self._floors[topic] = revision  # that topic's changes at or before are in the caller's listing
-        await self._source.add_topics(new, revision)
-        self._topics = self._topics | new
+        async with self._scope_lock:
+            source = self._check_open("adding topics")
+            before = self._topics
+            new = frozenset(topics) - before
+            if not new:
+                return
+            floors = dict(self._floors)
+            for topic in new:
+                self._floors[topic] = revision  # that topic's changes at or before are in the caller's listing
+            self._topics = before | new  # before the source may deliver them
+            try:
+                await source.add_topics(new, revision)
+            except BaseException:
+                self._topics, self._floors = before, floors
+                raise
+
+    async def remove_topics(self, topics: Iterable[str | None]) -> None:
+        """Stop following ``topics``: from now on no event of theirs is yielded, and the
+        backend subscription is reopened from the cursor without them (see
+        :meth:`reopen`). A stream of every topic cannot narrow.
+
+        Raises:
+            ValueError: the stream follows every topic.
+            StreamClosedError: the stream is not open.
+            BackendUnavailableError: the subscription could not be reopened; the stream
+                goes on with the old one (the topics are filtered out all the same).
+        """
+        self._check_open("removing topics")
+        if self._topics is None:
+            raise ValueError("a stream of every topic cannot remove topics; open one with topics=")
+        async with self._scope_lock:
+            gone = frozenset(topics) & self._topics
+            if not gone:
+                return
+            self._topics = self._topics - gone
+            for topic in gone:
+                self._floors.pop(topic, None)
+            await self._reopen()
+
+    async def reopen(self) -> None:
+        """Open the backend subscription again from the stream's cursor, then close the old
+        one. Nothing is lost: every change after the cursor arrives (events the old
+        subscription had read but the stream had not yielded are read again, and
+        repeats are dropped as duplicates). A read waiting in another task goes on with
+        the new subscription. The counters go on counting.
+
+        Raises:
+            StreamClosedError: the stream is not open.
+            BackendUnavailableError: the new subscription could not be opened; the old
+                one goes on.
+        """
+        self._check_open("reopening")
+        async with self._scope_lock:
+            await self._reopen()
+
+    async def _reopen(self) -> None:
+        old = self._check_open("reopening")
+        position = self._cursor_revision()
+        identity = await self._opener.identity()
+        start: int | None = position
+        if identity != self._identity:  # the data is not the one followed so far
+            start = None
+        fresh = await self._opener.open(list(self._models), self._topics, start)
+        if self._state != "open":  # closed meanwhile
+            await fresh.aclose()
+            raise StreamClosedError("the stream was closed while it reopened")
+        if start is None:
+            self._identity = identity
+            self._pending_resync = True
+            self._position = fresh.position
+        self._source = fresh
+        log.debug("change stream reopened from revision %d", position)
+        self._retire(old)
+        await old.aclose()
+
+    def _retire(self, source: EventSource) -> None:
+        for name in _COUNTERS:
+            self._retired[name] += getattr(source, name)
+
+    def _check_open(self, doing: str) -> EventSource:
+        if self._state != "open" or self._source is None:
+            raise StreamClosedError(f"enter the stream with 'async with' before {doing}")
+        return self._source
 
     @property
     def topics(self) -> frozenset[str | None] | None:
         """The topics followed (``None``: every topic)."""
         return self._topics
 
+    # ------------------------------------------------------------ counters
+    def _count(self, name: str) -> int:
+        source = self._source
+        return self._retired[name] + (0 if source is None else int(getattr(source, name)))
+
     @property
     def records_read(self) -> int:
         """Change records this stream read from the backend (0 before it opens)."""
-        return 0 if self._source is None else self._source.records_read
+        return self._count("records_read")
 
     @property
     def bytes_read(self) -> int:
         """The size of those records as the driver received them (0 before it opens)."""
-        return 0 if self._source is None else self._source.bytes_read
+        return self._count("bytes_read")
+
+    @property
+    def records_malformed(self) -> int:
+        """Change records the driver could not read; each was answered with a ``RESYNC``
+        of its table (the stream went on)."""
+        return self._count("records_malformed")
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the backend subscription read again after a failure (a lost
+        connection or watch); cancelled reads never count here."""
+        return self._count("reconnects")
+
+    # ------------------------------------------------------------ position
+    def _cursor_revision(self) -> int:
+        if self._position is None:
+            raise StreamClosedError("the stream has no position until it is entered")
+        position = self._position
+        if self._source is not None and self._state == "open":  # an idle stream moves on with its source
+            caught_up = self._source.caught_up()
+            if caught_up is not None:
+                position = max(position, caught_up)
+        return position
 
     @property
     def cursor(self) -> str:
@@ -172,15 +319,9 @@ class ChangeStream:
         Raises:
             StreamClosedError: the stream was never entered.
         """
-        if self._position is None:
-            raise StreamClosedError("the stream has no position until it is entered")
-        position = self._position
-        if self._source is not None and self._state == "open":  # an idle stream moves on with its source
-            caught_up = self._source.caught_up()
-            if caught_up is not None:
-                position = max(position, caught_up)
-        return format_cursor(self._identity, position)
+        return format_cursor(self._identity, self._cursor_revision())
 
+    # ------------------------------------------------------------ life cycle
     async def __aenter__(self) -> ChangeStream:
         await self.open()
         return self
@@ -196,21 +337,20 @@ class ChangeStream:
             raise StreamClosedError("a ChangeStream can be entered only once")
         self._state = "opening"
         try:
-            self._identity = await self._get_identity()
+            self._identity = await self._opener.identity()
             start: int | None = None
             if self._since is not None:
                 if self._since[0] == self._identity:
                     start = self._since[1]
                 else:  # a cursor of another backend, or of data that is gone
                     self._pending_resync = True
-            source = await self._opener(start)
+            source = await self._opener.open(list(self._models), self._topics, start)
         except BaseException:
             self._state = "closed"
             raise
         self._source = source
         self._state = "open"
-        position = getattr(source, "position", None)
-        self._position = start if start is not None else int(position or 0)
+        self._position = start if start is not None else source.position
 
     def __aiter__(self) -> ChangeStream:
         return self
@@ -220,35 +360,53 @@ class ChangeStream:
             if self._state == "closed":
                 raise StopAsyncIteration
             raise StreamClosedError("enter the stream with 'async with nb.watch(…)' before iterating")
-        if self._pending_resync:
-            self._pending_resync = False
-            self._last.clear()
-            return ChangeEvent(Action.RESYNC, None, "", None, self._position or 0, None, self.cursor)
-        source = self._source
         while True:
-            raw = await source.__anext__()
-            event = self._convert(raw)
+            if self._pending_resync:
+                self._pending_resync = False
+                self._last.clear()
+                return ChangeEvent(Action.RESYNC, None, "", None, self._position or 0, None, self.cursor)
+            source = self._source
+            if source is None:
+                raise StopAsyncIteration
+            try:
+                raw = await source.__anext__()
+            except StopAsyncIteration:
+                if self._state == "open" and self._source is not source:
+                    continue  # reopened meanwhile: go on with the new source
+                raise
+            event = self._convert(raw, source)
             if event is not None:
                 return event
 
-    def _convert(self, raw: RawEvent) -> ChangeEvent | None:
+    def _convert(self, raw: RawEvent, source: EventSource) -> ChangeEvent | None:
+        if raw.action not in _RAW_ACTIONS:  # a source that did not check its records
+            self._retired["records_malformed"] += 1
+            log.warning(
+                "unreadable change %s/%s at revision %d (action %r); resyncing its table",
+                raw.table,
+                raw.id,
+                raw.revision,
+                raw.action,
+            )
+            raw = RawEvent("resync", raw.table, "", None, None, raw.revision)
         if raw.action == "resync":
+            model = self._models.get(raw.table) if raw.table else None
+            if raw.table is not None:  # one table's records: that table is made whole, the rest goes on
+                if model is None:
+                    return None
+                self._advance(raw.revision, source)
+                return ChangeEvent(Action.RESYNC, model, "", raw.topic, raw.revision, None, self.cursor)
             self._last.clear()
             self._floors.clear()
             self._position = raw.revision
             if raw.identity:
                 self._identity = raw.identity
-            model = self._models.get(raw.table) if raw.table else None
-            return ChangeEvent(Action.RESYNC, model, "", raw.topic, raw.revision, None, self.cursor)
-        position = raw.revision
-        if not self._ordered:  # the source knows up to where every change was returned
-            position = min(position, int(getattr(self._source, "position", position)))
-        if self._position is None or position > self._position:
-            self._position = position
+            return ChangeEvent(Action.RESYNC, None, "", raw.topic, raw.revision, None, self.cursor)
+        self._advance(raw.revision, source)
         model = self._models.get(raw.table or "")
         if model is None:
             return None
-        if self._filter_topics and self._topics is not None and raw.topic not in self._topics:
+        if self._topics is not None and raw.topic not in self._topics:
             return None
         if self._floors and raw.revision <= self._floors.get(raw.topic, 0):
             return None
@@ -264,7 +422,7 @@ class ChangeStream:
         obj: NbModel | None = None
         if raw.value is not None:
             try:
-                obj = self._decode(model, raw.id, raw.topic, raw.value, raw.revision)
+                obj = self._opener.decode(model, raw.id, raw.topic, raw.value, raw.revision)
             except CorruptObjectError as exc:
                 if raw.action != "delete":
                     self.corrupt += 1
@@ -274,6 +432,13 @@ class ChangeStream:
                     return None
         return ChangeEvent(Action(raw.action), model, raw.id, raw.topic, raw.revision, obj, self.cursor)
 
+    def _advance(self, revision: int, source: EventSource) -> None:
+        """Move the position to an event's ``revision`` (on an unordered stream, no further
+        than the source says every change was returned)."""
+        position = revision if self._opener.ordered else min(revision, source.position)
+        if self._position is None or position > self._position:
+            self._position = position
+
     async def aclose(self) -> None:
         """Unsubscribe and release everything; idempotent."""
         if self._state == "closed":
@@ -281,6 +446,7 @@ class ChangeStream:
         self._state = "closed"
         source, self._source = self._source, None
         if source is not None:
+            self._retire(source)
             await source.aclose()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:

@@ -8,7 +8,7 @@ import json
 import logging
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, cast
@@ -30,7 +30,7 @@ from dfdb.errors import (
     OutcomeUnknownError,
     StreamClosedError,
 )
-from dfdb.events import ChangeStream, format_cursor, parse_cursor
+from dfdb.events import ChangeStream, SourceOpener, format_cursor, parse_cursor
 from dfdb.nbmodel import NbModel, validate_key
 from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
 from dfdb.url import DatabaseURL
@@ -521,32 +521,35 @@ class NbApi:
             if t is not None:
                 validate_key(t, "topic")
         start = parse_cursor(since) if since is not None else None
-        poll = not self.exact
-        caps = self.driver.capabilities
+        return ChangeStream(by_table, topic_set, start, _DriverOpener(self))
 
-        async def opener(since_rev: int | None) -> EventSource:
-            if poll:
-                poller = SnapshotPoller(
-                    self.driver, by_table, topic_set, since_rev, interval=self.poll_interval, backoff=self.backoff
-                )
-                await poller.start()
-                return poller
-            return await self._retry(lambda: self.driver.watch(list(by_table), topic_set, since_rev), "watch")
 
-        async def identity() -> str:
-            self._identity = await self._retry(self.driver.identity, "watch")
-            return self._identity
+class _DriverOpener(SourceOpener):
+    """Opens the change sources of an :class:`NbApi`'s streams: the driver's own change
+    stream or change log, or snapshot polling when it has neither or polling was asked."""
 
-        return ChangeStream(
-            by_table,
-            topic_set,
-            opener,
-            identity,
-            start,
-            filter_topics=not (caps & Capability.TOPIC_FILTER) or poll,
-            decode=self._decode,
-            ordered=poll or bool(caps & Capability.ORDERED),
-        )
+    def __init__(self, nb: NbApi) -> None:
+        self._nb = nb
+        self._poll = not nb.exact
+        self.ordered = self._poll or bool(nb.driver.capabilities & Capability.ORDERED)
+
+    async def identity(self) -> str:
+        nb = self._nb
+        nb._identity = await nb._retry(nb.driver.identity, "watch")
+        return nb._identity
+
+    async def open(
+        self, tables: Collection[str], topics: frozenset[str | None] | None, since: int | None
+    ) -> EventSource:
+        nb = self._nb
+        if self._poll:
+            poller = SnapshotPoller(nb.driver, tables, topics, since, interval=nb.poll_interval, backoff=nb.backoff)
+            await poller.start()
+            return poller
+        return await nb._retry(lambda: nb.driver.watch(list(tables), topics, since), "watch")
+
+    def decode(self, model: type[NbModel], id: str, topic: str | None, value: bytes, revision: int) -> NbModel:
+        return self._nb._decode(model, id, topic, value, revision)
 
 
 def revision_of(obj: NbModel) -> int | None:

@@ -27,12 +27,14 @@ from dfdb.drivers.base import (
     check_delete,
     check_put,
 )
+from dfdb.drivers.sources import BufferedSource, ReaderTaskSource
 from dfdb.errors import MissingDependencyError, UnknownDriverError
 from dfdb.url import DatabaseURL
 
 __all__ = [
     "ABSENT",
     "ANY",
+    "BufferedSource",
     "Capability",
     "Driver",
     "Entry",
@@ -42,6 +44,7 @@ __all__ = [
     "PutRequest",
     "RawAction",
     "RawEvent",
+    "ReaderTaskSource",
     "check_delete",
     "check_put",
     "driver_class",

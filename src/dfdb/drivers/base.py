@@ -220,16 +220,21 @@ class EventSource(ABC):
         :attr:`records_malformed`, answered with a ``resync`` of ``table`` (``None``:
         everything watched) continuing from ``revision``. Deliver the event in the
         record's place; the stream goes on after it."""
+        self._count_malformed(table, key, revision, reason, "resyncing " + (table or "everything watched"))
+        return RawEvent("resync", table, "", None, None, revision)
+
+    def _count_malformed(self, table: str | None, key: str, revision: int, reason: str, outcome: str) -> None:
+        """Log and count an unreadable record; ``outcome`` says what the source does about it
+        (a record that belongs to no watched table is only reported: ``"skipped"``)."""
         self.records_malformed += 1
         log.warning(
-            "unreadable change record %s of table %s at revision %d (%s); resyncing %s",
+            "unreadable change record %s of table %s at revision %d (%s); %s",
             key,
             table if table is not None else "?",
             revision,
             reason,
-            f"table {table}" if table is not None else "everything watched",
+            outcome,
         )
-        return RawEvent("resync", table, "", None, None, revision)
 
     @staticmethod
     def _below(buffer: Iterable[RawEvent], position: int) -> int:

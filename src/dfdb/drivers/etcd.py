@@ -41,8 +41,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import heapq
-import itertools
 import logging
 import uuid
 from collections.abc import Collection, Sequence
@@ -65,6 +63,7 @@ from dfdb.drivers.base import (
     RawAction,
     RawEvent,
 )
+from dfdb.drivers.sources import ReaderTaskSource
 from dfdb.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
@@ -74,7 +73,7 @@ from dfdb.errors import (
     InvalidURL,
     NotFoundError,
 )
-from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
+from dfdb.retry import raise_if_cancelling
 from dfdb.url import DatabaseURL
 
 __all__ = ["EtcdDriver", "EtcdSource"]
@@ -98,10 +97,6 @@ def _range_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
-class _Conflict(Exception):
-    """A delete's read-then-compare lost a race; read again."""
-
-
 class _Endpoints:
     """gRPC channels to a list of members: one in use, the next on failure."""
 
@@ -120,6 +115,7 @@ class _Endpoints:
     async def connect(self) -> grpc.aio.Channel:
         if self._channel is None:
             driver = self._driver
+            log.debug("connecting to etcd member %s of %s", self.target, driver.url)
             channel = grpc.aio.insecure_channel(self.target, options=driver.channel_options)
             if driver.url.username is not None:
                 try:
@@ -144,7 +140,9 @@ class _Endpoints:
         and another caller already moved away from it)."""
         if failed is not None and failed is not self._channel:
             return
+        previous = self.target
         self._index = (self._index + 1) % len(self._driver.targets)
+        log.debug("leaving etcd member %s for %s", previous, self.target)
         await self.close()
 
     async def close(self) -> None:
@@ -422,8 +420,12 @@ class EtcdDriver(Driver):
         self._check_open()
         if since is None:
             since = await self.current_revision()
-        source = EtcdSource(self, sorted(set(tables)), topics, since)
-        await source.start()
+        source = EtcdSource(_WatchAccess(self), sorted(set(tables)), topics, since)
+        try:
+            await source.start()
+        except BaseException:
+            await source.aclose()
+            raise
         return self._track(source)
 
     async def allocate_unique_key(self, table: str) -> int:
@@ -462,7 +464,53 @@ class _Watcher:
     """etcd sends this watch's changes as they happen (it is not catching up)."""
 
 
-class EtcdSource(EventSource):
+class _WatchAccess:
+    """What an :class:`EtcdSource` may use of its driver: the key layout, its own
+    connections (starting at the next member, so that watches spread over a cluster),
+    the dataset's identity and the store revision."""
+
+    def __init__(self, driver: EtcdDriver) -> None:
+        self._driver = driver
+        self.url = driver.url
+        self.timeout = driver.timeout
+
+    def every_topic(self) -> bytes:
+        """The prefix of every data key."""
+        return self._driver._key("d") + b"/"
+
+    def topic_prefix(self, topic: str | None) -> bytes:
+        return self._driver._topic_prefix(topic)
+
+    def parse_data_key(self, key: bytes) -> tuple[str, str | None, str] | None:
+        return self._driver._parse_data_key(key)
+
+    def table_of(self, key: bytes) -> str | None:
+        """The table named by a data key that does not parse, when it names one."""
+        rest = self._driver._relative(key)
+        if rest is not None and rest[:2] == ["d", "n"] and len(rest) >= 3:
+            return rest[2]
+        if rest is not None and rest[:2] == ["d", "t"] and len(rest) >= 4:
+            return rest[3]
+        return None
+
+    def endpoints(self) -> _Endpoints:
+        driver = self._driver
+        conn = _Endpoints(driver, start=driver._sources_started)
+        driver._sources_started += 1
+        return conn
+
+    @property
+    def known_identity(self) -> str | None:
+        return self._driver._identity
+
+    async def identity(self) -> str:
+        return await self._driver.identity()
+
+    async def current_revision(self) -> int:
+        return await self._driver.current_revision()
+
+
+class EtcdSource(ReaderTaskSource):
     """Prefix watches on one gRPC stream, resumed from their own revisions after a disconnect.
 
     ``position`` says up to where every change has been returned: the lowest
@@ -475,32 +523,28 @@ class EtcdSource(EventSource):
     header revision is its last event's, or a progress notification). Events read
     together are merged in revision order; a watch catching up (after a reconnect,
     or a topic just added) may deliver older revisions after newer ones of another.
+    The stream is read by the source's reader task: a cancelled gRPC read would
+    drop the watch.
     """
 
+    _retryable = (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError)
+
     def __init__(
-        self, driver: EtcdDriver, tables: builtins.list[str], topics: Collection[str | None] | None, since: int
+        self, access: _WatchAccess, tables: builtins.list[str], topics: Collection[str | None] | None, since: int
     ) -> None:
-        self._driver = driver
+        super().__init__(since, topics=topics, what="reading the etcd watch")
+        self._access = access
         self._tables = set(tables)
-        self._topics = None if topics is None else set(topics)
         self._watchers: dict[int, _Watcher] = {}
         self._next_id = 1
         if topics is None:
-            self._add(driver._key("d") + b"/", since)
+            self._add(access.every_topic(), since)
         else:
             for topic in sorted(topics, key=lambda t: (t is None, t or "")):
-                self._add(driver._topic_prefix(topic), since)
-        self._conn = _Endpoints(driver, start=driver._sources_started)
-        driver._sources_started += 1
+                self._add(access.topic_prefix(topic), since)
+        self._conn = access.endpoints()
         self._call: Any = None
-        self._buffer: builtins.list[tuple[int, int, RawEvent]] = []  # a heap by revision
-        self._seq = itertools.count()
-        self._closed = False
-        self._backoff = Backoff()
-        self._identity = driver._identity
-        """Change records read from the server (every event of the subscribed prefixes)."""
-        self.reconnects = 0
-        """How many times the stream was opened again after a failure."""
+        self._identity = access.known_identity
 
     def _add(self, prefix: bytes, since: int) -> _Watcher:
         watcher = _Watcher(self._next_id, prefix, since)
@@ -508,24 +552,13 @@ class EtcdSource(EventSource):
         self._next_id += 1
         return watcher
 
-    @property
-    def position(self) -> int:
-        """Every change at or below this revision has been returned."""
-        delivered = min((w.frontier for w in self._watchers.values()), default=0)
-        if self._buffer:
-            delivered = min(delivered, self._buffer[0][0] - 1)
-        return delivered
+    def _read_up_to(self) -> int:
+        return min((w.frontier for w in self._watchers.values()), default=0)
 
     @property
     def target(self) -> str:
         """The member this source reads from."""
         return self._conn.target
-
-    def caught_up(self) -> int:
-        return self.position
-
-    def _push(self, event: RawEvent) -> None:
-        heapq.heappush(self._buffer, (event.revision, next(self._seq), event))
 
     def _reached(self, watcher: _Watcher, revision: int) -> None:
         """``watcher`` delivered everything up to ``revision``; so did every in-sync watch."""
@@ -544,22 +577,23 @@ class EtcdSource(EventSource):
                 await self._open_stream()
                 return
             except _Compacted:  # resuming from a compacted revision: say so first
-                self._push(await self._restart_all(await self._driver.current_revision()))
+                self._push(await self._restart_all(await self._access.current_revision()))
             except (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError) as exc:
                 raise_if_cancelling(exc)
                 await self._drop_stream(failover=True)
                 if failures >= 3:
-                    raise BackendUnavailableError(f"{self._driver.url}: cannot open a watch: {exc}") from None
+                    raise BackendUnavailableError(f"{self._access.url}: cannot open a watch: {exc}") from None
                 await self._backoff.pause(failures, "opening the etcd watch", exc)
                 failures += 1
 
     async def _open_stream(self) -> None:
         conn = self._conn
         await conn.connect()
+        log.debug("opening an etcd watch stream on %s", conn.target)
         self._call = conn.watch.Watch(metadata=conn.metadata(("hasleader", "true")))
-        for watcher in list(self._watchers.values()):
+        for watcher in builtins.list(self._watchers.values()):
             await self._create(watcher)
-        async with asyncio.timeout(self._driver.timeout * 3):
+        async with asyncio.timeout(self._access.timeout * 3):
             while not all(w.created for w in self._watchers.values()):
                 await self._read_one()
 
@@ -587,24 +621,25 @@ class EtcdSource(EventSource):
     async def _read_one(self) -> None:
         """Read one response and apply it."""
         call = self._call
+        url = self._access.url
         if call is None:
-            raise BackendUnavailableError(f"{self._driver.url}: the watch stream was dropped")
+            raise BackendUnavailableError(f"{url}: the watch stream was dropped")
         try:
             reply = await call.read()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
-            raise BackendUnavailableError(f"{self._driver.url}: the watch stream was dropped") from None
+            raise BackendUnavailableError(f"{url}: the watch stream was dropped") from None
         if reply is grpc.aio.EOF:
-            raise BackendUnavailableError(f"{self._driver.url}: the watch stream ended")
+            raise BackendUnavailableError(f"{url}: the watch stream ended")
         watcher = self._watchers.get(reply.watch_id)
         if reply.compact_revision:
             raise _Compacted(int(reply.compact_revision))
         if reply.canceled:
             if watcher is None:
                 return  # a watcher this source cancelled
-            raise BackendUnavailableError(f"{self._driver.url}: watch cancelled: {reply.cancel_reason or 'no reason'}")
+            raise BackendUnavailableError(f"{url}: watch cancelled: {reply.cancel_reason or 'no reason'}")
         if watcher is None:
             return  # a progress broadcast (-1), which etcd 3.4 may send ahead of pending events
         header = int(reply.header.revision)
@@ -631,9 +666,14 @@ class EtcdSource(EventSource):
         revision = int(kv.mod_revision)
         if revision <= watcher.frontier:
             return revision  # already delivered before a reconnect
-        parsed = self._driver._parse_data_key(bytes(kv.key))
+        key = bytes(kv.key)
+        parsed = self._access.parse_data_key(key)
         if parsed is None:
-            log.warning("skipping %r at revision %d: not a dfdb key", bytes(kv.key), revision)
+            table = self._access.table_of(key)
+            if table is None:  # no table's record: nothing to make whole
+                self._count_malformed(None, repr(key), revision, "not a dfdb data key", "skipped")
+            elif table in self._tables:
+                self._push(self._malformed(table, repr(key), revision, "not a dfdb data key"))
             return revision
         table, topic, id = parsed
         if table not in self._tables:
@@ -646,67 +686,51 @@ class EtcdSource(EventSource):
             self._push(RawEvent(action, table, id, topic, bytes(kv.value), revision))
         return revision
 
-    async def __anext__(self) -> RawEvent:
-        failures = 0
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._buffer:
-                return heapq.heappop(self._buffer)[2]
-            try:
-                if self._call is None:
-                    self.reconnects += 1
-                    await self._open_stream()
-                    resync = await self._check_dataset()
-                    if resync is not None:
-                        return resync
-                await self._read_one()
-                checkpoint()
-                failures = 0
-            except _Compacted:
-                return await self._restart_all(await self._driver.current_revision())
-            except (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError) as exc:
-                raise_if_cancelling(exc)
-                if self._closed:
-                    raise StopAsyncIteration from None
-                await self._drop_stream(failover=True)
-                await self._backoff.pause(failures, f"reading the etcd watch ({self._conn.target})", exc)
-                failures += 1
+    async def _read_round(self) -> RawEvent | None:
+        try:
+            if self._call is None:
+                await self._open_stream()
+                resync = await self._check_dataset()
+                if resync is not None:
+                    return resync
+            await self._read_one()
+        except _Compacted:
+            return await self._restart_all(await self._access.current_revision())
+        return None
+
+    async def _after_failure(self, exc: BaseException) -> None:
+        log.debug("etcd watch on %s failed (%s); reconnecting", self._conn.target, exc)
+        await self._drop_stream(failover=True)
 
     async def _check_dataset(self) -> RawEvent | None:
         """After reconnecting: a dataset that lost its data (or is another one) yields resync."""
-        identity = await self._driver.identity()
-        revision = await self._driver.current_revision()
+        identity = await self._access.identity()
+        revision = await self._access.current_revision()
         if identity == self._identity and revision >= self.position:
             return None
         self._identity = identity
+        log.debug("etcd dataset changed (identity %s, revision %d); resync", identity, revision)
         return await self._restart_all(revision, identity)
 
     async def _restart_all(self, revision: int, identity: str | None = None) -> RawEvent:
         """History is gone: forget buffered events, follow every watcher from ``revision``
         on a new stream, and return the ``resync`` event that says so."""
         await self._drop_stream(failover=False)
-        self._buffer.clear()
+        self._clear_buffer()
         for watcher in self._watchers.values():
             watcher.frontier = revision
         return RawEvent.resync(revision, identity)
 
-    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
-        if self._topics is None:
-            return
-        for topic in [t for t in topics if t not in self._topics]:
-            self._topics.add(topic)
-            watcher = self._add(self._driver._topic_prefix(topic), since)
+    async def _follow(self, topics: frozenset[str | None], since: int) -> None:
+        for topic in sorted(topics, key=lambda t: (t is None, t or "")):
+            watcher = self._add(self._access.topic_prefix(topic), since)
             if self._call is not None:  # else the next read opens the stream with it
                 try:
                     await self._create(watcher)
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                     await self._drop_stream(failover=False)
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
         await self._drop_stream(failover=False)
         await self._conn.close()
 

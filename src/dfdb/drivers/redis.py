@@ -233,6 +233,7 @@ class RedisDriver(Driver):
         except BaseException:
             await self._close_clients()
             raise
+        log.debug("connected to %s (epoch %s)", self.url, self.epoch)
 
     async def _close_clients(self) -> None:
         for client in (self._client, self._reader_client):
@@ -493,12 +494,11 @@ class _SourceAccess:
         empty when gone; ``known``: the one read so far): adopt ``seen`` or make a new
         epoch. Returns the epoch and the counter from which to go on."""
         driver = self._driver
-        if not seen:
-            fresh = await driver.refresh_epoch(stale="")
-        elif seen != known:
-            driver.epoch = fresh = seen
-        else:  # the same epoch but a counter that went back: the data is not the same any more
-            fresh = await driver.refresh_epoch(stale=seen)
+        if seen and seen == known:  # the same epoch but a counter that went back: not the same data
+            await driver.refresh_epoch(stale=seen)
+        else:  # another epoch, or none: adopt it, or make one
+            await driver._adopt_epoch(seen.encode() or None, read=False)
+        fresh = driver.epoch
         now = int(await self.client().get(self.key("rev")) or 0)
         log.debug("redis dataset changed (epoch %s -> %s); resync from %d", known, fresh, now)
         return fresh, now

@@ -27,11 +27,21 @@ from typing import ClassVar
 
 from dfdb.drivers.base import EventSource, RawEvent
 from dfdb.errors import DriverError
-from dfdb.retry import Backoff, checkpoint, raise_if_cancelling
+from dfdb.retry import Backoff
 
 __all__ = ["BufferedSource", "ReaderTaskSource"]
 
 log = logging.getLogger(__name__)
+
+
+def _cancelling() -> bool:
+    """Whether the current asyncio task was asked to stop (some client libraries swallow a
+    cancellation that races their own time-outs). Outside asyncio, never."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # another event loop (trio, through anyio): nothing swallows cancellation
+        return False
+    return task is not None and task.cancelling() > 0
 
 
 class BufferedSource(EventSource):
@@ -146,9 +156,11 @@ class BufferedSource(EventSource):
     async def _round_or_pause(self) -> RawEvent | None:
         try:
             event = await self._read_round()
-            checkpoint()
+            if _cancelling():
+                raise asyncio.CancelledError()
         except self._retryable as exc:
-            raise_if_cancelling(exc)
+            if _cancelling():
+                raise asyncio.CancelledError() from exc
             if self._closed:
                 raise StopAsyncIteration from None
             await self._after_failure(exc)
@@ -235,6 +247,11 @@ class ReaderTaskSource(BufferedSource):
                 if self._urgent or self._buffer:
                     self._wanted.clear()
                 self._finish_round()
+        except asyncio.CancelledError:
+            if not self._closed:
+                raise
+            # cancelled by aclose: end without keeping the exception, whose traceback would
+            # hold the interrupted read (and its connection) until the garbage collector runs
         except Exception as exc:  # StopAsyncIteration included: the source cannot go on
             self._failure = exc
         finally:
