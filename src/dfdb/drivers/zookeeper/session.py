@@ -157,7 +157,8 @@ class SessionRepair:
             self.repair(lost=False)
 
     async def close(self) -> None:
-        """Close the session; abort it when the server does not answer within 2 s."""
+        """Close the session (abort it when the server does not answer within 2 s) and end
+        the tasks closing old connections."""
         try:
             async with asyncio.timeout(2):
                 await self.zk.close()
@@ -171,6 +172,14 @@ class SessionRepair:
                 session.conn.abort()
                 with contextlib.suppress(Exception):
                     await session.conn.close(0.1)
+        finally:
+            closing = list(self.tasks)
+            if closing:
+                _, late = await asyncio.wait(closing, timeout=1)
+                for task in late:
+                    task.cancel()
+                if late:
+                    await asyncio.wait(late)
 
 
 async def _set_watches(session: Any, conn: Any) -> None:

@@ -294,6 +294,9 @@ class ZooKeeperSource(ReaderTaskSource):
             change = Change.decode(data)
         except MalformedChange as error:
             key = self._access.layout.change(self._access.layout.bucket(entry.path, entry.at.bucket), entry.at.seq)
+            named = data.split(b"\n", 2)[1:2]
+            if named:
+                key += f" (id {named[0][:300].decode(errors='replace')!r})"
             self._unreadable.append((entry.table, key, revision, str(error)))
             return
         self._taken.append(RawEvent(change.action, entry.table, change.id, entry.topic, change.value, revision))
