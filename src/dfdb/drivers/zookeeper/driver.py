@@ -198,6 +198,7 @@ class ZooKeeperDriver(Driver):
                         raise NotFoundError(f"{table}/{id} not found") from None
                     raise ConflictError(f"{table}/{id} is at revision {now[0]}, not {expect}") from None
             except _Retry:
+                log.debug("%s/%s: its change log moved on meanwhile; writing again", table, id)
                 continue
         raise BackendUnavailableError(f"{self.url}: {table}/{id}: the write kept meeting concurrent changes")
 
