@@ -184,6 +184,19 @@ async def test_stream_drops_duplicates_and_older_revisions() -> None:
     assert source.closed
 
 
+async def test_stream_turns_an_unknown_action_into_a_resync_of_its_table() -> None:
+    value = Thing(id="a", version=1).model_dump_json().encode()
+    raw = [
+        RawEvent("frobnicate", "test_nb_thing", "x", None, b"{}", 1),  # type: ignore[arg-type]
+        RawEvent("create", "test_nb_thing", "a", None, value, 2),
+    ]
+    stream = ChangeStream({"test_nb_thing": Thing}, None, ("id", 0), _ScriptedOpener(_ScriptedSource(raw)))
+    async with stream:
+        got = [ev async for ev in stream]
+    assert [(ev.action, ev.model, ev.id) for ev in got] == [("resync", Thing, ""), ("create", Thing, "a")]
+    assert stream.records_malformed == 1
+
+
 async def test_iterating_a_stream_that_was_not_entered_is_an_error() -> None:
     async with dfdb.connect("memory://") as nb:
         stream = nb.watch(Thing)

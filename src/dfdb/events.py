@@ -228,8 +228,9 @@ class ChangeStream:
         """Open the backend subscription again from the stream's cursor, then close the old
         one. Nothing is lost: every change after the cursor arrives (events the old
         subscription had read but the stream had not yielded are read again, and
-        repeats are dropped as duplicates). A read waiting in another task goes on with
-        the new subscription. The counters go on counting.
+        repeats are dropped as duplicates; snapshot polling, which cannot tell what
+        changed since a cursor, yields ``RESYNC`` when anything did). A read waiting in
+        another task goes on with the new subscription. The counters go on counting.
 
         Raises:
             StreamClosedError: the stream is not open.

@@ -223,8 +223,8 @@ class ChangeLogPoller(BufferedSource):
         while after < self._read_position:
             batch = await self._read(after, topics)
             if after < batch.trimmed:
-                backlog = [RawEvent.resync(self._read_position)]
-                break
+                self._push(RawEvent.resync(self._read_position))
+                return
             self._count_read(batch.events)
             backlog.extend(ev for ev in batch.events if ev.revision <= self._read_position)
             if not batch.events or batch.position <= after:

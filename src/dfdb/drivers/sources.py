@@ -145,15 +145,12 @@ class BufferedSource(EventSource):
                 raise StopAsyncIteration
             if self._buffer:
                 return heapq.heappop(self._buffer)[2]
-            event = await self._next_round()
+            event = await self._round_or_pause()
             if event is not None:
                 return event
 
-    async def _next_round(self) -> RawEvent | None:
-        """One round, with backoff after a failure: a returned event, or ``None``."""
-        return await self._round_or_pause()
-
     async def _round_or_pause(self) -> RawEvent | None:
+        """One round, with backoff after a failure: the event it returned, or ``None``."""
         try:
             event = await self._read_round()
             if _cancelling():

@@ -1,0 +1,281 @@
+"""The change source of the etcd driver: prefix watches on one gRPC stream.
+
+The driver hands its source a :class:`~dfdb.drivers.etcd._WatchAccess`: the key
+layout, connections of the source's own, the dataset's identity and the store
+revision; the source reaches nothing else of the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from aetcd import rpc
+
+from dfdb.drivers.base import RawAction, RawEvent
+from dfdb.drivers.sources import ReaderTaskSource
+from dfdb.errors import BackendUnavailableError
+from dfdb.retry import raise_if_cancelling
+
+if TYPE_CHECKING:
+    from dfdb.drivers.etcd import _WatchAccess
+
+__all__ = ["EtcdSource"]
+
+log = logging.getLogger(__name__)
+
+
+def _range_end(prefix: bytes) -> bytes:
+    """The end of the key range holding every key that starts with ``prefix``."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+@dataclass
+class _Watcher:
+    """One prefix watch of an :class:`EtcdSource`."""
+
+    watch_id: int
+    prefix: bytes
+    frontier: int
+    """Every change under the prefix up to here has been delivered."""
+    created: bool = False
+    synced: bool = False
+    """etcd sends this watch's changes as they happen (it is not catching up)."""
+
+
+class EtcdSource(ReaderTaskSource):
+    """Prefix watches on one gRPC stream, resumed from their own revisions after a disconnect.
+
+    ``position`` says up to where every change has been returned: the lowest
+    frontier of the watches, below anything still buffered. A watch's frontier moves
+    with its own events and progress notifications; and since etcd sends the events
+    of the watches of one stream that are in sync in revision order, an event at
+    revision ``r`` of one watch also moves every other in-sync watch to ``r`` (each
+    revision changes one data key). A watch is known to be in sync when it was
+    created above the store's revision, or once a reply of its own says so (its
+    header revision is its last event's, or a progress notification). Events read
+    together are merged in revision order; a watch catching up (after a reconnect,
+    or a topic just added) may deliver older revisions after newer ones of another.
+    The stream is read by the source's reader task: a cancelled gRPC read would
+    drop the watch.
+    """
+
+    _retryable = (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError)
+
+    def __init__(
+        self, access: _WatchAccess, tables: builtins.list[str], topics: Collection[str | None] | None, since: int
+    ) -> None:
+        super().__init__(since, topics=topics, what="reading the etcd watch")
+        self._access = access
+        self._tables = set(tables)
+        self._watchers: dict[int, _Watcher] = {}
+        self._next_id = 1
+        if topics is None:
+            self._add(access.every_topic(), since)
+        else:
+            for topic in sorted(topics, key=lambda t: (t is None, t or "")):
+                self._add(access.topic_prefix(topic), since)
+        self._conn = access.endpoints()
+        self._call: Any = None
+        self._identity = access.known_identity
+
+    def _add(self, prefix: bytes, since: int) -> _Watcher:
+        watcher = _Watcher(self._next_id, prefix, since)
+        self._watchers[watcher.watch_id] = watcher
+        self._next_id += 1
+        return watcher
+
+    def _read_up_to(self) -> int:
+        return min((w.frontier for w in self._watchers.values()), default=0)
+
+    @property
+    def target(self) -> str:
+        """The member this source reads from."""
+        return self._conn.target
+
+    def _reached(self, watcher: _Watcher, revision: int) -> None:
+        """``watcher`` delivered everything up to ``revision``; so did every in-sync watch."""
+        watcher.frontier = max(watcher.frontier, revision)
+        if watcher.synced:
+            for other in self._watchers.values():
+                if other.synced and other.frontier < revision:
+                    other.frontier = revision
+
+    # ------------------------------------------------------------ stream
+    async def start(self) -> None:
+        """Open the stream and create every watcher; subscribed when this returns."""
+        failures = 0
+        while True:
+            try:
+                await self._open_stream()
+                return
+            except _Compacted:  # resuming from a compacted revision: say so first
+                self._push(await self._restart_all(await self._access.current_revision()))
+            except (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError) as exc:
+                raise_if_cancelling(exc)
+                await self._drop_stream(failover=True)
+                if failures >= 3:
+                    raise BackendUnavailableError(f"{self._access.url}: cannot open a watch: {exc}") from None
+                await self._backoff.pause(failures, "opening the etcd watch", exc)
+                failures += 1
+
+    async def _open_stream(self) -> None:
+        conn = self._conn
+        await conn.connect()
+        log.debug("opening an etcd watch stream on %s", conn.target)
+        self._call = conn.watch.Watch(metadata=conn.metadata(("hasleader", "true")))
+        for watcher in builtins.list(self._watchers.values()):
+            await self._create(watcher)
+        async with asyncio.timeout(self._access.timeout * 3):
+            while not all(w.created for w in self._watchers.values()):
+                await self._read_one()
+
+    async def _create(self, watcher: _Watcher) -> None:
+        watcher.created = watcher.synced = False
+        request = rpc.WatchCreateRequest(
+            key=watcher.prefix,
+            range_end=_range_end(watcher.prefix),
+            start_revision=watcher.frontier + 1,
+            progress_notify=True,
+            prev_kv=True,
+            watch_id=watcher.watch_id,
+        )
+        await self._call.write(rpc.WatchRequest(create_request=request))
+
+    async def _drop_stream(self, *, failover: bool) -> None:
+        call, self._call = self._call, None
+        for watcher in self._watchers.values():
+            watcher.synced = False
+        if call is not None:
+            call.cancel()
+        if failover:
+            await self._conn.failover()
+
+    async def _read_one(self) -> None:
+        """Read one response and apply it."""
+        call = self._call
+        url = self._access.url
+        if call is None:
+            raise BackendUnavailableError(f"{url}: the watch stream was dropped")
+        try:
+            reply = await call.read()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise BackendUnavailableError(f"{url}: the watch stream was dropped") from None
+        if reply is grpc.aio.EOF:
+            raise BackendUnavailableError(f"{url}: the watch stream ended")
+        watcher = self._watchers.get(reply.watch_id)
+        if reply.compact_revision:
+            raise _Compacted(int(reply.compact_revision))
+        if reply.canceled:
+            if watcher is None:
+                return  # a watcher this source cancelled
+            raise BackendUnavailableError(f"{url}: watch cancelled: {reply.cancel_reason or 'no reason'}")
+        if watcher is None:
+            return  # a progress broadcast (-1), which etcd 3.4 may send ahead of pending events
+        header = int(reply.header.revision)
+        if reply.created:
+            watcher.created = True
+            watcher.synced = watcher.frontier >= header  # created above the store's revision
+            return
+        if not reply.events:  # a progress notification: sent to in-sync watches only
+            watcher.synced = True
+            self._reached(watcher, header)
+            return
+        self.records_read += len(reply.events)
+        self.bytes_read += reply.ByteSize()
+        last = watcher.frontier
+        for ev in reply.events:
+            last = max(last, self._take(watcher, ev))
+        if header == last:  # sent as it happened, not from history
+            watcher.synced = True
+        self._reached(watcher, last)
+
+    def _take(self, watcher: _Watcher, ev: Any) -> int:
+        """Buffer one etcd event of ``watcher``; returns its revision."""
+        kv = ev.kv
+        revision = int(kv.mod_revision)
+        if revision <= watcher.frontier:
+            return revision  # already delivered before a reconnect
+        key = bytes(kv.key)
+        parsed = self._access.parse_data_key(key)
+        if parsed is None:
+            table = self._access.table_of(key)
+            if table is None:  # no table's record: nothing to make whole
+                self._count_malformed(None, repr(key), revision, "not a dfdb data key", "skipped")
+            elif table in self._tables:
+                self._push(self._malformed(table, repr(key), revision, "not a dfdb data key"))
+            return revision
+        table, topic, id = parsed
+        if table not in self._tables:
+            return revision
+        if ev.type == rpc.Event.DELETE:
+            value = bytes(ev.prev_kv.value) if ev.prev_kv.key else None  # empty KeyValue when compacted
+            self._push(RawEvent("delete", table, id, topic, value, revision))
+        else:
+            action: RawAction = "create" if kv.version == 1 else "update"
+            self._push(RawEvent(action, table, id, topic, bytes(kv.value), revision))
+        return revision
+
+    async def _read_round(self) -> RawEvent | None:
+        try:
+            if self._call is None:
+                await self._open_stream()
+                resync = await self._check_dataset()
+                if resync is not None:
+                    return resync
+            await self._read_one()
+        except _Compacted:
+            return await self._restart_all(await self._access.current_revision())
+        return None
+
+    async def _after_failure(self, exc: BaseException) -> None:
+        log.debug("etcd watch on %s failed (%s); reconnecting", self._conn.target, exc)
+        await self._drop_stream(failover=True)
+
+    async def _check_dataset(self) -> RawEvent | None:
+        """After reconnecting: a dataset that lost its data (or is another one) yields resync."""
+        identity = await self._access.identity()
+        revision = await self._access.current_revision()
+        if identity == self._identity and revision >= self.position:
+            return None
+        self._identity = identity
+        log.debug("etcd dataset changed (identity %s, revision %d); resync", identity, revision)
+        return await self._restart_all(revision, identity)
+
+    async def _restart_all(self, revision: int, identity: str | None = None) -> RawEvent:
+        """History is gone: forget buffered events, follow every watcher from ``revision``
+        on a new stream, and return the ``resync`` event that says so."""
+        await self._drop_stream(failover=False)
+        self._clear_buffer()
+        for watcher in self._watchers.values():
+            watcher.frontier = revision
+        return RawEvent.resync(revision, identity)
+
+    async def _follow(self, topics: frozenset[str | None], since: int) -> None:
+        for topic in sorted(topics, key=lambda t: (t is None, t or "")):
+            watcher = self._add(self._access.topic_prefix(topic), since)
+            if self._call is not None:  # else the next read opens the stream with it
+                try:
+                    await self._create(watcher)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    await self._drop_stream(failover=False)
+
+    async def _release(self) -> None:
+        await self._drop_stream(failover=False)
+        await self._conn.close()
+
+
+class _Compacted(Exception):
+    """A watcher's start revision was compacted (``revision``: the oldest one kept)."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(revision)
+        self.revision = revision

@@ -1,0 +1,146 @@
+"""The change source of the Redis driver: blocking reads of the change streams.
+
+The driver hands its source a :class:`~dfdb.drivers.redis._SourceAccess`: the key
+layout, the connection for blocking reads and the dataset's epoch; the source
+reaches nothing else of the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+import anyio
+from redis import exceptions as rexc
+
+from dfdb.drivers.base import RawEvent
+from dfdb.drivers.sources import ReaderTaskSource
+from dfdb.errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    from dfdb.drivers.redis import _SourceAccess
+
+__all__ = ["RedisSource"]
+
+log = logging.getLogger(__name__)
+
+_READ_COUNT = 1000
+"""Stream entries read per stream and round."""
+
+
+class RedisSource(ReaderTaskSource):
+    """Blocking ``XREAD`` on the subscribed streams from one position, merged in revision order.
+
+    Each round trip also reads the epoch and the counter (before the read) and each
+    stream's trim watermark (after it), so that lost history is announced. A lost
+    connection is retried with backoff, resuming from the position. The blocking read
+    runs in the source's reader task (a cancelled read would drop the connection).
+    """
+
+    _retryable = (BackendUnavailableError, rexc.ConnectionError, rexc.TimeoutError, OSError)
+
+    def __init__(
+        self,
+        access: _SourceAccess,
+        streams: builtins.list[str],
+        position: int,
+        tables: builtins.list[str],
+        topics: Collection[str | None] | None,
+    ) -> None:
+        super().__init__(position, topics=topics, what="reading the redis streams")
+        self._access = access
+        self._streams = streams
+        self._tables = tables
+        self._ids = dict.fromkeys(streams, position)
+        self._epoch = access.epoch
+        self._grown = asyncio.Event()
+
+    def _resync(self, revision: int, epoch: str) -> RawEvent:
+        self._read_position = revision
+        self._ids = dict.fromkeys(self._streams, revision)
+        self._epoch = epoch
+        return RawEvent.resync(revision, epoch)
+
+    async def _read_round(self) -> RawEvent | None:
+        access = self._access
+        client = access.client()
+        streams, asked = builtins.list(self._streams), dict(self._ids)  # add_topics may grow them meanwhile
+        if not streams:  # a watch of no topic yet: wait for add_topics
+            self._grown.clear()
+            with anyio.move_on_after(access.block):
+                await self._grown.wait()
+            return None
+        pipe = client.pipeline(transaction=False)
+        pipe.get(access.key("epoch"))
+        pipe.get(access.key("rev"))
+        pipe.xread({s: f"{i}-0" for s, i in asked.items()}, count=_READ_COUNT, block=int(access.block * 1000))
+        pipe.hmget(access.key("trim"), streams)
+        replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        raw_epoch, raw_rev, data = replies[0], replies[1], replies[2]
+        epoch = raw_epoch.decode() if raw_epoch else ""
+        counter = int(raw_rev or 0)
+        if epoch != self._epoch or counter < self._read_position:
+            # another dataset, one that came back without its data, or a counter that went back
+            fresh, now = await access.new_dataset(epoch, self._epoch)
+            return self._resync(now, fresh)
+        for stream, trimmed in zip(streams, replies[3], strict=True):
+            if trimmed is not None and int(trimmed if trimmed.isdigit() else 0) > asked[stream]:
+                log.debug("redis stream %s was trimmed past %d; resync", stream, asked[stream])
+                return self._resync(counter, epoch)
+        if not data:  # nothing after our ids, and the counter was read before: all read up to it
+            self._read_position = max(self._read_position, counter)
+            return None
+        per_stream: dict[str, builtins.list[tuple[int, dict[bytes, bytes]]]] = {}
+        for raw_stream, entries in data:
+            name = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
+            per_stream[name] = [(int(eid.decode().split("-")[0]), fields) for eid, fields in entries]
+            self.records_read += len(entries)
+            self.bytes_read += sum(len(eid) + sum(len(k) + len(v) for k, v in f.items()) for eid, f in entries)
+        full = [items[-1][0] for items in per_stream.values() if len(items) >= _READ_COUNT]
+        cap = min(full) if full else None
+        merged: dict[int, RawEvent] = {}
+        for name, items in per_stream.items():
+            for revision, fields in items:
+                if cap is not None and revision > cap:
+                    break
+                self._ids[name] = revision
+                if revision not in merged:
+                    merged[revision] = self._event(name, revision, fields)
+        if cap is not None:
+            for name in streams:
+                self._ids[name] = max(self._ids[name], cap)
+        if merged:
+            self._read_position = max(self._read_position, max(merged))
+            self._push_all(merged.values())
+        return None
+
+    def _event(self, stream: str, revision: int, fields: dict[bytes, bytes]) -> RawEvent:
+        """The event of one stream entry; an entry that cannot be read yields a resync of its table."""
+        try:
+            action = fields[b"a"].decode()
+            table = fields[b"b"].decode()
+            id = fields[b"i"].decode()
+            topic = fields[b"p"].decode() or None
+            value = fields[b"v"]
+        except (KeyError, UnicodeDecodeError):
+            reason = f"fields {sorted(k.decode(errors='replace') for k in fields)}"
+            return self._malformed(self._access.stream_table(stream), f"{stream} {revision}-0", revision, reason)
+        if action not in ("create", "update", "delete"):
+            return self._malformed(table, f"{table}/{id}", revision, f"unknown action {action!r}")
+        return RawEvent(action, table, id, topic, value, revision)  # type: ignore[arg-type]
+
+    async def _follow(self, topics: frozenset[str | None], since: int) -> None:
+        access = self._access
+        for table in self._tables:
+            for topic in topics:
+                key = access.key("s", table, "n") if topic is None else access.key("s", table, "t", topic)
+                if key not in self._ids:
+                    self._streams.append(key)
+                    self._ids[key] = since  # read from `since`: the topic's earlier changes come first
+        self._grown.set()

@@ -1,0 +1,255 @@
+"""Conformance tests of change streams: cancelled reads, scope changes, unreadable records.
+
+Part of :mod:`dfdb.testing.suite`, which exports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+import dfdb
+from dfdb import Action, ChangeEvent, ChangeStream, NbApi
+from dfdb.testing.conformance import WAIT, ConformanceItem, ConformanceLink, events_until, next_event
+from dfdb.testing.leaks import ResourceSnapshot
+
+__all__ = [
+    "UNREADABLE_RECORD_WRITERS",
+    "test_cancelled_reads_lose_nothing",
+    "test_nb_closed_under_an_open_stream_leaves_nothing",
+    "test_remove_topics_from_a_running_watch",
+    "test_reopen_from_the_cursor_loses_nothing",
+    "test_stream_closed_after_cancelled_reads_leaves_nothing",
+    "test_unreadable_change_record_yields_a_scoped_resync",
+]
+
+Item = ConformanceItem
+Link = ConformanceLink
+
+
+# --------------------------------------------------------------------- cancellation
+
+
+async def _timed_out_reads(stream: ChangeStream, seen: list[ChangeEvent], stop: asyncio.Event) -> int:
+    """Read with a 0.3 ms timeout until ``stop`` is set; returns how many reads timed out."""
+    timeouts = 0
+    while not stop.is_set():
+        try:
+            seen.append(await asyncio.wait_for(anext(stream), 0.0003))
+        except TimeoutError:
+            timeouts += 1
+    return timeouts
+
+
+async def test_cancelled_reads_lose_nothing(nb: NbApi) -> None:
+    count = 300
+    async with nb.watch(Item) as stream:
+        seen: list[ChangeEvent] = []
+        stop = asyncio.Event()
+        reader = asyncio.create_task(_timed_out_reads(stream, seen, stop))
+        for i in range(count):
+            await nb.create(Item(id=f"i{i:03d}", topic="t1"))
+            if i % 10 == 0:
+                await asyncio.sleep(0.001 if i % 50 else 0.01)  # let the reader catch up and time out waiting
+        stop.set()
+        timeouts = await reader
+        async for ev in events_until(stream, lambda: len(seen) >= count, within=5):
+            seen.append(ev)  # noqa: PERF401  (the condition reads the list as it grows)
+        assert timeouts > 0, "no read timed out; the test proved nothing"
+        ids = [ev.id for ev in seen]
+        assert ids == [f"i{i:03d}" for i in range(count)], f"{len(ids)} events, {len(set(ids))} distinct"  # in order
+        assert [ev.action for ev in seen] == [Action.CREATE] * count
+        assert stream.reconnects == 0, f"the stream reconnected {stream.reconnects} times"
+
+
+async def test_stream_closed_after_cancelled_reads_leaves_nothing(nb: NbApi) -> None:
+    # tasks and threads here; the NbApi's own connections (a pool may grow) are checked when it closes
+    baseline = ResourceSnapshot.take()
+    async with nb.watch(Item) as stream:
+        stop = asyncio.Event()
+        reader = asyncio.create_task(_timed_out_reads(stream, [], stop))
+        for i in range(20):
+            await nb.create(Item(id=f"i{i}", topic="t1"))
+            await asyncio.sleep(0.001)
+        stop.set()
+        await reader
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(anext(stream), 0.0003)
+    leaks = [leak for leak in await ResourceSnapshot.wait_clean(baseline) if "file descriptor" not in leak]
+    assert not leaks, leaks
+
+
+async def test_nb_closed_under_an_open_stream_leaves_nothing(dfdb_leak_check: None, dfdb_fresh_url: str) -> None:
+    api = await dfdb.connect(dfdb_fresh_url)
+    try:
+        stream = api.watch(Item)
+        await stream.open()
+        await api.create(Item(id="a", topic="t1"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(anext(stream), 0.0003)
+    finally:
+        await api.aclose()
+    baseline = ResourceSnapshot.take()
+    tasks = [t.get_name() for t in baseline.tasks if t.get_name().startswith("dfdb")]
+    await stream.aclose()
+    assert tasks == []
+
+
+# --------------------------------------------------------------------- scope
+
+
+@pytest.mark.dfdb_exact
+async def test_reopen_from_the_cursor_loses_nothing(exact_nb: NbApi) -> None:
+    nb = exact_nb
+    async with nb.watch(Item) as stream:
+        for i in range(5):
+            await nb.create(Item(id=f"a{i}", topic="t1"))
+        first = [await next_event(stream) for _ in range(2)]
+        read = stream.records_read
+        waiting = asyncio.create_task(anext(stream))  # a read waiting while the stream reopens
+        await asyncio.sleep(0)
+        await stream.reopen()
+        for i in range(5, 8):
+            await nb.create(Item(id=f"a{i}", topic="t1"))
+        rest = [await asyncio.wait_for(waiting, WAIT)]
+        rest += [await next_event(stream) for _ in range(5)]
+        ids = [ev.id for ev in first + rest]
+        assert ids == [f"a{i}" for i in range(8)], ids
+        assert stream.records_read >= read
+        await nb.create(Item(id="after", topic="t1"))
+        assert (await next_event(stream)).id == "after"
+    with pytest.raises(dfdb.StreamClosedError):
+        await stream.reopen()
+
+
+async def test_remove_topics_from_a_running_watch(nb: NbApi) -> None:
+    async with nb.watch(Item, topics={"t1", "t2"}) as stream:
+        await nb.create(Item(id="a", topic="t2"))
+        assert (await next_event(stream)).id == "a"
+        waiting = asyncio.create_task(anext(stream))  # a read waiting while the scope narrows
+        await asyncio.sleep(0)
+        await stream.remove_topics({"t2"})
+        assert stream.topics == frozenset({"t1"})
+        await nb.create(Item(id="gone", topic="t2"))
+        await nb.create(Item(id="b", topic="t1"))
+        assert (await asyncio.wait_for(waiting, WAIT)).id == "b"
+        listing = await nb.list(Item, topic="t2")
+        await nb.create(Item(id="c", topic="t2"))
+        await stream.add_topics({"t2"}, since=listing.cursor)
+        await nb.create(Item(id="d", topic="t2"))
+        seen = [(await next_event(stream)).id for _ in range(2)]
+        assert seen == ["c", "d"], seen
+    async with nb.watch(Item) as everything:
+        with pytest.raises(ValueError, match="every topic"):
+            await everything.remove_topics({"t1"})
+
+
+# --------------------------------------------------------------------- unreadable records
+
+UnreadableRecordWriter = Callable[[NbApi, str, str], Awaitable[None]]
+
+UNREADABLE_RECORD_WRITERS: dict[str, UnreadableRecordWriter] = {}
+"""For each URL scheme, how to put a change record its driver cannot read into the
+backend, as another program could: ``await writer(nb, table, id)``. A third-party
+driver adds its own to be held to the unreadable-record test."""
+
+
+def _writes_unreadable_records(scheme: str) -> Callable[[UnreadableRecordWriter], UnreadableRecordWriter]:
+    def register(writer: UnreadableRecordWriter) -> UnreadableRecordWriter:
+        UNREADABLE_RECORD_WRITERS[scheme] = writer
+        return writer
+
+    return register
+
+
+@_writes_unreadable_records("memory")
+async def _memory_record(nb: NbApi, table: str, id: str) -> None:
+    from dfdb.drivers.memory import MemoryDriver
+
+    assert isinstance(nb.driver, MemoryDriver)
+    nb.driver.inject_change(table, id, None, "frobnicate", b"{}")
+
+
+@_writes_unreadable_records("sqlite")
+async def _sqlite_record(nb: NbApi, table: str, id: str) -> None:
+    with contextlib.closing(sqlite3.connect(nb.url.path, timeout=10)) as db, db:
+        db.execute(
+            "INSERT INTO dfdb_changelog (tbl, id, topic, action, value, at) VALUES (?, ?, NULL, ?, ?, 0)",
+            (table, id, "frobnicate", b"{}"),
+        )
+
+
+@_writes_unreadable_records("redis")
+async def _redis_record(nb: NbApi, table: str, id: str) -> None:
+    import redis.asyncio as aioredis
+
+    host, port = nb.url.hosts[0]
+    prefix = nb.url.option("prefix", "dfdb") or "dfdb"
+    client = aioredis.Redis(host=host or "127.0.0.1", port=port or 6379, db=int(nb.url.path or 0))
+    try:
+        revision = await client.incr(f"{prefix}/rev")
+        fields = {"a": "frobnicate", "b": table, "i": id, "p": "", "v": b"{}"}
+        for stream in (f"{prefix}/s/{table}", f"{prefix}/s/{table}/n"):
+            await client.xadd(stream, fields, id=f"{revision}-0")  # type: ignore[arg-type]
+    finally:
+        await client.aclose()
+
+
+@_writes_unreadable_records("etcd")
+async def _etcd_record(nb: NbApi, table: str, id: str) -> None:
+    import grpc
+    from aetcd import rpc
+
+    host, port = nb.url.hosts[0]
+    prefix = nb.url.path.strip("/") or "dfdb"
+    async with grpc.aio.insecure_channel(f"{host or '127.0.0.1'}:{port or 2379}") as channel:
+        key = f"{prefix}/d/n/{table}/{id}/extra".encode()  # a data key of the table that does not parse
+        await rpc.KVStub(channel).Put(rpc.PutRequest(key=key, value=b"{}"), timeout=10)
+
+
+@_writes_unreadable_records("zk")
+async def _zookeeper_record(nb: NbApi, table: str, id: str) -> None:
+    from aiozk import ZKClient
+
+    hosts = ",".join(f"{host or '127.0.0.1'}:{port or 2181}" for host, port in nb.url.hosts)
+    log_path = "/" + (nb.url.path.strip("/") or "dfdb") + f"/l/{table}/t/t1"  # topic t1's change log
+    client = ZKClient(hosts, session_timeout=10)
+    await client.start()
+    try:
+        bucket = json.loads(await client.get_data(log_path) or b"{}").get("b", 0)
+        record = b"frobnicate\n" + id.encode() + b"\n{}"
+        await client.create(f"{log_path}/b{bucket:010d}/c", record, sequential=True)
+    finally:
+        await client.close()
+
+
+@pytest.mark.dfdb_exact
+async def test_unreadable_change_record_yields_a_scoped_resync(
+    exact_nb: NbApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    nb = exact_nb
+    writer = UNREADABLE_RECORD_WRITERS.get(nb.url.scheme)
+    if writer is None:
+        pytest.skip(f"no way to write an unreadable change record for {nb.url.scheme}://")
+    table = Item.__table__
+    async with nb.watch([Item, Link]) as stream:
+        await nb.create(Item(id="a", topic="t1"))
+        await writer(nb, table, "bad")
+        await nb.create(Item(id="b", topic="t1"))
+        await nb.create(Link(id="l", topic="t1"))
+        got = [await next_event(stream) for _ in range(4)]
+        summary = [(ev.action, ev.model, ev.id) for ev in got]
+        assert summary == [
+            (Action.CREATE, Item, "a"),
+            (Action.RESYNC, Item, ""),  # scoped to the record's table; the stream goes on
+            (Action.CREATE, Item, "b"),
+            (Action.CREATE, Link, "l"),
+        ], summary
+        assert got[0].revision < got[1].revision < got[2].revision
+        assert stream.records_malformed == 1, stream.records_malformed
+        assert "bad" in caplog.text and table in caplog.text
