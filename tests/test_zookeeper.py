@@ -182,6 +182,7 @@ async def test_buckets_move_on_and_pruning_is_announced(single: ZooKeeperServer)
             assert len((await nb.list(Port)).items) == 46
 
 
+@pytest.mark.timeout(400)  # a size test: 1.5 min alone, more beside other work
 async def test_hundred_thousand_objects(single: ZooKeeperServer) -> None:
     count = 100_000
     async with dfdb.connect(single.url + "/big", timeout=120) as nb:
