@@ -5,7 +5,8 @@ aiozk 0.32 bugs worked around here: its ``find_server`` backs off up to 60 s; it
 loop re-sets the watches through ``Session.send``, which waits for a state only the loop
 itself brings back, so a connection lost at that moment stalls the session for good; a
 read loop that meets the end of the stream returns quietly and requests sent afterwards
-wait for their time-out; ZooKeeper holds digest credentials per connection.
+wait for their time-out; its handshake waits for the server's answer without a time-out;
+ZooKeeper holds digest credentials per connection.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from dfdb.retry import Backoff
 __all__ = ["SessionRepair"]
 
 log = logging.getLogger(__name__)
+
+_HANDSHAKE_TIMEOUT = 3.0
+"""Seconds a server has to answer a new connection's handshake."""
 
 
 class SessionRepair:
@@ -88,7 +92,11 @@ class SessionRepair:
         attempt = 0
         while True:
             for host, port in random.sample(session.hosts, len(session.hosts)):
-                conn = await session.make_connection(host, port)
+                try:  # aiozk: its handshake reads the 'srvr' answer without a time-out
+                    conn = await asyncio.wait_for(session.make_connection(host, port), _HANDSHAKE_TIMEOUT)
+                except TimeoutError:
+                    log.debug("ZooKeeper server %s:%s did not answer its handshake", host, port)
+                    conn = None
                 if conn is None:
                     log.debug("ZooKeeper server %s:%s not reachable", host, port)
                     continue
