@@ -7,7 +7,7 @@ import dfdb
 from dfdb.testing.suite import *  # noqa: F403
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "etcd://127.0.0.1:1"])
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "etcd://127.0.0.1:1", "zk://127.0.0.1:1/p"])
 def test_asyncio_only_driver_refuses_trio_in_one_line(url: str) -> None:
     """A driver whose client library is asyncio-only says so when opened under trio,
     before it tries to connect (nothing listens on port 1)."""

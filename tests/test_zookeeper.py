@@ -14,6 +14,7 @@ from aiozk import ZKClient, protocol
 
 import dfdb
 from dfdb.drivers import PutRequest
+from dfdb.drivers.zookeeper import ZooKeeperDriver
 from dfdb.testing.servers import ZooKeeperServer
 from watching import Watcher, check_server_run, serve, watchers
 
@@ -49,6 +50,25 @@ async def server_history(server: ZooKeeperServer, table: str = "zk_port") -> lis
     finally:
         await client.close()
     return sorted(pairs, key=lambda p: p[1])
+
+
+async def raw_children(server: ZooKeeperServer, path: str) -> list[str]:
+    client = ZKClient(server.url.split("://")[1], session_timeout=10)
+    await client.start()
+    try:
+        return list(await client.get_children(path))
+    finally:
+        await client.close()
+
+
+async def raw_create(server: ZooKeeperServer, path: str, data: bytes) -> None:
+    """A sequential node written by another client than dfdb."""
+    client = ZKClient(server.url.split("://")[1], session_timeout=10)
+    await client.start()
+    try:
+        await client.create(path, data, sequential=True)
+    finally:
+        await client.close()
 
 
 async def write_ports(nb: dfdb.NbApi, count: int, at: int, reached: asyncio.Event) -> None:
@@ -94,10 +114,12 @@ async def expire_session(nb: dfdb.NbApi, server: ZooKeeperServer) -> None:
     pause, and wait for the driver to start a new one. The other connection sends its
     connect and close requests in one write: the driver, which reconnects at once when
     its connection is taken, cannot take the session back in between."""
-    zk = nb.driver._zk  # type: ignore[attr-defined]
-    old = zk.session.session_id
+    driver = nb.driver
+    assert isinstance(driver, ZooKeeperDriver)
+    old = driver.session_id
+    password = driver._calls._session().password  # the session's secret: only a test takes it
     hello = protocol.ConnectRequest(
-        protocol_version=0, last_seen_zxid=0, timeout=10_000, session_id=old, password=zk.session.password,
+        protocol_version=0, last_seen_zxid=0, timeout=10_000, session_id=old, password=password,
         read_only=False,
     ).serialize()  # fmt: skip
     bye = protocol.CloseRequest().serialize(1)
@@ -111,7 +133,7 @@ async def expire_session(nb: dfdb.NbApi, server: ZooKeeperServer) -> None:
         writer.close()
         await writer.wait_closed()
     async with asyncio.timeout(30):
-        while zk.session.session_id in (old, None):
+        while driver.session_id in (old, None):
             with contextlib.suppress(dfdb.BackendUnavailableError):  # the probe may meet the repair
                 await nb.driver.get("zk_port", "probe")
 
@@ -152,7 +174,7 @@ async def test_buckets_move_on_and_pruning_is_announced(single: ZooKeeperServer)
                 await nb.create(Port(id=f"p{n}", topic="t"))
                 ev = await asyncio.wait_for(anext(live), 10)
                 assert (ev.action, ev.id) == (dfdb.Action.CREATE, f"p{n}")
-        buckets = await nb.driver._children("/b/l/zk_port/t/t")  # type: ignore[attr-defined]
+        buckets = await raw_children(single, "/b/l/zk_port/t/t")
         assert len(buckets) == 2  # the others were pruned
         async with nb.watch(Port, since=cursor) as resumed:
             ev = await asyncio.wait_for(anext(resumed), 10)
@@ -160,6 +182,7 @@ async def test_buckets_move_on_and_pruning_is_announced(single: ZooKeeperServer)
             assert len((await nb.list(Port)).items) == 46
 
 
+@pytest.mark.timeout(400)  # a size test: 1.5 min alone, more beside other work
 async def test_hundred_thousand_objects(single: ZooKeeperServer) -> None:
     count = 100_000
     async with dfdb.connect(single.url + "/big", timeout=120) as nb:
@@ -177,18 +200,35 @@ async def test_hundred_thousand_objects(single: ZooKeeperServer) -> None:
         print(f"100k: bulk load {loaded:.1f}s, list {time.monotonic() - started - loaded:.1f}s")
 
 
-async def test_foreign_data_is_reported_and_skipped(single: ZooKeeperServer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_foreign_data_is_reported_and_made_whole(
+    single: ZooKeeperServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value that is not a Port is skipped with a warning; a change record that is not
+    dfdb's is logged, counted and answered with a RESYNC of its table, and the stream goes
+    on with the next change."""
     async with dfdb.connect(single.url) as nb, nb.watch(Port) as stream:
-        await nb.create(Port(id="good", topic="t"))
-        assert (await asyncio.wait_for(anext(stream), 10)).id == "good"
-        driver = nb.driver
-        await driver.put("zk_port", "alien", "t", b'{"id": "alien", "n": "many"}', dfdb.drivers.ABSENT)
-        zk = driver._zk  # type: ignore[attr-defined]
-        await zk.create("/dfdb/l/zk_port/t/t/b0000000000/c", b"?\nnonsense", sequential=True)
-        await nb.create(Port(id="after", topic="t"))
-        ev = await asyncio.wait_for(anext(stream), 10)
-        assert ev.id == "after"
-        assert "alien" in caplog.text and "malformed change" in caplog.text
+        raw = await nb.driver.watch(["zk_port"])
+        try:
+            await nb.create(Port(id="good", topic="t"))
+            assert (await asyncio.wait_for(anext(stream), 10)).id == "good"
+            driver = nb.driver
+            await driver.put("zk_port", "alien", "t", b'{"id": "alien", "n": "many"}', dfdb.drivers.ABSENT)
+            await raw_create(single, "/dfdb/l/zk_port/t/t/b0000000000/c", b"?\nnonsense")
+            await nb.create(Port(id="after", topic="t"))
+            resync = await asyncio.wait_for(anext(stream), 10)
+            assert (resync.action, resync.model) == (dfdb.Action.RESYNC, Port)
+            ev = await asyncio.wait_for(anext(stream), 10)
+            assert (ev.action, ev.id) == (dfdb.Action.CREATE, "after")
+            assert "alien" in caplog.text
+            assert "unreadable change record /dfdb/l/zk_port/t/t/b0000000000/c0000000002" in caplog.text
+            seen = [await asyncio.wait_for(anext(raw), 10) for _ in range(4)]
+            assert [(e.action, e.id) for e in seen] == [
+                ("create", "good"), ("create", "alien"), ("resync", ""), ("create", "after")
+            ]  # fmt: skip
+            assert seen[2].table == "zk_port"
+            assert raw.records_malformed == 1
+        finally:
+            await raw.aclose()
         with pytest.raises(dfdb.CorruptObjectError):
             await nb.get(Port, "alien")
         assert sorted(p.id for p in await nb.get_all(Port)) == ["after", "good"]
@@ -243,3 +283,68 @@ async def test_digest_authentication(single: ZooKeeperServer) -> None:
 
 async def test_server_run_command_starts_an_ensemble() -> None:
     await check_server_run(ZooKeeperServer, "zookeeper", "zk", Port, members=3)
+
+
+async def test_cancelled_reads_lose_nothing(single: ZooKeeperServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Reads cut short by a 0.3 ms timeout while 300 objects are created: afterwards every
+    event arrives exactly once and in order, on the same connection, and closing the stream
+    leaves no task behind."""
+    caplog.set_level("DEBUG", logger="dfdb.drivers.zookeeper")
+    async with dfdb.connect(single.url + "/cut?bucket_size=100&keep=30&idle=1") as nb:
+        session = nb.driver.session_id  # type: ignore[attr-defined]
+        before = asyncio.all_tasks()
+        got: list[str] = []
+        async with nb.watch(Port) as stream:
+
+            async def writer() -> None:
+                for n in range(300):
+                    await nb.create(Port(id=f"p{n:03d}", topic=f"t{n % 3}"))
+
+            writing = asyncio.create_task(writer())
+            while not writing.done():
+                with contextlib.suppress(TimeoutError):
+                    got.append((await asyncio.wait_for(anext(stream), 0.0003)).id)
+            await writing
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    while len(got) < 300:
+                        got.append((await anext(stream)).id)
+        assert got == [f"p{n:03d}" for n in range(300)]
+        assert nb.driver.session_id == session  # type: ignore[attr-defined]
+        assert "reconnecting" not in caplog.text and "retrying" not in caplog.text
+        assert asyncio.all_tasks() - before == set()
+
+
+class Blob(dfdb.NbModel, table="zk_blob"):
+    data: str = ""
+
+
+async def test_value_size_limit(single: ZooKeeperServer) -> None:
+    """A value over the driver's limit is refused at once, naming the limit, and nothing is
+    written; one just under it is created, updated, watched and deleted."""
+    limit = ZooKeeperDriver.max_value_size
+    async with dfdb.connect(single.url + "/size") as nb, nb.watch(Blob) as stream:
+        started = time.monotonic()
+        with pytest.raises(dfdb.ValueTooLargeError, match=f"{limit:,}") as info:
+            await nb.create(Blob(id="big", topic="t", data="x" * 2_000_000))
+        assert isinstance(info.value, ValueError)
+        assert "zk://" in str(info.value)
+        assert time.monotonic() - started < 1
+        with pytest.raises(dfdb.NotFoundError):
+            await nb.get(Blob, "big")
+        results = await nb.driver.put_many(
+            [PutRequest("zk_blob", "huge", "t", b"x" * (limit + 1), dfdb.drivers.ABSENT),
+             PutRequest("zk_blob", "small", "t", b'{"id": "small", "topic": "t"}', dfdb.drivers.ABSENT)]
+        )  # fmt: skip
+        assert isinstance(results[0], dfdb.ValueTooLargeError) and isinstance(results[1], int)
+        await nb.delete(Blob, "small")
+        near = limit - 1000  # the JSON around the data, the version and the write id
+        blob = await nb.create(Blob(id="near", topic="t", data="y" * near))
+        blob = await nb.update(blob.model_copy(update={"data": "z" * near}))
+        await nb.delete(Blob, "near")
+        seen = [await asyncio.wait_for(anext(stream), 10) for _ in range(5)]
+        assert [(e.action, e.id) for e in seen] == [
+            (dfdb.Action.CREATE, "small"), (dfdb.Action.DELETE, "small"),
+            (dfdb.Action.CREATE, "near"), (dfdb.Action.UPDATE, "near"), (dfdb.Action.DELETE, "near"),
+        ]  # fmt: skip
+        assert seen[3].obj == blob

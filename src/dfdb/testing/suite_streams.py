@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import Awaitable, Callable
 
@@ -243,6 +244,22 @@ async def _etcd_record(nb: NbApi, table: str, id: str) -> None:
     async with grpc.aio.insecure_channel(f"{host or '127.0.0.1'}:{port or 2379}") as channel:
         key = f"{prefix}/d/n/{table}/{id}/extra".encode()  # a data key of the table that does not parse
         await rpc.KVStub(channel).Put(rpc.PutRequest(key=key, value=b"{}"), timeout=10)
+
+
+@_writes_unreadable_records("zk")
+async def _zookeeper_record(nb: NbApi, table: str, id: str) -> None:
+    from aiozk import ZKClient
+
+    hosts = ",".join(f"{host or '127.0.0.1'}:{port or 2181}" for host, port in nb.url.hosts)
+    log_path = "/" + (nb.url.path.strip("/") or "dfdb") + f"/l/{table}/t/t1"  # topic t1's change log
+    client = ZKClient(hosts, session_timeout=10)
+    await client.start()
+    try:
+        bucket = json.loads(await client.get_data(log_path) or b"{}").get("b", 0)
+        record = b"frobnicate\n" + id.encode() + b"\n{}"
+        await client.create(f"{log_path}/b{bucket:010d}/c", record, sequential=True)
+    finally:
+        await client.close()
 
 
 @pytest.mark.dfdb_exact
