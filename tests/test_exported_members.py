@@ -21,6 +21,8 @@ def test_all_is_the_public_namespace() -> None:
         "demo",
         "replica",
         "background",
+        "codec",
+        "connecting",
     }
     assert set(dfdb.__all__) - {"__version__"} == public
 

@@ -9,6 +9,7 @@ from collections.abc import Collection
 import pytest
 
 import dfdb
+from dfdb.codec import decode
 from dfdb.drivers import Driver, Entry, EventSource, Expect, Listing, RawEvent, register_driver
 from dfdb.drivers.memory import MemoryDriver
 from dfdb.errors import BackendUnavailableError
@@ -160,7 +161,7 @@ class _ScriptedOpener(SourceOpener):
     def decode(
         self, model: type[dfdb.NbModel], id: str, topic: str | None, value: bytes, revision: int
     ) -> dfdb.NbModel:
-        return dfdb.NbApi._decode(model, id, topic, value, revision)
+        return decode(model, id, topic, value, revision)
 
 
 async def test_stream_drops_duplicates_and_older_revisions() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging as _logging
 
+from dfdb.connecting import connect
 from dfdb.errors import (
     AlreadyExistsError,
     AuthenticationError,
@@ -29,7 +30,7 @@ from dfdb.errors import (
     ValueTooLargeError,
 )
 from dfdb.events import Action, ChangeEvent, ChangeStream
-from dfdb.nb import ListResult, NbApi, connect, revision_of
+from dfdb.nb import ListResult, NbApi, revision_of
 from dfdb.nbmodel import NbModel, Ref, dependency_order, registered_models
 from dfdb.replica import ChassisTopics, Replica, ReplicaEvent, ReplicaEvents, ReplicaStats, SyncMode
 from dfdb.url import DatabaseURL

@@ -19,10 +19,12 @@ from typing import Any, NoReturn, TextIO
 from pydantic import ValidationError
 
 import dfdb.models  # noqa: F401  (registers the network model set)
+from dfdb.codec import unknown_fields
+from dfdb.connecting import connect
 from dfdb.drivers.base import ABSENT, Driver, Entry, Listing
 from dfdb.errors import AlreadyExistsError, ConfigurationError, DfdbError
 from dfdb.events import Action
-from dfdb.nb import NbApi, connect, unknown_fields
+from dfdb.nb import NbApi
 from dfdb.nbmodel import NbModel, model_for_table, registered_models
 from dfdb.retry import Backoff
 from dfdb.url import DatabaseURL

@@ -7,16 +7,19 @@ import logging
 import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import anyio
 
-from dfdb.drivers.base import EventSource, RawEvent
+from dfdb.codec import decode
+from dfdb.drivers.base import Capability, Driver, EventSource, RawEvent
+from dfdb.drivers.polling import SnapshotPoller
 from dfdb.errors import CorruptObjectError, StreamClosedError
 from dfdb.nbmodel import NbModel
+from dfdb.retry import Backoff
 
 __all__ = ["Action", "ChangeEvent", "ChangeStream", "SourceOpener", "format_cursor", "parse_cursor"]
 
@@ -120,6 +123,49 @@ class SourceOpener(ABC):
 
 
 _COUNTERS = ("records_read", "bytes_read", "records_malformed", "reconnects")
+
+
+class DriverOpener(SourceOpener):
+    """Opens the change sources of an :class:`~dfdb.NbApi`'s streams: the driver's own
+    change stream or change log, or snapshot polling when it has neither or polling was
+    asked (``poll``). Every call to the driver goes through ``retry`` (the NbApi's retries
+    and deadline); ``on_identity`` learns the backend identity each time it is read."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        *,
+        poll: bool,
+        poll_interval: float,
+        backoff: Backoff,
+        retry: Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]],
+        on_identity: Callable[[str], None],
+    ) -> None:
+        self._driver = driver
+        self._poll = poll
+        self._interval = poll_interval
+        self._backoff = backoff
+        self._retry = retry
+        self._on_identity = on_identity
+        self.ordered = poll or bool(driver.capabilities & Capability.ORDERED)
+
+    async def identity(self) -> str:
+        identity = str(await self._retry(self._driver.identity, "watch"))
+        self._on_identity(identity)
+        return identity
+
+    async def open(
+        self, tables: Collection[str], topics: frozenset[str | None] | None, since: int | None
+    ) -> EventSource:
+        if self._poll:
+            poller = SnapshotPoller(self._driver, tables, topics, since, interval=self._interval, backoff=self._backoff)
+            await poller.start()
+            return poller
+        source: EventSource = await self._retry(lambda: self._driver.watch(list(tables), topics, since), "watch")
+        return source
+
+    def decode(self, model: type[NbModel], id: str, topic: str | None, value: bytes, revision: int) -> NbModel:
+        return decode(model, id, topic, value, revision)
 
 
 class ChangeStream:

@@ -3,44 +3,47 @@
 from __future__ import annotations
 
 import builtins
-import itertools
-import json
 import logging
-import math
-import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio
-from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic import ValidationError
 
-from dfdb.drivers import driver_class
-from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, EventSource, Expect, PutRequest
-from dfdb.drivers.polling import SnapshotPoller
+from dfdb.codec import (
+    check_topic,
+    decode,
+    encode,
+    first_error,
+    model_of,
+    raw_version,
+    revision_of,
+    still_expected,
+    table_of,
+    unknown_fields,
+    write_id,
+)
+from dfdb.drivers.base import ABSENT, Capability, Driver, Entry, Expect, PutRequest
 from dfdb.errors import (
     AlreadyExistsError,
     BackendTimeoutError,
     BackendUnavailableError,
-    ConfigurationError,
     ConflictError,
     CorruptObjectError,
     DfdbError,
-    InvalidURL,
     NotFoundError,
     OutcomeUnknownError,
     StreamClosedError,
-    ValueTooLargeError,
 )
-from dfdb.events import ChangeStream, SourceOpener, format_cursor, parse_cursor
+from dfdb.events import ChangeStream, DriverOpener, format_cursor, parse_cursor
 from dfdb.nbmodel import NbModel, validate_key
 from dfdb.retry import Backoff, checkpoint_if_cancelled
-from dfdb.url import DatabaseURL
+from dfdb.url import DatabaseURL, positive_seconds
 
-__all__ = ["ListResult", "NbApi", "Notifications", "connect", "revision_of"]
+__all__ = ["ListResult", "NbApi", "Notifications", "revision_of"]
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +53,6 @@ T = TypeVar("T")
 Notifications = Literal["auto", "native", "poll"]
 
 BATCH_CHUNK = 256
-_WRITE_ID = b'{"_w":"'
-_SHARED_OPTIONS = ("poll_interval", "timeout")
-"""URL options that configure the NbApi and that a driver may read too (its own per-call timeout)."""
 _CONFLICT_BACKOFF = Backoff(initial=0.001, maximum=0.1)
 """Pauses between ``patch``/``put`` attempts that met a concurrent writer: short, jittered, growing."""
 
@@ -63,48 +63,6 @@ class ListResult(Generic[M]):
 
     items: list[M]
     cursor: str
-
-
-def connect(
-    url: str | DatabaseURL,
-    *,
-    notifications: Notifications | None = None,
-    poll_interval: float | None = None,
-    timeout: float | None = None,
-) -> NbApi:
-    """An :class:`NbApi` for ``url``; open it with ``async with`` (or ``await``).
-
-    Args:
-        url: e.g. ``memory://``, ``redis://127.0.0.1:6379/0``. The options
-            ``notifications``, ``poll_interval`` and ``timeout`` may also be given in
-            the URL's query string; keyword arguments win.
-        notifications: ``auto`` (native stream or change log when the driver has
-            one, else snapshot polling), ``native`` (refuse polling) or ``poll``.
-        poll_interval: seconds between snapshot polls (default 0.5).
-        timeout: seconds a call may take, retries included, before
-            ``BackendUnavailableError`` (default 10).
-
-    A ``timeout`` or ``poll_interval`` in the URL also reaches the driver when it
-    reads that option itself (etcd's and ZooKeeper's per-call timeout, SQLite's
-    change-log poll interval); a keyword argument sets only the NbApi's.
-
-    Raises:
-        InvalidURL, UnknownDriverError, MissingDependencyError: a configuration mistake
-            (also a ``nan``, infinite, zero or negative ``timeout`` or ``poll_interval``).
-    """
-    parsed = DatabaseURL.parse(url)
-    mode = notifications or parsed.option("notifications", "auto")
-    if mode not in ("auto", "native", "poll"):
-        raise ConfigurationError(f"notifications must be auto, native or poll, not {mode!r}")
-    # the URL's values are checked even when a keyword argument wins
-    url_interval = parsed.float_option("poll_interval", 0.5)
-    url_limit = parsed.float_option("timeout", 10.0)
-    interval = _seconds("poll_interval", poll_interval if poll_interval is not None else url_interval)
-    limit = _seconds("timeout", timeout if timeout is not None else url_limit)
-    driver = _build_driver(parsed.without_options("notifications"))
-    if mode == "native" and not driver.capabilities & (Capability.NATIVE_STREAM | Capability.CHANGE_LOG):
-        raise ConfigurationError(f"the {parsed.scheme}:// driver has no native change stream")
-    return NbApi(driver, notifications=cast(Notifications, mode), poll_interval=interval, timeout=limit)
 
 
 class NbApi:
@@ -126,8 +84,8 @@ class NbApi:
         self.driver = driver
         """The driver underneath (for driver authors and tools)."""
         self.notifications = notifications
-        self.poll_interval = _seconds("poll_interval", poll_interval)
-        self.timeout = _seconds("timeout", timeout)
+        self.poll_interval = positive_seconds("poll_interval", poll_interval)
+        self.timeout = positive_seconds("timeout", timeout)
         self.backoff = backoff or Backoff()
         self.retries = 0
         """Calls retried after a connection failure or a timeout (each retry counts once)."""
@@ -135,6 +93,9 @@ class NbApi:
         """``patch`` and ``put`` attempts repeated because a concurrent writer came first."""
         self._identity: str | None = None
         self._state = "new"
+
+    def _set_identity(self, identity: str) -> None:
+        self._identity = identity
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -244,9 +205,9 @@ class NbApi:
                 with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
                     if sent:
                         current = await self.driver.get(table, id)
-                        if current is not None and _write_id(current.value) == wid:
+                        if current is not None and write_id(current.value) == wid:
                             return current.revision
-                        if not _still_expected(current, expect):
+                        if not still_expected(current, expect):
                             raise OutcomeUnknownError(
                                 f"{self.url}: the reply to a write of {table}/{id} was lost and the object "
                                 "has changed since; the write may or may not have taken effect"
@@ -259,7 +220,7 @@ class NbApi:
                             raise
                         # the earlier attempt may have landed after the check above
                         current = await self.driver.get(table, id)
-                        if current is None or _write_id(current.value) != wid:
+                        if current is None or write_id(current.value) != wid:
                             raise
                         revision = current.revision
                 await checkpoint_if_cancelled()
@@ -278,51 +239,11 @@ class NbApi:
 
     # ----------------------------------------------------------------- encoding
     def _prepare(self, obj: M, version: int) -> tuple[M, bytes, bytes]:
-        """Validate ``obj`` at ``version`` and encode it: (the stored object, value, write id).
-
-        Every write passes here, so nothing unvalidated is stored whatever way ``obj`` was
-        built (``model_copy(update=…)`` and ``model_construct`` skip pydantic's checks).
-
-        Raises:
-            TypeError: ``obj`` is not an object of a stored model.
-            ValueError: the object or its key is invalid.
-            ValueTooLargeError: the encoded value exceeds the driver's ``max_value_size``.
-        """
-        model = cast(type[M], _model_of(obj))
-        table = model.__table__
-        validate_key(obj.id)
-        if obj.topic is not None:
-            validate_key(obj.topic, "topic")
-        draft = obj.model_copy(update={"version": version})
-        try:
-            body = draft.__pydantic_serializer__.to_json(draft, warnings=False)
-            new = model.model_validate_json(body)
-        except ValidationError as exc:
-            raise ValueError(f"invalid {table}/{obj.id}: {_first_error(exc)}") from exc
-        except PydanticSerializationError as exc:
-            raise ValueError(f"invalid {table}/{obj.id}: {exc}") from exc
-        if new.__dict__ != draft.__dict__:
-            body = new.__pydantic_serializer__.to_json(new)  # the validated form (coerced values)
-        wid = uuid.uuid4().hex.encode()
-        value = _WRITE_ID + wid + b'",' + body[1:]
-        limit = self.driver.max_value_size
-        if limit is not None and len(value) > limit:
-            raise ValueTooLargeError(table, obj.id, len(value), limit, f"{self.url.scheme}://")
-        return new, value, wid
-
-    @staticmethod
-    def _decode(model: type[M], id: str, topic: str | None, value: bytes, revision: int) -> M:
-        try:
-            obj = model.model_validate_json(value)
-        except ValidationError as exc:
-            raise CorruptObjectError(model.__table__, id, _first_error(exc)) from None
-        if obj.id != id or obj.topic != topic:
-            raise CorruptObjectError(model.__table__, id, f"stored object names {obj.topic}/{obj.id}")
-        object.__setattr__(obj, "__pydantic_private__", {"_dfdb_origin": (revision, topic)})
-        return obj
+        """Validate and encode ``obj`` at ``version`` for this driver; see :func:`codec.encode`."""
+        return encode(obj, version, self.driver.max_value_size, f"{self.url.scheme}://")
 
     def _decode_entry(self, model: type[M], entry: Entry) -> M:
-        return self._decode(model, entry.id, entry.topic, entry.value, entry.revision)
+        return decode(model, entry.id, entry.topic, entry.value, entry.revision)
 
     # ----------------------------------------------------------------- objects
     async def create(self, obj: M) -> M:
@@ -353,7 +274,7 @@ class NbApi:
                 stored topic.
         """
         self._check()
-        model = _model_of(obj)
+        model = model_of(obj)
         table = model.__table__
         if type(obj.version) is not int:
             raise ValueError(f"invalid {table}/{obj.id}: version must be an integer, not {obj.version!r}")
@@ -367,7 +288,7 @@ class NbApi:
             if stored.version != obj.version:
                 raise ConflictError(f"{table}/{new.id} is at version {stored.version}, not {obj.version}")
             origin = (current.revision, current.topic)
-        _check_topic(table, new.id, origin[1], new.topic)
+        check_topic(table, new.id, origin[1], new.topic)
         revision = await self._write(table, new.id, new.topic, value, wid, origin[0])
         object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (revision, new.topic)})
         return new
@@ -387,7 +308,7 @@ class NbApi:
                 stored topic (topics are fixed: delete and create instead).
         """
         self._check()
-        model = _model_of(obj)
+        model = model_of(obj)
         table = model.__table__
         validate_key(obj.id)
         deadline = anyio.current_time() + self.timeout
@@ -397,9 +318,9 @@ class NbApi:
             expect: Expect = ABSENT
             version = 1
             if current is not None:
-                _check_topic(table, obj.id, current.topic, obj.topic)
+                check_topic(table, obj.id, current.topic, obj.topic)
                 expect = current.revision
-                version = _raw_version(current.value) + 1
+                version = raw_version(current.value) + 1
             new, value, wid = self._prepare(obj, version)
             try:
                 revision = await self._write(table, new.id, new.topic, value, wid, expect)
@@ -419,7 +340,7 @@ class NbApi:
             ConflictError: concurrent writers kept coming first until the timeout.
             ValueError: a change names an unknown field, fails validation or changes the topic.
         """
-        table = _table_of(model)
+        table = table_of(model)
         for key in ("id", "version"):
             if key in changes:
                 raise ValueError(f"patch cannot change {key!r}")
@@ -433,7 +354,7 @@ class NbApi:
             try:
                 merged = model.model_validate({**current.model_dump(), **changes})
             except ValidationError as exc:
-                raise ValueError(f"invalid {table}/{id}: {_first_error(exc)}") from exc
+                raise ValueError(f"invalid {table}/{id}: {first_error(exc)}") from exc
             extra = unknown_fields(changes, merged.model_dump())
             if extra:
                 raise ValueError(f"{table}/{id}: unknown field {', '.join(map(repr, extra))}")
@@ -463,7 +384,7 @@ class NbApi:
             CorruptObjectError: its stored value fails validation.
         """
         self._check()
-        table = _table_of(model)
+        table = table_of(model)
         validate_key(id)
         entry = await self._retry(lambda: self.driver.get(table, id), "get")
         if entry is None:
@@ -474,7 +395,7 @@ class NbApi:
         """Every object of ``model`` (of one ``topic`` when given), sorted by id, and
         the cursor they are consistent with. Corrupt values are logged and skipped."""
         self._check()
-        table = _table_of(model)
+        table = table_of(model)
         if topic is not None:
             validate_key(topic, "topic")
         listing = await self._retry(lambda: self.driver.list(table, topic), "list")
@@ -497,7 +418,7 @@ class NbApi:
             NotFoundError: it does not exist.
         """
         self._check()
-        table = _table_of(model)
+        table = table_of(model)
         validate_key(id)
         try:
             with anyio.fail_after(self.timeout):
@@ -519,7 +440,7 @@ class NbApi:
     async def allocate_unique_key(self, model: type[NbModel]) -> int:
         """A positive integer never returned before for ``model``'s table."""
         self._check()
-        table = _table_of(model)
+        table = table_of(model)
         return await self._retry(lambda: self.driver.allocate_unique_key(table), "allocate_unique_key")
 
     async def create_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
@@ -620,141 +541,23 @@ class NbApi:
         model_list = [models] if isinstance(models, type) else list(models)
         if not model_list:
             raise ValueError("watch needs at least one model")
-        by_table = {_table_of(m): m for m in model_list}
+        by_table = {table_of(m): m for m in model_list}
+        if isinstance(topics, str):
+            raise TypeError(f"topics must be a collection of topics, not the string {topics!r}")
         topic_set = None if topics is None else frozenset(topics)
         for t in topic_set or ():
             if t is not None:
                 validate_key(t, "topic")
         start = parse_cursor(since) if since is not None else None
-        return ChangeStream(by_table, topic_set, start, _DriverOpener(self))
-
-
-class _DriverOpener(SourceOpener):
-    """Opens the change sources of an :class:`NbApi`'s streams: the driver's own change
-    stream or change log, or snapshot polling when it has neither or polling was asked."""
-
-    def __init__(self, nb: NbApi) -> None:
-        self._nb = nb
-        self._poll = not nb.exact
-        self.ordered = self._poll or bool(nb.driver.capabilities & Capability.ORDERED)
-
-    async def identity(self) -> str:
-        nb = self._nb
-        nb._identity = await nb._retry(nb.driver.identity, "watch")
-        return nb._identity
-
-    async def open(
-        self, tables: Collection[str], topics: frozenset[str | None] | None, since: int | None
-    ) -> EventSource:
-        nb = self._nb
-        if self._poll:
-            poller = SnapshotPoller(nb.driver, tables, topics, since, interval=nb.poll_interval, backoff=nb.backoff)
-            await poller.start()
-            return poller
-        return await nb._retry(lambda: nb.driver.watch(list(tables), topics, since), "watch")
-
-    def decode(self, model: type[NbModel], id: str, topic: str | None, value: bytes, revision: int) -> NbModel:
-        return self._nb._decode(model, id, topic, value, revision)
-
-
-def revision_of(obj: NbModel) -> int | None:
-    """The backend revision at which ``obj`` was read or written by an :class:`NbApi`
-    (``None`` for an object built by hand). Pass it to ``Replica.wait_for``."""
-    origin = obj._dfdb_origin
-    return origin[0] if origin is not None else None
-
-
-def _model_of(obj: NbModel) -> type[NbModel]:
-    model = type(obj)
-    if not isinstance(obj, NbModel) or "__table__" not in model.__dict__:
-        raise TypeError(f"{model.__name__} is not a stored model (declare it with table=…)")
-    return model
-
-
-def _table_of(model: type[NbModel]) -> str:
-    if not (isinstance(model, type) and issubclass(model, NbModel) and "__table__" in model.__dict__):
-        raise TypeError(f"{model!r} is not a stored model (declare it with table=…)")
-    return model.__table__
-
-
-def _build_driver(url: DatabaseURL) -> Driver:
-    """The driver for ``url``, given those of the NbApi's options it reads itself."""
-    cls = driver_class(url)
-    given = [o for o in _SHARED_OPTIONS if o in url.options]
-    # fewest options dropped first: the driver keeps every one it accepts
-    for k in range(len(given) + 1):
-        for dropped in itertools.combinations(given, k):
-            try:
-                return cls(url.without_options(*dropped))
-            except InvalidURL:
-                if k == len(given):
-                    raise
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _seconds(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive, finite number of seconds, not {value!r}")
-    return float(value)
-
-
-def _check_topic(table: str, id: str, stored: str | None, new: str | None) -> None:
-    if stored != new:
-        raise ValueError(
-            f"{table}/{id}: the topic is fixed for an object's life ({stored!r} -> {new!r}); delete and create instead"
+        opener = DriverOpener(
+            self.driver,
+            poll=not self.exact,
+            poll_interval=self.poll_interval,
+            backoff=self.backoff,
+            retry=self._retry,
+            on_identity=self._set_identity,
         )
-
-
-def _first_error(exc: ValidationError) -> str:
-    """The first problem of a validation error, on one line: ``field.path: message``."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "value"
-    return f"{where}: {first.get('msg')}"
-
-
-def _raw_version(value: bytes) -> int:
-    """The ``version`` in a stored value, read leniently (0 when it cannot be read)."""
-    try:
-        version = json.loads(value).get("version")
-    except (ValueError, AttributeError):
-        return 0
-    return version if type(version) is int and version >= 0 else 0
-
-
-def unknown_fields(given: Any, stored: Any, path: str = "") -> builtins.list[str]:
-    """The paths of keys in ``given`` (input data) that validation dropped: keys of its
-    dicts that the matching dicts of ``stored`` (the validated object's ``model_dump()``) lack."""
-    found: builtins.list[str] = []
-    if isinstance(given, dict) and isinstance(stored, dict):
-        for key, value in given.items():
-            where = f"{path}.{key}" if path else str(key)
-            if key not in stored:
-                found.append(where)
-            elif not isinstance(value, BaseModel):
-                found.extend(unknown_fields(value, stored[key], where))
-    elif isinstance(given, list | tuple) and isinstance(stored, list | tuple) and len(given) == len(stored):
-        for i, (g, v) in enumerate(zip(given, stored, strict=True)):
-            found.extend(unknown_fields(g, v, f"{path}[{i}]"))
-    return found
-
-
-def _write_id(value: bytes) -> bytes | None:
-    if value.startswith(_WRITE_ID):
-        end = value.find(b'"', len(_WRITE_ID))
-        return value[len(_WRITE_ID) : end] if end > 0 else None
-    try:
-        wid = json.loads(value).get("_w")
-    except (ValueError, AttributeError):
-        return None
-    return wid.encode() if isinstance(wid, str) else None
-
-
-def _still_expected(current: Entry | None, expect: Expect) -> bool:
-    if expect is ANY:
-        return True
-    if expect is ABSENT:
-        return current is None
-    return current is not None and current.revision == expect
+        return ChangeStream(by_table, topic_set, start, opener)
 
 
 async def _gather(op: Callable[[M], Awaitable[M]], objs: Sequence[M]) -> list[M | Exception]:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote
 
-from dfdb.errors import InvalidURL
+from dfdb.errors import ConfigurationError, InvalidURL
 
 __all__ = ["DatabaseURL"]
 
@@ -156,3 +156,15 @@ def _mask_text(text: str) -> str:
         userinfo, _, tail = rest.partition("@")
         return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{tail}"
     return text
+
+
+def positive_seconds(name: str, value: float) -> float:
+    """``value`` as a duration in seconds.
+
+    Raises:
+        ConfigurationError: it is not a positive, finite number (``nan``, infinite, zero,
+            negative, a bool or not a number).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+    return float(value)

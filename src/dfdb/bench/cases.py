@@ -17,9 +17,10 @@ from typing import Any, TextIO
 from dfdb.bench.raw import raw_client_for
 from dfdb.bench.report import BenchResult, versions
 from dfdb.bench.workload import POLL_INTERVAL, Namespaces, Sizes, sample_port, sample_values
+from dfdb.connecting import connect
 from dfdb.errors import InvalidURL
 from dfdb.models import LogicalPort
-from dfdb.nb import connect, revision_of
+from dfdb.nb import revision_of
 from dfdb.replica import Replica, SyncMode
 from dfdb.servers import EtcdServer, LocalServer, RedisServer, ZooKeeperServer
 from dfdb.url import DatabaseURL

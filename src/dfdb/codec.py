@@ -1,0 +1,165 @@
+"""How objects become stored values and back: validation at the boundary, the write id,
+versions read from raw values, and the checks every write path shares."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import uuid
+from typing import Any, TypeVar, cast
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
+
+from dfdb.drivers.base import ABSENT, ANY, Entry, Expect
+from dfdb.errors import CorruptObjectError, ValueTooLargeError
+from dfdb.nbmodel import NbModel, validate_key
+
+__all__ = [
+    "WRITE_ID",
+    "check_topic",
+    "decode",
+    "encode",
+    "first_error",
+    "model_of",
+    "raw_version",
+    "revision_of",
+    "still_expected",
+    "table_of",
+    "unknown_fields",
+    "write_id",
+]
+
+M = TypeVar("M", bound=NbModel)
+
+WRITE_ID = b'{"_w":"'
+"""How every stored value starts: the id of the write that stored it, then the object."""
+
+
+def encode(obj: M, version: int, limit: int | None = None, backend: str = "") -> tuple[M, bytes, bytes]:
+    """Validate ``obj`` at ``version`` and encode it: (the stored object, value, write id).
+
+    Every write passes here, so nothing unvalidated is stored whatever way ``obj`` was
+    built (``model_copy(update=…)`` and ``model_construct`` skip pydantic's checks).
+
+    Raises:
+        TypeError: ``obj`` is not an object of a stored model.
+        ValueError: the object or its key is invalid.
+        ValueTooLargeError: the encoded value exceeds ``limit`` (the driver's ``max_value_size``).
+    """
+    model = cast(type[M], model_of(obj))
+    table = model.__table__
+    validate_key(obj.id)
+    if obj.topic is not None:
+        validate_key(obj.topic, "topic")
+    draft = obj.model_copy(update={"version": version})
+    try:
+        body = draft.__pydantic_serializer__.to_json(draft, warnings=False)
+        new = model.model_validate_json(body)
+    except ValidationError as exc:
+        raise ValueError(f"invalid {table}/{obj.id}: {first_error(exc)}") from exc
+    except PydanticSerializationError as exc:
+        raise ValueError(f"invalid {table}/{obj.id}: {exc}") from exc
+    if new.__dict__ != draft.__dict__:
+        body = new.__pydantic_serializer__.to_json(new)  # the validated form (coerced values)
+    wid = uuid.uuid4().hex.encode()
+    value = WRITE_ID + wid + b'",' + body[1:]
+    if limit is not None and len(value) > limit:
+        raise ValueTooLargeError(table, obj.id, len(value), limit, backend)
+    return new, value, wid
+
+
+def decode(model: type[M], id: str, topic: str | None, value: bytes, revision: int) -> M:
+    """The object stored as ``value`` at (``model``'s table, ``id``) under ``topic``, read at
+    ``revision``.
+
+    Raises:
+        CorruptObjectError: the value is not a valid ``model`` object of that key.
+    """
+    try:
+        obj = model.model_validate_json(value)
+    except ValidationError as exc:
+        raise CorruptObjectError(model.__table__, id, first_error(exc)) from None
+    if obj.id != id or obj.topic != topic:
+        raise CorruptObjectError(model.__table__, id, f"stored object names {obj.topic}/{obj.id}")
+    object.__setattr__(obj, "__pydantic_private__", {"_dfdb_origin": (revision, topic)})
+    return obj
+
+
+def revision_of(obj: NbModel) -> int | None:
+    """The backend revision at which ``obj`` was read or written by an :class:`NbApi`
+    (``None`` for an object built by hand). Pass it to ``Replica.wait_for``."""
+    origin = obj._dfdb_origin
+    return origin[0] if origin is not None else None
+
+
+def model_of(obj: NbModel) -> type[NbModel]:
+    model = type(obj)
+    if not isinstance(obj, NbModel) or "__table__" not in model.__dict__:
+        raise TypeError(f"{model.__name__} is not a stored model (declare it with table=…)")
+    return model
+
+
+def table_of(model: type[NbModel]) -> str:
+    if not (isinstance(model, type) and issubclass(model, NbModel) and "__table__" in model.__dict__):
+        raise TypeError(f"{model!r} is not a stored model (declare it with table=…)")
+    return model.__table__
+
+
+def check_topic(table: str, id: str, stored: str | None, new: str | None) -> None:
+    if stored != new:
+        raise ValueError(
+            f"{table}/{id}: the topic is fixed for an object's life ({stored!r} -> {new!r}); delete and create instead"
+        )
+
+
+def first_error(exc: ValidationError) -> str:
+    """The first problem of a validation error, on one line: ``field.path: message``."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "value"
+    return f"{where}: {first.get('msg')}"
+
+
+def raw_version(value: bytes) -> int:
+    """The ``version`` in a stored value, read leniently (0 when it cannot be read)."""
+    try:
+        version = json.loads(value).get("version")
+    except (ValueError, AttributeError):
+        return 0
+    return version if type(version) is int and version >= 0 else 0
+
+
+def unknown_fields(given: Any, stored: Any, path: str = "") -> builtins.list[str]:
+    """The paths of keys in ``given`` (input data) that validation dropped: keys of its
+    dicts that the matching dicts of ``stored`` (the validated object's ``model_dump()``) lack."""
+    found: builtins.list[str] = []
+    if isinstance(given, dict) and isinstance(stored, dict):
+        for key, value in given.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key not in stored:
+                found.append(where)
+            elif not isinstance(value, BaseModel):
+                found.extend(unknown_fields(value, stored[key], where))
+    elif isinstance(given, list | tuple) and isinstance(stored, list | tuple) and len(given) == len(stored):
+        for i, (g, v) in enumerate(zip(given, stored, strict=True)):
+            found.extend(unknown_fields(g, v, f"{path}[{i}]"))
+    return found
+
+
+def write_id(value: bytes) -> bytes | None:
+    if value.startswith(WRITE_ID):
+        end = value.find(b'"', len(WRITE_ID))
+        return value[len(WRITE_ID) : end] if end > 0 else None
+    try:
+        wid = json.loads(value).get("_w")
+    except (ValueError, AttributeError):
+        return None
+    return wid.encode() if isinstance(wid, str) else None
+
+
+def still_expected(current: Entry | None, expect: Expect) -> bool:
+    if expect is ANY:
+        return True
+    if expect is ABSENT:
+        return current is None
+    return current is not None and current.revision == expect
