@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import subprocess
 from collections.abc import Iterator
 
@@ -269,3 +270,22 @@ async def test_topic_watch_reads_only_its_topics(single: EtcdServer) -> None:
         assert stream.records_read == 40
         # the cursor covers every change of both topics: both watches are in sync
         assert parse_cursor(stream.cursor)[1] >= mine[-1].revision
+
+
+async def test_a_cancelled_write_never_lands_after_the_caller_returned(single: EtcdServer) -> None:
+    """A create cancelled by its caller's timeout has happened, or never will: when a read
+    right after the cancellation finds nothing, creating the key again succeeds."""
+    rng = random.Random(7)
+    cancelled = 0
+    async with dfdb.connect(single.url + "/late") as nb:
+        for i in range(400):
+            try:
+                await asyncio.wait_for(nb.create(Port(id=f"p{i}", topic="t")), rng.uniform(0, 0.004))
+                continue
+            except TimeoutError:
+                cancelled += 1
+            try:
+                await nb.get(Port, f"p{i}")
+            except dfdb.NotFoundError:
+                await nb.create(Port(id=f"p{i}", topic="t"))  # AlreadyExistsError: it landed late
+    assert cancelled > 0, "no create was cancelled; the test proved nothing"

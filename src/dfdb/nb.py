@@ -40,7 +40,7 @@ from dfdb.errors import (
 )
 from dfdb.events import ChangeStream, DriverOpener, format_cursor, parse_cursor
 from dfdb.nbmodel import NbModel, validate_key
-from dfdb.retry import Backoff, checkpoint_if_cancelled
+from dfdb.retry import Backoff, checkpoint_if_cancelled, run_to_completion
 from dfdb.url import DatabaseURL, positive_seconds
 
 __all__ = ["ListResult", "NbApi", "Notifications", "revision_of"]
@@ -214,7 +214,8 @@ class NbApi:
                             )
                     retried, sent = sent, True
                     try:
-                        revision = await self.driver.put(table, id, topic, value, expect)
+                        # sent: let it finish, so it never lands after a cancelled caller returned
+                        revision = await run_to_completion(lambda: self.driver.put(table, id, topic, value, expect))
                     except (ConflictError, AlreadyExistsError):
                         if not retried:
                             raise

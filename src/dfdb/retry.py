@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
 import sniffio
 
-__all__ = ["Backoff", "checkpoint", "checkpoint_if_cancelled", "raise_if_cancelling"]
+__all__ = ["Backoff", "checkpoint", "checkpoint_if_cancelled", "raise_if_cancelling", "run_to_completion"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _asyncio_task() -> asyncio.Task[object] | None:
@@ -63,6 +67,42 @@ async def checkpoint_if_cancelled() -> None:
     """
     await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel scope's own cancellation first
     checkpoint()
+
+
+async def run_to_completion(call: Callable[[], Awaitable[T]]) -> T:
+    """``await call()`` to its end even when the caller is cancelled meanwhile; the
+    cancellation is delivered once the call has ended. The caller's deadline (its
+    enclosing ``anyio.fail_after``) still bounds the call.
+
+    For a write sent to a server: cancelling the caller must not cut the request while
+    the server may still apply it, or the write could land after the caller was told it
+    was cancelled. Under asyncio the call runs in a task of its own (a native
+    ``Task.cancel`` cannot be shielded otherwise); under trio in a shielded cancel scope.
+    """
+    deadline = anyio.current_effective_deadline()  # the caller's own deadline still holds
+    if _asyncio_task() is None:
+        with anyio.CancelScope(shield=True), anyio.fail_after(max(deadline - anyio.current_time(), 0)):
+            return await call()
+
+    async def run() -> T:
+        with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
+            return await call()
+
+    task = asyncio.get_running_loop().create_task(run())
+    cancelled = False
+    with anyio.CancelScope(shield=True):  # anyio's own cancellations wait until the end
+        while True:
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:  # a native one (asyncio.wait_for, Task.cancel)
+                cancelled = True  # the call goes on; the cancellation is raised after it
+                continue
+            break
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the outcome is for the caller to read back
+        raise asyncio.CancelledError()
+    return task.result()
 
 
 @dataclass(frozen=True)
