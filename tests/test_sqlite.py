@@ -21,6 +21,7 @@ import pytest
 import dfdb
 from dfdb.drivers.base import ABSENT, Entry, PutRequest
 from dfdb.drivers.sqlite import SqliteDriver
+from dfdb.testing.faults import FaultyDriver
 from dfdb.url import DatabaseURL
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -526,3 +527,30 @@ async def test_text_that_is_not_utf8_is_a_value_error(db_url: str) -> None:
             await nb.driver.put("t", "\udcff", None, b"1", ABSENT)
         assert not isinstance(caught.value, UnicodeError)
         assert await nb.driver.get("t", "a") is None  # and the driver goes on
+
+
+async def test_corruption_found_by_a_relist_is_told_as_corruption(tmp_path: Path) -> None:
+    """A value corrupted without a change record, found when a RESYNC relists the scope:
+    the Replica evicts it with a DELETE marked corrupt, never an ordinary delete."""
+    path = f"{tmp_path}/x.db"
+    async with dfdb.connect(f"faulty:///{path}?inner=sqlite") as nb:
+        await nb.create(Thing(id="good"))
+        await nb.create(Thing(id="bad"))
+        async with dfdb.Replica(nb, [Thing]) as replica:
+            events = replica.events()
+            with contextlib.closing(sqlite3.connect(path, timeout=10)) as db, db:
+                db.execute("UPDATE dfdb_entries SET value = ? WHERE id = 'bad'", (b'{"n": "many"}',))
+            driver = nb.driver
+            assert isinstance(driver, FaultyDriver)
+            assert await driver.cut(lose_history=True) == 1  # the stream comes back with a RESYNC
+            probe = await nb.create(Thing(id="probe"))
+            revision = dfdb.revision_of(probe)
+            assert revision is not None
+            await asyncio.wait_for(replica.wait_for(revision), 10)
+            got = [await asyncio.wait_for(anext(events), 10) for _ in range(2)]
+            assert sorted((e.action, e.id, e.corrupt) for e in got) == [
+                (dfdb.Action.CREATE, "probe", False),
+                (dfdb.Action.DELETE, "bad", True),
+            ]
+            assert replica.stats().corrupt == 1 and replica.get(Thing, "good") is not None
+            await events.aclose()

@@ -6,7 +6,7 @@ import builtins
 import logging
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
@@ -63,6 +63,8 @@ class ListResult(Generic[M]):
 
     items: list[M]
     cursor: str
+    corrupt: list[str] = field(default_factory=list)
+    """Ids whose stored values failed validation (logged and left out of ``items``)."""
 
 
 class NbApi:
@@ -401,12 +403,14 @@ class NbApi:
             validate_key(topic, "topic")
         listing = await self._retry(lambda: self.driver.list(table, topic), "list")
         items: builtins.list[M] = []
+        corrupt: builtins.list[str] = []
         for entry in sorted(listing.entries, key=lambda e: e.id):
             try:
                 items.append(self._decode_entry(model, entry))
             except CorruptObjectError as exc:
                 log.warning("skipping %s", exc)
-        return ListResult(items, format_cursor(listing.identity or self._identity or "", listing.revision))
+                corrupt.append(entry.id)
+        return ListResult(items, format_cursor(listing.identity or self._identity or "", listing.revision), corrupt)
 
     async def get_all(self, model: type[M], topic: str | None = None) -> builtins.list[M]:
         """Every object of ``model`` (of one ``topic`` when given), sorted by id."""

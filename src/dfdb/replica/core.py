@@ -183,14 +183,19 @@ class Replica:
                 listings.append((model, await self.nb.list(model)))  # topic-less objects are filtered below
         return listings
 
-    def _fill(self, listings: list[tuple[type[NbModel], ListResult[NbModel]]], topics: set[str] | None) -> None:
-        """Apply ``listings`` to the store, with no await: readers never see half of it."""
+    def _fill(
+        self, listings: list[tuple[type[NbModel], ListResult[NbModel]]], topics: set[str] | None
+    ) -> set[tuple[type[NbModel], str]]:
+        """Apply ``listings`` to the store, with no await: readers never see half of it.
+        Returns the keys listed as corrupt (left out)."""
+        corrupt = {(model, id) for model, listing in listings for id in listing.corrupt}
         for model, listing in listings:
             self._position = max(self._position, parse_cursor(listing.cursor)[1])
             for obj in listing.items:
                 if topics is not None and obj.topic is not None and obj.topic not in topics:
                     continue
                 self._apply(model, obj.id, obj, revision_of(obj) or 0)
+        return corrupt
 
     def _apply(self, model: type[NbModel], id: str, obj: NbModel | None, revision: int) -> None:
         if self._store.is_stale(model, id, revision):
@@ -327,17 +332,22 @@ class Replica:
             self._held_topics = dict.fromkeys(self._held_topics, 0)  # still followed; counted again
             self._flow.muted = True  # the reload's own events are replaced by the difference below
             try:
+                corrupt: set[tuple[type[NbModel], str]] = set()
                 if self.mode is SyncMode.REACTIVE:
                     await self._refetch(before)
                 else:
-                    self._fill(listings, topics)
+                    corrupt = self._fill(listings, topics)
             finally:
                 self._flow.muted = False
             for model, rows in before.items():
                 now = self._store.rows[model]
                 for id, (old, _) in rows.items():
                     if id not in now:
-                        self._flow.emit(ReplicaEvent(Action.DELETE, model, id, old, None, self._position))
+                        bad = (model, id) in corrupt  # still stored, but no longer valid
+                        if bad:
+                            self.corrupt += 1
+                            log.warning("replica evicts %s/%s: its stored value is not valid", model.__table__, id)
+                        self._flow.emit(ReplicaEvent(Action.DELETE, model, id, old, None, self._position, bad))
                     elif now[id][0] != old:
                         self._flow.emit(ReplicaEvent(Action.UPDATE, model, id, old, now[id][0], now[id][1]))
                 for id, (obj, rev) in now.items():
