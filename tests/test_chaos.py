@@ -8,8 +8,9 @@ Replicas (FULL, and SELECTIVE with topics added and removed), while it injects f
 one family:
 
 ``plain``    none beyond the stale updates and short read timeouts;
-``cancel``   writes and topic changes cancelled at a random await point, writes under a
-             random deadline;
+``cancel``   writes cancelled at a random await point, writes under a random deadline;
+``cancel-topics`` a SELECTIVE Replica's add_topic / remove_topic cancelled at a random
+             await point, then done again;
 ``corrupt``  values that fail validation written straight into the backend, then repaired;
 ``server``   (server backends) kill -9 and restart, SIGSTOP during a write, dropped
              connections (Redis).
@@ -24,7 +25,8 @@ it) and its final view equals the database; every Replica equals the database af
 
 memory:// and sqlite run in the default suite (a few examples); ``DFDB_CHAOS=1`` (``nox -s
 chaos``) runs every URL of the ``dfdb_urls`` ini with more examples (``DFDB_CHAOS_EXAMPLES``).
-Each run prints its seed; ``pytest tests/test_chaos.py --hypothesis-seed=N`` replays it.
+The default suite uses one fixed seed per case; ``nox -s chaos`` a fresh one, printed;
+``pytest tests/test_chaos.py --hypothesis-seed=N`` (or ``nox -s chaos -- --hypothesis-seed=N``) replays it.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import uuid
+import zlib
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -73,7 +75,7 @@ from dfdb.testing.servers import EtcdServer, LocalServer, RedisServer, ZooKeeper
 KEYS = ["k0", "k1", "k2", "k3", "k4"]
 TOPICS = ["t0", "t1", "t2"]
 BAD = ["bad0", "bad1"]
-FAMILIES = ["plain", "cancel", "corrupt", "server"]
+FAMILIES = ["plain", "cancel", "cancel-topics", "corrupt", "server"]
 DEFAULT_URLS = ["memory://{name}", "sqlite:///{tmp}/{name}.db"]
 FULL = bool(os.environ.get("DFDB_CHAOS"))
 
@@ -83,8 +85,18 @@ SQLITE_OPEN_TRANSACTION = (
     "sqlite: a write or list cancelled while its BEGIN runs on the worker thread leaves the connection "
     "inside the transaction; every later call fails 'cannot start a transaction within a transaction'"
 )
+ADD_TOPIC_HALF_DONE = (
+    "Replica.add_topic cancelled during its listing leaves the topic marked subscribed but not loaded; "
+    "add_topic again returns at once and the topic's existing objects stay missing"
+)
+REOPEN_SWALLOWS_CANCEL = (
+    "Replica.remove_topic swallows a cancellation: Replica._reopen waits with asyncio.wait_for, which on "
+    "Python 3.11 returns instead of raising CancelledError when the event is set in the same loop iteration"
+)
 KNOWN_BUGS: dict[tuple[str, str], str] = {
     ("cancel", "sqlite"): SQLITE_OPEN_TRANSACTION,
+    ("cancel-topics", "memory"): REOPEN_SWALLOWS_CANCEL,
+    ("cancel-topics", "sqlite"): ADD_TOPIC_HALF_DONE + "; " + SQLITE_OPEN_TRANSACTION,
 }
 """(fault family, backend id) -> the bug that fails the run today (strict xfail: it passes once fixed)."""
 
@@ -213,7 +225,11 @@ class ChaosMachine(RuleBasedStateMachine):
             except TimeoutError:
                 raise AssertionError(f"a step did not finish within {within:g}s (a hang)") from None
 
-        return self.loop.run_until_complete(bounded())
+        try:
+            return self.loop.run_until_complete(bounded())
+        except BaseException:
+            self.reported = True  # the step failed: teardown only closes
+            raise
 
     @staticmethod
     async def _snapshot() -> ResourceSnapshot:
@@ -331,6 +347,8 @@ class ChaosMachine(RuleBasedStateMachine):
         how: str,
     ) -> None:
         outcome = _classify(exc)
+        if self.env.server is None and isinstance(exc, BackendUnavailableError):
+            self.history.violations.append(f"{how}{kind} of {key}: an embedded backend failed: {exc}")
         check(outcome, exc)
         obj = result if isinstance(result, dfdb.NbModel) else None
         if outcome == "ok" and kind != "delete":
@@ -469,7 +487,7 @@ class ChaosMachine(RuleBasedStateMachine):
         result, exc = self.run(bounded())
         self._settle(kind, key, tag, topic2, states, check, result, exc, f"deadline {deadline:g}s ")
 
-    @precondition(lambda self: self.env.family == "cancel")
+    @precondition(lambda self: self.env.family == "cancel-topics")
     @rule(topic=st.sampled_from(TOPICS[1:]), k=st.integers(1, 8), add=st.booleans())
     def cancelled_topic_change(self, topic: str, k: int, add: bool) -> None:
         """add_topic / remove_topic cancelled at an await point, then done again (as a caller would)."""
@@ -705,7 +723,7 @@ class ChaosMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            if not self.history.violations:
+            if not self.history.violations and not self.reported:
                 self.run(self._final(), within=300)
         finally:
             try:
@@ -731,11 +749,12 @@ def test_chaos(chaos_case: tuple[str, str], tmp_path: Path, request: pytest.Fixt
     server = request.getfixturevalue(f"chaos_{kind}") if kind is not None else None
     env = Env(template, family, tmp_path, server)
     given = request.config.getoption("hypothesis_seed", default=None)
-    seed = int(given) if given is not None else random.getrandbits(32)
+    test_id = request.node.callspec.id
+    # the default suite is deterministic (one seed per case); nox -s chaos passes a fresh one
+    seed = int(given) if given is not None else zlib.crc32(test_id.encode())
     examples, steps = _budget()
     machine = type("Chaos", (ChaosMachine,), {"env": env})
     factory = hypothesis_seed(seed)(lambda: machine())
-    test_id = request.node.callspec.id
     print(f"chaos {test_id}: seed {seed}; replay: pytest tests/test_chaos.py -k '{test_id}' --hypothesis-seed={seed}")
     try:
         run_state_machine_as_test(
@@ -747,8 +766,8 @@ def test_chaos(chaos_case: tuple[str, str], tmp_path: Path, request: pytest.Fixt
                 database=None,
                 suppress_health_check=list(HealthCheck),
                 print_blob=False,
-                # a known failure is not shrunk: the run only watches for the day it passes
-                phases=(Phase.explicit, Phase.generate) if known else tuple(Phase),
+                # shrinking takes minutes: only the long runs (and never a known failure) shrink
+                phases=tuple(Phase) if FULL and not known else (Phase.explicit, Phase.generate),
             ),
         )
     except BaseException as exc:
