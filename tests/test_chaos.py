@@ -79,7 +79,7 @@ FAMILIES = ["plain", "cancel", "cancel-topics", "corrupt", "server"]
 DEFAULT_URLS = ["memory://{name}", "sqlite:///{tmp}/{name}.db"]
 FULL = bool(os.environ.get("DFDB_CHAOS"))
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = pytest.mark.timeout(900)
 
 SQLITE_OPEN_TRANSACTION = (
     "sqlite: a write or list cancelled while its BEGIN runs on the worker thread leaves the connection "
@@ -217,7 +217,7 @@ class ChaosMachine(RuleBasedStateMachine):
         self.run(self._open())
 
     # ------------------------------------------------------------ plumbing
-    def run(self, coro: Coroutine[Any, Any, Any], within: float = 120.0) -> Any:
+    def run(self, coro: Coroutine[Any, Any, Any], within: float = 60.0) -> Any:
         async def bounded() -> Any:
             try:
                 async with asyncio.timeout(within):
