@@ -717,6 +717,7 @@ class ChaosMachine(RuleBasedStateMachine):
         await self.selective.aclose()
         await self.full.aclose()
         await self.nb.aclose()
+        await asyncio.get_running_loop().shutdown_default_executor()  # the server faults' own thread
         leaks = await ResourceSnapshot.wait_clean(self.baseline)
         if leaks:
             self.history.violations.append("left behind after closing: " + "; ".join(leaks))
