@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import random
 
 import nox
 
@@ -48,3 +49,20 @@ def bench(session: nox.Session) -> None:
     """The benchmarks (not part of the default run); writes docs/benchmarks.md."""
     session.install("-e", ".[all]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """The chaos suite and the cancellation harness on every backend, servers and polling included
+    (not part of the default run). Prints its seed; ``nox -s chaos -- --hypothesis-seed=N`` replays it.
+    ``DFDB_CHAOS_EXAMPLES`` / ``DFDB_CHAOS_STEPS`` set the examples per case and the steps per example."""
+    session.install("-e", ".[all,dev]")
+    args = list(session.posargs)
+    if not any(a.startswith("--hypothesis-seed") for a in args):
+        seed = random.getrandbits(32)
+        session.log(f"chaos seed {seed}: replay with nox -s chaos -- --hypothesis-seed={seed}")
+        args.append(f"--hypothesis-seed={seed}")
+    session.run(
+        "pytest", "-p", "no:cacheprovider", "-rA", "tests/test_chaos.py", "tests/test_cancellation.py", *args,
+        env={"DFDB_CHAOS": "1"},
+    )  # fmt: skip
