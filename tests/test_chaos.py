@@ -81,23 +81,7 @@ FULL = bool(os.environ.get("DFDB_CHAOS"))
 
 pytestmark = pytest.mark.timeout(900)
 
-SQLITE_OPEN_TRANSACTION = (
-    "sqlite: a write or list cancelled while its BEGIN runs on the worker thread leaves the connection "
-    "inside the transaction; every later call fails 'cannot start a transaction within a transaction'"
-)
-ADD_TOPIC_HALF_DONE = (
-    "Replica.add_topic cancelled during its listing leaves the topic marked subscribed but not loaded; "
-    "add_topic again returns at once and the topic's existing objects stay missing"
-)
-REOPEN_SWALLOWS_CANCEL = (
-    "Replica.remove_topic swallows a cancellation: Replica._reopen waits with asyncio.wait_for, which on "
-    "Python 3.11 returns instead of raising CancelledError when the event is set in the same loop iteration"
-)
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("cancel", "sqlite"): SQLITE_OPEN_TRANSACTION,
-    ("cancel-topics", "memory"): REOPEN_SWALLOWS_CANCEL,
-    ("cancel-topics", "sqlite"): ADD_TOPIC_HALF_DONE + "; " + SQLITE_OPEN_TRANSACTION,
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 """(fault family, backend id) -> the bug that fails the run today (strict xfail: it passes once fixed)."""
 
 

@@ -494,9 +494,9 @@ class Replica:
         stream = self._stream
         if stream is None or topic in self._held_topics:
             return
-        self._held_topics.setdefault(topic, 0)
         with contextlib.suppress(StreamClosedError):  # reopening: the new stream follows it
             await stream.add_topics({topic}, since=stream.cursor)
+        self._held_topics.setdefault(topic, 0)  # only once followed: a cancelled call adds nothing
 
     async def _evict(self) -> None:
         """Drop least recently used objects beyond ``max_objects``; a topic whose last

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import anyio
 import sniffio
 
-__all__ = ["ResourceSnapshot"]
+__all__ = ["LOOP_THREADS", "ResourceSnapshot"]
 
 
 def _fd_count() -> int:
@@ -20,7 +20,7 @@ def _fd_count() -> int:
         return 0
 
 
-_LOOP_THREADS = ("AnyIO worker thread", "Trio thread")
+LOOP_THREADS = ("AnyIO worker thread", "Trio thread")
 """Names of the event loops' own worker-thread pools: their idle threads outlive a call by design."""
 
 
@@ -48,7 +48,7 @@ class ResourceSnapshot:
         problems += [
             f"thread left running: {t.name}"
             for t in self.threads - baseline.threads
-            if t.is_alive() and not t.name.startswith(_LOOP_THREADS)
+            if t.is_alive() and not t.name.startswith(LOOP_THREADS)
         ]
         if self.fds > baseline.fds:
             problems.append(f"{self.fds - baseline.fds} file descriptor(s) left open")
