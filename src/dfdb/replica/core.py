@@ -343,10 +343,8 @@ class Replica:
                 now = self._store.rows[model]
                 for id, (old, _) in rows.items():
                     if id not in now:
-                        bad = (model, id) in corrupt  # still stored, but no longer valid
-                        if bad:
-                            self.corrupt += 1
-                            log.warning("replica evicts %s/%s: its stored value is not valid", model.__table__, id)
+                        bad = (model, id) in corrupt  # still stored, not valid (the listing logged it)
+                        self.corrupt += bad
                         self._flow.emit(ReplicaEvent(Action.DELETE, model, id, old, None, self._position, bad))
                     elif now[id][0] != old:
                         self._flow.emit(ReplicaEvent(Action.UPDATE, model, id, old, now[id][0], now[id][1]))
