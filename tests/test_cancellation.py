@@ -36,7 +36,7 @@ from dfdb import Action, NbApi, Replica, SyncMode, revision_of
 from dfdb.events import parse_cursor
 from dfdb.testing.chaos import ChaosItem, Stepped, run_stepped, state_of
 from dfdb.testing.leaks import LOOP_THREADS, ResourceSnapshot
-from dfdb.testing.plugin import SERVER_PLACEHOLDERS
+from dfdb.testing.plugin import fill_url
 
 DEFAULT_URLS = ["memory://{name}", "sqlite:///{tmp}/{name}.db"]
 WITHIN = 10.0  # seconds any follow-up call may take
@@ -116,12 +116,7 @@ def _known_bugs(test: str, url: str) -> list[str]:
 
 @pytest.fixture
 def cancel_fresh_url(cancel_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    url = cancel_url.replace("{name}", "c" + uuid.uuid4().hex[:12]).replace("{tmp}", str(tmp_path))
-    for placeholder, fixture in SERVER_PLACEHOLDERS.items():
-        if placeholder in url:
-            server = request.getfixturevalue(fixture)
-            url = url.replace(placeholder, server.url.split("://", 1)[1].split("/", 1)[0])
-    return url
+    return fill_url(cancel_url, tmp_path, request, prefix="c")
 
 
 @pytest.fixture

@@ -70,7 +70,8 @@ from dfdb.testing.chaos import (
     state_of,
 )
 from dfdb.testing.leaks import ResourceSnapshot
-from dfdb.testing.servers import EtcdServer, LocalServer, RedisServer, ZooKeeperServer, require_servers
+from dfdb.testing.servers import EtcdServer, LocalServer, RedisServer, ZooKeeperServer
+from watching import serve
 
 KEYS = ["k0", "k1", "k2", "k3", "k4"]
 TOPICS = ["t0", "t1", "t2"]
@@ -112,33 +113,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 # ---------------------------------------------------------------- servers (restartable, own data)
-def _serve(factory: Callable[[], LocalServer]) -> Iterator[LocalServer]:
-    server = factory()
-    if not server.available():
-        server.stop()
-        if require_servers():
-            pytest.fail(f"{server.binary} is not installed and DFDB_REQUIRE_SERVERS is set")
-        pytest.skip(f"{server.binary} is not installed")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
 def chaos_redis() -> Iterator[LocalServer]:
-    yield from _serve(lambda: RedisServer(appendonly=True))  # a restart keeps every acknowledged write
+    yield from serve(lambda: RedisServer(appendonly=True))  # a restart keeps every acknowledged write
 
 
 @pytest.fixture(scope="module")
 def chaos_etcd() -> Iterator[LocalServer]:
-    yield from _serve(lambda: EtcdServer())
+    yield from serve(lambda: EtcdServer())
 
 
 @pytest.fixture(scope="module")
 def chaos_zookeeper() -> Iterator[LocalServer]:
-    yield from _serve(lambda: ZooKeeperServer())
+    yield from serve(lambda: ZooKeeperServer())
 
 
 # ---------------------------------------------------------------- the environment of one run

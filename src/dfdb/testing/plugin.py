@@ -125,7 +125,14 @@ SERVER_PLACEHOLDERS = {
 def dfdb_fresh_url(dfdb_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """``dfdb_url`` with ``{name}`` replaced by a name unique to this test, ``{tmp}`` by a
     temporary folder of its own, and ``{redis}`` by the address of a test server."""
-    url = dfdb_url.replace("{name}", "t" + uuid.uuid4().hex[:12]).replace("{tmp}", str(tmp_path))
+    return fill_url(dfdb_url, tmp_path, request)
+
+
+def fill_url(template: str, tmp_path: Path, request: pytest.FixtureRequest, prefix: str = "t") -> str:
+    """``template`` with ``{name}`` replaced by a fresh name (starting with ``prefix``),
+    ``{tmp}`` by ``tmp_path``, and each server placeholder (``{redis}``…) by the address of
+    that test server (started by its fixture)."""
+    url = template.replace("{name}", prefix + uuid.uuid4().hex[:12]).replace("{tmp}", str(tmp_path))
     for placeholder, fixture in SERVER_PLACEHOLDERS.items():
         if placeholder in url:
             server = request.getfixturevalue(fixture)
