@@ -289,3 +289,23 @@ async def test_a_cancelled_write_never_lands_after_the_caller_returned(single: E
             except dfdb.NotFoundError:
                 await nb.create(Port(id=f"p{i}", topic="t"))  # AlreadyExistsError: it landed late
     assert cancelled > 0, "no create was cancelled; the test proved nothing"
+
+
+@pytest.mark.parametrize("rewritten", ["index", "data"])
+async def test_a_value_another_tool_rewrote_is_replaced_by_put(single: EtcdServer, rewritten: str) -> None:
+    """One of the two keys holding an object rewritten by another tool (so their revisions
+    differ): ``put`` by id still replaces the object."""
+    endpoint = single.url.split("://")[1]
+    async with dfdb.connect(single.url + "/rw") as nb:
+        await nb.create(Port(id="a", topic="t"))
+        key, value = {
+            "index": ("rw/i/etcd_port/a", 't/t\n{"id": "a", "topic": "t", "n": "many"}'),
+            "data": ("rw/d/t/t/etcd_port/a", "not json"),
+        }[rewritten]
+        await asyncio.to_thread(
+            subprocess.run,
+            ["etcdctl", "--endpoints", endpoint, "put", key, value],
+            check=True, capture_output=True, env={"ETCDCTL_API": "3"},
+        )  # fmt: skip
+        fixed = await nb.put(Port(id="a", topic="t", n=7))
+        assert await nb.get(Port, "a") == fixed and fixed.n == 7

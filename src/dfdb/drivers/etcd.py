@@ -319,9 +319,11 @@ class EtcdDriver(Driver):
             inner = rpc.TxnRequest(compare=[exists_here], success=puts, failure=read_index)
             reply = await self._txn([absent], puts, [rpc.RequestOp(request_txn=inner)])
         else:
+            # the index is the authority; the data key must exist under this topic (a topic
+            # is fixed), at whatever revision another tool may have left it
             same = [
                 rpc.Compare(key=index, target=rpc.Compare.MOD, result=_EQUAL, mod_revision=expect),
-                rpc.Compare(key=data, target=rpc.Compare.MOD, result=_EQUAL, mod_revision=expect),
+                rpc.Compare(key=data, target=rpc.Compare.VERSION, result=_GREATER, version=0),
             ]
             reply = await self._txn(same, puts, read_index)
         if reply.succeeded:
