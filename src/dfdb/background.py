@@ -16,6 +16,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from dfdb.retry import running_asyncio_task
+
 __all__ = ["BackgroundTask"]
 
 
@@ -30,13 +32,12 @@ class BackgroundTask:
 
     async def start(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Start ``fn()``; it must handle its own errors (an error ends only the task)."""
-        loop = _asyncio_loop()
-        if loop is not None:
+        if running_asyncio_task() is not None:
 
             async def run() -> None:
                 await fn()
 
-            self._task = loop.create_task(run(), name=self.name)
+            self._task = asyncio.get_running_loop().create_task(run(), name=self.name)
             return
         group = anyio.create_task_group()
         await group.__aenter__()
@@ -62,11 +63,3 @@ class BackgroundTask:
         self._group = None
         group.cancel_scope.cancel()
         await group.__aexit__(None, None, None)
-
-
-def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio event loop, or ``None`` under another event loop (trio)."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

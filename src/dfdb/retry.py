@@ -13,14 +13,21 @@ import anyio
 import anyio.lowlevel
 import sniffio
 
-__all__ = ["Backoff", "checkpoint", "checkpoint_if_cancelled", "raise_if_cancelling", "run_to_completion"]
+__all__ = [
+    "Backoff",
+    "checkpoint",
+    "checkpoint_if_cancelled",
+    "raise_if_cancelling",
+    "run_to_completion",
+    "running_asyncio_task",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-def _asyncio_task() -> asyncio.Task[object] | None:
+def running_asyncio_task() -> asyncio.Task[object] | None:
     """The running asyncio task, or ``None`` under another event loop (trio)."""
     try:
         if sniffio.current_async_library() != "asyncio":
@@ -39,7 +46,7 @@ def checkpoint() -> None:
     again at every later checkpoint and so cannot be swallowed, this does nothing;
     code that runs on both uses :func:`checkpoint_if_cancelled`.
     """
-    task = _asyncio_task()
+    task = running_asyncio_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError()
 
@@ -51,7 +58,7 @@ def raise_if_cancelling(exc: BaseException) -> None:
     swallow the cancellation. Call this first in every retrying ``except``; code that
     runs on trio as well awaits :func:`checkpoint_if_cancelled` there instead.
     """
-    task = _asyncio_task()
+    task = running_asyncio_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError() from exc
 
@@ -80,7 +87,7 @@ async def run_to_completion(call: Callable[[], Awaitable[T]]) -> T:
     ``Task.cancel`` cannot be shielded otherwise); under trio in a shielded cancel scope.
     """
     deadline = anyio.current_effective_deadline()  # the caller's own deadline still holds
-    if _asyncio_task() is None:
+    if running_asyncio_task() is None:
         with anyio.CancelScope(shield=True), anyio.fail_after(max(deadline - anyio.current_time(), 0)):
             return await call()
 

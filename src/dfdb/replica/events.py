@@ -126,8 +126,7 @@ class _Consumer:
         self._woken.close()
 
     def close(self) -> None:
-        self._bell.close()
-        self._woken.close()
+        self.end()
         self.pending.clear()
 
 
