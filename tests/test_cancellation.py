@@ -62,10 +62,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("cancel_url", params)
 
 
-DELETE_NO_CHECKPOINT = (
-    "NbApi.delete has no checkpoint after the driver call: redis-py 8.1 sends each command under "
-    "asyncio.wait_for, which on Python 3.11 swallows a cancellation that races the send, so delete returns"
-)
 POLLER_NO_CHECKPOINT = (
     "SnapshotPoller.start/add_topics list through redis-py without a checkpoint: a cancellation that "
     "redis-py's asyncio.wait_for swallows lets ChangeStream.open/add_topics return normally"
@@ -87,8 +83,6 @@ ZK_BATCH_NOT_IN_LOG = (
 )
 POLL = ("memory-poll", "redis-poll", "etcd-poll", "zk-poll")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("test_delete", "redis"): DELETE_NO_CHECKPOINT,
-    ("test_delete", "redis-poll"): DELETE_NO_CHECKPOINT,
     ("test_stream_open", "redis-poll"): POLLER_NO_CHECKPOINT,
     ("test_stream_add_topics", "redis-poll"): POLLER_NO_CHECKPOINT,
     **{("test_replica_fetch", b): FETCH_HALF_FOLLOWED for b in ("redis-poll", "etcd-poll", "zk-poll")},

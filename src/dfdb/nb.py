@@ -427,7 +427,9 @@ class NbApi:
         validate_key(id)
         try:
             with anyio.fail_after(self.timeout):
-                await self.driver.delete(table, id)
+                # sent: let it finish, so it never lands after a cancelled caller returned
+                await run_to_completion(lambda: self.driver.delete(table, id))
+            await checkpoint_if_cancelled()
         except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
             await checkpoint_if_cancelled()
             if isinstance(exc, OutcomeUnknownError):
@@ -435,7 +437,7 @@ class NbApi:
             self.retries += 1
             log.debug("delete of %s/%s on %s failed (%s); retrying", table, id, self.url, self._reason(exc))
             try:
-                await self._retry(lambda: self.driver.delete(table, id), "delete")
+                await self._retry(lambda: run_to_completion(lambda: self.driver.delete(table, id)), "delete")
             except NotFoundError:
                 raise OutcomeUnknownError(
                     f"{self.url}: the reply to a delete of {table}/{id} was lost and the object is gone; "
