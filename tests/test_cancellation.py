@@ -62,14 +62,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("cancel_url", params)
 
 
-POLLER_NO_CHECKPOINT = (
-    "SnapshotPoller.start/add_topics list through redis-py without a checkpoint: a cancellation that "
-    "redis-py's asyncio.wait_for swallows lets ChangeStream.open/add_topics return normally"
-)
-FETCH_HALF_FOLLOWED = (
-    "Replica.fetch (REACTIVE, polling) cancelled at its first await point: fetching the object again and "
-    "waiting for its next update does not finish within 10 s"
-)
 ETCD_CALL_LEFT = (
     "etcd: a watch call cancelled at an await point leaves a grpc task (_AioCall._handle_status_once_received, "
     "StreamStreamCall._prepare_rpc) running after the stream and the NbApi are closed"
@@ -81,11 +73,7 @@ ETCD_ADD_TOPICS_BACKLOG = (
 ZK_BATCH_NOT_IN_LOG = (
     "zk: a watch from a cursor taken before create_many misses one of the batch's creates (uncancelled run)"
 )
-POLL = ("memory-poll", "redis-poll", "etcd-poll", "zk-poll")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("test_stream_open", "redis-poll"): POLLER_NO_CHECKPOINT,
-    ("test_stream_add_topics", "redis-poll"): POLLER_NO_CHECKPOINT,
-    **{("test_replica_fetch", b): FETCH_HALF_FOLLOWED for b in ("redis-poll", "etcd-poll", "zk-poll")},
     **{
         (t, "etcd"): ETCD_CALL_LEFT
         for t in (
