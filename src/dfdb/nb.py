@@ -451,7 +451,8 @@ class NbApi:
         return await self._retry(lambda: self.driver.allocate_unique_key(table), "allocate_unique_key")
 
     async def create_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
-        """Create many objects, in chunks (one driver batch each); not atomic.
+        """Create many objects, in chunks (one driver batch each); not atomic. Cancelled, the
+        chunk already sent runs to its end first; the later ones are not sent.
 
         Returns:
             For each input, in order: the stored object, or the error that refused it (a ``DfdbError``, or a
@@ -478,7 +479,10 @@ class NbApi:
         ]
         try:
             with anyio.fail_after(self.timeout):
-                outcomes: builtins.list[int | Exception] = await self.driver.put_many(requests)
+                # sent: let the batch finish, so none of it lands after a cancelled caller returned
+                outcomes: builtins.list[int | Exception] = await run_to_completion(
+                    lambda: self.driver.put_many(requests)
+                )
             await checkpoint_if_cancelled()
         except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
             await checkpoint_if_cancelled()
@@ -504,7 +508,8 @@ class NbApi:
         return results
 
     async def update_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
-        """Update many objects (each compare-and-swap), in chunks; not atomic.
+        """Update many objects (each compare-and-swap), in chunks; not atomic. Cancelled, the
+        updates already sent run to their end first; the others are not sent.
 
         Returns:
             For each input, in order: the stored object, or the error that refused it (a ``DfdbError``, or a
