@@ -34,6 +34,7 @@ from dfdb.errors import (
     ConflictError,
     CorruptObjectError,
     DfdbError,
+    LockedError,
     NotFoundError,
     OutcomeUnknownError,
     StreamClosedError,
@@ -218,6 +219,9 @@ class NbApi:
                     try:
                         # sent: let it finish, so it never lands after a cancelled caller returned
                         revision = await run_to_completion(lambda: self.driver.put(table, id, topic, value, expect))
+                    except LockedError:
+                        sent = retried  # this attempt wrote nothing
+                        raise
                     except (ConflictError, AlreadyExistsError):
                         if not retried:
                             raise
@@ -235,6 +239,8 @@ class NbApi:
                 delay = self.backoff.delay(attempt)
                 attempt += 1
                 if anyio.current_time() + delay >= deadline:
+                    if not sent:  # no attempt can have landed
+                        raise LockedError(f"write of {table}/{id} was not applied: {self._reason(exc)}") from exc
                     raise OutcomeUnknownError(
                         f"{self.url}: write of {table}/{id} failed and its outcome is unknown: {self._reason(exc)}"
                     ) from exc
