@@ -7,7 +7,7 @@ import random
 
 import nox
 
-nox.options.sessions = ["lint", "mypy", "tests", "examples"]
+nox.options.sessions = ["lint", "mypy", "tests", "examples", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -42,6 +42,13 @@ def examples(session: nox.Session) -> None:
     session.install("-e", ".")
     for path in sorted(glob.glob("examples/*.py")):
         session.run("python", path)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site: ``mkdocs build --strict`` (a warning fails it) into ``site/``."""
+    session.install("-e", ".", *nox.project.dependency_groups(nox.project.load_toml("pyproject.toml"), "docs"))
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(python=PYTHON)
