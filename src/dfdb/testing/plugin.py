@@ -21,7 +21,7 @@ import pytest
 import dfdb
 from dfdb.servers import EtcdServer, LocalServer, RedisServer, ZooKeeperServer
 from dfdb.testing.leaks import ResourceSnapshot
-from dfdb.testing.servers import require_servers
+from dfdb.testing.servers import install_command, missing_backend, skip_missing_server
 
 DEFAULT_URLS = ["memory://{name}"]
 
@@ -81,14 +81,26 @@ async def dfdb_leak_check() -> AsyncIterator[None]:
         pytest.fail("resources left behind: " + "; ".join(leaks))
 
 
-def _server_or_skip(factory: Callable[[], LocalServer]) -> Iterator[LocalServer]:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Name the backends whose tests skipped for want of a server, and the command that installs them."""
+    backends = sorted(
+        {
+            backend
+            for report in terminalreporter.stats.get("skipped", [])
+            if isinstance(report.longrepr, tuple) and (backend := missing_backend(str(report.longrepr[2])))
+        }
+    )
+    if backends:
+        terminalreporter.write_sep("=", "dfdb: backends not tested", yellow=True)
+        terminalreporter.write_line(f"servers not installed: {', '.join(backends)}; their tests were skipped")
+        terminalreporter.write_line(f"install them with: {install_command(backends, config.rootpath)}")
+
+
+def _server_or_skip(factory: Callable[[], LocalServer], backend: str) -> Iterator[LocalServer]:
     server = factory()
     if not server.available():
         server.stop()
-        message = f"{server.binary} is not installed (scripts/install-servers.sh)"
-        if require_servers():
-            pytest.fail(message + " and DFDB_REQUIRE_SERVERS is set")
-        pytest.skip(message)
+        skip_missing_server(backend)
     try:
         server.start()
         yield server
@@ -99,19 +111,19 @@ def _server_or_skip(factory: Callable[[], LocalServer]) -> Iterator[LocalServer]
 @pytest.fixture(scope="session")
 def dfdb_redis_server() -> Iterator[LocalServer]:
     """A ``redis-server`` on a free loopback port for the whole session (``{redis}`` in URLs)."""
-    yield from _server_or_skip(lambda: RedisServer(appendonly=False))
+    yield from _server_or_skip(lambda: RedisServer(appendonly=False), "redis")
 
 
 @pytest.fixture(scope="session")
 def dfdb_etcd_server() -> Iterator[LocalServer]:
     """A single ``etcd`` member on free loopback ports for the whole session (``{etcd}`` in URLs)."""
-    yield from _server_or_skip(lambda: EtcdServer())
+    yield from _server_or_skip(lambda: EtcdServer(), "etcd")
 
 
 @pytest.fixture(scope="session")
 def dfdb_zookeeper_server() -> Iterator[LocalServer]:
     """A standalone ZooKeeper on a free loopback port for the whole session (``{zookeeper}`` in URLs)."""
-    yield from _server_or_skip(lambda: ZooKeeperServer())
+    yield from _server_or_skip(lambda: ZooKeeperServer(), "zookeeper")
 
 
 SERVER_PLACEHOLDERS = {
