@@ -8,6 +8,8 @@ server (skipped when the server is missing, failed when ``DFDB_REQUIRE_SERVERS=1
 
 A test that takes ``dfdb_backend`` (every conformance test does) runs once per URL
 under asyncio and, for the schemes in :data:`TRIO_SCHEMES`, once more under trio.
+The async fixtures (``nb``, ``dfdb_leak_check``) are pytest-asyncio's, so that a
+project's own async tests may use them in its strict mode as in auto mode.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 import dfdb
 from dfdb.servers import EtcdServer, LocalServer, RedisServer, ZooKeeperServer
@@ -71,7 +74,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(("dfdb_url", "dfdb_backend"), pairs, ids=[f"{_url_id(u)}-{b}" for u, b in pairs])
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def dfdb_leak_check() -> AsyncIterator[None]:
     """Fails the test when tasks, threads or file descriptors outlive it."""
     baseline = ResourceSnapshot.take()
@@ -152,7 +155,7 @@ def fill_url(template: str, tmp_path: Path, request: pytest.FixtureRequest, pref
     return url
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def nb(dfdb_leak_check: None, dfdb_fresh_url: str) -> AsyncIterator[dfdb.NbApi]:
     """An open :class:`dfdb.NbApi` on an empty namespace of the URL under test."""
     async with dfdb.connect(dfdb_fresh_url) as api:
