@@ -16,6 +16,7 @@ from pathlib import Path
 import nox
 from packaging.requirements import Requirement
 
+nox.needs_version = ">=2025.2.9"  # nox.project.dependency_groups
 nox.options.sessions = ["lint", "mypy", "tests", "examples", "lowest"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
