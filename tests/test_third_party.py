@@ -50,6 +50,7 @@ def _project(root: Path) -> Path:
         textwrap.dedent("""
         [tool.pytest.ini_options]
         asyncio_mode = "strict"
+        asyncio_default_fixture_loop_scope = "function"
         filterwarnings = ["error"]
         dfdb_urls = ["toy://{name}"]
         """)
