@@ -1,17 +1,45 @@
-"""Development sessions: ``nox`` runs lint, mypy, tests and examples."""
+"""Development sessions: ``nox`` runs lint, mypy, tests, examples and the lowest dependencies.
+
+Sessions run on one Python from 3.11 to 3.13: the one running nox when it is among
+them, else the newest one installed; ``nox --force-python 3.13`` picks another.
+"""
 
 from __future__ import annotations
 
 import glob
 import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import nox
+from packaging.requirements import Requirement
 
-nox.options.sessions = ["lint", "mypy", "tests", "examples", "docs"]
+nox.needs_version = ">=2025.2.9"  # nox.project.dependency_groups
+nox.options.sessions = ["lint", "mypy", "tests", "examples", "lowest", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
-PYTHON = "3.11"
+SUPPORTED = ("3.11", "3.12", "3.13")
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+DEV = nox.project.dependency_groups(PYPROJECT, "dev")
+
+
+def _installed(version: str) -> bool:
+    """Whether ``pythonX.Y`` on PATH runs (a pyenv shim of a version not selected does not)."""
+    exe = shutil.which(f"python{version}")
+    return exe is not None and subprocess.run([exe, "-c", ""], capture_output=True, check=False).returncode == 0
+
+
+def _choose(preferred: tuple[str, ...]) -> str:
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = ([running] if running in SUPPORTED else []) + list(preferred)
+    return next((v for v in candidates if _installed(v)), preferred[0])
+
+
+PYTHON = _choose(SUPPORTED[::-1])
+LOWEST_PYTHON = _choose(SUPPORTED)  # the oldest one installed, unless nox runs on another
 
 
 @nox.session(python=PYTHON)
@@ -25,14 +53,14 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def mypy(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[all,dev]")
+    session.install("-e", ".[all]", *DEV)
     session.run("mypy", "src")
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite, the conformance suite on every built-in driver included."""
-    session.install("-e", ".[all,dev]")
+    session.install("-e", ".[all]", *DEV)
     session.run("pytest", *session.posargs)
 
 
@@ -42,6 +70,37 @@ def examples(session: nox.Session) -> None:
     session.install("-e", ".")
     for path in sorted(glob.glob("examples/*.py")):
         session.run("python", path)
+
+
+def lowest_constraints(extras: tuple[str, ...]) -> list[str]:
+    """``name==floor`` for each dependency of the package and of ``extras`` (their ``>=`` bound)."""
+    project = PYPROJECT["project"]
+    requirements = list(project["dependencies"])
+    for extra in extras:
+        requirements += [r for r in project["optional-dependencies"][extra] if not r.startswith("dfdb[")]
+    pins = []
+    for line in requirements:
+        requirement = Requirement(line)
+        floors = [s.version for s in requirement.specifier if s.operator == ">="]
+        if not floors:
+            raise ValueError(f"{line}: a dependency needs a >= floor")
+        pins.append(f"{requirement.name}=={floors[0]}")
+    return pins
+
+
+@nox.session(python=LOWEST_PYTHON)
+def lowest(session: nox.Session) -> None:
+    """The memory and SQLite tests on the lowest versions the dependencies allow."""
+    constraints = Path(session.create_tmp()) / "lowest.txt"
+    constraints.write_text("\n".join(lowest_constraints(("sqlite",))) + "\n")
+    session.install("-c", str(constraints), "-e", ".[sqlite]", *DEV)
+    session.run("python", "-m", "pip", "freeze", silent=False)
+    urls = ["--dfdb-url", "memory://{name}", "--dfdb-url", "sqlite:///{tmp}/{name}.db"]
+    session.run(
+        "pytest", "-q", "-p", "no:cacheprovider", *urls, "tests/test_conformance.py", "tests/test_nb.py",
+        "tests/test_models.py", "tests/test_sqlite.py",
+        "-k", "not refuses_trio and not test_cli_ and not several_processes", *session.posargs,
+    )  # fmt: skip
 
 
 @nox.session(python=PYTHON)
@@ -64,7 +123,7 @@ def chaos(session: nox.Session) -> None:
     (not part of the default run). Prints its seed; ``nox -s chaos -- --hypothesis-seed=N`` replays it.
     ``DFDB_CHAOS_EXAMPLES`` / ``DFDB_CHAOS_STEPS`` set the examples per case and the steps per example,
     ``DFDB_CHAOS_SHRINK=0`` reports a failure unshrunk (quicker); test files given in the arguments run alone."""
-    session.install("-e", ".[all,dev]")
+    session.install("-e", ".[all]", *DEV)
     args = list(session.posargs)
     files = [a for a in args if a.startswith("tests/")] or ["tests/test_chaos.py", "tests/test_cancellation.py"]
     args = [a for a in args if a not in files]

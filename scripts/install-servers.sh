@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the database servers dfdb's server drivers talk to (Debian packages) and the
-# Python client libraries (dfdb's extras). Nothing is started: the test fixtures and
+# Python client libraries (dfdb's extras, in the virtual environment .venv, created with
+# python3 -m venv when missing). Nothing is started: the test fixtures and
 # `dfdb server run BACKEND` start servers on loopback themselves.
 #
 # Usage: scripts/install-servers.sh [BACKEND…]   (default: every backend with a driver)
@@ -39,6 +40,5 @@ else
   echo "no server backend to install yet"
 fi
 
-PY=python3.11
-command -v "$PY" >/dev/null 2>&1 || PY=python3
-"$PY" -m pip install --quiet -e ".[all]"
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+.venv/bin/pip install --quiet -e ".[all]"

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 import dfdb
 from dfdb.models import LogicalSwitch
-from dfdb.testing.servers import LocalServer, free_port, require_servers
+from dfdb.testing.servers import LocalServer, free_port, skip_missing_server
 
 
 @dataclass
@@ -31,9 +31,7 @@ def secured_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredR
     """A ``redis-server`` with ``requirepass`` that also listens on a Unix socket."""
     binary = shutil.which("redis-server")
     if binary is None:
-        if require_servers():
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
+        skip_missing_server("redis")
     workdir = tmp_path_factory.mktemp("redis")
     server = SecuredRedis(free_port(), workdir / "redis.sock", "s3cret")
     args = [

@@ -8,12 +8,10 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar
 
-import pytest
-
 import dfdb
 from dfdb.events import parse_cursor
 from dfdb.servers import LocalServer
-from dfdb.testing.servers import require_servers
+from dfdb.testing.servers import BACKENDS, skip_missing_server
 
 
 class Watcher:
@@ -84,9 +82,7 @@ def serve(factory: Callable[[], S]) -> Iterator[S]:
     server = factory()
     if not server.available():
         server.stop()
-        if require_servers():
-            pytest.fail(f"{server.binary} is not installed and DFDB_REQUIRE_SERVERS is set")
-        pytest.skip(f"{server.binary} is not installed")
+        skip_missing_server(BACKENDS[type(server)])
     server.start()
     try:
         yield server
@@ -102,9 +98,7 @@ async def check_server_run(
     import sys
 
     if not server.available():
-        if require_servers():
-            pytest.fail(f"{backend} is not installed and DFDB_REQUIRE_SERVERS is set")
-        pytest.skip(f"{backend} is not installed")
+        skip_missing_server(backend)
     args = ["server", "run", backend] + (["--members", str(members)] if members > 1 else [])
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dfdb", *args, stdout=asyncio.subprocess.PIPE)
     try:

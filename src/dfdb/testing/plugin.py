@@ -8,6 +8,8 @@ server (skipped when the server is missing, failed when ``DFDB_REQUIRE_SERVERS=1
 
 A test that takes ``dfdb_backend`` (every conformance test does) runs once per URL
 under asyncio and, for the schemes in :data:`TRIO_SCHEMES`, once more under trio.
+The async fixtures (``nb``, ``dfdb_leak_check``) are pytest-asyncio's, so that a
+project's own async tests may use them in its strict mode as in auto mode.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 import dfdb
 from dfdb.servers import EtcdServer, LocalServer, RedisServer, ZooKeeperServer
 from dfdb.testing.leaks import ResourceSnapshot
-from dfdb.testing.servers import require_servers
+from dfdb.testing.servers import install_command, missing_backend, skip_missing_server
 
 DEFAULT_URLS = ["memory://{name}"]
 
@@ -71,7 +74,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(("dfdb_url", "dfdb_backend"), pairs, ids=[f"{_url_id(u)}-{b}" for u, b in pairs])
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def dfdb_leak_check() -> AsyncIterator[None]:
     """Fails the test when tasks, threads or file descriptors outlive it."""
     baseline = ResourceSnapshot.take()
@@ -81,14 +84,26 @@ async def dfdb_leak_check() -> AsyncIterator[None]:
         pytest.fail("resources left behind: " + "; ".join(leaks))
 
 
-def _server_or_skip(factory: Callable[[], LocalServer]) -> Iterator[LocalServer]:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Name the backends whose tests skipped for want of a server, and the command that installs them."""
+    backends = sorted(
+        {
+            backend
+            for report in terminalreporter.stats.get("skipped", [])
+            if isinstance(report.longrepr, tuple) and (backend := missing_backend(str(report.longrepr[2])))
+        }
+    )
+    if backends:
+        terminalreporter.write_sep("=", "dfdb: backends not tested", yellow=True)
+        terminalreporter.write_line(f"servers not installed: {', '.join(backends)}; their tests were skipped")
+        terminalreporter.write_line(f"install them with: {install_command(backends, config.rootpath)}")
+
+
+def _server_or_skip(factory: Callable[[], LocalServer], backend: str) -> Iterator[LocalServer]:
     server = factory()
     if not server.available():
         server.stop()
-        message = f"{server.binary} is not installed (scripts/install-servers.sh)"
-        if require_servers():
-            pytest.fail(message + " and DFDB_REQUIRE_SERVERS is set")
-        pytest.skip(message)
+        skip_missing_server(backend)
     try:
         server.start()
         yield server
@@ -99,19 +114,19 @@ def _server_or_skip(factory: Callable[[], LocalServer]) -> Iterator[LocalServer]
 @pytest.fixture(scope="session")
 def dfdb_redis_server() -> Iterator[LocalServer]:
     """A ``redis-server`` on a free loopback port for the whole session (``{redis}`` in URLs)."""
-    yield from _server_or_skip(lambda: RedisServer(appendonly=False))
+    yield from _server_or_skip(lambda: RedisServer(appendonly=False), "redis")
 
 
 @pytest.fixture(scope="session")
 def dfdb_etcd_server() -> Iterator[LocalServer]:
     """A single ``etcd`` member on free loopback ports for the whole session (``{etcd}`` in URLs)."""
-    yield from _server_or_skip(lambda: EtcdServer())
+    yield from _server_or_skip(lambda: EtcdServer(), "etcd")
 
 
 @pytest.fixture(scope="session")
 def dfdb_zookeeper_server() -> Iterator[LocalServer]:
     """A standalone ZooKeeper on a free loopback port for the whole session (``{zookeeper}`` in URLs)."""
-    yield from _server_or_skip(lambda: ZooKeeperServer())
+    yield from _server_or_skip(lambda: ZooKeeperServer(), "zookeeper")
 
 
 SERVER_PLACEHOLDERS = {
@@ -140,7 +155,7 @@ def fill_url(template: str, tmp_path: Path, request: pytest.FixtureRequest, pref
     return url
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def nb(dfdb_leak_check: None, dfdb_fresh_url: str) -> AsyncIterator[dfdb.NbApi]:
     """An open :class:`dfdb.NbApi` on an empty namespace of the URL under test."""
     async with dfdb.connect(dfdb_fresh_url) as api:
