@@ -30,6 +30,7 @@ from dfdb.errors import (
     ValueTooLargeError,
 )
 from dfdb.events import Action, ChangeEvent, ChangeStream
+from dfdb.metrics.stats import NbStats, TableStats
 from dfdb.nb import ListResult, NbApi, revision_of
 from dfdb.nbmodel import NbModel, Ref, dependency_order, registered_models
 from dfdb.replica import ChassisTopics, Replica, ReplicaEvent, ReplicaEvents, ReplicaStats, SyncMode
@@ -60,6 +61,7 @@ __all__ = [
     "ModelDefinitionError",
     "NbApi",
     "NbModel",
+    "NbStats",
     "NotFoundError",
     "OutcomeUnknownError",
     "Ref",
@@ -69,6 +71,7 @@ __all__ = [
     "ReplicaStats",
     "StreamClosedError",
     "SyncMode",
+    "TableStats",
     "UnknownDriverError",
     "UnsupportedEventLoopError",
     "ValueTooLargeError",
