@@ -218,6 +218,22 @@ async def test_the_endpoint_answers_only_metrics_requests() -> None:
         assert await asyncio.to_thread(status, "/metrics", "POST") == 405
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_serve_runs_on_asyncio_and_trio(backend: str) -> None:
+    import anyio
+
+    if backend == "trio":
+        pytest.importorskip("trio")
+
+    async def main() -> None:
+        async with dfdb.connect("memory://") as nb, metrics.serve(0, registry=metrics.new_registry(nb)) as server:
+            await nb.create(Net(id="a"))
+            got = await anyio.to_thread.run_sync(get_samples, server.url)
+            assert value(got, "dfdb_writes_total", backend="memory", table="metrics_net") == 1
+
+    anyio.run(main, backend=backend)
+
+
 async def test_one_collector_per_registry() -> None:
     async with dfdb.connect("memory://") as nb:
         registry = metrics.new_registry(nb)

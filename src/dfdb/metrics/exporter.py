@@ -6,6 +6,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -98,6 +99,17 @@ def _family(spec: _Spec) -> CounterMetricFamily | GaugeMetricFamily:
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
 
 
+def _replica_stats(replica: Any) -> Any:
+    """``replica.stats()``, read again if the event loop changed a set it iterates (when the
+    scrape runs in a thread of its own, as with ``prometheus_client.start_http_server``)."""
+    for _ in range(9):
+        try:
+            return replica.stats()
+        except RuntimeError:  # "Set changed size during iteration"
+            continue
+    return replica.stats()
+
+
 class DfdbCollector(Collector):
     """Collects the counters of ``apis`` (every NbApi of the process when ``None``), of the
     Replicas attached to them and of their change streams, at each scrape.
@@ -134,7 +146,7 @@ class DfdbCollector(Collector):
             for counter, n in totals.items():
                 values[_STREAMS[counter].name][(backend,)] += n
             for number, replica in counters.replicas():
-                stats = replica.stats()
+                stats = _replica_stats(replica)
                 labels = (backend, number, str(replica.mode))
                 for table, n in stats.tables.items():
                     values[_REPLICAS["tables"].name][(*labels, table)] = n
