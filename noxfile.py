@@ -7,7 +7,7 @@ import random
 
 import nox
 
-nox.options.sessions = ["lint", "mypy", "tests", "examples"]
+nox.options.sessions = ["lint", "mypy", "tests", "examples", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -45,6 +45,13 @@ def examples(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site: ``mkdocs build --strict`` (a warning fails it) into ``site/``."""
+    session.install("-e", ".", *nox.project.dependency_groups(nox.project.load_toml("pyproject.toml"), "docs"))
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """The benchmarks (not part of the default run); writes docs/benchmarks.md."""
     session.install("-e", ".[all]")
@@ -55,14 +62,17 @@ def bench(session: nox.Session) -> None:
 def chaos(session: nox.Session) -> None:
     """The chaos suite and the cancellation harness on every backend, servers and polling included
     (not part of the default run). Prints its seed; ``nox -s chaos -- --hypothesis-seed=N`` replays it.
-    ``DFDB_CHAOS_EXAMPLES`` / ``DFDB_CHAOS_STEPS`` set the examples per case and the steps per example."""
+    ``DFDB_CHAOS_EXAMPLES`` / ``DFDB_CHAOS_STEPS`` set the examples per case and the steps per example,
+    ``DFDB_CHAOS_SHRINK=0`` reports a failure unshrunk (quicker); test files given in the arguments run alone."""
     session.install("-e", ".[all,dev]")
     args = list(session.posargs)
+    files = [a for a in args if a.startswith("tests/")] or ["tests/test_chaos.py", "tests/test_cancellation.py"]
+    args = [a for a in args if a not in files]
     if not any(a.startswith("--hypothesis-seed") for a in args):
         seed = random.getrandbits(32)
         session.log(f"chaos seed {seed}: replay with nox -s chaos -- --hypothesis-seed={seed}")
         args.append(f"--hypothesis-seed={seed}")
     session.run(
-        "pytest", "-p", "no:cacheprovider", "-rA", "tests/test_chaos.py", "tests/test_cancellation.py", *args,
+        "pytest", "-p", "no:cacheprovider", "-rA", *files, *args,
         env={"DFDB_CHAOS": "1"},
     )  # fmt: skip

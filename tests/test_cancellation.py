@@ -25,7 +25,7 @@ import itertools
 import os
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ import pytest
 
 import dfdb
 from dfdb import Action, NbApi, Replica, SyncMode, revision_of
+from dfdb.drivers import Expect, PutRequest
+from dfdb.drivers.memory import MemoryDriver
 from dfdb.events import parse_cursor
 from dfdb.testing.chaos import ChaosItem, Stepped, run_stepped, state_of
 from dfdb.testing.leaks import LOOP_THREADS, ResourceSnapshot
@@ -62,14 +64,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("cancel_url", params)
 
 
-POLLER_NO_CHECKPOINT = (
-    "SnapshotPoller.start/add_topics list through redis-py without a checkpoint: a cancellation that "
-    "redis-py's asyncio.wait_for swallows lets ChangeStream.open/add_topics return normally"
-)
-FETCH_HALF_FOLLOWED = (
-    "Replica.fetch (REACTIVE, polling) cancelled at its first await point: fetching the object again and "
-    "waiting for its next update does not finish within 10 s"
-)
 ETCD_CALL_LEFT = (
     "etcd: a watch call cancelled at an await point leaves a grpc task (_AioCall._handle_status_once_received, "
     "StreamStreamCall._prepare_rpc) running after the stream and the NbApi are closed"
@@ -81,11 +75,7 @@ ETCD_ADD_TOPICS_BACKLOG = (
 ZK_BATCH_NOT_IN_LOG = (
     "zk: a watch from a cursor taken before create_many misses one of the batch's creates (uncancelled run)"
 )
-POLL = ("memory-poll", "redis-poll", "etcd-poll", "zk-poll")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("test_stream_open", "redis-poll"): POLLER_NO_CHECKPOINT,
-    ("test_stream_add_topics", "redis-poll"): POLLER_NO_CHECKPOINT,
-    **{("test_replica_fetch", b): FETCH_HALF_FOLLOWED for b in ("redis-poll", "etcd-poll", "zk-poll")},
     **{
         (t, "etcd"): ETCD_CALL_LEFT
         for t in (
@@ -377,6 +367,60 @@ async def test_update_many(cnb: NbApi) -> None:
 
     await sweep(cnb, make, check)
     await sweep(cnb, make, check, cycles=True)
+
+
+class InFlightDriver(MemoryDriver):
+    """A memory driver that writes as a server does: a write sent is applied a moment later,
+    whether or not its caller still waits for the reply."""
+
+    def __init__(self) -> None:
+        super().__init__(dfdb.DatabaseURL.parse("memory://"))
+        self.sent: set[str] = set()
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        self.sending = asyncio.Event()
+
+    async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
+        (outcome,) = await self.put_many([PutRequest(table, id, topic, value, expect)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def put_many(self, writes: Sequence[PutRequest]) -> list[int | Exception]:
+        async def apply() -> list[int | Exception]:
+            await asyncio.sleep(0.05)  # on the wire
+            outcomes: list[int | Exception] = []
+            for w in writes:
+                try:
+                    outcomes.append(await MemoryDriver.put(self, w.table, w.id, w.topic, w.value, w.expect))
+                except dfdb.DfdbError as exc:
+                    outcomes.append(exc)
+            return outcomes
+
+        task = asyncio.get_running_loop().create_task(apply())
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+        self.sent.update(w.id for w in writes)
+        self.sending.set()
+        return await asyncio.shield(task)
+
+
+@pytest.mark.parametrize("how", ["create_many", "update_many"])
+async def test_a_sent_batch_lands_before_its_cancellation_is_raised(how: str) -> None:
+    driver = InFlightDriver()
+    async with NbApi(driver) as nb:
+        objs = [ChaosItem(id=f"k{i}", topic="t0", tag="old") for i in range(3)]
+        if how == "update_many":
+            objs = [(await nb.create(o)).model_copy(update={"tag": "new"}) for o in objs]
+        driver.sent.clear()
+        driver.sending.clear()
+        call = asyncio.create_task(getattr(nb, how)(objs))
+        await asyncio.wait_for(driver.sending.wait(), WITHIN)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert not driver.in_flight, "the caller was told it was cancelled while its writes were still in flight"
+        landed = {o.id for o in await nb.get_all(ChaosItem) if o.version == (1 if how == "create_many" else 2)}
+        assert landed == driver.sent
 
 
 # ---------------------------------------------------------------- NbApi reads

@@ -365,6 +365,23 @@ async def test_reactive_fetch_follows_changes_and_evicts(exact_nb: NbApi) -> Non
             await full.fetch(Net, "n1")
 
 
+async def test_wait_for_a_revision_outside_the_scope_returns(nb: NbApi) -> None:
+    """``wait_for`` the revision of a write the Replica does not hold returns once its stream
+    has passed that revision, whatever the scope: empty (REACTIVE, nothing fetched yet), one
+    fetched topic, selected topics."""
+    await nb.create(Net(id="held", topic="t1"))
+    async with (
+        Replica(nb, [Net], mode=SyncMode.REACTIVE) as empty,
+        Replica(nb, [Net], mode=SyncMode.REACTIVE) as fetched,
+        Replica(nb, [Net], mode=SyncMode.SELECTIVE, topics={"t1"}) as selective,
+    ):
+        assert await fetched.fetch(Net, "held") is not None
+        elsewhere = await nb.create(Net(id="elsewhere", topic="t9"))
+        for replica in (empty, fetched, selective):
+            await settle(replica, elsewhere)
+            assert replica.get(Net, "elsewhere") is None
+
+
 async def test_events_wait_for_reference_targets(exact_nb: NbApi) -> None:
     nb = exact_nb
     async with Replica(nb, [Net, Vm]) as replica:

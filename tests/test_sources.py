@@ -1,12 +1,16 @@
 """The buffered sources' read loop, with a scripted change log: topics added during a
-round, history trimmed under an added topic, unreadable records, cancelled rounds."""
+round, history trimmed under an added topic, unreadable records, cancelled rounds; and a
+snapshot poller of an empty scope."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
-from dfdb.drivers import RawEvent
-from dfdb.drivers.polling import ChangeBatch, ChangeLogPoller
+from dfdb import DatabaseURL
+from dfdb.drivers import ABSENT, RawEvent
+from dfdb.drivers.memory import MemoryDriver
+from dfdb.drivers.polling import ChangeBatch, ChangeLogPoller, SnapshotPoller
 
 
 class ScriptedLog:
@@ -85,3 +89,19 @@ async def test_a_cancelled_round_is_read_again() -> None:
     assert [ev.revision for ev in got] == [1, 2]
     assert source.reconnects == 0
     await source.aclose()
+
+
+async def test_a_snapshot_poller_of_no_topic_follows_the_head_and_never_resyncs() -> None:
+    async with MemoryDriver(DatabaseURL.parse("memory://")) as driver:
+        await driver.put("t", "a", "elsewhere", b"{}", ABSENT)
+        poller = SnapshotPoller(driver, ["t"], frozenset(), 0, interval=0.01)
+        await poller.start()  # from revision 0, with a change since: nothing of the scope changed
+        assert poller.position == 1
+        revision = await driver.put("t", "b", "elsewhere", b"{}", ABSENT)
+        async with asyncio.timeout(5):
+            while poller.caught_up() != revision:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        ev = await anext(poller)
+                        raise AssertionError(f"an event of no topic followed: {ev}")
+        await poller.aclose()

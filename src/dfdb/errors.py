@@ -13,6 +13,7 @@ generic handlers keep working (``except LookupError`` catches :class:`NotFoundEr
     │   ├─ BackendUnavailableError(ConnectionError)
     │   │   └─ OutcomeUnknownError
     │   ├─ BackendTimeoutError(TimeoutError)
+    │   │   └─ LockedError
     │   └─ AuthenticationError(PermissionError)
     ├─ NotFoundError(LookupError)
     ├─ AlreadyExistsError
@@ -39,6 +40,7 @@ __all__ = [
     "DfdbError",
     "DriverError",
     "InvalidURL",
+    "LockedError",
     "MissingDependencyError",
     "ModelDefinitionError",
     "NotFoundError",
@@ -88,6 +90,11 @@ class OutcomeUnknownError(BackendUnavailableError):
 
 class BackendTimeoutError(DriverError, TimeoutError):
     """The backend did not answer within the call's timeout."""
+
+
+class LockedError(BackendTimeoutError):
+    """Another connection held the database's lock until the call's deadline: the call
+    did nothing (a write was not applied, so it is not an :class:`OutcomeUnknownError`)."""
 
 
 class AuthenticationError(DriverError, PermissionError):

@@ -34,6 +34,7 @@ from dfdb.errors import (
     ConflictError,
     CorruptObjectError,
     DfdbError,
+    LockedError,
     NotFoundError,
     OutcomeUnknownError,
     StreamClosedError,
@@ -111,10 +112,6 @@ class NbApi:
         """The counters now: writes and their outcomes (in all and by table), and the
         change streams (those of Replicas included). ``dfdb.metrics`` exports them."""
         return self._counters.stats()
-
-    def _attach(self, replica: object) -> None:
-        """Serve ``replica``'s counters with this NbApi's (``dfdb.metrics``)."""
-        self._counters.attach(replica)
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -236,6 +233,9 @@ class NbApi:
                         try:
                             # sent: let it finish, so it never lands after a cancelled caller returned
                             revision = await run_to_completion(lambda: self.driver.put(table, id, topic, value, expect))
+                        except LockedError:
+                            sent = retried  # this attempt wrote nothing
+                            raise
                         except (ConflictError, AlreadyExistsError):
                             if not retried:
                                 raise
@@ -253,6 +253,8 @@ class NbApi:
                     delay = self.backoff.delay(attempt)
                     attempt += 1
                     if anyio.current_time() + delay >= deadline:
+                        if not sent:  # no attempt can have landed
+                            raise LockedError(f"write of {table}/{id} was not applied: {self._reason(exc)}") from exc
                         raise OutcomeUnknownError(
                             f"{self.url}: write of {table}/{id} failed and its outcome is unknown: {self._reason(exc)}"
                         ) from exc
@@ -471,7 +473,8 @@ class NbApi:
         return await self._retry(lambda: self.driver.allocate_unique_key(table), "allocate_unique_key", table)
 
     async def create_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
-        """Create many objects, in chunks (one driver batch each); not atomic.
+        """Create many objects, in chunks (one driver batch each); not atomic. Cancelled, the
+        chunk already sent runs to its end first; the later ones are not sent.
 
         Returns:
             For each input, in order: the stored object, or the error that refused it (a ``DfdbError``, or a
@@ -498,7 +501,10 @@ class NbApi:
         ]
         try:
             with anyio.fail_after(self.timeout):
-                outcomes: builtins.list[int | Exception] = await self.driver.put_many(requests)
+                # sent: let the batch finish, so none of it lands after a cancelled caller returned
+                outcomes: builtins.list[int | Exception] = await run_to_completion(
+                    lambda: self.driver.put_many(requests)
+                )
             await checkpoint_if_cancelled()
         except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
             await checkpoint_if_cancelled()
@@ -526,7 +532,8 @@ class NbApi:
         return results
 
     async def update_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
-        """Update many objects (each compare-and-swap), in chunks; not atomic.
+        """Update many objects (each compare-and-swap), in chunks; not atomic. Cancelled, the
+        updates already sent run to their end first; the others are not sent.
 
         Returns:
             For each input, in order: the stored object, or the error that refused it (a ``DfdbError``, or a

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import anyio
 
-from dfdb.drivers.base import Driver, Entry, RawEvent
+from dfdb.drivers.base import Driver, Entry, Listing, RawEvent
 from dfdb.drivers.sources import BufferedSource
-from dfdb.retry import Backoff
+from dfdb.retry import Backoff, checkpoint_if_cancelled
 
 __all__ = ["ChangeBatch", "ChangeLogPoller", "ChangeReader", "SnapshotPoller"]
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _Key = tuple[str, str]
 _ALL = "\x00all"  # marks a listing of every topic (no topic can contain a control character)
+_HEAD = "dfdb-head"  # a topic listed only for its revision, when the scope has no topic to list
 _ACTIONS = frozenset(("create", "update", "delete"))
 
 
@@ -69,29 +70,40 @@ class SnapshotPoller(BufferedSource):
         listed_at: dict[tuple[str, str | None], int] = {}
         for table in self._tables:
             if topics is None or None in topics:
-                listing = await self._driver.list(table)
+                listing = await self._list(table, None)
                 entries = [e for e in listing.entries if topics is None or e.topic in topics]
                 revision = max(revision, listing.revision)
                 listed_at[(table, _ALL)] = listing.revision
             else:
                 entries = []
                 for topic in sorted(t for t in topics if t is not None):
-                    listing = await self._driver.list(table, topic)
+                    listing = await self._list(table, topic)
                     entries.extend(listing.entries)
                     revision = max(revision, listing.revision)
                     listed_at[(table, topic)] = listing.revision
             self._count_read(entries)
             for entry in entries:
                 state[(entry.table, entry.id)] = entry
+        if not listed_at and self._tables:
+            # an empty scope lists nothing, yet the stream is caught up with the backend's head:
+            # one listing of an (unlikely) topic tells that revision, its entries are not watched
+            revision = (await self._list(self._tables[0], _HEAD)).revision
         return state, revision, listed_at
+
+    async def _list(self, table: str, topic: str | None) -> Listing:
+        """``driver.list``; a cancellation that the client library swallowed is raised here."""
+        listing = await self._driver.list(table, topic)
+        await checkpoint_if_cancelled()
+        return listing
 
     async def start(self) -> None:
         """Take the first snapshot; subscribed when this returns."""
         async with self._lock:
             self._state, self._read_position, self._listed_at = await self._snapshot(self._topics)
             self._due = anyio.current_time() + self._interval
-        if self._since is not None and self._since < self._read_position:
-            # What changed since that cursor cannot be told apart (deletes are gone).
+        if self._since is not None and self._since < self._read_position and self._topics != frozenset():
+            # What changed since that cursor cannot be told apart (deletes are gone); in an
+            # empty scope nothing did.
             self._push(RawEvent.resync(self._read_position))
 
     async def _read_round(self) -> RawEvent | None:
@@ -133,7 +145,7 @@ class SnapshotPoller(BufferedSource):
             listed: list[Entry] = []
             for table in self._tables:
                 for topic in sorted(t for t in topics if t is not None):
-                    listed.extend((await self._driver.list(table, topic)).entries)
+                    listed.extend((await self._list(table, topic)).entries)
             for entry in listed:
                 self._state[(entry.table, entry.id)] = entry
                 if entry.revision > since:  # changed after `since`: deliver it

@@ -92,7 +92,7 @@ class BufferedSource(EventSource):
         buffered.
 
         Raises:
-            One of ``_retryable``: the round failed; it is retried with backoff.
+            DriverError: the round failed (or another of ``_retryable``); it is retried with backoff.
             StopAsyncIteration: the source cannot go on (its driver was closed).
         """
 

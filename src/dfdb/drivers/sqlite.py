@@ -9,7 +9,8 @@ with a limiter of one): each operation — a write with its check, log append an
 listing — is one function run in one trip to the thread, committed or rolled back before it returns. So the
 driver runs under asyncio and trio alike, and a cancelled call never leaves the connection inside a
 transaction: a cancelled write happened once or not at all. While another process holds the write lock the
-call waits, at most ``busy_timeout`` seconds and never past its deadline, then raises ``BackendTimeoutError``.
+call waits, at most ``busy_timeout`` seconds and never past its deadline, then raises ``LockedError``
+(a ``BackendTimeoutError``: nothing was written).
 
 Change streams read the log "after revision R" (:class:`ChangeLogPoller`): writes of the same process wake
 watchers at once, other processes' writes are seen within ``poll_interval`` (default 0.1 s). Retention is
@@ -56,11 +57,11 @@ from dfdb.drivers.base import (
 )
 from dfdb.drivers.polling import ChangeBatch, ChangeLogPoller
 from dfdb.errors import (
-    BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
     DfdbError,
     InvalidURL,
+    LockedError,
     StreamClosedError,
 )
 from dfdb.url import DatabaseURL
@@ -200,7 +201,7 @@ class SqliteDriver(Driver):
                 if not _busy(exc):
                     raise _mapped(self.url, exc) from None
                 if call.abandoned.is_set() or time.monotonic() >= call.deadline:
-                    raise BackendTimeoutError(
+                    raise LockedError(
                         f"{self.url}: the database is locked by another connection "
                         f"(waited {time.monotonic() - started:.1f}s)"
                     ) from None
@@ -507,7 +508,7 @@ def _transaction(db: sqlite3.Connection, call: _Call, begin: str = "BEGIN IMMEDI
     db.execute(begin)
     try:
         if call.abandoned.is_set():
-            raise BackendTimeoutError("the call was cancelled before it could take the lock")
+            raise LockedError("the call was cancelled before it could take the lock")
         yield
         db.execute("COMMIT")
     except BaseException:

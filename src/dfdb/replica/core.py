@@ -94,7 +94,7 @@ class Replica:
         self._stream: ChangeStream | None = None
         self._lock = anyio.Lock()
         self._failure: BaseException | None = None
-        nb._attach(self)  # its counters are served with the NbApi's (dfdb.metrics)
+        nb._counters.attach(self)  # its counters are served with the NbApi's (dfdb.metrics)
 
     @property
     def deferred(self) -> int:
@@ -304,13 +304,9 @@ class Replica:
         if ev.model is None or ev.model not in self._store:
             return
         held = self._store.row(ev.model, ev.id) is not None
-        if (
-            self.mode is SyncMode.SELECTIVE
-            and ev.topic is not None
-            and ev.topic not in self._topics
-            and ev.topic not in self._loading
-        ):
-            if ev.topic not in self._partial or not held:
+        t = ev.topic
+        if self.mode is SyncMode.SELECTIVE and t is not None and t not in self._topics and t not in self._loading:
+            if t not in self._partial or not held:
                 return  # a removed topic is followed only for the objects still referenced
         if self.mode is SyncMode.REACTIVE and not held:
             return  # only held objects are kept fresh
@@ -376,6 +372,8 @@ class Replica:
         while not self._synced.is_set() or self._applied_up_to() < revision:
             if not self._following:
                 raise StreamClosedError(f"the replica stopped before revision {revision}: {self._failure}")
+            if self._synced.is_set() and self._stream is not None and self._stream.topics == frozenset():
+                return  # an empty scope (REACTIVE, nothing held) has no change to wait for
             self._progress.clear()
             # an idle stream's cursor also moves without events (progress notifications)
             with anyio.move_on_after(0.05):
