@@ -23,6 +23,7 @@ def test_all_is_the_public_namespace() -> None:
         "background",
         "codec",
         "connecting",
+        "metrics",
     }
     assert set(dfdb.__all__) - {"__version__"} == public
 

@@ -31,6 +31,7 @@ from dfdb.errors import (
     ValueTooLargeError,
 )
 from dfdb.events import Action, ChangeEvent, ChangeStream
+from dfdb.metrics.stats import NbStats, TableStats
 from dfdb.nb import ListResult, NbApi, revision_of
 from dfdb.nbmodel import NbModel, Ref, dependency_order, registered_models
 from dfdb.replica import ChassisTopics, Replica, ReplicaEvent, ReplicaEvents, ReplicaStats, SyncMode
@@ -62,6 +63,7 @@ __all__ = [
     "ModelDefinitionError",
     "NbApi",
     "NbModel",
+    "NbStats",
     "NotFoundError",
     "OutcomeUnknownError",
     "Ref",
@@ -71,6 +73,7 @@ __all__ = [
     "ReplicaStats",
     "StreamClosedError",
     "SyncMode",
+    "TableStats",
     "UnknownDriverError",
     "UnsupportedEventLoopError",
     "ValueTooLargeError",

@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         default="stream",
         help="controllers as change streams, or as Replicas in this mode",
     )
+    d.add_argument(
+        "--metrics-port",
+        type=_natural,
+        metavar="PORT",
+        help="serve Prometheus metrics on 127.0.0.1:PORT during the demo and after it until interrupted "
+        "(needs dfdb[metrics])",
+    )
 
     ls = sub.add_parser("ls", help="list a table as JSON lines")
     ls.add_argument("table")
@@ -353,8 +360,17 @@ async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     from dfdb.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(args.tenants, args.switches, args.ports, args.controllers, args.changes, args.seed, args.mode)
-    result = await run_demo(nb, cfg, out)
-    return 0 if result.ok else 1
+    if args.metrics_port is None:
+        return 0 if (await run_demo(nb, cfg, out)).ok else 1
+    from dfdb import metrics
+
+    async with metrics.serve(args.metrics_port, registry=metrics.new_registry(nb)) as server:
+        print(f"dfdb: metrics at {server.url}", file=sys.stderr, flush=True)
+        result = await run_demo(nb, cfg, out)
+        out.flush()
+        print("dfdb: demo done; serving its metrics until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        await asyncio.Event().wait()
+    return 0 if result.ok else 1  # pragma: no cover - interrupted above
 
 
 async def _bench(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:

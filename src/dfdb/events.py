@@ -214,6 +214,10 @@ class ChangeStream:
         failed validation (a Replica evicts that key)."""
         self.duplicates = 0
         """How many duplicate events were dropped."""
+        self.resyncs = 0
+        """How many ``RESYNC`` events were yielded."""
+        self.on_close: Callable[[ChangeStream], None] | None = None
+        """Called with the stream when it closes (its counters are final then)."""
 
     # ------------------------------------------------------------ scope
     async def add_topics(self, topics: Iterable[str | None], *, since: str) -> None:
@@ -411,6 +415,7 @@ class ChangeStream:
             if self._pending_resync:
                 self._pending_resync = False
                 self._last.clear()
+                self.resyncs += 1
                 return ChangeEvent(Action.RESYNC, None, "", None, self._position or 0, None, self.cursor)
             source = self._source
             if source is None:
@@ -442,12 +447,14 @@ class ChangeStream:
                 if model is None:
                     return None
                 self._advance(raw.revision, source)
+                self.resyncs += 1
                 return ChangeEvent(Action.RESYNC, model, "", raw.topic, raw.revision, None, self.cursor)
             self._last.clear()
             self._floors.clear()
             self._position = raw.revision
             if raw.identity:
                 self._identity = raw.identity
+            self.resyncs += 1
             return ChangeEvent(Action.RESYNC, None, "", raw.topic, raw.revision, None, self.cursor)
         self._advance(raw.revision, source)
         model = self._models.get(raw.table or "")
@@ -494,6 +501,9 @@ class ChangeStream:
         source, self._source = self._source, None
         if source is not None:
             self._retire(source)
+        if self.on_close is not None:
+            self.on_close(self)
+        if source is not None:
             await source.aclose()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:

@@ -40,8 +40,9 @@ from dfdb.errors import (
     StreamClosedError,
 )
 from dfdb.events import ChangeStream, DriverOpener, format_cursor, parse_cursor
+from dfdb.metrics.stats import NbCounters, NbStats
 from dfdb.nbmodel import NbModel, validate_key
-from dfdb.retry import Backoff, checkpoint_if_cancelled, run_to_completion
+from dfdb.retry import Backoff, checkpoint_if_cancelled, gather_outcomes, run_to_completion
 from dfdb.url import DatabaseURL, positive_seconds
 
 __all__ = ["ListResult", "NbApi", "Notifications", "revision_of"]
@@ -90,15 +91,27 @@ class NbApi:
         self.poll_interval = positive_seconds("poll_interval", poll_interval)
         self.timeout = positive_seconds("timeout", timeout)
         self.backoff = backoff or Backoff()
-        self.retries = 0
-        """Calls retried after a connection failure or a timeout (each retry counts once)."""
-        self.conflict_retries = 0
-        """``patch`` and ``put`` attempts repeated because a concurrent writer came first."""
+        self._counters = NbCounters(self)
         self._identity: str | None = None
         self._state = "new"
 
     def _set_identity(self, identity: str) -> None:
         self._identity = identity
+
+    @property
+    def retries(self) -> int:
+        """Calls retried after a connection failure or a timeout (each retry counts once)."""
+        return self._counters.total("retries")
+
+    @property
+    def conflict_retries(self) -> int:
+        """``patch`` and ``put`` attempts repeated because a concurrent writer came first."""
+        return self._counters.total("conflict_retries")
+
+    def stats(self) -> NbStats:
+        """The counters now: writes and their outcomes (in all and by table), and the
+        change streams (those of Replicas included). ``dfdb.metrics`` exports them."""
+        return self._counters.stats()
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -162,7 +175,7 @@ class NbApi:
             )
 
     # ----------------------------------------------------------------- retries
-    async def _retry(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+    async def _retry(self, call: Callable[[], Awaitable[T]], what: str, table: str = "") -> T:
         deadline = anyio.current_time() + self.timeout
         attempt = 0
         while True:
@@ -180,11 +193,11 @@ class NbApi:
                 attempt += 1
                 if anyio.current_time() + delay >= deadline:
                     raise self._unavailable(what, exc) from exc
-                await self._pause(what, exc, attempt, delay)
+                await self._pause(what, table, exc, attempt, delay)
 
-    async def _pause(self, what: str, exc: BaseException, attempt: int, delay: float) -> None:
-        """Count and log one retry of ``what``, then sleep ``delay`` seconds."""
-        self.retries += 1
+    async def _pause(self, what: str, table: str, exc: BaseException, attempt: int, delay: float) -> None:
+        """Count and log one retry of ``what`` (on ``table``), then sleep ``delay`` seconds."""
+        self._counters.add("retries", table)
         log.debug("%s on %s failed (%s); retry %d in %.3fs", what, self.url, self._reason(exc), attempt, delay)
         await anyio.sleep(delay)
 
@@ -201,50 +214,51 @@ class NbApi:
 
         ``sent``: an earlier attempt may have reached the server (its reply was lost).
         """
-        deadline = anyio.current_time() + self.timeout
-        attempt = 0
-        while True:
-            try:
-                with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
-                    if sent:
-                        current = await self.driver.get(table, id)
-                        if current is not None and write_id(current.value) == wid:
-                            return current.revision
-                        if not still_expected(current, expect):
-                            raise OutcomeUnknownError(
-                                f"{self.url}: the reply to a write of {table}/{id} was lost and the object "
-                                "has changed since; the write may or may not have taken effect"
-                            )
-                    retried, sent = sent, True
-                    try:
-                        # sent: let it finish, so it never lands after a cancelled caller returned
-                        revision = await run_to_completion(lambda: self.driver.put(table, id, topic, value, expect))
-                    except LockedError:
-                        sent = retried  # this attempt wrote nothing
+        with self._counters.writing(table):
+            deadline = anyio.current_time() + self.timeout
+            attempt = 0
+            while True:
+                try:
+                    with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
+                        if sent:
+                            current = await self.driver.get(table, id)
+                            if current is not None and write_id(current.value) == wid:
+                                return current.revision
+                            if not still_expected(current, expect):
+                                raise OutcomeUnknownError(
+                                    f"{self.url}: the reply to a write of {table}/{id} was lost and the object "
+                                    "has changed since; the write may or may not have taken effect"
+                                )
+                        retried, sent = sent, True
+                        try:
+                            # sent: let it finish, so it never lands after a cancelled caller returned
+                            revision = await run_to_completion(lambda: self.driver.put(table, id, topic, value, expect))
+                        except LockedError:
+                            sent = retried  # this attempt wrote nothing
+                            raise
+                        except (ConflictError, AlreadyExistsError):
+                            if not retried:
+                                raise
+                            # the earlier attempt may have landed after the check above
+                            current = await self.driver.get(table, id)
+                            if current is None or write_id(current.value) != wid:
+                                raise
+                            revision = current.revision
+                    await checkpoint_if_cancelled()
+                    return revision
+                except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
+                    await checkpoint_if_cancelled()
+                    if isinstance(exc, OutcomeUnknownError):
                         raise
-                    except (ConflictError, AlreadyExistsError):
-                        if not retried:
-                            raise
-                        # the earlier attempt may have landed after the check above
-                        current = await self.driver.get(table, id)
-                        if current is None or write_id(current.value) != wid:
-                            raise
-                        revision = current.revision
-                await checkpoint_if_cancelled()
-                return revision
-            except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
-                await checkpoint_if_cancelled()
-                if isinstance(exc, OutcomeUnknownError):
-                    raise
-                delay = self.backoff.delay(attempt)
-                attempt += 1
-                if anyio.current_time() + delay >= deadline:
-                    if not sent:  # no attempt can have landed
-                        raise LockedError(f"write of {table}/{id} was not applied: {self._reason(exc)}") from exc
-                    raise OutcomeUnknownError(
-                        f"{self.url}: write of {table}/{id} failed and its outcome is unknown: {self._reason(exc)}"
-                    ) from exc
-                await self._pause(f"write of {table}/{id}", exc, attempt, delay)
+                    delay = self.backoff.delay(attempt)
+                    attempt += 1
+                    if anyio.current_time() + delay >= deadline:
+                        if not sent:  # no attempt can have landed
+                            raise LockedError(f"write of {table}/{id} was not applied: {self._reason(exc)}") from exc
+                        raise OutcomeUnknownError(
+                            f"{self.url}: write of {table}/{id} failed and its outcome is unknown: {self._reason(exc)}"
+                        ) from exc
+                    await self._pause(f"write of {table}/{id}", table, exc, attempt, delay)
 
     # ----------------------------------------------------------------- encoding
     def _prepare(self, obj: M, version: int) -> tuple[M, bytes, bytes]:
@@ -290,11 +304,12 @@ class NbApi:
         new, value, wid = self._prepare(obj, obj.version + 1)
         origin = obj._dfdb_origin
         if origin is None:
-            current = await self._retry(lambda: self.driver.get(table, new.id), "get")
+            current = await self._retry(lambda: self.driver.get(table, new.id), "get", table)
             if current is None:
                 raise NotFoundError(f"{table}/{new.id} not found")
             stored = self._decode_entry(model, current)
             if stored.version != obj.version:
+                self._counters.add("conflicts", table)
                 raise ConflictError(f"{table}/{new.id} is at version {stored.version}, not {obj.version}")
             origin = (current.revision, current.topic)
         check_topic(table, new.id, origin[1], new.topic)
@@ -323,7 +338,7 @@ class NbApi:
         deadline = anyio.current_time() + self.timeout
         attempt = 0
         while True:
-            current = await self._retry(lambda: self.driver.get(table, obj.id), "get")
+            current = await self._retry(lambda: self.driver.get(table, obj.id), "get", table)
             expect: Expect = ABSENT
             version = 1
             if current is not None:
@@ -334,7 +349,7 @@ class NbApi:
             try:
                 revision = await self._write(table, new.id, new.topic, value, wid, expect)
             except (ConflictError, AlreadyExistsError, NotFoundError) as exc:
-                attempt = await self._conflict_pause(f"put of {table}/{obj.id}", exc, attempt, deadline)
+                attempt = await self._conflict_pause(f"put of {table}/{obj.id}", table, exc, attempt, deadline)
                 continue
             object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (revision, new.topic)})
             return new
@@ -371,16 +386,16 @@ class NbApi:
             try:
                 return await self.update(merged)
             except ConflictError as exc:
-                attempt = await self._conflict_pause(f"patch of {table}/{id}", exc, attempt, deadline)
+                attempt = await self._conflict_pause(f"patch of {table}/{id}", table, exc, attempt, deadline)
 
-    async def _conflict_pause(self, what: str, exc: DfdbError, attempt: int, deadline: float) -> int:
+    async def _conflict_pause(self, what: str, table: str, exc: DfdbError, attempt: int, deadline: float) -> int:
         """Count, log and wait out one conflict of ``what``; re-raise it once the deadline is near."""
         delay = _CONFLICT_BACKOFF.delay(attempt)
         if anyio.current_time() + delay >= deadline:
             raise ConflictError(
                 f"{what}: concurrent writers came first for {self.timeout:g}s ({attempt + 1} attempts): {exc}"
             ) from exc
-        self.conflict_retries += 1
+        self._counters.add("conflict_retries", table)
         log.debug("%s met a concurrent writer (%s); attempt %d in %.3fs", what, exc, attempt + 2, delay)
         await anyio.sleep(delay)
         return attempt + 1
@@ -395,7 +410,7 @@ class NbApi:
         self._check()
         table = table_of(model)
         validate_key(id)
-        entry = await self._retry(lambda: self.driver.get(table, id), "get")
+        entry = await self._retry(lambda: self.driver.get(table, id), "get", table)
         if entry is None:
             raise NotFoundError(f"{table}/{id} not found")
         return self._decode_entry(model, entry)
@@ -407,7 +422,7 @@ class NbApi:
         table = table_of(model)
         if topic is not None:
             validate_key(topic, "topic")
-        listing = await self._retry(lambda: self.driver.list(table, topic), "list")
+        listing = await self._retry(lambda: self.driver.list(table, topic), "list", table)
         items: builtins.list[M] = []
         corrupt: builtins.list[str] = []
         for entry in sorted(listing.entries, key=lambda e: e.id):
@@ -431,30 +446,31 @@ class NbApi:
         self._check()
         table = table_of(model)
         validate_key(id)
-        try:
-            with anyio.fail_after(self.timeout):
-                # sent: let it finish, so it never lands after a cancelled caller returned
-                await run_to_completion(lambda: self.driver.delete(table, id))
-            await checkpoint_if_cancelled()
-        except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
-            await checkpoint_if_cancelled()
-            if isinstance(exc, OutcomeUnknownError):
-                raise
-            self.retries += 1
-            log.debug("delete of %s/%s on %s failed (%s); retrying", table, id, self.url, self._reason(exc))
+        with self._counters.writing(table):
             try:
-                await self._retry(lambda: run_to_completion(lambda: self.driver.delete(table, id)), "delete")
-            except NotFoundError:
-                raise OutcomeUnknownError(
-                    f"{self.url}: the reply to a delete of {table}/{id} was lost and the object is gone; "
-                    "it cannot be told whether this call or another deleted it"
-                ) from exc
+                with anyio.fail_after(self.timeout):
+                    # sent: let it finish, so it never lands after a cancelled caller returned
+                    await run_to_completion(lambda: self.driver.delete(table, id))
+                await checkpoint_if_cancelled()
+            except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
+                await checkpoint_if_cancelled()
+                if isinstance(exc, OutcomeUnknownError):
+                    raise
+                self._counters.add("retries", table)
+                log.debug("delete of %s/%s on %s failed (%s); retrying", table, id, self.url, self._reason(exc))
+                try:
+                    await self._retry(lambda: run_to_completion(lambda: self.driver.delete(table, id)), "delete", table)
+                except NotFoundError:
+                    raise OutcomeUnknownError(
+                        f"{self.url}: the reply to a delete of {table}/{id} was lost and the object is gone; "
+                        "it cannot be told whether this call or another deleted it"
+                    ) from exc
 
     async def allocate_unique_key(self, model: type[NbModel]) -> int:
         """A positive integer never returned before for ``model``'s table."""
         self._check()
         table = table_of(model)
-        return await self._retry(lambda: self.driver.allocate_unique_key(table), "allocate_unique_key")
+        return await self._retry(lambda: self.driver.allocate_unique_key(table), "allocate_unique_key", table)
 
     async def create_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
         """Create many objects, in chunks (one driver batch each); not atomic. Cancelled, the
@@ -502,10 +518,12 @@ class NbApi:
             new, value, wid = p
             outcome = next(pending)
             if isinstance(outcome, BackendUnavailableError | BackendTimeoutError | TimeoutError):
-                try:  # the batch's reply was lost: finish this write idempotently
+                try:  # the batch's reply was lost: finish this write idempotently (counted there)
                     outcome = await self._write(type(new).__table__, new.id, new.topic, value, wid, ABSENT, sent=True)
                 except DfdbError as exc:
                     outcome = exc
+            else:
+                self._counters.outcome(type(new).__table__, outcome)
             if isinstance(outcome, Exception):
                 results.append(outcome)
             else:
@@ -529,7 +547,7 @@ class NbApi:
         results: builtins.list[M | Exception] = []
         for start in range(0, len(items), BATCH_CHUNK):
             chunk = items[start : start + BATCH_CHUNK]
-            done = await _gather(op, chunk)
+            done = await gather_outcomes(op, chunk)
             for outcome in done:
                 if isinstance(outcome, Exception) and not isinstance(outcome, DfdbError | ValueError | TypeError):
                     raise outcome
@@ -575,22 +593,6 @@ class NbApi:
             retry=self._retry,
             on_identity=self._set_identity,
         )
-        return ChangeStream(by_table, topic_set, start, opener)
-
-
-async def _gather(op: Callable[[M], Awaitable[M]], objs: Sequence[M]) -> list[M | Exception]:
-    """``op`` of every object, concurrently in one task group: each outcome (the result or the
-    ``Exception`` it raised) in the objects' order. Cancellation and other ``BaseException``s
-    propagate."""
-    done: list[M | Exception | None] = [None] * len(objs)
-
-    async def run(i: int, obj: M) -> None:
-        try:
-            done[i] = await op(obj)
-        except Exception as exc:  # kept in its place; the caller decides what it is
-            done[i] = exc
-
-    async with anyio.create_task_group() as tg:
-        for i, obj in enumerate(objs):
-            tg.start_soon(run, i, obj)
-    return [outcome for outcome in done if outcome is not None]
+        stream = ChangeStream(by_table, topic_set, start, opener)
+        self._counters.track_stream(stream)
+        return stream

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -17,6 +17,7 @@ __all__ = [
     "Backoff",
     "checkpoint",
     "checkpoint_if_cancelled",
+    "gather_outcomes",
     "raise_if_cancelling",
     "run_to_completion",
     "running_asyncio_task",
@@ -25,6 +26,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def running_asyncio_task() -> asyncio.Task[object] | None:
@@ -141,3 +143,21 @@ class Backoff:
         delay = self.delay(attempt)
         log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
         await anyio.sleep(delay)
+
+
+async def gather_outcomes(op: Callable[[T], Awaitable[R]], objs: Sequence[T]) -> list[R | Exception]:
+    """``op`` of every object, concurrently in one task group: each outcome (the result or the
+    ``Exception`` it raised) in the objects' order. Cancellation and other ``BaseException``s
+    propagate."""
+    done: list[R | Exception | None] = [None] * len(objs)
+
+    async def run(i: int, obj: T) -> None:
+        try:
+            done[i] = await op(obj)
+        except Exception as exc:  # kept in its place; the caller decides what it is
+            done[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i, obj in enumerate(objs):
+            tg.start_soon(run, i, obj)
+    return [outcome for outcome in done if outcome is not None]

@@ -94,6 +94,7 @@ class Replica:
         self._stream: ChangeStream | None = None
         self._lock = anyio.Lock()
         self._failure: BaseException | None = None
+        nb._counters.attach(self)  # its counters are served with the NbApi's (dfdb.metrics)
 
     @property
     def deferred(self) -> int:
@@ -580,9 +581,9 @@ class Replica:
 
     def stats(self) -> ReplicaStats:
         """The Replica's counters now."""
-        stream = self._stream
         return ReplicaStats(
             objects=len(self),
+            tables=self._store.counts(),
             events=self._flow.emitted,
             deferred=self._flow.deferred,
             deferred_now=self._flow.deferred_now,
@@ -590,8 +591,8 @@ class Replica:
             reconnects=self.reconnects,
             lag=self._flow.lag,
             position=self._applied_up_to(),
-            records_read=stream.records_read if stream is not None else self._records_read,
-            bytes_read=stream.bytes_read if stream is not None else self._bytes_read,
+            records_read=self._stream.records_read if self._stream is not None else self._records_read,
+            bytes_read=self._stream.bytes_read if self._stream is not None else self._bytes_read,
             evictions=self.evictions,
             corrupt=self.corrupt,
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 __all__ = ["ReplicaStats", "SyncMode"]
 
@@ -48,3 +49,5 @@ class ReplicaStats:
     corrupt: int = 0
     """Objects evicted because a new stored value failed validation (each also a ``DELETE``
     event with ``corrupt`` set)."""
+    tables: Mapping[str, int] = field(default_factory=dict)
+    """Objects held, by table."""

@@ -35,6 +35,10 @@ class Store:
     def __len__(self) -> int:
         return sum(len(rows) for rows in self.rows.values())
 
+    def counts(self) -> dict[str, int]:
+        """How many objects are held, by table."""
+        return {model.__table__: len(rows) for model, rows in self.rows.items()}
+
     def row(self, model: type[NbModel], id: str) -> Row | None:
         """The held object of ``model`` ``id`` and its revision, or ``None``."""
         rows = self.rows.get(model)
