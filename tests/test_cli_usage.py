@@ -193,3 +193,31 @@ def test_demo_needs_an_empty_database(store: str, capsys: pytest.CaptureFixture[
     capsys.readouterr()
     assert main(["demo", "--db", store]) == 2
     assert "dfdb demo needs an empty database" in one_line(capsys.readouterr().err)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False], ids=["terminal", "pipe"])
+def test_progress_only_on_a_terminal(
+    tty: bool, store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    err = Terminal() if tty else io.StringIO()
+    source = tmp_path / "s.jsonl"
+    header = {"format": "dfdb-dump", "version": 1, "source": "memory", "tables": {"cli_raw": 150}}
+    lines = [json.dumps({"table": "cli_raw", "id": f"n{i:03}", "topic": None, "text": "x"}) for i in range(150)]
+    source.write_text("\n".join([json.dumps(header), *lines]) + "\n")
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["restore", "-f", str(source), "--db", store]) == 0
+    dump = tmp_path / "d.jsonl"
+    assert main(["dump", "-f", str(dump), "--db", store]) == 0
+    assert dump.read_text() == source.read_text()
+    assert main(["copy", "--to", "memory://", "--db", store]) == 0
+    text = err.getvalue()
+    if tty:
+        assert text.count("\rcli_raw: 150/150\n") == 3 and "\rcli_raw: 100/150\r" in text  # the dump's
+    else:
+        assert "\r" not in text and "cli_raw:" not in text
+    assert "dumped 150 objects" in text and "restored 150 objects" in text and "copied 150 objects" in text

@@ -187,11 +187,14 @@ async def dump(nb: NbApi, path: str, out: TextIO) -> int:
     """``dfdb dump``: the header, then every object of every table, to ``path`` (``-``: ``out``)."""
     data = await snapshot(nb, "dump")
     header = {"format": FORMAT, "version": 1, "source": nb.url.scheme, "tables": {t: len(e) for t, e in data.items()}}
+    progress = Progress()
     with _open(path, "w", out) as f:
         print(json.dumps(header, ensure_ascii=False), file=f)
-        for entries in data.values():
-            for entry in entries:
+        for table, entries in data.items():
+            for n, entry in enumerate(entries, 1):
                 print(json.dumps(_line(entry), ensure_ascii=False), file=f)
+                progress.update(table, n, len(entries))
+            progress.end(len(entries))
     total = sum(len(e) for e in data.values())
     print(f"dumped {total} objects of {len(data)} tables", file=sys.stderr)
     return 0
