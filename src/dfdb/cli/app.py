@@ -25,9 +25,10 @@ from dfdb.url import DatabaseURL
 
 __all__ = ["main"]
 
-READS = frozenset({"tables", "ls", "get", "rm", "watch", "dump", "copy"})
+READS = frozenset({"tables", "ls", "get", "rm", "dump", "copy"})
 """Commands that only read (or remove) what is there: they refuse a SQLite file that does
-not exist rather than create an empty one."""
+not exist rather than create an empty one. (``watch`` creates it, saying so: it waits for
+the writes that will fill it.)"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,6 +124,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         raise DfdbError(
             f"no database at {path}: nothing to read (dfdb put or dfdb restore creates it; --db names another)"
         )
+    if args.command == "watch" and path is not None and not path.exists():
+        print(f"dfdb: no database at {path} yet: created empty, waiting for changes", file=sys.stderr)
     nb = open_nb(url, args.timeout)
     try:
         await nb.__aenter__()
