@@ -108,10 +108,10 @@ def _path_hint(url: str) -> str:
         return ""
     if os.path.isabs(path):
         return f" (the file {resolved})"
-    return (
-        f" (sqlite:///{path} names the relative path {path}, here {resolved}; "
-        f"an absolute path takes four slashes: sqlite:////{path})"
-    )
+    hint = f" (sqlite:///{path} names the relative path {path}, here {resolved}"
+    if not path.startswith("."):
+        hint += f"; an absolute path takes four slashes: sqlite:////{path} for /{path}"
+    return hint + ")"
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
