@@ -221,3 +221,24 @@ def test_progress_only_on_a_terminal(
     else:
         assert "\r" not in text and "cli_raw:" not in text
     assert "dumped 150 objects" in text and "restored 150 objects" in text and "copied 150 objects" in text
+
+
+def test_watch_creates_a_missing_database_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    status: list[int] = []
+    watcher = threading.Thread(target=lambda: status.append(main(["watch", "lswitch", "--count", "1"])))
+    watcher.start()
+    try:
+        for i in range(200):  # the watcher may subscribe after the first writes
+            if not watcher.is_alive():
+                break
+            if (tmp_path / "dfdb.sqlite3").exists():
+                main(["put", "lswitch", json.dumps({"id": "net1", "name": f"n{i}"})])
+            watcher.join(0.05)
+    finally:
+        watcher.join(30)
+    assert status == [0]
+    captured = capsys.readouterr()
+    assert f"no database at {tmp_path / 'dfdb.sqlite3'} yet: created empty" in captured.err
+    assert any(json.loads(line).get("table") == "lswitch" for line in captured.out.splitlines() if '"action"' in line)
