@@ -63,7 +63,7 @@ def test_demo_in_polling_mode() -> None:
 
 
 def test_missing_object_is_exit_1() -> None:
-    assert_one_line_error(dfdb_cmd("get", "lswitch", "nope"), 1, "no database at")  # not created by a read
+    assert_one_line_error(dfdb_cmd("get", "lswitch", "nope"), 2, "no database at")  # not created by a read
     assert dfdb_cmd("put", "lswitch", '{"id": "a"}').returncode == 0
     assert_one_line_error(dfdb_cmd("get", "lswitch", "nope"), 1, "lswitch/nope not found")
 

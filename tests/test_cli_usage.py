@@ -172,9 +172,11 @@ def test_completion_scripts_come_from_the_parser(capsys: pytest.CaptureFixture[s
 
 def test_reads_refuse_a_missing_database_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["ls", "lswitch"], ["get", "lswitch", "x"], ["tables"], ["dump"], ["copy", "--to", "memory://"]):
-        assert main(argv) == 1
+        assert main(argv) == 2  # a wrong --db, like a wrong argument
         assert f"no database at {tmp_path / 'dfdb.sqlite3'}" in one_line(capsys.readouterr().err)
     assert not (tmp_path / "dfdb.sqlite3").exists()  # not created by a read
+    assert main(["ls", "lswitch", "--db", "sqlite:///tmp/x.db"]) == 2  # tmp/x.db, relative: say so
+    assert "an absolute path takes four slashes: sqlite:////tmp/x.db" in one_line(capsys.readouterr().err)
     assert main(["rm", "lswitch", "x", "--if-exists"]) == 0
     assert main(["put", "lswitch", SWITCH]) == 0  # a write creates it
     assert (tmp_path / "dfdb.sqlite3").exists()

@@ -121,8 +121,11 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     if args.command in READS and path is not None and not path.exists():
         if args.command == "rm" and args.if_exists:
             return 0
-        raise DfdbError(
-            f"no database at {path}: nothing to read (dfdb put or dfdb restore creates it; --db names another)"
+        given = DatabaseURL.parse(url).path
+        hint = "" if os.path.isabs(given) or given.startswith(".") else _path_hint(url)
+        raise ConfigurationError(  # a wrong --db, like a wrong argument
+            f"no database at {path}: the file does not exist, nothing to read "
+            f"(dfdb put or dfdb restore creates it){hint}"
         )
     if args.command == "watch" and path is not None and not path.exists():
         print(f"dfdb: no database at {path} yet: created empty, waiting for changes", file=sys.stderr)
