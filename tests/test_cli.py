@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ def test_demo_in_polling_mode() -> None:
 
 
 def test_missing_object_is_exit_1() -> None:
+    assert_one_line_error(dfdb_cmd("get", "lswitch", "nope"), 2, "no database at")  # not created by a read
+    assert dfdb_cmd("put", "lswitch", '{"id": "a"}').returncode == 0
     assert_one_line_error(dfdb_cmd("get", "lswitch", "nope"), 1, "lswitch/nope not found")
 
 
@@ -148,8 +151,10 @@ def test_bench_refuses_an_unknown_backend() -> None:
     assert result.returncode != 0 and "Traceback" not in result.stderr
 
 
-def test_server_run_stops_on_sigterm_and_deletes_its_data() -> None:
-    import signal
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_server_run_stops_on_a_signal_and_deletes_its_data(signum: signal.Signals) -> None:
+    """``kill -TERM`` and a hang-up end the server as Ctrl-C does: its process and its data folder go."""
+    import socket
 
     from dfdb.servers import RedisServer
     from dfdb.testing.servers import require_servers
@@ -165,9 +170,13 @@ def test_server_run_stops_on_sigterm_and_deletes_its_data() -> None:
         assert line.startswith("serving on redis://127.0.0.1:"), line
         workdir = Path(line.split("(data in ", 1)[1].split(")", 1)[0])
         assert workdir.is_dir()
-        proc.send_signal(signal.SIGTERM)
+        port = int(line.split("redis://127.0.0.1:", 1)[1].split("/", 1)[0])
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # serving
+        proc.send_signal(signum)
         assert proc.wait(30) == 0
         assert not workdir.exists()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
     finally:
         if proc.poll() is None:
             proc.kill()

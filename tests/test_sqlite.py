@@ -379,6 +379,8 @@ def test_cli_on_a_locked_file_is_one_line_within_the_timeout(tmp_path: Path) -> 
 
 
 def test_cli_with_a_tiny_timeout_ends(tmp_path: Path) -> None:
+    created, _ = run_cli("--db", f"sqlite:///{tmp_path}/x.db", "put", "lswitch", '{"id": "a"}', cwd=tmp_path)
+    assert created.returncode == 0, created.stderr  # ls reads an existing file (it refuses a missing one)
     for _ in range(3):
         result, _ = run_cli("--db", f"sqlite:///{tmp_path}/x.db", "--timeout", "1e-9", "ls", "lswitch", cwd=tmp_path)
         # it ends: done (a call already in the SQLite thread finishes) or one line, exit 1

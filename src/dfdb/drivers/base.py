@@ -497,7 +497,7 @@ class Driver(ABC):
 
     async def tables(self) -> Sequence[str] | None:
         """The names of the tables that hold at least one entry, sorted; ``None`` when the
-        driver cannot tell (tools such as ``dfdb copy`` then use the registered models' tables)."""
+        driver cannot tell (``dfdb tables``, ``dump`` and ``copy`` then refuse to run)."""
         return None
 
     @abstractmethod

@@ -424,6 +424,21 @@ class EtcdDriver(Driver):
             raise
         return self._track(source)
 
+    async def tables(self) -> builtins.list[str]:
+        """The tables under ``P/i/``: one keys-only read per table, each skipping past the
+        table's index keys."""
+        head = self._key("i") + b"/"
+        end = _range_end(head)
+        names: builtins.list[str] = []
+        key = head
+        while True:
+            reply = await self._range(key, end, limit=1, keys_only=True)
+            if not reply.kvs:
+                return names
+            table = bytes(reply.kvs[0].key)[len(head) :].split(b"/", 1)[0]
+            names.append(table.decode(errors="replace"))
+            key = head + table + b"0"  # the first key after every "P/i/TABLE/…"
+
     async def allocate_unique_key(self, table: str) -> int:
         """The new version of a counter key, written and read in one transaction: one round
         trip, no retries under contention (etcd serialises the writes)."""

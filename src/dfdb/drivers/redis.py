@@ -445,6 +445,20 @@ class RedisDriver(Driver):
                 )
         return self._track(RedisSource(_SourceAccess(self), streams, since, sorted(set(tables)), topics))
 
+    async def tables(self) -> builtins.list[str]:
+        """The tables whose id set ``P/i/TABLE`` exists (Redis drops an empty set)."""
+        client = self._open_client()
+        head = self._key("i", "")
+        names: set[str] = set()
+        try:
+            async for raw in client.scan_iter(match=_glob_escape(head) + "*", count=_SCAN_BATCH):
+                rest = raw.decode(errors="replace")[len(head) :]
+                if rest and "/" not in rest:
+                    names.add(rest)
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(self.url, exc) from None
+        return sorted(names)
+
     async def allocate_unique_key(self, table: str) -> int:
         try:
             return int(await self._open_client().incr(self._key("keys", table)))
@@ -504,6 +518,11 @@ class _SourceAccess:
         now = int(await self.client().get(self.key("rev")) or 0)
         log.debug("redis dataset changed (epoch %s -> %s); resync from %d", known, fresh, now)
         return fresh, now
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a ``SCAN MATCH`` pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _expect_arg(expect: Expect) -> str:

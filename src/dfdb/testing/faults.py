@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from dfdb.drivers import driver_class, register_driver
 from dfdb.drivers.base import ANY, Driver, Entry, EventSource, Expect, Listing, RawEvent
@@ -111,6 +111,9 @@ class FaultyDriver(Driver):
 
     async def list(self, table: str, topic: str | None = None) -> Listing:
         return await self.inner.list(table, topic)
+
+    async def tables(self) -> Sequence[str] | None:
+        return await self.inner.tables()
 
     async def watch(
         self,

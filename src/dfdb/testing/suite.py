@@ -63,6 +63,7 @@ __all__ = [
     "test_resume_from_stream_cursor",
     "test_resync_when_history_is_gone",
     "test_stale_copy_after_recreate_conflicts",
+    "test_tables_lists_every_stored_table",
     "test_stream_cancelled_mid_iteration_cleans_up",
     "test_topic_filter",
     "test_topic_is_fixed",
@@ -143,6 +144,19 @@ async def test_empty_and_unknown_tables(nb: NbApi) -> None:
     listing = await nb.list(Link)
     assert listing.items == []
     assert isinstance(listing.cursor, str) and listing.cursor
+
+
+@conformance_test
+async def test_tables_lists_every_stored_table(nb: NbApi) -> None:
+    """``tables()`` names every table holding an entry, registered model or not, sorted."""
+    assert await nb.driver.tables() == []
+    await nb.create(Item(id="a", topic="t1"))
+    await raw_put(nb, "zz_raw", "r1", "t2", b"opaque")
+    await raw_put(nb, "aa_raw", "r2", None, b"opaque")
+    assert await nb.driver.tables() == sorted(["aa_raw", Item.__table__, "zz_raw"])
+    await nb.driver.delete("aa_raw", "r2")
+    await nb.delete(Item, "a")
+    assert await nb.driver.tables() == ["zz_raw"]
 
 
 @conformance_test

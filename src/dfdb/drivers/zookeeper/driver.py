@@ -389,6 +389,19 @@ class ZooKeeperDriver(Driver):
             raise
         return self._track(source)
 
+    async def tables(self) -> builtins.list[str]:
+        """The tables with an index node: a table node under ``/P/i`` whose shards (which
+        stay when emptied) have at least one child."""
+        self._check_open()
+        calls, base = self._calls, self._layout.path("i")
+        names: builtins.list[str] = []
+        for table in await calls.children(base):
+            shards = await calls.children(f"{base}/{table}")
+            stats = await asyncio.gather(*(calls.get(f"{base}/{table}/{shard}") for shard in shards))
+            if any(got is not None and int(got[1].num_children) > 0 for got in stats):
+                names.append(table)
+        return names
+
     async def allocate_unique_key(self, table: str) -> int:
         """The new version of a counter node, set unconditionally: one round trip, no retries
         under contention (a node's version is a 32-bit counter: 2**31 keys per table)."""

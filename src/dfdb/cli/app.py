@@ -1,0 +1,233 @@
+"""Running a command: the database it opens, its errors (one line, exit 1 or 2), logging."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import dfdb.models  # noqa: F401  (registers the network model set)
+from dfdb.cli import objects, transfer
+from dfdb.cli.options import DEFAULT_TIMEOUT, DEFAULT_URL, DEMO_URL, build_parser, merge_globals
+from dfdb.cli.output import UsageError
+from dfdb.connecting import connect
+from dfdb.errors import ConfigurationError, DfdbError
+from dfdb.nb import NbApi
+from dfdb.url import DatabaseURL
+
+__all__ = ["main"]
+
+READS = frozenset({"tables", "ls", "get", "rm", "dump", "copy"})
+"""Commands that only read (or remove) what is there: they refuse a SQLite file that does
+not exist rather than create an empty one. (``watch`` creates it, saying so: it waits for
+the writes that will fill it.)"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        args = merge_globals(build_parser().parse_args(argv))
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    _logging(args.verbose)
+    try:
+        for module in args.models:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise UsageError(f"cannot import models module {module!r}: {exc}") from None
+        if args.command == "server":
+            return _server(args)  # synchronous: Ctrl-C must reach it at once
+        if args.command == "completion":
+            return _completion(args.shell, sys.stdout)
+        return asyncio.run(_run(args, sys.stdout))
+    except (UsageError, ConfigurationError) as exc:
+        return fail(2, f"error: {exc}")
+    except DfdbError as exc:
+        return fail(1, str(exc))
+    except ValueError as exc:  # an invalid id, topic or object given on the command line
+        return fail(2, f"error: {exc}")
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:  # a file named on the command line
+        return fail(1, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    except Exception as exc:  # one line, never a traceback
+        return fail(1, f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def fail(status: int, message: str) -> int:
+    """Print ``message`` as one line on stderr; return ``status``."""
+    line = " ".join(message.split())
+    print(f"dfdb: {line}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+    return status
+
+
+def _logging(verbose: int) -> None:
+    """``-v``: info, ``-vv``: debug, on stderr; without it only what the library warns about."""
+    if verbose:
+        level = logging.INFO if verbose == 1 else logging.DEBUG
+        logging.basicConfig(stream=sys.stderr, level=level, format="dfdb: %(levelname)s %(name)s: %(message)s")
+
+
+def _url(args: argparse.Namespace) -> str:
+    default = DEMO_URL if args.command == "demo" else DEFAULT_URL
+    return str(args.db or os.environ.get("DFDB_URL") or default)
+
+
+def open_nb(url: str, timeout: float | None) -> NbApi:
+    """``connect(url)``: ``--timeout`` when given wins over the URL's ``timeout``, which
+    wins over :data:`DEFAULT_TIMEOUT`."""
+    if timeout is None and "timeout" not in DatabaseURL.parse(url).options:
+        timeout = DEFAULT_TIMEOUT
+    return connect(url, timeout=timeout)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite://`` URL names, resolved; ``None`` for other URLs and ``:memory:``."""
+    parsed = DatabaseURL.parse(url)
+    if parsed.scheme != "sqlite" or not parsed.path or parsed.path == ":memory:":
+        return None
+    return Path(parsed.path).resolve()
+
+
+def _path_hint(url: str) -> str:
+    """Where a ``sqlite://`` URL's file is, and the four-slash form when the path is relative."""
+    path = DatabaseURL.parse(url).path
+    resolved = sqlite_file(url)
+    if resolved is None:
+        return ""
+    if os.path.isabs(path):
+        return f" (the file {resolved})"
+    hint = f" (sqlite:///{path} names the relative path {path}, here {resolved}"
+    if not path.startswith("."):
+        hint += f"; an absolute path takes four slashes: sqlite:////{path} for /{path}"
+    return hint + ")"
+
+
+async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    objects.check(args)
+    url = _url(args)
+    path = sqlite_file(url)
+    if args.command in READS and path is not None and not path.exists():
+        if args.command == "rm" and args.if_exists:
+            return 0
+        given = DatabaseURL.parse(url).path
+        hint = "" if os.path.isabs(given) or given.startswith(".") else _path_hint(url)
+        raise ConfigurationError(  # a wrong --db, like a wrong argument
+            f"no database at {path}: the file does not exist, nothing to read "
+            f"(dfdb put or dfdb restore creates it){hint}"
+        )
+    if args.command == "watch" and path is not None and not path.exists():
+        print(f"dfdb: no database at {path} yet: created empty, waiting for changes", file=sys.stderr)
+    nb = open_nb(url, args.timeout)
+    try:
+        await nb.__aenter__()
+    except DfdbError as exc:
+        if path is None:
+            raise
+        wrapped = ConfigurationError if isinstance(exc, ConfigurationError) else DfdbError
+        raise wrapped(f"{exc}{_path_hint(url)}") from None
+    async with nb:
+        return await _dispatch(nb, args, out)
+
+
+async def _dispatch(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
+    command = args.command
+    if command == "demo":
+        return await _demo(nb, args, out)
+    if command == "bench":
+        return await _bench(nb, args, out)
+    if command == "copy":
+        async with open_nb(args.to, args.timeout) as target:
+            return await transfer.copy(nb, target)
+    if command == "dump":
+        return await transfer.dump(nb, args.file, out)
+    if command == "restore":
+        return await transfer.restore(nb, args.file, force=args.force)
+    if command == "tables":
+        return await transfer.tables(nb, args.output, out)
+    return await objects.run(nb, args, out)
+
+
+async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
+    from dfdb.demo import DemoConfig, run_demo
+
+    stored = await transfer.stored_tables(nb)
+    if stored:
+        raise UsageError(
+            f"dfdb demo needs an empty database, and {nb.url} holds objects ({', '.join(stored)}): "
+            "give it another with --db (the default memory:// is always empty)"
+        )
+    cfg = DemoConfig(args.tenants, args.switches, args.ports, args.controllers, args.changes, args.seed, args.mode)
+    if args.metrics_port is None:
+        return 0 if (await run_demo(nb, cfg, out)).ok else 1
+    from dfdb import metrics
+
+    async with metrics.serve(args.metrics_port, registry=metrics.new_registry(nb)) as server:
+        print(f"dfdb: metrics at {server.url}", file=sys.stderr, flush=True)
+        result = await run_demo(nb, cfg, out)
+        out.flush()
+        print("dfdb: demo done; serving its metrics until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        await asyncio.Event().wait()
+    return 0 if result.ok else 1  # pragma: no cover - interrupted above
+
+
+async def _bench(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
+    import dataclasses
+
+    from dfdb.bench import SCHEMES, Sizes, render_markdown, run_backend, versions, write_reports
+
+    sizes = Sizes.quick() if args.quick else Sizes()
+    if args.repeat is not None:
+        sizes = dataclasses.replace(sizes, repeat=args.repeat)
+    backend = SCHEMES.get(nb.url.scheme)
+    if backend is None:
+        raise UsageError(f"dfdb bench knows {', '.join(sorted(SCHEMES))} URLs, not {nb.url.scheme}://")
+    await nb.aclose()  # every run opens its own namespace
+    results = await run_backend(backend, nb.url, sizes, cleanup=True, log=sys.stderr)
+    info = versions()
+    print(render_markdown(results, sizes=sizes, versions=info, quick=args.quick), file=out)
+    if args.json:
+        write_reports(results, info, sizes, quick=args.quick, markdown=None, json_path=Path(args.json))
+    return 0
+
+
+def _completion(shell: str, out: TextIO) -> int:
+    """Print the completion script of ``shell``, generated from the parser by shtab."""
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=shell), file=out)
+    return 0
+
+
+def _server(args: argparse.Namespace) -> int:
+    """Run a server in the foreground; ``SIGHUP`` (a closed terminal) stops it as Ctrl-C
+    and ``SIGTERM`` do: the server process ends and its data folder goes."""
+    from dfdb.servers import SERVERS, run_foreground
+
+    factory = SERVERS.get(args.backend)
+    if factory is None:
+        known = ", ".join(sorted(SERVERS)) or "none yet"
+        raise UsageError(f"no server backend {args.backend!r}; available: {known}")
+    main_thread = threading.current_thread() is threading.main_thread()
+    hangup = getattr(signal, "SIGHUP", None) if main_thread else None
+    previous = signal.signal(hangup, _interrupt) if hangup is not None else None
+    try:
+        return run_foreground(factory, args.members)
+    finally:
+        if hangup is not None:
+            signal.signal(hangup, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

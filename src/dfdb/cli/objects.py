@@ -1,0 +1,152 @@
+"""The commands on objects of a registered model: ``ls``, ``get``, ``put``, ``rm``, ``watch``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from dfdb.cli.output import UsageError, print_rows
+from dfdb.codec import unknown_fields
+from dfdb.errors import DfdbError, NotFoundError
+from dfdb.events import Action
+from dfdb.nb import NbApi
+from dfdb.nbmodel import NbModel, model_for_table, registered_models, validate_key
+
+__all__ = ["check", "model", "run"]
+
+
+def model(table: str) -> type[NbModel]:
+    """The registered model of ``table``.
+
+    Raises:
+        UsageError: no model of that table is registered.
+    """
+    found = model_for_table(table)
+    if found is None:
+        known = ", ".join(m.__table__ for m in registered_models())
+        raise UsageError(f"unknown table {table!r} (--models MODULE registers more); known tables: {known}")
+    return found
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse a bad table, id or topic on the command line before any database is opened.
+
+    Raises:
+        UsageError: an unknown table.
+        ValueError: an invalid id or topic.
+    """
+    for table in [args.table] if "table" in args else getattr(args, "tables", []):
+        model(table)
+    if "id" in args:
+        validate_key(args.id)
+    for topic in [args.topic] if isinstance(getattr(args, "topic", None), str) else getattr(args, "topic", None) or []:
+        validate_key(topic, "topic")
+
+
+async def run(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
+    """Run ``ls``, ``get``, ``put``, ``rm`` or ``watch``."""
+    command = args.command
+    if command == "ls":
+        cls = model(args.table)
+        objs = await nb.get_all(cls, topic=args.topic)
+        columns = ["id", "topic", "version", *(f for f in cls.model_fields if f not in ("id", "topic", "version"))]
+        print_rows([o.model_dump(mode="json") for o in objs], columns, args.output, out)
+        return 0
+    if command == "get":
+        print((await nb.get(model(args.table), args.id)).model_dump_json(), file=out)
+        return 0
+    if command == "put":
+        print((await _put(nb, model(args.table), _put_text(args))).model_dump_json(), file=out)
+        return 0
+    if command == "rm":
+        try:
+            await nb.delete(model(args.table), args.id)
+        except NotFoundError:
+            if not args.if_exists:
+                raise
+        return 0
+    if command == "watch":
+        return await _watch(nb, args, out)
+    raise UsageError(f"unknown command {command!r}")  # pragma: no cover - argparse refuses first
+
+
+def _put_text(args: argparse.Namespace) -> str:
+    """The JSON text of ``put``: its argument, stdin (``-``) or ``--file``."""
+    if args.json is not None and args.file is not None:
+        raise UsageError("put takes the object as an argument or from --file, not both")
+    source = args.file if args.file is not None else args.json
+    if source is None:
+        raise UsageError("put needs the object: as an argument, '-' for stdin, or --file FILE")
+    if args.file is None and source != "-":
+        return str(source)
+    if source == "-":
+        return sys.stdin.read()
+    with open(source, encoding="utf-8") as f:
+        return f.read()
+
+
+async def _put(nb: NbApi, cls: type[NbModel], text: str) -> NbModel:
+    """Create or replace; with a ``version`` in the object, only if the stored one is at it
+    (0: only if there is none)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError("the object must be a JSON object")
+    expected = data.pop("version", None)
+    if expected is not None and (type(expected) is not int or expected < 0):
+        raise UsageError(
+            f"invalid {cls.__table__}: version must be a whole number (the stored version to replace, "
+            f"0 for a new object), not {json.dumps(expected)}"
+        )
+    try:
+        obj = cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "object"
+        raise UsageError(f"invalid {cls.__table__}: {where}: {first.get('msg')}") from None
+    unknown = unknown_fields(data, obj.model_dump())
+    if unknown:
+        raise UsageError(f"invalid {cls.__table__}: unknown field {', '.join(map(repr, unknown))}")
+    try:
+        if expected is None:
+            return await nb.put(obj)
+        if expected == 0:
+            return await nb.create(obj)
+        return await nb.update(obj.model_copy(update={"version": expected}))
+    except ValueError as exc:
+        if isinstance(exc, DfdbError):
+            raise
+        raise UsageError(str(exc)) from None
+
+
+async def _watch(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
+    models = [model(t) for t in args.tables]
+    topics = set(args.topic) if args.topic else None
+    try:
+        stream = nb.watch(models, topics=topics, since=args.since)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    seen = 0
+    async with stream:
+        async for ev in stream:
+            record: dict[str, Any] = {
+                "action": ev.action.value,
+                "table": ev.model.__table__ if ev.model else None,
+                "id": ev.id or None,
+                "topic": ev.topic,
+                "revision": ev.revision,
+                "cursor": ev.cursor,
+            }
+            if ev.obj is not None and ev.action != Action.RESYNC:
+                record["object"] = ev.obj.model_dump(mode="json")
+            print(json.dumps(record), file=out, flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    return 0

@@ -1,0 +1,251 @@
+"""The command line's grammar: every command, its options, their defaults and an example.
+
+The global options (``--db``, ``--timeout``, ``--models``, ``-v``) are accepted before
+the command and after it (``dfdb ls lport --db URL``); given in both places, the one
+after the command wins (``--models`` and ``-v`` add up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any, NoReturn
+
+from dfdb import __version__
+
+__all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "DEMO_URL", "build_parser", "merge_globals"]
+
+DEFAULT_URL = "sqlite:///./dfdb.sqlite3"
+"""The embedded default database of the admin commands, used when neither ``--db`` nor
+``DFDB_URL`` is set: a file in the current folder, so that commands in several
+terminals see each other's writes."""
+
+DEMO_URL = "memory://"
+"""The default database of ``dfdb demo``: in-process, nothing left behind."""
+
+DEFAULT_TIMEOUT = 5.0
+"""Seconds before an unreachable server is an error, unless ``--timeout`` or the URL says otherwise."""
+
+_SUB = "_after"
+"""The suffix of the destinations of the global options given after the command."""
+
+OUTPUTS = ("json", "table")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        line = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {line} (see '{self.prog} --help')\n")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help with every option's default (when it has one) and the examples laid out as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == [] or action.default == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _global_options(p: argparse.ArgumentParser, suffix: str) -> None:
+    """The options every command takes; ``suffix`` names their copies after the command,
+    which default to "not given" so that they never hide the ones before it."""
+    after = bool(suffix)
+    unset: Any = argparse.SUPPRESS
+    g = p.add_argument_group("global options")
+    g.add_argument(
+        "--db",
+        dest="db" + suffix,
+        metavar="URL",
+        help=f"database URL; default: $DFDB_URL, else {DEFAULT_URL} ({DEMO_URL} for demo)",
+        default=unset if after else None,
+    )
+    g.add_argument(
+        "--timeout",
+        dest="timeout" + suffix,
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"seconds before an unreachable server is an error; default: the URL's timeout, else {DEFAULT_TIMEOUT:g}",
+        default=unset if after else None,
+    )
+    g.add_argument(
+        "--models",
+        dest="models" + suffix,
+        action="append",
+        metavar="MODULE",
+        help="import MODULE to register its models (repeatable)",
+        default=unset if after else [],
+    )
+    g.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbose" + suffix,
+        action="count",
+        help="log to stderr: -v info, -vv debug",
+        default=unset if after else 0,
+    )
+
+
+def merge_globals(args: argparse.Namespace) -> argparse.Namespace:
+    """Fold the global options given after the command into the ones before it."""
+    for name in ("db", "timeout"):
+        after = getattr(args, name + _SUB, None)
+        if after is not None:
+            setattr(args, name, after)
+    args.models = [*args.models, *getattr(args, "models" + _SUB, [])]
+    args.verbose = args.verbose + getattr(args, "verbose" + _SUB, 0)
+    return args
+
+
+def _command(
+    sub: argparse._SubParsersAction[Parser], name: str, help: str, example: str, description: str = ""
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=f"example:\n  {example}",
+        formatter_class=_Formatter,
+    )
+    _global_options(p, _SUB)
+    return p
+
+
+def _output(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("-o", "--output", choices=OUTPUTS, default=default, help="output format")
+
+
+def build_parser() -> Parser:
+    """The ``dfdb`` command's parser (also what ``dfdb completion`` describes)."""
+    p = Parser(
+        prog="dfdb",
+        description="dfdb: a pluggable northbound database with loss-free change streams.",
+        epilog="example:\n  dfdb --db redis://127.0.0.1:6379/0 tables\n\n'dfdb COMMAND --help' tells more.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--version", action="version", version=f"dfdb {__version__}")
+    _global_options(p, "")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+
+    d = _command(sub, "demo", "run a whole deployment in one process and check convergence", "dfdb demo --changes 500")
+    d.add_argument("--tenants", type=_positive, default=4, help="tenants")
+    d.add_argument("--switches", type=_positive, default=2, help="switches per tenant")
+    d.add_argument("--ports", type=_positive, default=8, help="ports per switch")
+    d.add_argument("--controllers", type=_positive, default=3, help="local controllers")
+    d.add_argument("--changes", type=_natural, default=2000, help="changes after the topology is built")
+    d.add_argument("--seed", type=int, default=1, help="random seed")
+    d.add_argument(
+        "--mode",
+        choices=["stream", "full", "selective", "reactive"],
+        default="stream",
+        help="controllers as change streams, or as Replicas in this mode",
+    )
+    d.add_argument(
+        "--metrics-port",
+        type=_natural,
+        metavar="PORT",
+        help="serve Prometheus metrics on 127.0.0.1:PORT during the demo and after it until interrupted "
+        "(needs dfdb[metrics])",
+    )
+
+    t = _command(sub, "tables", "list the tables that hold objects, with their counts", "dfdb tables -o json")
+    _output(t, "table")
+    ls = _command(sub, "ls", "list a table's objects", "dfdb ls lport --topic tenant1 -o table")
+    ls.add_argument("table")
+    ls.add_argument("--topic", help="only this topic")
+    _output(ls, "json")
+    g = _command(sub, "get", "print one object as JSON", "dfdb get lswitch net1")
+    g.add_argument("table")
+    g.add_argument("id")
+    put = _command(
+        sub,
+        "put",
+        "create or replace an object given as JSON",
+        'echo \'{"id": "net1", "topic": "t1", "mtu": 1400}\' | dfdb put lswitch -',
+        description="Create or replace an object given as JSON (an argument, '-' for stdin, or --file). "
+        'With "version": N it is a compare-and-swap: written only if the stored object is at '
+        "version N (0: only if it does not exist yet).",
+    )
+    put.add_argument("table")
+    put.add_argument("json", nargs="?", help="the object; '-' reads it from stdin")
+    put.add_argument("-f", "--file", metavar="FILE", help="read the object from FILE ('-': stdin)")
+    rm = _command(sub, "rm", "delete an object", "dfdb rm lswitch net1 --if-exists")
+    rm.add_argument("table")
+    rm.add_argument("id")
+    rm.add_argument("--if-exists", action="store_true", help="succeed when the object does not exist")
+    w = _command(sub, "watch", "print changes as JSON lines until interrupted", "dfdb watch lport lswitch --count 10")
+    w.add_argument("tables", nargs="+", metavar="TABLE")
+    w.add_argument("--topic", action="append", help="only this topic (repeatable)")
+    w.add_argument("--since", help="resume from a cursor")
+    w.add_argument("--count", type=_positive, help="stop after this many events")
+    dump = _command(
+        sub,
+        "dump",
+        "write every table as JSON lines, from one consistent snapshot",
+        "dfdb --db redis://127.0.0.1:6379/0 dump -f backup.jsonl",
+    )
+    dump.add_argument("-f", "--file", metavar="FILE", default="-", help="write to FILE ('-': stdout)")
+    restore = _command(
+        sub,
+        "restore",
+        "load a dump into the database",
+        "dfdb --db sqlite:///restored.db restore -f backup.jsonl",
+        description="Load a dump into the database, every object with its version. Refuses a "
+        "database that already holds objects of the dump's tables, unless --force (which "
+        "replaces the objects the dump holds and leaves the others).",
+    )
+    restore.add_argument("-f", "--file", metavar="FILE", default="-", help="read from FILE ('-': stdin)")
+    restore.add_argument("--force", action="store_true", help="restore into tables that hold objects")
+    c = _command(
+        sub,
+        "copy",
+        "copy every table to another database",
+        "dfdb --db sqlite:///dfdb.sqlite3 copy --to redis://h:6379/0",
+    )
+    c.add_argument("--to", required=True, metavar="URL", help="the target database")
+    srv = sub.add_parser("server", help="run a local database server for development", formatter_class=_Formatter)
+    srv_sub = srv.add_subparsers(dest="server_command", required=True, metavar="ACTION", parser_class=Parser)
+    run = _command(srv_sub, "run", "run BACKEND in the foreground on loopback", "dfdb server run etcd --members 3")
+    run.add_argument("backend", help="redis, etcd or zookeeper")
+    run.add_argument("--members", type=_positive, default=1, help="cluster members")
+    b = _command(sub, "bench", "dfdb against the raw client on --db: the five benchmark cases", "dfdb bench --quick")
+    b.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
+    b.add_argument("--repeat", type=_positive, help="runs of each case (default 5; quick: 2)")
+    b.add_argument("--json", metavar="FILE", help="also write every sample as JSON to FILE")
+    comp = _command(
+        sub,
+        "completion",
+        "print a shell completion script",
+        'eval "$(dfdb completion bash)"',
+    )
+    comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    return p
+
+
+def _positive(text: str) -> int:
+    value = _natural(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds: {text}")
+    return value
+
+
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value

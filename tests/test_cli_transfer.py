@@ -1,0 +1,166 @@
+"""``dfdb tables``, ``dump``, ``restore`` and ``copy`` on every backend: every table,
+registered model or not, raw values byte for byte, versions kept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+import dfdb
+from dfdb.cli import main
+from dfdb.drivers import ANY, register_driver
+from dfdb.drivers.memory import MemoryDriver
+from dfdb.models import Chassis, LogicalSwitch
+from dfdb.testing.plugin import fill_url
+
+BACKENDS = {
+    "memory": "memory://{name}",
+    "sqlite": "sqlite:///{tmp}/{name}.db",
+    "redis": "redis://{redis}/0?prefix={name}",
+    "etcd": "etcd://{etcd}/{name}",
+    "zk": "zk://{zookeeper}/{name}",
+}
+
+T = TypeVar("T")
+
+BINARY = b"\xff\x00 not text"
+SPACED = b'{"k": 1}'  # JSON, but not as dfdb prints it: kept as text
+
+
+class Databases:
+    """Databases of one backend for ``main`` to use. A memory:// store lives while a
+    connection to it is open: one is kept open in a loop of its own (idle while ``main``
+    runs in its loop); the others are opened for each step."""
+
+    def __init__(self, template: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self.template, self.tmp_path, self.request = template, tmp_path, request
+        self.runner = asyncio.Runner()
+        self.kept: list[dfdb.NbApi] = []
+
+    def new(self) -> str:
+        url = fill_url(self.template, self.tmp_path, self.request, prefix="cli")
+        if url.startswith("memory:"):
+            nb = dfdb.connect(url)
+            self.runner.run(nb.__aenter__())
+            self.kept.append(nb)
+        return url
+
+    def run(self, url: str, step: Callable[[dfdb.NbApi], Awaitable[T]]) -> T:
+        async def session() -> T:
+            async with dfdb.connect(url) as nb:
+                return await step(nb)
+
+        return self.runner.run(session())
+
+    def close(self) -> None:
+        for nb in self.kept:
+            self.runner.run(nb.aclose())
+        self.runner.close()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def dbs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databases]:
+    databases = Databases(BACKENDS[request.param], tmp_path, request)
+    try:
+        yield databases
+    finally:
+        databases.close()
+
+
+async def fill(nb: dfdb.NbApi) -> None:
+    switch = await nb.create(LogicalSwitch(id="s1", topic="t1", mtu=1400))
+    await nb.update(switch.model_copy(update={"mtu": 9000}))  # version 2
+    await nb.create(Chassis(id="c1", ip="192.0.2.1"))
+    await nb.driver.put("cli_raw", "r1", "t2", BINARY, ANY)  # a table no model names
+    await nb.driver.put("cli_raw", "r2", None, SPACED, ANY)
+
+
+def test_tables_dump_restore_copy(
+    dbs: Databases, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DFDB_URL", raising=False)
+    source = dbs.new()
+    dbs.run(source, fill)
+
+    assert main(["tables", "--db", source, "-o", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows == [
+        {"table": "chassis", "objects": 1, "model": "dfdb.models.Chassis"},
+        {"table": "cli_raw", "objects": 2, "model": None},
+        {"table": "lswitch", "objects": 1, "model": "dfdb.models.LogicalSwitch"},
+    ]
+    assert main(["tables", "--db", source]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[:2] == ["TABLE    OBJECTS  MODEL", "chassis  1        dfdb.models.Chassis"]
+
+    dump = tmp_path / "dump.jsonl"
+    assert main(["dump", "--db", source, "-f", str(dump)]) == 0
+    assert "dumped 4 objects of 3 tables" in capsys.readouterr().err
+    lines = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert lines[0]["tables"] == {"chassis": 1, "cli_raw": 2, "lswitch": 1}
+    by_key = {(r["table"], r["id"]): r for r in lines[1:]}
+    assert by_key["lswitch", "s1"]["object"]["version"] == 2
+    assert by_key["cli_raw", "r2"] == {"table": "cli_raw", "id": "r2", "topic": None, "text": SPACED.decode()}
+    assert "base64" in by_key["cli_raw", "r1"]
+
+    target = dbs.new()
+    assert main(["restore", "--db", target, "-f", str(dump)]) == 0
+    assert "restored 4 objects of 3 tables" in capsys.readouterr().err
+    again = tmp_path / "again.jsonl"
+    assert main(["dump", "--db", target, "-f", str(again)]) == 0
+    assert again.read_text() == dump.read_text()  # identical, versions included
+    switch = dbs.run(target, lambda nb: nb.get(LogicalSwitch, "s1"))
+    assert (switch.version, switch.mtu) == (2, 9000)
+    raw = dbs.run(target, lambda nb: nb.driver.get("cli_raw", "r1"))
+    assert raw is not None and (raw.value, raw.topic) == (BINARY, "t2")
+
+    assert main(["restore", "--db", target, "-f", str(dump)]) == 1
+    err = capsys.readouterr().err
+    assert "already holds objects of chassis, cli_raw, lswitch" in err and "--force" in err
+    assert main(["restore", "--db", target, "-f", str(dump), "--force"]) == 0
+
+    copy = dbs.new()
+    assert main(["copy", "--db", source, "--to", copy]) == 0
+    assert "copied 4 objects of 3 tables" in capsys.readouterr().err
+    assert main(["dump", "--db", copy, "-f", str(again)]) == 0
+    assert again.read_text() == dump.read_text()
+
+
+class NoTables(MemoryDriver):
+    """A driver that cannot list its tables (the base ``Driver.tables``)."""
+
+    async def tables(self) -> None:
+        return None
+
+
+def test_commands_that_need_every_table_refuse_a_driver_that_cannot_list_them(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    register_driver("clinotables", NoTables)
+    for args in (["copy", "--to", "memory://"], ["dump"], ["tables"]):
+        assert main(["--db", "clinotables://", *args]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("dfdb: the clinotables:// backend cannot list its tables"), err
+        assert len(err.splitlines()) == 1
+
+
+def test_restore_refuses_what_is_not_a_dump(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = f"sqlite:///{tmp_path}/r.db"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"hello": 1}\n')
+    assert main(["restore", "--db", db, "-f", str(bad)]) == 1
+    assert "is not a dfdb dump" in capsys.readouterr().err
+    header = json.dumps({"format": "dfdb-dump", "version": 1, "source": "x", "tables": {"t": 2}})
+    bad.write_text(header + '\n{"table": "t", "id": "a/b", "text": "x"}\n')
+    assert main(["restore", "--db", db, "-f", str(bad)]) == 1
+    assert f"{bad}:2: not a dfdb dump line" in capsys.readouterr().err
+    bad.write_text(header + '\n{"table": "t", "id": "a", "text": "x"}\n')
+    assert main(["restore", "--db", db, "-f", str(bad)]) == 1
+    assert "announces 2 objects, the file holds 1" in capsys.readouterr().err
+    assert main(["restore", "--db", db, "-f", str(tmp_path / "missing.jsonl")]) == 1
+    assert "No such file" in capsys.readouterr().err

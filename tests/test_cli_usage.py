@@ -1,0 +1,246 @@
+"""How the dfdb command is called: global options anywhere, --version, -v, help with
+defaults and examples, put from a file or stdin with an optional version, rm
+--if-exists, -o table, completion, a missing database file, demo on a full database."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dfdb
+from dfdb.cli import main
+from dfdb.cli.options import build_parser
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands run in a folder of their own: the default database file lands there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DFDB_URL", raising=False)
+
+
+@pytest.fixture
+def store() -> Iterator[str]:
+    """A memory:// store kept alive (a connection stays open) across command runs."""
+    url = "memory://cli-usage"
+    with asyncio.Runner() as runner:
+        nb = dfdb.connect(url)
+        runner.run(nb.__aenter__())
+        try:
+            yield url
+        finally:
+            runner.run(nb.aclose())
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+SWITCH = '{"id": "net1", "topic": "t1", "mtu": 1400}'
+
+
+def test_global_options_also_after_the_command(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["put", "lswitch", SWITCH, "--db", store]) == 0
+    capsys.readouterr()
+    assert main(["ls", "lswitch", "--db", store, "--timeout", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "net1"
+    # after the command wins over before it
+    assert main(["--db", "nosuch://x", "get", "lswitch", "net1", "--db", store]) == 0
+    assert json.loads(capsys.readouterr().out)["mtu"] == 1400
+    assert main(["demo", "--db", "memory://", "--tenants", "1", "--changes", "20", "--controllers", "1"]) == 0
+    assert "converged" in capsys.readouterr().out
+    assert main(["ls", "lswitch", "--models", "no_such_module_xyz", "--db", store]) == 2
+    assert "no_such_module_xyz" in one_line(capsys.readouterr().err)
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"dfdb {dfdb.__version__}"
+    assert main(["--help"]) == 0
+    assert "example:" in capsys.readouterr().out
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name in commands:
+        if name == "server":
+            name = "server run"
+        assert main([*name.split(), "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "dfdb " in text.split("\nexample:\n  ", 1)[1], name
+        assert "--db URL" in text, name  # the global options are listed after the command too
+    assert main(["demo", "--help"]) == 0
+    assert "(default: 2000)" in capsys.readouterr().out
+    assert main(["ls", "--help"]) == 0
+    assert "(default: json)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["ls"], "dfdb ls: error: the following arguments are required: table"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+        (["ls", "lswitch", "-o", "xml"], "invalid choice: 'xml'"),
+        (["--timeout", "0", "ls", "lswitch"], "--timeout"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(argv: list[str], text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert text in one_line(capsys.readouterr().err)
+
+
+def test_verbose_logs_to_stderr(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/v.db"
+    run = [sys.executable, "-m", "dfdb", "put", "lswitch", SWITCH, "--db", db]
+    quiet = subprocess.run(run, capture_output=True, text=True, timeout=60, check=True)
+    assert quiet.stderr == ""
+    loud = subprocess.run([*run, "-vv"], capture_output=True, text=True, timeout=60, check=True)
+    assert "dfdb: DEBUG dfdb.drivers.sqlite: opened" in loud.stderr
+    assert json.loads(loud.stdout)["version"] == 2
+
+
+def test_put_from_stdin_and_file(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(SWITCH))
+    assert main(["put", "lswitch", "-", "--db", store]) == 0
+    assert json.loads(capsys.readouterr().out)["mtu"] == 1400
+    path = tmp_path / "obj.json"
+    path.write_text('{"id": "net1", "topic": "t1", "mtu": 9000}\n')
+    assert main(["put", "lswitch", "--file", str(path), "--db", store]) == 0
+    assert json.loads(capsys.readouterr().out)["mtu"] == 9000
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"id": "net2"}'))
+    assert main(["put", "lswitch", "-f", "-", "--db", store]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "net2"
+    assert main(["put", "lswitch", "--db", store]) == 2
+    assert "put needs the object" in one_line(capsys.readouterr().err)
+    assert main(["put", "lswitch", SWITCH, "--file", str(path), "--db", store]) == 2
+    assert "not both" in one_line(capsys.readouterr().err)
+    assert main(["put", "lswitch", "--file", str(tmp_path / "missing.json"), "--db", store]) == 1
+    assert "No such file or directory" in one_line(capsys.readouterr().err)
+
+
+def test_put_honours_a_version(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    def put(body: str) -> int:
+        return main(["put", "lswitch", body, "--db", store])
+
+    assert put('{"id": "a", "version": "x"}') == 2
+    assert "version must be a whole number" in one_line(capsys.readouterr().err)
+    assert put('{"id": "a", "version": -1}') == 2
+    capsys.readouterr()
+    assert put('{"id": "a", "version": 1}') == 1  # nothing to replace
+    assert "not found" in one_line(capsys.readouterr().err)
+    assert put('{"id": "a", "version": 0, "mtu": 1000}') == 0  # 0: create only
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+    assert put('{"id": "a", "version": 0}') == 1
+    assert "already exists" in one_line(capsys.readouterr().err)
+    assert put('{"id": "a", "version": 2, "mtu": 1100}') == 1  # stale: the stored one is at 1
+    assert "version" in one_line(capsys.readouterr().err)
+    assert put('{"id": "a", "version": 1, "mtu": 1200}') == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 2
+    assert put('{"id": "a", "mtu": 1300}') == 0  # no version: create or replace
+    assert json.loads(capsys.readouterr().out)["version"] == 3
+
+
+def test_rm_if_exists_and_table_output(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rm", "lswitch", "ghost", "--db", store]) == 1
+    assert "not found" in one_line(capsys.readouterr().err)
+    assert main(["rm", "lswitch", "ghost", "--if-exists", "--db", store]) == 0
+    assert main(["put", "lswitch", SWITCH, "--db", store]) == 0
+    capsys.readouterr()
+    assert main(["ls", "lswitch", "-o", "table", "--db", store]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:5] == ["ID", "TOPIC", "VERSION", "NAME", "MTU"]
+    assert row.split()[:4] == ["net1", "t1", "1", "1400"]
+
+
+def test_completion_scripts_come_from_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert "complete" in script and "restore" in script and "--if-exists" in script
+    assert main(["completion", "zsh"]) == 0
+    assert "#compdef dfdb" in capsys.readouterr().out
+
+
+def test_reads_refuse_a_missing_database_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["ls", "lswitch"], ["get", "lswitch", "x"], ["tables"], ["dump"], ["copy", "--to", "memory://"]):
+        assert main(argv) == 2  # a wrong --db, like a wrong argument
+        assert f"no database at {tmp_path / 'dfdb.sqlite3'}" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "dfdb.sqlite3").exists()  # not created by a read
+    assert main(["ls", "lswitch", "--db", "sqlite:///tmp/x.db"]) == 2  # tmp/x.db, relative: say so
+    assert "an absolute path takes four slashes: sqlite:////tmp/x.db" in one_line(capsys.readouterr().err)
+    assert main(["rm", "lswitch", "x", "--if-exists"]) == 0
+    assert main(["put", "lswitch", SWITCH]) == 0  # a write creates it
+    assert (tmp_path / "dfdb.sqlite3").exists()
+
+
+def test_a_relative_sqlite_path_that_fails_names_the_resolved_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["put", "lswitch", SWITCH, "--db", "sqlite:///nodir/x.db"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert str(tmp_path / "nodir" / "x.db") in line and "sqlite:////nodir/x.db" in line
+
+
+def test_demo_needs_an_empty_database(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["put", "chassis", '{"id": "chassis-0", "ip": "192.0.2.1"}', "--db", store]) == 0
+    capsys.readouterr()
+    assert main(["demo", "--db", store]) == 2
+    assert "dfdb demo needs an empty database" in one_line(capsys.readouterr().err)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False], ids=["terminal", "pipe"])
+def test_progress_only_on_a_terminal(
+    tty: bool, store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    err = Terminal() if tty else io.StringIO()
+    source = tmp_path / "s.jsonl"
+    header = {"format": "dfdb-dump", "version": 1, "source": "memory", "tables": {"cli_raw": 150}}
+    lines = [json.dumps({"table": "cli_raw", "id": f"n{i:03}", "topic": None, "text": "x"}) for i in range(150)]
+    source.write_text("\n".join([json.dumps(header), *lines]) + "\n")
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["restore", "-f", str(source), "--db", store]) == 0
+    dump = tmp_path / "d.jsonl"
+    assert main(["dump", "-f", str(dump), "--db", store]) == 0
+    assert dump.read_text() == source.read_text()
+    assert main(["copy", "--to", "memory://", "--db", store]) == 0
+    text = err.getvalue()
+    if tty:
+        assert text.count("\rcli_raw: 150/150\n") == 3 and "\rcli_raw: 100/150\r" in text  # the dump's
+    else:
+        assert "\r" not in text and "cli_raw:" not in text
+    assert "dumped 150 objects" in text and "restored 150 objects" in text and "copied 150 objects" in text
+
+
+def test_watch_creates_a_missing_database_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    status: list[int] = []
+    watcher = threading.Thread(target=lambda: status.append(main(["watch", "lswitch", "--count", "1"])))
+    watcher.start()
+    try:
+        for i in range(200):  # the watcher may subscribe after the first writes
+            if not watcher.is_alive():
+                break
+            if (tmp_path / "dfdb.sqlite3").exists():
+                main(["put", "lswitch", json.dumps({"id": "net1", "name": f"n{i}"})])
+            watcher.join(0.05)
+    finally:
+        watcher.join(30)
+    assert status == [0]
+    captured = capsys.readouterr()
+    assert f"no database at {tmp_path / 'dfdb.sqlite3'} yet: created empty" in captured.err
+    assert any(json.loads(line).get("table") == "lswitch" for line in captured.out.splitlines() if '"action"' in line)
