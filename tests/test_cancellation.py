@@ -78,9 +78,6 @@ ETCD_ADD_TOPICS_BACKLOG = (
     "etcd: ChangeStream.add_topics({t}, since=cursor) does not deliver the change of t made after the cursor "
     "(uncancelled: the create never arrives)"
 )
-ZK_BATCH_NOT_IN_LOG = (
-    "zk: a watch from a cursor taken before create_many misses one of the batch's creates (uncancelled run)"
-)
 POLL = ("memory-poll", "redis-poll", "etcd-poll", "zk-poll")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
     ("test_stream_open", "redis-poll"): POLLER_NO_CHECKPOINT,
@@ -98,7 +95,6 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {
         )
     },
     ("test_stream_add_topics", "etcd"): ETCD_ADD_TOPICS_BACKLOG,
-    ("test_create_many", "zk"): ZK_BATCH_NOT_IN_LOG,
 }
 """(test, backend id) -> the bug that makes it fail today (an xfail that turns strict when fixed)."""
 
