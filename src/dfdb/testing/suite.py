@@ -124,6 +124,11 @@ async def test_stale_copy_after_recreate_conflicts(nb: NbApi) -> None:
     with pytest.raises(dfdb.ConflictError):
         await nb.update(old.model_copy(update={"n": 9}))
     assert (await nb.get(Item, "a")).n == 2
+    await nb.delete(Item, "a")
+    await nb.create(Item(id="a", topic=None, n=3))  # created again under another topic: still stale
+    with pytest.raises(dfdb.ConflictError):
+        await nb.update(old.model_copy(update={"n": 9}))
+    assert (await nb.get(Item, "a")).n == 3
 
 
 @conformance_test
