@@ -82,7 +82,7 @@ POLL = ("memory-poll", "redis-poll", "etcd-poll", "zk-poll")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
     ("test_stream_open", "redis-poll"): POLLER_NO_CHECKPOINT,
     ("test_stream_add_topics", "redis-poll"): POLLER_NO_CHECKPOINT,
-    **{("test_replica_fetch", b): FETCH_HALF_FOLLOWED for b in ("redis-poll", "etcd-poll", "zk-poll")},
+    **{("test_replica_fetch", b): FETCH_HALF_FOLLOWED for b in ("redis-poll", "etcd-poll")},
     **{
         (t, "etcd"): ETCD_CALL_LEFT
         for t in (
