@@ -70,6 +70,7 @@ __all__ = [
     "test_unique_keys_under_concurrency",
     "test_update_checks_version",
     "test_watch_delivers_create_update_delete",
+    "test_watch_sees_every_create_of_a_batch",
 ]
 
 Item = ConformanceItem
@@ -124,6 +125,11 @@ async def test_stale_copy_after_recreate_conflicts(nb: NbApi) -> None:
     with pytest.raises(dfdb.ConflictError):
         await nb.update(old.model_copy(update={"n": 9}))
     assert (await nb.get(Item, "a")).n == 2
+    await nb.delete(Item, "a")
+    await nb.create(Item(id="a", topic=None, n=3))  # created again under another topic: still stale
+    with pytest.raises(dfdb.ConflictError):
+        await nb.update(old.model_copy(update={"n": 9}))
+    assert (await nb.get(Item, "a")).n == 3
 
 
 @conformance_test
@@ -370,6 +376,38 @@ async def test_resume_from_stream_cursor(exact_nb: NbApi) -> None:
     assert [ev.id for ev in rest] == [f"a{i}" for i in range(5, 40)] + ["a0"]
     assert rest[-1].action == Action.DELETE
     assert (last.action, last.id) == (Action.CREATE, "after")
+
+
+@pytest.mark.dfdb_exact
+@conformance_test
+async def test_watch_sees_every_create_of_a_batch(exact_nb: NbApi) -> None:
+    """Live, from a cursor taken before the batch, and resumed from a cursor taken halfway
+    through it (a driver may give a whole batch one revision)."""
+    nb = exact_nb
+    await nb.create(Item(id="before", topic="t1"))
+    cursor = (await nb.list(Item)).cursor
+    batch = [Item(id=f"b{i:02d}", topic=f"t{i % 2}", n=i) for i in range(80)]
+    wanted = {o.id for o in batch} | {"after"}
+
+    async def read(stream: dfdb.ChangeStream, seen: list[str], enough: int | None = None) -> None:
+        done = (lambda: len(seen) >= enough) if enough else (lambda: wanted <= set(seen))
+        async for ev in events_until(stream, done):
+            seen.append(ev.id)  # noqa: PERF401  (the condition reads the list as it grows)
+
+    async with nb.watch(Item) as live, nb.watch(Item, since=cursor) as resumed:
+        assert all(isinstance(r, Item) for r in await nb.create_many(batch))
+        await nb.create(Item(id="after", topic="t1"))
+        for stream in (live, resumed):
+            seen: list[str] = []
+            await read(stream, seen)
+            assert sorted(seen) == sorted(wanted), f"missing {wanted - set(seen)}, repeated {len(seen) - len(wanted)}"
+    halfway: list[str] = []
+    async with nb.watch(Item, since=cursor) as stream:
+        await read(stream, halfway, 40)
+        cursor = stream.cursor
+    async with nb.watch(Item, since=cursor) as stream:
+        await read(stream, halfway)  # a resumed stream may repeat a few events
+    assert wanted <= set(halfway), f"missing after resuming halfway: {wanted - set(halfway)}"
 
 
 @pytest.mark.dfdb_exact

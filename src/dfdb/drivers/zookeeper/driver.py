@@ -170,7 +170,7 @@ class ZooKeeperDriver(Driver):
         index, data = layout.index(table, id), layout.data(table, loc, id)
         for _ in range(50):
             try:
-                current = None if expect is ABSENT else await self._current(table, id, loc, topic)
+                current = None if expect is ABSENT else await self._current(table, id, loc, topic, expect)
                 if current is None:
                     if expect is not ABSENT and expect is not ANY:
                         raise NotFoundError(f"{table}/{id} not found")
@@ -194,7 +194,7 @@ class ZooKeeperDriver(Driver):
                 except (exc.BadVersion, exc.NoNode):
                     if expect is ANY:
                         continue
-                    now = await self._current(table, id, loc, topic)
+                    now = await self._current(table, id, loc, topic, expect)
                     if now is None:
                         raise NotFoundError(f"{table}/{id} not found") from None
                     raise ConflictError(f"{table}/{id} is at revision {now[0]}, not {expect}") from None
@@ -203,10 +203,14 @@ class ZooKeeperDriver(Driver):
                 continue
         raise BackendUnavailableError(f"{self.url}: {table}/{id}: the write kept meeting concurrent changes")
 
-    async def _current(self, table: str, id: str, loc: str, topic: str | None) -> tuple[int, int] | None:
+    async def _current(
+        self, table: str, id: str, loc: str, topic: str | None, expect: Expect
+    ) -> tuple[int, int] | None:
         """(revision, data version) of the key under ``loc``; ``None`` when absent.
 
         Raises:
+            ConflictError: the key exists under another topic, not at revision ``expect``
+                (an object that was deleted and created again elsewhere).
             ValueError: the key exists under another topic.
         """
         calls, layout = self._calls, self._layout
@@ -215,6 +219,10 @@ class ZooKeeperDriver(Driver):
             return None
         stored = index[0].decode(errors="replace")
         if stored != loc:
+            elsewhere = await calls.get(layout.data(table, stored, id)) if is_location(stored) else None
+            revision = None if elsewhere is None else int(elsewhere[1].last_modified_zxid)
+            if expect is not ANY and revision != expect:
+                raise ConflictError(f"{table}/{id} is at revision {revision}, not {expect}")
             raise ValueError(f"{table}/{id} belongs to topic {topic_of(stored)!r}, not {topic!r}")
         if data is None:
             return None

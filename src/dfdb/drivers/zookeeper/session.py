@@ -153,10 +153,14 @@ class SessionRepair:
             session.state.transition_to(States.READ_ONLY if conn.start_read_only else States.CONNECTED)
             log.debug("ZooKeeper session %s connected to %s:%s", hex(session.session_id or 0), conn.host, conn.port)
 
-    def _connection_ended(self, conn: Any, _task: object) -> None:
+    def _connection_ended(self, conn: Any, task: asyncio.Task[Any]) -> None:
         """aiozk: a read loop that meets the end of the stream (a server killed or restarted)
         returns quietly, and requests sent afterwards wait for their time-out; fail them now
-        and hand the session to the repair loop."""
+        and hand the session to the repair loop. A reply to a request the connection already
+        failed ends its read loop with a ``KeyError``: read here, so asyncio does not report
+        it as never retrieved."""
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("ZooKeeper connection to %s:%s: read loop ended: %r", conn.host, conn.port, task.exception())
         session = self.session
         if conn.closing or session.closing:
             return

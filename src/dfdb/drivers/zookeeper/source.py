@@ -251,13 +251,18 @@ class ZooKeeperSource(ReaderTaskSource):
         zxid up to which it is complete."""
         calls, logs, layout = self._calls, self._access.logs, self._access.layout
         entry.dirty = False
+        last_read = 0
         while True:
             batch = await logs.read_batch(entry.path, entry.at)
             for got in batch:
                 self._take(entry, got)
                 entry.at.seq += 1
+                last_read = int(got[1].created_zxid)
             if len(batch) == READ_AHEAD:
                 continue  # more to read
+            # at the bucket's end: a multi's changes are created together, so none of the
+            # last one's is left unread (until here, only the changes below it are read)
+            entry.frontier = max(entry.frontier, last_read)
             next_path = layout.change(layout.bucket(entry.path, entry.at.bucket), entry.at.seq)
             for key in entry.armed:
                 callback = self._callbacks.pop(key, None)
@@ -289,7 +294,8 @@ class ZooKeeperSource(ReaderTaskSource):
         self.bytes_read += len(data)
         if revision <= entry.frontier:
             return
-        entry.frontier = revision
+        # the changes of one multi (a batch of creates) share its zxid: the rest may follow
+        entry.frontier = revision - 1
         try:
             change = Change.decode(data)
         except MalformedChange as error:
