@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self, TextIO
 
+from dfdb.certs import LocalCA, make_local_ca
 from dfdb.errors import ConfigurationError, DfdbError
 
 __all__ = [
@@ -57,10 +59,16 @@ class LocalServer(ABC):
 
     binary: str = ""
 
-    def __init__(self, members: int = 1) -> None:
+    def __init__(self, members: int = 1, *, tls: bool = False) -> None:
         self.members = members
         self.workdir = Path(tempfile.mkdtemp(prefix="dfdb-server-"))
         self.processes: list[subprocess.Popen[bytes] | None] = []
+        self.ca: LocalCA | None = make_local_ca(self.workdir / "tls") if tls else None
+        """With ``tls``: the local CA and certificates the server uses (``url`` trusts it)."""
+
+    def _tls_query(self) -> str:
+        """The URL options that trust the server's CA and present the client certificate."""
+        return "" if self.ca is None else "?tls=true&" + self.ca.url_options()
 
     @classmethod
     def available(cls) -> bool:
@@ -180,23 +188,32 @@ class RedisServer(LocalServer):
         members: must be 1 (replication is not set up here).
         appendonly: keep an append-only file (``appendfsync always``) so that a
             restart after ``kill -9`` keeps every acknowledged write.
+        tls: serve TLS only (certificates of a local CA; a client certificate is
+            checked when one is presented).
     """
 
     binary = "redis-server"
 
-    def __init__(self, members: int = 1, *, appendonly: bool = True) -> None:
+    def __init__(self, members: int = 1, *, appendonly: bool = True, tls: bool = False) -> None:
         if members != 1:
             raise ConfigurationError("redis: only single servers are supported (--members 1)")
-        super().__init__(members)
+        super().__init__(members, tls=tls)
         self.appendonly = appendonly
         self.port = free_port()
 
     @property
     def url(self) -> str:
+        if self.ca is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?{self.ca.url_options()}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _ping(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), timeout=1))
+            if self.ca is not None:
+                context = ssl.create_default_context(cafile=str(self.ca.ca_file))
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only: is it up?
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname="127.0.0.1"))
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
 
@@ -209,6 +226,12 @@ class RedisServer(LocalServer):
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
             "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.workdir / "redis.log"),
         ]  # fmt: skip
+        if self.ca is not None:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += [
+                "--tls-cert-file", str(self.ca.server_cert), "--tls-key-file", str(self.ca.server_key),
+                "--tls-ca-cert-file", str(self.ca.ca_file), "--tls-auth-clients", "optional",
+            ]  # fmt: skip
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.processes = [proc]
         _wait_ready(self._ping, proc, f"redis-server on port {self.port}")
