@@ -23,6 +23,8 @@ def test_all_is_the_public_namespace() -> None:
         "background",
         "codec",
         "connecting",
+        "certs",
+        "tls",
     }
     assert set(dfdb.__all__) - {"__version__"} == public
 
