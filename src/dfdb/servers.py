@@ -258,33 +258,43 @@ class EtcdServer(LocalServer):
     Args:
         members: 1 for a single server, 3 (or more) for a cluster.
         progress_interval: the server's ``--experimental-watch-progress-notify-interval``.
+        tls: serve clients over TLS only, with client-certificate authentication
+            (certificates of a local CA; health and metrics stay on a plain port).
     """
 
     binary = "etcd"
 
-    def __init__(self, members: int = 1, *, progress_interval: str = "1s") -> None:
+    def __init__(self, members: int = 1, *, progress_interval: str = "1s", tls: bool = False) -> None:
         if members < 1:
             raise ConfigurationError("etcd: --members must be at least 1")
-        super().__init__(members)
+        super().__init__(members, tls=tls)
         self.progress_interval = progress_interval
         self.client_ports = [free_port() for _ in range(members)]
         self.peer_ports = [free_port() for _ in range(members)]
+        self.metrics_ports = [free_port() for _ in range(members)] if tls else self.client_ports
         self.token = f"dfdb-{os.getpid()}-{id(self):x}"
 
     @property
     def url(self) -> str:
-        return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
+        return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports) + self._tls_query()
 
     def member_url(self, index: int) -> str:
         """The dfdb URL of member ``index`` alone."""
-        return f"etcd://127.0.0.1:{self.client_ports[index]}"
+        return f"etcd://127.0.0.1:{self.client_ports[index]}" + self._tls_query()
 
     def _args(self, index: int, binary: str, state: str) -> list[str]:
         cluster = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer_ports))
-        client = f"http://127.0.0.1:{self.client_ports[index]}"
+        client = f"{'https' if self.ca else 'http'}://127.0.0.1:{self.client_ports[index]}"
         peer = f"http://127.0.0.1:{self.peer_ports[index]}"
+        tls: list[str] = []
+        if self.ca is not None:
+            tls = [
+                "--cert-file", str(self.ca.server_cert), "--key-file", str(self.ca.server_key),
+                "--trusted-ca-file", str(self.ca.ca_file), "--client-cert-auth",
+                "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_ports[index]}",
+            ]  # fmt: skip
         return [
-            binary, "--name", f"m{index}", "--data-dir", str(self.workdir / f"m{index}"),
+            binary, *tls, "--name", f"m{index}", "--data-dir", str(self.workdir / f"m{index}"),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", cluster, "--initial-cluster-token", self.token,
@@ -296,7 +306,7 @@ class EtcdServer(LocalServer):
     def healthy(self, index: int) -> bool:
         """Whether member ``index`` answers ``/health`` with a leader."""
         try:
-            return _http_json(f"http://127.0.0.1:{self.client_ports[index]}/health").get("health") == "true"
+            return _http_json(f"http://127.0.0.1:{self.metrics_ports[index]}/health").get("health") == "true"
         except (OSError, ValueError):
             return False
 
@@ -306,7 +316,7 @@ class EtcdServer(LocalServer):
         Raises:
             ServerUnavailable: the member did not answer.
         """
-        url = f"http://127.0.0.1:{self.client_ports[index]}/metrics"
+        url = f"http://127.0.0.1:{self.metrics_ports[index]}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=2) as reply:
                 text = reply.read().decode()
