@@ -391,13 +391,21 @@ class ZooKeeperServer(LocalServer):
     binary = "java"
     classpath = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
 
-    def __init__(self, members: int = 1, *, heap: str = "256m") -> None:
+    netty = ":".join(
+        f"/usr/share/java/netty-{name}.jar"
+        for name in ("buffer", "codec", "common", "handler", "resolver", "transport", "transport-native-unix-common")
+    )
+    """Netty, for the TLS port (the Debian package's netty-all.jar only names these)."""
+
+    def __init__(self, members: int = 1, *, heap: str = "256m", tls: bool = False) -> None:
         if members < 1:
             raise ConfigurationError("zookeeper: --members must be at least 1")
-        super().__init__(members)
+        super().__init__(members, tls=tls)
         self.heap = heap
         """The JVM's -Xmx: ZooKeeper holds every node in memory."""
         self.client_ports = [free_port() for _ in range(members)]
+        self.secure_ports = [free_port() for _ in range(members)] if tls else []
+        """With ``tls``: the TLS client ports (Netty), which ``url`` names."""
         self.quorum_ports = [(free_port(), free_port()) for _ in range(members)]
 
     @classmethod
@@ -406,7 +414,7 @@ class ZooKeeperServer(LocalServer):
 
     @property
     def url(self) -> str:
-        return "zk://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
+        return "zk://" + ",".join(f"127.0.0.1:{p}" for p in self.secure_ports or self.client_ports) + self._tls_query()
 
     def _config(self, index: int) -> Path:
         data = self.workdir / f"m{index}"
@@ -417,6 +425,15 @@ class ZooKeeperServer(LocalServer):
             "admin.enableServer=false", "4lw.commands.whitelist=*", "maxSessionTimeout=60000",
             "forceSync=no",  # loopback tests: the page cache survives kill -9 of the server
         ]  # fmt: skip
+        if self.ca is not None:
+            keystore = self.workdir / "tls" / "server-keystore.pem"
+            keystore.write_bytes(self.ca.server_key.read_bytes() + self.ca.server_cert.read_bytes())
+            keystore.chmod(0o600)
+            lines += [
+                f"secureClientPort={self.secure_ports[index]}", "secureClientPortAddress=127.0.0.1",
+                f"ssl.keyStore.location={keystore}", "ssl.keyStore.type=PEM",
+                f"ssl.trustStore.location={self.ca.ca_file}", "ssl.trustStore.type=PEM", "ssl.clientAuth=want",
+            ]  # fmt: skip
         if self.members > 1:
             (data / "myid").write_text(f"{index + 1}\n")
             lines += [f"server.{i + 1}=127.0.0.1:{a}:{b}" for i, (a, b) in enumerate(self.quorum_ports)]
@@ -451,6 +468,9 @@ class ZooKeeperServer(LocalServer):
             java, f"-Xmx{self.heap}", "-Dzookeeper.admin.enableServer=false", "-cp", self.classpath,
             "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self._config(index)),
         ]  # fmt: skip
+        if self.ca is not None:
+            args[4:5] = [f"{self.classpath}:{self.netty}"]
+            args[2:2] = ["-Dzookeeper.serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory"]
         with open(self.workdir / f"m{index}.log", "ab") as log:
             return subprocess.Popen(args, stdout=log, stderr=log)
 
@@ -463,6 +483,18 @@ class ZooKeeperServer(LocalServer):
             _wait_ready(
                 functools.partial(self.serving, i), proc, f"zookeeper member {i} on port {self.client_ports[i]}"
             )
+            if self.ca is not None:  # the first TLS handshake warms the JVM up: not a client's first call
+                _wait_ready(functools.partial(self._tls_serving, i), proc, f"zookeeper member {i}'s TLS port")
+
+    def _tls_serving(self, index: int) -> bool:
+        assert self.ca is not None
+        context = ssl.create_default_context(cafile=str(self.ca.ca_file))
+        with (
+            socket.create_connection(("127.0.0.1", self.secure_ports[index]), timeout=5) as plain,
+            context.wrap_socket(plain, server_hostname="127.0.0.1") as sock,
+        ):
+            sock.sendall(b"srvr")
+            return sock.recv(64).startswith(b"Zookeeper version")
 
     def leader(self) -> int:
         """The index of the ensemble's leader (0 for a standalone server)."""

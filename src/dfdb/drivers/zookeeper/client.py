@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +57,8 @@ class Calls:
         self.timeout = timeout
         self.auth = auth
         self.identity_path = identity_path
+        self.tls: tuple[ssl.SSLContext, str | None] | None = None
+        """TLS for every connection: a context and the server name, or ``None``."""
         # with credentials, dfdb's nodes are for that user alone ("auth": whoever created them)
         self.acl = [protocol.UNRESTRICTED_ACCESS if auth is None else protocol.AUTHED_UNRESTRICTED]
         self.known_identity: str | None = None
@@ -73,7 +76,7 @@ class Calls:
         """
         if self._repair is not None:
             return
-        self._repair = SessionRepair.client(self.servers, self.session_timeout, self.auth)
+        self._repair = SessionRepair.client(self.servers, self.session_timeout, self.auth, self.tls)
         log.debug("ZooKeeper: connecting to %s", self.servers)
         try:
             async with asyncio.timeout(self.timeout):

@@ -16,11 +16,13 @@ import contextlib
 import functools
 import logging
 import random
+import ssl
 from typing import Any
 
 from aiozk import ZKClient, exc, protocol
 from aiozk.states import States
 
+from dfdb.drivers.zookeeper.tls import use_tls
 from dfdb.retry import Backoff
 
 __all__ = ["SessionRepair"]
@@ -48,9 +50,19 @@ class SessionRepair:
         session.repair_loop = self._repair_loop
 
     @classmethod
-    def client(cls, servers: str, session_timeout: float, auth: bytes | None) -> SessionRepair:
-        """A new aiozk client for ``servers`` with dfdb's repair installed."""
-        return cls(ZKClient(servers, session_timeout=session_timeout, read_timeout=session_timeout), auth)
+    def client(
+        cls,
+        servers: str,
+        session_timeout: float,
+        auth: bytes | None,
+        tls: tuple[ssl.SSLContext, str | None] | None = None,
+    ) -> SessionRepair:
+        """A new aiozk client for ``servers`` with dfdb's repair installed (and TLS: a
+        context and the server name its certificate must carry)."""
+        zk = ZKClient(servers, session_timeout=session_timeout, read_timeout=session_timeout)
+        if tls is not None:
+            use_tls(zk.session, *tls)
+        return cls(zk, auth)
 
     @property
     def session(self) -> Any:
