@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -146,3 +148,27 @@ async def test_password_from_a_file_and_from_the_environment(
         await nb.get_all(LogicalSwitch)
         assert SECRET not in repr(nb) and SECRET not in repr(nb.driver.__dict__)
     assert all(SECRET not in record.getMessage() for record in caplog.records)
+
+
+async def test_server_run_tls_prints_a_url_that_serves_over_tls() -> None:
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dfdb", "server", "run", "redis", "--tls", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        url = line.split()[2]
+        assert url.startswith("rediss://127.0.0.1:") and "ca_file=" in url, line
+        async with dfdb.connect(url) as nb:
+            await nb.create(LogicalSwitch(id="dev"))
+        with pytest.raises(dfdb.BackendUnavailableError):  # TLS only
+            async with dfdb.connect(url.replace("rediss://", "redis://").split("?")[0], timeout=1):
+                pass
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

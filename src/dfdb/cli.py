@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     run = srv_sub.add_parser("run", help="run BACKEND in the foreground on loopback")
     run.add_argument("backend")
     run.add_argument("--members", type=_positive, default=1)
+    run.add_argument("--tls", action="store_true", help="serve TLS only, with a local CA made for development")
     b = sub.add_parser("bench", help="dfdb against the raw client on --db: the five benchmark cases")
     b.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
     b.add_argument("--repeat", type=_positive, help="runs of each case (default 5; quick: 2)")
@@ -385,4 +386,4 @@ def _server(args: argparse.Namespace) -> int:
     if factory is None:
         known = ", ".join(sorted(SERVERS)) or "none yet"
         raise UsageError(f"no server backend {args.backend!r}; available: {known}")
-    return run_foreground(factory, args.members)
+    return run_foreground(factory, args.members, tls=args.tls)

@@ -132,13 +132,17 @@ class LocalServer(ABC):
         self.stop()
 
 
-SERVERS: dict[str, Callable[[int], LocalServer]] = {}
-"""Backend name -> factory taking the number of members."""
+SERVERS: dict[str, Callable[..., LocalServer]] = {}
+"""Backend name -> factory taking the number of members (and ``tls=True``)."""
 
 
-def run_foreground(factory: Callable[[int], LocalServer], members: int, out: TextIO | None = None) -> int:
+def run_foreground(
+    factory: Callable[..., LocalServer], members: int, out: TextIO | None = None, *, tls: bool = False
+) -> int:
     """Run a server until Ctrl-C or ``SIGTERM``, printing its URL to ``out`` (default
     stdout); the server is stopped and its data folder deleted however it ends.
+    With ``tls``, it serves TLS only with certificates of a local CA made in its data
+    folder, and the URL names the CA and a client certificate.
 
     Returns:
         0 after an interrupt.
@@ -147,7 +151,7 @@ def run_foreground(factory: Callable[[int], LocalServer], members: int, out: Tex
         ConfigurationError: ``members`` is not a size the backend can run.
         ServerUnavailable: missing binary, or not ready in time.
     """
-    server = factory(members)
+    server = factory(members, tls=True) if tls else factory(members)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
@@ -242,7 +246,7 @@ class RedisServer(LocalServer):
         self.start()
 
 
-SERVERS["redis"] = lambda members: RedisServer(members)
+SERVERS["redis"] = RedisServer
 
 
 def _http_json(url: str, body: bytes | None = None, timeout: float = 1.0) -> dict[str, object]:
@@ -381,7 +385,7 @@ class EtcdServer(LocalServer):
             _wait_ready(lambda: self.healthy(index), proc, f"etcd member m{index}")
 
 
-SERVERS["etcd"] = lambda members: EtcdServer(members)
+SERVERS["etcd"] = EtcdServer
 
 
 class ZooKeeperServer(LocalServer):
@@ -514,4 +518,4 @@ class ZooKeeperServer(LocalServer):
         _wait_ready(functools.partial(self.serving, index), proc, f"zookeeper member {index}")
 
 
-SERVERS["zookeeper"] = lambda members: ZooKeeperServer(members)
+SERVERS["zookeeper"] = ZooKeeperServer
