@@ -20,8 +20,10 @@ from typing import Any
 from aiozk import exc, protocol
 
 from dfdb.drivers.zookeeper.session import SessionRepair
-from dfdb.errors import BackendUnavailableError, DriverError, StreamClosedError
+from dfdb.drivers.zookeeper.tls import tls_failure_of
+from dfdb.errors import AuthenticationError, BackendUnavailableError, DriverError, StreamClosedError
 from dfdb.retry import raise_if_cancelling
+from dfdb.tls import describe_tls_failure
 
 __all__ = ["Calls", "WatchKey"]
 
@@ -73,6 +75,7 @@ class Calls:
 
         Raises:
             BackendUnavailableError: no server answered within the time-out.
+            AuthenticationError: the servers' TLS certificates were not accepted.
         """
         if self._repair is not None:
             return
@@ -85,8 +88,11 @@ class Calls:
                 await self.send(protocol.AuthRequest(type=0, scheme="digest", auth=self.auth))
             await self.identity()
         except BaseException as error:
+            failure = tls_failure_of(self._repair.zk.session) if self._repair is not None else None
             await self.close()
             if isinstance(error, TimeoutError | OSError | exc.ZKError):
+                if failure is not None:
+                    raise AuthenticationError(f"{self.url}: {describe_tls_failure(failure)}") from None
                 raise BackendUnavailableError(f"{self.url}: cannot connect to {self.servers}") from None
             raise
         log.debug("ZooKeeper: connected to %s, session %s", self.servers, hex(self.session_id or 0))
