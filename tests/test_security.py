@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -11,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dfdb
+from dfdb.models import LogicalSwitch
+from dfdb.servers import free_port
 from dfdb.tls import TlsSettings
 from dfdb.url import DatabaseURL, Secret
 
@@ -107,3 +113,42 @@ def test_any_url_parses_or_is_one_clear_error_without_the_password(scheme: str, 
         return
     for shown in (str(url), repr(url)):
         assert "p/a#s?s" not in shown
+
+
+_ENCODED = quote(SECRET, safe="")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://u:{_ENCODED}@127.0.0.1:{{port}}/0",
+        f"rediss://u:{_ENCODED}@127.0.0.1:{{port}}/0?verify=false",
+        f"etcd://u:{_ENCODED}@127.0.0.1:{{port}}/p?timeout=0.2",
+        f"etcd://u:{_ENCODED}@127.0.0.1:{{port}}/p?tls=true&timeout=0.2",
+        f"zk://u:{_ENCODED}@127.0.0.1:{{port}}/p?timeout=0.5",
+        f"zk://u:{_ENCODED}@127.0.0.1:{{port}}/p?tls=true&timeout=0.5",
+        f"redis://u:{_ENCODED}@127.0.0.1:{{port}}/0?bogus=1",
+        f"etcd://u:{_ENCODED}@127.0.0.1:{{port}}/p?ca_file=/nonexistent",
+        f"redis://u:{SECRET}@127.0.0.1:{{port}}/0",
+    ],
+)
+async def test_no_error_path_shows_the_password(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = url.format(port=free_port())  # nothing listens there
+    with pytest.raises(dfdb.DfdbError) as info:
+        async with dfdb.connect(url, timeout=1) as nb:
+            await nb.get_all(LogicalSwitch)
+    shown = [str(info.value), repr(info.value), *(r.getMessage() for r in caplog.records)]
+    assert not [text for text in shown if SECRET in text or _ENCODED in text]
+
+
+def test_the_command_line_shows_no_password_and_no_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for url in (f"etcd://u:{_ENCODED}@127.0.0.1:{free_port()}/p?timeout=0.2", f"redis://u:{SECRET}@127.0.0.1/0"):
+        done = subprocess.run(
+            [sys.executable, "-m", "dfdb", "--db", url, "--timeout", "1", "ls", "lswitch"],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        output = done.stdout + done.stderr
+        assert done.returncode in (1, 2) and output.count("\n") == 1, output
+        assert SECRET not in output and _ENCODED not in output and "Traceback" not in output
