@@ -101,7 +101,8 @@ async def test_a_wrong_ca_or_no_client_certificate_is_refused(tls_etcd: EtcdServ
     other = make_local_ca(tmp_path / "other")
     wrong_ca = _url(tls_etcd, "ns-a").replace(str(tls_etcd.ca.ca_file), str(other.ca_file))
     no_cert = f"etcd://127.0.0.1:{tls_etcd.client_ports[0]}/ns-a?tls=true&ca_file={tls_etcd.ca.ca_file}&timeout=2"
-    for url in (wrong_ca, no_cert):
+    wrong_name = _url(tls_etcd, "ns-a") + "&server_name=db.example"
+    for url in (wrong_ca, no_cert, wrong_name):
         started = asyncio.get_running_loop().time()
         with pytest.raises(dfdb.AuthenticationError, match="TLS: the server"):
             async with dfdb.connect(url, timeout=10):
@@ -120,3 +121,8 @@ async def test_plain_etcd_to_a_tls_port_is_a_clear_error(tls_etcd: EtcdServer) -
 def test_verify_false_is_refused_for_etcd() -> None:
     with pytest.raises(dfdb.InvalidURL, match="verify=false"):
         dfdb.connect("etcd://127.0.0.1/p?tls=true&verify=false")
+
+
+async def test_server_name_is_the_name_checked(tls_etcd: EtcdServer) -> None:
+    async with dfdb.connect(_url(tls_etcd, "ns-a") + "&server_name=localhost") as nb:
+        await nb.get_all(LogicalSwitch)

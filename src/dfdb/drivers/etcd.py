@@ -99,7 +99,7 @@ _GREATER = rpc.Compare.GREATER
 def _tls_refused(details: str | None) -> str | None:
     """What went wrong when a gRPC failure is a TLS handshake that retrying cannot mend."""
     text = (details or "").upper()
-    if "CERTIFICATE_VERIFY_FAILED" in text:
+    if "CERTIFICATE_VERIFY_FAILED" in text or "HOSTNAME VERIFICATION CHECK FAILED" in text:
         return "the server's certificate was not accepted; check ca_file (and server_name)"
     if "TSI_DATA_CORRUPTED" in text or "CERTIFICATE_REQUIRED" in text:
         return "the server refused the connection; it may need a client certificate it trusts (cert_file, key_file)"
