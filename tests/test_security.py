@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import pickle
@@ -15,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dfdb
+from dfdb.cli import main as cli_main
 from dfdb.models import LogicalSwitch
 from dfdb.servers import free_port
 from dfdb.tls import TlsSettings
@@ -152,3 +155,29 @@ def test_the_command_line_shows_no_password_and_no_traceback(tmp_path: Path) -> 
         output = done.stdout + done.stderr
         assert done.returncode in (1, 2) and output.count("\n") == 1, output
         assert SECRET not in output and _ENCODED not in output and "Traceback" not in output
+
+
+_CLOSED_PORT = free_port()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    scheme=st.sampled_from(["redis", "etcd", "zk"]),
+    encode=st.booleans(),
+    command=st.sampled_from([["ls"], ["get"], ["rm"], ["put"], ["watch"], ["tables"]]),
+    words=st.lists(st.text(alphabet=st.sampled_from("ab{}\"':/@?#-=1 "), max_size=12), max_size=2),
+)
+def test_the_command_line_never_shows_a_password_nor_a_traceback(
+    scheme: str, encode: bool, command: list[str], words: list[str]
+) -> None:
+    password = _ENCODED if encode else SECRET
+    url = f"{scheme}://u:{password}@127.0.0.1:{_CLOSED_PORT}/p"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = cli_main(["--db", url, "--timeout", "0.2", *command, *words])
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code  # type: ignore[assignment]
+    out, err = stdout.getvalue(), stderr.getvalue()
+    assert code in (0, 1, 2)
+    assert SECRET not in out + err and _ENCODED not in out + err and "Traceback" not in err
