@@ -49,6 +49,9 @@ async def test_tls_with_digest_auth_serves_writes_and_events(tls_zookeeper: ZooK
             await nb.create(LogicalSwitch(id="s1", name="one"))
             event = await asyncio.wait_for(anext(stream), 10)
         assert (event.action, event.id, event.obj) == (dfdb.Action.CREATE, "s1", await nb.get(LogicalSwitch, "s1"))
+        calls = nb.driver._calls  # type: ignore[attr-defined]
+        for held in (calls, calls._repair):  # the credentials are kept masked
+            assert SECRET.encode() not in repr(vars(held)).encode() and SECRET not in repr(vars(held))
 
 
 async def test_another_user_cannot_read_a_namespace(tls_zookeeper: ZooKeeperServer) -> None:

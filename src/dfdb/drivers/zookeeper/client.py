@@ -24,6 +24,7 @@ from dfdb.drivers.zookeeper.tls import tls_failure_of
 from dfdb.errors import AuthenticationError, BackendUnavailableError, DriverError, StreamClosedError
 from dfdb.retry import raise_if_cancelling
 from dfdb.tls import describe_tls_failure
+from dfdb.url import Secret
 
 __all__ = ["Calls", "WatchKey"]
 
@@ -57,7 +58,7 @@ class Calls:
         self.servers = servers
         self.session_timeout = session_timeout
         self.timeout = timeout
-        self.auth = auth
+        self._auth = None if auth is None else Secret(auth.decode())
         self.identity_path = identity_path
         self.tls: tuple[ssl.SSLContext, str | None] | None = None
         """TLS for every connection: a context and the server name, or ``None``."""
@@ -68,6 +69,11 @@ class Calls:
         self._repair: SessionRepair | None = None
         self._ensured: set[str] = set()
         self._closed = False
+
+    @property
+    def auth(self) -> bytes | None:
+        """The digest credentials (``user:password``), kept masked (a :class:`~dfdb.url.Secret`)."""
+        return None if self._auth is None else self._auth.reveal().encode()
 
     # ------------------------------------------------------------ connection
     async def open(self) -> None:

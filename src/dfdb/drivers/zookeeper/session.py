@@ -24,6 +24,7 @@ from aiozk.states import States
 
 from dfdb.drivers.zookeeper.tls import use_tls
 from dfdb.retry import Backoff
+from dfdb.url import Secret
 
 __all__ = ["SessionRepair"]
 
@@ -43,11 +44,16 @@ class SessionRepair:
 
     def __init__(self, zk: Any, auth: bytes | None) -> None:
         self.zk = zk
-        self.auth = auth
+        self._auth = None if auth is None else Secret(auth.decode())
         self.tasks: set[asyncio.Task[Any]] = set()
         session = zk.session
         session.find_server = self._find_server
         session.repair_loop = self._repair_loop
+
+    @property
+    def auth(self) -> bytes | None:
+        """The digest credentials (``user:password``), kept masked (a :class:`~dfdb.url.Secret`)."""
+        return None if self._auth is None else self._auth.reveal().encode()
 
     @classmethod
     def client(
