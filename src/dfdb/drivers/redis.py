@@ -175,14 +175,36 @@ class _TlsConnection(aioredis.Connection):
     def __init__(self, *, tls_context: Any, tls_server_name: str | None, **kwargs: Any) -> None:
         self.tls_context = tls_context
         self.tls_server_name = tls_server_name
+        self._raw: Any = None
         super().__init__(**kwargs)
 
-    def _connection_arguments(self) -> Any:
-        args = dict(super()._connection_arguments())
-        args["ssl"] = self.tls_context
-        if self.tls_server_name is not None:
-            args["server_hostname"] = self.tls_server_name
-        return args
+    async def _connect(self) -> None:
+        # TCP first, then TLS on it; the TCP transport is kept so that it is closed for
+        # sure (an SSL transport closed while its shutdown is pending leaves it open)
+        await super()._connect()  # type: ignore[no-untyped-call]
+        writer: Any = self._writer
+        self._raw = writer.transport
+        try:
+            await writer.start_tls(self.tls_context, server_hostname=self.tls_server_name or self.host)
+        except BaseException:
+            writer.close()
+            self._abort_raw()
+            raise
+
+    def _abort_raw(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None and not raw.is_closing():
+            raw.abort()
+
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().disconnect(*args, **kwargs)
+        finally:
+            self._abort_raw()
+
+    def _close(self) -> None:
+        super()._close()  # type: ignore[no-untyped-call]
+        self._abort_raw()
 
 
 class RedisDriver(Driver):
