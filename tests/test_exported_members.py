@@ -24,6 +24,8 @@ def test_all_is_the_public_namespace() -> None:
         "codec",
         "connecting",
         "metrics",
+        "certs",
+        "tls",
     }
     assert set(dfdb.__all__) - {"__version__"} == public
 

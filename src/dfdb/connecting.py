@@ -29,7 +29,9 @@ def connect(
     Args:
         url: e.g. ``memory://``, ``redis://127.0.0.1:6379/0``. The options
             ``notifications``, ``poll_interval`` and ``timeout`` may also be given in
-            the URL's query string; keyword arguments win.
+            the URL's query string; keyword arguments win. The password may also come
+            from ``password_file=PATH`` or, for a URL that names a user, from the
+            environment variable ``DFDB_PASSWORD``.
         notifications: ``auto`` (native stream or change log when the driver has
             one, else snapshot polling), ``native`` (refuse polling) or ``poll``.
         poll_interval: seconds between snapshot polls (default 0.5).
@@ -44,7 +46,7 @@ def connect(
         InvalidURL, UnknownDriverError, MissingDependencyError: a configuration mistake
             (also a ``nan``, infinite, zero or negative ``timeout`` or ``poll_interval``).
     """
-    parsed = DatabaseURL.parse(url)
+    parsed = DatabaseURL.parse(url).with_credentials()
     mode = notifications or parsed.option("notifications", "auto")
     if mode not in ("auto", "native", "poll"):
         raise ConfigurationError(f"notifications must be auto, native or poll, not {mode!r}")

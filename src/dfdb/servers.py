@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self, TextIO
 
+from dfdb.certs import LocalCA, make_local_ca
 from dfdb.errors import ConfigurationError, DfdbError
 
 __all__ = [
@@ -57,10 +59,16 @@ class LocalServer(ABC):
 
     binary: str = ""
 
-    def __init__(self, members: int = 1) -> None:
+    def __init__(self, members: int = 1, *, tls: bool = False) -> None:
         self.members = members
         self.workdir = Path(tempfile.mkdtemp(prefix="dfdb-server-"))
         self.processes: list[subprocess.Popen[bytes] | None] = []
+        self.ca: LocalCA | None = make_local_ca(self.workdir / "tls") if tls else None
+        """With ``tls``: the local CA and certificates the server uses (``url`` trusts it)."""
+
+    def _tls_query(self) -> str:
+        """The URL options that trust the server's CA and present the client certificate."""
+        return "" if self.ca is None else "?tls=true&" + self.ca.url_options()
 
     @classmethod
     def available(cls) -> bool:
@@ -124,13 +132,17 @@ class LocalServer(ABC):
         self.stop()
 
 
-SERVERS: dict[str, Callable[[int], LocalServer]] = {}
-"""Backend name -> factory taking the number of members."""
+SERVERS: dict[str, Callable[..., LocalServer]] = {}
+"""Backend name -> factory taking the number of members (and ``tls=True``)."""
 
 
-def run_foreground(factory: Callable[[int], LocalServer], members: int, out: TextIO | None = None) -> int:
+def run_foreground(
+    factory: Callable[..., LocalServer], members: int, out: TextIO | None = None, *, tls: bool = False
+) -> int:
     """Run a server until Ctrl-C or ``SIGTERM``, printing its URL to ``out`` (default
     stdout); the server is stopped and its data folder deleted however it ends.
+    With ``tls``, it serves TLS only with certificates of a local CA made in its data
+    folder, and the URL names the CA and a client certificate.
 
     Returns:
         0 after an interrupt.
@@ -139,7 +151,7 @@ def run_foreground(factory: Callable[[int], LocalServer], members: int, out: Tex
         ConfigurationError: ``members`` is not a size the backend can run.
         ServerUnavailable: missing binary, or not ready in time.
     """
-    server = factory(members)
+    server = factory(members, tls=True) if tls else factory(members)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
@@ -180,23 +192,32 @@ class RedisServer(LocalServer):
         members: must be 1 (replication is not set up here).
         appendonly: keep an append-only file (``appendfsync always``) so that a
             restart after ``kill -9`` keeps every acknowledged write.
+        tls: serve TLS only (certificates of a local CA; a client certificate is
+            checked when one is presented).
     """
 
     binary = "redis-server"
 
-    def __init__(self, members: int = 1, *, appendonly: bool = True) -> None:
+    def __init__(self, members: int = 1, *, appendonly: bool = True, tls: bool = False) -> None:
         if members != 1:
             raise ConfigurationError("redis: only single servers are supported (--members 1)")
-        super().__init__(members)
+        super().__init__(members, tls=tls)
         self.appendonly = appendonly
         self.port = free_port()
 
     @property
     def url(self) -> str:
+        if self.ca is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?{self.ca.url_options()}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _ping(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), timeout=1))
+            if self.ca is not None:
+                context = ssl.create_default_context(cafile=str(self.ca.ca_file))
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only: is it up?
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname="127.0.0.1"))
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
 
@@ -209,6 +230,12 @@ class RedisServer(LocalServer):
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
             "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.workdir / "redis.log"),
         ]  # fmt: skip
+        if self.ca is not None:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += [
+                "--tls-cert-file", str(self.ca.server_cert), "--tls-key-file", str(self.ca.server_key),
+                "--tls-ca-cert-file", str(self.ca.ca_file), "--tls-auth-clients", "optional",
+            ]  # fmt: skip
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.processes = [proc]
         _wait_ready(self._ping, proc, f"redis-server on port {self.port}")
@@ -219,7 +246,7 @@ class RedisServer(LocalServer):
         self.start()
 
 
-SERVERS["redis"] = lambda members: RedisServer(members)
+SERVERS["redis"] = RedisServer
 
 
 def _http_json(url: str, body: bytes | None = None, timeout: float = 1.0) -> dict[str, object]:
@@ -235,33 +262,43 @@ class EtcdServer(LocalServer):
     Args:
         members: 1 for a single server, 3 (or more) for a cluster.
         progress_interval: the server's ``--experimental-watch-progress-notify-interval``.
+        tls: serve clients over TLS only, with client-certificate authentication
+            (certificates of a local CA; health and metrics stay on a plain port).
     """
 
     binary = "etcd"
 
-    def __init__(self, members: int = 1, *, progress_interval: str = "1s") -> None:
+    def __init__(self, members: int = 1, *, progress_interval: str = "1s", tls: bool = False) -> None:
         if members < 1:
             raise ConfigurationError("etcd: --members must be at least 1")
-        super().__init__(members)
+        super().__init__(members, tls=tls)
         self.progress_interval = progress_interval
         self.client_ports = [free_port() for _ in range(members)]
         self.peer_ports = [free_port() for _ in range(members)]
+        self.metrics_ports = [free_port() for _ in range(members)] if tls else self.client_ports
         self.token = f"dfdb-{os.getpid()}-{id(self):x}"
 
     @property
     def url(self) -> str:
-        return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
+        return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports) + self._tls_query()
 
     def member_url(self, index: int) -> str:
         """The dfdb URL of member ``index`` alone."""
-        return f"etcd://127.0.0.1:{self.client_ports[index]}"
+        return f"etcd://127.0.0.1:{self.client_ports[index]}" + self._tls_query()
 
     def _args(self, index: int, binary: str, state: str) -> list[str]:
         cluster = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer_ports))
-        client = f"http://127.0.0.1:{self.client_ports[index]}"
+        client = f"{'https' if self.ca else 'http'}://127.0.0.1:{self.client_ports[index]}"
         peer = f"http://127.0.0.1:{self.peer_ports[index]}"
+        tls: list[str] = []
+        if self.ca is not None:
+            tls = [
+                "--cert-file", str(self.ca.server_cert), "--key-file", str(self.ca.server_key),
+                "--trusted-ca-file", str(self.ca.ca_file), "--client-cert-auth",
+                "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_ports[index]}",
+            ]  # fmt: skip
         return [
-            binary, "--name", f"m{index}", "--data-dir", str(self.workdir / f"m{index}"),
+            binary, *tls, "--name", f"m{index}", "--data-dir", str(self.workdir / f"m{index}"),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", cluster, "--initial-cluster-token", self.token,
@@ -273,7 +310,7 @@ class EtcdServer(LocalServer):
     def healthy(self, index: int) -> bool:
         """Whether member ``index`` answers ``/health`` with a leader."""
         try:
-            return _http_json(f"http://127.0.0.1:{self.client_ports[index]}/health").get("health") == "true"
+            return _http_json(f"http://127.0.0.1:{self.metrics_ports[index]}/health").get("health") == "true"
         except (OSError, ValueError):
             return False
 
@@ -283,7 +320,7 @@ class EtcdServer(LocalServer):
         Raises:
             ServerUnavailable: the member did not answer.
         """
-        url = f"http://127.0.0.1:{self.client_ports[index]}/metrics"
+        url = f"http://127.0.0.1:{self.metrics_ports[index]}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=2) as reply:
                 text = reply.read().decode()
@@ -348,7 +385,7 @@ class EtcdServer(LocalServer):
             _wait_ready(lambda: self.healthy(index), proc, f"etcd member m{index}")
 
 
-SERVERS["etcd"] = lambda members: EtcdServer(members)
+SERVERS["etcd"] = EtcdServer
 
 
 class ZooKeeperServer(LocalServer):
@@ -358,13 +395,21 @@ class ZooKeeperServer(LocalServer):
     binary = "java"
     classpath = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
 
-    def __init__(self, members: int = 1, *, heap: str = "256m") -> None:
+    netty = ":".join(
+        f"/usr/share/java/netty-{name}.jar"
+        for name in ("buffer", "codec", "common", "handler", "resolver", "transport", "transport-native-unix-common")
+    )
+    """Netty, for the TLS port (the Debian package's netty-all.jar only names these)."""
+
+    def __init__(self, members: int = 1, *, heap: str = "256m", tls: bool = False) -> None:
         if members < 1:
             raise ConfigurationError("zookeeper: --members must be at least 1")
-        super().__init__(members)
+        super().__init__(members, tls=tls)
         self.heap = heap
         """The JVM's -Xmx: ZooKeeper holds every node in memory."""
         self.client_ports = [free_port() for _ in range(members)]
+        self.secure_ports = [free_port() for _ in range(members)] if tls else []
+        """With ``tls``: the TLS client ports (Netty), which ``url`` names."""
         self.quorum_ports = [(free_port(), free_port()) for _ in range(members)]
 
     @classmethod
@@ -373,7 +418,7 @@ class ZooKeeperServer(LocalServer):
 
     @property
     def url(self) -> str:
-        return "zk://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
+        return "zk://" + ",".join(f"127.0.0.1:{p}" for p in self.secure_ports or self.client_ports) + self._tls_query()
 
     def _config(self, index: int) -> Path:
         data = self.workdir / f"m{index}"
@@ -384,6 +429,15 @@ class ZooKeeperServer(LocalServer):
             "admin.enableServer=false", "4lw.commands.whitelist=*", "maxSessionTimeout=60000",
             "forceSync=no",  # loopback tests: the page cache survives kill -9 of the server
         ]  # fmt: skip
+        if self.ca is not None:
+            keystore = self.workdir / "tls" / "server-keystore.pem"
+            keystore.write_bytes(self.ca.server_key.read_bytes() + self.ca.server_cert.read_bytes())
+            keystore.chmod(0o600)
+            lines += [
+                f"secureClientPort={self.secure_ports[index]}", "secureClientPortAddress=127.0.0.1",
+                f"ssl.keyStore.location={keystore}", "ssl.keyStore.type=PEM",
+                f"ssl.trustStore.location={self.ca.ca_file}", "ssl.trustStore.type=PEM", "ssl.clientAuth=want",
+            ]  # fmt: skip
         if self.members > 1:
             (data / "myid").write_text(f"{index + 1}\n")
             lines += [f"server.{i + 1}=127.0.0.1:{a}:{b}" for i, (a, b) in enumerate(self.quorum_ports)]
@@ -418,6 +472,9 @@ class ZooKeeperServer(LocalServer):
             java, f"-Xmx{self.heap}", "-Dzookeeper.admin.enableServer=false", "-cp", self.classpath,
             "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self._config(index)),
         ]  # fmt: skip
+        if self.ca is not None:
+            args[4:5] = [f"{self.classpath}:{self.netty}"]
+            args[2:2] = ["-Dzookeeper.serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory"]
         with open(self.workdir / f"m{index}.log", "ab") as log:
             return subprocess.Popen(args, stdout=log, stderr=log)
 
@@ -430,6 +487,18 @@ class ZooKeeperServer(LocalServer):
             _wait_ready(
                 functools.partial(self.serving, i), proc, f"zookeeper member {i} on port {self.client_ports[i]}"
             )
+            if self.ca is not None:  # the first TLS handshake warms the JVM up: not a client's first call
+                _wait_ready(functools.partial(self._tls_serving, i), proc, f"zookeeper member {i}'s TLS port")
+
+    def _tls_serving(self, index: int) -> bool:
+        assert self.ca is not None
+        context = ssl.create_default_context(cafile=str(self.ca.ca_file))
+        with (
+            socket.create_connection(("127.0.0.1", self.secure_ports[index]), timeout=5) as plain,
+            context.wrap_socket(plain, server_hostname="127.0.0.1") as sock,
+        ):
+            sock.sendall(b"srvr")
+            return sock.recv(64).startswith(b"Zookeeper version")
 
     def leader(self) -> int:
         """The index of the ensemble's leader (0 for a standalone server)."""
@@ -449,4 +518,4 @@ class ZooKeeperServer(LocalServer):
         _wait_ready(functools.partial(self.serving, index), proc, f"zookeeper member {index}")
 
 
-SERVERS["zookeeper"] = lambda members: ZooKeeperServer(members)
+SERVERS["zookeeper"] = ZooKeeperServer

@@ -3,13 +3,47 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, quote, unquote
 
 from dfdb.errors import ConfigurationError, InvalidURL
 
-__all__ = ["DatabaseURL"]
+__all__ = ["PASSWORD_ENV", "DatabaseURL", "Secret"]
+
+PASSWORD_ENV = "DFDB_PASSWORD"
+"""The environment variable that gives the password when a URL names a user but no password."""
+
+_SECRET_OPTIONS = frozenset({"password", "secret", "token"})
+"""Option names whose values ``render`` masks (dfdb takes none of them; a driver refuses them)."""
+
+
+class Secret:
+    """A credential whose ``repr`` and ``str`` are masked; :meth:`reveal` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret's value, for the client library that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a Secret is not pickled")
 
 
 @dataclass(frozen=True)
@@ -46,6 +80,16 @@ class DatabaseURL:
         scheme, rest = url.split("://", 1)
         if not scheme or not all(c.isalnum() or c in "+-." for c in scheme):
             raise InvalidURL(f"bad scheme in database URL: {scheme!r}")
+        # the authority ends at the first '/', '?' or '#'; an '@' after it means a user name
+        # or password with one of them unescaped (or an unescaped '@' in the path or options):
+        # guessing could connect somewhere else with the password as a host name
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        if end > 0 and "@" in rest[end:]:
+            raise InvalidURL(
+                f"cannot parse the {scheme}:// URL (not shown: it may hold a password): "
+                "percent-encode '/', '?', '#' and '@' in the user name and password "
+                "(%2F, %3F, %23, %40) and any '@' in the path or options"
+            )
         rest, _, query = rest.partition("?")
         rest = rest.partition("#")[0]
         netloc, slash, path = rest.partition("/")
@@ -107,6 +151,57 @@ class DatabaseURL:
         opts = {k: v for k, v in self.options.items() if k not in names}
         return DatabaseURL(self.scheme, self.hosts, self.username, self.password, self.path, opts)
 
+    def bool_option(self, name: str, default: bool) -> bool:
+        """Option ``name`` as a boolean (``true``/``false``, ``yes``/``no``, ``1``/``0``, ``on``/``off``).
+
+        Raises:
+            InvalidURL: the value is none of those.
+        """
+        raw = self.options.get(name)
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise InvalidURL(f"option {name}={raw!r} must be true or false")
+
+    @property
+    def secret(self) -> Secret | None:
+        """The password as a :class:`Secret` (masked ``repr``), or ``None``."""
+        return None if self.password is None else Secret(self.password)
+
+    def with_credentials(self, environ: Mapping[str, str] | None = None) -> DatabaseURL:
+        """This URL with its password taken from where it is kept outside the URL.
+
+        The option ``password_file=PATH`` reads the password from that file (one
+        trailing newline dropped) and is removed from the options; otherwise, when the
+        URL names a user but no password, the environment variable ``DFDB_PASSWORD``
+        gives it. Neither shows in ``ps`` or a shell's history, as a URL would.
+
+        Raises:
+            InvalidURL: both a password and ``password_file`` are given, or the file
+                cannot be read.
+        """
+        environ = os.environ if environ is None else environ
+        url = self
+        path = self.options.get("password_file")
+        if path is not None:
+            if self.password is not None:
+                raise InvalidURL("give the password either in the URL or in password_file=, not both")
+            try:
+                with open(os.path.expanduser(path), encoding="utf-8") as file:
+                    text = file.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise InvalidURL(f"cannot read password_file {path!r}: {reason}") from None
+            text = text.removesuffix("\n").removesuffix("\r")
+            url = replace(self.without_options("password_file"), password=text)
+        elif self.password is None and self.username is not None and environ.get(PASSWORD_ENV):
+            url = replace(self, password=environ[PASSWORD_ENV])
+        return url
+
     def render(self, *, mask: bool = True) -> str:
         """The URL as text; the password shows as ``***`` unless ``mask`` is false."""
         auth = ""
@@ -120,7 +215,9 @@ class DatabaseURL:
         if self.path or self.scheme == "sqlite":
             text += "/" + self.path
         if self.options:
-            text += "?" + "&".join(f"{k}={v}" for k, v in self.options.items())
+            text += "?" + "&".join(
+                f"{k}={'***' if mask and k.lower() in _SECRET_OPTIONS else v}" for k, v in self.options.items()
+            )
         return text
 
     def __str__(self) -> str:
@@ -151,10 +248,9 @@ def _split_hostport(text: str) -> tuple[str, int | None]:
 
 
 def _mask_text(text: str) -> str:
-    if "@" in text and "://" in text:
-        scheme, rest = text.split("://", 1)
-        userinfo, _, tail = rest.partition("@")
-        return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{tail}"
+    """``text`` (not a URL dfdb understands) with anything that may be a password hidden."""
+    if "@" in text or ":" in text:
+        return "(not shown: it may hold a password)"
     return text
 
 

@@ -223,7 +223,7 @@ def _server(args: argparse.Namespace) -> int:
     hangup = getattr(signal, "SIGHUP", None) if main_thread else None
     previous = signal.signal(hangup, _interrupt) if hangup is not None else None
     try:
-        return run_foreground(factory, args.members)
+        return run_foreground(factory, args.members, tls=args.tls)
     finally:
         if hangup is not None:
             signal.signal(hangup, previous)

@@ -210,6 +210,7 @@ def build_parser() -> Parser:
     run = _command(srv_sub, "run", "run BACKEND in the foreground on loopback", "dfdb server run etcd --members 3")
     run.add_argument("backend", help="redis, etcd or zookeeper")
     run.add_argument("--members", type=_positive, default=1, help="cluster members")
+    run.add_argument("--tls", action="store_true", help="serve TLS only, with a local CA made for development")
     b = _command(sub, "bench", "dfdb against the raw client on --db: the five benchmark cases", "dfdb bench --quick")
     b.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
     b.add_argument("--repeat", type=_positive, help="runs of each case (default 5; quick: 2)")

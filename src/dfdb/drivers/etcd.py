@@ -25,7 +25,12 @@ yields ``resync``.
 Options: ``timeout`` (seconds per call, default 3), ``keepalive`` (seconds between
 gRPC keepalive pings on a watch, default 5; with ``keepalive_timeout``, default 2, a
 hung member is noticed within about their sum), ``page`` (keys per listing page,
-default 1000), ``window`` (writes in flight in ``put_many``, default 64).
+default 1000), ``window`` (writes in flight in ``put_many``, default 64), and the TLS
+options of :mod:`dfdb.tls` (``tls=true``, ``ca_file``, ``cert_file`` and ``key_file``
+for client-certificate authentication, ``server_name``; gRPC always checks the
+server's certificate, so ``verify=false`` is refused). A user name and password are
+etcd's own users (``etcdctl auth enable``); with neither, a client certificate's
+common name is the user.
 
 Several endpoints make a cluster: calls go to one member and move to the next on a
 connection failure or time-out; watches ask for a leader (``hasleader``), so a
@@ -63,6 +68,7 @@ from dfdb.drivers.base import (
 from dfdb.drivers.etcd_watch import EtcdSource, _range_end
 from dfdb.errors import (
     AlreadyExistsError,
+    AuthenticationError,
     BackendUnavailableError,
     ConflictError,
     CorruptObjectError,
@@ -71,6 +77,7 @@ from dfdb.errors import (
     NotFoundError,
 )
 from dfdb.retry import raise_if_cancelling
+from dfdb.tls import TLS_OPTIONS, TlsSettings
 from dfdb.url import DatabaseURL
 
 __all__ = ["EtcdDriver", "EtcdSource"]
@@ -87,6 +94,18 @@ _RETRYABLE = {
 }
 _EQUAL = rpc.Compare.EQUAL
 _GREATER = rpc.Compare.GREATER
+
+
+def _tls_refused(details: str | None) -> str | None:
+    """What went wrong when a gRPC failure is a TLS handshake that retrying cannot mend."""
+    text = (details or "").upper()
+    if "CERTIFICATE_VERIFY_FAILED" in text or "HOSTNAME VERIFICATION CHECK FAILED" in text:
+        return "the server's certificate was not accepted; check ca_file (and server_name)"
+    if "TSI_DATA_CORRUPTED" in text or "CERTIFICATE_REQUIRED" in text:
+        return "the server refused the connection; it may need a client certificate it trusts (cert_file, key_file)"
+    if "WRONG_VERSION_NUMBER" in text:
+        return "the server does not speak TLS on this port"
+    return None
 
 
 class _Endpoints:
@@ -108,15 +127,21 @@ class _Endpoints:
         if self._channel is None:
             driver = self._driver
             log.debug("connecting to etcd member %s of %s", self.target, driver.url)
-            channel = grpc.aio.insecure_channel(self.target, options=driver.channel_options)
+            if driver.credentials is None:
+                channel = grpc.aio.insecure_channel(self.target, options=driver.channel_options)
+            else:
+                channel = grpc.aio.secure_channel(self.target, driver.credentials, options=driver.channel_options)
             if driver.url.username is not None:
                 try:
                     reply = await rpc.AuthStub(channel).Authenticate(
                         rpc.AuthenticateRequest(name=driver.url.username, password=driver.url.password or ""),
                         timeout=driver.timeout,
                     )
-                except grpc.aio.AioRpcError:
+                except grpc.aio.AioRpcError as exc:
                     await channel.close()
+                    if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                        # wrong user or password, or auth not enabled: permanent, not retried
+                        raise AuthenticationError(f"{driver.url}: authentication failed: {exc.details()}") from None
                     raise
                 self._token = reply.token
             self._channel = channel
@@ -154,7 +179,7 @@ class EtcdDriver(Driver):
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)
-        known = {"timeout", "keepalive", "keepalive_timeout", "page", "window"}
+        known = {"timeout", "keepalive", "keepalive_timeout", "page", "window"} | TLS_OPTIONS
         unknown = set(url.options) - known
         if unknown:
             raise InvalidURL(f"unknown etcd:// option(s): {', '.join(sorted(unknown))}")
@@ -170,7 +195,7 @@ class EtcdDriver(Driver):
             f"[{host}]:{port or 2379}" if ":" in host else f"{host or '127.0.0.1'}:{port or 2379}"
             for host, port in (url.hosts or (("127.0.0.1", None),))
         ]
-        self.channel_options = [
+        self.channel_options: builtins.list[tuple[str, int | str]] = [
             ("grpc.keepalive_time_ms", int(keepalive * 1000)),
             ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
             ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),  # grpcio 1.6x+ waits on this one
@@ -180,9 +205,24 @@ class EtcdDriver(Driver):
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
+        self.credentials = self._channel_credentials(TlsSettings.from_url(url))
         self._conn = _Endpoints(self)
         self._identity: str | None = None
         self._sources_started = 0
+
+    def _channel_credentials(self, tls: TlsSettings | None) -> grpc.ChannelCredentials | None:
+        """gRPC channel credentials for ``tls`` (and the server name it checks)."""
+        if tls is None:
+            return None
+        if not tls.verify:
+            raise InvalidURL("etcd:// cannot skip the server's certificate check (verify=false): give its ca_file")
+        if tls.server_name is not None:
+            self.channel_options.append(("grpc.ssl_target_name_override", tls.server_name))
+        return grpc.ssl_channel_credentials(
+            root_certificates=tls.read("ca_file") if tls.ca_file else None,
+            private_key=tls.read("key_file") if tls.key_file else None,
+            certificate_chain=tls.read("cert_file") if tls.cert_file else None,
+        )
 
     # ------------------------------------------------------------ keys
     def _key(self, *parts: str) -> bytes:
@@ -240,6 +280,12 @@ class EtcdDriver(Driver):
             code = exc.code()
             if code == grpc.StatusCode.UNAUTHENTICATED and conn.metadata():
                 await conn.close()  # the token expired: authenticate again on the next call
+            if code == grpc.StatusCode.PERMISSION_DENIED:
+                raise AuthenticationError(f"{self.url}: not allowed: {exc.details()} (check the user's role)") from None
+            refused = _tls_refused(exc.details()) if code == grpc.StatusCode.UNAVAILABLE else None
+            if refused is not None:
+                await conn.close()
+                raise AuthenticationError(f"{self.url} ({conn.target}): TLS: {refused}") from None
             if code in _RETRYABLE or code == grpc.StatusCode.UNAUTHENTICATED:
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     await conn.failover(channel)

@@ -22,7 +22,10 @@ epoch changed (a server that came back without its data, ``FLUSHALL``, another
 server) or whose counter went back below the position.
 
 Options: ``prefix``, ``maxlen``, ``block`` (seconds a blocking read waits before
-re-checking the epoch, default 1), ``connect_timeout`` (default 5).
+re-checking the epoch, default 1), ``connect_timeout`` (default 5), and the TLS
+options of :mod:`dfdb.tls` (``rediss://`` or ``tls=true``; ``ca_file``,
+``cert_file``, ``key_file``, ``server_name``, ``verify``). A user name in the URL
+is a Redis ACL user.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from dfdb.drivers.base import (
     PutRequest,
 )
 from dfdb.drivers.redis_streams import RedisSource
+from dfdb.drivers.redis_tls import TlsConnection
 from dfdb.errors import (
     AlreadyExistsError,
     AuthenticationError,
@@ -61,7 +65,8 @@ from dfdb.errors import (
     InvalidURL,
     NotFoundError,
 )
-from dfdb.url import DatabaseURL
+from dfdb.tls import TLS_OPTIONS, TlsSettings, describe_tls_failure, tls_failure
+from dfdb.url import DatabaseURL, Secret
 
 __all__ = ["RedisDriver"]
 
@@ -144,13 +149,24 @@ if last > known then redis.call('HSET', KEYS[1], KEYS[2], last) end
 return last
 """
 
-_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.AuthenticationWrongNumberOfArgsError)
+_CONNECTION_ERRORS = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    OSError,
+    rexc.AuthenticationWrongNumberOfArgsError,
+    rexc.NoPermissionError,
+)
 
 
 def _unavailable(url: DatabaseURL, exc: BaseException) -> DriverError:
     if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):  # permanent: not retried
         reason = str(exc) if url.password else "the server requires a password and the URL gives none"
         return AuthenticationError(f"{url}: authentication failed: {reason}")
+    if isinstance(exc, rexc.NoPermissionError):
+        return AuthenticationError(f"{url}: not allowed: {exc} (check the user's ACL: keys and channels of the prefix)")
+    failure = tls_failure(exc)
+    if failure is not None:  # a certificate is not going to change between retries
+        return AuthenticationError(f"{url}: {describe_tls_failure(failure)}")
     return BackendUnavailableError(f"{url}: {type(exc).__name__}: {exc}")
 
 
@@ -163,7 +179,7 @@ class RedisDriver(Driver):
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)
-        known = {"prefix", "maxlen", "block", "connect_timeout"} | ({"db"} if url.scheme == "unix" else set())
+        known = {"prefix", "maxlen", "block", "connect_timeout"} | ({"db"} if url.scheme == "unix" else TLS_OPTIONS)
         unknown = set(url.options) - known
         if unknown:
             raise InvalidURL(f"unknown {url.scheme}:// option(s): {', '.join(sorted(unknown))}")
@@ -174,6 +190,10 @@ class RedisDriver(Driver):
         self.block = url.float_option("block", 1.0, minimum=0.01)
         self.connect_timeout = url.float_option("connect_timeout", 5.0, minimum=0.01)
         self._kwargs = self._client_kwargs(url)
+        self._password = url.secret  # masked in any repr; revealed only to redis-py
+        tls = None if url.scheme == "unix" else TlsSettings.from_url(url, enabled=url.scheme == "rediss")
+        self._tls_context = None if tls is None else tls.ssl_context()
+        self._tls_server_name = None if tls is None else tls.server_name
         self._client: Any = None
         self._reader_client: Any = None
         self._write: Any = None
@@ -182,7 +202,7 @@ class RedisDriver(Driver):
         self.epoch = ""
 
     def _client_kwargs(self, url: DatabaseURL) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"username": url.username, "password": url.password}
+        kwargs: dict[str, Any] = {"username": url.username}
         if url.scheme == "unix":
             if not url.path:
                 raise InvalidURL("unix:// needs a socket path: unix:///run/redis.sock")
@@ -194,7 +214,6 @@ class RedisDriver(Driver):
             host, port = url.hosts[0] if url.hosts else ("127.0.0.1", None)
             kwargs["host"] = host or "127.0.0.1"
             kwargs["port"] = port or 6379
-            kwargs["ssl"] = url.scheme == "rediss"
             try:
                 db = int(url.path) if url.path else 0
             except ValueError:
@@ -210,7 +229,7 @@ class RedisDriver(Driver):
         common: dict[str, Any] = {
             "db": kw["db"],
             "username": kw["username"],
-            "password": kw["password"],
+            "password": None if self._password is None else Secret.reveal(self._password),
             "socket_connect_timeout": self.connect_timeout,
             "socket_timeout": socket_timeout,
             "retry": Retry(NoBackoff(), 0),  # dfdb retries, idempotently; redis-py must not
@@ -218,7 +237,17 @@ class RedisDriver(Driver):
         }
         if "unix_socket_path" in kw:
             return aioredis.Redis(unix_socket_path=kw["unix_socket_path"], **common)
-        return aioredis.Redis(host=kw["host"], port=kw["port"], ssl=kw["ssl"], **common)
+        if self._tls_context is None:
+            return aioredis.Redis(host=kw["host"], port=kw["port"], **common)
+        pool = aioredis.ConnectionPool(
+            connection_class=TlsConnection,
+            tls_context=self._tls_context,
+            tls_server_name=self._tls_server_name,
+            host=kw["host"],
+            port=kw["port"],
+            **common,
+        )
+        return aioredis.Redis.from_pool(pool)
 
     # ------------------------------------------------------------ connection
     async def open(self) -> None:

@@ -5,6 +5,9 @@ a line). ``{name}`` in a URL becomes a fresh name per test, ``{tmp}`` the test's
 own temporary folder, ``{redis}`` the address of a Redis server started for the
 session, ``{etcd}`` that of an etcd member, ``{zookeeper}`` that of a ZooKeeper
 server (skipped when the server is missing, failed when ``DFDB_REQUIRE_SERVERS=1``).
+``{redis_tls}``, ``{etcd_tls}`` and ``{zookeeper_tls}`` are TLS-only servers, and
+``{redis_tls_options}`` (…) the URL options that trust their CA and present a client
+certificate, e.g. ``etcd://{etcd_tls}/{name}?{etcd_tls_options}``.
 
 A test that takes ``dfdb_backend`` (every conformance test does) runs once per URL
 under asyncio and, for the schemes in :data:`TRIO_SCHEMES`, once more under trio.
@@ -55,7 +58,8 @@ TRIO_SCHEMES = frozenset({"memory", "sqlite"})
 
 
 def _url_id(url: str) -> str:
-    return url.split("?", 1)[0].split("://", 1)[0] + ("-poll" if "notifications=poll" in url else "")
+    scheme = url.split("?", 1)[0].split("://", 1)[0]
+    return scheme + ("-tls" if "_tls}" in url else "") + ("-poll" if "notifications=poll" in url else "")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -129,10 +133,31 @@ def dfdb_zookeeper_server() -> Iterator[LocalServer]:
     yield from _server_or_skip(lambda: ZooKeeperServer(), "zookeeper")
 
 
+@pytest.fixture(scope="session")
+def dfdb_redis_tls_server() -> Iterator[LocalServer]:
+    """A TLS-only ``redis-server`` for the whole session (``{redis_tls}`` in URLs)."""
+    yield from _server_or_skip(lambda: RedisServer(appendonly=False, tls=True), "redis")
+
+
+@pytest.fixture(scope="session")
+def dfdb_etcd_tls_server() -> Iterator[LocalServer]:
+    """A TLS-only etcd member with client-certificate auth for the whole session (``{etcd_tls}``)."""
+    yield from _server_or_skip(lambda: EtcdServer(tls=True), "etcd")
+
+
+@pytest.fixture(scope="session")
+def dfdb_zookeeper_tls_server() -> Iterator[LocalServer]:
+    """A ZooKeeper serving TLS for the whole session (``{zookeeper_tls}`` in URLs)."""
+    yield from _server_or_skip(lambda: ZooKeeperServer(tls=True), "zookeeper")
+
+
 SERVER_PLACEHOLDERS = {
     "{redis}": "dfdb_redis_server",
     "{etcd}": "dfdb_etcd_server",
     "{zookeeper}": "dfdb_zookeeper_server",
+    "{redis_tls}": "dfdb_redis_tls_server",
+    "{etcd_tls}": "dfdb_etcd_tls_server",
+    "{zookeeper_tls}": "dfdb_zookeeper_tls_server",
 }
 
 
@@ -149,9 +174,12 @@ def fill_url(template: str, tmp_path: Path, request: pytest.FixtureRequest, pref
     that test server (started by its fixture)."""
     url = template.replace("{name}", prefix + uuid.uuid4().hex[:12]).replace("{tmp}", str(tmp_path))
     for placeholder, fixture in SERVER_PLACEHOLDERS.items():
-        if placeholder in url:
+        options = placeholder[:-1] + "_options}"
+        if placeholder in url or options in url:
             server = request.getfixturevalue(fixture)
-            url = url.replace(placeholder, server.url.split("://", 1)[1].split("/", 1)[0])
+            url = url.replace(placeholder, server.url.split("://", 1)[1].split("?", 1)[0].split("/", 1)[0])
+            if server.ca is not None:
+                url = url.replace(options, "tls=true&" + server.ca.url_options())
     return url
 
 

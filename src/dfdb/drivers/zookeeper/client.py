@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -19,8 +20,11 @@ from typing import Any
 from aiozk import exc, protocol
 
 from dfdb.drivers.zookeeper.session import SessionRepair
-from dfdb.errors import BackendUnavailableError, DriverError, StreamClosedError
+from dfdb.drivers.zookeeper.tls import tls_failure_of
+from dfdb.errors import AuthenticationError, BackendUnavailableError, DriverError, StreamClosedError
 from dfdb.retry import raise_if_cancelling
+from dfdb.tls import describe_tls_failure
+from dfdb.url import Secret
 
 __all__ = ["Calls", "WatchKey"]
 
@@ -54,8 +58,10 @@ class Calls:
         self.servers = servers
         self.session_timeout = session_timeout
         self.timeout = timeout
-        self.auth = auth
+        self._auth = None if auth is None else Secret(auth.decode())
         self.identity_path = identity_path
+        self.tls: tuple[ssl.SSLContext, str | None] | None = None
+        """TLS for every connection: a context and the server name, or ``None``."""
         # with credentials, dfdb's nodes are for that user alone ("auth": whoever created them)
         self.acl = [protocol.UNRESTRICTED_ACCESS if auth is None else protocol.AUTHED_UNRESTRICTED]
         self.known_identity: str | None = None
@@ -64,16 +70,22 @@ class Calls:
         self._ensured: set[str] = set()
         self._closed = False
 
+    @property
+    def auth(self) -> bytes | None:
+        """The digest credentials (``user:password``), kept masked (a :class:`~dfdb.url.Secret`)."""
+        return None if self._auth is None else self._auth.reveal().encode()
+
     # ------------------------------------------------------------ connection
     async def open(self) -> None:
         """Start a session and read the identity.
 
         Raises:
             BackendUnavailableError: no server answered within the time-out.
+            AuthenticationError: the servers' TLS certificates were not accepted.
         """
         if self._repair is not None:
             return
-        self._repair = SessionRepair.client(self.servers, self.session_timeout, self.auth)
+        self._repair = SessionRepair.client(self.servers, self.session_timeout, self.auth, self.tls)
         log.debug("ZooKeeper: connecting to %s", self.servers)
         try:
             async with asyncio.timeout(self.timeout):
@@ -82,8 +94,11 @@ class Calls:
                 await self.send(protocol.AuthRequest(type=0, scheme="digest", auth=self.auth))
             await self.identity()
         except BaseException as error:
+            failure = tls_failure_of(self._repair.zk.session) if self._repair is not None else None
             await self.close()
             if isinstance(error, TimeoutError | OSError | exc.ZKError):
+                if failure is not None:
+                    raise AuthenticationError(f"{self.url}: {describe_tls_failure(failure)}") from None
                 raise BackendUnavailableError(f"{self.url}: cannot connect to {self.servers}") from None
             raise
         log.debug("ZooKeeper: connected to %s, session %s", self.servers, hex(self.session_id or 0))

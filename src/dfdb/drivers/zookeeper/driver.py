@@ -44,6 +44,7 @@ from dfdb.errors import (
     NotFoundError,
     ValueTooLargeError,
 )
+from dfdb.tls import TLS_OPTIONS, TlsSettings
 from dfdb.url import DatabaseURL
 
 __all__ = ["ZooKeeperDriver"]
@@ -73,7 +74,7 @@ class ZooKeeperDriver(Driver):
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)
-        known = {"session_timeout", "timeout", "bucket_size", "keep", "idle", "window"}
+        known = {"session_timeout", "timeout", "bucket_size", "keep", "idle", "window"} | TLS_OPTIONS
         unknown = set(url.options) - known
         if unknown:
             raise InvalidURL(f"unknown zk:// option(s): {', '.join(sorted(unknown))}")
@@ -90,6 +91,9 @@ class ZooKeeperDriver(Driver):
         auth = None if url.username is None else f"{url.username}:{url.password}".encode()
         self._layout = Layout(self.root)
         self._calls = Calls(url, self.servers, self.session_timeout, self.timeout, auth, self._layout.identity)
+        tls = TlsSettings.from_url(url)
+        if tls is not None:
+            self._calls.tls = (tls.ssl_context(), tls.server_name)
         self._logs = ChangeLogs(self._calls, self._layout, self.bucket_size, self.keep)
         self._access = LogAccess(self._logs, self.idle)
 

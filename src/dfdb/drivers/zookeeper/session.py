@@ -16,12 +16,15 @@ import contextlib
 import functools
 import logging
 import random
+import ssl
 from typing import Any
 
 from aiozk import ZKClient, exc, protocol
 from aiozk.states import States
 
+from dfdb.drivers.zookeeper.tls import use_tls
 from dfdb.retry import Backoff
+from dfdb.url import Secret
 
 __all__ = ["SessionRepair"]
 
@@ -41,16 +44,31 @@ class SessionRepair:
 
     def __init__(self, zk: Any, auth: bytes | None) -> None:
         self.zk = zk
-        self.auth = auth
+        self._auth = None if auth is None else Secret(auth.decode())
         self.tasks: set[asyncio.Task[Any]] = set()
         session = zk.session
         session.find_server = self._find_server
         session.repair_loop = self._repair_loop
 
+    @property
+    def auth(self) -> bytes | None:
+        """The digest credentials (``user:password``), kept masked (a :class:`~dfdb.url.Secret`)."""
+        return None if self._auth is None else self._auth.reveal().encode()
+
     @classmethod
-    def client(cls, servers: str, session_timeout: float, auth: bytes | None) -> SessionRepair:
-        """A new aiozk client for ``servers`` with dfdb's repair installed."""
-        return cls(ZKClient(servers, session_timeout=session_timeout, read_timeout=session_timeout), auth)
+    def client(
+        cls,
+        servers: str,
+        session_timeout: float,
+        auth: bytes | None,
+        tls: tuple[ssl.SSLContext, str | None] | None = None,
+    ) -> SessionRepair:
+        """A new aiozk client for ``servers`` with dfdb's repair installed (and TLS: a
+        context and the server name its certificate must carry)."""
+        zk = ZKClient(servers, session_timeout=session_timeout, read_timeout=session_timeout)
+        if tls is not None:
+            use_tls(zk.session, *tls)
+        return cls(zk, auth)
 
     @property
     def session(self) -> Any:
