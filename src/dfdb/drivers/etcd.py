@@ -70,7 +70,7 @@ from dfdb.errors import (
     InvalidURL,
     NotFoundError,
 )
-from dfdb.retry import raise_if_cancelling
+from dfdb.retry import raise_if_cancelling, run_to_completion
 from dfdb.url import DatabaseURL
 
 __all__ = ["EtcdDriver", "EtcdSource"]
@@ -420,7 +420,7 @@ class EtcdDriver(Driver):
         try:
             await source.start()
         except BaseException:
-            await source.aclose()
+            await run_to_completion(source.aclose)  # a cancelled open closes its stream all the same
             raise
         return self._track(source)
 
