@@ -404,7 +404,7 @@ class EtcdDriver(Driver):
         try:
             return self._index_entry(table, id, kv)
         except CorruptObjectError as exc:
-            log.warning("skipping %s", exc)
+            log.warning("skipping %s", str(exc))
             return None
 
     async def watch(

@@ -169,7 +169,7 @@ class EtcdSource(ReaderTaskSource):
                 if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
                     raise  # the source is closing
                 # the stream broke (the reader finds out and opens a new one, creating every watcher)
-                log.debug("writing to the etcd watch stream on %s failed: %r", self._conn.target, exc)
+                log.debug("writing to the etcd watch stream on %s failed: %s", self._conn.target, repr(exc))
 
     async def _drop_stream(self, *, failover: bool) -> None:
         call, self._call = self._call, None
@@ -261,7 +261,7 @@ class EtcdSource(ReaderTaskSource):
         return None
 
     async def _after_failure(self, exc: BaseException) -> None:
-        log.debug("etcd watch on %s failed (%s); reconnecting", self._conn.target, exc)
+        log.debug("etcd watch on %s failed (%s); reconnecting", self._conn.target, str(exc))
         await self._drop_stream(failover=True)
 
     async def _check_dataset(self) -> RawEvent | None:
