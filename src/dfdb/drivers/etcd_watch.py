@@ -227,7 +227,15 @@ class EtcdSource(ReaderTaskSource):
         kv = ev.kv
         revision = int(kv.mod_revision)
         if revision <= watcher.frontier:
-            return revision  # already delivered before a reconnect
+            # a stream starts each watch after its frontier, so this event was never delivered:
+            # etcd (3.4 before 3.4.25) may send a progress notification, or another watch's
+            # later event, ahead of events it holds back for a busy stream; deliver it late
+            log.debug(
+                "etcd watch %d: event at revision %d below its frontier %d",
+                watcher.watch_id,
+                revision,
+                watcher.frontier,
+            )
         key = bytes(kv.key)
         parsed = self._access.parse_data_key(key)
         if parsed is None:
