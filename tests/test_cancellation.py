@@ -64,28 +64,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("cancel_url", params)
 
 
-ETCD_CALL_LEFT = (
-    "etcd: a watch call cancelled at an await point leaves a grpc task (_AioCall._handle_status_once_received, "
-    "StreamStreamCall._prepare_rpc) running after the stream and the NbApi are closed"
-)
-ETCD_ADD_TOPICS_BACKLOG = (
-    "etcd: ChangeStream.add_topics({t}, since=cursor) does not deliver the change of t made after the cursor "
-    "(uncancelled: the create never arrives)"
-)
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    **{
-        (t, "etcd"): ETCD_CALL_LEFT
-        for t in (
-            "test_stream_open",
-            "test_stream_anext",
-            "test_replica_open",
-            "test_replica_add_topic",
-            "test_replica_remove_topic",
-            "test_replica_fetch",
-        )
-    },
-    ("test_stream_add_topics", "etcd"): ETCD_ADD_TOPICS_BACKLOG,
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 """(test, backend id) -> the bug that makes it fail today (an xfail that turns strict when fixed)."""
 
 
@@ -102,10 +81,13 @@ def cancel_fresh_url(cancel_url: str, tmp_path: Path, request: pytest.FixtureReq
 @pytest.fixture
 async def cnb(cancel_fresh_url: str) -> AsyncIterator[NbApi]:
     before = ResourceSnapshot.take()
+    before_kinds = _task_kinds(before)
     timeout = 2.0 if cancel_fresh_url.startswith(("memory:", "sqlite:")) else WITHIN
     async with dfdb.connect(cancel_fresh_url, timeout=timeout) as api:
         yield api
-    leaks = [leak for leak in await _tasks_and_threads_left(before) if "_poll_wrapper" not in leak]  # grpc's, global
+    leaks = [
+        leak for leak in await _tasks_and_threads_left(before, before_kinds) if "_poll_wrapper" not in leak
+    ]  # grpc's, global
     assert not leaks, f"left behind after closing the NbApi: {leaks}"
 
 
@@ -139,6 +121,7 @@ async def sweep(
     ``cycles``: count event-loop iterations instead (for calls whose work runs in tasks
     they start, such as the batches)."""
     baseline = ResourceSnapshot.take()
+    baseline_kinds = _task_kinds(baseline)
     first = await run_stepped((await make(0))())
     assert not first.cancelled and first.error is None, f"the uncancelled call failed: {first.error!r}"
     await check(0, first)
@@ -158,7 +141,7 @@ async def sweep(
         if tidy is not None:
             await tidy()
         await probe(nb, f"after a cancel at {unit} {k} of {total}")
-        leaks = await _tasks_and_threads_left(baseline)
+        leaks = await _tasks_and_threads_left(baseline, baseline_kinds)
         assert not leaks, f"after a cancel at {unit} {k}: {leaks}"
     # client libraries keep pools: a connection dropped by a cancel may be replaced; a leak grows with k
     fds = ResourceSnapshot.take().fds - baseline.fds
@@ -166,21 +149,24 @@ async def sweep(
     return first.steps
 
 
-async def _tasks_and_threads_left(baseline: ResourceSnapshot) -> list[str]:
-    """Kinds of task (by coroutine) or threads of which more run than at ``baseline``, for 2 s on end.
+def _task_kinds(snapshot: ResourceSnapshot) -> Counter[str]:
+    """How many tasks of each kind (the qualified name of their coroutine) run in ``snapshot``;
+    taken with the snapshot: a finished compiled coroutine (grpc's) has no name any more."""
+    return Counter(getattr(t.get_coro(), "__qualname__", None) or repr(t.get_coro()) for t in snapshot.tasks)
+
+
+async def _tasks_and_threads_left(baseline: ResourceSnapshot, before: Counter[str]) -> list[str]:
+    """Kinds of task (by coroutine) or threads of which more run than at ``baseline`` (``before``:
+    its task kinds, counted when it was taken), for 2 s on end.
 
     Counted by kind: a poller's per-read task or a client's per-command task is replaced
-    all the time, and is a leak only when their number grows."""
-
-    def kinds(snapshot: ResourceSnapshot) -> Counter[str]:
-        return Counter(getattr(t.get_coro(), "__qualname__", repr(t.get_coro())) for t in snapshot.tasks)
-
-    before = kinds(baseline)
+    all the time (a gRPC call's status task with the stream it belongs to), and is a leak
+    only when their number grows."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 2
     while True:
         now = ResourceSnapshot.take()
-        grown = kinds(now) - before
+        grown = _task_kinds(now) - before
         leaks = [f"{n} more task(s) running {kind}" for kind, n in grown.items()]
         leaks += [
             f"thread left running: {t.name}"
@@ -479,6 +465,10 @@ async def test_stream_open(cnb: NbApi) -> None:
 
 async def test_stream_anext(cnb: NbApi) -> None:
     async with cnb.watch(ChaosItem, topics={"t0"}) as stream:
+        first = await cnb.create(ChaosItem(id="sa-first", topic="t0", tag=tag()))
+        assert (
+            await asyncio.wait_for(anext(stream), WITHIN)
+        ).id == first.id  # a reader task starts with the first read
         written: dict[int, dfdb.NbModel] = {}
 
         async def make(k: int) -> Callable[[], Coroutine[Any, Any, Any]]:
@@ -522,6 +512,7 @@ async def test_stream_add_topics(cnb: NbApi) -> None:
             assert got == [(Action.CREATE, other.id)], (
                 f"cancelled at {k}: the object of the added topic arrived {len(got)} times: {seen}"
             )
+            assert stream.reconnects == 0, f"cancelled at {k}: the stream reconnected {stream.reconnects} times"
         finally:
             await stream.aclose()
 

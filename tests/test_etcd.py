@@ -14,6 +14,7 @@ import pytest
 import dfdb
 from dfdb.events import parse_cursor
 from dfdb.servers import EtcdServer, free_port
+from dfdb.testing.chaos import run_stepped
 from watching import Watcher, check_server_run, serve, watchers
 
 
@@ -309,3 +310,33 @@ async def test_a_value_another_tool_rewrote_is_replaced_by_put(single: EtcdServe
         )  # fmt: skip
         fixed = await nb.put(Port(id="a", topic="t", n=7))
         assert await nb.get(Port, "a") == fixed and fixed.n == 7
+
+
+async def test_a_cancelled_add_topics_keeps_the_watch_stream(single: EtcdServer) -> None:
+    """``add_topics`` cancelled at each of its await points while another task reads: the
+    watch stream goes on (gRPC ends a whole stream when one of its writes is cancelled), and
+    adding the topic again delivers the topic's change made after the cursor."""
+    async with dfdb.connect(single.url + "/adding") as nb, nb.watch(Port, topics={"t0"}) as stream:
+        arrived: dict[str, asyncio.Event] = {}
+
+        async def read() -> None:
+            async for ev in stream:
+                arrived.setdefault(ev.id, asyncio.Event()).set()
+
+        reader = asyncio.create_task(read())
+        try:
+            cancelled = 0
+            for k in range(1, 4):
+                cursor = stream.cursor
+                obj = await nb.create(Port(id=f"p{k}", topic=f"x{k}"))
+                run = await run_stepped(stream.add_topics({f"x{k}"}, since=cursor), cancel_at=k)
+                assert not run.swallowed and run.error is None, run
+                cancelled += run.cancelled
+                await stream.add_topics({f"x{k}"}, since=cursor)
+                await asyncio.wait_for(arrived.setdefault(obj.id, asyncio.Event()).wait(), 10)
+            assert cancelled > 0, "no add_topics was cancelled; the test proved nothing"
+            assert stream.reconnects == 0, f"the watch stream was dropped {stream.reconnects} times"
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader

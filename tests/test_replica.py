@@ -759,8 +759,6 @@ async def test_closing_ends_events_and_a_closed_replica_stays_closed(nb: NbApi) 
 async def test_add_topic_cancelled_at_any_step_leaves_the_topic_out(nb: NbApi) -> None:
     """A cancelled ``add_topic`` leaves the topic out (nothing half-loaded stays); the next
     call loads it whole."""
-    if nb.url.scheme == "etcd":
-        pytest.skip("etcd: a watch call cancelled mid-flight leaves grpc call tasks behind (a known leak)")
     await nb.create_many([Net(id=f"n{i}", topic="t1") for i in range(10)])
     async with Replica(nb, [Net], mode=SyncMode.SELECTIVE) as replica:
         for steps in range(40):

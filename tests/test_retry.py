@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import anyio
 import pytest
 
-from dfdb.retry import checkpoint_if_cancelled
+from dfdb.retry import Backoff, checkpoint_if_cancelled
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -49,3 +50,26 @@ def test_checkpoint_if_cancelled_sees_a_swallowed_asyncio_cancel() -> None:
         assert reached == []
 
     asyncio.run(main())
+
+
+async def test_a_logged_retry_keeps_no_exception_alive(caplog: pytest.LogCaptureFixture) -> None:
+    """A retry's log record carries the error's message, not the error: a kept record (a
+    handler that stores records, as pytest's does) must not keep the traceback's frames, and
+    the connections they hold, alive."""
+
+    class Held:
+        pass
+
+    held = Held()
+    ref = weakref.ref(held)
+
+    def fail(connection: Held) -> None:
+        raise ConnectionError("the server went away")
+
+    try:
+        fail(held)
+    except ConnectionError as exc:
+        await Backoff(initial=0.001).pause(0, "reading", exc)
+    del held
+    assert "reading failed (the server went away)" in caplog.text
+    assert ref() is None, "the log record keeps the failed call's frames alive"

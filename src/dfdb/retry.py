@@ -141,7 +141,9 @@ class Backoff:
         await anyio.lowlevel.checkpoint_if_cancelled()
         raise_if_cancelling(exc)
         delay = self.delay(attempt)
-        log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
+        # the message, not the exception: a kept log record must not keep its traceback's frames
+        # (and the connections they hold) alive
+        log.warning("%s failed (%s); retrying in %.2fs", what, str(exc), delay)
         await anyio.sleep(delay)
 
 

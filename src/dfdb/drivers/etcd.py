@@ -76,7 +76,7 @@ from dfdb.errors import (
     InvalidURL,
     NotFoundError,
 )
-from dfdb.retry import raise_if_cancelling
+from dfdb.retry import raise_if_cancelling, run_to_completion
 from dfdb.tls import TLS_OPTIONS, TlsSettings
 from dfdb.url import DatabaseURL
 
@@ -450,7 +450,7 @@ class EtcdDriver(Driver):
         try:
             return self._index_entry(table, id, kv)
         except CorruptObjectError as exc:
-            log.warning("skipping %s", exc)
+            log.warning("skipping %s", str(exc))
             return None
 
     async def watch(
@@ -466,7 +466,7 @@ class EtcdDriver(Driver):
         try:
             await source.start()
         except BaseException:
-            await source.aclose()
+            await run_to_completion(source.aclose)  # a cancelled open closes its stream all the same
             raise
         return self._track(source)
 

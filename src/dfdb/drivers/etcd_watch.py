@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,8 +62,10 @@ class EtcdSource(ReaderTaskSource):
     header revision is its last event's, or a progress notification). Events read
     together are merged in revision order; a watch catching up (after a reconnect,
     or a topic just added) may deliver older revisions after newer ones of another.
-    The stream is read by the source's reader task: a cancelled gRPC read would
-    drop the watch.
+    The stream is read by the source's reader task and written by its writer task
+    (requests queued in order): gRPC ends the whole stream when a read or a write is
+    cancelled, so no caller of the source reads or writes the stream itself, and
+    ``add_topics`` has no await point at which a cancellation could interrupt it.
     """
 
     _retryable = (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError)
@@ -82,6 +85,8 @@ class EtcdSource(ReaderTaskSource):
                 self._add(access.topic_prefix(topic), since)
         self._conn = access.endpoints()
         self._call: Any = None
+        self._outbox: deque[tuple[Any, Any]] = deque()  # (stream, request), written in order
+        self._writer: asyncio.Task[None] | None = None
         self._identity = access.known_identity
 
     def _add(self, prefix: bytes, since: int) -> _Watcher:
@@ -129,13 +134,14 @@ class EtcdSource(ReaderTaskSource):
         await conn.connect()
         log.debug("opening an etcd watch stream on %s", conn.target)
         self._call = conn.watch.Watch(metadata=conn.metadata(("hasleader", "true")))
-        for watcher in builtins.list(self._watchers.values()):
-            await self._create(watcher)
+        for watcher in self._watchers.values():
+            self._create(watcher)
         async with asyncio.timeout(self._access.timeout * 3):
             while not all(w.created for w in self._watchers.values()):
                 await self._read_one()
 
-    async def _create(self, watcher: _Watcher) -> None:
+    def _create(self, watcher: _Watcher) -> None:
+        """Queue the request that creates ``watcher`` on the current stream."""
         watcher.created = watcher.synced = False
         request = rpc.WatchCreateRequest(
             key=watcher.prefix,
@@ -145,7 +151,25 @@ class EtcdSource(ReaderTaskSource):
             prev_kv=True,
             watch_id=watcher.watch_id,
         )
-        await self._call.write(rpc.WatchRequest(create_request=request))
+        self._outbox.append((self._call, rpc.WatchRequest(create_request=request)))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_out(), name="dfdb-EtcdSource-writer")
+
+    async def _write_out(self) -> None:
+        """The writer task: write the queued requests of the current stream, in order, then end.
+        A request of a stream dropped meanwhile is void: the next stream creates every watcher."""
+        while self._outbox:
+            call, request = self._outbox.popleft()
+            if call is not self._call:
+                continue
+            try:
+                await call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, asyncio.CancelledError) as exc:
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                    raise  # the source is closing
+                # the stream broke (the reader finds out and opens a new one, creating every watcher)
+                log.debug("writing to the etcd watch stream on %s failed: %s", self._conn.target, repr(exc))
 
     async def _drop_stream(self, *, failover: bool) -> None:
         call, self._call = self._call, None
@@ -203,7 +227,15 @@ class EtcdSource(ReaderTaskSource):
         kv = ev.kv
         revision = int(kv.mod_revision)
         if revision <= watcher.frontier:
-            return revision  # already delivered before a reconnect
+            # a stream starts each watch after its frontier, so this event was never delivered:
+            # etcd (3.4 before 3.4.25) may send a progress notification, or another watch's
+            # later event, ahead of events it holds back for a busy stream; deliver it late
+            log.debug(
+                "etcd watch %d: event at revision %d below its frontier %d",
+                watcher.watch_id,
+                revision,
+                watcher.frontier,
+            )
         key = bytes(kv.key)
         parsed = self._access.parse_data_key(key)
         if parsed is None:
@@ -237,7 +269,7 @@ class EtcdSource(ReaderTaskSource):
         return None
 
     async def _after_failure(self, exc: BaseException) -> None:
-        log.debug("etcd watch on %s failed (%s); reconnecting", self._conn.target, exc)
+        log.debug("etcd watch on %s failed (%s); reconnecting", self._conn.target, str(exc))
         await self._drop_stream(failover=True)
 
     async def _check_dataset(self) -> RawEvent | None:
@@ -260,17 +292,22 @@ class EtcdSource(ReaderTaskSource):
         return RawEvent.resync(revision, identity)
 
     async def _follow(self, topics: frozenset[str | None], since: int) -> None:
+        # no await point: a cancelled caller cannot leave a watcher half added
         for topic in sorted(topics, key=lambda t: (t is None, t or "")):
             watcher = self._add(self._access.topic_prefix(topic), since)
             if self._call is not None:  # else the next read opens the stream with it
-                try:
-                    await self._create(watcher)
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    await self._drop_stream(failover=False)
+                self._create(watcher)
 
     async def _release(self) -> None:
-        await self._drop_stream(failover=False)
-        await self._conn.close()
+        writer, self._writer = self._writer, None
+        self._outbox.clear()
+        try:
+            await self._drop_stream(failover=False)
+            if writer is not None:
+                writer.cancel()
+                await asyncio.wait({writer})
+        finally:
+            await self._conn.close()
 
 
 class _Compacted(Exception):

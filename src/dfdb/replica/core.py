@@ -243,7 +243,7 @@ class Replica:
             await self._follow_stream()
         except Exception as exc:  # kept for wait_for and synced; the owner's task goes on
             self._failure = exc
-            log.error("replica stopped following: %s", exc)
+            log.error("replica stopped following: %s", str(exc))
         finally:  # for good (the Replica or its NbApi closed, or a failure): consumers end too
             self._following = False
             self._synced.clear()
@@ -266,7 +266,7 @@ class Replica:
                     failures = 0
                 log.warning("replica stream ended; reopening it from its cursor")
             except BackendUnavailableError as exc:
-                log.warning("replica stream broke (%s); reopening it from its cursor", exc)
+                log.warning("replica stream broke (%s); reopening it from its cursor", str(exc))
             self._synced.clear()
             if failures:
                 await anyio.sleep(backoff.delay(failures))
@@ -277,7 +277,7 @@ class Replica:
             except StreamClosedError:
                 return  # closed: the Replica is closing
             except BackendUnavailableError as exc:
-                log.warning("reopening the replica stream failed (%s); retrying", exc)
+                log.warning("reopening the replica stream failed (%s); retrying", str(exc))
                 continue
             self._synced.set()
 
@@ -295,7 +295,7 @@ class Replica:
         except StreamClosedError:
             pass  # closed: the Replica is closing
         except BackendUnavailableError as exc:  # the old subscription goes on; their events are filtered out
-            log.warning("narrowing the replica stream failed (%s); its events are filtered out", exc)
+            log.warning("narrowing the replica stream failed (%s); its events are filtered out", str(exc))
 
     async def _on_event(self, ev: ChangeEvent) -> None:
         if ev.action == Action.RESYNC:

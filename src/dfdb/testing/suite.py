@@ -23,6 +23,7 @@ from dfdb.testing.conformance import (
 )
 from dfdb.testing.suite_streams import (
     UNREADABLE_RECORD_WRITERS,
+    test_added_topic_arrives_under_timed_out_reads,
     test_cancelled_reads_lose_nothing,
     test_nb_closed_under_an_open_stream_leaves_nothing,
     test_remove_topics_from_a_running_watch,
@@ -35,6 +36,7 @@ __all__ = [
     "UNREADABLE_RECORD_WRITERS",
     "ConformanceItem",
     "ConformanceLink",
+    "test_added_topic_arrives_under_timed_out_reads",
     "test_cancelled_reads_lose_nothing",
     "test_nb_closed_under_an_open_stream_leaves_nothing",
     "test_remove_topics_from_a_running_watch",

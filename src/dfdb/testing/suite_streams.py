@@ -30,6 +30,7 @@ from dfdb.testing.leaks import ResourceSnapshot
 
 __all__ = [
     "UNREADABLE_RECORD_WRITERS",
+    "test_added_topic_arrives_under_timed_out_reads",
     "test_cancelled_reads_lose_nothing",
     "test_nb_closed_under_an_open_stream_leaves_nothing",
     "test_remove_topics_from_a_running_watch",
@@ -85,6 +86,24 @@ async def test_cancelled_reads_lose_nothing(nb: NbApi) -> None:
         ids = [ev.id for ev in seen]
         assert ids == [f"i{i:03d}" for i in range(count)], f"{len(ids)} events, {len(set(ids))} distinct"  # in order
         assert [ev.action for ev in seen] == [Action.CREATE] * count
+        assert stream.reconnects == 0, f"the stream reconnected {stream.reconnects} times"
+
+
+@conformance_test
+async def test_added_topic_arrives_under_timed_out_reads(nb: NbApi) -> None:
+    """A topic added from a cursor, read with a time-out shorter than a backend may take to send
+    that topic's backlog: the change made after the cursor arrives, and no read reconnected."""
+    async with nb.watch(Item, topics={"t1"}) as stream:
+        listing = await nb.list(Item, topic="t2")
+        await nb.create(Item(id="b", topic="t2"))  # after the cursor, before the topic is added
+        await stream.add_topics({"t2"}, since=listing.cursor)
+        await nb.create(Item(id="c", topic="t1"))
+        seen: list[ChangeEvent] = []
+        with anyio.fail_after(WAIT):
+            while not {"b", "c"} <= {ev.id for ev in seen}:
+                with contextlib.suppress(TimeoutError):
+                    seen.append(await _read_within(stream, 0.02))
+        assert sorted((ev.action, ev.id) for ev in seen) == [(Action.CREATE, "b"), (Action.CREATE, "c")]
         assert stream.reconnects == 0, f"the stream reconnected {stream.reconnects} times"
 
 
