@@ -112,7 +112,7 @@ class SentinelDriver(RedisDriver):
             username=self._kwargs["username"],
             password=self._kwargs["password"],
             socket_connect_timeout=self.connect_timeout,
-            socket_timeout=socket_timeout,
+            socket_timeout=None if socket_timeout is None else socket_timeout + self.min_replicas_timeout,
             retry=Retry(NoBackoff(), 0),
             decode_responses=False,
         )
@@ -228,10 +228,10 @@ class _Waiting:
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         driver = self._driver
-        pipe = driver._open_client().pipeline(transaction=False)
-        await self._script(keys=keys, args=args, client=pipe)
-        pipe.execute_command("WAIT", driver.min_replicas, int(driver.min_replicas_timeout * 1000))
-        reply, acked = await pipe.execute()
+        async with driver._open_client().pipeline(transaction=False) as pipe:  # one connection for both
+            await self._script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", driver.min_replicas, int(driver.min_replicas_timeout * 1000))
+            reply, acked = await pipe.execute()
         if reply[0] == b"OK" and int(acked) < driver.min_replicas:
             raise DriverError(
                 f"{driver.url}: the write is applied on the master but only {acked} of {driver.min_replicas} "
