@@ -85,13 +85,17 @@ async def test_kill_9_of_the_master_during_writes(setup: SentinelSetup) -> None:
         kill_time = 0.0
         acked: dict[str, float] = {}
         unknown: set[str] = set()
+        resumed: list[float] = []  # for writes sent after the kill: seconds from the kill to their success
 
         async def writer(w: int) -> None:
             for n in range(400):
                 key = f"w{w}-{n}"
+                sent = time.monotonic()
                 try:
                     await nb.create(Item(id=key, topic=f"t{n % 4}", n=n))
                     acked[key] = time.monotonic()
+                    if kill_time and sent > kill_time:
+                        resumed.append(acked[key] - kill_time)
                 except dfdb.OutcomeUnknownError:
                     unknown.add(key)
                 if w == 0 and n == 150:
@@ -101,18 +105,17 @@ async def test_kill_9_of_the_master_during_writes(setup: SentinelSetup) -> None:
             nonlocal kill_time
             await killed.wait()
             old = setup.master_index()
-            kill_time = time.monotonic()
             setup.kill(old)
+            kill_time = time.monotonic()
             await new_master(setup, old)
 
         await asyncio.gather(writer(0), writer(1), killer())  # AlreadyExistsError (a write applied twice) raises here
-        resumed = min(t for t in acked.values() if t > kill_time) - kill_time
-        print(f"writes resumed {resumed:.2f}s after the kill")
-        assert resumed < 10
+        print(f"writes resumed {min(resumed):.2f}s after the kill")
+        assert min(resumed) < 10
         listing = await nb.list(Item)
         final = {i.id: i.version for i in listing.items}
         assert set(final.values()) == {1}  # created once each, never twice
-        assert set(acked) - set(final) == set() or True  # asynchronous replication may lose acknowledged writes
+        print(f"{len(set(acked) - set(final))} acknowledged writes lost (asynchronous replication)")
         assert set(final) <= set(acked) | unknown
         last = parse_cursor(listing.cursor)[1]
         for w in ws:
@@ -218,6 +221,23 @@ async def test_min_replicas_confirms_or_says_the_write_may_not_survive(setup: Se
     async with dfdb.connect(setup.url + "&prefix=mr&min_replicas=2&min_replicas_timeout=0.2", timeout=20) as nb:
         with pytest.raises(dfdb.DriverError, match="may or may not survive a failover"):
             await nb.create(Item(id="two", topic="t"))  # one replica is gone: only 1 of 2 confirms
+
+
+async def test_a_lost_sentinel_quorum_is_unavailable_until_it_returns(setup: SentinelSetup) -> None:
+    async with dfdb.connect(setup.url + "&prefix=q", timeout=3) as nb:
+        await nb.create(Item(id="before", topic="t"))
+        old = setup.master_index()
+        setup.kill_sentinel(1)
+        setup.kill_sentinel(2)
+        setup.kill(old)  # one sentinel alone cannot agree that the master is down
+        with pytest.raises(dfdb.BackendUnavailableError) as info:
+            await nb.create(Item(id="during", topic="t"))
+        assert "\n" not in str(info.value)
+        await asyncio.to_thread(setup.restart_sentinel, 1)
+        await asyncio.to_thread(setup.restart_sentinel, 2)
+        await new_master(setup, old, within=30)
+        await nb.create(Item(id="after", topic="t"))
+        assert {i.id for i in await nb.get_all(Item)} >= {"before", "after"}
 
 
 async def test_bad_input_is_one_clear_line(setup: SentinelSetup) -> None:

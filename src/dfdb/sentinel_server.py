@@ -89,12 +89,22 @@ class SentinelSetup(LocalServer):
             f"sentinel down-after-milliseconds {self.name} {int(self.down_after * 1000)}\n"
             f"sentinel failover-timeout {self.name} 5000\n"
             f"sentinel parallel-syncs {self.name} 2\n"
+            f"sentinel myid {self._sentinel_id(index)}\n"
+            + "".join(f"sentinel known-replica {self.name} 127.0.0.1 {p}\n" for p in self.data_ports[1:])
+            + "".join(
+                f"sentinel known-sentinel {self.name} 127.0.0.1 {p} {self._sentinel_id(i)}\n"
+                for i, p in enumerate(self.sentinel_ports)
+                if i != index
+            )  # known from the start: no wait for the sentinels' hello messages
         )
         proc = subprocess.Popen(
             [self.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         _wait_ready(lambda: b"+PONG" in _command(port, "PING"), proc, f"redis sentinel on port {port}")
         return proc
+
+    def _sentinel_id(self, index: int) -> str:
+        return f"{self.sentinel_ports[index]:08d}".rjust(40, "0")
 
     def start(self) -> None:
         if not self.available():
