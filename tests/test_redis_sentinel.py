@@ -179,7 +179,12 @@ async def test_a_write_the_new_master_never_got_is_announced(setup: SentinelSetu
 
 async def test_a_stream_the_new_master_holds_continues(setup: SentinelSetup) -> None:
     url = setup.url + "&prefix=sync"
-    async with dfdb.connect(url, timeout=20) as nb, watchers(nb, Item, 2) as ws:
+    async with (
+        dfdb.connect(url, timeout=20) as nb,
+        watchers(nb, Item, 2) as ws,
+        dfdb.Replica(nb, [Item], mode=dfdb.SyncMode.SELECTIVE, topics={"t"}) as selective,
+    ):
+        await selective.wait_synced()
         async with dfdb.connect(url + "&min_replicas=2&min_replicas_timeout=5", timeout=20) as synced:
             for n in range(50):
                 await synced.create(Item(id=f"k{n}", topic="t"))  # each on both replicas when acknowledged
@@ -191,13 +196,20 @@ async def test_a_stream_the_new_master_holds_continues(setup: SentinelSetup) -> 
         assert item.version == 2
         final = {i.id: i.version for i in await nb.get_all(Item)}
         assert len(final) == 50
+        await nb.create(Item(id="u0", topic="u"))
+        await selective.add_topic("u")  # a cursor of the new term, on a stream that went on from the old one
+        assert selective.get(Item, "u0") is not None
+        await selective.wait_for(parse_cursor((await nb.list(Item)).cursor)[1])
+        assert selective.get(Item, "k0") == await nb.get(Item, "k0")
+        assert selective.stats().resyncs == 0
+        final["u0"] = 1
         for w in ws:
             async with asyncio.timeout(20):
                 while w.view != final:
                     w.moved.clear()
                     await w.moved.wait()
             assert w.resyncs == 0
-            assert [k for k, _ in w.pairs] == [f"k{n}" for n in range(50)] + ["k0"]
+            assert [k for k, _ in w.pairs] == [f"k{n}" for n in range(50)] + ["k0", "u0"]
             check_history(w.pairs, [])
 
 

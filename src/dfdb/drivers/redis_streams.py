@@ -58,6 +58,12 @@ class RedisSource(ReaderTaskSource):
         self._epoch = access.epoch
         self._grown = asyncio.Event()
 
+    @property
+    def identity(self) -> str:
+        """The dataset epoch this source follows (it moves to a new master term's epoch
+        when that term holds everything read so far)."""
+        return self._epoch
+
     def _resync(self, revision: int, epoch: str) -> RawEvent:
         self._read_position = revision
         self._ids = dict.fromkeys(self._streams, revision)
