@@ -242,20 +242,18 @@ class RedisDriver(Driver):
     async def _check_server(self) -> None:
         """Refuse a Redis Cluster node and a replica with one clear line."""
         try:
-            info = await self._open_client().info("server")
-            role = await self._open_client().info("replication")
-            cluster = await self._open_client().info("cluster")
+            info = await self._open_client().info()  # the default sections: server, replication, cluster …
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         except rexc.RedisError as exc:
             raise DriverError(f"{self.url}: {exc}") from None
-        if cluster.get("cluster_enabled") == 1 or info.get("redis_mode") == "cluster":
+        if info.get("cluster_enabled") == 1 or info.get("redis_mode") == "cluster":
             raise ConfigurationError(
                 f"{self.url}: Redis Cluster is not supported (dfdb keeps one revision order per database "
                 "in one slot); use a single master, with Sentinel for failover"
             )
-        if role.get("role") != "master":
-            master = f"{role.get('master_host')}:{role.get('master_port')}"
+        if info.get("role") != "master":
+            master = f"{info.get('master_host')}:{info.get('master_port')}"
             raise ConfigurationError(
                 f"{self.url}: this server is a read-only replica of {master}; give the master, "
                 "or redis+sentinel://SENTINELS/MASTER to follow failovers"
