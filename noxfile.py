@@ -135,6 +135,16 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def sentinel(session: nox.Session) -> None:
+    """The conformance suite (or the test files given) on a Sentinel-managed Redis (master, 2 replicas,
+    3 sentinels; not part of the default run, which has the failover tests)."""
+    session.install("-e", ".[all]", *DEV)
+    url = "redis+sentinel://{sentinel}/mymaster?db=0&prefix={name}"
+    files = [a for a in session.posargs if a.startswith("tests/")] or ["tests/test_conformance.py"]
+    session.run("pytest", *files, "--dfdb-url", url, *[a for a in session.posargs if a not in files])
+
+
+@nox.session(python=PYTHON)
 def chaos(session: nox.Session) -> None:
     """The chaos suite and the cancellation harness on every backend, servers and polling included
     (not part of the default run). Prints its seed; ``nox -s chaos -- --hypothesis-seed=N`` replays it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import pytest
 from pydantic import BaseModel, ConfigDict
@@ -33,7 +34,7 @@ async def faulty_nb(dfdb_leak_check: None, dfdb_fresh_url: str) -> AsyncIterator
     """The URL under test behind the fault-injecting wrapper (no fault of its own), whose
     ``cut()`` drops every change stream's connection; skipped where streams only converge."""
     scheme, rest = dfdb_fresh_url.split("://", 1)
-    async with dfdb.connect(f"faulty://{rest}{'&' if '?' in rest else '?'}inner={scheme}") as nb:
+    async with dfdb.connect(f"faulty://{rest}{'&' if '?' in rest else '?'}inner={quote(scheme, safe='')}") as nb:
         if not nb.exact:
             pytest.skip("snapshot polling promises convergence, not every change")
         yield nb

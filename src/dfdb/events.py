@@ -233,6 +233,8 @@ class ChangeStream:
         if self._topics is None:
             return
         identity, revision = parse_cursor(since)
+        if identity != self._identity and getattr(self._source, "identity", None) == identity:
+            self._identity = identity  # the source followed the backend into a new identity without a gap
         if identity != self._identity:
             raise ValueError(f"cursor {since!r} is from another backend")
         async with self._scope_lock:

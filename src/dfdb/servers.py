@@ -249,6 +249,15 @@ class RedisServer(LocalServer):
 SERVERS["redis"] = RedisServer
 
 
+def _sentinel_setup(members: int) -> LocalServer:
+    from dfdb.sentinel_server import SentinelSetup
+
+    return SentinelSetup(members)
+
+
+SERVERS["redis-sentinel"] = _sentinel_setup
+
+
 def _http_json(url: str, body: bytes | None = None, timeout: float = 1.0) -> dict[str, object]:
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     with urllib.request.urlopen(request, timeout=timeout) as reply:

@@ -61,6 +61,7 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
     "redis": ("dfdb.drivers.redis:RedisDriver", "redis"),
     "rediss": ("dfdb.drivers.redis:RedisDriver", "redis"),
     "unix": ("dfdb.drivers.redis:RedisDriver", "redis"),
+    "redis+sentinel": ("dfdb.drivers.redis_sentinel:SentinelDriver", "redis"),
     "etcd": ("dfdb.drivers.etcd:EtcdDriver", "etcd"),
     "zk": ("dfdb.drivers.zookeeper:ZooKeeperDriver", "zookeeper"),
 }

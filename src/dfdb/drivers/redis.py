@@ -59,6 +59,7 @@ from dfdb.errors import (
     AlreadyExistsError,
     AuthenticationError,
     BackendUnavailableError,
+    ConfigurationError,
     ConflictError,
     CorruptObjectError,
     DriverError,
@@ -260,11 +261,37 @@ class RedisDriver(Driver):
         self._new_epoch = self._client.register_script(_NEW_EPOCH)
         self._compact = self._client.register_script(_COMPACT)
         try:
+            await self._check_server()
             await self.refresh_epoch()
         except BaseException:
             await self._close_clients()
             raise
         log.debug("connected to %s (epoch %s)", self.url, self.epoch)
+
+    async def _check_server(self) -> None:
+        """Refuse a Redis Cluster node and a replica with one clear line."""
+        try:
+            info = await self._open_client().info()  # the default sections: server, replication, cluster …
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(self.url, exc) from None
+        except rexc.RedisError as exc:
+            raise DriverError(f"{self.url}: {exc}") from None
+        if info.get("cluster_enabled") == 1 or info.get("redis_mode") == "cluster":
+            raise ConfigurationError(
+                f"{self.url}: Redis Cluster is not supported (dfdb keeps one revision order per database "
+                "in one slot); use a single master, with Sentinel for failover"
+            )
+        if info.get("role") != "master":
+            master = f"{info.get('master_host')}:{info.get('master_port')}"
+            raise ConfigurationError(
+                f"{self.url}: this server is a read-only replica of {master}; give the master, "
+                "or redis+sentinel://SENTINELS/MASTER to follow failovers"
+            )
+
+    async def _history_continues(self, known: str, seen: str, position: int) -> bool:
+        """Whether the dataset of epoch ``seen`` holds the history of epoch ``known`` up to
+        ``position`` (a new master term; see :mod:`dfdb.drivers.redis_sentinel`)."""
+        return False
 
     async def _close_clients(self) -> None:
         for client in (self._client, self._reader_client):
@@ -344,7 +371,7 @@ class RedisDriver(Driver):
             except rexc.RedisError as exc:
                 raise DriverError(f"{self.url}: {exc}") from None
             if reply[0] == b"EPOCH":  # the data set changed under us: adopt its epoch (or make one)
-                await self.refresh_epoch(stale=reply[1].decode() or "")
+                await self._adopt_epoch(reply[1] or None, read=False)
                 continue
             return self._reply(table, id, expect, topic, value, reply)
         raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
@@ -367,7 +394,7 @@ class RedisDriver(Driver):
                 raise _unavailable(self.url, exc) from None
             stale = [r for r in replies if not isinstance(r, Exception) and r[0] == b"EPOCH"]
             if stale:
-                await self.refresh_epoch(stale=stale[0][1].decode() or "")
+                await self._adopt_epoch(stale[0][1] or None, read=False)
                 if len(stale) == len(replies):
                     continue
                 # mixed replies: the epoch changed mid-batch; those writes report BackendUnavailableError
@@ -533,6 +560,10 @@ class _SourceAccess:
     @property
     def epoch(self) -> str:
         return self._driver.epoch
+
+    async def continues(self, known: str, seen: str, position: int) -> bool:
+        """Whether epoch ``seen`` continues the history of ``known`` at least up to ``position``."""
+        return await self._driver._history_continues(known, seen, position)
 
     async def new_dataset(self, seen: str, known: str) -> tuple[str, int]:
         """The dataset is not the one read so far (``seen``: the epoch on the server now,

@@ -58,6 +58,12 @@ class RedisSource(ReaderTaskSource):
         self._epoch = access.epoch
         self._grown = asyncio.Event()
 
+    @property
+    def identity(self) -> str:
+        """The dataset epoch this source follows (it moves to a new master term's epoch
+        when that term holds everything read so far)."""
+        return self._epoch
+
     def _resync(self, revision: int, epoch: str) -> RawEvent:
         self._read_position = revision
         self._ids = dict.fromkeys(self._streams, revision)
@@ -85,6 +91,9 @@ class RedisSource(ReaderTaskSource):
         raw_epoch, raw_rev, data = replies[0], replies[1], replies[2]
         epoch = raw_epoch.decode() if raw_epoch else ""
         counter = int(raw_rev or 0)
+        if epoch and epoch != self._epoch and await access.continues(self._epoch, epoch, self._read_position):
+            log.debug("redis epoch %s continues %s past %d", epoch, self._epoch, self._read_position)
+            self._epoch = epoch  # a new master term that holds everything read so far
         if epoch != self._epoch or counter < self._read_position:
             # another dataset, one that came back without its data, or a counter that went back
             fresh, now = await access.new_dataset(epoch, self._epoch)

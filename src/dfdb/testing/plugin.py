@@ -151,8 +151,18 @@ def dfdb_zookeeper_tls_server() -> Iterator[LocalServer]:
     yield from _server_or_skip(lambda: ZooKeeperServer(tls=True), "zookeeper")
 
 
+@pytest.fixture(scope="session")
+def dfdb_sentinel_server() -> Iterator[LocalServer]:
+    """A Redis master, 2 replicas and 3 sentinels for the whole session (``{sentinel}``
+    in URLs: the sentinels' addresses; the master is named ``mymaster``)."""
+    from dfdb.sentinel_server import SentinelSetup
+
+    yield from _server_or_skip(SentinelSetup, "redis")
+
+
 SERVER_PLACEHOLDERS = {
     "{redis}": "dfdb_redis_server",
+    "{sentinel}": "dfdb_sentinel_server",
     "{etcd}": "dfdb_etcd_server",
     "{zookeeper}": "dfdb_zookeeper_server",
     "{redis_tls}": "dfdb_redis_tls_server",

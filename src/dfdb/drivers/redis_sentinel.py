@@ -1,0 +1,240 @@
+"""``redis+sentinel://`` URLs: Redis behind Sentinel, following the master through failovers.
+
+``redis+sentinel://[user:pass@]h1:26379,h2:26379,h3:26379/MASTER?db=0`` names the
+sentinels and the monitored master; the other options are those of ``redis://``
+(``prefix``, ``maxlen``, ``block``, ``connect_timeout``), plus:
+
+- ``min_replicas`` (default 0): a write is confirmed only once that many replicas
+  have it (``WAIT``); when they do not within ``min_replicas_timeout`` seconds
+  (default 1) the write raises :class:`~dfdb.errors.DriverError` saying it is applied
+  on the master but may or may not survive a failover.
+
+Every new connection asks a sentinel for the master, checks that the server it
+reached is a master (a replica is refused) and compares the server's replication id
+with the one stored at ``P/term``. A different id means a new master term (a
+promoted replica): in one atomic step the connection records the dataset's
+epoch, the new epoch and the revision counter in ``P/forks`` and makes a new epoch,
+before any write of the new term. The promoted replica holds a prefix of the old
+master's history, so a change stream whose position is at or below the recorded
+counter continues without loss; one beyond it saw writes the new master never got
+and gets ``resync``. Revisions of the new term start above the recorded counter, so
+a revision that a stream saw for other content is never reused silently.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+from redis.backoff import NoBackoff
+
+from dfdb.drivers.base import PutRequest
+from dfdb.drivers.redis import _CONNECTION_ERRORS, RedisDriver, _unavailable
+from dfdb.errors import BackendUnavailableError, ConfigurationError, DriverError, InvalidURL
+from dfdb.url import DatabaseURL, Secret
+
+__all__ = ["SentinelDriver"]
+
+log = logging.getLogger(__name__)
+
+_OWN_OPTIONS = ("db", "min_replicas", "min_replicas_timeout")
+
+# KEYS: term, epoch, rev, forks   ARGV: replication id, new epoch
+_NEW_TERM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
+local old = redis.call('GET', KEYS[2])
+local rev = redis.call('GET', KEYS[3]) or '0'
+if old then redis.call('HSET', KEYS[4], old, ARGV[2] .. ' ' .. rev) end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def _info_fields(raw: Any) -> dict[str, str]:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+
+class _MasterConnection(SentinelManagedConnection):
+    """A connection to the master the sentinels name, checked and term-stamped on connect."""
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        await super().on_connect_check_health(check_health=check_health)
+        hook = getattr(self.connection_pool, "dfdb_on_connect", None)
+        if hook is not None:
+            await hook(self)
+
+
+class SentinelDriver(RedisDriver):
+    """The Redis driver behind Sentinel; see the module documentation."""
+
+    def __init__(self, url: DatabaseURL) -> None:
+        base = DatabaseURL(
+            "redis", (), url.username, url.password, "", {k: v for k, v in url.options.items() if k not in _OWN_OPTIONS}
+        )
+        super().__init__(base)
+        self.url = url
+        if not url.hosts:
+            raise InvalidURL("redis+sentinel:// names its sentinels: redis+sentinel://h1:26379,h2:26379/MASTER")
+        self.sentinels = [(host or "127.0.0.1", port or 26379) for host, port in url.hosts]
+        self.service = url.path.strip("/")
+        if not self.service or "/" in self.service:
+            raise InvalidURL("redis+sentinel:// needs the master's name as its path: redis+sentinel://h1:26379/MASTER")
+        self.db = url.int_option("db", 0)
+        self.min_replicas = url.int_option("min_replicas", 0)
+        self.min_replicas_timeout = url.float_option("min_replicas_timeout", 1.0, minimum=0.001)
+        self._sentinel: Any = None
+
+    def _new_client(self, socket_timeout: float | None) -> aioredis.Redis:
+        if self._sentinel is None:
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                self.sentinels,
+                sentinel_kwargs={
+                    "socket_timeout": self.connect_timeout,
+                    "socket_connect_timeout": self.connect_timeout,
+                    "retry": Retry(NoBackoff(), 0),
+                },
+            )
+        client: aioredis.Redis = self._sentinel.master_for(
+            self.service,
+            redis_class=aioredis.Redis,
+            connection_class=_MasterConnection,
+            db=self.db,
+            username=self._kwargs["username"],
+            password=None if self._password is None else Secret.reveal(self._password),
+            socket_connect_timeout=self.connect_timeout,
+            socket_timeout=None if socket_timeout is None else socket_timeout + self.min_replicas_timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+        )
+        client.connection_pool.dfdb_on_connect = self._on_connect  # type: ignore[attr-defined]
+        return client
+
+    async def _on_connect(self, conn: Any) -> None:
+        """Refuse a server that is not a master; start a new term when its replication id is new."""
+        await conn.send_command("INFO", "replication")
+        info = _info_fields(await conn.read_response())
+        if info.get("role") != "master":
+            raise rexc.ConnectionError(f"{conn.host}:{conn.port} is a replica, not the master of {self.service!r}")
+        replid = info.get("master_replid", "")
+        keys = [self._key("term"), self._key("epoch"), self._key("rev"), self._key("forks")]
+        await conn.send_command("EVAL", _NEW_TERM, 4, *keys, replid, f"redis-{uuid.uuid4().hex[:16]}")
+        if await conn.read_response() == 1:
+            log.info("%s: master %s:%s starts a new term (replication id %s)", self.url, conn.host, conn.port, replid)
+
+    async def open(self) -> None:
+        try:
+            await super().open()
+        except BackendUnavailableError:
+            await self._explain_unavailable()
+            raise
+
+    async def _explain_unavailable(self) -> None:
+        """Turn an unreachable master into the clearest one-line reason the sentinels give."""
+        reachable = 0
+        for host, port in self.sentinels:
+            client = aioredis.Redis(
+                host=host,
+                port=port,
+                socket_timeout=self.connect_timeout,
+                socket_connect_timeout=self.connect_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            try:
+                await client.execute_command("SENTINEL", "MASTER", self.service)  # type: ignore[no-untyped-call]
+                reachable += 1
+            except rexc.ResponseError as exc:
+                if "no such master" in str(exc).lower():
+                    raise ConfigurationError(
+                        f"{self.url}: the sentinel at {host}:{port} monitors no master named {self.service!r}"
+                    ) from None
+                reachable += 1
+            except _CONNECTION_ERRORS:
+                continue
+            finally:
+                await client.aclose()
+        if not reachable:
+            where = ", ".join(f"{h}:{p}" for h, p in self.sentinels)
+            raise BackendUnavailableError(f"{self.url}: no sentinel is reachable ({where})") from None
+
+    async def _close_clients(self) -> None:
+        await super()._close_clients()
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            self._sentinel = None
+
+    async def _history_continues(self, known: str, seen: str, position: int) -> bool:
+        """Whether the dataset of epoch ``seen`` holds the history of epoch ``known`` up to ``position``."""
+        try:
+            forks = await self._open_client().hgetall(self._key("forks"))
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(self.url, exc) from None
+        current = known
+        for _ in range(len(forks) + 1):
+            if current == seen:
+                return True
+            record = forks.get(current.encode())
+            if record is None:
+                return False
+            current, counter = record.decode().split(" ", 1)
+            if position > int(counter):
+                return False
+        return False
+
+    # ------------------------------------------------------------ synchronous replicas
+    async def _run_write(
+        self, table: str, id: str, op: str, expect: str, topic: str, value: bytes
+    ) -> tuple[int, str | None, bytes]:
+        if not self.min_replicas:
+            return await super()._run_write(table, id, op, expect, topic, value)
+        script = self._write
+        self._write = _Waiting(self, script)
+        try:
+            return await super()._run_write(table, id, op, expect, topic, value)
+        finally:
+            self._write = script
+
+    async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
+        if not self.min_replicas:
+            return await super().put_many(writes)
+        results: builtins.list[int | Exception] = []
+        for w in writes:  # each write waits for its replicas
+            try:
+                results.append(await self.put(w.table, w.id, w.topic, w.value, w.expect))
+            except BackendUnavailableError:
+                raise
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+
+class _Waiting:
+    """The write script followed by ``WAIT`` on the same connection."""
+
+    def __init__(self, driver: SentinelDriver, script: Any) -> None:
+        self._driver = driver
+        self._script = script
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        driver = self._driver
+        async with driver._open_client().pipeline(transaction=False) as pipe:  # one connection for both
+            await self._script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", driver.min_replicas, int(driver.min_replicas_timeout * 1000))
+            reply, acked = await pipe.execute()
+        if reply[0] == b"OK" and int(acked) < driver.min_replicas:
+            raise DriverError(
+                f"{driver.url}: the write is applied on the master but only {acked} of {driver.min_replicas} "
+                f"replica(s) confirmed it within {driver.min_replicas_timeout:g}s: it may or may not survive a failover"
+            )
+        return reply
