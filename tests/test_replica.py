@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from urllib.parse import quote
 
 import pytest
@@ -13,8 +13,10 @@ from pydantic import BaseModel, ConfigDict
 import dfdb
 from dfdb import Action, NbApi, Replica, SyncMode, revision_of
 from dfdb.codec import encode
-from dfdb.drivers import ABSENT
+from dfdb.drivers import ABSENT, EventSource, RawEvent, register_driver
+from dfdb.drivers.memory import MemoryDriver
 from dfdb.testing.faults import FaultyDriver
+from dfdb.url import DatabaseURL
 
 
 class Net(dfdb.NbModel, table="replica_net"):
@@ -816,3 +818,53 @@ async def test_events_end_when_the_nbapi_closes_under_the_replica(dfdb_fresh_url
 def test_topics_must_not_be_a_string(nb: NbApi) -> None:
     with pytest.raises(TypeError, match="not the string"):
         Replica(nb, [Net], mode=SyncMode.SELECTIVE, topics="ab")
+
+
+class HeldDriver(MemoryDriver):
+    """A memory backend whose change streams deliver nothing while ``flowing`` is clear."""
+
+    def __init__(self, url: DatabaseURL) -> None:
+        super().__init__(url)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    async def watch(
+        self, tables: Collection[str], topics: Collection[str | None] | None = None, since: int | None = None
+    ) -> EventSource:
+        source = await super().watch(tables, topics, since)
+        flowing = self.flowing
+
+        class Held(type(source)):  # type: ignore[misc]
+            async def __anext__(self) -> RawEvent:
+                await flowing.wait()
+                return await super().__anext__()
+
+        source.__class__ = Held
+        return source
+
+
+register_driver("test-held", HeldDriver)
+
+
+async def test_add_topic_never_lets_wait_for_pass_a_change_not_applied() -> None:
+    # the listing of the added topic is newer than the stream's position: the other
+    # topics' changes in between are not applied yet, so wait_for must not return
+    async with dfdb.connect("test-held://held") as nb:
+        driver = nb.driver
+        assert isinstance(driver, HeldDriver)
+        await nb.create(Vm(id="k0", topic="t"))
+        driver.flowing.clear()  # the Replica loads, then its stream delivers nothing until set
+        async with Replica(nb, [Net, Vm], mode=SyncMode.SELECTIVE, topics={"t"}) as replica:
+            await replica.wait_synced()
+            patched = await nb.patch(Vm, "k0", n=1)
+            await nb.create(Vm(id="u0", topic="u"))
+            await replica.add_topic("u")
+            assert replica.get(Vm, "u0") is not None
+            with pytest.raises(TimeoutError):  # the patch of k0 has not arrived
+                async with asyncio.timeout(0.3):
+                    await replica.wait_for(revision_of(patched) or 0)
+            driver.flowing.set()
+            async with asyncio.timeout(WAIT):
+                await replica.wait_for(revision_of(patched) or 0)
+            held = replica.get(Vm, "k0")
+            assert held is not None and held.n == 1

@@ -185,13 +185,15 @@ class Replica:
         return listings
 
     def _fill(
-        self, listings: list[tuple[type[NbModel], ListResult[NbModel]]], topics: set[str] | None
+        self, listings: list[tuple[type[NbModel], ListResult[NbModel]]], topics: set[str] | None, *, whole: bool = True
     ) -> set[tuple[type[NbModel], str]]:
-        """Apply ``listings`` to the store, with no await: readers never see half of it.
-        Returns the keys listed as corrupt (left out)."""
+        """Apply ``listings`` to the store, with no await: readers never see half of it; returns
+        the keys listed as corrupt (left out). ``whole``: they cover the scope, so their cursor is a
+        position (one topic's is not: other topics' changes up to it may still be on their way)."""
         corrupt = {(model, id) for model, listing in listings for id in listing.corrupt}
         for model, listing in listings:
-            self._position = max(self._position, parse_cursor(listing.cursor)[1])
+            if whole:
+                self._position = max(self._position, parse_cursor(listing.cursor)[1])
             for obj in listing.items:
                 if topics is not None and obj.topic is not None and obj.topic not in topics:
                     continue
@@ -415,7 +417,7 @@ class Replica:
             self._loading.discard(topic)
             self._topics.add(topic)
             self._partial.discard(topic)
-            self._fill(listings, None)
+            self._fill(listings, None, whole=False)
 
     async def remove_topic(self, topic: str) -> None:
         """Stop following ``topic`` and evict its objects in reverse dependency order, except
