@@ -126,3 +126,21 @@ def test_verify_false_is_refused_for_etcd() -> None:
 async def test_server_name_is_the_name_checked(tls_etcd: EtcdServer) -> None:
     async with dfdb.connect(_url(tls_etcd, "ns-a") + "&server_name=localhost") as nb:
         await nb.get_all(LogicalSwitch)
+
+
+async def test_an_expired_server_certificate_is_refused_and_said(tmp_path: Path) -> None:
+    if not EtcdServer.available():
+        pytest.skip("etcd is not installed")
+    expired = make_local_ca(tmp_path / "expired", expired=True)
+    server = EtcdServer(tls=True)
+    server.ca = expired  # instead of the certificates it would make
+    server.start()  # serves TLS with the expired certificate
+    try:
+        url = f"etcd://127.0.0.1:{server.client_ports[0]}/p?tls=true&timeout=3&{expired.url_options()}"
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(dfdb.AuthenticationError, match=r"not accepted \(certificate has expired\)"):
+            async with dfdb.connect(url) as nb:
+                await nb.get_all(LogicalSwitch)
+        assert asyncio.get_running_loop().time() - started < 2.5  # not retried until the timeout
+    finally:
+        server.stop()

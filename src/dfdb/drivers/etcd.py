@@ -47,6 +47,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -100,7 +101,10 @@ def _tls_refused(details: str | None) -> str | None:
     """What went wrong when a gRPC failure is a TLS handshake that retrying cannot mend."""
     text = (details or "").upper()
     if "CERTIFICATE_VERIFY_FAILED" in text or "HOSTNAME VERIFICATION CHECK FAILED" in text:
-        return "the server's certificate was not accepted; check ca_file (and server_name)"
+        why = re.search(r"CERTIFICATE_VERIFY_FAILED: ([^:]+)", details or "")  # "certificate has expired"
+        return (
+            f"the server's certificate was not accepted{f' ({why[1]})' if why else ''}; check ca_file (and server_name)"
+        )
     if "TSI_DATA_CORRUPTED" in text or "CERTIFICATE_REQUIRED" in text:
         return "the server refused the connection; it may need a client certificate it trusts (cert_file, key_file)"
     if "WRONG_VERSION_NUMBER" in text:
