@@ -120,6 +120,20 @@ def test_a_password_file_that_holds_no_password_is_refused(tmp_path: Path) -> No
         assert "x" * 100 not in str(info.value)
 
 
+@pytest.mark.parametrize("scheme", ["etcd", "zk"])
+async def test_a_user_without_a_password_is_told_where_a_password_may_come_from(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DFDB_PASSWORD", raising=False)
+    with pytest.raises(dfdb.InvalidURL, match=r"names the user 'alice' but no password.*password_file.*DFDB_PASSWORD"):
+        async with dfdb.connect(f"{scheme}://alice@127.0.0.1:{free_port()}/p", timeout=1):
+            pass
+    with pytest.raises(dfdb.InvalidURL, match="gives a password but no user name") as info:
+        async with dfdb.connect(f"{scheme}://:{_ENCODED}@127.0.0.1:{free_port()}/p", timeout=1):
+            pass
+    assert SECRET not in str(info.value)
+
+
 def test_the_repr_of_a_url_masks_secret_options() -> None:
     url = DatabaseURL.parse(f"redis://user:{quote(SECRET, safe='')}@h/0?password=hunter2&token=t0ken&prefix=p")
     assert "hunter2" not in repr(url) and "t0ken" not in repr(url) and SECRET not in repr(url)

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from dfdb.errors import ConfigurationError, InvalidURL
 
-__all__ = ["PASSWORD_ENV", "DatabaseURL", "Secret"]
+__all__ = ["PASSWORD_ENV", "DatabaseURL", "Secret", "missing_credential"]
 
 PASSWORD_ENV = "DFDB_PASSWORD"
 """The environment variable that gives the password when a URL names a user but no password."""
@@ -237,6 +237,18 @@ class DatabaseURL:
             f"DatabaseURL(scheme={self.scheme!r}, hosts={self.hosts!r}, username={self.username!r}, "
             f"path={self.path!r}, options={options!r})"
         )
+
+
+def missing_credential(url: DatabaseURL) -> str | None:
+    """What is missing when ``url`` names a user without a password or the reverse, else ``None``."""
+    if url.username is not None and url.password is None:
+        return (
+            f"{url.scheme}:// names the user {url.username!r} but no password: give it in the URL "
+            f"(percent-encoded), in password_file=PATH or in the environment variable {PASSWORD_ENV}"
+        )
+    if url.username is None and url.password is not None:
+        return f"{url.scheme}:// gives a password but no user name"
+    return None
 
 
 def _host_text(host: str) -> str:

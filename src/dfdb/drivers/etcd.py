@@ -79,7 +79,7 @@ from dfdb.errors import (
 )
 from dfdb.retry import raise_if_cancelling
 from dfdb.tls import TLS_OPTIONS, TlsSettings
-from dfdb.url import DatabaseURL
+from dfdb.url import DatabaseURL, missing_credential
 
 __all__ = ["EtcdDriver", "EtcdSource"]
 
@@ -187,8 +187,9 @@ class EtcdDriver(Driver):
         unknown = set(url.options) - known
         if unknown:
             raise InvalidURL(f"unknown etcd:// option(s): {', '.join(sorted(unknown))}")
-        if (url.username is None) != (url.password is None):
-            raise InvalidURL("etcd:// needs both a user name and a password, or neither")
+        missing = missing_credential(url)
+        if missing is not None:
+            raise InvalidURL(missing)
         self.prefix = url.path.strip("/") or "dfdb"
         self.timeout = url.float_option("timeout", 3.0, minimum=0.01)
         keepalive = url.float_option("keepalive", 5.0, minimum=0.1)
