@@ -144,3 +144,23 @@ async def test_an_expired_server_certificate_is_refused_and_said(tmp_path: Path)
         assert asyncio.get_running_loop().time() - started < 2.5  # not retried until the timeout
     finally:
         server.stop()
+
+
+async def test_a_role_that_loses_its_prefix_ends_the_stream_with_one_error(tls_etcd: EtcdServer) -> None:
+    """The permission is revoked while a stream reads, then the stream reconnects (the
+    server restarts): etcd refuses to create the watch again; the stream raises one
+    AuthenticationError at once instead of retrying until the caller gives up."""
+    _etcdctl(tls_etcd, "--user=root:root-pw", "role", "add", "ns-d")
+    _etcdctl(tls_etcd, "--user=root:root-pw", "role", "grant-permission", "ns-d", "--prefix=true", "readwrite", "ns-d/")
+    _etcdctl(tls_etcd, "--user=root:root-pw", "user", "add", "dave", f"--new-user-password={SECRET}")
+    _etcdctl(tls_etcd, "--user=root:root-pw", "user", "grant-role", "dave", "ns-d")
+    async with dfdb.connect(_url(tls_etcd, "ns-d", user="dave")) as nb:
+        async with nb.watch(LogicalSwitch) as stream:
+            await nb.create(LogicalSwitch(id="d1"))
+            assert (await asyncio.wait_for(anext(stream), 10)).id == "d1"
+            _etcdctl(tls_etcd, "--user=root:root-pw", "role", "revoke-permission", "ns-d", "ns-d/", "--prefix=true")
+            tls_etcd.kill()
+            tls_etcd.start()
+            with pytest.raises(dfdb.AuthenticationError, match="not allowed") as info:
+                await asyncio.wait_for(anext(stream), 15)
+    assert SECRET not in str(info.value)
