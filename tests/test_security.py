@@ -134,6 +134,20 @@ async def test_a_user_without_a_password_is_told_where_a_password_may_come_from(
     assert SECRET not in str(info.value)
 
 
+def test_credentials_for_a_backend_without_authentication_are_refused(tmp_path: Path) -> None:
+    """SQLite and memory:// check no password: one given is a mistake, not silently ignored."""
+    (tmp_path / "pw").write_text(SECRET + "\n")
+    for url in (
+        f"sqlite:///{tmp_path}/a.db?password_file={tmp_path / 'pw'}",
+        f"sqlite://u:{_ENCODED}@/{tmp_path}/a.db",
+        f"memory://u:{_ENCODED}@name",
+        "memory://u@name",
+    ):
+        with pytest.raises(dfdb.InvalidURL, match="no authentication") as info:
+            dfdb.connect(url)
+        assert SECRET not in str(info.value) and _ENCODED not in str(info.value)
+
+
 def test_the_repr_of_a_url_masks_secret_options() -> None:
     url = DatabaseURL.parse(f"redis://user:{quote(SECRET, safe='')}@h/0?password=hunter2&token=t0ken&prefix=p")
     assert "hunter2" not in repr(url) and "t0ken" not in repr(url) and SECRET not in repr(url)
