@@ -207,7 +207,7 @@ def test_password_never_shown() -> None:
     ("url", "message"),
     [
         ("etcd://127.0.0.1:1?bogus=1", "unknown etcd:// option"),
-        ("etcd://user@127.0.0.1:1", "both a user name and a password"),
+        ("etcd://user@127.0.0.1:1", "names the user .user. but no password"),
         ("etcd://127.0.0.1:1?timeout=soon", "timeout"),
     ],
 )

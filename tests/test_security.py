@@ -9,6 +9,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dfdb
+from dfdb.certs import make_local_ca
 from dfdb.cli import main as cli_main
 from dfdb.models import LogicalSwitch
 from dfdb.servers import free_port
@@ -99,6 +101,93 @@ def test_tls_options_are_checked_at_once(tmp_path: Path) -> None:
         TlsSettings.from_url(DatabaseURL.parse("etcd://h/p?tls=maybe"))
     assert TlsSettings.from_url(DatabaseURL.parse("etcd://h/p")) is None
     assert TlsSettings.from_url(DatabaseURL.parse("etcd://h/p?tls=true")) == TlsSettings()
+
+
+def test_a_password_file_that_holds_no_password_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "newline").write_text("\n")
+    (tmp_path / "huge").write_text("x" * 100_000)
+    for path, reason in [
+        (tmp_path / "empty", "is empty"),  # an unfilled secret mount: not an empty password
+        (tmp_path / "newline", "is empty"),
+        (Path(os.devnull), "is empty"),
+        (tmp_path, "Is a directory"),
+        (tmp_path / "huge", "not a password"),
+        (Path("/dev/zero"), "not a password"),  # read without bound, it never ends
+    ]:
+        with pytest.raises(dfdb.InvalidURL, match=reason) as info:
+            DatabaseURL.parse(f"redis://user@h/0?password_file={path}").with_credentials({})
+        assert "x" * 100 not in str(info.value)
+
+
+@pytest.mark.parametrize("scheme", ["etcd", "zk"])
+async def test_a_user_without_a_password_is_told_where_a_password_may_come_from(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DFDB_PASSWORD", raising=False)
+    with pytest.raises(dfdb.InvalidURL, match=r"names the user 'alice' but no password.*password_file.*DFDB_PASSWORD"):
+        async with dfdb.connect(f"{scheme}://alice@127.0.0.1:{free_port()}/p", timeout=1):
+            pass
+    with pytest.raises(dfdb.InvalidURL, match="gives a password but no user name") as info:
+        async with dfdb.connect(f"{scheme}://:{_ENCODED}@127.0.0.1:{free_port()}/p", timeout=1):
+            pass
+    assert SECRET not in str(info.value)
+
+
+def test_credentials_for_a_backend_without_authentication_are_refused(tmp_path: Path) -> None:
+    """SQLite and memory:// check no password: one given is a mistake, not silently ignored."""
+    (tmp_path / "pw").write_text(SECRET + "\n")
+    for url in (
+        f"sqlite:///{tmp_path}/a.db?password_file={tmp_path / 'pw'}",
+        f"sqlite://u:{_ENCODED}@/{tmp_path}/a.db",
+        f"memory://u:{_ENCODED}@name",
+        "memory://u@name",
+    ):
+        with pytest.raises(dfdb.InvalidURL, match="no authentication") as info:
+            dfdb.connect(url)
+        assert SECRET not in str(info.value) and _ENCODED not in str(info.value)
+
+
+def test_the_repr_of_a_url_masks_secret_options() -> None:
+    url = DatabaseURL.parse(f"redis://user:{quote(SECRET, safe='')}@h/0?password=hunter2&token=t0ken&prefix=p")
+    assert "hunter2" not in repr(url) and "t0ken" not in repr(url) and SECRET not in repr(url)
+    assert "'prefix': 'p'" in repr(url)
+
+
+def _encrypted_key(key_file: Path, target: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    target.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    return target
+
+
+@pytest.mark.parametrize("scheme", ["rediss", "etcd", "zk"])
+async def test_tls_files_that_are_no_certificate_or_key_are_refused_at_once(scheme: str, tmp_path: Path) -> None:
+    """Not a certificate, a key of another certificate, an encrypted key (never a passphrase
+    prompt): an ``InvalidURL`` naming the file at ``connect``, on every backend."""
+    ca, other = make_local_ca(tmp_path / "ca"), make_local_ca(tmp_path / "other")
+    (tmp_path / "not.pem").write_text("not a certificate\n")
+    encrypted = _encrypted_key(ca.client_key, tmp_path / "encrypted.pem")
+    path = "0" if scheme == "rediss" else "p"
+    base = f"{scheme}://127.0.0.1:{free_port()}/{path}?tls=true&timeout=2"
+    for options, reason in [
+        (f"ca_file={tmp_path / 'not.pem'}", "ca_file .* holds no PEM certificate"),
+        (f"ca_file={ca.ca_file}&cert_file={ca.client_cert}&key_file={other.client_key}", "KEY_VALUES_MISMATCH"),
+        (f"ca_file={ca.ca_file}&cert_file={ca.client_key}&key_file={ca.client_key}", "not a PEM certificate"),
+        (f"ca_file={ca.ca_file}&cert_file={ca.client_cert}&key_file={encrypted}", "is encrypted"),
+    ]:
+        started = time.monotonic()
+        with pytest.raises(dfdb.InvalidURL, match=reason):
+            async with dfdb.connect(f"{base}&{options}") as nb:
+                await nb.get_all(LogicalSwitch)
+        assert time.monotonic() - started < 1.5  # said at once, not after trying to connect
 
 
 _URL_TEXT = st.text(alphabet=st.sampled_from("abc:/@?#%&=[]19.,+- \x00é"), max_size=40)

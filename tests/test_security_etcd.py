@@ -126,3 +126,41 @@ def test_verify_false_is_refused_for_etcd() -> None:
 async def test_server_name_is_the_name_checked(tls_etcd: EtcdServer) -> None:
     async with dfdb.connect(_url(tls_etcd, "ns-a") + "&server_name=localhost") as nb:
         await nb.get_all(LogicalSwitch)
+
+
+async def test_an_expired_server_certificate_is_refused_and_said(tmp_path: Path) -> None:
+    if not EtcdServer.available():
+        pytest.skip("etcd is not installed")
+    expired = make_local_ca(tmp_path / "expired", expired=True)
+    server = EtcdServer(tls=True)
+    server.ca = expired  # instead of the certificates it would make
+    server.start()  # serves TLS with the expired certificate
+    try:
+        url = f"etcd://127.0.0.1:{server.client_ports[0]}/p?tls=true&timeout=3&{expired.url_options()}"
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(dfdb.AuthenticationError, match=r"not accepted \(certificate has expired\)"):
+            async with dfdb.connect(url) as nb:
+                await nb.get_all(LogicalSwitch)
+        assert asyncio.get_running_loop().time() - started < 2.5  # not retried until the timeout
+    finally:
+        server.stop()
+
+
+async def test_a_role_that_loses_its_prefix_ends_the_stream_with_one_error(tls_etcd: EtcdServer) -> None:
+    """The permission is revoked while a stream reads, then the stream reconnects (the
+    server restarts): etcd refuses to create the watch again; the stream raises one
+    AuthenticationError at once instead of retrying until the caller gives up."""
+    _etcdctl(tls_etcd, "--user=root:root-pw", "role", "add", "ns-d")
+    _etcdctl(tls_etcd, "--user=root:root-pw", "role", "grant-permission", "ns-d", "--prefix=true", "readwrite", "ns-d/")
+    _etcdctl(tls_etcd, "--user=root:root-pw", "user", "add", "dave", f"--new-user-password={SECRET}")
+    _etcdctl(tls_etcd, "--user=root:root-pw", "user", "grant-role", "dave", "ns-d")
+    async with dfdb.connect(_url(tls_etcd, "ns-d", user="dave")) as nb:
+        async with nb.watch(LogicalSwitch) as stream:
+            await nb.create(LogicalSwitch(id="d1"))
+            assert (await asyncio.wait_for(anext(stream), 10)).id == "d1"
+            _etcdctl(tls_etcd, "--user=root:root-pw", "role", "revoke-permission", "ns-d", "ns-d/", "--prefix=true")
+            tls_etcd.kill()
+            tls_etcd.start()
+            with pytest.raises(dfdb.AuthenticationError, match="not allowed") as info:
+                await asyncio.wait_for(anext(stream), 15)
+    assert SECRET not in str(info.value)

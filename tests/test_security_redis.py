@@ -79,6 +79,32 @@ async def test_a_namespace_user_cannot_touch_another_namespace(tls_redis: RedisS
     assert SECRET not in str(info.value)
 
 
+@pytest.mark.parametrize("revoke", [("ACL", "DELUSER"), ("ACL", "SETUSER", "resetkeys", "resetchannels")])
+async def test_credentials_revoked_mid_stream_end_the_stream_with_one_error(
+    tls_redis: RedisServer, revoke: tuple[str, ...]
+) -> None:
+    """A user deleted (its connections closed: re-authentication fails) or stripped of its
+    keys while a stream reads: the stream raises one AuthenticationError at once; it is
+    not retried forever, nor a client library's error."""
+    user = ns = f"carol-{len(revoke)}"
+    assert tls_redis.ca is not None
+    admin = aioredis.Redis(host="127.0.0.1", port=tls_redis.port, ssl=True, ssl_ca_certs=str(tls_redis.ca.ca_file))
+    try:
+        await admin.acl_setuser(user, enabled=True, passwords=[f"+{SECRET}"], keys=[f"{ns}/*"], channels=[f"{ns}/*"],
+                                commands=["+@all"])  # fmt: skip
+        async with dfdb.connect(_url(tls_redis, user=user, ns=ns), timeout=5) as nb:
+            async with nb.watch(LogicalSwitch) as stream:
+                await nb.create(LogicalSwitch(id="c1"))
+                assert (await asyncio.wait_for(anext(stream), 10)).id == "c1"
+                await admin.execute_command(*revoke[:2], user, *revoke[2:])
+                with pytest.raises(dfdb.AuthenticationError) as info:
+                    await asyncio.wait_for(anext(stream), 10)
+        assert SECRET not in str(info.value) and "\n" not in str(info.value)
+    finally:
+        await admin.acl_deluser(user)
+        await admin.aclose()
+
+
 async def test_a_wrong_password_is_one_clear_line_at_once(tls_redis: RedisServer) -> None:
     started = asyncio.get_running_loop().time()
     with pytest.raises(dfdb.AuthenticationError) as info:

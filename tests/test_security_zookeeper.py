@@ -57,7 +57,7 @@ async def test_tls_with_digest_auth_serves_writes_and_events(tls_zookeeper: ZooK
 async def test_another_user_cannot_read_a_namespace(tls_zookeeper: ZooKeeperServer) -> None:
     async with dfdb.connect(_url(tls_zookeeper, "ns-b", user="bob")) as nb:
         await nb.create(LogicalSwitch(id="b1"))
-    with pytest.raises(dfdb.DriverError, match="not allowed") as info:
+    with pytest.raises(dfdb.AuthenticationError, match="not allowed") as info:
         async with dfdb.connect(_url(tls_zookeeper, "ns-b")) as nb:
             await nb.get(LogicalSwitch, "b1")
     assert SECRET not in str(info.value)

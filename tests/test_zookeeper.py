@@ -243,7 +243,7 @@ def test_password_never_shown() -> None:
     ("url", "message"),
     [
         ("zk://127.0.0.1:1?bogus=1", "unknown zk:// option"),
-        ("zk://user@127.0.0.1:1", "both a user name and a password"),
+        ("zk://user@127.0.0.1:1", "names the user .user. but no password"),
         ("zk://127.0.0.1:1?bucket_size=1", "bucket_size"),
     ],
 )

@@ -14,6 +14,8 @@ from dfdb.url import DatabaseURL, positive_seconds
 __all__ = ["connect"]
 
 _SHARED_OPTIONS = ("poll_interval", "timeout")
+_LOCAL_SCHEMES = frozenset({"memory", "sqlite"})
+"""Backends without authentication: credentials given to them are refused, not ignored."""
 """URL options that configure the NbApi and that a driver may read too (its own per-call timeout)."""
 
 
@@ -47,6 +49,8 @@ def connect(
             (also a ``nan``, infinite, zero or negative ``timeout`` or ``poll_interval``).
     """
     parsed = DatabaseURL.parse(url).with_credentials()
+    if parsed.scheme in _LOCAL_SCHEMES and (parsed.username is not None or parsed.password is not None):
+        raise InvalidURL(f"{parsed.scheme}:// has no authentication: a user name or password would protect nothing")
     mode = notifications or parsed.option("notifications", "auto")
     if mode not in ("auto", "native", "poll"):
         raise ConfigurationError(f"notifications must be auto, native or poll, not {mode!r}")

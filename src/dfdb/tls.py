@@ -71,6 +71,7 @@ class TlsSettings:
             path = getattr(settings, name)
             if path is not None:
                 settings.read(name)  # a missing file is a configuration mistake: said now
+        settings.ssl_context()  # so is a file that is no certificate, or a key that does not fit
         return settings
 
     def read(self, name: str) -> bytes:
@@ -89,18 +90,36 @@ class TlsSettings:
         """A client ``SSLContext`` with these settings.
 
         Raises:
-            InvalidURL: a file is not a PEM certificate or key (or they do not match).
+            InvalidURL: a file is not a PEM certificate or key, the key does not fit the
+                certificate, or the key is encrypted (never a prompt for its passphrase).
         """
         try:
             context = ssl.create_default_context(cafile=self.ca_file)
-            if self.cert_file is not None:
-                context.load_cert_chain(self.cert_file, self.key_file)
         except (ssl.SSLError, OSError) as exc:
-            raise InvalidURL(f"bad TLS files (ca_file, cert_file, key_file): {exc}") from None
+            raise InvalidURL(f"ca_file {self.ca_file!r} holds no PEM certificate: {_reason(exc)}") from None
+        if self.cert_file is not None:
+
+            def no_passphrase() -> str:
+                raise InvalidURL(f"key_file {self.key_file!r} is encrypted: give an unencrypted key")
+
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file, password=no_passphrase)
+            except (ssl.SSLError, OSError) as exc:
+                raise InvalidURL(
+                    f"cert_file {self.cert_file!r} and key_file {self.key_file!r} are not a PEM certificate "
+                    f"and its key: {_reason(exc)}"
+                ) from None
         if not self.verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+
+def _reason(exc: ssl.SSLError | OSError) -> str:
+    """The short reason of a failure to load a certificate or key."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return exc.strerror or str(exc)
 
 
 def tls_failure(exc: BaseException | None) -> ssl.SSLError | None:

@@ -10,10 +10,13 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from dfdb.errors import ConfigurationError, InvalidURL
 
-__all__ = ["PASSWORD_ENV", "DatabaseURL", "Secret"]
+__all__ = ["PASSWORD_ENV", "DatabaseURL", "Secret", "missing_credential"]
 
 PASSWORD_ENV = "DFDB_PASSWORD"
 """The environment variable that gives the password when a URL names a user but no password."""
+
+_PASSWORD_FILE_LIMIT = 4096
+"""The most characters a ``password_file`` may hold."""
 
 _SECRET_OPTIONS = frozenset({"password", "secret", "token"})
 """Option names whose values ``render`` masks (dfdb takes none of them; a driver refuses them)."""
@@ -182,7 +185,7 @@ class DatabaseURL:
 
         Raises:
             InvalidURL: both a password and ``password_file`` are given, or the file
-                cannot be read.
+                cannot be read, is empty or is too large to hold a password.
         """
         environ = os.environ if environ is None else environ
         url = self
@@ -192,11 +195,16 @@ class DatabaseURL:
                 raise InvalidURL("give the password either in the URL or in password_file=, not both")
             try:
                 with open(os.path.expanduser(path), encoding="utf-8") as file:
-                    text = file.read()
+                    text = file.read(_PASSWORD_FILE_LIMIT + 1)  # bounded: /dev/zero is a path too
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
                 raise InvalidURL(f"cannot read password_file {path!r}: {reason}") from None
+            if len(text) > _PASSWORD_FILE_LIMIT:
+                limit = _PASSWORD_FILE_LIMIT
+                raise InvalidURL(f"password_file {path!r} is not a password: more than {limit} characters")
             text = text.removesuffix("\n").removesuffix("\r")
+            if not text:  # an unfilled secret mount, most likely: not an empty password
+                raise InvalidURL(f"password_file {path!r} is empty")
             url = replace(self.without_options("password_file"), password=text)
         elif self.password is None and self.username is not None and environ.get(PASSWORD_ENV):
             url = replace(self, password=environ[PASSWORD_ENV])
@@ -222,6 +230,25 @@ class DatabaseURL:
 
     def __str__(self) -> str:
         return self.render()
+
+    def __repr__(self) -> str:
+        options = {k: "***" if k.lower() in _SECRET_OPTIONS else v for k, v in self.options.items()}
+        return (
+            f"DatabaseURL(scheme={self.scheme!r}, hosts={self.hosts!r}, username={self.username!r}, "
+            f"path={self.path!r}, options={options!r})"
+        )
+
+
+def missing_credential(url: DatabaseURL) -> str | None:
+    """What is missing when ``url`` names a user without a password or the reverse, else ``None``."""
+    if url.username is not None and url.password is None:
+        return (
+            f"{url.scheme}:// names the user {url.username!r} but no password: give it in the URL "
+            f"(percent-encoded), in password_file=PATH or in the environment variable {PASSWORD_ENV}"
+        )
+    if url.username is None and url.password is not None:
+        return f"{url.scheme}:// gives a password but no user name"
+    return None
 
 
 def _host_text(host: str) -> str:

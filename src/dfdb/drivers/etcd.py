@@ -47,6 +47,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -78,7 +79,7 @@ from dfdb.errors import (
 )
 from dfdb.retry import raise_if_cancelling, run_to_completion
 from dfdb.tls import TLS_OPTIONS, TlsSettings
-from dfdb.url import DatabaseURL
+from dfdb.url import DatabaseURL, missing_credential
 
 __all__ = ["EtcdDriver", "EtcdSource"]
 
@@ -100,7 +101,10 @@ def _tls_refused(details: str | None) -> str | None:
     """What went wrong when a gRPC failure is a TLS handshake that retrying cannot mend."""
     text = (details or "").upper()
     if "CERTIFICATE_VERIFY_FAILED" in text or "HOSTNAME VERIFICATION CHECK FAILED" in text:
-        return "the server's certificate was not accepted; check ca_file (and server_name)"
+        why = re.search(r"CERTIFICATE_VERIFY_FAILED: ([^:]+)", details or "")  # "certificate has expired"
+        return (
+            f"the server's certificate was not accepted{f' ({why[1]})' if why else ''}; check ca_file (and server_name)"
+        )
     if "TSI_DATA_CORRUPTED" in text or "CERTIFICATE_REQUIRED" in text:
         return "the server refused the connection; it may need a client certificate it trusts (cert_file, key_file)"
     if "WRONG_VERSION_NUMBER" in text:
@@ -183,8 +187,9 @@ class EtcdDriver(Driver):
         unknown = set(url.options) - known
         if unknown:
             raise InvalidURL(f"unknown etcd:// option(s): {', '.join(sorted(unknown))}")
-        if (url.username is None) != (url.password is None):
-            raise InvalidURL("etcd:// needs both a user name and a password, or neither")
+        missing = missing_credential(url)
+        if missing is not None:
+            raise InvalidURL(missing)
         self.prefix = url.path.strip("/") or "dfdb"
         self.timeout = url.float_option("timeout", 3.0, minimum=0.01)
         keepalive = url.float_option("keepalive", 5.0, minimum=0.1)

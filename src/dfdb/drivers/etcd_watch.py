@@ -20,7 +20,7 @@ from aetcd import rpc
 
 from dfdb.drivers.base import RawAction, RawEvent
 from dfdb.drivers.sources import ReaderTaskSource
-from dfdb.errors import BackendUnavailableError
+from dfdb.errors import AuthenticationError, BackendUnavailableError
 from dfdb.retry import raise_if_cancelling
 
 if TYPE_CHECKING:
@@ -191,6 +191,8 @@ class EtcdSource(ReaderTaskSource):
         if reply.compact_revision:
             raise _Compacted(int(reply.compact_revision))
         if reply.canceled:
+            if "permission denied" in reply.cancel_reason:  # the role lost the prefix (watch id -1 at times)
+                raise AuthenticationError(f"{url}: not allowed: {reply.cancel_reason} (check the user's role)")
             if watcher is None:
                 return  # a watcher this source cancelled
             raise BackendUnavailableError(f"{url}: watch cancelled: {reply.cancel_reason or 'no reason'}")

@@ -542,6 +542,10 @@ class _SourceAccess:
     def key(self, *parts: str) -> str:
         return self._driver._key(*parts)
 
+    def refused(self, exc: BaseException) -> DriverError:
+        """The dfdb error of a refusal by the server (credentials, ACL) met while reading."""
+        return _unavailable(self._driver.url, exc)
+
     def stream_table(self, stream: str) -> str:
         """The table of a stream key ``P/s/TABLE[/…]``."""
         return stream[len(self._driver.prefix) + 3 :].split("/", 1)[0]

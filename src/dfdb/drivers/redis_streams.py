@@ -71,6 +71,12 @@ class RedisSource(ReaderTaskSource):
         return RawEvent.resync(revision, epoch)
 
     async def _read_round(self) -> RawEvent | None:
+        try:
+            return await self._read_streams()
+        except (rexc.AuthenticationError, rexc.AuthenticationWrongNumberOfArgsError, rexc.NoPermissionError) as exc:
+            raise self._access.refused(exc) from None  # permanent: the stream ends with it, not retried
+
+    async def _read_streams(self) -> RawEvent | None:
         access = self._access
         client = access.client()
         streams, asked = builtins.list(self._streams), dict(self._ids)  # add_topics may grow them meanwhile

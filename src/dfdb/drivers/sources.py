@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterable
 from typing import ClassVar
 
 from dfdb.drivers.base import EventSource, RawEvent
-from dfdb.errors import DriverError
+from dfdb.errors import AuthenticationError, DriverError
 from dfdb.retry import Backoff
 
 __all__ = ["BufferedSource", "ReaderTaskSource"]
@@ -158,6 +158,8 @@ class BufferedSource(EventSource):
         except self._retryable as exc:
             if _cancelling():
                 raise asyncio.CancelledError() from exc
+            if isinstance(exc, AuthenticationError):  # permanent: credentials or rights the server refuses
+                raise
             if self._closed:
                 raise StopAsyncIteration from None
             await self._after_failure(exc)

@@ -21,7 +21,7 @@ from aiozk import exc, protocol
 
 from dfdb.drivers.zookeeper.session import SessionRepair
 from dfdb.drivers.zookeeper.tls import tls_failure_of
-from dfdb.errors import AuthenticationError, BackendUnavailableError, DriverError, StreamClosedError
+from dfdb.errors import AuthenticationError, BackendUnavailableError, DfdbError, DriverError, StreamClosedError
 from dfdb.retry import raise_if_cancelling
 from dfdb.tls import describe_tls_failure
 from dfdb.url import Secret
@@ -96,7 +96,7 @@ class Calls:
         except BaseException as error:
             failure = tls_failure_of(self._repair.zk.session) if self._repair is not None else None
             await self.close()
-            if isinstance(error, TimeoutError | OSError | exc.ZKError):
+            if isinstance(error, TimeoutError | OSError | exc.ZKError) and not isinstance(error, DfdbError):
                 if failure is not None:
                     raise AuthenticationError(f"{self.url}: {describe_tls_failure(failure)}") from None
                 raise BackendUnavailableError(f"{self.url}: cannot connect to {self.servers}") from None
@@ -188,7 +188,7 @@ class Calls:
                 repair.repair(lost=False)  # no reply within the time-out: a new connection for the next call
             raise BackendUnavailableError(f"{self.url}: {type(error).__name__}: {error or 'no reply'}") from None
         except exc.NoAuth:
-            raise DriverError(f"{self.url}: not allowed (check the user and password)") from None
+            raise AuthenticationError(f"{self.url}: not allowed (check the user and password)") from None
         except exc.ZKError as error:
             raise DriverError(f"{self.url}: {type(error).__name__}: {error}") from None
 

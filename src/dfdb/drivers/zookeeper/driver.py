@@ -45,7 +45,7 @@ from dfdb.errors import (
     ValueTooLargeError,
 )
 from dfdb.tls import TLS_OPTIONS, TlsSettings
-from dfdb.url import DatabaseURL
+from dfdb.url import DatabaseURL, missing_credential
 
 __all__ = ["ZooKeeperDriver"]
 
@@ -78,8 +78,9 @@ class ZooKeeperDriver(Driver):
         unknown = set(url.options) - known
         if unknown:
             raise InvalidURL(f"unknown zk:// option(s): {', '.join(sorted(unknown))}")
-        if (url.username is None) != (url.password is None):
-            raise InvalidURL("zk:// needs both a user name and a password, or neither")
+        missing = missing_credential(url)
+        if missing is not None:
+            raise InvalidURL(missing)
         self.root = "/" + (url.path.strip("/") or "dfdb")
         self.session_timeout = url.float_option("session_timeout", 10.0, minimum=1)
         self.timeout = url.float_option("timeout", 10.0, minimum=0.1)
