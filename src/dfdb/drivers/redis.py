@@ -55,9 +55,9 @@ from dfdb.drivers.base import (
 )
 from dfdb.drivers.redis_streams import RedisSource
 from dfdb.drivers.redis_tls import TlsConnection
+from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import (
     AlreadyExistsError,
-    AuthenticationError,
     BackendUnavailableError,
     ConfigurationError,
     ConflictError,
@@ -66,7 +66,7 @@ from dfdb.errors import (
     InvalidURL,
     NotFoundError,
 )
-from dfdb.tls import TLS_OPTIONS, TlsSettings, describe_tls_failure, tls_failure
+from dfdb.tls import TLS_OPTIONS, TlsSettings
 from dfdb.url import DatabaseURL, Secret
 
 __all__ = ["RedisDriver"]
@@ -157,18 +157,6 @@ _CONNECTION_ERRORS = (
     rexc.AuthenticationWrongNumberOfArgsError,
     rexc.NoPermissionError,
 )
-
-
-def _unavailable(url: DatabaseURL, exc: BaseException) -> DriverError:
-    if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):  # permanent: not retried
-        reason = str(exc) if url.password else "the server requires a password and the URL gives none"
-        return AuthenticationError(f"{url}: authentication failed: {reason}")
-    if isinstance(exc, rexc.NoPermissionError):
-        return AuthenticationError(f"{url}: not allowed: {exc} (check the user's ACL: keys and channels of the prefix)")
-    failure = tls_failure(exc)
-    if failure is not None:  # a certificate is not going to change between retries
-        return AuthenticationError(f"{url}: {describe_tls_failure(failure)}")
-    return BackendUnavailableError(f"{url}: {type(exc).__name__}: {exc}")
 
 
 class RedisDriver(Driver):
@@ -269,9 +257,12 @@ class RedisDriver(Driver):
         log.debug("connected to %s (epoch %s)", self.url, self.epoch)
 
     async def _check_server(self) -> None:
-        """Refuse a Redis Cluster node and a replica with one clear line."""
+        """Refuse a Redis Cluster node and a replica with one clear line (a user whose ACL
+        refuses INFO skips the check: a replica refuses its writes anyway)."""
         try:
             info = await self._open_client().info()  # the default sections: server, replication, cluster …
+        except rexc.NoPermissionError:
+            return
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         except rexc.RedisError as exc:

@@ -37,7 +37,8 @@ from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
 
 from dfdb.drivers.base import PutRequest
-from dfdb.drivers.redis import _CONNECTION_ERRORS, RedisDriver, _unavailable
+from dfdb.drivers.redis import _CONNECTION_ERRORS, RedisDriver
+from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import BackendUnavailableError, ConfigurationError, DriverError, InvalidURL
 from dfdb.url import DatabaseURL, Secret
 

@@ -1,12 +1,18 @@
-"""The Redis driver's TLS connection: TLS from dfdb's own ``SSLContext`` on redis-py's TCP connection."""
+"""The Redis driver's connections: TLS from dfdb's own ``SSLContext`` on redis-py's TCP
+connection, and the dfdb error of a failed call."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis import exceptions as rexc
 
-__all__ = ["TlsConnection"]
+from dfdb.errors import AuthenticationError, BackendUnavailableError, DriverError
+from dfdb.tls import describe_tls_failure, tls_failure
+from dfdb.url import DatabaseURL
+
+__all__ = ["TlsConnection", "connection_error"]
 
 
 class TlsConnection(aioredis.Connection):
@@ -45,3 +51,17 @@ class TlsConnection(aioredis.Connection):
     def _close(self) -> None:
         super()._close()  # type: ignore[no-untyped-call]
         self._abort_raw()
+
+
+def connection_error(url: DatabaseURL, exc: BaseException) -> DriverError:
+    """The dfdb error of a redis-py error: a refusal (credentials, ACL, certificate) is
+    an ``AuthenticationError``, never retried; anything else ``BackendUnavailableError``."""
+    if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):  # permanent: not retried
+        reason = str(exc) if url.password else "the server requires a password and the URL gives none"
+        return AuthenticationError(f"{url}: authentication failed: {reason}")
+    if isinstance(exc, rexc.NoPermissionError):
+        return AuthenticationError(f"{url}: not allowed: {exc} (check the user's ACL: keys and channels of the prefix)")
+    failure = tls_failure(exc)
+    if failure is not None:  # a certificate is not going to change between retries
+        return AuthenticationError(f"{url}: {describe_tls_failure(failure)}")
+    return BackendUnavailableError(f"{url}: {type(exc).__name__}: {exc}")
