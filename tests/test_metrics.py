@@ -328,3 +328,32 @@ def read_until(stream: IO[str], marker: str) -> str:
 
 def test_api_nb_stats_is_exported() -> None:
     assert NbApi.stats.__doc__ and dfdb.NbStats is metrics.NbStats
+
+
+def test_demo_on_a_port_in_use_is_one_line_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from dfdb.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--metrics-port", str(port), "--changes", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in err and "--metrics-port 0" in err, err
+
+
+@pytest.mark.parametrize("port", ["65536", "99999"])
+def test_demo_refuses_a_port_out_of_range(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from dfdb.cli import main
+
+    assert main(["demo", "--metrics-port", port]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "at most 65535" in err, err
+
+
+@pytest.mark.parametrize("port", [65536, -1, "9464", True, 1.5])
+async def test_serve_refuses_what_is_not_a_port(port: object) -> None:
+    with pytest.raises(ValueError, match="integer from 0 to 65535"):
+        async with metrics.serve(port):  # type: ignore[arg-type]
+            pass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -173,7 +175,14 @@ async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
         return 0 if (await run_demo(nb, cfg, out)).ok else 1
     from dfdb import metrics
 
-    async with metrics.serve(args.metrics_port, registry=metrics.new_registry(nb)) as server:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            server = await stack.enter_async_context(
+                metrics.serve(args.metrics_port, registry=metrics.new_registry(nb))
+            )
+        except OSError as exc:  # the port is taken or not allowed: the message names it
+            hint = "; --metrics-port 0 picks a free port" if exc.errno == errno.EADDRINUSE else ""
+            raise DfdbError(f"{exc.strerror or exc}{hint}") from None
         print(f"dfdb: metrics at {server.url}", file=sys.stderr, flush=True)
         result = await run_demo(nb, cfg, out)
         out.flush()

@@ -144,7 +144,7 @@ def build_parser() -> Parser:
     )
     d.add_argument(
         "--metrics-port",
-        type=_natural,
+        type=_port,
         metavar="PORT",
         help="serve Prometheus metrics on 127.0.0.1:PORT during the demo and after it until interrupted "
         "(needs dfdb[metrics])",
@@ -249,4 +249,11 @@ def _natural(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _natural(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535: {text}")
     return value

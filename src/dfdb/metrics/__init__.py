@@ -94,8 +94,12 @@ async def serve(port: int, *, host: str = "127.0.0.1", registry: Any = None) -> 
 
     Raises:
         MissingDependencyError: ``prometheus-client`` is not installed.
-        OSError: the port cannot be bound.
+        ValueError: ``port`` is not an integer from 0 to 65535.
+        OSError: the port cannot be bound (in use, or not allowed); its message names
+            the address.
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"a metrics port is an integer from 0 to 65535, not {port!r}")
     _require()
     from dfdb.metrics.server import run_server
 

@@ -75,7 +75,11 @@ async def _handle(stream: SocketStream, registry: Any) -> None:
 async def run_server(host: str, port: int, registry: Any) -> AsyncIterator[MetricsServer]:
     """Serve ``registry`` at ``http://host:port/metrics`` until the block ends."""
     registry = REGISTRY if registry is None else registry
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {reason}") from None
     server = MetricsServer(host, int(listener.extra(SocketAttribute.local_port)))
 
     async def handle(stream: SocketStream) -> None:
