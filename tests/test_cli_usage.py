@@ -244,3 +244,12 @@ def test_watch_creates_a_missing_database_and_says_so(tmp_path: Path, capsys: py
     captured = capsys.readouterr()
     assert f"no database at {tmp_path / 'dfdb.sqlite3'} yet: created empty" in captured.err
     assert any(json.loads(line).get("table") == "lswitch" for line in captured.out.splitlines() if '"action"' in line)
+
+
+def test_the_cli_page_lists_every_command() -> None:
+    import argparse
+
+    page = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    listed = {line.split("`")[1].split()[0] for line in page.splitlines() if line.startswith("| `")}
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) <= listed, sorted(set(sub.choices) - listed)

@@ -194,7 +194,11 @@ def build_parser() -> Parser:
         "dfdb --db sqlite:///restored.db restore -f backup.jsonl",
         description="Load a dump into the database, every object with its version. Refuses a "
         "database that already holds objects of the dump's tables, unless --force (which "
-        "replaces the objects the dump holds and leaves the others).",
+        "replaces the objects the dump holds and leaves the others in place: it is not a "
+        "replacement of the whole database). The whole dump is checked before anything is "
+        "written, so a truncated or damaged one writes nothing; the writes themselves are "
+        "batches, not one transaction: if they stop (an error, Ctrl-C) the message says how "
+        "many were written, and restore --force with the same dump completes them.",
     )
     restore.add_argument("-f", "--file", metavar="FILE", default="-", help="read from FILE ('-': stdin)")
     restore.add_argument("--force", action="store_true", help="restore into tables that hold objects")
