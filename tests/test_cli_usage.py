@@ -253,3 +253,10 @@ def test_the_cli_page_lists_every_command() -> None:
     listed = {line.split("`")[1].split()[0] for line in page.splitlines() if line.startswith("| `")}
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) <= listed, sorted(set(sub.choices) - listed)
+
+
+def test_put_of_a_binary_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "obj.bin"
+    path.write_bytes(bytes(range(128, 256)))
+    assert main(["put", "lswitch", "--file", str(path), "--db", f"sqlite:///{tmp_path}/p.db"]) == 2
+    assert f"{path} is not UTF-8 text" in one_line(capsys.readouterr().err)

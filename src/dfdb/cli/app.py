@@ -129,6 +129,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             f"no database at {path}: the file does not exist, nothing to read "
             f"(dfdb put or dfdb restore creates it){hint}"
         )
+    if args.command == "restore":  # a dump that cannot be restored leaves no empty database behind
+        args.dump = transfer.read_dump(args.file)
     if args.command == "watch" and path is not None and not path.exists():
         print(f"dfdb: no database at {path} yet: created empty, waiting for changes", file=sys.stderr)
     nb = open_nb(url, args.timeout)
@@ -155,7 +157,7 @@ async def _dispatch(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     if command == "dump":
         return await transfer.dump(nb, args.file, out)
     if command == "restore":
-        return await transfer.restore(nb, args.file, force=args.force)
+        return await transfer.restore(nb, args.dump, force=args.force)
     if command == "tables":
         return await transfer.tables(nb, args.output, out)
     return await objects.run(nb, args, out)

@@ -27,7 +27,7 @@ from dfdb.nb import NbApi
 from dfdb.nbmodel import model_for_table, registered_models, validate_key
 from dfdb.retry import Backoff
 
-__all__ = ["FORMAT", "copy", "dump", "restore", "snapshot", "stored_tables", "tables"]
+__all__ = ["FORMAT", "Dump", "copy", "dump", "read_dump", "restore", "snapshot", "stored_tables", "tables"]
 
 FORMAT = "dfdb-dump"
 """The ``format`` of a dump's header line."""
@@ -152,10 +152,23 @@ async def copy(source: NbApi, target: NbApi) -> int:
     data = await snapshot(source, "copy")
     progress = Progress()
     copied = skipped = 0
-    for table, entries in data.items():
-        existing = await _write(target, table, entries, False, progress)
-        skipped += existing
-        copied += len(entries) - existing
+    try:
+        for table, entries in data.items():
+            for start in range(0, len(entries), _BATCH):
+                chunk = entries[start : start + _BATCH]
+                existing = await _write(target, table, chunk, False, progress, start, len(entries))
+                skipped += existing
+                copied += len(chunk) - existing
+    except BaseException:  # an error or Ctrl-C: say what the target holds now
+        progress.end(1)
+        total = sum(len(e) for e in data.values())
+        print(
+            f"dfdb: copy stopped with at least {copied + skipped} of {total} objects done at {target.url}; "
+            "dfdb copy again copies the rest (and leaves those already there unchanged)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
     print(
         f"copied {copied} objects of {sum(1 for e in data.values() if e)} tables to {target.url}; "
         f"{skipped} already there (left unchanged)",
@@ -235,20 +248,19 @@ def _entry(record: Any, where: str) -> Entry:
     return Entry(table, id, topic, value, 0)
 
 
-async def restore(nb: NbApi, path: str, *, force: bool) -> int:
-    """``dfdb restore``: load a dump written by ``dfdb dump``.
+async def restore(nb: NbApi, dump: Dump, *, force: bool) -> int:
+    """``dfdb restore``: load a dump written by ``dfdb dump`` and read by :func:`read_dump`.
 
-    The whole file is read and checked first: a dump that is truncated, not UTF-8 or
+    The whole file was read and checked first: a dump that is truncated, not UTF-8 or
     holds a bad line writes nothing. The writes themselves are batches, not one
     transaction: when they stop (an error, Ctrl-C), the message says how many objects
     were written, and ``--force`` runs the restore again over them.
 
     Raises:
-        DfdbError: the file is not a whole dump, (without ``force``) the database holds
-            objects of the dump's tables, or a write failed.
+        DfdbError: (without ``force``) the database holds objects of the dump's tables,
+            or a write failed.
     """
-    name = "stdin" if path == "-" else path
-    counts, entries = _read_dump(path, name)
+    counts, entries = dump
     if not force:
         held = sorted(set(await stored_tables(nb)) & {t for t, n in counts.items() if n})
         if held:
@@ -287,12 +299,17 @@ def _partial(done: int, total: int, nb: NbApi) -> str:
     )
 
 
-def _read_dump(path: str, name: str) -> tuple[dict[str, int], list[Entry]]:
-    """The header's table counts and every entry of the dump at ``path``, all checked.
+Dump = tuple[dict[str, int], list[Entry]]
+"""A dump read: its header's object count by table, and its entries in file order."""
+
+
+def read_dump(path: str) -> Dump:
+    """The dump at ``path`` (``-``: stdin), every line checked.
 
     Raises:
         DfdbError: the file is not a dfdb dump, or not a whole one.
     """
+    name = "stdin" if path == "-" else path
     entries: list[Entry] = []
     try:
         with _open(path, "r", sys.stdin) as f:
