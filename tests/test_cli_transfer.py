@@ -268,5 +268,5 @@ def test_ctrl_c_during_copy_says_what_was_copied(tmp_path: Path, capsys: pytest.
         pytest.skip("the copy ended before Ctrl-C reached it")
     assert proc.returncode == 130, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert "dfdb: copy stopped with at least" in err and "dfdb copy again copies the rest" in err, err
+    assert "dfdb: interrupted: copy stopped with at least" in err and "dfdb copy again copies the rest" in err, err
     assert 0 < int(err.split("at least ")[1].split()[0]) <= count_switches(target) < 30_000

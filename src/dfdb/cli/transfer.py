@@ -159,15 +159,11 @@ async def copy(source: NbApi, target: NbApi) -> int:
                 existing = await _write(target, table, chunk, False, progress, start, len(entries))
                 skipped += existing
                 copied += len(chunk) - existing
-    except BaseException:  # an error or Ctrl-C: say what the target holds now
+    except DfdbError as exc:
+        raise DfdbError(f"{exc} ({_copy_stopped(copied + skipped, data, target)})") from None
+    except BaseException:  # Ctrl-C: say what the target holds now, then stop as asked
         progress.end(1)
-        total = sum(len(e) for e in data.values())
-        print(
-            f"dfdb: copy stopped with at least {copied + skipped} of {total} objects done at {target.url}; "
-            "dfdb copy again copies the rest (and leaves those already there unchanged)",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"dfdb: interrupted: {_copy_stopped(copied + skipped, data, target)}", file=sys.stderr, flush=True)
         raise
     print(
         f"copied {copied} objects of {sum(1 for e in data.values() if e)} tables to {target.url}; "
@@ -175,6 +171,14 @@ async def copy(source: NbApi, target: NbApi) -> int:
         file=sys.stderr,
     )
     return 1 if skipped else 0
+
+
+def _copy_stopped(done: int, data: dict[str, list[Entry]], target: NbApi) -> str:
+    total = sum(len(e) for e in data.values())
+    return (
+        f"copy stopped with at least {done} of {total} objects done at {target.url}; "
+        "dfdb copy again copies the rest (and leaves those already there unchanged)"
+    )
 
 
 def _line(entry: Entry) -> dict[str, Any]:
