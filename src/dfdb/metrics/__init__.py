@@ -49,10 +49,15 @@ def collector(*apis: NbApi) -> DfdbCollector:
 
     Raises:
         MissingDependencyError: ``prometheus-client`` is not installed.
+        TypeError: one of ``apis`` is not an :class:`~dfdb.NbApi`.
     """
     _require()
     from dfdb.metrics.exporter import DfdbCollector
+    from dfdb.nb import NbApi
 
+    for api in apis:
+        if not isinstance(api, NbApi):
+            raise TypeError(f"dfdb metrics are those of NbApi objects (dfdb.connect(url)), not {type(api).__name__}")
     return DfdbCollector(apis or None)
 
 
@@ -67,7 +72,13 @@ def register(*apis: NbApi, registry: Any = None) -> DfdbCollector:
     found = collector(*apis)
     if registry is None:
         from prometheus_client import REGISTRY as registry
-    registry.register(found)
+    try:
+        registry.register(found)
+    except ValueError:  # prometheus-client names every duplicated series
+        raise ValueError(
+            "dfdb's metrics are registered on this registry already "
+            "(registry.unregister(collector) removes the collector that register() returned)"
+        ) from None
     return found
 
 
