@@ -260,3 +260,8 @@ def test_put_of_a_binary_file_is_one_line(tmp_path: Path, capsys: pytest.Capture
     path.write_bytes(bytes(range(128, 256)))
     assert main(["put", "lswitch", "--file", str(path), "--db", f"sqlite:///{tmp_path}/p.db"]) == 2
     assert f"{path} is not UTF-8 text" in one_line(capsys.readouterr().err)
+
+
+def test_server_run_refuses_a_cluster_too_large(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["server", "run", "zookeeper", "--members", "99"]) == 2  # not 99 server processes
+    assert "at most 7 members" in one_line(capsys.readouterr().err)

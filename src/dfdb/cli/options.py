@@ -213,7 +213,9 @@ def build_parser() -> Parser:
     srv_sub = srv.add_subparsers(dest="server_command", required=True, metavar="ACTION", parser_class=Parser)
     run = _command(srv_sub, "run", "run BACKEND in the foreground on loopback", "dfdb server run etcd --members 3")
     run.add_argument("backend", help="redis, etcd or zookeeper")
-    run.add_argument("--members", type=_positive, default=1, help="cluster members")
+    run.add_argument(
+        "--members", type=_members, default=1, help=f"cluster members, 1 to {MAX_MEMBERS} (each a server process)"
+    )
     run.add_argument("--tls", action="store_true", help="serve TLS only, with a local CA made for development")
     b = _command(sub, "bench", "dfdb against the raw client on --db: the five benchmark cases", "dfdb bench --quick")
     b.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
@@ -227,6 +229,17 @@ def build_parser() -> Parser:
     )
     comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
     return p
+
+
+MAX_MEMBERS = 7
+"""The largest development cluster ``dfdb server run`` starts (etcd's own advice for a cluster)."""
+
+
+def _members(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_MEMBERS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_MEMBERS} members, each a server process: {text}")
+    return value
 
 
 def _positive(text: str) -> int:
