@@ -379,6 +379,7 @@ async def test_a_failing_collector_fails_the_scrape_not_the_application() -> Non
         with pytest.raises(urllib.error.HTTPError) as failed:
             await scrape(server.url)
         assert failed.value.code == 500
+        failed.value.close()  # the error holds the connection
         registry.unregister(broken)  # type: ignore[arg-type]
         await nb.create(Net(id="after"))
         assert value(await scrape(server.url), "dfdb_writes_total", backend="memory", table="metrics_net") == 1
