@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -164,3 +168,105 @@ def test_restore_refuses_what_is_not_a_dump(tmp_path: Path, capsys: pytest.Captu
     assert "announces 2 objects, the file holds 1" in capsys.readouterr().err
     assert main(["restore", "--db", db, "-f", str(tmp_path / "missing.jsonl")]) == 1
     assert "No such file" in capsys.readouterr().err
+
+
+def dump_text(n: int, announced: int | None = None) -> str:
+    """A dump of ``n`` switches whose header announces ``announced`` (default ``n``)."""
+    header = {
+        "format": "dfdb-dump",
+        "version": 1,
+        "source": "x",
+        "tables": {"lswitch": n if announced is None else announced},
+    }
+    lines = [json.dumps(header)]
+    for i in range(n):
+        obj = {"id": f"s{i:06d}", "topic": "t1", "version": 1, "name": "", "mtu": 1450}
+        lines.append(json.dumps({"table": "lswitch", "id": obj["id"], "topic": "t1", "object": obj}))
+    return "\n".join(lines) + "\n"
+
+
+def count_switches(url: str) -> int:
+    async def count() -> int:
+        async with dfdb.connect(url) as nb:
+            return len((await nb.driver.list("lswitch")).entries)
+
+    return asyncio.run(count())
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (dump_text(600, announced=601).encode(), "announces 601 objects, the file holds 600 (a truncated dump?)"),
+        (dump_text(600).encode()[:-40], "not JSON"),
+        (dump_text(600).encode() + b'{"table": "lswitch", "id": "a/b", "text": "x"}\n', "not a dfdb dump line"),
+        (dump_text(600).encode() + bytes(range(128, 256)), "is not a dfdb dump: not UTF-8 text"),
+        (bytes(range(256)) * 4, "is not a dfdb dump: not UTF-8 text"),
+    ],
+    ids=["truncated", "cut-mid-line", "bad-last-line", "binary-tail", "binary"],
+)
+def test_restore_of_a_broken_dump_writes_nothing(
+    content: bytes, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/r.db"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    assert main(["restore", "--db", url, "-f", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "nothing restored" in err, err
+    assert not (tmp_path / "r.db").exists()  # read before the database is opened: no empty file left
+
+
+def test_ctrl_c_during_restore_says_what_was_written(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/r.db"
+    big = tmp_path / "big.jsonl"
+    big.write_text(dump_text(60_000))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dfdb", "--db", url, "restore", "-f", str(big)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (Path(f"{tmp_path}/r.db").exists() and count_switches(url)) == 0 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the restore wrote nothing in 60s"
+            time.sleep(0.05)  # polling the database for the first batch, not synchronising
+        proc.send_signal(signal.SIGINT)
+    finally:
+        _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the restore ended before Ctrl-C reached it")
+    assert proc.returncode == 130, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    written = int(err.split("at least ")[1].split()[0])
+    assert "dfdb: interrupted: restore stopped" in err and "holds a partial restore" in err and "--force" in err, err
+    assert 0 < written <= count_switches(url) < 60_000
+
+
+def test_ctrl_c_during_copy_says_what_was_copied(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source, target = f"sqlite:///{tmp_path}/s.db", f"sqlite:///{tmp_path}/t.db"
+    dump = tmp_path / "d.jsonl"
+    dump.write_text(dump_text(30_000))
+    assert main(["restore", "--db", source, "-f", str(dump)]) == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dfdb", "--db", source, "copy", "--to", target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (Path(f"{tmp_path}/t.db").exists() and count_switches(target)) == 0 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the copy wrote nothing in 60s"
+            time.sleep(0.05)  # polling the target for the first batch, not synchronising
+        proc.send_signal(signal.SIGINT)
+    finally:
+        _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the copy ended before Ctrl-C reached it")
+    assert proc.returncode == 130, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "dfdb: interrupted: copy stopped with at least" in err and "dfdb copy again copies the rest" in err, err
+    assert 0 < int(err.split("at least ")[1].split()[0]) <= count_switches(target) < 30_000

@@ -244,3 +244,24 @@ def test_watch_creates_a_missing_database_and_says_so(tmp_path: Path, capsys: py
     captured = capsys.readouterr()
     assert f"no database at {tmp_path / 'dfdb.sqlite3'} yet: created empty" in captured.err
     assert any(json.loads(line).get("table") == "lswitch" for line in captured.out.splitlines() if '"action"' in line)
+
+
+def test_the_cli_page_lists_every_command() -> None:
+    import argparse
+
+    page = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    listed = {line.split("`")[1].split()[0] for line in page.splitlines() if line.startswith("| `")}
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) <= listed, sorted(set(sub.choices) - listed)
+
+
+def test_put_of_a_binary_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "obj.bin"
+    path.write_bytes(bytes(range(128, 256)))
+    assert main(["put", "lswitch", "--file", str(path), "--db", f"sqlite:///{tmp_path}/p.db"]) == 2
+    assert f"{path} is not UTF-8 text" in one_line(capsys.readouterr().err)
+
+
+def test_server_run_refuses_a_cluster_too_large(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["server", "run", "zookeeper", "--members", "99"]) == 2  # not 99 server processes
+    assert "at most 7 members" in one_line(capsys.readouterr().err)

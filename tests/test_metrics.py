@@ -237,7 +237,7 @@ def test_serve_runs_on_asyncio_and_trio(backend: str) -> None:
 async def test_one_collector_per_registry() -> None:
     async with dfdb.connect("memory://") as nb:
         registry = metrics.new_registry(nb)
-        with pytest.raises(ValueError, match="Duplicated"):
+        with pytest.raises(ValueError, match="registered on this registry already"):
             metrics.register(nb, registry=registry)
 
 
@@ -328,3 +328,58 @@ def read_until(stream: IO[str], marker: str) -> str:
 
 def test_api_nb_stats_is_exported() -> None:
     assert NbApi.stats.__doc__ and dfdb.NbStats is metrics.NbStats
+
+
+def test_demo_on_a_port_in_use_is_one_line_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from dfdb.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--metrics-port", str(port), "--changes", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in err and "--metrics-port 0" in err, err
+
+
+@pytest.mark.parametrize("port", ["65536", "99999"])
+def test_demo_refuses_a_port_out_of_range(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from dfdb.cli import main
+
+    assert main(["demo", "--metrics-port", port]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "at most 65535" in err, err
+
+
+@pytest.mark.parametrize("port", [65536, -1, "9464", True, 1.5])
+async def test_serve_refuses_what_is_not_a_port(port: object) -> None:
+    with pytest.raises(ValueError, match="integer from 0 to 65535"):
+        async with metrics.serve(port):  # type: ignore[arg-type]
+            pass
+
+
+async def test_register_refuses_what_is_not_an_nbapi() -> None:
+    with pytest.raises(TypeError, match="NbApi objects"):
+        metrics.register("memory://", registry=metrics.new_registry())  # type: ignore[arg-type]
+
+
+async def test_a_failing_collector_fails_the_scrape_not_the_application() -> None:
+    from prometheus_client import CollectorRegistry
+
+    class Broken:
+        def collect(self) -> Iterator[object]:
+            raise RuntimeError("broken collector")
+
+    registry = CollectorRegistry()
+    broken = Broken()
+    registry.register(broken)  # type: ignore[arg-type]
+    async with dfdb.connect("memory://") as nb, metrics.serve(0, registry=registry) as server:
+        metrics.register(nb, registry=registry)
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            await scrape(server.url)
+        assert failed.value.code == 500
+        failed.value.close()  # the error holds the connection
+        registry.unregister(broken)  # type: ignore[arg-type]
+        await nb.create(Net(id="after"))
+        assert value(await scrape(server.url), "dfdb_writes_total", backend="memory", table="metrics_net") == 1

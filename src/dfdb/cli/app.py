@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -127,6 +129,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             f"no database at {path}: the file does not exist, nothing to read "
             f"(dfdb put or dfdb restore creates it){hint}"
         )
+    if args.command == "restore":  # a dump that cannot be restored leaves no empty database behind
+        args.dump = transfer.read_dump(args.file)
     if args.command == "watch" and path is not None and not path.exists():
         print(f"dfdb: no database at {path} yet: created empty, waiting for changes", file=sys.stderr)
     nb = open_nb(url, args.timeout)
@@ -153,7 +157,7 @@ async def _dispatch(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     if command == "dump":
         return await transfer.dump(nb, args.file, out)
     if command == "restore":
-        return await transfer.restore(nb, args.file, force=args.force)
+        return await transfer.restore(nb, args.dump, force=args.force)
     if command == "tables":
         return await transfer.tables(nb, args.output, out)
     return await objects.run(nb, args, out)
@@ -173,7 +177,14 @@ async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
         return 0 if (await run_demo(nb, cfg, out)).ok else 1
     from dfdb import metrics
 
-    async with metrics.serve(args.metrics_port, registry=metrics.new_registry(nb)) as server:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            server = await stack.enter_async_context(
+                metrics.serve(args.metrics_port, registry=metrics.new_registry(nb))
+            )
+        except OSError as exc:  # the port is taken or not allowed: the message names it
+            hint = "; --metrics-port 0 picks a free port" if exc.errno == errno.EADDRINUSE else ""
+            raise DfdbError(f"{exc.strerror or exc}{hint}") from None
         print(f"dfdb: metrics at {server.url}", file=sys.stderr, flush=True)
         result = await run_demo(nb, cfg, out)
         out.flush()

@@ -83,10 +83,14 @@ def _put_text(args: argparse.Namespace) -> str:
         raise UsageError("put needs the object: as an argument, '-' for stdin, or --file FILE")
     if args.file is None and source != "-":
         return str(source)
-    if source == "-":
-        return sys.stdin.read()
-    with open(source, encoding="utf-8") as f:
-        return f.read()
+    try:
+        if source == "-":
+            return sys.stdin.read()
+        with open(source, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        name = "stdin" if source == "-" else source
+        raise UsageError(f"{name} is not UTF-8 text, so not a JSON object") from None
 
 
 async def _put(nb: NbApi, cls: type[NbModel], text: str) -> NbModel:

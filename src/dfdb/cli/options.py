@@ -144,7 +144,7 @@ def build_parser() -> Parser:
     )
     d.add_argument(
         "--metrics-port",
-        type=_natural,
+        type=_port,
         metavar="PORT",
         help="serve Prometheus metrics on 127.0.0.1:PORT during the demo and after it until interrupted "
         "(needs dfdb[metrics])",
@@ -194,7 +194,11 @@ def build_parser() -> Parser:
         "dfdb --db sqlite:///restored.db restore -f backup.jsonl",
         description="Load a dump into the database, every object with its version. Refuses a "
         "database that already holds objects of the dump's tables, unless --force (which "
-        "replaces the objects the dump holds and leaves the others).",
+        "replaces the objects the dump holds and leaves the others in place: it is not a "
+        "replacement of the whole database). The whole dump is checked before anything is "
+        "written, so a truncated or damaged one writes nothing; the writes themselves are "
+        "batches, not one transaction: if they stop (an error, Ctrl-C) the message says how "
+        "many were written, and restore --force with the same dump completes them.",
     )
     restore.add_argument("-f", "--file", metavar="FILE", default="-", help="read from FILE ('-': stdin)")
     restore.add_argument("--force", action="store_true", help="restore into tables that hold objects")
@@ -209,7 +213,9 @@ def build_parser() -> Parser:
     srv_sub = srv.add_subparsers(dest="server_command", required=True, metavar="ACTION", parser_class=Parser)
     run = _command(srv_sub, "run", "run BACKEND in the foreground on loopback", "dfdb server run etcd --members 3")
     run.add_argument("backend", help="redis, etcd or zookeeper")
-    run.add_argument("--members", type=_positive, default=1, help="cluster members")
+    run.add_argument(
+        "--members", type=_members, default=1, help=f"cluster members, 1 to {MAX_MEMBERS} (each a server process)"
+    )
     run.add_argument("--tls", action="store_true", help="serve TLS only, with a local CA made for development")
     b = _command(sub, "bench", "dfdb against the raw client on --db: the five benchmark cases", "dfdb bench --quick")
     b.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
@@ -223,6 +229,17 @@ def build_parser() -> Parser:
     )
     comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
     return p
+
+
+MAX_MEMBERS = 7
+"""The largest development cluster ``dfdb server run`` starts (etcd's own advice for a cluster)."""
+
+
+def _members(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_MEMBERS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_MEMBERS} members, each a server process: {text}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -249,4 +266,11 @@ def _natural(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _natural(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535: {text}")
     return value

@@ -27,7 +27,7 @@ from dfdb.nb import NbApi
 from dfdb.nbmodel import model_for_table, registered_models, validate_key
 from dfdb.retry import Backoff
 
-__all__ = ["FORMAT", "copy", "dump", "restore", "snapshot", "stored_tables", "tables"]
+__all__ = ["FORMAT", "Dump", "copy", "dump", "read_dump", "restore", "snapshot", "stored_tables", "tables"]
 
 FORMAT = "dfdb-dump"
 """The ``format`` of a dump's header line."""
@@ -152,16 +152,33 @@ async def copy(source: NbApi, target: NbApi) -> int:
     data = await snapshot(source, "copy")
     progress = Progress()
     copied = skipped = 0
-    for table, entries in data.items():
-        existing = await _write(target, table, entries, False, progress)
-        skipped += existing
-        copied += len(entries) - existing
+    try:
+        for table, entries in data.items():
+            for start in range(0, len(entries), _BATCH):
+                chunk = entries[start : start + _BATCH]
+                existing = await _write(target, table, chunk, False, progress, start, len(entries))
+                skipped += existing
+                copied += len(chunk) - existing
+    except DfdbError as exc:
+        raise DfdbError(f"{exc} ({_copy_stopped(copied + skipped, data, target)})") from None
+    except BaseException:  # Ctrl-C: say what the target holds now, then stop as asked
+        progress.end(1)
+        print(f"dfdb: interrupted: {_copy_stopped(copied + skipped, data, target)}", file=sys.stderr, flush=True)
+        raise
     print(
         f"copied {copied} objects of {sum(1 for e in data.values() if e)} tables to {target.url}; "
         f"{skipped} already there (left unchanged)",
         file=sys.stderr,
     )
     return 1 if skipped else 0
+
+
+def _copy_stopped(done: int, data: dict[str, list[Entry]], target: NbApi) -> str:
+    total = sum(len(e) for e in data.values())
+    return (
+        f"copy stopped with at least {done} of {total} objects done at {target.url}; "
+        "dfdb copy again copies the rest (and leaves those already there unchanged)"
+    )
 
 
 def _line(entry: Entry) -> dict[str, Any]:
@@ -184,7 +201,8 @@ def _compact(obj: Any) -> bytes:
 
 
 async def dump(nb: NbApi, path: str, out: TextIO) -> int:
-    """``dfdb dump``: the header, then every object of every table, to ``path`` (``-``: ``out``)."""
+    """``dfdb dump``: the header, then every object of every table, to ``path`` (``-``: ``out``).
+    The header counts the objects, so ``restore`` refuses a dump cut short."""
     data = await snapshot(nb, "dump")
     header = {"format": FORMAT, "version": 1, "source": nb.url.scheme, "tables": {t: len(e) for t, e in data.items()}}
     progress = Progress()
@@ -230,49 +248,92 @@ def _entry(record: Any, where: str) -> Entry:
         else:
             value = base64.b64decode(record["base64"], validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise DfdbError(f"{where}: not a dfdb dump line ({type(exc).__name__}: {exc})") from None
+        raise DfdbError(f"{where}: not a dfdb dump line ({type(exc).__name__}: {exc}): nothing restored") from None
     return Entry(table, id, topic, value, 0)
 
 
-async def restore(nb: NbApi, path: str, *, force: bool) -> int:
-    """``dfdb restore``: load a dump written by ``dfdb dump``.
+async def restore(nb: NbApi, dump: Dump, *, force: bool) -> int:
+    """``dfdb restore``: load a dump written by ``dfdb dump`` and read by :func:`read_dump`.
+
+    The whole file was read and checked first: a dump that is truncated, not UTF-8 or
+    holds a bad line writes nothing. The writes themselves are batches, not one
+    transaction: when they stop (an error, Ctrl-C), the message says how many objects
+    were written, and ``--force`` runs the restore again over them.
 
     Raises:
-        DfdbError: the file is not a dump, or (without ``force``) the database holds
-            objects of the dump's tables.
+        DfdbError: (without ``force``) the database holds objects of the dump's tables,
+            or a write failed.
     """
-    name = "stdin" if path == "-" else path
-    with _open(path, "r", sys.stdin) as f:
-        header = _header(f.readline(), name)
-        counts: dict[str, int] = header["tables"]
-        if not force:
-            held = sorted(set(await stored_tables(nb)) & {t for t, n in counts.items() if n})
-            if held:
-                raise DfdbError(
-                    f"{nb.url} already holds objects of {', '.join(held)}: restore refuses to overwrite "
-                    "them (--force replaces the objects the dump holds)"
-                )
-        progress = Progress()
-        done, per_table = 0, dict[str, int]()
-        pending: list[Entry] = []
-        for lineno, line in enumerate(f, 2):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DfdbError(f"{name}:{lineno}: not JSON ({exc})") from None
-            entry = _entry(record, f"{name}:{lineno}")
-            if pending and (pending[0].table != entry.table or len(pending) >= _BATCH):
-                done += await _restore_batch(nb, pending, force, counts, per_table, progress)
-                pending = []
-            pending.append(entry)
-        if pending:
-            done += await _restore_batch(nb, pending, force, counts, per_table, progress)
-    if done != sum(counts.values()):
-        raise DfdbError(f"{name}: the header announces {sum(counts.values())} objects, the file holds {done}")
+    counts, entries = dump
+    if not force:
+        held = sorted(set(await stored_tables(nb)) & {t for t, n in counts.items() if n})
+        if held:
+            raise DfdbError(
+                f"{nb.url} already holds objects of {', '.join(held)}: restore refuses to overwrite "
+                "them (--force replaces the objects the dump holds and leaves the others)"
+            )
+    progress = Progress()
+    done, per_table = 0, dict[str, int]()
+    try:
+        for batch in _batches(entries):
+            done += await _restore_batch(nb, batch, force, counts, per_table, progress)
+    except DfdbError as exc:
+        raise DfdbError(f"{exc} ({_partial(done, len(entries), nb)})") from None
+    except BaseException:  # Ctrl-C: say what is in the database, then stop as asked
+        progress.end(1)
+        print(f"dfdb: interrupted: {_partial(done, len(entries), nb)}", file=sys.stderr, flush=True)
+        raise
     print(f"restored {done} objects of {sum(1 for n in counts.values() if n)} tables into {nb.url}", file=sys.stderr)
     return 0
+
+
+def _batches(entries: list[Entry]) -> Iterator[list[Entry]]:
+    """``entries`` in runs of one table, at most :data:`_BATCH` long."""
+    start = 0
+    for i in range(1, len(entries) + 1):
+        if i == len(entries) or entries[i].table != entries[start].table or i - start >= _BATCH:
+            yield entries[start:i]
+            start = i
+
+
+def _partial(done: int, total: int, nb: NbApi) -> str:
+    return (
+        f"restore stopped with at least {done} of {total} objects written: {nb.url} holds a partial restore; "
+        "dfdb restore --force with the same dump completes it"
+    )
+
+
+Dump = tuple[dict[str, int], list[Entry]]
+"""A dump read: its header's object count by table, and its entries in file order."""
+
+
+def read_dump(path: str) -> Dump:
+    """The dump at ``path`` (``-``: stdin), every line checked.
+
+    Raises:
+        DfdbError: the file is not a dfdb dump, or not a whole one.
+    """
+    name = "stdin" if path == "-" else path
+    entries: list[Entry] = []
+    try:
+        with _open(path, "r", sys.stdin) as f:
+            counts: dict[str, int] = _header(f.readline(), name)["tables"]
+            for lineno, line in enumerate(f, 2):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DfdbError(f"{name}:{lineno}: not JSON ({exc}): nothing restored") from None
+                entries.append(_entry(record, f"{name}:{lineno}"))
+    except UnicodeDecodeError:  # text is decoded by the block: no line number to tell
+        raise DfdbError(f"{name} is not a dfdb dump: not UTF-8 text; nothing restored") from None
+    if len(entries) != sum(counts.values()):
+        raise DfdbError(
+            f"{name}: the header announces {sum(counts.values())} objects, the file holds {len(entries)} "
+            "(a truncated dump?): nothing restored"
+        )
+    return counts, entries
 
 
 def _header(line: str, name: str) -> dict[str, Any]:

@@ -49,10 +49,15 @@ def collector(*apis: NbApi) -> DfdbCollector:
 
     Raises:
         MissingDependencyError: ``prometheus-client`` is not installed.
+        TypeError: one of ``apis`` is not an :class:`~dfdb.NbApi`.
     """
     _require()
     from dfdb.metrics.exporter import DfdbCollector
+    from dfdb.nb import NbApi
 
+    for api in apis:
+        if not isinstance(api, NbApi):
+            raise TypeError(f"dfdb metrics are those of NbApi objects (dfdb.connect(url)), not {type(api).__name__}")
     return DfdbCollector(apis or None)
 
 
@@ -67,7 +72,13 @@ def register(*apis: NbApi, registry: Any = None) -> DfdbCollector:
     found = collector(*apis)
     if registry is None:
         from prometheus_client import REGISTRY as registry
-    registry.register(found)
+    try:
+        registry.register(found)
+    except ValueError:  # prometheus-client names every duplicated series
+        raise ValueError(
+            "dfdb's metrics are registered on this registry already "
+            "(registry.unregister(collector) removes the collector that register() returned)"
+        ) from None
     return found
 
 
@@ -94,8 +105,12 @@ async def serve(port: int, *, host: str = "127.0.0.1", registry: Any = None) -> 
 
     Raises:
         MissingDependencyError: ``prometheus-client`` is not installed.
-        OSError: the port cannot be bound.
+        ValueError: ``port`` is not an integer from 0 to 65535.
+        OSError: the port cannot be bound (in use, or not allowed); its message names
+            the address.
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"a metrics port is an integer from 0 to 65535, not {port!r}")
     _require()
     from dfdb.metrics.server import run_server
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
 __all__ = ["MetricsServer", "run_server"]
+
+_log = logging.getLogger(__name__)
 
 _MAX_REQUEST = 16 * 1024
 _READ_TIMEOUT = 10.0
@@ -66,7 +69,12 @@ async def _handle(stream: SocketStream, registry: Any) -> None:
             with anyio.fail_after(_READ_TIMEOUT):
                 while b"\r\n\r\n" not in request and len(request) < _MAX_REQUEST:
                     request += await stream.receive()
-            await stream.send(_answer(request, registry))
+            try:
+                answer = _answer(request, registry)
+            except Exception as exc:  # a collector that fails: this scrape fails, not the application
+                _log.warning("metrics scrape failed: %s: %s", type(exc).__name__, exc)
+                answer = _response("500 Internal Server Error", f"scrape failed: {type(exc).__name__}\n".encode())
+            await stream.send(answer)
         except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError, TimeoutError):
             return  # the scraper went away or sent nothing
 
@@ -75,7 +83,11 @@ async def _handle(stream: SocketStream, registry: Any) -> None:
 async def run_server(host: str, port: int, registry: Any) -> AsyncIterator[MetricsServer]:
     """Serve ``registry`` at ``http://host:port/metrics`` until the block ends."""
     registry = REGISTRY if registry is None else registry
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {reason}") from None
     server = MetricsServer(host, int(listener.extra(SocketAttribute.local_port)))
 
     async def handle(stream: SocketStream) -> None:
