@@ -22,8 +22,10 @@ from dfdb.testing.conformance import (
     raw_put,
 )
 from dfdb.testing.suite_streams import (
+    HOSTILE_ID_WRITERS,
     UNREADABLE_RECORD_WRITERS,
     test_cancelled_reads_lose_nothing,
+    test_change_record_with_a_refused_id_is_reported_not_delivered,
     test_nb_closed_under_an_open_stream_leaves_nothing,
     test_remove_topics_from_a_running_watch,
     test_reopen_from_the_cursor_loses_nothing,
@@ -32,10 +34,12 @@ from dfdb.testing.suite_streams import (
 )
 
 __all__ = [
+    "HOSTILE_ID_WRITERS",
     "UNREADABLE_RECORD_WRITERS",
     "ConformanceItem",
     "ConformanceLink",
     "test_cancelled_reads_lose_nothing",
+    "test_change_record_with_a_refused_id_is_reported_not_delivered",
     "test_nb_closed_under_an_open_stream_leaves_nothing",
     "test_remove_topics_from_a_running_watch",
     "test_reopen_from_the_cursor_loses_nothing",
