@@ -80,6 +80,12 @@ local prefix, tbl, id, op, expect, topic, value, maxlen, epoch =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local current = redis.call('GET', KEYS[3])
 if current ~= epoch then return {'EPOCH', current or ''} end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local foreign = kind ~= 'hash' and kind ~= 'none'
+if foreign then  -- another program's key where an entry belongs: only replaced or deleted unchecked
+  if expect ~= 'any' then return {'WRONGTYPE', kind} end
+  redis.call('DEL', KEYS[1])
+end
 local old = redis.call('HMGET', KEYS[1], 'r', 't', 'v')
 local exists = old[1] ~= false
 local action
@@ -93,11 +99,11 @@ if op == 'put' then
   if exists and old[2] ~= topic then return {'TOPIC', old[2]} end
   action = exists and 'update' or 'create'
 else
-  if not exists then return {'NOTFOUND', ''} end
+  if not exists and not foreign then return {'NOTFOUND', ''} end
   if expect ~= 'any' and old[1] ~= expect then return {'CONFLICT', old[1]} end
   action = 'delete'
-  topic = old[2]
-  value = old[3]
+  topic = old[2] or ''
+  value = old[3] or ''
 end
 local rev = redis.call('INCR', KEYS[2])
 local tsuffix = (topic == '') and '/n' or ('/t/' .. topic)
@@ -377,7 +383,14 @@ class RedisDriver(Driver):
                     if isinstance(reply, Exception):
                         raise reply
                     results.append(self._reply(w.table, w.id, str(w.expect), w.topic or "", w.value, reply)[0])
-                except (DriverError, AlreadyExistsError, NotFoundError, ConflictError, ValueError) as exc:
+                except (
+                    DriverError,
+                    CorruptObjectError,
+                    AlreadyExistsError,
+                    NotFoundError,
+                    ConflictError,
+                    ValueError,
+                ) as exc:
                     results.append(exc)
                 except rexc.RedisError as exc:
                     results.append(DriverError(f"{self.url}: {exc}"))
@@ -402,6 +415,8 @@ class RedisDriver(Driver):
             raise NotFoundError(f"{table}/{id} not found")
         if status == "CONFLICT":
             raise ConflictError(f"{table}/{id} is at revision {detail.decode()}, not {expect}")
+        if status == "WRONGTYPE":
+            raise CorruptObjectError(table, id, f"not a dfdb entry (a Redis {detail.decode()})")
         if status == "TOPIC":
             raise ValueError(f"{table}/{id} belongs to topic {detail.decode() or None!r}, not {topic or None!r}")
         raise DriverError(f"{self.url}: unexpected reply {status!r} from the write script")
