@@ -344,3 +344,35 @@ async def test_a_cancelled_add_topics_keeps_the_watch_stream(single: EtcdServer)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+
+@pytest.mark.parametrize("repair", ["put", "delete", "put elsewhere"])
+async def test_an_index_key_rewritten_to_garbage_is_repairable(single: EtcdServer, repair: str) -> None:
+    """An index key another tool rewrote to a value that is not dfdb's (no topic line):
+    ``get`` reports it corrupt, ``put`` replaces the object, ``delete`` removes it and its
+    data key, and a watcher sees that delete."""
+    endpoint = single.url.split("://")[1]
+    async with dfdb.connect(single.url + "/gi") as nb, nb.watch(Port) as stream:
+        await nb.create(Port(id="a", topic="t"))
+        assert (await anext(stream)).id == "a"
+        await asyncio.to_thread(
+            subprocess.run,
+            ["etcdctl", "--endpoints", endpoint, "put", "gi/i/etcd_port/a", "garbage"],
+            check=True, capture_output=True, env={"ETCDCTL_API": "3"},
+        )  # fmt: skip
+        with pytest.raises(dfdb.CorruptObjectError):
+            await nb.get(Port, "a")
+        if repair == "put":
+            fixed = await nb.put(Port(id="a", topic="t", n=7))
+            assert await nb.get(Port, "a") == fixed and fixed.n == 7
+        elif repair == "put elsewhere":  # the data key says topic t: topics are fixed
+            with pytest.raises(ValueError, match="topic 't'"):
+                await nb.put(Port(id="a", topic="u", n=7))
+        else:
+            await nb.delete(Port, "a")
+            with pytest.raises(dfdb.NotFoundError):
+                await nb.get(Port, "a")
+            ev = await asyncio.wait_for(anext(stream), 10)
+            assert (ev.action, ev.id, ev.topic) == (dfdb.Action.DELETE, "a", "t")
+            assert await nb.get_all(Port) == []
+            await nb.create(Port(id="a", topic="u"))  # the id is free again, under any topic

@@ -165,6 +165,47 @@ async def test_foreign_data_in_the_namespace_is_contained(
         await raw.aclose()
 
 
+@pytest.mark.parametrize("damage", ["string", "bad revision"])
+@pytest.mark.parametrize("repair", ["put", "delete"])
+async def test_an_entry_another_program_overwrote_is_repairable(
+    volatile_server: RedisServer, damage: str, repair: str
+) -> None:
+    """An entry key another program turned into a plain string, or whose revision field
+    it garbled: ``get`` reports it corrupt, ``put`` replaces it and ``delete`` removes it,
+    and a watcher of every topic sees the repair."""
+    import redis.asyncio as aioredis
+
+    raw = aioredis.Redis.from_url(volatile_server.url)
+    url = volatile_server.url + "?prefix=fix"
+    try:
+        async with dfdb.connect(url) as nb, nb.watch(Port) as stream:
+            await nb.create(Port(id="a", topic="t"))
+            assert (await asyncio.wait_for(anext(stream), 10)).id == "a"
+            if damage == "string":
+                await raw.delete("fix/e/redis_port/a")
+                await raw.set("fix/e/redis_port/a", "hello")
+            else:
+                await raw.hset("fix/e/redis_port/a", "r", "x")
+            with pytest.raises(dfdb.CorruptObjectError):
+                await nb.get(Port, "a")
+            with pytest.raises(dfdb.CorruptObjectError):  # a checked write refuses it
+                await nb.update(Port(id="a", topic="t", version=1))
+            if repair == "put":
+                fixed = await nb.put(Port(id="a", topic="t", n=7))
+                assert await nb.get(Port, "a") == fixed and fixed.n == 7
+                ev = await asyncio.wait_for(anext(stream), 10)
+                assert (ev.id, ev.obj) == ("a", fixed)
+            else:
+                await nb.delete(Port, "a")
+                with pytest.raises(dfdb.NotFoundError):
+                    await nb.get(Port, "a")
+                ev = await asyncio.wait_for(anext(stream), 10)
+                assert (ev.action, ev.id) == (dfdb.Action.DELETE, "a")
+                assert await nb.get_all(Port) == []
+    finally:
+        await raw.aclose()
+
+
 def test_password_never_shown() -> None:
     nb = dfdb.connect("redis://user:hunter2@127.0.0.1:1/0")
     assert "hunter2" not in str(nb.url) and "hunter2" not in repr(nb.url)

@@ -348,3 +348,47 @@ async def test_value_size_limit(single: ZooKeeperServer) -> None:
             (dfdb.Action.CREATE, "near"), (dfdb.Action.UPDATE, "near"), (dfdb.Action.DELETE, "near"),
         ]  # fmt: skip
         assert seen[3].obj == blob
+
+
+@pytest.mark.parametrize("damage", ["garbage index", "no data node"])
+@pytest.mark.parametrize("repair", ["put", "delete"])
+async def test_an_index_node_another_program_broke_is_repairable(
+    single: ZooKeeperServer, damage: str, repair: str
+) -> None:
+    """An index node rewritten to data that is not dfdb's (its data node still there), or
+    left naming a data node another program deleted: ``put`` replaces the object and
+    ``delete`` removes it (or says it is not there), instead of giving up after retries."""
+    import hashlib
+
+    shard = hashlib.blake2s(b"a", digest_size=1).hexdigest()
+    async with dfdb.connect(single.url + "/mend") as nb, nb.watch(Port) as stream:
+        await nb.create(Port(id="a", topic="t"))
+        assert (await asyncio.wait_for(anext(stream), 10)).id == "a"
+        client = ZKClient(single.url.split("://")[1], session_timeout=10)
+        await client.start()
+        try:
+            if damage == "garbage index":
+                await client.set_data(f"/mend/i/zk_port/{shard}/a", b"garbage")
+            else:
+                await client.delete(f"/mend/d/zk_port/t/t/{shard}/a")
+        finally:
+            await client.close()
+        if damage == "garbage index":
+            with pytest.raises(dfdb.CorruptObjectError):
+                await nb.get(Port, "a")
+        if repair == "put":
+            fixed = await asyncio.wait_for(nb.put(Port(id="a", topic="t", n=7)), 20)
+            assert await nb.get(Port, "a") == fixed and fixed.n == 7
+            ev = await asyncio.wait_for(anext(stream), 10)
+            assert (ev.id, ev.obj) == ("a", fixed)
+        elif damage == "garbage index":
+            await asyncio.wait_for(nb.delete(Port, "a"), 20)
+            ev = await asyncio.wait_for(anext(stream), 10)
+            assert (ev.action, ev.id, ev.topic) == (dfdb.Action.DELETE, "a", "t")
+        else:
+            with pytest.raises(dfdb.NotFoundError):
+                await asyncio.wait_for(nb.delete(Port, "a"), 20)
+        if repair == "delete":
+            with pytest.raises(dfdb.NotFoundError):
+                await nb.get(Port, "a")
+            await nb.create(Port(id="a", topic="u"))  # the id is free again, under any topic

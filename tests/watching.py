@@ -83,8 +83,8 @@ def serve(factory: Callable[[], S]) -> Iterator[S]:
     if not server.available():
         server.stop()
         skip_missing_server(BACKENDS[type(server)])
-    server.start()
     try:
+        server.start()  # a start that fails part-way (one member of three) stops the rest below
         yield server
     finally:
         server.stop()

@@ -18,7 +18,7 @@ from dfdb.codec import decode
 from dfdb.drivers.base import Capability, Driver, EventSource, RawEvent
 from dfdb.drivers.polling import SnapshotPoller
 from dfdb.errors import CorruptObjectError, StreamClosedError
-from dfdb.nbmodel import NbModel
+from dfdb.nbmodel import NbModel, validate_key
 from dfdb.retry import Backoff
 
 __all__ = ["Action", "ChangeEvent", "ChangeStream", "SourceOpener", "format_cursor", "parse_cursor"]
@@ -166,6 +166,22 @@ class DriverOpener(SourceOpener):
 
     def decode(self, model: type[NbModel], id: str, topic: str | None, value: bytes, revision: int) -> NbModel:
         return decode(model, id, topic, value, revision)
+
+
+def _unreadable(raw: RawEvent) -> str | None:
+    """Why a change record is one dfdb cannot have written (an unknown action, an id or a
+    topic it refuses), or ``None``: its event would hand the record's key to applications."""
+    if raw.action not in _RAW_ACTIONS:
+        return f"action {raw.action!r}"
+    if raw.action == "resync":
+        return None
+    try:
+        validate_key(raw.id)
+        if raw.topic is not None:
+            validate_key(raw.topic, "topic")
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 class ChangeStream:
@@ -433,14 +449,15 @@ class ChangeStream:
                 return event
 
     def _convert(self, raw: RawEvent, source: EventSource) -> ChangeEvent | None:
-        if raw.action not in _RAW_ACTIONS:  # a source that did not check its records
+        fault = _unreadable(raw)
+        if fault is not None:  # a source that did not check its records, or another program's
             self._retired["records_malformed"] += 1
             log.warning(
-                "unreadable change %s/%s at revision %d (action %r); resyncing its table",
+                "unreadable change %s/%r at revision %d (%s); resyncing its table",
                 raw.table,
                 raw.id,
                 raw.revision,
-                raw.action,
+                fault,
             )
             raw = RawEvent("resync", raw.table, "", None, None, raw.revision)
         if raw.action == "resync":

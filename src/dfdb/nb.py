@@ -26,7 +26,7 @@ from dfdb.codec import (
     unknown_fields,
     write_id,
 )
-from dfdb.drivers.base import ABSENT, Capability, Driver, Entry, Expect, PutRequest
+from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, Expect, PutRequest
 from dfdb.errors import (
     AlreadyExistsError,
     BackendTimeoutError,
@@ -324,7 +324,7 @@ class NbApi:
         ``obj.version`` is ignored: the stored object gets the stored version plus one (read
         from the raw value, so a corrupt one counts too), or 1 when there was none. It is
         written with compare-and-swap against what was read and read again when another
-        writer came first, until the timeout.
+        writer came first, until the timeout; an entry the driver cannot read at all is replaced.
 
         Raises:
             ConflictError: concurrent writers kept coming first until the timeout.
@@ -335,12 +335,14 @@ class NbApi:
         model = model_of(obj)
         table = model.__table__
         validate_key(obj.id)
-        deadline = anyio.current_time() + self.timeout
-        attempt = 0
+        deadline, attempt = anyio.current_time() + self.timeout, 0
         while True:
-            current = await self._retry(lambda: self.driver.get(table, obj.id), "get", table)
             expect: Expect = ABSENT
             version = 1
+            try:
+                current = await self._retry(lambda: self.driver.get(table, obj.id), "get", table)
+            except CorruptObjectError:  # not even its revision can be read: replace it
+                current, expect = None, ANY
             if current is not None:
                 check_topic(table, obj.id, current.topic, obj.topic)
                 expect = current.revision

@@ -66,6 +66,7 @@ from dfdb.drivers.base import (
     Listing,
     PutRequest,
 )
+from dfdb.drivers.etcd_repair import delete_unreadable, readable, replace_unreadable
 from dfdb.drivers.etcd_watch import EtcdSource, _range_end
 from dfdb.errors import (
     AlreadyExistsError,
@@ -339,10 +340,10 @@ class EtcdDriver(Driver):
 
     # ------------------------------------------------------------ contract
     def _index_entry(self, table: str, id: str, kv: Any) -> Entry:
-        location, sep, value = bytes(kv.value).partition(b"\n")
-        loc = location.decode(errors="replace")
-        if not sep or not (loc == "n" or loc.startswith("t/")):
+        if not readable(kv):
             raise CorruptObjectError(table, id, "not a dfdb index entry")
+        location, _, value = bytes(kv.value).partition(b"\n")
+        loc = location.decode(errors="replace")
         return Entry(table, id, None if loc == "n" else loc[2:], value, int(kv.mod_revision))
 
     async def get(self, table: str, id: str) -> Entry | None:
@@ -387,6 +388,8 @@ class EtcdDriver(Driver):
         kvs = response.response_range.kvs
         if not kvs:
             raise NotFoundError(f"{table}/{id} not found")
+        if expect is ANY and not readable(kvs[0]):
+            return await replace_unreadable(self, table, id, topic, puts, kvs[0])
         current = self._index_entry(table, id, kvs[0])
         if expect is ABSENT:
             raise AlreadyExistsError(f"{table}/{id} already exists")
@@ -404,7 +407,15 @@ class EtcdDriver(Driver):
     async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
         index = self._index_key(table, id)
         for _ in range(100):
-            current = await self.get(table, id)
+            try:
+                current = await self.get(table, id)
+            except CorruptObjectError:
+                if expect is not None:
+                    raise
+                gone = await delete_unreadable(self, table, id)
+                if gone is None:
+                    continue
+                return gone
             if current is None:
                 raise NotFoundError(f"{table}/{id} not found")
             if expect is not None and current.revision != expect:

@@ -53,6 +53,7 @@ from dfdb.drivers.base import (
     Listing,
     PutRequest,
 )
+from dfdb.drivers.redis_scripts import COMPACT, NEW_EPOCH, WRITE
 from dfdb.drivers.redis_streams import RedisSource
 from dfdb.drivers.redis_tls import TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
@@ -74,81 +75,6 @@ __all__ = ["RedisDriver"]
 log = logging.getLogger(__name__)
 
 _SCAN_BATCH = 1000
-
-# KEYS: entry, rev, epoch   ARGV: prefix, table, id, op, expect, topic, value, maxlen, epoch
-_WRITE = """
-local prefix, tbl, id, op, expect, topic, value, maxlen, epoch =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local current = redis.call('GET', KEYS[3])
-if current ~= epoch then return {'EPOCH', current or ''} end
-local old = redis.call('HMGET', KEYS[1], 'r', 't', 'v')
-local exists = old[1] ~= false
-local action
-if op == 'put' then
-  if expect == 'absent' then
-    if exists then return {'EXISTS', old[1]} end
-  elseif expect ~= 'any' then
-    if not exists then return {'NOTFOUND', ''} end
-    if old[1] ~= expect then return {'CONFLICT', old[1]} end
-  end
-  if exists and old[2] ~= topic then return {'TOPIC', old[2]} end
-  action = exists and 'update' or 'create'
-else
-  if not exists then return {'NOTFOUND', ''} end
-  if expect ~= 'any' and old[1] ~= expect then return {'CONFLICT', old[1]} end
-  action = 'delete'
-  topic = old[2]
-  value = old[3]
-end
-local rev = redis.call('INCR', KEYS[2])
-local tsuffix = (topic == '') and '/n' or ('/t/' .. topic)
-if op == 'put' then
-  redis.call('HSET', KEYS[1], 'r', rev, 't', topic, 'v', value)
-  if not exists then
-    redis.call('SADD', prefix .. '/i/' .. tbl, id)
-    redis.call('SADD', prefix .. '/i/' .. tbl .. tsuffix, id)
-  end
-else
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', prefix .. '/i/' .. tbl, id)
-  redis.call('SREM', prefix .. '/i/' .. tbl .. tsuffix, id)
-end
-local sid = rev .. '-0'
-local fields = {'a', action, 'b', tbl, 'i', id, 'p', topic, 'v', value}
-local limit = tonumber(maxlen)
-local slack = math.min(1000, math.max(1, math.floor(limit / 10)))
-for _, key in ipairs({prefix .. '/s/' .. tbl, prefix .. '/s/' .. tbl .. tsuffix}) do
-  redis.call('XADD', key, sid, unpack(fields))
-  local len = redis.call('XLEN', key)
-  if len > limit + slack then
-    -- trim, recording the highest discarded revision in the same step
-    local old = redis.call('XRANGE', key, '-', '+', 'COUNT', len - limit)
-    local last = tonumber(string.match(old[#old][1], '^(%d+)'))
-    redis.call('XTRIM', key, 'MINID', (last + 1) .. '-0')
-    redis.call('HSET', prefix .. '/trim', key, last)
-  end
-end
-if op == 'put' then return {'OK', tostring(rev)} end  -- the caller has the topic and value
-return {'OK', tostring(rev), topic, value}
-"""
-
-# KEYS: epoch   ARGV: expected old epoch ('' = absent), new epoch
-_NEW_EPOCH = """
-local current = redis.call('GET', KEYS[1])
-if (current or '') == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return ARGV[2] end
-return current
-"""
-
-# KEYS: trim hash, stream   discard the whole stream, recording its last revision
-_COMPACT = """
-local info = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-if #info == 0 then return 0 end
-local last = tonumber(string.match(info[1][1], '^(%d+)'))
-redis.call('XTRIM', KEYS[2], 'MAXLEN', 0)
-local known = tonumber(redis.call('HGET', KEYS[1], KEYS[2]) or '0')
-if last > known then redis.call('HSET', KEYS[1], KEYS[2], last) end
-return last
-"""
 
 _CONNECTION_ERRORS = (
     rexc.ConnectionError,
@@ -245,9 +171,9 @@ class RedisDriver(Driver):
             return
         self._client = self._new_client(socket_timeout=max(5.0, self.connect_timeout))
         self._reader_client = self._new_client(socket_timeout=self.block + max(5.0, self.connect_timeout))
-        self._write = self._client.register_script(_WRITE)
-        self._new_epoch = self._client.register_script(_NEW_EPOCH)
-        self._compact = self._client.register_script(_COMPACT)
+        self._write = self._client.register_script(WRITE)
+        self._new_epoch = self._client.register_script(NEW_EPOCH)
+        self._compact = self._client.register_script(COMPACT)
         try:
             await self._check_server()
             await self.refresh_epoch()
@@ -395,7 +321,14 @@ class RedisDriver(Driver):
                     if isinstance(reply, Exception):
                         raise reply
                     results.append(self._reply(w.table, w.id, str(w.expect), w.topic or "", w.value, reply)[0])
-                except (DriverError, AlreadyExistsError, NotFoundError, ConflictError, ValueError) as exc:
+                except (
+                    DriverError,
+                    CorruptObjectError,
+                    AlreadyExistsError,
+                    NotFoundError,
+                    ConflictError,
+                    ValueError,
+                ) as exc:
                     results.append(exc)
                 except rexc.RedisError as exc:
                     results.append(DriverError(f"{self.url}: {exc}"))
@@ -420,6 +353,8 @@ class RedisDriver(Driver):
             raise NotFoundError(f"{table}/{id} not found")
         if status == "CONFLICT":
             raise ConflictError(f"{table}/{id} is at revision {detail.decode()}, not {expect}")
+        if status == "WRONGTYPE":
+            raise CorruptObjectError(table, id, f"not a dfdb entry (a Redis {detail.decode()})")
         if status == "TOPIC":
             raise ValueError(f"{table}/{id} belongs to topic {detail.decode() or None!r}, not {topic or None!r}")
         raise DriverError(f"{self.url}: unexpected reply {status!r} from the write script")

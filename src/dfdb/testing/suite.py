@@ -22,9 +22,11 @@ from dfdb.testing.conformance import (
     raw_put,
 )
 from dfdb.testing.suite_streams import (
+    HOSTILE_ID_WRITERS,
     UNREADABLE_RECORD_WRITERS,
     test_added_topic_arrives_under_timed_out_reads,
     test_cancelled_reads_lose_nothing,
+    test_change_record_with_a_refused_id_is_reported_not_delivered,
     test_nb_closed_under_an_open_stream_leaves_nothing,
     test_remove_topics_from_a_running_watch,
     test_reopen_from_the_cursor_loses_nothing,
@@ -33,11 +35,13 @@ from dfdb.testing.suite_streams import (
 )
 
 __all__ = [
+    "HOSTILE_ID_WRITERS",
     "UNREADABLE_RECORD_WRITERS",
     "ConformanceItem",
     "ConformanceLink",
     "test_added_topic_arrives_under_timed_out_reads",
     "test_cancelled_reads_lose_nothing",
+    "test_change_record_with_a_refused_id_is_reported_not_delivered",
     "test_nb_closed_under_an_open_stream_leaves_nothing",
     "test_remove_topics_from_a_running_watch",
     "test_reopen_from_the_cursor_loses_nothing",

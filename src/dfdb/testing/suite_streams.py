@@ -29,8 +29,10 @@ from dfdb.testing.conformance import (
 from dfdb.testing.leaks import ResourceSnapshot
 
 __all__ = [
+    "HOSTILE_ID_WRITERS",
     "UNREADABLE_RECORD_WRITERS",
     "test_added_topic_arrives_under_timed_out_reads",
+    "test_change_record_with_a_refused_id_is_reported_not_delivered",
     "test_cancelled_reads_lose_nothing",
     "test_nb_closed_under_an_open_stream_leaves_nothing",
     "test_remove_topics_from_a_running_watch",
@@ -307,3 +309,64 @@ async def test_unreadable_change_record_yields_a_scoped_resync(
         assert got[0].revision < got[1].revision < got[2].revision
         assert stream.records_malformed == 1, stream.records_malformed
         assert "bad" in caplog.text and table in caplog.text
+
+
+HOSTILE_ID_WRITERS: dict[str, UnreadableRecordWriter] = {}
+"""For each URL scheme, how to put a well-formed ``delete`` record of topic ``t1`` whose id
+dfdb refuses (such as ``..``) into the backend's change log, as another program could:
+``await writer(nb, table, id)``."""
+
+
+async def _memory_hostile(nb: NbApi, table: str, id: str) -> None:
+    from dfdb.drivers.memory import MemoryDriver
+
+    assert isinstance(nb.driver, MemoryDriver)
+    nb.driver.inject_change(table, id, "t1", "delete", b"{}")
+
+
+async def _sqlite_hostile(nb: NbApi, table: str, id: str) -> None:
+    with contextlib.closing(sqlite3.connect(nb.url.path, timeout=10)) as db, db:
+        db.execute(
+            "INSERT INTO dfdb_changelog (tbl, id, topic, action, value, at) VALUES (?, ?, 't1', 'delete', ?, 0)",
+            (table, id, b"{}"),
+        )
+
+
+async def _redis_hostile(nb: NbApi, table: str, id: str) -> None:
+    import redis.asyncio as aioredis
+
+    host, port = nb.url.hosts[0]
+    prefix = nb.url.option("prefix", "dfdb") or "dfdb"
+    client = aioredis.Redis(host=host or "127.0.0.1", port=port or 6379, db=int(nb.url.path or 0))
+    try:
+        revision = await client.incr(f"{prefix}/rev")
+        fields = {"a": "delete", "b": table, "i": id, "p": "t1", "v": b"{}"}
+        for stream in (f"{prefix}/s/{table}", f"{prefix}/s/{table}/t/t1"):
+            await client.xadd(stream, fields, id=f"{revision}-0")  # type: ignore[arg-type]
+    finally:
+        await client.aclose()
+
+
+HOSTILE_ID_WRITERS.update(memory=_memory_hostile, sqlite=_sqlite_hostile, redis=_redis_hostile)
+
+
+@pytest.mark.dfdb_exact
+@pytest.mark.parametrize("hostile", ["..", "../../etc/passwd", "a\x00b", "x" * 300])
+@conformance_test
+async def test_change_record_with_a_refused_id_is_reported_not_delivered(
+    exact_nb: NbApi, hostile: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record naming an id that dfdb refuses never reaches the application as an event
+    (a controller may build a path from it): it is an unreadable record, made whole by a
+    resync of its table."""
+    nb = exact_nb
+    writer = HOSTILE_ID_WRITERS.get(nb.url.scheme)
+    if writer is None:
+        pytest.skip(f"no way to write a change record with a refused id for {nb.url.scheme}://")
+    async with nb.watch(Item) as stream:
+        await writer(nb, Item.__table__, hostile)
+        await nb.create(Item(id="b", topic="t1"))
+        got = [await next_event(stream) for _ in range(2)]
+        assert [(ev.action, ev.id) for ev in got] == [(Action.RESYNC, ""), (Action.CREATE, "b")]
+        assert stream.records_malformed == 1, stream.records_malformed
+        assert Item.__table__ in caplog.text

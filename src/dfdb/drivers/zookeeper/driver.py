@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -184,9 +185,9 @@ class ZooKeeperDriver(Driver):
                     try:
                         return await self._write(table, id, loc, body, "create", value, 2)
                     except exc.NodeExists:
-                        if expect is ABSENT:
+                        if expect is ABSENT and not await self._mend_broken_index(table, id):
                             raise AlreadyExistsError(f"{table}/{id} already exists") from None
-                        continue  # created meanwhile: update it (ANY)
+                        continue  # created meanwhile: update it (ANY); or a broken index mended
                     except exc.NoNode:
                         await calls.ensure(index.rsplit("/", 1)[0])
                         await calls.ensure(data.rsplit("/", 1)[0])
@@ -223,15 +224,43 @@ class ZooKeeperDriver(Driver):
         if index is None:
             return None
         stored = index[0].decode(errors="replace")
+        if not is_location(stored) or (stored == loc and data is None):
+            await self._mend_index(table, id, int(index[1].version))
+            raise _Retry()
         if stored != loc:
             elsewhere = await calls.get(layout.data(table, stored, id)) if is_location(stored) else None
             revision = None if elsewhere is None else int(elsewhere[1].last_modified_zxid)
             if expect is not ANY and revision != expect:
                 raise ConflictError(f"{table}/{id} is at revision {revision}, not {expect}")
             raise ValueError(f"{table}/{id} belongs to topic {topic_of(stored)!r}, not {topic!r}")
-        if data is None:
-            return None
+        assert data is not None
         return int(data[1].last_modified_zxid), int(data[1].version)
+
+    async def _mend_broken_index(self, table: str, id: str) -> bool:
+        """Mend the index node of (table, id) if it is not dfdb's or names no data node; whether it was."""
+        calls, layout = self._calls, self._layout
+        index = await calls.get(layout.index(table, id))
+        loc = None if index is None else index[0].decode(errors="replace")
+        if index is None or (is_location(loc or "") and await calls.exists(layout.data(table, loc or "", id))):
+            return False
+        await self._mend_index(table, id, int(index[1].version))
+        return True
+
+    async def _mend_index(self, table: str, id: str, version: int) -> None:
+        """Point an index node that is not dfdb's, or that names no data node, at the data
+        node a search of the table's topics finds, or delete it when there is none (checked
+        against its ``version``: the caller reads again either way)."""
+        calls, layout = self._calls, self._layout
+        index = layout.index(table, id)
+        found = [
+            loc
+            for loc in await self._logs.locations(table)
+            if await calls.exists(layout.data(table, loc, id)) is not None
+        ]
+        log.warning("%s/%s: its index node %s names no data node; %s", table, id, index, found or "deleting it")
+        request = calls.set(index, found[0].encode(), version) if found else calls.delete(index, version)
+        with contextlib.suppress(exc.BadVersion, exc.NoNode):
+            await calls.send(request)
 
     async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
         """Creates go in chunked multis (each under half of ZooKeeper's 1 MB buffer); a chunk
@@ -318,8 +347,9 @@ class ZooKeeperDriver(Driver):
                 raise NotFoundError(f"{table}/{id} not found")
             loc = index[0].decode(errors="replace")
             data_path = layout.data(table, loc, id)
-            data = await calls.get(data_path)
+            data = await calls.get(data_path) if is_location(loc) else None
             if data is None:
+                await self._mend_index(table, id, int(index[1].version))
                 continue
             revision = int(data[1].last_modified_zxid)
             if expect is not None and revision != expect:
