@@ -19,7 +19,7 @@ from dfdb.events import parse_cursor
 from dfdb.sentinel_server import SentinelSetup, _command
 from dfdb.servers import free_port
 from dfdb.testing.servers import skip_missing_server
-from watching import serve, watchers
+from watching import check_server_run, serve, watchers
 
 
 class Item(dfdb.NbModel, table="item"):
@@ -310,21 +310,4 @@ def test_a_cluster_node_is_refused(tmp_path: Any) -> None:
 
 
 async def test_server_run_redis_sentinel() -> None:
-    if not SentinelSetup.available():
-        skip_missing_server("redis")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dfdb", "server", "run", "redis-sentinel", stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        assert line.startswith("serving on redis+sentinel://127.0.0.1:"), line
-        async with dfdb.connect(line.split()[2], timeout=30) as nb:
-            await nb.create(Item(id="dev", topic="t"))
-            assert (await nb.get(Item, "dev")).id == "dev"
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    await check_server_run(SentinelSetup, "redis-sentinel", "redis+sentinel", Item, hosts=3)  # the 3 sentinels

@@ -91,9 +91,15 @@ def serve(factory: Callable[[], S]) -> Iterator[S]:
 
 
 async def check_server_run(
-    server: type[LocalServer], backend: str, scheme: str, model: type[dfdb.NbModel], members: int = 1
+    server: type[LocalServer],
+    backend: str,
+    scheme: str,
+    model: type[dfdb.NbModel],
+    members: int = 1,
+    hosts: int | None = None,
 ) -> None:
-    """``dfdb server run BACKEND [--members N]`` prints a URL that serves, and exits 0 on Ctrl-C."""
+    """``dfdb server run BACKEND [--members N]`` prints a URL (of ``hosts`` addresses,
+    default one per member) that serves, and exits 0 on Ctrl-C."""
     import signal
     import sys
 
@@ -106,7 +112,7 @@ async def check_server_run(
         line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
         assert line.startswith(f"serving on {scheme}://127.0.0.1:"), line
         url = line.split()[2]
-        assert url.count(",") == members - 1
+        assert url.count(",") == (hosts or members) - 1
         async with dfdb.connect(url, timeout=30) as nb:
             await nb.create(model(id="dev", topic="t"))
             assert (await nb.get(model, "dev")).id == "dev"
