@@ -25,6 +25,8 @@ from abc import abstractmethod
 from collections.abc import Collection, Iterable
 from typing import ClassVar
 
+import anyio
+
 from dfdb.drivers.base import EventSource, RawEvent
 from dfdb.errors import AuthenticationError, DriverError
 from dfdb.retry import Backoff
@@ -275,10 +277,20 @@ class ReaderTaskSource(BufferedSource):
             return
         self._closed = True
         reader, self._reader = self._reader, None
-        try:
-            if reader is not None:
-                reader.cancel()
-                await asyncio.wait({reader})  # returns when it ended; a cancelled caller still raises
-        finally:
-            self._finish_round()
-            await self._release()
+        cancelled = False
+        # to the end even when this caller is cancelled (a task group's cancel scope cancels
+        # every await of its tasks): a reader left running reconnects, a release cut short leaks
+        with anyio.CancelScope(shield=True):
+            try:
+                if reader is not None:
+                    reader.cancel()
+                    while not reader.done():
+                        try:
+                            await asyncio.wait({reader})
+                        except asyncio.CancelledError:  # a native one (Task.cancel, wait_for)
+                            cancelled = True
+            finally:
+                self._finish_round()
+                await self._release()
+        if cancelled:
+            raise asyncio.CancelledError()

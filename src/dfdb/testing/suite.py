@@ -31,6 +31,7 @@ from dfdb.testing.suite_streams import (
     test_remove_topics_from_a_running_watch,
     test_reopen_from_the_cursor_loses_nothing,
     test_stream_closed_after_cancelled_reads_leaves_nothing,
+    test_stream_closed_by_a_cancelled_consumer_stops_at_once,
     test_unreadable_change_record_yields_a_scoped_resync,
 )
 
@@ -71,6 +72,7 @@ __all__ = [
     "test_stale_copy_after_recreate_conflicts",
     "test_tables_lists_every_stored_table",
     "test_stream_cancelled_mid_iteration_cleans_up",
+    "test_stream_closed_by_a_cancelled_consumer_stops_at_once",
     "test_topic_filter",
     "test_topic_is_fixed",
     "test_unique_keys_under_concurrency",

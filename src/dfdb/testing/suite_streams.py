@@ -38,6 +38,7 @@ __all__ = [
     "test_remove_topics_from_a_running_watch",
     "test_reopen_from_the_cursor_loses_nothing",
     "test_stream_closed_after_cancelled_reads_leaves_nothing",
+    "test_stream_closed_by_a_cancelled_consumer_stops_at_once",
     "test_unreadable_change_record_yields_a_scoped_resync",
 ]
 
@@ -370,3 +371,26 @@ async def test_change_record_with_a_refused_id_is_reported_not_delivered(
         assert [(ev.action, ev.id) for ev in got] == [(Action.RESYNC, ""), (Action.CREATE, "b")]
         assert stream.records_malformed == 1, stream.records_malformed
         assert Item.__table__ in caplog.text
+
+
+@conformance_test
+async def test_stream_closed_by_a_cancelled_consumer_stops_at_once(nb: NbApi) -> None:
+    """A consumer cancelled by its task group while it waits in ``async for``: when its
+    ``async with nb.watch`` has exited, nothing of the stream is left running (a task
+    group's cancellation reaches every await of the closing stream too)."""
+    baseline = ResourceSnapshot.take()
+    started = anyio.Event()
+
+    async def consume() -> None:
+        async with nb.watch(Item) as stream:
+            started.set()
+            async for _ in stream:
+                pass
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        await started.wait()
+        await nb.create(Item(id="a", topic="t1"))
+        tg.cancel_scope.cancel()
+    left = [leak for leak in ResourceSnapshot.take().leaks_since(baseline) if leak.startswith("task")]
+    assert not left, f"the closed stream left running: {left}"
