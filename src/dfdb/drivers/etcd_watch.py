@@ -45,6 +45,8 @@ class _Watcher:
     frontier: int
     """Every change under the prefix up to here has been delivered."""
     created: bool = False
+    synced: bool = False
+    """etcd sends this watch's changes as they happen (it is not catching up)."""
 
 
 class EtcdSource(ReaderTaskSource):
@@ -52,13 +54,14 @@ class EtcdSource(ReaderTaskSource):
 
     ``position`` says up to where every change has been returned: the lowest
     frontier of the watches, below anything still buffered. A watch's frontier moves
-    with its own events and its own progress notifications only: an event of one
-    watch says nothing of another's, since etcd holds back the events of a watch it
-    could not send at once (a "victim" of a busy stream) while it sends later events
-    of the others. So a quiet watch moves with the server's progress notifications
-    (``--experimental-watch-progress-notify-interval``). Events read together are
-    merged in revision order; a watch catching up (after a reconnect, or a topic just
-    added) may deliver older revisions after newer ones of another.
+    with its own events and progress notifications; and since etcd sends the events
+    of the watches of one stream that are in sync in revision order, an event at
+    revision ``r`` of one watch also moves every other in-sync watch to ``r`` (each
+    revision changes one data key). A watch is known to be in sync when it was
+    created above the store's revision, or once a reply of its own says so (its
+    header revision is its last event's, or a progress notification). Events read
+    together are merged in revision order; a watch catching up (after a reconnect,
+    or a topic just added) may deliver older revisions after newer ones of another.
     The stream is read by the source's reader task and written by its writer task
     (requests queued in order): gRPC ends the whole stream when a read or a write is
     cancelled, so no caller of the source reads or writes the stream itself, and
@@ -100,10 +103,13 @@ class EtcdSource(ReaderTaskSource):
         """The member this source reads from."""
         return self._conn.target
 
-    @staticmethod
-    def _reached(watcher: _Watcher, revision: int) -> None:
-        """``watcher`` delivered everything up to ``revision``."""
+    def _reached(self, watcher: _Watcher, revision: int) -> None:
+        """``watcher`` delivered everything up to ``revision``; so did every in-sync watch."""
         watcher.frontier = max(watcher.frontier, revision)
+        if watcher.synced:
+            for other in self._watchers.values():
+                if other.synced and other.frontier < revision:
+                    other.frontier = revision
 
     # ------------------------------------------------------------ stream
     async def start(self) -> None:
@@ -136,7 +142,7 @@ class EtcdSource(ReaderTaskSource):
 
     def _create(self, watcher: _Watcher) -> None:
         """Queue the request that creates ``watcher`` on the current stream."""
-        watcher.created = False
+        watcher.created = watcher.synced = False
         request = rpc.WatchCreateRequest(
             key=watcher.prefix,
             range_end=_range_end(watcher.prefix),
@@ -167,6 +173,8 @@ class EtcdSource(ReaderTaskSource):
 
     async def _drop_stream(self, *, failover: bool) -> None:
         call, self._call = self._call, None
+        for watcher in self._watchers.values():
+            watcher.synced = False
         if call is not None:
             call.cancel()
         if failover:
@@ -201,8 +209,10 @@ class EtcdSource(ReaderTaskSource):
         header = int(reply.header.revision)
         if reply.created:
             watcher.created = True
+            watcher.synced = watcher.frontier >= header  # created above the store's revision
             return
-        if not reply.events:  # a progress notification: sent to a watch with nothing held back
+        if not reply.events:  # a progress notification: sent to in-sync watches only
+            watcher.synced = True
             self._reached(watcher, header)
             return
         self.records_read += len(reply.events)
@@ -210,6 +220,8 @@ class EtcdSource(ReaderTaskSource):
         last = watcher.frontier
         for ev in reply.events:
             last = max(last, self._take(watcher, ev))
+        if header == last:  # sent as it happened, not from history
+            watcher.synced = True
         self._reached(watcher, last)
 
     def _take(self, watcher: _Watcher, ev: Any) -> int:
