@@ -88,6 +88,7 @@ class EtcdSource(ReaderTaskSource):
         self._outbox: deque[tuple[Any, Any]] = deque()  # (stream, request), written in order
         self._writer: asyncio.Task[None] | None = None
         self._identity = access.known_identity
+        self._taken: dict[tuple[int, bytes], None] = {}  # the changes buffered lately, oldest first
 
     def _add(self, prefix: bytes, since: int) -> _Watcher:
         watcher = _Watcher(self._next_id, prefix, since)
@@ -228,6 +229,12 @@ class EtcdSource(ReaderTaskSource):
         """Buffer one etcd event of ``watcher``; returns its revision."""
         kv = ev.kv
         revision = int(kv.mod_revision)
+        key = bytes(kv.key)
+        if (revision, key) in self._taken:  # a change one watch (or a watch's earlier stream) gave already
+            return revision
+        self._taken[revision, key] = None
+        if len(self._taken) > _TAKEN:
+            del self._taken[next(iter(self._taken))]
         if revision <= watcher.frontier:
             # a stream starts each watch after its frontier, so this event was never delivered:
             # etcd (3.4 before 3.4.25) may send a progress notification, or another watch's
@@ -238,7 +245,6 @@ class EtcdSource(ReaderTaskSource):
                 revision,
                 watcher.frontier,
             )
-        key = bytes(kv.key)
         parsed = self._access.parse_data_key(key)
         if parsed is None:
             table = self._access.table_of(key)
@@ -289,6 +295,7 @@ class EtcdSource(ReaderTaskSource):
         on a new stream, and return the ``resync`` event that says so."""
         await self._drop_stream(failover=False)
         self._clear_buffer()
+        self._taken.clear()  # another dataset may number its changes alike
         for watcher in self._watchers.values():
             watcher.frontier = revision
         return RawEvent.resync(revision, identity)
@@ -310,6 +317,10 @@ class EtcdSource(ReaderTaskSource):
                 await asyncio.wait({writer})
         finally:
             await self._conn.close()
+
+
+_TAKEN = 4096
+"""How many recent changes an :class:`EtcdSource` remembers to drop one delivered twice."""
 
 
 class _Compacted(Exception):
