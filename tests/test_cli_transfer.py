@@ -220,25 +220,7 @@ def test_ctrl_c_during_restore_says_what_was_written(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/r.db"
     big = tmp_path / "big.jsonl"
     big.write_text(dump_text(60_000))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dfdb", "--db", url, "restore", "-f", str(big)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while (Path(f"{tmp_path}/r.db").exists() and count_switches(url)) == 0 and proc.poll() is None:
-            assert time.monotonic() < deadline, "the restore wrote nothing in 60s"
-            time.sleep(0.05)  # polling the database for the first batch, not synchronising
-        proc.send_signal(signal.SIGINT)
-    finally:
-        _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the restore ended before Ctrl-C reached it")
-    assert proc.returncode == 130, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
+    err = interrupt_once_written(["--db", url, "restore", "-f", str(big)], tmp_path / "r.db", url, "restore")
     written = int(err.split("at least ")[1].split()[0])
     assert "dfdb: interrupted: restore stopped" in err and "holds a partial restore" in err and "--force" in err, err
     assert 0 < written <= count_switches(url) < 60_000
@@ -249,8 +231,16 @@ def test_ctrl_c_during_copy_says_what_was_copied(tmp_path: Path, capsys: pytest.
     dump = tmp_path / "d.jsonl"
     dump.write_text(dump_text(30_000))
     assert main(["restore", "--db", source, "-f", str(dump)]) == 0
+    err = interrupt_once_written(["--db", source, "copy", "--to", target], tmp_path / "t.db", target, "copy")
+    assert "dfdb: interrupted: copy stopped with at least" in err and "dfdb copy again copies the rest" in err, err
+    assert 0 < int(err.split("at least ")[1].split()[0]) <= count_switches(target) < 30_000
+
+
+def interrupt_once_written(args: list[str], file: Path, url: str, what: str) -> str:
+    """Run ``dfdb ARGS``, send Ctrl-C once ``url`` holds its first switches, and return its
+    stderr, checked to be one line, no traceback, exit 130 (skipped when it ended first)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dfdb", "--db", source, "copy", "--to", target],
+        [sys.executable, "-m", "dfdb", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -258,15 +248,14 @@ def test_ctrl_c_during_copy_says_what_was_copied(tmp_path: Path, capsys: pytest.
     )
     try:
         deadline = time.monotonic() + 60
-        while (Path(f"{tmp_path}/t.db").exists() and count_switches(target)) == 0 and proc.poll() is None:
-            assert time.monotonic() < deadline, "the copy wrote nothing in 60s"
-            time.sleep(0.05)  # polling the target for the first batch, not synchronising
+        while (file.exists() and count_switches(url)) == 0 and proc.poll() is None:
+            assert time.monotonic() < deadline, f"the {what} wrote nothing in 60s"
+            time.sleep(0.05)  # polling the database for the first batch, not synchronising
         proc.send_signal(signal.SIGINT)
     finally:
         _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
-        pytest.skip("the copy ended before Ctrl-C reached it")
+        pytest.skip(f"the {what} ended before Ctrl-C reached it")
     assert proc.returncode == 130, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert "dfdb: interrupted: copy stopped with at least" in err and "dfdb copy again copies the rest" in err, err
-    assert 0 < int(err.split("at least ")[1].split()[0]) <= count_switches(target) < 30_000
+    return err
