@@ -242,6 +242,12 @@ async def _sqlite_record(nb: NbApi, table: str, id: str) -> None:
 
 @_writes_unreadable_records("redis")
 async def _redis_record(nb: NbApi, table: str, id: str) -> None:
+    await _redis_append(nb, {"a": "frobnicate", "b": table, "i": id, "p": "", "v": b"{}"}, ("", "/n"))
+
+
+async def _redis_append(nb: NbApi, fields: dict[str, str | bytes], streams: tuple[str, ...]) -> None:
+    """Append one change record (``fields``) at a new revision to the table's streams
+    ``P/s/TABLE`` + each of ``streams``, with the raw client."""
     import redis.asyncio as aioredis
 
     host, port = nb.url.hosts[0]
@@ -249,9 +255,8 @@ async def _redis_record(nb: NbApi, table: str, id: str) -> None:
     client = aioredis.Redis(host=host or "127.0.0.1", port=port or 6379, db=int(nb.url.path or 0))
     try:
         revision = await client.incr(f"{prefix}/rev")
-        fields = {"a": "frobnicate", "b": table, "i": id, "p": "", "v": b"{}"}
-        for stream in (f"{prefix}/s/{table}", f"{prefix}/s/{table}/n"):
-            await client.xadd(stream, fields, id=f"{revision}-0")  # type: ignore[arg-type]
+        for suffix in streams:
+            await client.xadd(f"{prefix}/s/{fields['b']!s}{suffix}", fields, id=f"{revision}-0")  # type: ignore[arg-type]
     finally:
         await client.aclose()
 
@@ -334,18 +339,7 @@ async def _sqlite_hostile(nb: NbApi, table: str, id: str) -> None:
 
 
 async def _redis_hostile(nb: NbApi, table: str, id: str) -> None:
-    import redis.asyncio as aioredis
-
-    host, port = nb.url.hosts[0]
-    prefix = nb.url.option("prefix", "dfdb") or "dfdb"
-    client = aioredis.Redis(host=host or "127.0.0.1", port=port or 6379, db=int(nb.url.path or 0))
-    try:
-        revision = await client.incr(f"{prefix}/rev")
-        fields = {"a": "delete", "b": table, "i": id, "p": "t1", "v": b"{}"}
-        for stream in (f"{prefix}/s/{table}", f"{prefix}/s/{table}/t/t1"):
-            await client.xadd(stream, fields, id=f"{revision}-0")  # type: ignore[arg-type]
-    finally:
-        await client.aclose()
+    await _redis_append(nb, {"a": "delete", "b": table, "i": id, "p": "t1", "v": b"{}"}, ("", "/t/t1"))
 
 
 HOSTILE_ID_WRITERS.update(memory=_memory_hostile, sqlite=_sqlite_hostile, redis=_redis_hostile)
