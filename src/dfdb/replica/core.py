@@ -13,10 +13,12 @@ import anyio
 from dfdb.background import BackgroundTask
 from dfdb.errors import BackendUnavailableError, NotFoundError, StreamClosedError
 from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
-from dfdb.nb import ListResult, NbApi, revision_of
+from dfdb.nb import NbApi, revision_of
 from dfdb.nbmodel import NbModel, dependency_order, reference_targets, validate_key
 from dfdb.replica.events import EventFlow, Flag, ReplicaEvent, ReplicaEvents
 from dfdb.replica.modes import ReplicaStats, SyncMode
+from dfdb.replica.pacing import RELISTS, RelistLimiter
+from dfdb.replica.relist import Keys, Listings, emit_difference, list_scope
 from dfdb.replica.store import Row, Store
 from dfdb.retry import Backoff
 
@@ -44,6 +46,8 @@ class Replica:
             ones are evicted).
         max_pending: the most keys an ``events()`` consumer may have pending before
             its pending events turn into one ``RESYNC``.
+        relists: the limiter its relists wait for after a ``RESYNC`` (default: the one the
+            Replicas of the process share, :data:`dfdb.replica.pacing.RELISTS`).
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class Replica:
         topics: Iterable[str] = (),
         max_objects: int = 10_000,
         max_pending: int = 10_000,
+        relists: RelistLimiter | None = None,
     ) -> None:
         if not models:
             raise ValueError("a Replica needs at least one model")
@@ -65,6 +70,7 @@ class Replica:
         self.mode = SyncMode(mode)
         self.max_objects = max_objects
         self.max_pending = max_pending
+        self.relists = relists or RELISTS
         if isinstance(topics, str):
             raise TypeError(f"topics must be a collection of topics, not the string {topics!r}")
         self._topics: set[str] = {validate_key(t, "topic") for t in topics}
@@ -83,6 +89,8 @@ class Replica:
         """Changes whose value failed validation (their keys were evicted)."""
         self.resyncs = 0
         """How many times the Replica relisted its scope after a ``RESYNC``."""
+        self.relist_wait = 0.0
+        """Seconds its relists waited for their turn, in all."""
         self._follower = BackgroundTask("dfdb-replica")
         self._loading: set[str] = set()  # SELECTIVE: topics being added (followed, not loaded yet)
         self._entered = False
@@ -171,22 +179,9 @@ class Replica:
     # ------------------------------------------------------------ loading
     async def _load(self, topics: set[str] | None) -> None:
         """List the scope (all, or ``topics`` plus topic-less objects) into the store."""
-        self._fill(await self._list_scope(topics), topics)
+        self._fill(await list_scope(self.nb, self.models, topics), topics)
 
-    async def _list_scope(self, topics: set[str] | None) -> list[tuple[type[NbModel], ListResult[NbModel]]]:
-        """The listings of the scope (all, or ``topics`` plus every topic-less object)."""
-        listings: list[tuple[type[NbModel], ListResult[NbModel]]] = []
-        for model in self.models:
-            if topics is None:
-                listings.append((model, await self.nb.list(model)))
-            else:
-                listings += [(model, await self.nb.list(model, topic=t)) for t in sorted(topics)]
-                listings.append((model, await self.nb.list(model)))  # topic-less objects are filtered below
-        return listings
-
-    def _fill(
-        self, listings: list[tuple[type[NbModel], ListResult[NbModel]]], topics: set[str] | None, *, whole: bool = True
-    ) -> set[tuple[type[NbModel], str]]:
+    def _fill(self, listings: Listings, topics: set[str] | None, *, whole: bool = True) -> Keys:
         """Apply ``listings`` to the store, with no await: readers never see half of it; returns
         the keys listed as corrupt (left out). ``whole``: they cover the scope, so their cursor is a
         position (one topic's is not: other topics' changes up to it may still be on their way)."""
@@ -270,8 +265,7 @@ class Replica:
             except BackendUnavailableError as exc:
                 log.warning("replica stream broke (%s); reopening it from its cursor", str(exc))
             self._synced.clear()
-            if failures:
-                await anyio.sleep(backoff.delay(failures))
+            await anyio.sleep(backoff.delay(failures))  # jittered from the first: a fleet spreads out
             failures += 1
             self.reconnects += 1
             try:
@@ -301,7 +295,7 @@ class Replica:
 
     async def _on_event(self, ev: ChangeEvent) -> None:
         if ev.action == Action.RESYNC:
-            await self._resync()
+            await self._resync(ev.model, ev.topic)
             return
         if ev.model is None or ev.model not in self._store:
             return
@@ -317,39 +311,42 @@ class Replica:
         elif ev.obj is not None:
             self._apply(ev.model, ev.id, ev.obj, ev.revision)
 
-    async def _resync(self) -> None:
-        """History was lost: relist the scope and replace it, emitting updates and deletes."""
+    async def _resync(self, model: type[NbModel] | None = None, topic: str | None = None) -> None:
+        """History was lost (of ``model`` and ``topic`` when named): wait for a relist's turn
+        (the readers see the old contents meanwhile), relist that scope and replace it,
+        emitting updates and deletes."""
+        if model is not None and model not in self._store:
+            return
+        models = self.models if model is None else [model]
+        topics: set[str] | None = None if topic is None else {topic}
+        if self.mode is SyncMode.SELECTIVE:
+            topics = set(self._topics) if topic is None else {topic} & self._topics
+            if not topics and topic is not None:
+                return  # a topic it does not follow
+        scoped = (model is not None or topic is not None) and self.mode is not SyncMode.REACTIVE
         self.resyncs += 1
         self._synced.clear()
-        async with self._lock:
-            topics = self._topics if self.mode is SyncMode.SELECTIVE else None
+        async with self.relists.slot() as waited, self._lock:
+            self.relist_wait += waited
             # list first and swap the contents with no await in between: a reader sees the
             # old contents or the new, never an empty or half-filled scope
-            listings = await self._list_scope(topics) if self.mode is not SyncMode.REACTIVE else []
-            before = self._store.clear()
-            self._recent.clear()
-            self._held_topics = dict.fromkeys(self._held_topics, 0)  # still followed; counted again
+            listings = []
+            if self.mode is not SyncMode.REACTIVE:
+                listings = await list_scope(self.nb, models, topics, topicless=topic is None)
+            before = self._store.clear(models, topic) if scoped else self._store.clear()
+            if not scoped:
+                self._recent.clear()
+                self._held_topics = dict.fromkeys(self._held_topics, 0)  # still followed; counted again
             self._flow.muted = True  # the reload's own events are replaced by the difference below
             try:
-                corrupt: set[tuple[type[NbModel], str]] = set()
+                corrupt: Keys = set()
                 if self.mode is SyncMode.REACTIVE:
                     await self._refetch(before)
                 else:
-                    corrupt = self._fill(listings, topics)
+                    corrupt = self._fill(listings, topics, whole=not scoped)
             finally:
                 self._flow.muted = False
-            for model, rows in before.items():
-                now = self._store.rows[model]
-                for id, (old, _) in rows.items():
-                    if id not in now:
-                        bad = (model, id) in corrupt  # still stored, not valid (the listing logged it)
-                        self.corrupt += bad
-                        self._flow.emit(ReplicaEvent(Action.DELETE, model, id, old, None, self._position, bad))
-                    elif now[id][0] != old:
-                        self._flow.emit(ReplicaEvent(Action.UPDATE, model, id, old, now[id][0], now[id][1]))
-                for id, (obj, rev) in now.items():
-                    if id not in rows:
-                        self._flow.emit(ReplicaEvent(Action.CREATE, model, id, None, obj, rev))
+            self.corrupt += emit_difference(self._flow, before, self._store.rows, topic, corrupt, self._position)
         self._synced.set()
 
     # ------------------------------------------------------------ state
@@ -597,4 +594,6 @@ class Replica:
             bytes_read=self._stream.bytes_read if self._stream is not None else self._bytes_read,
             evictions=self.evictions,
             corrupt=self.corrupt,
+            stale=self._following and not self._synced.is_set(),
+            relist_wait=self.relist_wait,
         )

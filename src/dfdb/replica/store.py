@@ -83,14 +83,26 @@ class Store:
         if len(self._tombstones) > _TOMBSTONES:
             del self._tombstones[next(iter(self._tombstones))]
 
-    def clear(self) -> dict[type[NbModel], dict[str, Row]]:
-        """Empty the store (tombstones too); returns what it held."""
-        before = {m: dict(rows) for m, rows in self.rows.items()}
-        for model, rows in self.rows.items():
-            rows.clear()
-            for entries in self._indexes[model].values():
-                entries.clear()
-        self._tombstones.clear()
+    def clear(
+        self, models: Iterable[type[NbModel]] | None = None, topic: str | None = None
+    ) -> dict[type[NbModel], dict[str, Row]]:
+        """Empty the store (tombstones too), or only the rows of ``models`` (of one ``topic``
+        when given; their tombstones go when no topic is); returns what it dropped."""
+        if models is None and topic is None:
+            before = {m: dict(rows) for m, rows in self.rows.items()}
+            for model, rows in self.rows.items():
+                rows.clear()
+                for entries in self._indexes[model].values():
+                    entries.clear()
+            self._tombstones.clear()
+            return before
+        chosen = list(self.rows if models is None else models)
+        before = {m: {i: r for i, r in self.rows[m].items() if topic is None or r[0].topic == topic} for m in chosen}
+        for model, rows in before.items():
+            for id in rows:
+                self.drop(model, id)
+        if topic is None:
+            self._tombstones = {k: v for k, v in self._tombstones.items() if k[0] not in before}
         return before
 
     def lookup(self, model: type[NbModel], index: tuple[str, ...], value: Hashable) -> list[str] | None:

@@ -1,0 +1,63 @@
+"""Relisting a Replica's scope: the listings of a scope (all of it, or the part a ``RESYNC``
+names) and the events that tell the difference between the old contents and the new."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+from dfdb.events import Action
+from dfdb.nb import ListResult, NbApi
+from dfdb.nbmodel import NbModel
+from dfdb.replica.events import EventFlow, ReplicaEvent
+from dfdb.replica.store import Row
+
+__all__ = ["Keys", "Listings", "emit_difference", "list_scope"]
+
+Listings = list[tuple[type[NbModel], ListResult[NbModel]]]
+"""Listings of a scope, by model."""
+Keys = set[tuple[type[NbModel], str]]
+"""Keys of held objects."""
+
+
+async def list_scope(
+    nb: NbApi, models: Sequence[type[NbModel]], topics: Collection[str] | None, *, topicless: bool = True
+) -> Listings:
+    """The listings of ``models``: every object (``topics`` ``None``), or those of ``topics``
+    plus, with ``topicless``, a whole listing of each model for its topic-less objects (the
+    caller filters the rest out)."""
+    listings: Listings = []
+    for model in models:
+        if topics is None:
+            listings.append((model, await nb.list(model)))
+        else:
+            listings += [(model, await nb.list(model, topic=t)) for t in sorted(topics)]
+            if topicless:
+                listings.append((model, await nb.list(model)))
+    return listings
+
+
+def emit_difference(
+    flow: EventFlow,
+    before: dict[type[NbModel], dict[str, Row]],
+    now_rows: dict[type[NbModel], dict[str, Row]],
+    topic: str | None,
+    corrupt: Keys,
+    position: int,
+) -> int:
+    """Emit the events from the rows ``before`` a relist to the rows held now (of ``topic``
+    when the relist covered one topic); returns how many keys went because their stored
+    value is corrupt."""
+    bad_count = 0
+    for model, rows in before.items():
+        now = {i: r for i, r in now_rows[model].items() if topic is None or r[0].topic == topic}
+        for id, (old, _) in rows.items():
+            if id not in now:
+                bad = (model, id) in corrupt  # still stored, not valid (the listing logged it)
+                bad_count += bad
+                flow.emit(ReplicaEvent(Action.DELETE, model, id, old, None, position, bad))
+            elif now[id][0] != old:
+                flow.emit(ReplicaEvent(Action.UPDATE, model, id, old, now[id][0], now[id][1]))
+        for id, (obj, rev) in now.items():
+            if id not in rows:
+                flow.emit(ReplicaEvent(Action.CREATE, model, id, None, obj, rev))
+    return bad_count
