@@ -172,7 +172,9 @@ async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
             f"dfdb demo needs an empty database, and {nb.url} holds objects ({', '.join(stored)}): "
             "give it another with --db (the default memory:// is always empty)"
         )
-    cfg = DemoConfig(args.tenants, args.switches, args.ports, args.controllers, args.changes, args.seed, args.mode)
+    cfg = DemoConfig(
+        args.tenants, args.switches, args.ports, args.controllers, args.changes, args.seed, args.mode, args.spread
+    )
     if args.metrics_port is None:
         return 0 if (await run_demo(nb, cfg, out)).ok else 1
     from dfdb import metrics

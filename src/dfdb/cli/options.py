@@ -136,6 +136,7 @@ def build_parser() -> Parser:
     d.add_argument("--controllers", type=_positive, default=3, help="local controllers")
     d.add_argument("--changes", type=_natural, default=2000, help="changes after the topology is built")
     d.add_argument("--seed", type=int, default=1, help="random seed")
+    d.add_argument("--spread", type=_positive, default=1, help="chassis each tenant's ports sit on")
     d.add_argument(
         "--mode",
         choices=["stream", "full", "selective", "reactive"],
