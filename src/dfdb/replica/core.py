@@ -18,8 +18,8 @@ from dfdb.nbmodel import NbModel, dependency_order, reference_targets, validate_
 from dfdb.replica.events import EventFlow, Flag, ReplicaEvent, ReplicaEvents
 from dfdb.replica.modes import ReplicaStats, SyncMode
 from dfdb.replica.pacing import RELISTS, RelistLimiter
-from dfdb.replica.relist import Keys, Listings, emit_difference, list_scope
-from dfdb.replica.store import Row, Store
+from dfdb.replica.relist import Keys, Listings, emit_difference, list_scope, refetch
+from dfdb.replica.store import Store
 from dfdb.retry import Backoff
 
 __all__ = ["Replica"]
@@ -48,6 +48,9 @@ class Replica:
             its pending events turn into one ``RESYNC``.
         relists: the limiter its relists wait for after a ``RESYNC`` (default: the one the
             Replicas of the process share, :data:`dfdb.replica.pacing.RELISTS`).
+        topicless: the models whose topic-less objects a SELECTIVE Replica lists (default:
+            every model; naming only the global ones, such as ``Chassis``, spares reading
+            whole tables of tenant objects to find none).
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class Replica:
         max_objects: int = 10_000,
         max_pending: int = 10_000,
         relists: RelistLimiter | None = None,
+        topicless: Iterable[type[NbModel]] | None = None,
     ) -> None:
         if not models:
             raise ValueError("a Replica needs at least one model")
@@ -71,6 +75,7 @@ class Replica:
         self.max_objects = max_objects
         self.max_pending = max_pending
         self.relists = relists or RELISTS
+        self._topicless = self.models if topicless is None else [m for m in self.models if m in set(topicless)]
         if isinstance(topics, str):
             raise TypeError(f"topics must be a collection of topics, not the string {topics!r}")
         self._topics: set[str] = {validate_key(t, "topic") for t in topics}
@@ -179,7 +184,7 @@ class Replica:
     # ------------------------------------------------------------ loading
     async def _load(self, topics: set[str] | None) -> None:
         """List the scope (all, or ``topics`` plus topic-less objects) into the store."""
-        self._fill(await list_scope(self.nb, self.models, topics), topics)
+        self._fill(await list_scope(self.nb, self.models, topics, self._topicless), topics)
 
     def _fill(self, listings: Listings, topics: set[str] | None, *, whole: bool = True) -> Keys:
         """Apply ``listings`` to the store, with no await: readers never see half of it; returns
@@ -332,7 +337,7 @@ class Replica:
             # old contents or the new, never an empty or half-filled scope
             listings = []
             if self.mode is not SyncMode.REACTIVE:
-                listings = await list_scope(self.nb, models, topics, topicless=topic is None)
+                listings = await list_scope(self.nb, models, topics, self._topicless if topic is None else ())
             before = self._store.clear(models, topic) if scoped else self._store.clear()
             if not scoped:
                 self._recent.clear()
@@ -341,7 +346,7 @@ class Replica:
             try:
                 corrupt: Keys = set()
                 if self.mode is SyncMode.REACTIVE:
-                    await self._refetch(before)
+                    await refetch(self.nb, before, self._apply)
                 else:
                     corrupt = self._fill(listings, topics, whole=not scoped)
             finally:
@@ -508,14 +513,6 @@ class Replica:
             for topic in [t for t, n in self._held_topics.items() if n <= 0]:
                 del self._held_topics[topic]
             await self._narrow()
-
-    async def _refetch(self, before: dict[type[NbModel], dict[str, Row]]) -> None:
-        """After a ``RESYNC`` in REACTIVE mode: fetch again what was held."""
-        for model, rows in before.items():
-            for id in rows:
-                with contextlib.suppress(NotFoundError):
-                    obj = await self.nb.get(model, id)
-                    self._apply(model, id, obj, revision_of(obj) or 0)
 
     @property
     def topics(self) -> frozenset[str]:

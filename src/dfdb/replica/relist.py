@@ -3,15 +3,17 @@ names) and the events that tell the difference between the old contents and the 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import contextlib
+from collections.abc import Callable, Collection, Sequence
 
+from dfdb.errors import NotFoundError
 from dfdb.events import Action
-from dfdb.nb import ListResult, NbApi
+from dfdb.nb import ListResult, NbApi, revision_of
 from dfdb.nbmodel import NbModel
 from dfdb.replica.events import EventFlow, ReplicaEvent
 from dfdb.replica.store import Row
 
-__all__ = ["Keys", "Listings", "emit_difference", "list_scope"]
+__all__ = ["Keys", "Listings", "emit_difference", "list_scope", "refetch"]
 
 Listings = list[tuple[type[NbModel], ListResult[NbModel]]]
 """Listings of a scope, by model."""
@@ -20,10 +22,13 @@ Keys = set[tuple[type[NbModel], str]]
 
 
 async def list_scope(
-    nb: NbApi, models: Sequence[type[NbModel]], topics: Collection[str] | None, *, topicless: bool = True
+    nb: NbApi,
+    models: Sequence[type[NbModel]],
+    topics: Collection[str] | None,
+    topicless: Collection[type[NbModel]] = (),
 ) -> Listings:
     """The listings of ``models``: every object (``topics`` ``None``), or those of ``topics``
-    plus, with ``topicless``, a whole listing of each model for its topic-less objects (the
+    plus a whole listing of each model of ``topicless`` for its topic-less objects (the
     caller filters the rest out)."""
     listings: Listings = []
     for model in models:
@@ -31,9 +36,22 @@ async def list_scope(
             listings.append((model, await nb.list(model)))
         else:
             listings += [(model, await nb.list(model, topic=t)) for t in sorted(topics)]
-            if topicless:
+            if model in topicless:
                 listings.append((model, await nb.list(model)))
     return listings
+
+
+async def refetch(
+    nb: NbApi,
+    before: dict[type[NbModel], dict[str, Row]],
+    apply: Callable[[type[NbModel], str, NbModel | None, int], None],
+) -> None:
+    """After a ``RESYNC`` in REACTIVE mode: fetch again what was held, and ``apply`` it."""
+    for model, rows in before.items():
+        for id in rows:
+            with contextlib.suppress(NotFoundError):
+                obj = await nb.get(model, id)
+                apply(model, id, obj, revision_of(obj) or 0)
 
 
 def emit_difference(
