@@ -135,6 +135,14 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def fleet(session: nox.Session) -> None:
+    """The fleet simulator on Redis and etcd at several sizes (not part of the default run);
+    keeps each run's figures in docs/fleet/. Arguments go to benchmarks/fleet.py."""
+    session.install("-e", ".[all]")
+    session.run("python", "benchmarks/fleet.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def sentinel(session: nox.Session) -> None:
     """The conformance suite (or the test files given) on a Sentinel-managed Redis (master, 2 replicas,
     3 sentinels; not part of the default run, which has the failover tests)."""

@@ -216,8 +216,10 @@ async def _converge(workers: list[_Worker], nb: NbApi, start: float, within: flo
     revision = await _revision(nb)
     done = await _ask(workers, "wait", (revision, within))
     late = [t for t in done if t is None]
-    finish = max((t for t in done if t is not None), default=time.time())
-    return {"converged_s": round(finish - start, 3), "not_converged": len(late), "revision": revision}
+    took = sorted(t - start for t in done if t is not None)
+    finish = took[-1] if took else 0.0
+    median = took[len(took) // 2] if took else None
+    return {"converged_s": round(finish, 3), "median_s": median, "not_converged": len(late), "revision": revision}
 
 
 async def _totals(workers: list[_Worker]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class Topology:
     @property
     def objects(self) -> int:
         """How many objects the database holds."""
-        return self.chassis + self.tenants * (7 + self.ports)
+        return self.chassis + self.tenants * (8 + self.ports)
 
     def chassis_objects(self) -> list[Chassis]:
         """Every chassis."""
