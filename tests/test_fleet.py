@@ -39,6 +39,7 @@ def test_a_small_fleet_converges_through_every_scenario(tmp_path: Path, capsys: 
     assert history["relists"] == 24  # everyone lost history, and relisted once
     assert history["objects_relisted"] == 24 * held
     assert history["relist_wait_s"] > 0  # the relists waited for their turn
+    assert 1 <= history["peak_relists_at_once"] <= 2 * 2  # each process's burst, at most
     assert "restart" not in result["scenarios"]  # no server of its own to restart
     assert result["scenarios"]["check"] == {"controllers": 24, "diverged": 0}
 

@@ -57,7 +57,8 @@ def print_result(result: FleetResult, out: TextIO) -> None:
                 f"{title + ':':<14} all converged in {_f(d['converged_s'], 's')} ({d['not_converged']} not); "
                 f"relists {d['relists']}, reconnects {d['reconnects']}, objects relisted {d['objects_relisted']:,}, "
                 f"change records read {d['records_read']:,} ({_f(d['bytes_read'] // 1024)} KiB), relists waited "
-                f"{_f(d['relist_wait_s'], 's')} in all; peak server CPU {_f(d['peak_server_cpu_pct'], '%')}",
+                f"{_f(d['relist_wait_s'], 's')} in all, at most {d['peak_relists_at_once']} at once; "
+                f"peak server CPU {_f(d['peak_server_cpu_pct'], '%')}",
                 file=out,
             )
     check = s.get("check")

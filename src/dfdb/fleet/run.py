@@ -376,6 +376,7 @@ async def _disruption(
     controller's cursor: the controllers are stopped (SIGSTOP), the server restarted,
     ``cfg.lost`` changes written and the history compacted, then the controllers go on."""
     before = await _totals(workers)
+    await _ask(workers, "limiter")
     held = {s["index"]: (s.get("resyncs", 0), s.get("objects", 0)) for s in await _ask(workers, "stats")}
     with cpu.watching():
         if lose:
@@ -403,4 +404,6 @@ async def _disruption(
     out["bytes_read"] = after["bytes_read"] - before["bytes_read"]
     out["relist_wait_s"] = round(after["relist_wait"] - before["relist_wait"], 2)
     out["errors"] = after["errors"]
+    # relists running at once, at most: the sum of each process's peak
+    out["peak_relists_at_once"] = sum(w["peak_active"] for w in await _ask(workers, "limiter"))
     return out

@@ -71,6 +71,9 @@ async def _serve(conn: Connection, url: str, indexes: list[int], topology: Topol
                 conn.send([x for c in controllers for x in c.latencies])
                 for c in controllers:
                     c.latencies.clear()
+            elif command == "limiter":  # this process's relist limiter; reset its peak
+                conn.send([{"peak_active": RELISTS.peak_active, "granted": RELISTS.granted}])
+                RELISTS.peak_active = RELISTS.active
             elif command == "check":
                 conn.send(await _check(url, controllers, topology))
             elif command == "stop":

@@ -10,9 +10,11 @@ import contextlib
 import random
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 
 import anyio
+import anyio.lowlevel
 
 __all__ = ["RELISTS", "RelistLimiter"]
 
@@ -22,9 +24,10 @@ class RelistLimiter:
 
     A Replica that gets ``RESYNC`` first sleeps a random delay of up to ``jitter`` seconds
     (so Replicas of many processes do not all ask at once), then takes a token; tokens come
-    back at ``rate`` per second, up to ``burst`` saved. Waiters are served in the order they
-    asked. It holds no event-loop object, so one limiter serves every event loop and thread
-    of the process. :data:`RELISTS` is the one every Replica uses unless given another.
+    back at ``rate`` per second, up to ``burst`` saved, and waiters are served in the order
+    they asked. At most ``burst`` relists run at once (per event loop: one limiter serves
+    every event loop and thread of the process). :data:`RELISTS` is the one every Replica
+    uses unless given another.
 
     Args:
         rate: relists started per second, on average.
@@ -50,6 +53,7 @@ class RelistLimiter:
         """Relists running now."""
         self.peak_active = 0
         """The most relists that ran at once."""
+        self._gates: weakref.WeakKeyDictionary[object, tuple[int, anyio.Semaphore]] = weakref.WeakKeyDictionary()
 
     def configure(self, *, rate: float | None = None, burst: int | None = None, jitter: float | None = None) -> None:
         """Change the rate, the burst or the jitter (for the waiters to come).
@@ -81,6 +85,15 @@ class RelistLimiter:
             self._tokens -= 1
             return max(0.0, -self._tokens / self.rate)
 
+    def _gate(self) -> anyio.Semaphore:
+        """This event loop's bound on the relists running at once (``burst``)."""
+        loop = anyio.lowlevel.current_token().native_token
+        size, gate = self._gates.get(loop, (0, None))
+        if gate is None or size != int(self.burst):  # a new burst applies to the relists to come
+            gate = anyio.Semaphore(int(self.burst))
+            self._gates[loop] = (int(self.burst), gate)
+        return gate
+
     def _refund(self) -> None:
         with self._mutex:
             self._tokens = min(self.burst, self._tokens + 1)
@@ -90,6 +103,7 @@ class RelistLimiter:
         """Wait for a relist's turn, hold it while the block runs; yields the seconds waited."""
         start = time.monotonic()
         self.waiting += 1
+        waiting = True
         try:
             await anyio.sleep(random.uniform(0, self.jitter))
             delay = self._reserve()
@@ -98,17 +112,21 @@ class RelistLimiter:
             except BaseException:
                 self._refund()  # not taken: the turn goes to the next one
                 raise
+            async with self._gate():
+                self.waiting -= 1
+                waiting = False
+                waited = time.monotonic() - start
+                self.granted += 1
+                self.waited += waited
+                self.active += 1
+                self.peak_active = max(self.peak_active, self.active)
+                try:
+                    yield waited
+                finally:
+                    self.active -= 1
         finally:
-            self.waiting -= 1
-        waited = time.monotonic() - start
-        self.granted += 1
-        self.waited += waited
-        self.active += 1
-        self.peak_active = max(self.peak_active, self.active)
-        try:
-            yield waited
-        finally:
-            self.active -= 1
+            if waiting:
+                self.waiting -= 1
 
 
 RELISTS = RelistLimiter()
