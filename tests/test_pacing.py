@@ -13,8 +13,9 @@ import pytest
 import dfdb
 from dfdb import NbApi, Replica
 from dfdb.codec import encode
-from dfdb.drivers import ABSENT, Entry
+from dfdb.drivers import ABSENT, Entry, Listing, register_driver
 from dfdb.drivers.memory import MemoryDriver
+from dfdb.errors import BackendUnavailableError
 from dfdb.replica.pacing import RELISTS, RelistLimiter
 from dfdb.retry import Backoff
 
@@ -125,6 +126,42 @@ async def test_a_resync_of_one_table_relists_only_that_table() -> None:
             assert replica.get(Vm, "v2") == vm2
             net_held = replica.get(Net, "n")
             assert net_held is not None and net_held.name == "before"  # Net was not relisted
+
+
+class AwayDriver(MemoryDriver):
+    """The memory driver, whose lists fail while ``away`` is set (a server that cannot be
+    reached for a while)."""
+
+    away = False
+    refused = 0
+
+    async def list(self, table: str, topic: str | None = None) -> Listing:
+        if self.away:
+            self.refused += 1
+            raise BackendUnavailableError("the server is away")
+        return await super().list(table, topic)
+
+
+register_driver("test-away", AwayDriver)
+
+
+async def test_a_relist_that_fails_is_tried_again_until_it_is_done() -> None:
+    async with dfdb.connect("test-away://away?history=5", timeout=0.2) as nb:
+        driver = nb.driver
+        assert isinstance(driver, AwayDriver)
+        await nb.create_many([Net(id=f"n{i}", topic="t") for i in range(3)])
+        async with Replica(nb, [Net], relists=RelistLimiter(jitter=0)) as replica:
+            driver.away = True
+            await lose_history(nb, 12)
+            deadline = time.monotonic() + WAIT
+            while driver.refused < 3 and time.monotonic() < deadline:  # the relist failed, more than once
+                await asyncio.sleep(0.01)
+            assert driver.refused >= 3
+            stats = replica.stats()
+            assert stats.stale and stats.resyncs == 0 and len(replica) == 3  # the old contents, served
+            driver.away = False
+            await converged([replica], nb)  # the lost changes too: the relist was not forgotten
+            assert replica.stats().resyncs == 1 and not replica.stats().stale
 
 
 def test_backoff_grows_and_is_jittered() -> None:

@@ -226,6 +226,7 @@ async def _totals(workers: list[_Worker]) -> dict[str, Any]:
     stats = await _ask(workers, "stats")
     errors = [s["error"] for s in stats if s.get("error")]
     keys = ("objects", "listed_bytes", "records_read", "bytes_read", "resyncs", "reconnects", "relist_wait")
+    keys += ("start_retries",)
     totals: dict[str, Any] = {k: sum(s.get(k, 0) for s in stats) for k in keys}
     totals["errors"] = errors
     totals["per_controller"] = {k: _spread(s.get(k, 0) for s in stats) for k in ("objects", "records_read")}

@@ -14,7 +14,7 @@ from typing import Any
 
 import dfdb.models  # noqa: F401  (registers the network model set)
 from dfdb.connecting import connect
-from dfdb.errors import DfdbError
+from dfdb.errors import BackendTimeoutError, BackendUnavailableError, DfdbError
 from dfdb.events import Action
 from dfdb.fleet.topology import MODELS, Topology, chassis_id, topic
 from dfdb.models import Chassis, LogicalPort
@@ -22,6 +22,7 @@ from dfdb.nb import NbApi
 from dfdb.nbmodel import NbModel
 from dfdb.replica import ChassisTopics, Replica, SyncMode
 from dfdb.replica.pacing import RELISTS
+from dfdb.retry import Backoff
 
 __all__ = ["worker_main"]
 
@@ -36,6 +37,7 @@ class _Controller:
     started: float = 0.0
     ready: float | None = None
     error: str = ""
+    start_retries: int = 0
     latencies: list[float] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     up: asyncio.Event = field(default_factory=asyncio.Event)
@@ -86,37 +88,53 @@ async def _serve(conn: Connection, url: str, indexes: list[int], topology: Topol
 
 
 async def _run(url: str, c: _Controller, topology: Topology) -> None:
-    """One controller's whole life: its connection, its Replica, its events."""
+    """One controller's life; a start the server did not answer in time is tried again
+    after a backoff, as an agent's supervisor would."""
     c.started = time.time()
-    tenants = topology.tenants_of(c.index)
-    try:
-        async with connect(url) as nb:
-            # the local switch reports this chassis's ports at boot: their tenants are the
-            # first topics (one subscription, not one per tenant)
-            replica = Replica(
-                nb, MODELS, mode=SyncMode.SELECTIVE, topics={topic(t) for t in tenants}, topicless=[Chassis]
-            )
-            async with replica:
-                c.replica = replica
-                c.topics = ChassisTopics(replica, chassis_id(c.index))
-                for t in tenants:
-                    for p in range(topology.ports):
-                        if topology.port_chassis(t, p) == c.index:
-                            await c.topics.port_bound(topology.port(t, p))
-                c.ready = time.time()
+    backoff = Backoff(initial=0.5, maximum=10.0)
+    while not c.stop.is_set():
+        try:
+            await _life(url, c, topology)
+            return
+        except (BackendUnavailableError, BackendTimeoutError) as exc:
+            if c.ready is not None:
+                c.error = f"{type(exc).__name__}: {exc}"
+                return
+            c.start_retries += 1
+            await asyncio.sleep(backoff.delay(c.start_retries))
+        except Exception as exc:  # reported to the orchestrator, which fails the run
+            c.error = f"{type(exc).__name__}: {exc}"
+            return
+        finally:
+            if c.error:
                 c.up.set()
-                events = replica.events()
-                try:
-                    follower = asyncio.create_task(_follow(c, events))
-                    await c.stop.wait()
-                    follower.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await follower
-                finally:
-                    await events.aclose()
-    except Exception as exc:  # reported to the orchestrator, which fails the run
-        c.error = f"{type(exc).__name__}: {exc}"
-        c.up.set()
+
+
+async def _life(url: str, c: _Controller, topology: Topology) -> None:
+    """One controller: its connection, its Replica, its events."""
+    tenants = topology.tenants_of(c.index)
+    async with connect(url) as nb:
+        # the local switch reports this chassis's ports at boot: their tenants are the
+        # first topics (one subscription, not one per tenant)
+        replica = Replica(nb, MODELS, mode=SyncMode.SELECTIVE, topics={topic(t) for t in tenants}, topicless=[Chassis])
+        async with replica:
+            c.replica = replica
+            c.topics = ChassisTopics(replica, chassis_id(c.index))
+            for t in tenants:
+                for p in range(topology.ports):
+                    if topology.port_chassis(t, p) == c.index:
+                        await c.topics.port_bound(topology.port(t, p))
+            c.ready = time.time()
+            c.up.set()
+            events = replica.events()
+            try:
+                follower = asyncio.create_task(_follow(c, events))
+                await c.stop.wait()
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+            finally:
+                await events.aclose()
 
 
 async def _follow(c: _Controller, events: Any) -> None:
@@ -156,6 +174,7 @@ def _stats(c: _Controller) -> dict[str, Any]:
         "stale": s.stale,
         "synced": c.replica.synced,
         "relist_wait": s.relist_wait,
+        "start_retries": c.start_retries,
     }
 
 

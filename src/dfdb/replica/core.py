@@ -18,7 +18,7 @@ from dfdb.nbmodel import NbModel, dependency_order, reference_targets, validate_
 from dfdb.replica.events import EventFlow, Flag, ReplicaEvent, ReplicaEvents
 from dfdb.replica.modes import ReplicaStats, SyncMode
 from dfdb.replica.pacing import RELISTS, RelistLimiter
-from dfdb.replica.relist import Keys, Listings, emit_difference, list_scope, refetch
+from dfdb.replica.relist import Keys, Listings, emit_difference, list_scope, refetch, until_done
 from dfdb.replica.store import Store
 from dfdb.retry import Backoff
 
@@ -300,7 +300,7 @@ class Replica:
 
     async def _on_event(self, ev: ChangeEvent) -> None:
         if ev.action == Action.RESYNC:
-            await self._resync(ev.model, ev.topic)
+            await until_done(lambda: self._resync(ev.model, ev.topic), "relisting the replica's scope")
             return
         if ev.model is None or ev.model not in self._store:
             return
@@ -329,7 +329,6 @@ class Replica:
             if not topics and topic is not None:
                 return  # a topic it does not follow
         scoped = (model is not None or topic is not None) and self.mode is not SyncMode.REACTIVE
-        self.resyncs += 1
         self._synced.clear()
         async with self.relists.slot() as waited, self._lock:
             self.relist_wait += waited
@@ -352,6 +351,7 @@ class Replica:
             finally:
                 self._flow.muted = False
             self.corrupt += emit_difference(self._flow, before, self._store.rows, topic, corrupt, self._position)
+            self.resyncs += 1
         self._synced.set()
 
     # ------------------------------------------------------------ state

@@ -4,16 +4,17 @@ names) and the events that tell the difference between the old contents and the 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
-from dfdb.errors import NotFoundError
+from dfdb.errors import BackendTimeoutError, BackendUnavailableError, NotFoundError
 from dfdb.events import Action
 from dfdb.nb import ListResult, NbApi, revision_of
 from dfdb.nbmodel import NbModel
 from dfdb.replica.events import EventFlow, ReplicaEvent
 from dfdb.replica.store import Row
+from dfdb.retry import Backoff
 
-__all__ = ["Keys", "Listings", "emit_difference", "list_scope", "refetch"]
+__all__ = ["Keys", "Listings", "emit_difference", "list_scope", "refetch", "until_done"]
 
 Listings = list[tuple[type[NbModel], ListResult[NbModel]]]
 """Listings of a scope, by model."""
@@ -52,6 +53,21 @@ async def refetch(
             with contextlib.suppress(NotFoundError):
                 obj = await nb.get(model, id)
                 apply(model, id, obj, revision_of(obj) or 0)
+
+
+async def until_done(call: Callable[[], Awaitable[None]], what: str) -> None:
+    """``await call()``, again after a jittered, growing backoff while the server cannot be
+    reached or does not answer in time: a relist that failed must not be forgotten, or the
+    scope would stay stale while the Replica follows its stream as if whole."""
+    backoff = Backoff(maximum=5.0)
+    attempt = 0
+    while True:
+        try:
+            await call()
+            return
+        except (BackendUnavailableError, BackendTimeoutError) as exc:
+            await backoff.pause(attempt, what, exc)
+            attempt += 1
 
 
 def emit_difference(
