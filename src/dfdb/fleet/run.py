@@ -225,8 +225,8 @@ async def _converge(workers: list[_Worker], nb: NbApi, start: float, within: flo
 async def _totals(workers: list[_Worker]) -> dict[str, Any]:
     stats = await _ask(workers, "stats")
     errors = [s["error"] for s in stats if s.get("error")]
-    keys = ("objects", "listed_bytes", "records_read", "bytes_read", "resyncs", "reconnects", "relist_wait")
-    keys += ("start_retries",)
+    keys = ["objects", "listed_bytes", "records_read", "bytes_read", "resyncs", "reconnects", "relist_wait"]
+    keys.append("start_retries")
     totals: dict[str, Any] = {k: sum(s.get(k, 0) for s in stats) for k in keys}
     totals["errors"] = errors
     totals["per_controller"] = {k: _spread(s.get(k, 0) for s in stats) for k in ("objects", "records_read")}
