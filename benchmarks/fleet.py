@@ -38,7 +38,36 @@ def main() -> int:
                 scen = figures["scenarios"]
                 times = ", ".join(f"{k} {v['converged_s']}s" for k, v in scen.items() if "converged_s" in v)
                 print(f"{backend:6} {size:5}: converged: {times}", flush=True)
+    print(table(sorted(OUT.glob("*.json"))))
     return 1 if failed else 0
+
+
+def table(files: list[Path]) -> str:
+    """A markdown table of the runs kept in ``files``."""
+    rows = [
+        "| backend | controllers | objects | held per controller | cold start | steady p50 / p99"
+        " | restart: converged, relists | history lost: converged, relists, at once"
+        " | peak server CPU (cold / restart / history) | check |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for f in files:
+        r = json.loads(f.read_text())
+        s = r["scenarios"]
+        cold, steady, restart, hist = (s.get(k, {}) for k in ("cold", "steady", "restart", "history"))
+        held = cold.get("per_controller", {}).get("objects", {}).get("mean", "-")
+
+        def cpu(d: dict[str, object]) -> str:
+            return f"{d['peak_server_cpu_pct']}%" if d.get("peak_server_cpu_pct") is not None else "-"
+
+        rows.append(
+            f"| {r['backend']} | {r['config']['controllers']} | {r['objects']:,} | {held} "
+            f"| {cold.get('converged_s', '-')} s | {steady.get('p50_ms', '-')} / {steady.get('p99_ms', '-')} ms "
+            f"| {restart.get('converged_s', '-')} s, {restart.get('relists', '-')} "
+            f"| {hist.get('converged_s', '-')} s, {hist.get('relists', '-')}, {hist.get('peak_relists_at_once', '-')} "
+            f"| {cpu(cold)} / {cpu(restart)} / {cpu(hist)} "
+            f"| {'ok' if r.get('ok') else 'FAILED'} ({s.get('check', {}).get('diverged', '-')} differ) |"
+        )
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
