@@ -78,10 +78,16 @@ async def run_tls_cost(backend: str, sizes: Sizes, *, log: TextIO | None = None)
 
 
 def render_tls_cost(costs: list[TlsCost], *, command: str, note: str = "") -> str:
-    """A markdown section: medians over the runs and the ratio TLS / plain."""
+    """A markdown section: per figure, the median over the runs of plain and of TLS, and
+    the median (lowest-highest) of the per-run ratios TLS / plain: each ratio compares
+    two runs made one after the other, so a load that comes and goes weighs on both."""
 
-    def med(values: list[float]) -> float:
-        return statistics.median(values)
+    def med(values: list[float]) -> str:
+        return f"{statistics.median(values):,.{0 if statistics.median(values) >= 100 else 2}f}"
+
+    def ratio(tls: list[float], plain: list[float]) -> str:
+        each = [t / p for t, p in zip(tls, plain, strict=True)]
+        return f"{statistics.median(each):.2f} ({min(each):.2f}-{max(each):.2f})"
 
     lines = [
         "## TLS cost",
@@ -89,25 +95,22 @@ def render_tls_cost(costs: list[TlsCost], *, command: str, note: str = "") -> st
         f"`{command}`",
         "",
         "dfdb on a plain server and on a TLS-only server of the same backend (local CA; the client presents a "
-        "certificate), interleaved in the same process; medians over the runs, and their ratio TLS / plain (both from the "
-        "same runs)." + (f" {note}" if note else ""),
+        "certificate), one run on each after the other, in the same process: the median over the runs, and the "
+        "median (lowest-highest) of the per-run ratios TLS / plain." + (f" {note}" if note else ""),
         "",
-        "| backend | sequential create, plain (obj/s) | TLS (obj/s) | TLS / plain | event p50, plain (ms) | TLS (ms) "
-        "| TLS / plain | event p99, plain (ms) | TLS (ms) | TLS / plain |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | sequential create, plain / TLS (obj/s) | TLS / plain | event p50, plain / TLS (ms) | TLS / plain "
+        "| event p99, plain / TLS (ms) | TLS / plain |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in costs:
         row = [
             c.backend,
-            f"{med(c.create_plain):,.0f}",
-            f"{med(c.create_tls):,.0f}",
-            f"{med(c.create_tls) / med(c.create_plain):.2f}",
-            f"{med(c.p50_plain):.2f}",
-            f"{med(c.p50_tls):.2f}",
-            f"{med(c.p50_tls) / med(c.p50_plain):.2f}",
-            f"{med(c.p99_plain):.2f}",
-            f"{med(c.p99_tls):.2f}",
-            f"{med(c.p99_tls) / med(c.p99_plain):.2f}",
+            f"{med(c.create_plain)} / {med(c.create_tls)}",
+            ratio(c.create_tls, c.create_plain),
+            f"{med(c.p50_plain)} / {med(c.p50_tls)}",
+            ratio(c.p50_tls, c.p50_plain),
+            f"{med(c.p99_plain)} / {med(c.p99_tls)}",
+            ratio(c.p99_tls, c.p99_plain),
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
