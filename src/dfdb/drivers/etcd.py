@@ -79,7 +79,7 @@ from dfdb.errors import (
     NotFoundError,
 )
 from dfdb.retry import raise_if_cancelling, run_to_completion
-from dfdb.tls import TLS_OPTIONS, TlsSettings
+from dfdb.tls import TLS_OPTIONS, TlsSettings, protocol_mismatch
 from dfdb.url import DatabaseURL, missing_credential
 
 __all__ = ["EtcdDriver", "EtcdSource"]
@@ -312,6 +312,15 @@ class EtcdDriver(Driver):
         await super().open()
         try:
             await self.identity()
+        except BackendUnavailableError:
+            await self._conn.close()
+            hosts = [(h or "127.0.0.1", p or 2379) for h, p in self.url.hosts or (("127.0.0.1", None),)]
+            request = b"GET /version HTTP/1.0\r\n\r\n"  # etcd's plain port answers HTTP/1 too
+            tls = self.credentials is not None
+            reason = await protocol_mismatch(hosts, tls=tls, request=request, answers=(b"HTTP/",))
+            if reason is not None:
+                raise AuthenticationError(f"{self.url}: {reason}") from None
+            raise
         except BaseException:
             await self._conn.close()
             raise

@@ -59,6 +59,7 @@ from dfdb.drivers.redis_tls import TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import (
     AlreadyExistsError,
+    AuthenticationError,
     BackendUnavailableError,
     ConfigurationError,
     ConflictError,
@@ -67,7 +68,7 @@ from dfdb.errors import (
     InvalidURL,
     NotFoundError,
 )
-from dfdb.tls import TLS_OPTIONS, TlsSettings
+from dfdb.tls import TLS_OPTIONS, TlsSettings, protocol_mismatch
 from dfdb.url import DatabaseURL, Secret
 
 __all__ = ["RedisDriver"]
@@ -177,10 +178,25 @@ class RedisDriver(Driver):
         try:
             await self._check_server()
             await self.refresh_epoch()
+        except BackendUnavailableError:
+            await self._close_clients()
+            await self._refuse_mismatch()
+            raise
         except BaseException:
             await self._close_clients()
             raise
         log.debug("connected to %s (epoch %s)", self.url, self.epoch)
+
+    async def _refuse_mismatch(self) -> None:
+        """Raise one permanent error when the server could not be reached because it speaks
+        TLS and the URL does not (or the reverse), instead of retrying until the time-out."""
+        host, port = self._kwargs.get("host"), self._kwargs.get("port")
+        if host is None or port is None:
+            return
+        tls = self._tls_context is not None
+        reason = await protocol_mismatch([(host, port)], tls=tls, request=b"PING\r\n", answers=(b"+", b"-"))
+        if reason is not None:
+            raise AuthenticationError(f"{self.url}: {reason}")
 
     async def _check_server(self) -> None:
         """Refuse a Redis Cluster node and a replica with one clear line (a user whose ACL
