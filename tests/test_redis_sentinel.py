@@ -138,9 +138,14 @@ async def test_a_write_the_new_master_never_got_is_announced(setup: SentinelSetu
         for n in range(20):
             await nb.create(Item(id=f"kept{n}", topic="t"))
         old = setup.master_index()
+        master = raw(setup.data_ports[old])
+        assert await master.execute_command("WAIT", 2, 5000) == 2  # kept0..19 are on both replicas
+        await master.aclose()
+        held = (await nb.list(Item)).cursor
         async with cut_replication(setup):
             lonely = await nb.create(Item(id="lonely", topic="t"))  # on the master alone
-            seen = parse_cursor((await nb.list(Item)).cursor)[1]
+            beyond = (await nb.list(Item)).cursor
+            seen = parse_cursor(beyond)[1]
             await w.wait_past(seen)
             assert w.pairs[-1] == ("lonely", seen)
             await replica.wait_for(seen)
@@ -152,6 +157,14 @@ async def test_a_write_the_new_master_never_got_is_announced(setup: SentinelSetu
             await nb.get(Item, "lonely")
         final = {i.id: i.version for i in await nb.get_all(Item)}
         assert "after4" in final
+        # a cursor the new master holds resumes without RESYNC; one beyond it gets RESYNC first
+        async with nb.watch(Item, since=held) as stream:
+            async with asyncio.timeout(20):
+                events = [await anext(stream) for _ in after]
+        assert [(e.action, e.id) for e in events] == [(dfdb.Action.CREATE, a.id) for a in after]
+        async with nb.watch(Item, since=beyond) as stream:
+            async with asyncio.timeout(20):
+                assert (await anext(stream)).action == dfdb.Action.RESYNC
         async with asyncio.timeout(20):
             while w.view != final:
                 w.moved.clear()
@@ -183,6 +196,7 @@ async def test_a_stream_the_new_master_holds_continues(setup: SentinelSetup) -> 
         dfdb.Replica(nb, [Item], mode=dfdb.SyncMode.SELECTIVE, topics={"t"}) as selective,
     ):
         await selective.wait_synced()
+        held = (await nb.list(Item)).cursor  # before the failover
         async with dfdb.connect(url + "&min_replicas=2&min_replicas_timeout=5", timeout=20) as synced:
             for n in range(50):
                 await synced.create(Item(id=f"k{n}", topic="t"))  # each on both replicas when acknowledged
@@ -209,6 +223,24 @@ async def test_a_stream_the_new_master_holds_continues(setup: SentinelSetup) -> 
             assert w.resyncs == 0
             assert [k for k, _ in w.pairs] == [f"k{n}" for n in range(50)] + ["k0", "u0"]
             check_history(w.pairs)
+        # the streams' cursors moved into the new term: a reopened stream goes on without RESYNC
+        identity = parse_cursor((await nb.list(Item)).cursor)[0]
+        for w in ws:
+            assert w.stream is not None
+            assert parse_cursor(w.stream.cursor)[0] == identity
+        old_cursor = ws[0].pairs[49][1]
+        async with nb.watch(Item, since=f"{parse_cursor(held)[0]}@{old_cursor}") as stream:
+            async with asyncio.timeout(20):
+                assert [(await anext(stream)).id for _ in range(2)] == ["k0", "u0"]
+        assert ws[1].stream is not None
+        await ws[1].stream.reopen()
+        await nb.create(Item(id="u1", topic="u"))
+        final["u1"] = 1
+        async with asyncio.timeout(20):
+            while ws[1].view != final:
+                ws[1].moved.clear()
+                await ws[1].moved.wait()
+        assert ws[1].resyncs == 0
 
 
 async def test_min_replicas_confirms_or_says_the_write_may_not_survive(setup: SentinelSetup) -> None:

@@ -175,6 +175,12 @@ class SentinelDriver(RedisDriver):
                     await client.aclose()
             self._sentinel = None
 
+    async def continues(self, identity: str, revision: int) -> bool:
+        """Whether the current master term holds the history of epoch ``identity`` up to
+        ``revision``: it follows ``identity`` through recorded terms, each holding its
+        predecessor's changes up to the counter recorded when it began."""
+        return await self._history_continues(identity, await self.identity(), revision)
+
     async def _history_continues(self, known: str, seen: str, position: int) -> bool:
         """Whether the dataset of epoch ``seen`` holds the history of epoch ``known`` up to ``position``."""
         try:
