@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -71,8 +72,13 @@ def check_history(pairs: list[tuple[str, int]]) -> None:
     assert revisions == sorted(set(revisions)), "a revision repeated or went back without a RESYNC"
 
 
+WRITES = int(os.environ.get("DFDB_SENTINEL_WRITES", "800"))
+"""Writes of the failover test, across two writers (``nox -s failover`` runs the full 2,000)."""
+
+
 async def test_kill_9_of_the_master_during_writes(setup: SentinelSetup) -> None:
     url = setup.url + "&prefix=fo"
+    per_writer = WRITES // 2
     async with (
         dfdb.connect(url, timeout=20) as nb,
         watchers(nb, Item, 2) as ws,
@@ -86,7 +92,7 @@ async def test_kill_9_of_the_master_during_writes(setup: SentinelSetup) -> None:
         resumed: list[float] = []  # for writes sent after the kill: seconds from the kill to their success
 
         async def writer(w: int) -> None:
-            for n in range(400):
+            for n in range(per_writer):
                 key = f"w{w}-{n}"
                 sent = time.monotonic()
                 try:
@@ -96,7 +102,7 @@ async def test_kill_9_of_the_master_during_writes(setup: SentinelSetup) -> None:
                         resumed.append(acked[key] - kill_time)
                 except dfdb.OutcomeUnknownError:
                     unknown.add(key)
-                if w == 0 and n == 150:
+                if w == 0 and n == per_writer * 3 // 8:
                     killed.set()
 
         async def killer() -> None:
@@ -108,7 +114,7 @@ async def test_kill_9_of_the_master_during_writes(setup: SentinelSetup) -> None:
             await new_master(setup, old)
 
         await asyncio.gather(writer(0), writer(1), killer())  # AlreadyExistsError (a write applied twice) raises here
-        print(f"writes resumed {min(resumed):.2f}s after the kill")
+        print(f"{WRITES} writes: resumed {min(resumed):.2f}s after the kill")
         assert min(resumed) < 10
         listing = await nb.list(Item)
         final = {i.id: i.version for i in listing.items}
