@@ -32,10 +32,10 @@ def setup() -> Iterator[SentinelSetup]:
     yield from serve(SentinelSetup)
 
 
-def raw(port: int) -> Any:
+def raw(port: int, password: str | None = None) -> Any:
     import redis.asyncio as aioredis
 
-    return aioredis.Redis(host="127.0.0.1", port=port)
+    return aioredis.Redis(host="127.0.0.1", port=port, password=password)
 
 
 @contextlib.asynccontextmanager
@@ -347,5 +347,6 @@ def test_a_cluster_node_is_refused(tmp_path: Any) -> None:
         proc.wait(10)
 
 
-async def test_server_run_redis_sentinel() -> None:
-    await check_server_run(SentinelSetup, "redis-sentinel", "redis+sentinel", Item, hosts=3)  # the 3 sentinels
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_server_run_redis_sentinel(tls: bool) -> None:
+    await check_server_run(SentinelSetup, "redis-sentinel", "redis+sentinel", Item, hosts=3, tls=tls)  # 3 sentinels
