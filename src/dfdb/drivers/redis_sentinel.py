@@ -96,6 +96,9 @@ class SentinelDriver(RedisDriver):
     """The Redis driver behind Sentinel; see the module documentation."""
 
     def __init__(self, url: DatabaseURL) -> None:
+        unknown = set(url.options) - {"prefix", "maxlen", "block", "connect_timeout", *TLS_OPTIONS, *_OWN_OPTIONS}
+        if unknown:
+            raise InvalidURL(f"unknown {url.scheme}:// option(s): {', '.join(sorted(unknown))}")
         data_tls = url.scheme == "rediss+sentinel" or url.bool_option("tls", False)
         sentinel_tls = url.bool_option("sentinel_tls", data_tls)
         options = {k: v for k, v in url.options.items() if k not in _OWN_OPTIONS}
