@@ -156,6 +156,15 @@ def sentinel(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def failover(session: nox.Session) -> None:
+    """The Sentinel failover tests at full size: ``kill -9`` of the master during 2,000 writes
+    (the default run has 800; not part of the default run)."""
+    session.install("-e", ".[all]", *DEV)
+    env = {"DFDB_SENTINEL_WRITES": "2000"}
+    session.run("pytest", "-s", "tests/test_redis_sentinel.py", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
 def chaos(session: nox.Session) -> None:
     """The chaos suite and the cancellation harness on every backend, servers and polling included
     (not part of the default run). Prints its seed; ``nox -s chaos -- --hypothesis-seed=N`` replays it.

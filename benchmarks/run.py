@@ -7,8 +7,9 @@ The cases and the raw baselines are described in ``dfdb.bench``; the servers are
 started here on loopback (as the tests do). ``--quick`` is a smoke test, not a
 measurement. The reports are rewritten after each backend; ``--update`` keeps the rows
 of the backends not run this time (from the JSON file). Also runs the SQLite
-change-log polling benchmark (``sqlite_polling.py``) and, unless ``--quick``, the TLS
-cost of the server backends run (``tls_cost.py``).
+change-log polling benchmark (``sqlite_polling.py``), unless ``--quick`` the TLS cost of
+the server backends run (``tls_cost.py``), and with redis the Sentinel benchmark
+(``sentinel.py``: min_replicas and failover).
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ def main() -> int:
         report = subprocess.run(tls, capture_output=True, text=True, check=True).stdout.strip()
         with out.open("a") as f:
             f.write(f"\n{report}\n")
+    if "redis" in backends:
+        sentinel = [sys.executable, str(HERE / "sentinel.py")]
+        if args.quick:
+            sentinel += ["--creates", "50", "--slices", "1", "--failovers", "0"]
+        report = subprocess.run(sentinel, capture_output=True, text=True, check=True).stdout.strip()
+        shown = " ".join(["benchmarks/sentinel.py", *sentinel[2:]])
+        with out.open("a") as f:
+            f.write(f"\n## Redis Sentinel: min_replicas and failover\n\n`python {shown}`\n\n{report}\n")
     print(f"wrote {out} and {json_path}", file=sys.stderr)
     return 0
 

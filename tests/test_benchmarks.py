@@ -30,6 +30,7 @@ def test_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
         assert f"| sequential create | {backend} | objects/s |" in text
         assert f"| write->event p99 | {backend} | ms |" in text
     assert "| objects | idle poll |" in text
+    assert "| sequential create, min_replicas=1 | objects/s |" in text
     rows = json.loads((tmp_path / "benchmarks.json").read_text())["results"]
     counts = {b: sum(r["backend"] == b for r in rows) for b in ("memory", "sqlite", "redis", "etcd", "zookeeper")}
     assert counts == {"memory": 10, "sqlite": 8, "redis": 10, "etcd": 10, "zookeeper": 10}  # sqlite: no polling mode

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -31,10 +32,10 @@ def setup() -> Iterator[SentinelSetup]:
     yield from serve(SentinelSetup)
 
 
-def raw(port: int) -> Any:
+def raw(port: int, password: str | None = None) -> Any:
     import redis.asyncio as aioredis
 
-    return aioredis.Redis(host="127.0.0.1", port=port)
+    return aioredis.Redis(host="127.0.0.1", port=port, password=password)
 
 
 @contextlib.asynccontextmanager
@@ -71,8 +72,13 @@ def check_history(pairs: list[tuple[str, int]]) -> None:
     assert revisions == sorted(set(revisions)), "a revision repeated or went back without a RESYNC"
 
 
+WRITES = int(os.environ.get("DFDB_SENTINEL_WRITES", "800"))
+"""Writes of the failover test, across two writers (``nox -s failover`` runs the full 2,000)."""
+
+
 async def test_kill_9_of_the_master_during_writes(setup: SentinelSetup) -> None:
     url = setup.url + "&prefix=fo"
+    per_writer = WRITES // 2
     async with (
         dfdb.connect(url, timeout=20) as nb,
         watchers(nb, Item, 2) as ws,
@@ -86,7 +92,7 @@ async def test_kill_9_of_the_master_during_writes(setup: SentinelSetup) -> None:
         resumed: list[float] = []  # for writes sent after the kill: seconds from the kill to their success
 
         async def writer(w: int) -> None:
-            for n in range(400):
+            for n in range(per_writer):
                 key = f"w{w}-{n}"
                 sent = time.monotonic()
                 try:
@@ -96,7 +102,7 @@ async def test_kill_9_of_the_master_during_writes(setup: SentinelSetup) -> None:
                         resumed.append(acked[key] - kill_time)
                 except dfdb.OutcomeUnknownError:
                     unknown.add(key)
-                if w == 0 and n == 150:
+                if w == 0 and n == per_writer * 3 // 8:
                     killed.set()
 
         async def killer() -> None:
@@ -108,7 +114,7 @@ async def test_kill_9_of_the_master_during_writes(setup: SentinelSetup) -> None:
             await new_master(setup, old)
 
         await asyncio.gather(writer(0), writer(1), killer())  # AlreadyExistsError (a write applied twice) raises here
-        print(f"writes resumed {min(resumed):.2f}s after the kill")
+        print(f"{WRITES} writes: resumed {min(resumed):.2f}s after the kill")
         assert min(resumed) < 10
         listing = await nb.list(Item)
         final = {i.id: i.version for i in listing.items}
@@ -138,9 +144,14 @@ async def test_a_write_the_new_master_never_got_is_announced(setup: SentinelSetu
         for n in range(20):
             await nb.create(Item(id=f"kept{n}", topic="t"))
         old = setup.master_index()
+        master = raw(setup.data_ports[old])
+        assert await master.execute_command("WAIT", 2, 5000) == 2  # kept0..19 are on both replicas
+        await master.aclose()
+        held = (await nb.list(Item)).cursor
         async with cut_replication(setup):
             lonely = await nb.create(Item(id="lonely", topic="t"))  # on the master alone
-            seen = parse_cursor((await nb.list(Item)).cursor)[1]
+            beyond = (await nb.list(Item)).cursor
+            seen = parse_cursor(beyond)[1]
             await w.wait_past(seen)
             assert w.pairs[-1] == ("lonely", seen)
             await replica.wait_for(seen)
@@ -152,6 +163,14 @@ async def test_a_write_the_new_master_never_got_is_announced(setup: SentinelSetu
             await nb.get(Item, "lonely")
         final = {i.id: i.version for i in await nb.get_all(Item)}
         assert "after4" in final
+        # a cursor the new master holds resumes without RESYNC; one beyond it gets RESYNC first
+        async with nb.watch(Item, since=held) as stream:
+            async with asyncio.timeout(20):
+                events = [await anext(stream) for _ in after]
+        assert [(e.action, e.id) for e in events] == [(dfdb.Action.CREATE, a.id) for a in after]
+        async with nb.watch(Item, since=beyond) as stream:
+            async with asyncio.timeout(20):
+                assert (await anext(stream)).action == dfdb.Action.RESYNC
         async with asyncio.timeout(20):
             while w.view != final:
                 w.moved.clear()
@@ -183,6 +202,7 @@ async def test_a_stream_the_new_master_holds_continues(setup: SentinelSetup) -> 
         dfdb.Replica(nb, [Item], mode=dfdb.SyncMode.SELECTIVE, topics={"t"}) as selective,
     ):
         await selective.wait_synced()
+        held = (await nb.list(Item)).cursor  # before the failover
         async with dfdb.connect(url + "&min_replicas=2&min_replicas_timeout=5", timeout=20) as synced:
             for n in range(50):
                 await synced.create(Item(id=f"k{n}", topic="t"))  # each on both replicas when acknowledged
@@ -209,6 +229,24 @@ async def test_a_stream_the_new_master_holds_continues(setup: SentinelSetup) -> 
             assert w.resyncs == 0
             assert [k for k, _ in w.pairs] == [f"k{n}" for n in range(50)] + ["k0", "u0"]
             check_history(w.pairs)
+        # the streams' cursors moved into the new term: a reopened stream goes on without RESYNC
+        identity = parse_cursor((await nb.list(Item)).cursor)[0]
+        for w in ws:
+            assert w.stream is not None
+            assert parse_cursor(w.stream.cursor)[0] == identity
+        old_cursor = ws[0].pairs[49][1]
+        async with nb.watch(Item, since=f"{parse_cursor(held)[0]}@{old_cursor}") as stream:
+            async with asyncio.timeout(20):
+                assert [(await anext(stream)).id for _ in range(2)] == ["k0", "u0"]
+        assert ws[1].stream is not None
+        await ws[1].stream.reopen()
+        await nb.create(Item(id="u1", topic="u"))
+        final["u1"] = 1
+        async with asyncio.timeout(20):
+            while ws[1].view != final:
+                ws[1].moved.clear()
+                await ws[1].moved.wait()
+        assert ws[1].resyncs == 0
 
 
 async def test_min_replicas_confirms_or_says_the_write_may_not_survive(setup: SentinelSetup) -> None:
@@ -309,5 +347,6 @@ def test_a_cluster_node_is_refused(tmp_path: Any) -> None:
         proc.wait(10)
 
 
-async def test_server_run_redis_sentinel() -> None:
-    await check_server_run(SentinelSetup, "redis-sentinel", "redis+sentinel", Item, hosts=3)  # the 3 sentinels
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_server_run_redis_sentinel(tls: bool) -> None:
+    await check_server_run(SentinelSetup, "redis-sentinel", "redis+sentinel", Item, hosts=3, tls=tls)  # 3 sentinels

@@ -222,6 +222,9 @@ _ENCODED = quote(SECRET, safe="")
         f"redis://u:{_ENCODED}@127.0.0.1:{{port}}/0?bogus=1",
         f"etcd://u:{_ENCODED}@127.0.0.1:{{port}}/p?ca_file=/nonexistent",
         f"redis://u:{SECRET}@127.0.0.1:{{port}}/0",
+        f"redis+sentinel://u:{_ENCODED}@127.0.0.1:{{port}}/m?sentinel_password={_ENCODED}",
+        f"rediss+sentinel://u:{_ENCODED}@127.0.0.1:{{port}}/m?sentinel_username=s&sentinel_password={_ENCODED}",
+        f"redis+sentinel://u:{_ENCODED}@127.0.0.1:{{port}}/m?sentinel_password={_ENCODED}&bogus=1",
     ],
 )
 async def test_no_error_path_shows_the_password(url: str, caplog: pytest.LogCaptureFixture) -> None:

@@ -97,15 +97,18 @@ async def check_server_run(
     model: type[dfdb.NbModel],
     members: int = 1,
     hosts: int | None = None,
+    *,
+    tls: bool = False,
 ) -> None:
-    """``dfdb server run BACKEND [--members N]`` prints a URL (of ``hosts`` addresses,
-    default one per member) that serves, and exits 0 on Ctrl-C."""
+    """``dfdb server run BACKEND [--members N] [--tls]`` prints a URL (of ``hosts``
+    addresses, default one per member) that serves, and exits 0 on Ctrl-C."""
     import signal
     import sys
 
     if not server.available():
         skip_missing_server(backend)
     args = ["server", "run", backend] + (["--members", str(members)] if members > 1 else [])
+    args += ["--tls"] if tls else []
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dfdb", *args, stdout=asyncio.subprocess.PIPE)
     try:
         assert proc.stdout is not None
@@ -113,6 +116,7 @@ async def check_server_run(
         assert line.startswith(f"serving on {scheme}://127.0.0.1:"), line
         url = line.split()[2]
         assert url.count(",") == (hosts or members) - 1
+        assert ("tls=true" in url) == tls, url
         async with dfdb.connect(url, timeout=30) as nb:
             await nb.create(model(id="dev", topic="t"))
             assert (await nb.get(model, "dev")).id == "dev"

@@ -102,6 +102,15 @@ class SourceOpener(ABC):
             BackendUnavailableError: the server cannot be reached.
         """
 
+    async def continues(self, identity: str, revision: int) -> bool:
+        """Whether the backend's data now holds the history of ``identity`` up to
+        ``revision`` (see :meth:`Driver.continues`); the default: never.
+
+        Raises:
+            BackendUnavailableError: the server cannot be reached.
+        """
+        return False
+
     @abstractmethod
     async def open(
         self, tables: Collection[str], topics: frozenset[str | None] | None, since: int | None
@@ -153,6 +162,9 @@ class DriverOpener(SourceOpener):
         identity = str(await self._retry(self._driver.identity, "watch"))
         self._on_identity(identity)
         return identity
+
+    async def continues(self, identity: str, revision: int) -> bool:
+        return bool(await self._retry(lambda: self._driver.continues(identity, revision), "watch"))
 
     async def open(
         self, tables: Collection[str], topics: frozenset[str | None] | None, since: int | None
@@ -314,14 +326,14 @@ class ChangeStream:
         position = self._cursor_revision()
         identity = await self._opener.identity()
         start: int | None = position
-        if identity != self._identity:  # the data is not the one followed so far
-            start = None
+        if identity != self._identity and not await self._opener.continues(self._identity, position):
+            start = None  # the data is not the one followed so far
         fresh = await self._opener.open(list(self._models), self._topics, start)
         if self._state != "open":  # closed meanwhile
             await fresh.aclose()
             raise StreamClosedError("the stream was closed while it reopened")
+        self._identity = identity
         if start is None:
-            self._identity = identity
             self._pending_resync = True
             self._position = fresh.position
         self._source = fresh
@@ -375,8 +387,11 @@ class ChangeStream:
         if self._position is None:
             raise StreamClosedError("the stream has no position until it is entered")
         position = self._position
-        if self._source is not None and self._state == "open":  # an idle stream moves on with its source
-            caught_up = self._source.caught_up()
+        source = self._source
+        # an idle stream moves on with its source, unless that source follows another identity
+        # already (its positions are not this cursor's; its next event or RESYNC tells)
+        if source is not None and self._state == "open" and getattr(source, "identity", None) in (None, self._identity):
+            caught_up = source.caught_up()
             if caught_up is not None:
                 position = max(position, caught_up)
         return position
@@ -409,8 +424,9 @@ class ChangeStream:
             self._identity = await self._opener.identity()
             start: int | None = None
             if self._since is not None:
-                if self._since[0] == self._identity:
-                    start = self._since[1]
+                known, revision = self._since
+                if known == self._identity or await self._opener.continues(known, revision):
+                    start = revision
                 else:  # a cursor of another backend, or of data that is gone
                     self._pending_resync = True
             source = await self._opener.open(list(self._models), self._topics, start)
@@ -475,6 +491,8 @@ class ChangeStream:
                 self._identity = raw.identity
             self.resyncs += 1
             return ChangeEvent(Action.RESYNC, None, "", raw.topic, raw.revision, None, self.cursor)
+        if raw.identity:  # the source went on, without a gap, into a new identity
+            self._identity = raw.identity
         self._advance(raw.revision, source)
         model = self._models.get(raw.table or "")
         if model is None:

@@ -249,10 +249,10 @@ class RedisServer(LocalServer):
 SERVERS["redis"] = RedisServer
 
 
-def _sentinel_setup(members: int) -> LocalServer:
+def _sentinel_setup(members: int, *, tls: bool = False) -> LocalServer:
     from dfdb.sentinel_server import SentinelSetup
 
-    return SentinelSetup(members)
+    return SentinelSetup(members, tls=tls)
 
 
 SERVERS["redis-sentinel"] = _sentinel_setup

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from dfdb.errors import ConfigurationError, InvalidURL
 
-__all__ = ["PASSWORD_ENV", "DatabaseURL", "Secret", "missing_credential"]
+__all__ = ["PASSWORD_ENV", "DatabaseURL", "Secret", "missing_credential", "read_password_file"]
 
 PASSWORD_ENV = "DFDB_PASSWORD"
 """The environment variable that gives the password when a URL names a user but no password."""
@@ -19,7 +19,8 @@ _PASSWORD_FILE_LIMIT = 4096
 """The most characters a ``password_file`` may hold."""
 
 _SECRET_OPTIONS = frozenset({"password", "secret", "token"})
-"""Option names whose values ``render`` masks (dfdb takes none of them; a driver refuses them)."""
+"""Option names whose values ``render`` masks, as well as any name ending in ``password``
+(dfdb takes only ``sentinel_password`` of them; a driver refuses the others)."""
 
 
 class Secret:
@@ -193,19 +194,7 @@ class DatabaseURL:
         if path is not None:
             if self.password is not None:
                 raise InvalidURL("give the password either in the URL or in password_file=, not both")
-            try:
-                with open(os.path.expanduser(path), encoding="utf-8") as file:
-                    text = file.read(_PASSWORD_FILE_LIMIT + 1)  # bounded: /dev/zero is a path too
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                raise InvalidURL(f"cannot read password_file {path!r}: {reason}") from None
-            if len(text) > _PASSWORD_FILE_LIMIT:
-                limit = _PASSWORD_FILE_LIMIT
-                raise InvalidURL(f"password_file {path!r} is not a password: more than {limit} characters")
-            text = text.removesuffix("\n").removesuffix("\r")
-            if not text:  # an unfilled secret mount, most likely: not an empty password
-                raise InvalidURL(f"password_file {path!r} is empty")
-            url = replace(self.without_options("password_file"), password=text)
+            url = replace(self.without_options("password_file"), password=read_password_file(path))
         elif self.password is None and self.username is not None and environ.get(PASSWORD_ENV):
             url = replace(self, password=environ[PASSWORD_ENV])
         return url
@@ -223,20 +212,45 @@ class DatabaseURL:
         if self.path or self.scheme == "sqlite":
             text += "/" + self.path
         if self.options:
-            text += "?" + "&".join(
-                f"{k}={'***' if mask and k.lower() in _SECRET_OPTIONS else v}" for k, v in self.options.items()
-            )
+            text += "?" + "&".join(f"{k}={'***' if mask and _secret_option(k) else v}" for k, v in self.options.items())
         return text
 
     def __str__(self) -> str:
         return self.render()
 
     def __repr__(self) -> str:
-        options = {k: "***" if k.lower() in _SECRET_OPTIONS else v for k, v in self.options.items()}
+        options = {k: "***" if _secret_option(k) else v for k, v in self.options.items()}
         return (
             f"DatabaseURL(scheme={self.scheme!r}, hosts={self.hosts!r}, username={self.username!r}, "
             f"path={self.path!r}, options={options!r})"
         )
+
+
+def read_password_file(path: str, option: str = "password_file") -> str:
+    """The password kept in the file ``path`` (one trailing newline dropped), named by
+    the URL option ``option``.
+
+    Raises:
+        InvalidURL: the file cannot be read, is empty or is too large to hold a password.
+    """
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as file:
+            text = file.read(_PASSWORD_FILE_LIMIT + 1)  # bounded: /dev/zero is a path too
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InvalidURL(f"cannot read {option} {path!r}: {reason}") from None
+    if len(text) > _PASSWORD_FILE_LIMIT:
+        raise InvalidURL(f"{option} {path!r} is not a password: more than {_PASSWORD_FILE_LIMIT} characters")
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:  # an unfilled secret mount, most likely: not an empty password
+        raise InvalidURL(f"{option} {path!r} is empty")
+    return text
+
+
+def _secret_option(name: str) -> bool:
+    """Whether option ``name`` holds a secret (``password``, ``sentinel_password`` …)."""
+    name = name.lower()
+    return name in _SECRET_OPTIONS or name.endswith("password")
 
 
 def missing_credential(url: DatabaseURL) -> str | None:

@@ -62,6 +62,7 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
     "rediss": ("dfdb.drivers.redis:RedisDriver", "redis"),
     "unix": ("dfdb.drivers.redis:RedisDriver", "redis"),
     "redis+sentinel": ("dfdb.drivers.redis_sentinel:SentinelDriver", "redis"),
+    "rediss+sentinel": ("dfdb.drivers.redis_sentinel:SentinelDriver", "redis"),
     "etcd": ("dfdb.drivers.etcd:EtcdDriver", "etcd"),
     "zk": ("dfdb.drivers.zookeeper:ZooKeeperDriver", "zookeeper"),
 }

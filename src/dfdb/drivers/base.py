@@ -125,7 +125,10 @@ class RawEvent:
         revision: the revision of the change; for ``resync``, the position the stream
             continues from.
         identity: for ``resync``, the backend identity from here on when it changed
-            (a server that came back without its data); otherwise ``None``.
+            (a server that came back without its data); for a change, the identity
+            its revision belongs to when the driver tells (a stream that went on
+            without a gap into a new identity: a Redis master promoted by Sentinel);
+            otherwise ``None``.
     """
 
     action: RawAction
@@ -379,6 +382,17 @@ class Driver(ABC):
     async def identity(self) -> str:
         """A string naming this backend's data: changes when the data is not the same any more
         (another server, or one that came back without its data). Part of every cursor."""
+
+    async def continues(self, identity: str, revision: int) -> bool:
+        """Whether the backend's data now holds the history of ``identity`` up to
+        ``revision``, though its identity is another (a Redis replica that Sentinel
+        promoted holds its old master's history up to where it took over): a cursor of
+        ``identity`` at ``revision`` then resumes without ``RESYNC``. The default: never.
+
+        Raises:
+            BackendUnavailableError: the server cannot be reached.
+        """
+        return False
 
     @abstractmethod
     async def get(self, table: str, id: str) -> Entry | None:

@@ -1,8 +1,18 @@
 """``redis+sentinel://`` URLs: Redis behind Sentinel, following the master through failovers.
 
 ``redis+sentinel://[user:pass@]h1:26379,h2:26379,h3:26379/MASTER?db=0`` names the
-sentinels and the monitored master; the other options are those of ``redis://``
-(``prefix``, ``maxlen``, ``block``, ``connect_timeout``), plus:
+sentinels and the monitored master; the user name and password are those of the
+master and its replicas (a Redis ACL user, or none for ``requirepass``). The other
+options are those of ``redis://`` (``prefix``, ``maxlen``, ``block``,
+``connect_timeout``, ``password_file`` and the TLS options of :mod:`dfdb.tls`), plus:
+
+- ``sentinel_username``, ``sentinel_password`` (percent-encoded; masked wherever the
+  URL is shown) or ``sentinel_password_file``: the sentinels' own credentials (their
+  ``requirepass`` or an ACL user of theirs); none by default.
+- TLS (``rediss+sentinel://`` or ``tls=true``, with ``ca_file``, ``cert_file``,
+  ``key_file``, ``server_name``, ``verify``) applies to the master and to the
+  sentinels; ``sentinel_tls=false`` speaks plain TCP to the sentinels only, and
+  ``sentinel_tls=true`` without ``tls`` speaks TLS to the sentinels only.
 
 - ``min_replicas`` (default 0): a write is confirmed only once that many replicas
   have it (``WAIT``); when they do not within ``min_replicas_timeout`` seconds
@@ -38,15 +48,18 @@ from redis.backoff import NoBackoff
 
 from dfdb.drivers.base import PutRequest
 from dfdb.drivers.redis import _CONNECTION_ERRORS, RedisDriver
+from dfdb.drivers.redis_tls import TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
-from dfdb.errors import BackendUnavailableError, ConfigurationError, DriverError, InvalidURL
-from dfdb.url import DatabaseURL, Secret
+from dfdb.errors import AuthenticationError, BackendUnavailableError, ConfigurationError, DriverError, InvalidURL
+from dfdb.tls import TLS_OPTIONS, TlsSettings, describe_tls_failure, tls_failure
+from dfdb.url import DatabaseURL, Secret, read_password_file
 
 __all__ = ["SentinelDriver"]
 
 log = logging.getLogger(__name__)
 
-_OWN_OPTIONS = ("db", "min_replicas", "min_replicas_timeout")
+_SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password", "sentinel_password_file", "sentinel_tls")
+_OWN_OPTIONS = ("db", "min_replicas", "min_replicas_timeout", *_SENTINEL_OPTIONS)
 
 # KEYS: term, epoch, rev, forks   ARGV: replication id, new epoch
 _NEW_TERM = """
@@ -75,15 +88,36 @@ class _MasterConnection(SentinelManagedConnection):
             await hook(self)
 
 
+class _TlsMasterConnection(_MasterConnection, TlsConnection):
+    """A :class:`_MasterConnection` with TLS from dfdb's own ``SSLContext``."""
+
+
 class SentinelDriver(RedisDriver):
     """The Redis driver behind Sentinel; see the module documentation."""
 
     def __init__(self, url: DatabaseURL) -> None:
-        base = DatabaseURL(
-            "redis", (), url.username, url.password, "", {k: v for k, v in url.options.items() if k not in _OWN_OPTIONS}
-        )
+        unknown = set(url.options) - {"prefix", "maxlen", "block", "connect_timeout", *TLS_OPTIONS, *_OWN_OPTIONS}
+        if unknown:
+            raise InvalidURL(f"unknown {url.scheme}:// option(s): {', '.join(sorted(unknown))}")
+        data_tls = url.scheme == "rediss+sentinel" or url.bool_option("tls", False)
+        sentinel_tls = url.bool_option("sentinel_tls", data_tls)
+        options = {k: v for k, v in url.options.items() if k not in _OWN_OPTIONS}
+        if sentinel_tls and not data_tls:  # the TLS options are the sentinels' alone
+            options = {k: v for k, v in options.items() if k not in TLS_OPTIONS}
+        base = DatabaseURL("rediss" if data_tls else "redis", (), url.username, url.password, "", options)
         super().__init__(base)
         self.url = url
+        sentinel_settings = TlsSettings.from_url(url, enabled=True) if sentinel_tls else None
+        self._sentinel_tls = None if sentinel_settings is None else sentinel_settings.ssl_context()
+        self._sentinel_server_name = None if sentinel_settings is None else sentinel_settings.server_name
+        self._sentinel_username = url.option("sentinel_username") or None
+        password = url.option("sentinel_password")
+        path = url.option("sentinel_password_file")
+        if path is not None:
+            if password is not None:
+                raise InvalidURL("give the sentinels' password either in sentinel_password= or in a file, not both")
+            password = read_password_file(path, "sentinel_password_file")
+        self._sentinel_password = None if not password else Secret(password)
         if not url.hosts:
             raise InvalidURL("redis+sentinel:// names its sentinels: redis+sentinel://h1:26379,h2:26379/MASTER")
         self.sentinels = [(host or "127.0.0.1", port or 26379) for host, port in url.hosts]
@@ -95,20 +129,41 @@ class SentinelDriver(RedisDriver):
         self.min_replicas_timeout = url.float_option("min_replicas_timeout", 1.0, minimum=0.001)
         self._sentinel: Any = None
 
+    def _sentinel_client(self, host: str, port: int) -> aioredis.Redis:
+        """A client of one sentinel, with the sentinels' credentials and TLS."""
+        common: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "username": self._sentinel_username,
+            "password": None if self._sentinel_password is None else self._sentinel_password.reveal(),
+            "socket_timeout": self.connect_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if self._sentinel_tls is None:
+            return aioredis.Redis(**common)
+        pool = aioredis.ConnectionPool(
+            connection_class=TlsConnection,
+            tls_context=self._sentinel_tls,
+            tls_server_name=self._sentinel_server_name,
+            **common,
+        )
+        return aioredis.Redis.from_pool(pool)
+
     def _new_client(self, socket_timeout: float | None) -> aioredis.Redis:
         if self._sentinel is None:
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
-                self.sentinels,
-                sentinel_kwargs={
-                    "socket_timeout": self.connect_timeout,
-                    "socket_connect_timeout": self.connect_timeout,
-                    "retry": Retry(NoBackoff(), 0),
-                },
-            )
+            self._sentinel = Sentinel(self.sentinels, sentinel_kwargs={})  # type: ignore[no-untyped-call]
+            self._sentinel.sentinels = [self._sentinel_client(host, port) for host, port in self.sentinels]
+        tls: dict[str, Any] = {"connection_class": _MasterConnection}
+        if self._tls_context is not None:
+            tls = {
+                "connection_class": _TlsMasterConnection,
+                "tls_context": self._tls_context,
+                "tls_server_name": self._tls_server_name,
+            }
         client: aioredis.Redis = self._sentinel.master_for(
             self.service,
             redis_class=aioredis.Redis,
-            connection_class=_MasterConnection,
             db=self.db,
             username=self._kwargs["username"],
             password=None if self._password is None else Secret.reveal(self._password),
@@ -116,6 +171,7 @@ class SentinelDriver(RedisDriver):
             socket_timeout=None if socket_timeout is None else socket_timeout + self.min_replicas_timeout,
             retry=Retry(NoBackoff(), 0),
             decode_responses=False,
+            **tls,
         )
         client.connection_pool.dfdb_on_connect = self._on_connect  # type: ignore[attr-defined]
         return client
@@ -142,30 +198,49 @@ class SentinelDriver(RedisDriver):
     async def _explain_unavailable(self) -> None:
         """Turn an unreachable master into the clearest one-line reason the sentinels give."""
         reachable = 0
+        refused: DriverError | None = None
+        hung_up = False  # a sentinel that took the connection and closed it: TLS, most likely
         for host, port in self.sentinels:
-            client = aioredis.Redis(
-                host=host,
-                port=port,
-                socket_timeout=self.connect_timeout,
-                socket_connect_timeout=self.connect_timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
+            client = self._sentinel_client(host, port)
             try:
                 await client.execute_command("SENTINEL", "MASTER", self.service)  # type: ignore[no-untyped-call]
                 reachable += 1
+            except (rexc.AuthenticationError, rexc.AuthenticationWrongNumberOfArgsError, rexc.NoPermissionError) as exc:
+                refused = refused or self._sentinel_refusal(host, port, exc)
             except rexc.ResponseError as exc:
                 if "no such master" in str(exc).lower():
                     raise ConfigurationError(
                         f"{self.url}: the sentinel at {host}:{port} monitors no master named {self.service!r}"
                     ) from None
                 reachable += 1
-            except _CONNECTION_ERRORS:
+            except _CONNECTION_ERRORS as exc:
+                if tls_failure(exc) is not None:
+                    refused = refused or self._sentinel_refusal(host, port, exc)
+                hung_up = hung_up or _hung_up(exc)
                 continue
             finally:
                 await client.aclose()
+        if not reachable and refused is not None:
+            raise refused
         if not reachable:
             where = ", ".join(f"{h}:{p}" for h, p in self.sentinels)
-            raise BackendUnavailableError(f"{self.url}: no sentinel is reachable ({where})") from None
+            hint = ""
+            if hung_up and self._sentinel_tls is None:
+                hint = "; they closed the connection: if they serve TLS, add tls=true (or sentinel_tls=true)"
+            raise BackendUnavailableError(f"{self.url}: no sentinel is reachable ({where}){hint}") from None
+
+    def _sentinel_refusal(self, host: str, port: int, exc: BaseException) -> AuthenticationError:
+        """The error of a sentinel that refused the connection (credentials, ACL, certificate)."""
+        failure = tls_failure(exc)
+        if failure is not None:
+            reason = describe_tls_failure(failure)
+        elif isinstance(exc, rexc.NoPermissionError):
+            reason = f"not allowed: {exc} (the sentinel user needs SENTINEL commands)"
+        elif self._sentinel_password is None:
+            reason = "authentication failed: the sentinel requires a password and the URL gives no sentinel_password"
+        else:
+            reason = f"authentication failed: {exc}"
+        return AuthenticationError(f"{self.url}: the sentinel at {host}:{port}: {reason}")
 
     async def _close_clients(self) -> None:
         await super()._close_clients()
@@ -174,6 +249,12 @@ class SentinelDriver(RedisDriver):
                 with contextlib.suppress(Exception):
                     await client.aclose()
             self._sentinel = None
+
+    async def continues(self, identity: str, revision: int) -> bool:
+        """Whether the current master term holds the history of epoch ``identity`` up to
+        ``revision``: it follows ``identity`` through recorded terms, each holding its
+        predecessor's changes up to the counter recorded when it began."""
+        return await self._history_continues(identity, await self.identity(), revision)
 
     async def _history_continues(self, known: str, seen: str, position: int) -> bool:
         """Whether the dataset of epoch ``seen`` holds the history of epoch ``known`` up to ``position``."""
@@ -218,6 +299,12 @@ class SentinelDriver(RedisDriver):
             except Exception as exc:
                 results.append(exc)
         return results
+
+
+def _hung_up(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection the server accepted and then closed or reset."""
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(cause, ConnectionResetError | BrokenPipeError) or "closed by server" in str(exc)
 
 
 class _Waiting:

@@ -148,7 +148,8 @@ class RedisSource(ReaderTaskSource):
             return self._malformed(self._access.stream_table(stream), f"{stream} {revision}-0", revision, reason)
         if action not in ("create", "update", "delete"):
             return self._malformed(table, f"{table}/{id}", revision, f"unknown action {action!r}")
-        return RawEvent(action, table, id, topic, value, revision)  # type: ignore[arg-type]
+        # the epoch it was read in: a stream that went on into a new master term moves its cursor there
+        return RawEvent(action, table, id, topic, value, revision, self._epoch)  # type: ignore[arg-type]
 
     async def _follow(self, topics: frozenset[str | None], since: int) -> None:
         access = self._access
