@@ -51,3 +51,9 @@ class ReplicaStats:
     event with ``corrupt`` set)."""
     tables: Mapping[str, int] = field(default_factory=dict)
     """Objects held, by table."""
+    checks: int = 0
+    """Consistency checks against the database completed."""
+    divergences: int = 0
+    """Table scopes a check found different from the database (each logged at WARNING)."""
+    repaired: int = 0
+    """Objects a check repaired."""
