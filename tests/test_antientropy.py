@@ -195,3 +195,31 @@ async def test_check_settings_are_checked(nb: NbApi) -> None:
         Replica(nb, [Net], check_interval=0)
     async with Replica(nb, [Net], mode=SyncMode.REACTIVE, check_interval=None) as replica:
         assert not (await replica.check()).complete  # a reactive Replica's scope is what it fetched
+
+
+async def test_changes_in_flight_are_not_repaired(exact_nb: NbApi) -> None:
+    nb = exact_nb
+    await nb.create_many([Net(id=f"n{i}", topic="t") for i in range(40)])
+    async with Replica(nb, [Net], check_interval=None) as replica:
+        done = asyncio.Event()
+
+        async def write() -> None:
+            i = 0
+            while not done.is_set():  # updates, creates and deletes while the checks run
+                await nb.patch(Net, f"n{i % 40}", name=str(i))
+                await nb.create(Net(id=f"x{i}", topic="t"))
+                if i % 2:
+                    await nb.delete(Net, f"x{i - 1}")
+                i += 1
+
+        writer = asyncio.ensure_future(write())
+        try:
+            reports = [await replica.check(settle=WAIT) for _ in range(3)]
+        finally:
+            done.set()
+            await writer
+        assert all(r.complete for r in reports)
+        assert [r.repaired for r in reports] == [0, 0, 0]
+        assert replica.stats().divergences == 0
+        await settle(replica, await nb.create(Net(id="probe", topic="t")))
+        assert same(replica, await nb.get_all(Net), Net)
