@@ -100,12 +100,14 @@ async def test_selective_check_covers_its_topics_only(faulty_nb: NbApi) -> None:
         assert (await replica.check(settle=WAIT)).differing == 0
 
 
-async def bypass(nb: NbApi, obj: dfdb.NbModel) -> int:
-    """Write ``obj`` straight into the backend with a new revision and no change record,
-    as a tool that goes around dfdb would; returns that revision."""
+async def bypass(nb: NbApi, obj: dfdb.NbModel, value: bytes | None = None) -> int:
+    """Write ``obj`` (or the bytes ``value`` in its place) straight into the backend with a
+    new revision and no change record, as a tool that goes around dfdb would; returns that
+    revision."""
     driver = nb.driver
     table = type(obj).__table__
-    _, value, _ = encode(obj, obj.version)
+    if value is None:
+        _, value, _ = encode(obj, obj.version)
     scheme = driver.url.scheme
     if scheme == "memory":
         store = driver._open_store()  # type: ignore[attr-defined]
@@ -160,6 +162,24 @@ async def test_check_repairs_a_write_around_the_change_log(nb: NbApi) -> None:
         assert (await take(events, 1)) == [(Action.UPDATE, "n7")]
         assert same(replica, await nb.get_all(Net), Net)
         assert replica.stats().repaired == 1
+        await events.aclose()
+
+
+async def test_a_corrupt_value_is_evicted_once_not_repaired_at_every_check(nb: NbApi) -> None:
+    if not nb.exact:
+        pytest.skip("snapshot polling reads every value anyway")
+    await nb.create_many([Net(id=f"n{i}", topic="t1") for i in range(10)])
+    async with Replica(nb, [Net], check_interval=None) as replica:
+        events = replica.events()
+        held = replica.get(Net, "n3")
+        assert held is not None
+        await bypass(nb, held, b"{not json")
+        first = await replica.check(settle=0.5)
+        assert (first.repaired, replica.get(Net, "n3"), replica.stats().corrupt) == (0, None, 1)
+        gone = await asyncio.wait_for(anext(events), WAIT)
+        assert (gone.action, gone.id, gone.corrupt) == (Action.DELETE, "n3", True)
+        second = await replica.check(settle=0.5)
+        assert (second.differing, second.repaired, replica.stats().corrupt) == (0, 0, 1)
         await events.aclose()
 
 

@@ -68,7 +68,7 @@ class KeyListing:
     """The topic of each id, where the driver read it."""
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=1 << 18)
 def _id_hash(id: str) -> int:
     return int(hashlib.sha1(id.encode()).hexdigest()[:8], 16)
 

@@ -198,8 +198,12 @@ class AntiEntropy:
             return
         found: list[tuple[str, Entry | None]] = []
         for id in suspects:
-            entry = await nb._retry(functools.partial(driver.get, table, id), "get", table)
             report.trips += 1
+            try:
+                entry = await nb._retry(functools.partial(driver.get, table, id), "get", table)
+            except CorruptObjectError as exc:  # unreadable as stored: remembered, not a difference
+                self._note_corrupt(model, id, keys.revisions.get(id), keys.topics.get(id), exc)
+                continue
             if entry is not None:
                 report.values += 1
                 report.bytes += len(entry.value) + len(entry.id) + len(entry.topic or "") + 16
@@ -241,14 +245,22 @@ class AntiEntropy:
         try:
             obj = r.nb._decode_entry(model, entry)
         except CorruptObjectError as exc:
-            log.warning("replica consistency check: %s", str(exc))
-            self._corrupt[(model, id)] = (entry.revision, entry.topic)
+            self._note_corrupt(model, id, entry.revision, entry.topic, exc)
             if held is not None:
                 r._evict_corrupt(model, id, entry.revision)
             return False
         self._corrupt.pop((model, id), None)
         r._apply(model, id, obj, entry.revision)
         return True
+
+    def _note_corrupt(
+        self, model: type[NbModel], id: str, revision: int | None, topic: str | None, exc: CorruptObjectError
+    ) -> None:
+        """Remember a stored value that cannot be read, so that it is no difference next time."""
+        if (model, id) not in self._corrupt:
+            log.warning("replica consistency check: %s", str(exc))
+        if revision is not None:
+            self._corrupt[(model, id)] = (revision, topic)
 
 
 @dataclass(slots=True)
