@@ -70,7 +70,7 @@ class KeyListing:
 
 @functools.lru_cache(maxsize=1 << 18)
 def _id_hash(id: str) -> int:
-    return int(hashlib.sha1(id.encode()).hexdigest()[:8], 16)
+    return int.from_bytes(hashlib.sha1(id.encode()).digest()[:4], "big")
 
 
 def bucket_of(id: str, buckets: int) -> int:
@@ -80,7 +80,7 @@ def bucket_of(id: str, buckets: int) -> int:
 
 def entry_hash(id: str, revision: int) -> int:
     """The hash of one entry: 32 bits of ``sha1(id + "\\n" + revision)``."""
-    return int(hashlib.sha1(f"{id}\n{revision}".encode()).hexdigest()[:8], 16)
+    return int.from_bytes(hashlib.sha1(f"{id}\n{revision}".encode()).digest()[:4], "big")
 
 
 def digest_of(pairs: Iterable[tuple[str, int]], buckets: int) -> dict[int, tuple[int, int]]:
