@@ -84,7 +84,7 @@ async def test_check_repairs_dropped_events(faulty_nb: NbApi, caplog: pytest.Log
         await events.aclose()
 
 
-async def test_selective_check_covers_its_topics_only(faulty_nb: NbApi) -> None:
+async def test_selective_check_covers_its_topics_only(faulty_nb: NbApi, caplog: pytest.LogCaptureFixture) -> None:
     nb = faulty_nb
     assert isinstance(nb.driver, FaultyDriver)
     await nb.create_many([Net(id=f"a{i}", topic="mine") for i in range(10)])
@@ -94,8 +94,10 @@ async def test_selective_check_covers_its_topics_only(faulty_nb: NbApi) -> None:
         lost = await nb.create(Net(id="lost", topic="mine"))
         await settle(replica, await nb.create(Net(id="probe", topic="mine")))
         assert replica.get(Net, "lost") is None
-        report = await replica.check(settle=WAIT)
+        with caplog.at_level(logging.WARNING, logger="dfdb.replica"):
+            report = await replica.check(settle=WAIT)
         assert report.repaired == 1 and replica.get(Net, "lost") == lost
+        assert any("ae_net (topics <none>, mine)" in r.getMessage() for r in caplog.records)
         assert same(replica, await nb.get_all(Net, topic="mine"), Net)
         assert (await replica.check(settle=WAIT)).differing == 0
 

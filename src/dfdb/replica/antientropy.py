@@ -219,7 +219,7 @@ class AntiEntropy:
             log.warning(
                 "replica diverged from the database in %s (%s): %d objects differed in %d of %d buckets; repaired",
                 table,
-                "every topic" if scope is None else "topics " + ", ".join(sorted(t or "<none>" for t in scope)),
+                _describe(scope),
                 repaired,
                 len(differ),
                 n,
@@ -272,3 +272,12 @@ class _Tally:
     values: int = 0
     bytes: int = 0
     trips: int = 0
+
+
+def _describe(scope: Scope) -> str:
+    """A scope for a log line: every topic, or the first topics and how many more."""
+    if scope is None:
+        return "every topic"
+    names = sorted(t or "<none>" for t in scope)
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return "topics " + ", ".join(names[:5]) + more
