@@ -215,8 +215,24 @@ async def test_periodic_checks_run_jittered(faulty_nb: NbApi) -> None:
 async def test_check_settings_are_checked(nb: NbApi) -> None:
     with pytest.raises(ValueError, match="check_interval"):
         Replica(nb, [Net], check_interval=0)
+
+
+async def test_reactive_check_covers_the_held_objects(faulty_nb: NbApi) -> None:
+    nb = faulty_nb
+    assert isinstance(nb.driver, FaultyDriver)
+    await nb.create_many([Net(id=f"n{i}", topic="t") for i in range(20)])
     async with Replica(nb, [Net], mode=SyncMode.REACTIVE, check_interval=None) as replica:
-        assert not (await replica.check()).complete  # a reactive Replica's scope is what it fetched
+        for id in ("n1", "n2", "n3"):
+            assert await replica.fetch(Net, id) is not None
+        nb.driver.drop_next(2)
+        changed = await nb.patch(Net, "n1", name="changed")
+        await nb.delete(Net, "n2")
+        await settle(replica, await nb.patch(Net, "n3", name="probe"))
+        assert replica.get(Net, "n1") != changed and replica.get(Net, "n2") is not None
+        report = await replica.check(settle=WAIT)
+        assert report.complete and report.repaired == 2 and report.values_read == 1
+        assert replica.get(Net, "n1") == changed and replica.get(Net, "n2") is None
+        assert replica.get(Net, "n4") is None and len(replica) == 2  # not held, not fetched by the check
 
 
 async def test_changes_in_flight_are_not_repaired(exact_nb: NbApi) -> None:

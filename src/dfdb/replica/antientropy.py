@@ -17,6 +17,10 @@ One check, per model of the Replica:
    WARNING and counted in ``stats().divergences``; each object repaired in
    ``stats().repaired``.
 
+A REACTIVE Replica holds only what it fetched: its check lists the keys of its held
+objects' topics (no digest: the topics hold objects it does not) and compares the held
+ones.
+
 A change still on its way is not repaired: the waits make the Replica's position pass
 the digest's revision first, and a repair never overwrites a newer revision. Objects
 whose stored value is corrupt are remembered with their revision, so that they do not
@@ -55,10 +59,10 @@ class CheckReport:
     """What one consistency check did (``await replica.check()``)."""
 
     complete: bool
-    """Whether the check ran (a Replica relisting, changing its topics, or REACTIVE is not
-    checked)."""
+    """Whether the check ran (a Replica relisting or changing its topics is not checked)."""
     buckets: int = 0
-    """Buckets compared (each model's digest is cut into buckets_for(objects held))."""
+    """Buckets compared (each model's digest is cut into buckets_for(objects held); a
+    REACTIVE Replica lists the keys of its held objects' topics: one bucket a model)."""
     differing: int = 0
     """Buckets whose digest differed from the Replica's."""
     repaired: int = 0
@@ -107,6 +111,8 @@ class AntiEntropy:
     # ------------------------------------------------------------ one check
     def _scope(self) -> Scope:
         r = self.replica
+        if r.mode is SyncMode.REACTIVE:
+            return frozenset(r._held_topics)
         return None if r.mode is SyncMode.FULL else frozenset({None, *r.topics})
 
     def _local(self, model: type[NbModel], scope: Scope) -> dict[str, int]:
@@ -139,11 +145,19 @@ class AntiEntropy:
         """
         async with self._lock:
             r = self.replica
-            if r.mode is SyncMode.REACTIVE or not r.synced or r._lock.locked():
+            if not r.synced or r._lock.locked():
                 return CheckReport(False)
             wait = self.settle if settle is None else settle
             scope = self._scope()
             nb, driver = r.nb, r.nb.driver
+            if r.mode is SyncMode.REACTIVE:  # the held objects only: their topics' keys, compared one by one
+                report = _Tally()
+                for model in r.models:
+                    if scope and self._local(model, scope):
+                        report.buckets += 1
+                        await self._repair(model, scope, 1, {0}, wait, report)
+                self.checks += 1
+                return report.result()
             digests = []
             for model in r.models:
                 n = buckets_for(len(self._local(model, scope)))
@@ -165,10 +179,7 @@ class AntiEntropy:
                     report.differing += len(differ)
                     await self._repair(model, scope, n, differ, wait, report)
             self.checks += 1
-            return CheckReport(
-                True, report.buckets, report.differing, report.repaired, report.keys, report.values, report.bytes,
-                report.trips,
-            )  # fmt: skip
+            return report.result()
 
     async def _repair(
         self, model: type[NbModel], scope: Scope, n: int, differ: Collection[int], wait: float, report: _Tally
@@ -185,7 +196,8 @@ class AntiEntropy:
         store = r._store
         mine = {id: rev for id, rev in self._local(model, scope).items() if bucket_of(id, n) in differ}
         suspects = []
-        for id in sorted(set(mine) | set(keys.revisions)):
+        held_only = r.mode is SyncMode.REACTIVE
+        for id in sorted(set(mine) | (set() if held_only else set(keys.revisions))):
             theirs, held = keys.revisions.get(id), mine.get(id)
             if theirs == held:
                 continue
@@ -272,6 +284,11 @@ class _Tally:
     values: int = 0
     bytes: int = 0
     trips: int = 0
+
+    def result(self) -> CheckReport:
+        return CheckReport(
+            True, self.buckets, self.differing, self.repaired, self.keys, self.values, self.bytes, self.trips
+        )
 
 
 def _describe(scope: Scope) -> str:
