@@ -37,7 +37,7 @@ def row(backend: str, what: str, seconds: float, report: dfdb.replica.antientrop
 
 
 async def one(backend: str, url: str, objects: int) -> list[str]:
-    async with dfdb.connect(url) as nb:
+    async with dfdb.connect(url, timeout=300) as nb:  # a listing of 100k objects on a busy machine
         ports = [
             CheckedPort(
                 id=f"port-{i:06d}", topic=f"tenant-{i % 100}", name=f"p{i}", mac=f"fa:16:3e:{i:06x}", ips=["10.0.0.1"]

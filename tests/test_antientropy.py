@@ -224,6 +224,7 @@ async def test_reactive_check_covers_the_held_objects(faulty_nb: NbApi) -> None:
     async with Replica(nb, [Net], mode=SyncMode.REACTIVE, check_interval=None) as replica:
         for id in ("n1", "n2", "n3"):
             assert await replica.fetch(Net, id) is not None
+        await settle(replica, await nb.patch(Net, "n3", name="caught up"))  # what following replays is read
         nb.driver.drop_next(2)
         changed = await nb.patch(Net, "n1", name="changed")
         await nb.delete(Net, "n2")
