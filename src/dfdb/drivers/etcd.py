@@ -55,14 +55,17 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
+from dfdb.drivers import etcd_digest
 from dfdb.drivers.base import (
     ABSENT,
     ANY,
     Capability,
+    Digest,
     Driver,
     Entry,
     EventSource,
     Expect,
+    KeyListing,
     Listing,
     PutRequest,
 )
@@ -467,6 +470,15 @@ class EtcdDriver(Driver):
                     raise
                 # compacted between two pages: list again at a newer revision
         raise BackendUnavailableError(f"{self.url}: the listing kept being compacted")
+
+    async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
+        """From keys-only range reads of the scope (no value is read); see :mod:`~dfdb.drivers.etcd_digest`."""
+        return await etcd_digest.digest(self, table, topics, buckets)
+
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        return await etcd_digest.digest_keys(self, table, topics, buckets, wanted)
 
     def _listed(self, table: str, topic: str | None, kv: Any) -> Entry | None:
         id = bytes(kv.key).rsplit(b"/", 1)[-1].decode(errors="replace")

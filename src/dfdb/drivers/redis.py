@@ -46,14 +46,16 @@ from dfdb.drivers.base import (
     ABSENT,
     ANY,
     Capability,
+    Digest,
     Driver,
     Entry,
     EventSource,
     Expect,
+    KeyListing,
     Listing,
     PutRequest,
 )
-from dfdb.drivers.redis_scripts import COMPACT, NEW_EPOCH, WRITE
+from dfdb.drivers.redis_scripts import COMPACT, DIGEST, NEW_EPOCH, WRITE
 from dfdb.drivers.redis_streams import RedisSource
 from dfdb.drivers.redis_tls import TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
@@ -175,6 +177,7 @@ class RedisDriver(Driver):
         self._write = self._client.register_script(WRITE)
         self._new_epoch = self._client.register_script(NEW_EPOCH)
         self._compact = self._client.register_script(COMPACT)
+        self._digest = self._client.register_script(DIGEST)
         try:
             await self._check_server()
             await self.refresh_epoch()
@@ -419,6 +422,37 @@ class RedisDriver(Driver):
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         return Listing(entries, revision, self.epoch)
+
+    async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
+        """Computed by one Lua script over the scope's index sets: no key or value leaves the server."""
+        reply, size = await self._run_digest(table, topics, buckets, "")
+        sums = {int(reply[i]): (int(reply[i + 1]), int(reply[i + 2])) for i in range(2, len(reply), 3)}
+        return Digest(sums, int(reply[1]), bytes_read=size)
+
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        chosen = "," + ",".join(str(b) for b in sorted(wanted)) + ","
+        reply, size = await self._run_digest(table, topics, buckets, chosen)
+        keys = {reply[i].decode(): int(reply[i + 1]) for i in range(2, len(reply), 2)}
+        return KeyListing(keys, int(reply[1]), bytes_read=size)
+
+    async def _run_digest(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: str
+    ) -> tuple[builtins.list[Any], int]:
+        self._open_client()
+        sets = [""] if topics is None else sorted("/n" if t is None else f"/t/{t}" for t in topics)
+        try:
+            reply = await self._digest(
+                keys=[self._key("epoch"), self._key("rev")], args=[self.prefix, table, buckets, wanted, *sets]
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(self.url, exc) from None
+        except rexc.ResponseError as exc:
+            raise DriverError(f"{self.url}: the digest of {table} failed: {exc}") from None
+        if reply[0].decode() != self.epoch:
+            await self._adopt_epoch(reply[0] or None, read=False)
+        return reply, sum(len(x) if isinstance(x, bytes) else 8 for x in reply)
 
     async def watch(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["COMPACT", "NEW_EPOCH", "WRITE"]
+__all__ = ["COMPACT", "DIGEST", "NEW_EPOCH", "WRITE"]
 
 # KEYS: entry, rev, epoch   ARGV: prefix, table, id, op, expect, topic, value, maxlen, epoch
 WRITE = """
@@ -83,4 +83,35 @@ redis.call('XTRIM', KEYS[2], 'MAXLEN', 0)
 local known = tonumber(redis.call('HGET', KEYS[1], KEYS[2]) or '0')
 if last > known then redis.call('HSET', KEYS[1], KEYS[2], last) end
 return last
+"""
+
+# KEYS: epoch, rev   ARGV: prefix, table, buckets, wanted ('' = the digest; else ',B1,B2,' = the
+# keys of those buckets), then the index sets to read ('' = the table's, '/n', '/t/TOPIC')
+# Returns the epoch and revision, then per non-empty bucket: bucket, count, hash (the sum of
+# the first 32 bits of sha1(id .. '\n' .. revision), modulo 2^32); or id, revision pairs.
+# The bucket of an id is the first 32 bits of sha1(id) modulo the bucket count (dfdb.drivers.digest).
+DIGEST = """
+local prefix, tbl, n, wanted = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local counts, sums, out = {}, {}, {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0'}
+for i = 5, #ARGV do
+  for _, id in ipairs(redis.call('SMEMBERS', prefix .. '/i/' .. tbl .. ARGV[i])) do
+    local r = redis.pcall('HGET', prefix .. '/e/' .. tbl .. '/' .. id, 'r')
+    if type(r) == 'string' then
+      local b = tonumber(string.sub(redis.sha1hex(id), 1, 8), 16) % n
+      if wanted == '' then
+        counts[b] = (counts[b] or 0) + 1
+        sums[b] = ((sums[b] or 0) + tonumber(string.sub(redis.sha1hex(id .. '\\n' .. r), 1, 8), 16)) % 4294967296
+      elseif string.find(wanted, ',' .. b .. ',', 1, true) then
+        out[#out + 1] = id
+        out[#out + 1] = r
+      end
+    end
+  end
+end
+for b, c in pairs(counts) do
+  out[#out + 1] = b
+  out[#out + 1] = c
+  out[#out + 1] = sums[b]
+end
+return out
 """

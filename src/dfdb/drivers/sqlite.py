@@ -56,6 +56,7 @@ from dfdb.drivers.base import (
     check_put,
 )
 from dfdb.drivers.polling import ChangeBatch, ChangeLogPoller
+from dfdb.drivers.sqlite_digest import SqliteDigest
 from dfdb.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -110,7 +111,7 @@ class _Call:
     abandoned: threading.Event = field(default_factory=threading.Event)
 
 
-class SqliteDriver(Driver):
+class SqliteDriver(SqliteDigest, Driver):
     """The SQLite driver; see the module documentation."""
 
     capabilities = Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER

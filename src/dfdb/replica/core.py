@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -15,7 +15,9 @@ from dfdb.errors import BackendUnavailableError, NotFoundError, StreamClosedErro
 from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
 from dfdb.nb import NbApi, revision_of
 from dfdb.nbmodel import NbModel, dependency_order, reference_targets, validate_key
+from dfdb.replica.antientropy import AntiEntropy, CheckReport
 from dfdb.replica.events import EventFlow, Flag, ReplicaEvent, ReplicaEvents
+from dfdb.replica.lookups import Lookups
 from dfdb.replica.modes import ReplicaStats, SyncMode
 from dfdb.replica.pacing import RELISTS, RelistLimiter
 from dfdb.replica.relist import Keys, Listings, emit_difference, list_scope, refetch, until_done
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=NbModel)
 
 
-class Replica:
+class Replica(Lookups):
     """An indexed local copy of ``models``; use it with ``async with``.
 
     Its background work (following the change stream, reopening it) runs in a task group
@@ -51,6 +53,11 @@ class Replica:
         topicless: the models whose topic-less objects a SELECTIVE Replica lists (default:
             every model; naming only the global ones, such as ``Chassis``, spares reading
             whole tables of tenant objects to find none).
+        check_interval: seconds between consistency checks against the database (each
+            jittered by ±50 %; ``None``: only :meth:`check` when called); see
+            :mod:`dfdb.replica.antientropy`.
+        check_settle: the most seconds a check waits for the Replica to catch up with
+            the database's revision before it compares.
     """
 
     def __init__(
@@ -64,6 +71,8 @@ class Replica:
         max_pending: int = 10_000,
         relists: RelistLimiter | None = None,
         topicless: Iterable[type[NbModel]] | None = None,
+        check_interval: float | None = 60.0,
+        check_settle: float = 2.0,
     ) -> None:
         if not models:
             raise ValueError("a Replica needs at least one model")
@@ -97,6 +106,8 @@ class Replica:
         self.relist_wait = 0.0
         """Seconds its relists waited for their turn, in all."""
         self._follower = BackgroundTask("dfdb-replica")
+        self._checker = AntiEntropy(self, check_interval, check_settle)
+        self._checks = BackgroundTask("dfdb-replica-check")
         self._loading: set[str] = set()  # SELECTIVE: topics being added (followed, not loaded yet)
         self._entered = False
         self._records_read = self._bytes_read = 0  # of the stream, once closed
@@ -152,6 +163,8 @@ class Replica:
             self._synced.set()
             self._following = True
             await self._follower.start(self._follow)
+            if self._checker.interval is not None:
+                await self._checks.start(self._checker.run)
         except BaseException:
             self._stream = None
             self._following = False
@@ -169,6 +182,7 @@ class Replica:
     async def aclose(self) -> None:
         """Stop following and end the ``events()`` iterators; idempotent."""
         try:
+            await self._checks.stop()
             await self._follower.stop()
         finally:
             stream, self._stream = self._stream, None
@@ -519,52 +533,14 @@ class Replica:
         """The subscribed topics (SELECTIVE)."""
         return frozenset(self._topics)
 
-    # ------------------------------------------------------------ lookups
-    def get(self, model: type[M], id: str) -> M | None:
-        """The cached object, or ``None`` (a lookup, not a query)."""
-        held = self._store.row(model, id)
-        return held[0] if held is not None else None  # type: ignore[return-value]
-
-    def get_all(self, model: type[M], topic: str | None = None) -> list[M]:
-        """Every cached object of ``model`` (of one ``topic`` when given), sorted by id."""
-        rows = self._store.rows.get(model, {})
-        return [obj for _, (obj, _) in sorted(rows.items()) if topic is None or obj.topic == topic]  # type: ignore[misc]
-
-    def by_index(self, model: type[M], index: str | tuple[str, ...], value: Hashable) -> list[M]:
-        """The cached objects whose ``index`` (declared on the model) holds ``value``, sorted
-        by id. A list field matches each element; a multi-field index takes a tuple.
+    async def check(self, settle: float | None = None) -> CheckReport:
+        """Check the scope against the database now and repair what differs (with the usual
+        events); the periodic checks do the same. See :mod:`dfdb.replica.antientropy`.
 
         Raises:
-            KeyError: ``model`` declares no such index.
+            BackendUnavailableError: the server could not be reached.
         """
-        key = (index,) if isinstance(index, str) else tuple(index)
-        ids = self._store.lookup(model, key, value)
-        if ids is None:
-            raise KeyError(f"{model.__name__} declares no index {index!r} (indexes: {model.__indexes__})")
-        rows = self._store.rows[model]
-        return [rows[i][0] for i in ids]  # type: ignore[misc]
-
-    def get_one(self, model: type[M], index: str | tuple[str, ...], value: Hashable) -> M | None:
-        """The one cached object whose ``index`` holds ``value``, or ``None``.
-
-        Raises:
-            ValueError: more than one object matches.
-            KeyError: ``model`` declares no such index.
-        """
-        found = self.by_index(model, index, value)
-        if len(found) > 1:
-            raise ValueError(f"{len(found)} {model.__name__} objects have {index}={value!r}: {[o.id for o in found]}")
-        return found[0] if found else None
-
-    def resolve(self, ref: str, model: type[M] | None = None) -> M | None:
-        """The cached target of a reference (``Ref`` values know their model), or ``None``."""
-        target = model or getattr(ref, "target", None)
-        if target is None:
-            raise ValueError(f"cannot tell which model {ref!r} refers to; pass the model")
-        return self.get(target, ref)
-
-    def __len__(self) -> int:
-        return len(self._store)
+        return await self._checker.check(settle)
 
     def events(self) -> ReplicaEvents:
         """The changes applied from now on (subscribed when this returns), as
@@ -593,4 +569,7 @@ class Replica:
             corrupt=self.corrupt,
             stale=self._following and not self._synced.is_set(),
             relist_wait=self.relist_wait,
+            checks=self._checker.checks,
+            divergences=self._checker.divergences,
+            repaired=self._checker.repaired,
         )

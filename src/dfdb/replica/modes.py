@@ -57,3 +57,9 @@ class ReplicaStats:
     relist_wait: float = 0.0
     """Seconds its relists waited for their turn after a ``RESYNC`` (jitter and the process's
     relist rate, :mod:`dfdb.replica.pacing`), in all."""
+    checks: int = 0
+    """Consistency checks against the database completed."""
+    divergences: int = 0
+    """Table scopes a check found different from the database (each logged at WARNING)."""
+    repaired: int = 0
+    """Objects a check repaired."""
