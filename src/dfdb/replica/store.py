@@ -6,7 +6,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 
-from dfdb.nbmodel import NbModel
+from dfdb.nbmodel import NbModel, reference_targets, references
 
 __all__ = ["Row", "Store"]
 
@@ -35,6 +35,7 @@ class Store:
             for m, by_index in self._indexes.items()
         }
         self._tombstones: dict[tuple[type[NbModel], str], int] = {}
+        self._refers: dict[type[NbModel], bool] = {}  # whether a model references one held here
 
     def __contains__(self, model: object) -> bool:
         return model in self.rows
@@ -58,6 +59,17 @@ class Store:
             return True
         gone = self._tombstones.get((model, id))
         return gone is not None and gone >= revision
+
+    def missing(self, obj: NbModel) -> set[tuple[type[NbModel], str]]:
+        """The reference targets of ``obj`` (of the models held here) that are not held."""
+        model = type(obj)
+        refers = self._refers.get(model)
+        if refers is None:
+            refers = self._refers[model] = any(target in self.rows for target in references(model))
+        if not refers:
+            return set()
+        rows = self.rows
+        return {(target, ref) for target, ref in reference_targets(obj) if target in rows and ref not in rows[target]}
 
     def put(self, model: type[NbModel], id: str, obj: NbModel, revision: int) -> Row | None:
         """Hold ``obj`` at ``revision``, its index entries following its fields; returns the
