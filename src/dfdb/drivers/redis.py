@@ -33,8 +33,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import logging
+import struct
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -53,7 +54,7 @@ from dfdb.drivers.base import (
     Listing,
     PutRequest,
 )
-from dfdb.drivers.redis_scripts import COMPACT, NEW_EPOCH, WRITE
+from dfdb.drivers.redis_scripts import COMPACT, LIST_ROUND, NEW_EPOCH, WRITE
 from dfdb.drivers.redis_streams import RedisSource
 from dfdb.drivers.redis_tls import TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
@@ -114,6 +115,7 @@ class RedisDriver(Driver):
         self._write: Any = None
         self._new_epoch: Any = None
         self._compact: Any = None
+        self._list_round: Any = None
         self.epoch = ""
 
     def _client_kwargs(self, url: DatabaseURL) -> dict[str, Any]:
@@ -174,6 +176,7 @@ class RedisDriver(Driver):
         self._write = self._client.register_script(WRITE)
         self._new_epoch = self._client.register_script(NEW_EPOCH)
         self._compact = self._client.register_script(COMPACT)
+        self._list_round = self._client.register_script(LIST_ROUND)
         try:
             await self._check_server()
             await self.refresh_epoch()
@@ -381,24 +384,21 @@ class RedisDriver(Driver):
                 await self._adopt_epoch(raw_epoch, read=False)
                 if raw_epoch is None:
                     revision = 0
-            cursor = 0
-            while True:
-                cursor, ids = await client.sscan(index, cursor, count=_SCAN_BATCH)
-                if ids:
-                    pipe = client.pipeline(transaction=False)
-                    for raw_id in ids:
-                        pipe.hmget(self._key("e", table, raw_id.decode()), "r", "t", "v")
-                    for raw_id, row in zip(ids, await pipe.execute(raise_on_error=False), strict=True):
-                        try:
-                            if isinstance(row, Exception):
-                                raise CorruptObjectError(table, raw_id.decode(), f"not a dfdb entry ({row})")
-                            entry = _entry(table, raw_id.decode(), row)
-                        except CorruptObjectError as exc:
-                            log.warning("skipping %s", exc)
-                            continue
-                        if entry is not None:
-                            entries.append(entry)
-                if cursor == 0:
+            cursor: bytes | int = 0
+            entry_prefix = self._key("e", table, "")
+            while True:  # one round trip per round: SSCAN and the entries it names, in one script
+                cursor, packed = await self._list_round(keys=[index], args=[cursor, _SCAN_BATCH, entry_prefix])
+                for id, row in _unpack_round(packed):
+                    try:
+                        if row[0] == b"!":
+                            raise CorruptObjectError(table, id, f"not a dfdb entry ({(row[2] or b'').decode()})")
+                        entry = _entry(table, id, row)
+                    except CorruptObjectError as exc:
+                        log.warning("skipping %s", exc)
+                        continue
+                    if entry is not None:
+                        entries.append(entry)
+                if cursor in (b"0", 0):
                     break
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
@@ -518,6 +518,27 @@ def _glob_escape(text: str) -> str:
 def _expect_arg(expect: Expect) -> str:
     """The write script's expectation argument."""
     return "absent" if expect is ABSENT else "any" if expect is ANY else str(expect)
+
+
+_ROUND_HEAD = struct.Struct(">IIII")
+_NIL = 0xFFFFFFFF
+
+
+def _unpack_round(packed: bytes) -> Iterator[tuple[str, builtins.list[bytes | None]]]:
+    """The (id, [r, t, v]) of a listing round packed by the ``LIST_ROUND`` script."""
+    offset, end = 0, len(packed)
+    while offset < end:
+        id_size, *sizes = _ROUND_HEAD.unpack_from(packed, offset)
+        offset += _ROUND_HEAD.size + id_size
+        id = packed[offset - id_size : offset].decode()
+        fields: builtins.list[bytes | None] = []
+        for size in sizes:
+            if size == _NIL:
+                fields.append(None)
+            else:
+                fields.append(packed[offset : offset + size])
+                offset += size
+        yield id, fields
 
 
 def _entry(table: str, id: str, row: builtins.list[Any]) -> Entry | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["COMPACT", "NEW_EPOCH", "WRITE"]
+__all__ = ["COMPACT", "LIST_ROUND", "NEW_EPOCH", "WRITE"]
 
 # KEYS: entry, rev, epoch   ARGV: prefix, table, id, op, expect, topic, value, maxlen, epoch
 WRITE = """
@@ -83,4 +83,23 @@ redis.call('XTRIM', KEYS[2], 'MAXLEN', 0)
 local known = tonumber(redis.call('HGET', KEYS[1], KEYS[2]) or '0')
 if last > known then redis.call('HSET', KEYS[1], KEYS[2], last) end
 return last
+"""
+
+# KEYS: index set   ARGV: cursor, count, entry key prefix ('<prefix>/e/<table>/')
+# One round of a listing: SSCAN, then each entry it names, packed into one string (one reply
+# to parse, not four per entry): per id, four big-endian 32-bit lengths (2^32-1: nil) of the
+# id and the entry's r, t and v, then those bytes. A key that is not a hash (another
+# program's) comes as r '!' and v its error.
+LIST_ROUND = """
+local NIL = 4294967295
+local function size(x) if x then return #x end return NIL end
+local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local parts = {}
+for i, id in ipairs(scan[2]) do
+  local row = redis.pcall('HMGET', ARGV[3] .. id, 'r', 't', 'v')
+  local r, t, v
+  if row['err'] then r, t, v = '!', false, row['err'] else r, t, v = row[1], row[2], row[3] end
+  parts[i] = struct.pack('>I4I4I4I4', #id, size(r), size(t), size(v)) .. id .. (r or '') .. (t or '') .. (v or '')
+end
+return {scan[1], table.concat(parts)}
 """
