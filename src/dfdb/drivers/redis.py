@@ -55,7 +55,7 @@ from dfdb.drivers.base import (
     Listing,
     PutRequest,
 )
-from dfdb.drivers.redis_scripts import COMPACT, DIGEST, NEW_EPOCH, WRITE
+from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE, unpack_round
 from dfdb.drivers.redis_streams import RedisSource
 from dfdb.drivers.redis_tls import TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
@@ -117,6 +117,7 @@ class RedisDriver(Driver):
         self._write: Any = None
         self._new_epoch: Any = None
         self._compact: Any = None
+        self._list_round: Any = None
         self.epoch = ""
 
     def _client_kwargs(self, url: DatabaseURL) -> dict[str, Any]:
@@ -178,6 +179,7 @@ class RedisDriver(Driver):
         self._new_epoch = self._client.register_script(NEW_EPOCH)
         self._compact = self._client.register_script(COMPACT)
         self._digest = self._client.register_script(DIGEST)
+        self._list_round = self._client.register_script(LIST_ROUND)
         try:
             await self._check_server()
             await self.refresh_epoch()
@@ -400,24 +402,21 @@ class RedisDriver(Driver):
                 await self._adopt_epoch(raw_epoch, read=False)
                 if raw_epoch is None:
                     revision = 0
-            cursor = 0
-            while True:
-                cursor, ids = await client.sscan(index, cursor, count=_SCAN_BATCH)
-                if ids:
-                    pipe = client.pipeline(transaction=False)
-                    for raw_id in ids:
-                        pipe.hmget(self._key("e", table, raw_id.decode()), "r", "t", "v")
-                    for raw_id, row in zip(ids, await pipe.execute(raise_on_error=False), strict=True):
-                        try:
-                            if isinstance(row, Exception):
-                                raise CorruptObjectError(table, raw_id.decode(), f"not a dfdb entry ({row})")
-                            entry = _entry(table, raw_id.decode(), row)
-                        except CorruptObjectError as exc:
-                            log.warning("skipping %s", exc)
-                            continue
-                        if entry is not None:
-                            entries.append(entry)
-                if cursor == 0:
+            cursor: bytes | int = 0
+            entry_prefix = self._key("e", table, "")
+            while True:  # one round trip per round: SSCAN and the entries it names, in one script
+                cursor, packed = await self._list_round(keys=[index], args=[cursor, _SCAN_BATCH, entry_prefix])
+                for id, row in unpack_round(packed):
+                    try:
+                        if row[0] == b"!":
+                            raise CorruptObjectError(table, id, f"not a dfdb entry ({(row[2] or b'').decode()})")
+                        entry = _entry(table, id, row)
+                    except CorruptObjectError as exc:
+                        log.warning("skipping %s", exc)
+                        continue
+                    if entry is not None:
+                        entries.append(entry)
+                if cursor in (b"0", 0):
                     break
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["COMPACT", "DIGEST", "NEW_EPOCH", "WRITE"]
+import struct
+from collections.abc import Iterator
+
+__all__ = ["COMPACT", "DIGEST", "LIST_ROUND", "NEW_EPOCH", "WRITE", "unpack_round"]
 
 # KEYS: entry, rev, epoch   ARGV: prefix, table, id, op, expect, topic, value, maxlen, epoch
 WRITE = """
@@ -115,3 +118,43 @@ for b, c in pairs(counts) do
 end
 return out
 """
+
+# KEYS: index set   ARGV: cursor, count, entry key prefix ('<prefix>/e/<table>/')
+# One round of a listing: SSCAN, then each entry it names, packed into one string (one reply
+# to parse, not four per entry): per id, four big-endian 32-bit lengths (2^32-1: nil) of the
+# id and the entry's r, t and v, then those bytes. A key that is not a hash (another
+# program's) comes as r '!' and v its error.
+LIST_ROUND = """
+local NIL = 4294967295
+local function size(x) if x then return #x end return NIL end
+local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local parts = {}
+for i, id in ipairs(scan[2]) do
+  local row = redis.pcall('HMGET', ARGV[3] .. id, 'r', 't', 'v')
+  local r, t, v
+  if row['err'] then r, t, v = '!', false, row['err'] else r, t, v = row[1], row[2], row[3] end
+  parts[i] = struct.pack('>I4I4I4I4', #id, size(r), size(t), size(v)) .. id .. (r or '') .. (t or '') .. (v or '')
+end
+return {scan[1], table.concat(parts)}
+"""
+
+
+_ROUND_HEAD = struct.Struct(">IIII")
+_NIL = 0xFFFFFFFF
+
+
+def unpack_round(packed: bytes) -> Iterator[tuple[str, list[bytes | None]]]:
+    """The (id, [r, t, v]) of a listing round packed by the ``LIST_ROUND`` script."""
+    offset, end = 0, len(packed)
+    while offset < end:
+        id_size, *sizes = _ROUND_HEAD.unpack_from(packed, offset)
+        offset += _ROUND_HEAD.size + id_size
+        id = packed[offset - id_size : offset].decode()
+        fields: list[bytes | None] = []
+        for size in sizes:
+            if size == _NIL:
+                fields.append(None)
+            else:
+                fields.append(packed[offset : offset + size])
+                offset += size
+        yield id, fields

@@ -249,8 +249,7 @@ class Replica(Lookups):
 
     def _missing(self, obj: NbModel) -> set[tuple[type[NbModel], str]]:
         """The reference targets of ``obj`` (of the Replica's models) that it does not hold."""
-        rows = self._store.rows
-        return {(target, ref) for target, ref in reference_targets(obj) if target in rows and ref not in rows[target]}
+        return self._store.missing(obj)
 
     # ------------------------------------------------------------ following
     async def _follow(self) -> None:
