@@ -12,6 +12,7 @@ import math
 from typing import Any, NoReturn
 
 from dfdb import __version__
+from dfdb.url import MAX_SECONDS
 
 __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "DEMO_URL", "build_parser", "merge_globals"]
 
@@ -280,8 +281,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds: {text}")
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 and at most {MAX_SECONDS:g}: {text}")
     return value
 
 

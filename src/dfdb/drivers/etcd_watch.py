@@ -15,6 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import grpc
 from aetcd import rpc
 
@@ -89,6 +90,9 @@ class EtcdSource(ReaderTaskSource):
         self._writer: asyncio.Task[None] | None = None
         self._identity = access.known_identity
         self._taken: dict[tuple[int, bytes], None] = {}  # the changes buffered lately, oldest first
+        self._head = since
+        """While no watch is created (an empty scope): the store revision last read."""
+        self._grown = asyncio.Event()  # a watch was added to an empty scope
 
     def _add(self, prefix: bytes, since: int) -> _Watcher:
         watcher = _Watcher(self._next_id, prefix, since)
@@ -97,7 +101,7 @@ class EtcdSource(ReaderTaskSource):
         return watcher
 
     def _read_up_to(self) -> int:
-        return min((w.frontier for w in self._watchers.values()), default=0)
+        return min((w.frontier for w in self._watchers.values()), default=self._head)
 
     @property
     def target(self) -> str:
@@ -265,6 +269,9 @@ class EtcdSource(ReaderTaskSource):
         return revision
 
     async def _read_round(self) -> RawEvent | None:
+        if not self._watchers:
+            await self._follow_head()
+            return None
         try:
             if self._call is None:
                 await self._open_stream()
@@ -275,6 +282,16 @@ class EtcdSource(ReaderTaskSource):
         except _Compacted:
             return await self._restart_all(await self._access.current_revision())
         return None
+
+    async def _follow_head(self) -> None:
+        """A round of an empty scope (no watch, no stream): nothing to read, so caught up with
+        the store revision; then wait for a topic, at most a second. (Whether the dataset is
+        still the one followed is checked when a topic opens the stream.)"""
+        self._grown.clear()
+        revision = await self._access.current_revision()
+        self._head = max(self._head, revision)
+        with anyio.move_on_after(_HEAD_EVERY):
+            await self._grown.wait()
 
     async def _after_failure(self, exc: BaseException) -> None:
         log.debug("etcd watch on %s failed (%s); reconnecting", self._conn.target, str(exc))
@@ -296,6 +313,7 @@ class EtcdSource(ReaderTaskSource):
         await self._drop_stream(failover=False)
         self._clear_buffer()
         self._taken.clear()  # another dataset may number its changes alike
+        self._head = revision
         for watcher in self._watchers.values():
             watcher.frontier = revision
         return RawEvent.resync(revision, identity)
@@ -306,6 +324,7 @@ class EtcdSource(ReaderTaskSource):
             watcher = self._add(self._access.topic_prefix(topic), since)
             if self._call is not None:  # else the next read opens the stream with it
                 self._create(watcher)
+        self._grown.set()
 
     async def _release(self) -> None:
         writer, self._writer = self._writer, None
@@ -321,6 +340,9 @@ class EtcdSource(ReaderTaskSource):
 
 _TAKEN = 4096
 """How many recent changes an :class:`EtcdSource` remembers to drop one delivered twice."""
+
+_HEAD_EVERY = 1.0
+"""Seconds between reads of the store revision by a watch of an empty scope."""
 
 
 class _Compacted(Exception):

@@ -270,12 +270,18 @@ class Replica(Lookups):
         assert stream is not None
         backoff = Backoff()
         failures = 0
+        relist = False  # a RESYNC whose relist failed: done again before anything more is applied
         while True:
             try:
+                if relist:
+                    await self._resync()
+                relist = False
+                self._synced.set()  # also after a failed reopen: the old stream goes on
                 async for ev in stream:
+                    relist = ev.action == Action.RESYNC
                     await self._on_event(ev)
-                    # the cursor, not the event's revision: on an unordered driver an older
-                    # change of another topic may still be on its way
+                    relist = False
+                    # the cursor, not ev.revision: an unordered driver may still send older changes
                     self._position = max(self._position, parse_cursor(ev.cursor)[1])
                     self._progress.set()
                     failures = 0
@@ -292,8 +298,6 @@ class Replica(Lookups):
                 return  # closed: the Replica is closing
             except BackendUnavailableError as exc:
                 log.warning("reopening the replica stream failed (%s); retrying", str(exc))
-                continue
-            self._synced.set()
 
     async def _narrow(self) -> None:
         """Stop following the topics the stream follows beyond the Replica's scope now."""
@@ -384,8 +388,7 @@ class Replica(Lookups):
         Raises:
             StreamClosedError: the Replica stopped.
         """
-        # a relist in progress (after a RESYNC) has emptied the scope: it is not caught up,
-        # whatever position an earlier load reached
+        # a relist in progress (after a RESYNC) is not caught up, whatever position a load reached
         while not self._synced.is_set() or self._applied_up_to() < revision:
             if not self._following:
                 raise StreamClosedError(f"the replica stopped before revision {revision}: {self._failure}")
@@ -416,9 +419,8 @@ class Replica(Lookups):
         async with self._lock:
             if topic in self._topics or self._stream is None:
                 return
-            # follow first, from the stream's own position, then list: every change after
-            # that position arrives (applied meanwhile: the topic is loading), and the
-            # listings (taken later) are never newer than it
+            # follow from the stream's own position, then list: every change after it arrives
+            # (applied meanwhile: the topic is loading); the listings are never newer than it
             self._loading.add(topic)
             try:
                 await self._stream.add_topics({topic}, since=self._stream.cursor)
@@ -542,12 +544,11 @@ class Replica(Lookups):
         return await self._checker.check(settle)
 
     def events(self) -> ReplicaEvents:
-        """The changes applied from now on (subscribed when this returns), as
-        :class:`ReplicaEvent`, an object's event after those of the objects it references.
-        Pending changes of one key are merged (a create then an update is one create); a
-        consumer with more than ``max_pending`` keys pending gets one ``RESYNC`` instead of
-        them, and should read the state again. It ends when the Replica closes; close it
-        with ``aclose``."""
+        """The changes applied from now on (subscribed when this returns), as :class:`ReplicaEvent`,
+        an object's event after those of the objects it references. Pending changes of one key
+        are merged (a create then an update is one create); a consumer with more than
+        ``max_pending`` keys pending gets one ``RESYNC`` instead of them, and should read the
+        state again. It ends when the Replica closes; close it with ``aclose``."""
         return self._flow.subscribe()
 
     def stats(self) -> ReplicaStats:
