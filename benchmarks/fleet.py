@@ -84,6 +84,7 @@ def chart(files: list[Path]) -> str:
         )
         out.append(f'<line x1="{x0 + pad}" y1="{pad - 10}" x2="{x0 + pad}" y2="{h - pad + 10}" stroke="black"/>')
         out.append(f'<text x="{x0 + 5}" y="{py(top / 1.1) + 4:.0f}">{top / 1.1:.0f}</text>')
+        out.append(f'<text x="{x0 + 30}" y="{py(0) + 4:.0f}">0</text>')
         out += [f'<text x="{px(n) - 10:.0f}" y="{h - pad + 25}">{n}</text>' for n in sizes]
         out.append(f'<text x="{x0 + w / 2 - 30:.0f}" y="{h}">controllers</text>')
         for j, (backend, points) in enumerate(sorted(runs.items())):
