@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "fleet"
 
@@ -38,8 +40,62 @@ def main() -> int:
                 scen = figures["scenarios"]
                 times = ", ".join(f"{k} {v['converged_s']}s" for k, v in scen.items() if "converged_s" in v)
                 print(f"{backend:6} {size:5}: converged: {times}", flush=True)
-    print(table(sorted(OUT.glob("*.json"))))
+    runs = sorted(OUT.glob("*.json"))
+    print(table(runs))
+    CHART.write_text(chart(runs))
+    if shutil.which("convert"):  # ImageMagick: the PNG beside the SVG
+        subprocess.run(["convert", str(CHART), str(CHART.with_suffix(".png"))], check=False)
     return 1 if failed else 0
+
+
+CHART = OUT.parent / "scale-chart.svg"
+COLOURS = {"redis": "#c0392b", "etcd": "#2471a3", "zk": "#1e8449"}
+
+
+def chart(files: list[Path]) -> str:
+    """An SVG chart of the runs in ``files``: time to converge after a history loss and at a
+    cold start, and the server's peak CPU after a history loss, against the controllers."""
+    runs: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for f in files:
+        r = json.loads(f.read_text())
+        runs.setdefault(r["backend"], []).append((r["config"]["controllers"], r["scenarios"]))
+    panels = [
+        ("history lost: seconds to converge", lambda s: s.get("history", {}).get("converged_s")),
+        ("cold start: seconds to converge", lambda s: s.get("cold", {}).get("converged_s")),
+        ("history lost: peak server CPU, %", lambda s: s.get("history", {}).get("peak_server_cpu_pct")),
+    ]
+    sizes = sorted({n for points in runs.values() for n, _ in points}) or [1]
+    w, h, pad = 300, 220, 45
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w * len(panels)}" height="{h + 30}" font-size="11">']
+    for i, (title, pick) in enumerate(panels):
+        x0 = i * w
+        values = [v for points in runs.values() for _, s in points if (v := pick(s)) is not None]
+        top = max(values, default=1) * 1.1 or 1
+
+        def px(n: int, x0: int = x0) -> float:
+            return x0 + pad + (w - 2 * pad) * (sizes.index(n) / max(len(sizes) - 1, 1))
+
+        def py(v: float, top: float = top) -> float:
+            return h - pad + 10 - (h - 2 * pad) * v / top
+
+        out.append(f'<text x="{x0 + pad}" y="15" font-weight="bold">{title}</text>')
+        out.append(
+            f'<line x1="{x0 + pad}" y1="{h - pad + 10}" x2="{x0 + w - pad}" y2="{h - pad + 10}" stroke="black"/>'
+        )
+        out.append(f'<line x1="{x0 + pad}" y1="{pad - 10}" x2="{x0 + pad}" y2="{h - pad + 10}" stroke="black"/>')
+        out.append(f'<text x="{x0 + 5}" y="{py(top / 1.1) + 4:.0f}">{top / 1.1:.0f}</text>')
+        out.append(f'<text x="{x0 + 30}" y="{py(0) + 4:.0f}">0</text>')
+        out += [f'<text x="{px(n) - 10:.0f}" y="{h - pad + 25}">{n}</text>' for n in sizes]
+        out.append(f'<text x="{x0 + w / 2 - 30:.0f}" y="{h}">controllers</text>')
+        for j, (backend, points) in enumerate(sorted(runs.items())):
+            pts = [(px(n), py(v)) for n, s in sorted(points) if (v := pick(s)) is not None]
+            colour = COLOURS.get(backend, "black")
+            line = " ".join(f"{x:.0f},{y:.0f}" for x, y in pts)
+            out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
+            out += [f'<circle cx="{x:.0f}" cy="{y:.0f}" r="3" fill="{colour}"/>' for x, y in pts]
+            out.append(f'<text x="{x0 + w - pad - 40}" y="{pad + 14 * j}" fill="{colour}">{backend}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
 
 
 def table(files: list[Path]) -> str:
