@@ -163,7 +163,7 @@ def _flat(values: Iterable[object]) -> list[Hashable]:
             continue
         if isinstance(item, _COLLECTIONS):
             out += _flat(item)
-        elif isinstance(item, Hashable):
+        elif type(item).__hash__ is not None:  # as isinstance(item, Hashable), without the ABC's cost
             out.append(item)
     return out
 
@@ -183,7 +183,7 @@ def keys_of(index: tuple[str, ...]) -> KeysOf:
                 return _path_values(value, rest)
             if isinstance(value, _COLLECTIONS):
                 return _flat(value)
-            return (value,) if isinstance(value, Hashable) else ()
+            return (value,) if type(value).__hash__ is not None else ()
 
         return one
 
