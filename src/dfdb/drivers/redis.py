@@ -55,6 +55,7 @@ from dfdb.drivers.base import (
     Listing,
     PutRequest,
 )
+from dfdb.drivers.digest import MOD
 from dfdb.drivers.redis_scripts import COMPACT, DIGEST, NEW_EPOCH, WRITE
 from dfdb.drivers.redis_streams import RedisSource
 from dfdb.drivers.redis_tls import TlsConnection
@@ -77,6 +78,8 @@ __all__ = ["RedisDriver"]
 log = logging.getLogger(__name__)
 
 _SCAN_BATCH = 1000
+_DIGEST_SLICE = 2000
+"""Ids the digest script reads per call (each call blocks the server for a few ms)."""
 
 _CONNECTION_ERRORS = (
     rexc.ConnectionError,
@@ -408,35 +411,56 @@ class RedisDriver(Driver):
         return Listing(entries, revision, self.epoch)
 
     async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
-        """Computed by one Lua script over the scope's index sets: no key or value leaves the server."""
-        reply, size = await self._run_digest(table, topics, buckets, "")
-        sums = {int(reply[i]): (int(reply[i + 1]), int(reply[i + 2])) for i in range(2, len(reply), 3)}
-        return Digest(sums, int(reply[1]), bytes_read=size)
+        """Computed by a Lua script over the scope's index sets, a slice at a time: no key or
+        value leaves the server."""
+        sums: dict[int, tuple[int, int]] = {}
+        revision, size, trips = await self._run_digest(table, topics, buckets, "", 3, sums.__setitem__, sums.get)
+        return Digest(sums, revision, bytes_read=size, round_trips=trips)
 
     async def digest_keys(
         self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
     ) -> KeyListing:
+        keys: dict[str, int] = {}
         chosen = "," + ",".join(str(b) for b in sorted(wanted)) + ","
-        reply, size = await self._run_digest(table, topics, buckets, chosen)
-        keys = {reply[i].decode(): int(reply[i + 1]) for i in range(2, len(reply), 2)}
-        return KeyListing(keys, int(reply[1]), bytes_read=size)
+        revision, size, trips = await self._run_digest(table, topics, buckets, chosen, 2, keys.__setitem__, keys.get)
+        return KeyListing(keys, revision, bytes_read=size, round_trips=trips)
 
     async def _run_digest(
-        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: str
-    ) -> tuple[builtins.list[Any], int]:
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: str, width: int,
+        put: Any, get: Any,
+    ) -> tuple[int, int, int]:  # fmt: skip
+        """Run the digest script over each index set of the scope, slice by slice; each bucket
+        (``width`` 3) or key (``width`` 2) of a reply goes to ``put``. Returns the revision
+        after the last slice, the bytes received and the calls made."""
         self._open_client()
         sets = [""] if topics is None else sorted("/n" if t is None else f"/t/{t}" for t in topics)
-        try:
-            reply = await self._digest(
-                keys=[self._key("epoch"), self._key("rev")], args=[self.prefix, table, buckets, wanted, *sets]
-            )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(self.url, exc) from None
-        except rexc.ResponseError as exc:
-            raise DriverError(f"{self.url}: the digest of {table} failed: {exc}") from None
-        if reply[0].decode() != self.epoch:
-            await self._adopt_epoch(reply[0] or None, read=False)
-        return reply, sum(len(x) if isinstance(x, bytes) else 8 for x in reply)
+        revision = size = trips = 0
+        for suffix in sets:
+            cursor = "0"
+            while True:
+                try:
+                    reply = await self._digest(
+                        keys=[self._key("epoch"), self._key("rev")],
+                        args=[self.prefix, table, buckets, wanted, suffix, cursor, _DIGEST_SLICE],
+                    )
+                except _CONNECTION_ERRORS as exc:
+                    raise _unavailable(self.url, exc) from None
+                except rexc.ResponseError as exc:
+                    raise DriverError(f"{self.url}: the digest of {table} failed: {exc}") from None
+                if reply[0].decode() != self.epoch:
+                    await self._adopt_epoch(reply[0] or None, read=False)
+                revision, trips = int(reply[1]), trips + 1
+                size += sum(len(x) if isinstance(x, bytes) else 8 for x in reply)
+                for i in range(3, len(reply), width):
+                    if width == 2:
+                        put(reply[i].decode(), int(reply[i + 1]))
+                    else:  # a slice's sums add up (an id met twice by SSCAN only costs a closer look)
+                        count, total = get(int(reply[i]), (0, 0))
+                        put(int(reply[i]), (count + int(reply[i + 1]), (total + int(reply[i + 2])) % MOD))
+                cursor = reply[2].decode()
+                if cursor == "0":
+                    break
+        return revision, size, trips
 
     async def watch(
         self,

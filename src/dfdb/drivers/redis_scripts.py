@@ -86,25 +86,27 @@ return last
 """
 
 # KEYS: epoch, rev   ARGV: prefix, table, buckets, wanted ('' = the digest; else ',B1,B2,' = the
-# keys of those buckets), then the index sets to read ('' = the table's, '/n', '/t/TOPIC')
-# Returns the epoch and revision, then per non-empty bucket: bucket, count, hash (the sum of
-# the first 32 bits of sha1(id .. '\n' .. revision), modulo 2^32); or id, revision pairs.
-# The bucket of an id is the first 32 bits of sha1(id) modulo the bucket count (dfdb.drivers.digest).
+# keys of those buckets), the index set to read ('' = the table's, '/n', '/t/TOPIC'), an SSCAN
+# cursor and count: one slice of the set per call, so that no call blocks the server for long.
+# Returns the epoch, the revision and the next cursor, then per non-empty bucket of the slice:
+# bucket, count, hash (the sum of the first 32 bits of sha1(id .. '\\n' .. revision), modulo
+# 2^32); or id, revision pairs. The bucket of an id is the first 32 bits of sha1(id) modulo the
+# bucket count (dfdb.drivers.digest).
 DIGEST = """
 local prefix, tbl, n, wanted = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local counts, sums, out = {}, {}, {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0'}
-for i = 5, #ARGV do
-  for _, id in ipairs(redis.call('SMEMBERS', prefix .. '/i/' .. tbl .. ARGV[i])) do
-    local r = redis.pcall('HGET', prefix .. '/e/' .. tbl .. '/' .. id, 'r')
-    if type(r) == 'string' then
-      local b = tonumber(string.sub(redis.sha1hex(id), 1, 8), 16) % n
-      if wanted == '' then
-        counts[b] = (counts[b] or 0) + 1
-        sums[b] = ((sums[b] or 0) + tonumber(string.sub(redis.sha1hex(id .. '\\n' .. r), 1, 8), 16)) % 4294967296
-      elseif string.find(wanted, ',' .. b .. ',', 1, true) then
-        out[#out + 1] = id
-        out[#out + 1] = r
-      end
+local scan = redis.call('SSCAN', prefix .. '/i/' .. tbl .. ARGV[5], ARGV[6], 'COUNT', ARGV[7])
+local counts, sums = {}, {}
+local out = {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0', scan[1]}
+for _, id in ipairs(scan[2]) do
+  local r = redis.pcall('HGET', prefix .. '/e/' .. tbl .. '/' .. id, 'r')
+  if type(r) == 'string' then
+    local b = tonumber(string.sub(redis.sha1hex(id), 1, 8), 16) % n
+    if wanted == '' then
+      counts[b] = (counts[b] or 0) + 1
+      sums[b] = ((sums[b] or 0) + tonumber(string.sub(redis.sha1hex(id .. '\\n' .. r), 1, 8), 16)) % 4294967296
+    elseif string.find(wanted, ',' .. b .. ',', 1, true) then
+      out[#out + 1] = id
+      out[#out + 1] = r
     end
   end
 end
