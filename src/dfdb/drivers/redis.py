@@ -33,6 +33,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import logging
+import struct
 import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -78,8 +79,8 @@ __all__ = ["RedisDriver"]
 log = logging.getLogger(__name__)
 
 _SCAN_BATCH = 1000
-_DIGEST_SLICE = 2000
-"""Ids the digest script reads per call (each call blocks the server for a few ms)."""
+_DIGEST_SLICE = 5000
+"""Ids the digest script reads per call (each call holds the server for about 10 ms)."""
 
 _CONNECTION_ERRORS = (
     rexc.ConnectionError,
@@ -414,7 +415,7 @@ class RedisDriver(Driver):
         """Computed by a Lua script over the scope's index sets, a slice at a time: no key or
         value leaves the server."""
         sums: dict[int, tuple[int, int]] = {}
-        revision, size, trips = await self._run_digest(table, topics, buckets, "", 3, sums.__setitem__, sums.get)
+        revision, size, trips = await self._run_digest(table, topics, buckets, "", 1, sums.__setitem__, sums.get)
         return Digest(sums, revision, bytes_read=size, round_trips=trips)
 
     async def digest_keys(
@@ -430,7 +431,7 @@ class RedisDriver(Driver):
         put: Any, get: Any,
     ) -> tuple[int, int, int]:  # fmt: skip
         """Run the digest script over each index set of the scope, slice by slice; each bucket
-        (``width`` 3) or key (``width`` 2) of a reply goes to ``put``. Returns the revision
+        (``width`` 1: packed) or key (``width`` 2) of a reply goes to ``put``. Returns the revision
         after the last slice, the bytes received and the calls made."""
         self._open_client()
         sets = [""] if topics is None else sorted("/n" if t is None else f"/t/{t}" for t in topics)
@@ -451,12 +452,13 @@ class RedisDriver(Driver):
                     await self._adopt_epoch(reply[0] or None, read=False)
                 revision, trips = int(reply[1]), trips + 1
                 size += sum(len(x) if isinstance(x, bytes) else 8 for x in reply)
-                for i in range(3, len(reply), width):
-                    if width == 2:
+                if width == 2:
+                    for i in range(3, len(reply), 2):
                         put(reply[i].decode(), int(reply[i + 1]))
-                    else:  # a slice's sums add up (an id met twice by SSCAN only costs a closer look)
-                        count, total = get(int(reply[i]), (0, 0))
-                        put(int(reply[i]), (count + int(reply[i + 1]), (total + int(reply[i + 2])) % MOD))
+                else:  # a slice's sums add up (an id met twice by SSCAN only costs a closer look)
+                    for b, count, total in struct.iter_unpack(">HII", reply[3]):
+                        held, held_total = get(b, (0, 0))
+                        put(b, (held + count, (held_total + total) % MOD))
                 cursor = reply[2].decode()
                 if cursor == "0":
                     break

@@ -88,9 +88,10 @@ return last
 # KEYS: epoch, rev   ARGV: prefix, table, buckets, wanted ('' = the digest; else ',B1,B2,' = the
 # keys of those buckets), the index set to read ('' = the table's, '/n', '/t/TOPIC'), an SSCAN
 # cursor and count: one slice of the set per call, so that no call blocks the server for long.
-# Returns the epoch, the revision and the next cursor, then per non-empty bucket of the slice:
-# bucket, count, hash (the sum of the first 32 bits of sha1(id .. '\\n' .. revision), modulo
-# 2^32); or id, revision pairs. The bucket of an id is the first 32 bits of sha1(id) modulo the
+# Returns the epoch, the revision and the next cursor, then either one string packing, per
+# non-empty bucket of the slice, its number (16 bits), count and hash (32 bits each, big-endian;
+# the hash is the sum of the first 32 bits of sha1(id .. '\\n' .. revision), modulo 2^32), or
+# id, revision pairs. The bucket of an id is the first 32 bits of sha1(id) modulo the
 # bucket count (dfdb.drivers.digest).
 DIGEST = """
 local prefix, tbl, n, wanted = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -110,10 +111,8 @@ for _, id in ipairs(scan[2]) do
     end
   end
 end
-for b, c in pairs(counts) do
-  out[#out + 1] = b
-  out[#out + 1] = c
-  out[#out + 1] = sums[b]
-end
+local packed = {}
+for b, c in pairs(counts) do packed[#packed + 1] = struct.pack('>HII', b, c, sums[b]) end
+if wanted == '' then out[4] = table.concat(packed) end
 return out
 """
