@@ -33,6 +33,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import logging
+import struct
 import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -43,8 +44,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from dfdb.drivers.base import (
-    ABSENT,
-    ANY,
     Capability,
     Digest,
     Driver,
@@ -55,7 +54,8 @@ from dfdb.drivers.base import (
     Listing,
     PutRequest,
 )
-from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE, unpack_round
+from dfdb.drivers.digest import MOD
+from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE, entry_of, expect_arg, unpack_round
 from dfdb.drivers.redis_streams import RedisSource
 from dfdb.drivers.redis_tls import TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
@@ -78,6 +78,8 @@ __all__ = ["RedisDriver"]
 log = logging.getLogger(__name__)
 
 _SCAN_BATCH = 1000
+_DIGEST_SLICE = 5000
+"""Ids the digest script reads per call (each call holds the server for about 10 ms)."""
 
 _CONNECTION_ERRORS = (
     rexc.ConnectionError,
@@ -288,7 +290,7 @@ class RedisDriver(Driver):
             raise _unavailable(self.url, exc) from None
         except rexc.ResponseError as exc:  # e.g. another program wrote a string there
             raise CorruptObjectError(table, id, f"not a dfdb entry ({exc})") from None
-        return _entry(table, id, row)
+        return entry_of(table, id, row)
 
     async def _run_write(
         self, table: str, id: str, op: str, expect: str, topic: str, value: bytes
@@ -320,7 +322,7 @@ class RedisDriver(Driver):
         for _ in range(3):
             pipe = client.pipeline(transaction=False)
             for w in writes:
-                exp = _expect_arg(w.expect)
+                exp = expect_arg(w.expect)
                 await self._write(  # queues EVALSHA on the pipeline
                     keys=[self._key("e", w.table, w.id), self._key("rev"), self._key("epoch")],
                     args=[self.prefix, w.table, w.id, "put", exp, w.topic or "", w.value, self.maxlen, self.epoch],
@@ -381,7 +383,7 @@ class RedisDriver(Driver):
         raise DriverError(f"{self.url}: unexpected reply {status!r} from the write script")
 
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
-        exp = _expect_arg(expect)
+        exp = expect_arg(expect)
         return (await self._run_write(table, id, "put", exp, topic or "", value))[0]
 
     async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
@@ -410,7 +412,7 @@ class RedisDriver(Driver):
                     try:
                         if row[0] == b"!":
                             raise CorruptObjectError(table, id, f"not a dfdb entry ({(row[2] or b'').decode()})")
-                        entry = _entry(table, id, row)
+                        entry = entry_of(table, id, row)
                     except CorruptObjectError as exc:
                         log.warning("skipping %s", exc)
                         continue
@@ -423,35 +425,57 @@ class RedisDriver(Driver):
         return Listing(entries, revision, self.epoch)
 
     async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
-        """Computed by one Lua script over the scope's index sets: no key or value leaves the server."""
-        reply, size = await self._run_digest(table, topics, buckets, "")
-        sums = {int(reply[i]): (int(reply[i + 1]), int(reply[i + 2])) for i in range(2, len(reply), 3)}
-        return Digest(sums, int(reply[1]), bytes_read=size)
+        """Computed by a Lua script over the scope's index sets, a slice at a time: no key or
+        value leaves the server."""
+        sums: dict[int, tuple[int, int]] = {}
+        revision, size, trips = await self._run_digest(table, topics, buckets, "", 1, sums.__setitem__, sums.get)
+        return Digest(sums, revision, bytes_read=size, round_trips=trips)
 
     async def digest_keys(
         self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
     ) -> KeyListing:
+        keys: dict[str, int] = {}
         chosen = "," + ",".join(str(b) for b in sorted(wanted)) + ","
-        reply, size = await self._run_digest(table, topics, buckets, chosen)
-        keys = {reply[i].decode(): int(reply[i + 1]) for i in range(2, len(reply), 2)}
-        return KeyListing(keys, int(reply[1]), bytes_read=size)
+        revision, size, trips = await self._run_digest(table, topics, buckets, chosen, 2, keys.__setitem__, keys.get)
+        return KeyListing(keys, revision, bytes_read=size, round_trips=trips)
 
     async def _run_digest(
-        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: str
-    ) -> tuple[builtins.list[Any], int]:
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: str, width: int,
+        put: Any, get: Any,
+    ) -> tuple[int, int, int]:  # fmt: skip
+        """Run the digest script over each index set of the scope, slice by slice; each bucket
+        (``width`` 1: packed) or key (``width`` 2) of a reply goes to ``put``. Returns the revision
+        after the last slice, the bytes received and the calls made."""
         self._open_client()
         sets = [""] if topics is None else sorted("/n" if t is None else f"/t/{t}" for t in topics)
-        try:
-            reply = await self._digest(
-                keys=[self._key("epoch"), self._key("rev")], args=[self.prefix, table, buckets, wanted, *sets]
-            )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(self.url, exc) from None
-        except rexc.ResponseError as exc:
-            raise DriverError(f"{self.url}: the digest of {table} failed: {exc}") from None
-        if reply[0].decode() != self.epoch:
-            await self._adopt_epoch(reply[0] or None, read=False)
-        return reply, sum(len(x) if isinstance(x, bytes) else 8 for x in reply)
+        revision = size = trips = 0
+        for suffix in sets:
+            cursor = "0"
+            while True:
+                try:
+                    reply = await self._digest(
+                        keys=[self._key("epoch"), self._key("rev")],
+                        args=[self.prefix, table, buckets, wanted, suffix, cursor, _DIGEST_SLICE],
+                    )
+                except _CONNECTION_ERRORS as exc:
+                    raise _unavailable(self.url, exc) from None
+                except rexc.ResponseError as exc:
+                    raise DriverError(f"{self.url}: the digest of {table} failed: {exc}") from None
+                if reply[0].decode() != self.epoch:
+                    await self._adopt_epoch(reply[0] or None, read=False)
+                revision, trips = int(reply[1]), trips + 1
+                size += sum(len(x) if isinstance(x, bytes) else 8 for x in reply)
+                if width == 2:
+                    for i in range(3, len(reply), 2):
+                        put(reply[i].decode(), int(reply[i + 1]))
+                else:  # a slice's sums add up (an id met twice by SSCAN only costs a closer look)
+                    for b, count, total in struct.iter_unpack(">HII", reply[3]):
+                        held, held_total = get(b, (0, 0))
+                        put(b, (held + count, (held_total + total) % MOD))
+                cursor = reply[2].decode()
+                if cursor == "0":
+                    break
+        return revision, size, trips
 
     async def watch(
         self,
@@ -562,18 +586,3 @@ class _SourceAccess:
 def _glob_escape(text: str) -> str:
     """``text`` matched literally by a ``SCAN MATCH`` pattern."""
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-def _expect_arg(expect: Expect) -> str:
-    """The write script's expectation argument."""
-    return "absent" if expect is ABSENT else "any" if expect is ANY else str(expect)
-
-
-def _entry(table: str, id: str, row: builtins.list[Any]) -> Entry | None:
-    """An entry from ``HMGET r t v``; ``None`` when absent."""
-    if row[0] is None:
-        return None
-    try:
-        return Entry(table, id, row[1].decode() or None if row[1] is not None else None, row[2] or b"", int(row[0]))
-    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
-        raise CorruptObjectError(table, id, f"malformed dfdb entry ({exc})") from None

@@ -1,11 +1,16 @@
-"""The Lua scripts of the Redis driver: each write, epoch change and compaction runs as one script."""
+"""The Lua scripts of the Redis driver (each write, epoch change and compaction runs as one
+script), and the encoding of their arguments and replies."""
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["COMPACT", "DIGEST", "LIST_ROUND", "NEW_EPOCH", "WRITE", "unpack_round"]
+from dfdb.drivers.base import ABSENT, ANY, Entry, Expect
+from dfdb.errors import CorruptObjectError
+
+__all__ = ["COMPACT", "DIGEST", "LIST_ROUND", "NEW_EPOCH", "WRITE", "entry_of", "expect_arg", "unpack_round"]
 
 # KEYS: entry, rev, epoch   ARGV: prefix, table, id, op, expect, topic, value, maxlen, epoch
 WRITE = """
@@ -89,33 +94,34 @@ return last
 """
 
 # KEYS: epoch, rev   ARGV: prefix, table, buckets, wanted ('' = the digest; else ',B1,B2,' = the
-# keys of those buckets), then the index sets to read ('' = the table's, '/n', '/t/TOPIC')
-# Returns the epoch and revision, then per non-empty bucket: bucket, count, hash (the sum of
-# the first 32 bits of sha1(id .. '\n' .. revision), modulo 2^32); or id, revision pairs.
-# The bucket of an id is the first 32 bits of sha1(id) modulo the bucket count (dfdb.drivers.digest).
+# keys of those buckets), the index set to read ('' = the table's, '/n', '/t/TOPIC'), an SSCAN
+# cursor and count: one slice of the set per call, so that no call blocks the server for long.
+# Returns the epoch, the revision and the next cursor, then either one string packing, per
+# non-empty bucket of the slice, its number (16 bits), count and hash (32 bits each, big-endian;
+# the hash is the sum of the first 32 bits of sha1(id .. '\\n' .. revision), modulo 2^32), or
+# id, revision pairs. The bucket of an id is the first 32 bits of sha1(id) modulo the
+# bucket count (dfdb.drivers.digest).
 DIGEST = """
 local prefix, tbl, n, wanted = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local counts, sums, out = {}, {}, {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0'}
-for i = 5, #ARGV do
-  for _, id in ipairs(redis.call('SMEMBERS', prefix .. '/i/' .. tbl .. ARGV[i])) do
-    local r = redis.pcall('HGET', prefix .. '/e/' .. tbl .. '/' .. id, 'r')
-    if type(r) == 'string' then
-      local b = tonumber(string.sub(redis.sha1hex(id), 1, 8), 16) % n
-      if wanted == '' then
-        counts[b] = (counts[b] or 0) + 1
-        sums[b] = ((sums[b] or 0) + tonumber(string.sub(redis.sha1hex(id .. '\\n' .. r), 1, 8), 16)) % 4294967296
-      elseif string.find(wanted, ',' .. b .. ',', 1, true) then
-        out[#out + 1] = id
-        out[#out + 1] = r
-      end
+local scan = redis.call('SSCAN', prefix .. '/i/' .. tbl .. ARGV[5], ARGV[6], 'COUNT', ARGV[7])
+local counts, sums = {}, {}
+local out = {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0', scan[1]}
+for _, id in ipairs(scan[2]) do
+  local r = redis.pcall('HGET', prefix .. '/e/' .. tbl .. '/' .. id, 'r')
+  if type(r) == 'string' then
+    local b = tonumber(string.sub(redis.sha1hex(id), 1, 8), 16) % n
+    if wanted == '' then
+      counts[b] = (counts[b] or 0) + 1
+      sums[b] = ((sums[b] or 0) + tonumber(string.sub(redis.sha1hex(id .. '\\n' .. r), 1, 8), 16)) % 4294967296
+    elseif string.find(wanted, ',' .. b .. ',', 1, true) then
+      out[#out + 1] = id
+      out[#out + 1] = r
     end
   end
 end
-for b, c in pairs(counts) do
-  out[#out + 1] = b
-  out[#out + 1] = c
-  out[#out + 1] = sums[b]
-end
+local packed = {}
+for b, c in pairs(counts) do packed[#packed + 1] = struct.pack('>HII', b, c, sums[b]) end
+if wanted == '' then out[4] = table.concat(packed) end
 return out
 """
 
@@ -158,3 +164,18 @@ def unpack_round(packed: bytes) -> Iterator[tuple[str, list[bytes | None]]]:
                 fields.append(packed[offset : offset + size])
                 offset += size
         yield id, fields
+
+
+def expect_arg(expect: Expect) -> str:
+    """The write script's expectation argument."""
+    return "absent" if expect is ABSENT else "any" if expect is ANY else str(expect)
+
+
+def entry_of(table: str, id: str, row: list[Any]) -> Entry | None:
+    """An entry from ``HMGET r t v``; ``None`` when absent."""
+    if row[0] is None:
+        return None
+    try:
+        return Entry(table, id, row[1].decode() or None if row[1] is not None else None, row[2] or b"", int(row[0]))
+    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+        raise CorruptObjectError(table, id, f"malformed dfdb entry ({exc})") from None
