@@ -55,14 +55,25 @@ class EtcdSource(ReaderTaskSource):
 
     ``position`` says up to where every change has been returned: the lowest
     frontier of the watches, below anything still buffered. A watch's frontier moves
-    with its own events and progress notifications; and since etcd sends the events
-    of the watches of one stream that are in sync in revision order, an event at
-    revision ``r`` of one watch also moves every other in-sync watch to ``r`` (each
-    revision changes one data key). A watch is known to be in sync when it was
-    created above the store's revision, or once a reply of its own says so (its
-    header revision is its last event's, or a progress notification). Events read
-    together are merged in revision order; a watch catching up (after a reconnect,
-    or a topic just added) may deliver older revisions after newer ones of another.
+    with its own replies: events sent as they happen carry their own revision; the
+    history of a watch catching up (after a reconnect, from a cursor, or a topic just
+    added) comes in batches whose header is the store's revision, and a batch of fewer
+    than etcd's 1000 revisions is the whole history up to it; a progress notification
+    carries the revision the watch is at. Since etcd sends the events of the watches of
+    one stream that are in sync in revision order, an event at revision ``r`` of one
+    watch also moves every other in-sync watch to ``r`` (each revision changes one data
+    key). A watch is known to be in sync when it was created above the store's
+    revision, or once a reply of its own says so.
+
+    The watches catch up on their own, each in its own batches, so one watch may send
+    newer revisions before another sends older ones: an object deleted under one topic
+    and created again under another would arrive newest first, and its older changes
+    would then be dropped as duplicates of the newer one. So a buffered event is
+    returned only once every watch is past its revision (:meth:`_release_up_to`): the
+    merge is in revision order, and the cursor of each event is its own revision. A
+    watch with nothing to catch up says so only with etcd's next progress notification
+    (``--experimental-watch-progress-notify-interval``), which is as long as the other
+    watches' events may wait after a reconnect.
     The stream is read by the source's reader task and written by its writer task
     (requests queued in order): gRPC ends the whole stream when a read or a write is
     cancelled, so no caller of the source reads or writes the stream itself, and
@@ -102,6 +113,9 @@ class EtcdSource(ReaderTaskSource):
 
     def _read_up_to(self) -> int:
         return min((w.frontier for w in self._watchers.values()), default=self._head)
+
+    def _release_up_to(self) -> int:
+        return self._read_up_to()
 
     @property
     def target(self) -> str:
@@ -223,10 +237,16 @@ class EtcdSource(ReaderTaskSource):
         self.records_read += len(reply.events)
         self.bytes_read += reply.ByteSize()
         last = watcher.frontier
+        revisions: set[int] = set()
         for ev in reply.events:
-            last = max(last, self._take(watcher, ev))
-        if header == last:  # sent as it happened, not from history
+            revision = self._take(watcher, ev)
+            revisions.add(revision)
+            last = max(last, revision)
+        if header >= last and len(revisions) < _BATCH_REVISIONS:
+            # sent as it happened (the header is the event's revision), or the whole history
+            # of a watch catching up, which etcd then sends as it happens
             watcher.synced = True
+            last = header
         self._reached(watcher, last)
 
     def _take(self, watcher: _Watcher, ev: Any) -> int:
@@ -337,6 +357,10 @@ class EtcdSource(ReaderTaskSource):
         finally:
             await self._conn.close()
 
+
+_BATCH_REVISIONS = 1000
+"""etcd sends the history of a watch catching up in batches of at most this many revisions;
+a batch that has fewer is all of it, up to the batch's header revision."""
 
 _TAKEN = 4096
 """How many recent changes an :class:`EtcdSource` remembers to drop one delivered twice."""
