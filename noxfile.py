@@ -73,12 +73,15 @@ TLS_URLS = [
 
 @nox.session(python=PYTHON)
 def tls(session: nox.Session) -> None:
-    """The conformance suite over TLS on every server backend (not part of the default run)."""
+    """The conformance suite over TLS on every server backend, and the TLS refusals that need
+    servers of their own: expired certificates, TLS and plain mixed up (not part of the default run)."""
     session.install("-e", ".[all]", *DEV)
     urls = [arg for url in TLS_URLS for arg in ("--dfdb-url", url)]
     # the unreadable-record test writes its record through a plain client of its own
     unreadable = ("-k", "not unreadable_change_record")
     session.run("pytest", "tests/test_conformance.py", *urls, *unreadable, *session.posargs)
+    # refusals at the edges, each on servers of its own (slow: ZooKeeper starts a JVM each time)
+    session.run("pytest", "tests/test_tls_refusals.py", *session.posargs, env={"DFDB_TLS": "1"})
 
 
 @nox.session(python=PYTHON)
@@ -132,6 +135,14 @@ def bench(session: nox.Session) -> None:
     """The benchmarks (not part of the default run); writes docs/benchmarks.md."""
     session.install("-e", ".[all]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fleet(session: nox.Session) -> None:
+    """The fleet simulator on Redis and etcd at several sizes (not part of the default run);
+    keeps each run's figures in docs/fleet/. Arguments go to benchmarks/fleet.py."""
+    session.install("-e", ".[all]")
+    session.run("python", "benchmarks/fleet.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -7,8 +7,9 @@ The cases and the raw baselines are described in ``dfdb.bench``; the servers are
 started here on loopback (as the tests do). ``--quick`` is a smoke test, not a
 measurement. The reports are rewritten after each backend; ``--update`` keeps the rows
 of the backends not run this time (from the JSON file). Also runs the SQLite
-change-log polling benchmark (``sqlite_polling.py``) and, with redis, the Sentinel
-benchmark (``sentinel.py``: min_replicas and failover).
+change-log polling benchmark (``sqlite_polling.py``), unless ``--quick`` the TLS cost of
+the server backends run (``tls_cost.py``), and with redis the Sentinel benchmark
+(``sentinel.py``: min_replicas and failover).
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def main() -> int:
     shown = " ".join(["benchmarks/sqlite_polling.py", *polling[2:]])
     with out.open("a") as f:
         f.write(f"\n## SQLite change-log polling\n\n`python {shown}`\n\n{report}\n")
+    servers = [b for b in backends if b in ("redis", "etcd", "zookeeper")]
+    if servers and not args.quick:  # the TLS cost: its own servers, plain and TLS-only
+        tls = [sys.executable, str(HERE / "tls_cost.py"), "--backends", ",".join(servers)]
+        if args.repeat is not None:
+            tls += ["--repeat", str(args.repeat)]
+        report = subprocess.run(tls, capture_output=True, text=True, check=True).stdout.strip()
+        with out.open("a") as f:
+            f.write(f"\n{report}\n")
     if "redis" in backends:
         sentinel = [sys.executable, str(HERE / "sentinel.py")]
         if args.quick:

@@ -154,22 +154,57 @@ async def test_outcome_unknown_after_a_timeout_names_the_reason() -> None:
     assert str(info.value).endswith("no answer within 0.2s"), str(info.value)
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -1.0, 0.0, -math.inf])
-def test_nan_infinite_and_negative_durations_are_refused(value: float) -> None:
-    with pytest.raises(dfdb.ConfigurationError, match="timeout"):
+@pytest.mark.parametrize("value", [math.nan, math.inf, -1.0, 0.0, -math.inf, 1e12])
+def test_nan_infinite_negative_and_huge_durations_are_refused(value: float) -> None:
+    timeout_range = "timeout=.* is out of range: it must be above 0 and at most 86400 seconds"
+    interval_range = "poll_interval=.* is out of range: it must be above 0 and at most 3600 seconds"
+    with pytest.raises(dfdb.ConfigurationError, match=timeout_range):
         dfdb.connect("memory://", timeout=value)
-    with pytest.raises(dfdb.ConfigurationError, match="poll_interval"):
+    with pytest.raises(dfdb.ConfigurationError, match=interval_range):
         dfdb.connect("memory://", poll_interval=value)
-    with pytest.raises(dfdb.ConfigurationError, match="timeout"):
+    with pytest.raises(dfdb.ConfigurationError, match=timeout_range):
         dfdb.NbApi(MemoryDriver(dfdb.DatabaseURL.parse("memory://")), timeout=value)
+    with pytest.raises(dfdb.ConfigurationError, match=interval_range):
+        dfdb.NbApi(MemoryDriver(dfdb.DatabaseURL.parse("memory://")), poll_interval=value)
 
 
-@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "abc", "-1"])
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "abc", "-1", "0", "1e12"])
 def test_bad_durations_in_the_url_are_refused_even_when_a_keyword_wins(text: str) -> None:
-    with pytest.raises(dfdb.InvalidURL, match="timeout"):
+    with pytest.raises(dfdb.InvalidURL, match=r"timeout.*above 0 and at most 86400 seconds"):
         dfdb.connect(f"memory://?timeout={text}", timeout=5)
-    with pytest.raises(dfdb.InvalidURL, match="poll_interval"):
+    with pytest.raises(dfdb.InvalidURL, match=r"poll_interval.*above 0 and at most 3600 seconds"):
         dfdb.connect(f"memory://?poll_interval={text}", poll_interval=1)
+
+
+_DRIVER_OPTIONS = {
+    "memory://x": {"history": "count"},
+    "sqlite:///x.db": {"poll_interval": "s", "log_size": "count", "log_age": "s", "busy_timeout": "s"},
+    "redis://h/0": {"maxlen": "count", "block": "s", "connect_timeout": "s"},
+    "etcd://h/p": {"timeout": "s", "keepalive": "s", "keepalive_timeout": "s", "page": "count", "window": "count"},
+    "zk://h/p": {
+        "session_timeout": "s",
+        "timeout": "s",
+        "bucket_size": "count",
+        "keep": "count",
+        "idle": "s",
+        "window": "count",
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("url", "option", "value"),
+    [
+        (url, option, value)
+        for url, options in _DRIVER_OPTIONS.items()
+        for option, kind in options.items()
+        for value in (["nan", "inf", "-1", "1e12"] if kind == "s" else ["-1", str(10**12), "1e3"])
+    ],
+)
+def test_absurd_driver_options_are_refused_naming_the_option_and_its_range(url: str, option: str, value: str) -> None:
+    refused = rf"option {option}=\S+ (is out of range: it must be|is not an) .*(from|above) "
+    with pytest.raises(dfdb.InvalidURL, match=refused):
+        dfdb.connect(f"{url}?{option}={value}")
 
 
 async def test_url_options_reach_a_driver_that_reads_them(tmp_path: Path) -> None:

@@ -56,6 +56,20 @@ def test_demo_with_replicas(mode: str) -> None:
     assert "result: every controller converged" in out and out.count(" yes") == 3
 
 
+def test_selective_demo_holds_and_reads_a_fraction() -> None:
+    result = dfdb_cmd("demo", "--mode", "selective", "--tenants", "6", "--changes", "300")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    total = int(next(line for line in lines if line.startswith("topology:")).split("; ")[1].split()[0])
+    rows = [line.split() for line in lines if line.startswith("controller-")]
+    assert len(rows) == 3
+    for row in rows:  # name, events, objects, held, records read, read, converged
+        assert 0 < int(row[2]) < total and row[3] == f"{100 * int(row[2]) / total:.0f}%"
+        assert int(row[5].rstrip("%")) < 100 and row[6] == "yes"
+    assert sum(int(row[2]) for row in rows) < 2 * total  # every tenant on one chassis: the chassis are shared
+    assert "each controller holds" in result.stdout
+
+
 def test_demo_in_polling_mode() -> None:
     result = dfdb_cmd("--db", "memory://?notifications=poll&poll_interval=0.02", "demo", "--changes", "200")
     assert result.returncode == 0, result.stderr

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 import dfdb
-from dfdb.events import parse_cursor
+from dfdb.events import Action, parse_cursor
 from dfdb.servers import EtcdServer, free_port
 from dfdb.testing.chaos import run_stepped
 from watching import Watcher, check_server_run, serve, watchers
@@ -271,6 +271,34 @@ async def test_topic_watch_reads_only_its_topics(single: EtcdServer) -> None:
         assert stream.records_read == 40
         # the cursor covers every change of both topics: both watches are in sync
         assert parse_cursor(stream.cursor)[1] >= mine[-1].revision
+
+
+async def test_a_key_that_moved_topic_keeps_its_order_when_a_stream_catches_up(single: EtcdServer) -> None:
+    """A stream of two topics resumed from a cursor: each topic's watch catches up on its
+    own, and etcd sends a watch's history in batches of at most 1000 revisions, so the
+    topic-less watch's history arrives before the end of t0's. A key created in t0,
+    deleted, and created again without a topic still arrives in order, every change of it
+    (none dropped as an older duplicate of its last one), and each event's cursor is its
+    own revision (a stream resumed from it repeats nothing)."""
+    async with dfdb.connect(single.url + "/moved", timeout=30) as nb:
+        async with nb.watch(Port, topics={"t0", None}) as stream:
+            start = stream.cursor
+        filler = await nb.create_many([Port(id=f"f{n}", topic="t0") for n in range(1000)])
+        assert not [r for r in filler if isinstance(r, Exception)]
+        first = await nb.create(Port(id="k", topic="t0"))
+        await nb.delete(Port, "k")
+        again = await nb.create(Port(id="k"))
+        async with nb.watch(Port, topics={"t0", None}, since=start) as stream:
+            events = []
+            async with asyncio.timeout(20):
+                while parse_cursor(stream.cursor)[1] < (dfdb.revision_of(again) or 0):
+                    with contextlib.suppress(TimeoutError):  # a quiet watch moves on with progress notifications
+                        events.append(await asyncio.wait_for(anext(stream), 0.5))
+        moved = [(ev.action, ev.revision) for ev in events if ev.id == "k"]
+        assert [action for action, _ in moved] == [Action.CREATE, Action.DELETE, Action.CREATE], moved
+        assert (moved[0][1], moved[2][1]) == (dfdb.revision_of(first), dfdb.revision_of(again))
+        assert [ev.revision for ev in events] == sorted(ev.revision for ev in events)
+        assert [parse_cursor(ev.cursor)[1] for ev in events] == [ev.revision for ev in events]
 
 
 async def test_a_cancelled_write_never_lands_after_the_caller_returned(single: EtcdServer) -> None:

@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict
 import dfdb
 from dfdb import Action, NbApi, Replica, SyncMode, revision_of
 from dfdb.codec import encode
-from dfdb.drivers import ABSENT, EventSource, RawEvent, register_driver
+from dfdb.drivers import ABSENT, EventSource, Listing, RawEvent, register_driver
 from dfdb.drivers.memory import MemoryDriver
+from dfdb.retry import Backoff
 from dfdb.testing.faults import FaultyDriver
 from dfdb.url import DatabaseURL
 
@@ -868,3 +869,55 @@ async def test_add_topic_never_lets_wait_for_pass_a_change_not_applied() -> None
                 await replica.wait_for(revision_of(patched) or 0)
             held = replica.get(Vm, "k0")
             assert held is not None and held.n == 1
+
+
+class OutageDriver(MemoryDriver):
+    """A memory backend that refuses the next ``lists`` listings and ``watches`` new watches
+    (a server gone for a moment); ``spent`` is set once every refusal was made."""
+
+    def __init__(self, url: DatabaseURL) -> None:
+        super().__init__(url)
+        self.lists = self.watches = 0
+        self.spent = asyncio.Event()
+
+    def _refuse(self, what: str) -> None:
+        left = getattr(self, what) - 1
+        setattr(self, what, left)
+        if self.lists <= 0 and self.watches <= 0:
+            self.spent.set()
+        raise dfdb.BackendUnavailableError(f"{what}: the server is away")
+
+    async def list(self, table: str, topic: str | None = None) -> Listing:
+        if self.lists > 0:
+            self._refuse("lists")
+        return await super().list(table, topic)
+
+    async def watch(
+        self, tables: Collection[str], topics: Collection[str | None] | None = None, since: int | None = None
+    ) -> EventSource:
+        if self.watches > 0:
+            self._refuse("watches")
+        return await super().watch(tables, topics, since)
+
+
+async def test_a_resync_whose_relist_and_reopen_failed_is_relisted_once_the_server_is_back() -> None:
+    """A RESYNC arrives while the server is away: its relist fails, and so does the reopen of
+    the stream after it (the old stream goes on). The Replica relists again before it applies
+    anything more, and counts itself synced again: it equals the database and ``wait_for``
+    returns. (It stayed unsynced for good, so ``wait_for`` never returned, and the relist was
+    never done again: what the lost history held stayed missing.)"""
+    driver = OutageDriver(DatabaseURL.parse("memory://?history=5"))
+    # one try per call: a refused listing or watch fails the call at once
+    async with dfdb.NbApi(driver, timeout=1, backoff=Backoff(initial=5, maximum=5)) as nb:
+        await nb.create(Net(id="old", topic="t"))
+        async with Replica(nb, [Net]) as replica:
+            driver.lists = driver.watches = 1
+            for i in range(20):  # straight through the driver, which never yields: history is lost
+                _, value, _ = encode(Net(id=f"n{i}", topic="t"), 1)
+                await driver.put(Net.__table__, f"n{i}", "t", value, ABSENT)
+            await driver.delete(Net.__table__, "old")
+            await asyncio.wait_for(driver.spent.wait(), WAIT)
+            probe = await nb.create(Net(id="probe", topic="t"))
+            await settle(replica, probe)
+            assert {n.id for n in replica.get_all(Net)} == {o.id for o in await nb.get_all(Net)}
+            assert replica.stats().resyncs >= 2

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 import dfdb
 from dfdb.certs import make_local_ca
@@ -79,6 +80,25 @@ async def test_a_namespace_user_cannot_touch_another_namespace(tls_redis: RedisS
     assert SECRET not in str(info.value)
 
 
+async def test_a_namespace_user_cannot_write_into_another_namespace(tls_redis: RedisServer) -> None:
+    async with dfdb.connect(_url(tls_redis, user="bob", ns="ns-bob")) as nb:
+        await nb.create(LogicalSwitch(id="b2", name="bob's"))
+    with pytest.raises(dfdb.AuthenticationError, match="not allowed") as info:
+        async with dfdb.connect(_url(tls_redis, ns="ns-bob"), timeout=5) as nb:
+            await nb.create(LogicalSwitch(id="b2", name="alice's"))
+    assert SECRET not in str(info.value)
+    assert tls_redis.ca is not None
+    alice = aioredis.Redis(host="127.0.0.1", port=tls_redis.port, ssl=True, ssl_ca_certs=str(tls_redis.ca.ca_file),
+                           username="alice", password=SECRET)  # fmt: skip
+    try:  # nor by hand: the ACL refuses any key of the other prefix
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await alice.set("ns-bob/anything", b"x")
+    finally:
+        await alice.aclose()
+    async with dfdb.connect(_url(tls_redis, user="bob", ns="ns-bob")) as nb:
+        assert (await nb.get(LogicalSwitch, "b2")).name == "bob's"
+
+
 @pytest.mark.parametrize("revoke", [("ACL", "DELUSER"), ("ACL", "SETUSER", "resetkeys", "resetchannels")])
 async def test_credentials_revoked_mid_stream_end_the_stream_with_one_error(
     tls_redis: RedisServer, revoke: tuple[str, ...]
@@ -139,11 +159,13 @@ async def test_an_expired_server_certificate_is_refused(tmp_path: Path, tls_redi
         server.stop()
 
 
-async def test_plain_redis_to_a_tls_port_is_a_clear_error(tls_redis: RedisServer) -> None:
+async def test_plain_redis_to_a_tls_port_is_a_clear_error_at_once(tls_redis: RedisServer) -> None:
     url = f"redis://alice:{quote(SECRET, safe='')}@127.0.0.1:{tls_redis.port}/0?prefix=ns-alice"
-    with pytest.raises(dfdb.BackendUnavailableError, match=f"127.0.0.1:{tls_redis.port}") as info:
-        async with dfdb.connect(url, timeout=1):
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(dfdb.AuthenticationError, match="speaks TLS only on this port") as info:
+        async with dfdb.connect(url, timeout=30):
             pass
+    assert asyncio.get_running_loop().time() - started < 5  # not retried until the timeout
     assert SECRET not in str(info.value)
 
 
@@ -189,8 +211,8 @@ async def test_server_run_tls_prints_a_url_that_serves_over_tls() -> None:
         assert url.startswith("rediss://127.0.0.1:") and "ca_file=" in url, line
         async with dfdb.connect(url) as nb:
             await nb.create(LogicalSwitch(id="dev"))
-        with pytest.raises(dfdb.BackendUnavailableError):  # TLS only
-            async with dfdb.connect(url.replace("rediss://", "redis://").split("?")[0], timeout=1):
+        with pytest.raises(dfdb.AuthenticationError, match="speaks TLS only"):
+            async with dfdb.connect(url.replace("rediss://", "redis://").split("?")[0], timeout=10):
                 pass
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -63,6 +63,17 @@ async def test_another_user_cannot_read_a_namespace(tls_zookeeper: ZooKeeperServ
     assert SECRET not in str(info.value)
 
 
+async def test_another_user_cannot_write_into_a_namespace(tls_zookeeper: ZooKeeperServer) -> None:
+    async with dfdb.connect(_url(tls_zookeeper, "ns-b", user="bob")) as nb:
+        await nb.create(LogicalSwitch(id="b2", name="bob's"))
+    with pytest.raises(dfdb.AuthenticationError, match="not allowed") as info:
+        async with dfdb.connect(_url(tls_zookeeper, "ns-b")) as nb:
+            await nb.create(LogicalSwitch(id="b2", name="alice's"))
+    assert SECRET not in str(info.value)
+    async with dfdb.connect(_url(tls_zookeeper, "ns-b", user="bob")) as nb:
+        assert (await nb.get(LogicalSwitch, "b2")).name == "bob's"
+
+
 async def test_a_wrong_ca_is_refused(tls_zookeeper: ZooKeeperServer, tmp_path: Path) -> None:
     assert tls_zookeeper.ca is not None
     other = make_local_ca(tmp_path / "other")

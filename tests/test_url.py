@@ -35,7 +35,7 @@ def test_typed_options() -> None:
     url = DatabaseURL.parse("memory://x?history=abc&n=-1")
     with pytest.raises(dfdb.InvalidURL, match="history"):
         url.int_option("history", 1)
-    with pytest.raises(dfdb.InvalidURL, match="at least"):
+    with pytest.raises(dfdb.InvalidURL, match="from 0 to"):
         url.int_option("n", 1, minimum=0)
     assert url.int_option("absent", 7) == 7
 
@@ -51,3 +51,20 @@ def test_float_options_must_be_finite(text: str) -> None:
     url = DatabaseURL.parse(f"etcd://h?timeout={text}")
     with pytest.raises(dfdb.InvalidURL, match="timeout"):
         url.float_option("timeout", 3.0)
+
+
+@pytest.mark.parametrize("text", ["1e12", "86400.5", "-0.5", "0"])
+def test_float_options_out_of_range_name_the_option_and_the_range(text: str) -> None:
+    url = DatabaseURL.parse(f"etcd://h?timeout={text}")
+    refused = r"^option timeout=\S+ is out of range: it must be above 0 and at most 86400 seconds$"
+    with pytest.raises(dfdb.InvalidURL, match=refused):
+        url.float_option("timeout", 3.0, positive=True)
+    assert DatabaseURL.parse("etcd://h?timeout=86400").float_option("timeout", 3.0, positive=True) == 86400.0
+
+
+def test_int_options_out_of_range_name_the_option_and_the_range() -> None:
+    url = DatabaseURL.parse(f"memory://x?history={10**12}&page=1e3")
+    with pytest.raises(dfdb.InvalidURL, match=r"history=1000000000000 is out of range: it must be from 1 to 2\d+$"):
+        url.int_option("history", 10, minimum=1)
+    with pytest.raises(dfdb.InvalidURL, match=r"page='1e3' is not an integer \(from 1 to 2147483647\)"):
+        url.int_option("page", 10, minimum=1)

@@ -36,7 +36,9 @@ class LocalCA:
         return text
 
 
-def make_local_ca(folder: Path, *, name: str = "dfdb", days: int = 30, expired: bool = False) -> LocalCA:
+def make_local_ca(
+    folder: Path, *, name: str = "dfdb", days: int = 30, expired: bool = False, expired_client: bool = False
+) -> LocalCA:
     """Write a CA, a server and a client certificate into ``folder``.
 
     Args:
@@ -44,6 +46,7 @@ def make_local_ca(folder: Path, *, name: str = "dfdb", days: int = 30, expired: 
         name: a word put in the certificates' names.
         days: how long the certificates are valid.
         expired: make server and client certificates that expired yesterday (for tests).
+        expired_client: make only the client certificate one that expired yesterday (for tests).
 
     Raises:
         MissingDependencyError: ``cryptography`` is not installed.
@@ -61,8 +64,8 @@ def make_local_ca(folder: Path, *, name: str = "dfdb", days: int = 30, expired: 
 
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
-    start, end = (now - datetime.timedelta(days=2), now - datetime.timedelta(days=1)) if expired else (
-        now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days))  # fmt: skip
+    valid = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days))
+    past = (now - datetime.timedelta(days=2), now - datetime.timedelta(days=1))
 
     def key() -> Any:
         return ec.generate_private_key(ec.SECP256R1())
@@ -95,7 +98,8 @@ def make_local_ca(folder: Path, *, name: str = "dfdb", days: int = 30, expired: 
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(common_name: str, usages: list[Any], names: list[Any]) -> tuple[bytes, bytes]:
+    def leaf(common_name: str, usages: list[Any], names: list[Any], *, gone: bool) -> tuple[bytes, bytes]:
+        start, end = past if gone else valid
         k = key()
         builder = (
             x509.CertificateBuilder()
@@ -118,8 +122,9 @@ def make_local_ca(folder: Path, *, name: str = "dfdb", days: int = 30, expired: 
         "localhost",
         [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],  # etcd dials itself with it
         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        gone=expired,
     )
-    client = leaf(f"{name}-client", [ExtendedKeyUsageOID.CLIENT_AUTH], [])
+    client = leaf(f"{name}-client", [ExtendedKeyUsageOID.CLIENT_AUTH], [], gone=expired or expired_client)
     return LocalCA(
         write(folder / "ca.pem", ca.public_bytes(serialization.Encoding.PEM)),
         write(folder / "server.pem", server[0]),

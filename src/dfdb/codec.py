@@ -89,7 +89,8 @@ def decode(model: type[M], id: str, topic: str | None, value: bytes, revision: i
 def revision_of(obj: NbModel) -> int | None:
     """The backend revision at which ``obj`` was read or written by an :class:`NbApi`
     (``None`` for an object built by hand). Pass it to ``Replica.wait_for``."""
-    origin = obj._dfdb_origin
+    private = obj.__pydantic_private__  # read directly: the attribute hook costs more than the rest
+    origin = private.get("_dfdb_origin") if private else None
     return origin[0] if origin is not None else None
 
 

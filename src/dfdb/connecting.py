@@ -9,7 +9,7 @@ from dfdb.drivers import driver_class
 from dfdb.drivers.base import Capability, Driver
 from dfdb.errors import ConfigurationError, InvalidURL
 from dfdb.nb import NbApi, Notifications
-from dfdb.url import DatabaseURL, positive_seconds
+from dfdb.url import MAX_POLL_INTERVAL, DatabaseURL, positive_seconds
 
 __all__ = ["connect"]
 
@@ -46,7 +46,9 @@ def connect(
 
     Raises:
         InvalidURL, UnknownDriverError, MissingDependencyError: a configuration mistake
-            (also a ``nan``, infinite, zero or negative ``timeout`` or ``poll_interval``).
+            (also a ``timeout`` or ``poll_interval`` that is not a finite number of
+            seconds above 0 and at most a day, an hour for ``poll_interval``: the
+            message names the option and its range).
     """
     parsed = DatabaseURL.parse(url).with_credentials()
     if parsed.scheme in _LOCAL_SCHEMES and (parsed.username is not None or parsed.password is not None):
@@ -55,9 +57,11 @@ def connect(
     if mode not in ("auto", "native", "poll"):
         raise ConfigurationError(f"notifications must be auto, native or poll, not {mode!r}")
     # the URL's values are checked even when a keyword argument wins
-    url_interval = parsed.float_option("poll_interval", 0.5)
-    url_limit = parsed.float_option("timeout", 10.0)
-    interval = positive_seconds("poll_interval", poll_interval if poll_interval is not None else url_interval)
+    url_interval = parsed.float_option("poll_interval", 0.5, maximum=MAX_POLL_INTERVAL, positive=True)
+    url_limit = parsed.float_option("timeout", 10.0, positive=True)
+    interval = positive_seconds(
+        "poll_interval", poll_interval if poll_interval is not None else url_interval, MAX_POLL_INTERVAL
+    )
     limit = positive_seconds("timeout", timeout if timeout is not None else url_limit)
     driver = _build_driver(parsed.without_options("notifications"))
     if mode == "native" and not driver.capabilities & (Capability.NATIVE_STREAM | Capability.CHANGE_LOG):

@@ -66,6 +66,9 @@ class DemoConfig:
     """``stream`` (each controller a ChangeStream), or a Replica mode: ``full``,
     ``selective`` (tenants with a port on the controller's chassis) or ``reactive``
     (the controller's own ports, fetched)."""
+    spread: int = 1
+    """The chassis each tenant's ports sit on (tenants are laid round the chassis), so a
+    selective controller holds only the tenants with a port on its chassis."""
 
 
 @dataclass
@@ -151,6 +154,7 @@ class _Writer:
         self.created = 0
         self.ports: dict[str, LogicalPort] = {}
         self.chassis: list[str] = []
+        self.homes: dict[str, list[str]] = {}  # tenant -> the chassis its ports sit on
         self.switches: dict[str, list[str]] = {}
         self.groups: dict[str, list[str]] = {}
 
@@ -179,6 +183,8 @@ class _Writer:
             self.chassis.append((await self.create(ch)).id)
         for t in range(cfg.tenants):
             topic = f"tenant-{t}"
+            spread = min(cfg.spread, len(self.chassis))
+            self.homes[topic] = [self.chassis[(t * spread + k) % len(self.chassis)] for k in range(spread)]
             qos = await self.create(QosPolicy(id=f"qos-{t}", topic=topic, max_kbps=10_000 * (t + 1)))
             sg = await self.create(
                 SecurityGroup(
@@ -226,7 +232,7 @@ class _Writer:
             lswitch=f"ls-{t}-{s}",
             ips=(ipaddress.ip_address(f"10.{t}.{s}.{p + 10}"),),
             macs=(_mac(t, s, p + 1),),
-            binding=PortBinding(chassis=self.rng.choice(self.chassis)),
+            binding=PortBinding(chassis=self.rng.choice(self.homes[topic])),
             security_groups=tuple(self.groups.get(topic, ())),
             device_owner="compute:nova",
         )
@@ -242,7 +248,8 @@ class _Writer:
             if roll < 0.6:
                 new = port.model_copy(update={"name": f"vm-{n}", "enabled": not port.enabled})
             elif roll < 0.9:
-                new = port.model_copy(update={"binding": PortBinding(chassis=self.rng.choice(self.chassis))})
+                home = self.homes[port.topic or ""]
+                new = port.model_copy(update={"binding": PortBinding(chassis=self.rng.choice(home))})
             else:
                 await self.delete(LogicalPort, port_id)
                 del self.ports[port_id]
@@ -408,6 +415,10 @@ def _ms(values: Sequence[float], q: float) -> str:
     return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.2f}"
 
 
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
 def _print_summary(nb: NbApi, cfg: DemoConfig, result: DemoResult, objects: int, out: TextIO) -> None:
     mode = "native stream" if nb.exact else f"snapshot polling every {nb.poll_interval:g}s"
     rate = result.writes / result.write_seconds if result.write_seconds else 0.0
@@ -424,7 +435,9 @@ def _print_summary(nb: NbApi, cfg: DemoConfig, result: DemoResult, objects: int,
     )
     print(file=out)
     if cfg.mode != "stream":
-        header = f"{'controller':<14} {'events':>8} {'objects':>8} {'records read':>14}  converged"
+        header = (
+            f"{'controller':<14} {'events':>8} {'objects':>8} {'held':>6} {'records read':>14} {'read':>6}  converged"
+        )
         print(f"controllers: {cfg.mode} replicas; the database holds {objects} objects, "
               f"{result.writes} change records were written", file=out)  # fmt: skip
         print(header, file=out)
@@ -432,8 +445,20 @@ def _print_summary(nb: NbApi, cfg: DemoConfig, result: DemoResult, objects: int,
         for c in result.controllers:
             verdict = "yes" if c.converged else f"NO ({c.diff})"
             read = "-" if c.records_read is None else f"{c.records_read:,}"
-            print(f"{c.name:<14} {c.events:>8} {c.objects:>8} {read:>14}  {verdict}", file=out)
-        print(f"{'database':<14} {result.writes:>8} {objects:>8} {'':>14}", file=out)
+            share = "-" if c.records_read is None else _pct(c.records_read, result.writes)
+            part = _pct(c.objects, objects)
+            print(f"{c.name:<14} {c.events:>8} {c.objects:>8} {part:>6} {read:>14} {share:>6}  {verdict}", file=out)
+        print(
+            f"{'database':<14} {result.writes:>8} {objects:>8} {'100%':>6} {result.writes:>14,} {'100%':>6}", file=out
+        )
+        n = len(result.controllers) or 1
+        held = sum(c.objects for c in result.controllers) / n
+        read_avg = sum(c.records_read or 0 for c in result.controllers) / n
+        print(
+            f"each controller holds {_pct(held, objects)} of the objects and reads {_pct(read_avg, result.writes)} "
+            f"of the change records on average",
+            file=out,
+        )
     else:
         header = f"{'controller':<14} {'events':>8} {'objects':>8} {'p50 ms':>8} {'p99 ms':>8}  converged"
         print(header, file=out)

@@ -43,7 +43,7 @@ from dfdb.events import ChangeStream, DriverOpener, format_cursor, parse_cursor
 from dfdb.metrics.stats import NbCounters, NbStats
 from dfdb.nbmodel import NbModel, validate_key
 from dfdb.retry import Backoff, checkpoint_if_cancelled, gather_outcomes, run_to_completion
-from dfdb.url import DatabaseURL, positive_seconds
+from dfdb.url import MAX_POLL_INTERVAL, DatabaseURL, positive_seconds
 
 __all__ = ["ListResult", "NbApi", "Notifications", "revision_of"]
 
@@ -88,7 +88,7 @@ class NbApi:
         self.driver = driver
         """The driver underneath (for driver authors and tools)."""
         self.notifications = notifications
-        self.poll_interval = positive_seconds("poll_interval", poll_interval)
+        self.poll_interval = positive_seconds("poll_interval", poll_interval, MAX_POLL_INTERVAL)
         self.timeout = positive_seconds("timeout", timeout)
         self.backoff = backoff or Backoff()
         self._counters = NbCounters(self)

@@ -17,14 +17,24 @@ Every server driver takes the same options, with the same meaning:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from dfdb.errors import InvalidURL
 from dfdb.url import DatabaseURL
 
-__all__ = ["TLS_OPTIONS", "TlsSettings", "describe_tls_failure", "tls_failure"]
+__all__ = [
+    "TLS_OPTIONS",
+    "TlsSettings",
+    "describe_tls_failure",
+    "permanent_tls_failure",
+    "protocol_mismatch",
+    "tls_failure",
+]
 
 TLS_OPTIONS = frozenset({"tls", "ca_file", "cert_file", "key_file", "server_name", "verify"})
 """The URL options :class:`TlsSettings` reads."""
@@ -142,4 +152,80 @@ def describe_tls_failure(error: ssl.SSLError) -> str:
     reason = error.reason or str(error)
     if reason == "WRONG_VERSION_NUMBER":
         return "TLS: the server does not speak TLS on this port"
+    refusal = _CLIENT_CERT_ALERTS.get(reason)
+    if refusal is not None:
+        return f"TLS: the server refused the client certificate ({refusal}); check cert_file and key_file"
     return f"TLS handshake failed: {reason}"
+
+
+_CLIENT_CERT_ALERTS = {
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "it has expired",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "bad certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "expired, or signed by a CA it does not trust",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "unsupported certificate",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "it was revoked",
+    "TLSV1_ALERT_UNKNOWN_CA": "signed by a CA it does not trust",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "none was given and it requires one",
+}
+"""The server's TLS alerts about the client's certificate -> what they mean."""
+
+
+def permanent_tls_failure(error: ssl.SSLError) -> bool:
+    """Whether a failed handshake is one that retrying cannot mend: a certificate refused
+    by either side (expired, untrusted, the wrong name, missing)."""
+    return isinstance(error, ssl.SSLCertVerificationError) or error.reason in _CLIENT_CERT_ALERTS
+
+
+async def protocol_mismatch(
+    hosts: Iterable[tuple[str, int]], *, tls: bool, request: bytes, answers: tuple[bytes, ...], within: float = 2.0
+) -> str | None:
+    """Why a connection failed when the port speaks the other protocol, else ``None``.
+
+    Asked once a connection failed: with ``tls``, whether a server answers ``request``
+    without TLS by a reply starting with one of ``answers`` (it does not speak TLS); without,
+    whether it completes a TLS handshake (it speaks TLS only). Each probe waits at most
+    ``within`` seconds.
+    """
+    for host, port in hosts:
+        if tls and await _answers_plain(host, port, request, answers, within):
+            return "TLS: the server does not speak TLS on this port (it answers without TLS)"
+        if not tls and await _speaks_tls(host, port, within):
+            return (
+                "the server speaks TLS only on this port: connect with TLS (tls=true, or rediss:// for Redis) "
+                "and its ca_file"
+            )
+    return None
+
+
+async def _answers_plain(host: str, port: int, request: bytes, answers: tuple[bytes, ...], within: float) -> bool:
+    writer = None
+    try:
+        async with asyncio.timeout(within):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(request)
+            reply = await reader.read(64)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+    return reply.startswith(answers)
+
+
+async def _speaks_tls(host: str, port: int, within: float) -> bool:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only: does it speak TLS?
+    writer = None
+    try:
+        async with asyncio.timeout(within):
+            _, writer = await asyncio.open_connection(host, port, ssl=context, ssl_handshake_timeout=within)
+    except ssl.SSLError as exc:  # an alert from the server is TLS too
+        return "ALERT" in (exc.reason or "")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+    return True

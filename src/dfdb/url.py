@@ -10,10 +10,29 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from dfdb.errors import ConfigurationError, InvalidURL
 
-__all__ = ["PASSWORD_ENV", "DatabaseURL", "Secret", "missing_credential", "read_password_file"]
+__all__ = [
+    "MAX_COUNT",
+    "MAX_POLL_INTERVAL",
+    "MAX_SECONDS",
+    "PASSWORD_ENV",
+    "DatabaseURL",
+    "Secret",
+    "missing_credential",
+    "read_password_file",
+]
 
 PASSWORD_ENV = "DFDB_PASSWORD"
 """The environment variable that gives the password when a URL names a user but no password."""
+
+MAX_SECONDS = 86_400.0
+"""The longest duration an option takes unless it says otherwise (a day): a longer poll
+interval, timeout or wait is a typing mistake (``1e12``), not a setting."""
+
+MAX_POLL_INTERVAL = 3_600.0
+"""The longest ``poll_interval`` (an hour): polled less often, a watch is no change stream."""
+
+MAX_COUNT = 2**31 - 1
+"""The largest count an option takes unless it says otherwise."""
 
 _PASSWORD_FILE_LIMIT = 4096
 """The most characters a ``password_file`` may hold."""
@@ -114,11 +133,12 @@ class DatabaseURL:
         """The raw text of option ``name``, or ``default``."""
         return self.options.get(name, default)
 
-    def int_option(self, name: str, default: int, *, minimum: int = 0) -> int:
-        """Option ``name`` as an integer ≥ ``minimum``.
+    def int_option(self, name: str, default: int, *, minimum: int = 0, maximum: int = MAX_COUNT) -> int:
+        """Option ``name`` as an integer from ``minimum`` to ``maximum``.
 
         Raises:
-            InvalidURL: the value is not such an integer.
+            InvalidURL: the value is not such an integer; the message names the option
+                and the range.
         """
         raw = self.options.get(name)
         if raw is None:
@@ -126,28 +146,31 @@ class DatabaseURL:
         try:
             value = int(raw)
         except ValueError:
-            raise InvalidURL(f"option {name}={raw!r} is not an integer") from None
-        if value < minimum:
-            raise InvalidURL(f"option {name}={value} must be at least {minimum}")
+            raise InvalidURL(f"option {name}={raw!r} is not an integer (from {minimum} to {maximum})") from None
+        if not minimum <= value <= maximum:
+            raise InvalidURL(f"option {name}={raw} is out of range: it must be from {minimum} to {maximum}")
         return value
 
-    def float_option(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        """Option ``name`` as a finite number ≥ ``minimum``.
+    def float_option(
+        self, name: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_SECONDS, positive: bool = False
+    ) -> float:
+        """Option ``name`` as a duration: a finite number of seconds from ``minimum`` (above
+        it when ``positive``) to ``maximum``.
 
         Raises:
-            InvalidURL: the value is not such a number (``nan`` and ``inf`` are refused).
+            InvalidURL: the value is not such a number (``nan`` and ``inf`` are refused);
+                the message names the option and the range.
         """
         raw = self.options.get(name)
         if raw is None:
             return default
+        allowed = _range_text(minimum, maximum, positive)
         try:
             value = float(raw)
         except ValueError:
-            raise InvalidURL(f"option {name}={raw!r} is not a number") from None
-        if not math.isfinite(value):
-            raise InvalidURL(f"option {name}={raw!r} must be a finite number")
-        if value < minimum:
-            raise InvalidURL(f"option {name}={value} must be at least {minimum}")
+            raise InvalidURL(f"option {name}={raw!r} is not a number ({allowed})") from None
+        if not _in_range(value, minimum, maximum, positive):
+            raise InvalidURL(f"option {name}={raw} is out of range: it must be {allowed}")
         return value
 
     def without_options(self, *names: str) -> DatabaseURL:
@@ -295,13 +318,24 @@ def _mask_text(text: str) -> str:
     return text
 
 
-def positive_seconds(name: str, value: float) -> float:
-    """``value`` as a duration in seconds.
+def positive_seconds(name: str, value: float, maximum: float = MAX_SECONDS) -> float:
+    """``value`` as a duration in seconds, above 0 and at most ``maximum``.
 
     Raises:
-        ConfigurationError: it is not a positive, finite number (``nan``, infinite, zero,
-            negative, a bool or not a number).
+        ConfigurationError: it is not such a number (``nan``, infinite, zero, negative,
+            too large, a bool or not a number); the message names ``name`` and the range.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _in_range(value, 0.0, maximum, True):
+        raise ConfigurationError(f"{name}={value!r} is out of range: it must be {_range_text(0.0, maximum, True)}")
     return float(value)
+
+
+def _in_range(value: float, minimum: float, maximum: float, positive: bool) -> bool:
+    """Whether ``value`` is finite, from ``minimum`` (above it when ``positive``) to ``maximum``."""
+    if not math.isfinite(value) or value > maximum:
+        return False
+    return value > minimum if positive else value >= minimum
+
+
+def _range_text(minimum: float, maximum: float, positive: bool) -> str:
+    return f"{'above' if positive else 'from'} {minimum:g} {'and at most' if positive else 'to'} {maximum:g} seconds"

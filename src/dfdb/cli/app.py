@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import importlib
 import logging
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _server(args)  # synchronous: Ctrl-C must reach it at once
         if args.command == "completion":
             return _completion(args.shell, sys.stdout)
+        if args.command == "fleet":
+            return asyncio.run(_fleet(args, sys.stdout))  # its own database and processes
         return asyncio.run(_run(args, sys.stdout))
     except (UsageError, ConfigurationError) as exc:
         return fail(2, f"error: {exc}")
@@ -163,6 +166,38 @@ async def _dispatch(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     return await objects.run(nb, args, out)
 
 
+async def _fleet(args: argparse.Namespace, out: TextIO) -> int:
+    import json
+
+    from dfdb.fleet import FleetConfig, print_result, run_fleet
+
+    if args.relist_jitter < 0:
+        raise UsageError("--relist-jitter cannot be negative")
+    cfg = FleetConfig(
+        url=None if args.server else _url(args),
+        server=args.server,
+        controllers=args.controllers,
+        workers=args.workers,
+        tenants=args.tenants,
+        ports=args.ports,
+        spread=args.spread,
+        rate=args.rate,
+        duration=args.duration,
+        lost=args.lost,
+        scenarios=tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
+        relist_rate=args.relist_rate,
+        relist_burst=args.relist_burst,
+        relist_jitter=args.relist_jitter,
+        within=args.within,
+    )
+    result = await run_fleet(cfg)
+    print_result(result, out)
+    if args.json:
+        text = json.dumps({**dataclasses.asdict(result), "ok": result.ok}, indent=2)
+        await asyncio.to_thread(Path(args.json).write_text, text + "\n")
+    return 0 if result.ok else 1
+
+
 async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     from dfdb.demo import DemoConfig, run_demo
 
@@ -172,7 +207,9 @@ async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
             f"dfdb demo needs an empty database, and {nb.url} holds objects ({', '.join(stored)}): "
             "give it another with --db (the default memory:// is always empty)"
         )
-    cfg = DemoConfig(args.tenants, args.switches, args.ports, args.controllers, args.changes, args.seed, args.mode)
+    cfg = DemoConfig(
+        args.tenants, args.switches, args.ports, args.controllers, args.changes, args.seed, args.mode, args.spread
+    )
     if args.metrics_port is None:
         return 0 if (await run_demo(nb, cfg, out)).ok else 1
     from dfdb import metrics

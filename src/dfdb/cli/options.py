@@ -12,6 +12,7 @@ import math
 from typing import Any, NoReturn
 
 from dfdb import __version__
+from dfdb.url import MAX_SECONDS
 
 __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "DEMO_URL", "build_parser", "merge_globals"]
 
@@ -136,6 +137,7 @@ def build_parser() -> Parser:
     d.add_argument("--controllers", type=_positive, default=3, help="local controllers")
     d.add_argument("--changes", type=_natural, default=2000, help="changes after the topology is built")
     d.add_argument("--seed", type=int, default=1, help="random seed")
+    d.add_argument("--spread", type=_positive, default=1, help="chassis each tenant's ports sit on")
     d.add_argument(
         "--mode",
         choices=["stream", "full", "selective", "reactive"],
@@ -221,6 +223,7 @@ def build_parser() -> Parser:
     b.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
     b.add_argument("--repeat", type=_positive, help="runs of each case (default 5; quick: 2)")
     b.add_argument("--json", metavar="FILE", help="also write every sample as JSON to FILE")
+    _fleet(sub)
     comp = _command(
         sub,
         "completion",
@@ -229,6 +232,30 @@ def build_parser() -> Parser:
     )
     comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
     return p
+
+
+def _fleet(sub: argparse._SubParsersAction[Parser]) -> None:
+    f = _command(
+        sub,
+        "fleet",
+        "many selective controllers in worker processes: cold start, steady state, restart, history loss",
+        "dfdb fleet --server redis --controllers 200",
+    )
+    f.add_argument("--server", choices=["redis", "etcd"], help="start a local server (instead of --db)")
+    f.add_argument("--controllers", type=_positive, default=50, help="controllers (one per chassis)")
+    f.add_argument("--workers", type=_positive, default=4, help="worker processes the controllers are spread over")
+    f.add_argument("--tenants", type=_positive, help="tenants (default: as many as controllers)")
+    f.add_argument("--ports", type=_positive, default=20, help="ports per tenant")
+    f.add_argument("--spread", type=_positive, default=3, help="chassis each tenant's ports sit on")
+    f.add_argument("--rate", type=_seconds, default=50.0, help="writes per second in the steady state")
+    f.add_argument("--duration", type=_seconds, default=10.0, help="seconds of steady-state writing")
+    f.add_argument("--lost", type=_natural, default=200, help="changes lost to the controllers (history loss)")
+    f.add_argument("--scenarios", default="cold,steady,restart,history", help="comma-separated scenarios to run")
+    f.add_argument("--relist-rate", type=_seconds, default=20.0, help="relists per second per process")
+    f.add_argument("--relist-burst", type=_positive, default=10, help="relists at once per process")
+    f.add_argument("--relist-jitter", type=float, default=1.0, help="longest random delay before a relist, seconds")
+    f.add_argument("--within", type=_seconds, default=300.0, help="seconds a scenario may take to converge")
+    f.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
 
 
 MAX_MEMBERS = 7
@@ -254,8 +281,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds: {text}")
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 and at most {MAX_SECONDS:g}: {text}")
     return value
 
 

@@ -7,6 +7,7 @@ increase across all writes of a deployment.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import logging
 import warnings
@@ -20,6 +21,7 @@ from typing import ClassVar, Final, Literal, TypeVar
 import anyio
 import sniffio
 
+from dfdb.drivers.digest import Digest, KeyListing, digest_of, keys_of
 from dfdb.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
@@ -35,10 +37,12 @@ __all__ = [
     "ABSENT",
     "ANY",
     "Capability",
+    "Digest",
     "Driver",
     "Entry",
     "EventSource",
     "Expect",
+    "KeyListing",
     "Listing",
     "PutRequest",
     "RawAction",
@@ -172,6 +176,10 @@ def check_delete(table: str, id: str, current_revision: int | None, expect: int 
         raise NotFoundError(f"{table}/{id} not found")
     if expect is not None and current_revision != expect:
         raise ConflictError(f"{table}/{id} is at revision {current_revision}, not {expect}")
+
+
+def _size(entry: Entry) -> int:
+    return len(entry.table) + len(entry.id) + len(entry.topic or "") + len(entry.value) + 16
 
 
 class EventSource(ABC):
@@ -508,6 +516,60 @@ class Driver(ABC):
                 log or native stream); ``None``: changes from now on. When history
                 after ``since`` is gone the source yields a ``resync`` event first.
         """
+
+    async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
+        """The digest of a scope: for each bucket of ids (see :mod:`dfdb.drivers.digest`), how
+        many entries and a hash over their (id, revision). A driver computes it on the server
+        where it can, reading no values; this fallback lists the scope.
+
+        Args:
+            topics: only these topics (``None`` in the set: topic-less entries); ``None``:
+                the whole table.
+            buckets: how many buckets the ids are cut into.
+        """
+        entries, revision, trips = await self._scope_entries(table, topics)
+        return Digest(
+            digest_of(((e.id, e.revision) for e in entries), buckets),
+            revision,
+            len(entries),
+            len(entries),
+            sum(_size(e) for e in entries),
+            trips,
+        )
+
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        """The ids of the scope in the ``wanted`` buckets and their revisions (for a
+        :meth:`digest` that differs), reading no values where the driver can; this fallback
+        lists the scope."""
+        entries, revision, trips = await self._scope_entries(table, topics)
+        chosen = keys_of(((e.id, e.revision) for e in entries), buckets, wanted)
+        size = sum(_size(e) for e in entries)
+        return KeyListing(
+            chosen, revision, len(entries), size, trips, {e.id: e.topic for e in entries if e.id in chosen}
+        )
+
+    async def _scope_entries(
+        self, table: str, topics: Collection[str | None] | None
+    ) -> tuple[builtins.list[Entry], int, int]:
+        """The entries of a scope by :meth:`list`, the highest revision of its listings and how
+        many listings it took."""
+        if topics is None:
+            listing = await self.list(table)
+            return listing.entries, listing.revision, 1
+        entries: builtins.list[Entry] = []
+        revision = trips = 0
+        named = sorted(t for t in topics if t is not None)
+        for topic in named:
+            listing = await self.list(table, topic)
+            entries += listing.entries
+            revision, trips = max(revision, listing.revision), trips + 1
+        if None in topics:
+            listing = await self.list(table)
+            entries += [e for e in listing.entries if e.topic is None]
+            revision, trips = max(revision, listing.revision), trips + 1
+        return entries, revision, trips
 
     async def tables(self) -> Sequence[str] | None:
         """The names of the tables that hold at least one entry, sorted; ``None`` when the

@@ -55,14 +55,17 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
+from dfdb.drivers import etcd_digest
 from dfdb.drivers.base import (
     ABSENT,
     ANY,
     Capability,
+    Digest,
     Driver,
     Entry,
     EventSource,
     Expect,
+    KeyListing,
     Listing,
     PutRequest,
 )
@@ -79,7 +82,7 @@ from dfdb.errors import (
     NotFoundError,
 )
 from dfdb.retry import raise_if_cancelling, run_to_completion
-from dfdb.tls import TLS_OPTIONS, TlsSettings
+from dfdb.tls import TLS_OPTIONS, TlsSettings, protocol_mismatch
 from dfdb.url import DatabaseURL, missing_credential
 
 __all__ = ["EtcdDriver", "EtcdSource"]
@@ -312,6 +315,15 @@ class EtcdDriver(Driver):
         await super().open()
         try:
             await self.identity()
+        except BackendUnavailableError:
+            await self._conn.close()
+            hosts = [(h or "127.0.0.1", p or 2379) for h, p in self.url.hosts or (("127.0.0.1", None),)]
+            request = b"GET /version HTTP/1.0\r\n\r\n"  # etcd's plain port answers HTTP/1 too
+            tls = self.credentials is not None
+            reason = await protocol_mismatch(hosts, tls=tls, request=request, answers=(b"HTTP/",))
+            if reason is not None:
+                raise AuthenticationError(f"{self.url}: {reason}") from None
+            raise
         except BaseException:
             await self._conn.close()
             raise
@@ -458,6 +470,15 @@ class EtcdDriver(Driver):
                     raise
                 # compacted between two pages: list again at a newer revision
         raise BackendUnavailableError(f"{self.url}: the listing kept being compacted")
+
+    async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
+        """From keys-only range reads of the scope (no value is read); see :mod:`~dfdb.drivers.etcd_digest`."""
+        return await etcd_digest.digest(self, table, topics, buckets)
+
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        return await etcd_digest.digest_keys(self, table, topics, buckets, wanted)
 
     def _listed(self, table: str, topic: str | None, kv: Any) -> Entry | None:
         id = bytes(kv.key).rsplit(b"/", 1)[-1].decode(errors="replace")

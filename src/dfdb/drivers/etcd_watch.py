@@ -15,6 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import grpc
 from aetcd import rpc
 
@@ -54,14 +55,25 @@ class EtcdSource(ReaderTaskSource):
 
     ``position`` says up to where every change has been returned: the lowest
     frontier of the watches, below anything still buffered. A watch's frontier moves
-    with its own events and progress notifications; and since etcd sends the events
-    of the watches of one stream that are in sync in revision order, an event at
-    revision ``r`` of one watch also moves every other in-sync watch to ``r`` (each
-    revision changes one data key). A watch is known to be in sync when it was
-    created above the store's revision, or once a reply of its own says so (its
-    header revision is its last event's, or a progress notification). Events read
-    together are merged in revision order; a watch catching up (after a reconnect,
-    or a topic just added) may deliver older revisions after newer ones of another.
+    with its own replies: events sent as they happen carry their own revision; the
+    history of a watch catching up (after a reconnect, from a cursor, or a topic just
+    added) comes in batches whose header is the store's revision, and a batch of fewer
+    than etcd's 1000 revisions is the whole history up to it; a progress notification
+    carries the revision the watch is at. Since etcd sends the events of the watches of
+    one stream that are in sync in revision order, an event at revision ``r`` of one
+    watch also moves every other in-sync watch to ``r`` (each revision changes one data
+    key). A watch is known to be in sync when it was created above the store's
+    revision, or once a reply of its own says so.
+
+    The watches catch up on their own, each in its own batches, so one watch may send
+    newer revisions before another sends older ones: an object deleted under one topic
+    and created again under another would arrive newest first, and its older changes
+    would then be dropped as duplicates of the newer one. So a buffered event is
+    returned only once every watch is past its revision (:meth:`_release_up_to`): the
+    merge is in revision order, and the cursor of each event is its own revision. A
+    watch with nothing to catch up says so only with etcd's next progress notification
+    (``--experimental-watch-progress-notify-interval``), which is as long as the other
+    watches' events may wait after a reconnect.
     The stream is read by the source's reader task and written by its writer task
     (requests queued in order): gRPC ends the whole stream when a read or a write is
     cancelled, so no caller of the source reads or writes the stream itself, and
@@ -89,6 +101,9 @@ class EtcdSource(ReaderTaskSource):
         self._writer: asyncio.Task[None] | None = None
         self._identity = access.known_identity
         self._taken: dict[tuple[int, bytes], None] = {}  # the changes buffered lately, oldest first
+        self._head = since
+        """While no watch is created (an empty scope): the store revision last read."""
+        self._grown = asyncio.Event()  # a watch was added to an empty scope
 
     def _add(self, prefix: bytes, since: int) -> _Watcher:
         watcher = _Watcher(self._next_id, prefix, since)
@@ -97,7 +112,10 @@ class EtcdSource(ReaderTaskSource):
         return watcher
 
     def _read_up_to(self) -> int:
-        return min((w.frontier for w in self._watchers.values()), default=0)
+        return min((w.frontier for w in self._watchers.values()), default=self._head)
+
+    def _release_up_to(self) -> int:
+        return self._read_up_to()
 
     @property
     def target(self) -> str:
@@ -219,10 +237,16 @@ class EtcdSource(ReaderTaskSource):
         self.records_read += len(reply.events)
         self.bytes_read += reply.ByteSize()
         last = watcher.frontier
+        revisions: set[int] = set()
         for ev in reply.events:
-            last = max(last, self._take(watcher, ev))
-        if header == last:  # sent as it happened, not from history
+            revision = self._take(watcher, ev)
+            revisions.add(revision)
+            last = max(last, revision)
+        if header >= last and len(revisions) < _BATCH_REVISIONS:
+            # sent as it happened (the header is the event's revision), or the whole history
+            # of a watch catching up, which etcd then sends as it happens
             watcher.synced = True
+            last = header
         self._reached(watcher, last)
 
     def _take(self, watcher: _Watcher, ev: Any) -> int:
@@ -265,6 +289,9 @@ class EtcdSource(ReaderTaskSource):
         return revision
 
     async def _read_round(self) -> RawEvent | None:
+        if not self._watchers:
+            await self._follow_head()
+            return None
         try:
             if self._call is None:
                 await self._open_stream()
@@ -275,6 +302,16 @@ class EtcdSource(ReaderTaskSource):
         except _Compacted:
             return await self._restart_all(await self._access.current_revision())
         return None
+
+    async def _follow_head(self) -> None:
+        """A round of an empty scope (no watch, no stream): nothing to read, so caught up with
+        the store revision; then wait for a topic, at most a second. (Whether the dataset is
+        still the one followed is checked when a topic opens the stream.)"""
+        self._grown.clear()
+        revision = await self._access.current_revision()
+        self._head = max(self._head, revision)
+        with anyio.move_on_after(_HEAD_EVERY):
+            await self._grown.wait()
 
     async def _after_failure(self, exc: BaseException) -> None:
         log.debug("etcd watch on %s failed (%s); reconnecting", self._conn.target, str(exc))
@@ -296,6 +333,7 @@ class EtcdSource(ReaderTaskSource):
         await self._drop_stream(failover=False)
         self._clear_buffer()
         self._taken.clear()  # another dataset may number its changes alike
+        self._head = revision
         for watcher in self._watchers.values():
             watcher.frontier = revision
         return RawEvent.resync(revision, identity)
@@ -306,6 +344,7 @@ class EtcdSource(ReaderTaskSource):
             watcher = self._add(self._access.topic_prefix(topic), since)
             if self._call is not None:  # else the next read opens the stream with it
                 self._create(watcher)
+        self._grown.set()
 
     async def _release(self) -> None:
         writer, self._writer = self._writer, None
@@ -319,8 +358,15 @@ class EtcdSource(ReaderTaskSource):
             await self._conn.close()
 
 
+_BATCH_REVISIONS = 1000
+"""etcd sends the history of a watch catching up in batches of at most this many revisions;
+a batch that has fewer is all of it, up to the batch's header revision."""
+
 _TAKEN = 4096
 """How many recent changes an :class:`EtcdSource` remembers to drop one delivered twice."""
+
+_HEAD_EVERY = 1.0
+"""Seconds between reads of the store revision by a watch of an empty scope."""
 
 
 class _Compacted(Exception):

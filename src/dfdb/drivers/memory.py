@@ -20,15 +20,18 @@ import anyio
 
 from dfdb.drivers.base import (
     Capability,
+    Digest,
     Driver,
     Entry,
     EventSource,
     Expect,
+    KeyListing,
     Listing,
     RawEvent,
     check_delete,
     check_put,
 )
+from dfdb.drivers.digest import digest_of, keys_of
 from dfdb.drivers.sources import BufferedSource
 from dfdb.errors import InvalidURL
 from dfdb.url import DatabaseURL
@@ -149,6 +152,25 @@ class MemoryDriver(Driver):
         rows = store.tables.get(table, {})
         entries = [e for e in rows.values() if topic is None or e.topic == topic]
         return Listing(entries, store.revision)
+
+    async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
+        store = self._open_store()
+        pairs = [(e.id, e.revision) for e in self._scope(table, topics)]
+        return Digest(digest_of(pairs, buckets), store.revision, round_trips=0)
+
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        store = self._open_store()
+        entries = self._scope(table, topics)
+        chosen = keys_of(((e.id, e.revision) for e in entries), buckets, wanted)
+        return KeyListing(
+            chosen, store.revision, round_trips=0, topics={e.id: e.topic for e in entries if e.id in chosen}
+        )
+
+    def _scope(self, table: str, topics: Collection[str | None] | None) -> builtins.list[Entry]:
+        rows = self._open_store().tables.get(table, {})
+        return [e for e in rows.values() if topics is None or e.topic in topics]
 
     async def watch(
         self,

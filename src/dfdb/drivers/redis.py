@@ -33,6 +33,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import logging
+import struct
 import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -43,22 +44,24 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from dfdb.drivers.base import (
-    ABSENT,
-    ANY,
     Capability,
+    Digest,
     Driver,
     Entry,
     EventSource,
     Expect,
+    KeyListing,
     Listing,
     PutRequest,
 )
-from dfdb.drivers.redis_scripts import COMPACT, NEW_EPOCH, WRITE
+from dfdb.drivers.digest import MOD
+from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE, entry_of, expect_arg, unpack_round
 from dfdb.drivers.redis_streams import RedisSource
 from dfdb.drivers.redis_tls import TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import (
     AlreadyExistsError,
+    AuthenticationError,
     BackendUnavailableError,
     ConfigurationError,
     ConflictError,
@@ -67,7 +70,7 @@ from dfdb.errors import (
     InvalidURL,
     NotFoundError,
 )
-from dfdb.tls import TLS_OPTIONS, TlsSettings
+from dfdb.tls import TLS_OPTIONS, TlsSettings, protocol_mismatch
 from dfdb.url import DatabaseURL, Secret
 
 __all__ = ["RedisDriver"]
@@ -75,6 +78,8 @@ __all__ = ["RedisDriver"]
 log = logging.getLogger(__name__)
 
 _SCAN_BATCH = 1000
+_DIGEST_SLICE = 5000
+"""Ids the digest script reads per call (each call holds the server for about 10 ms)."""
 
 _CONNECTION_ERRORS = (
     rexc.ConnectionError,
@@ -114,6 +119,7 @@ class RedisDriver(Driver):
         self._write: Any = None
         self._new_epoch: Any = None
         self._compact: Any = None
+        self._list_round: Any = None
         self.epoch = ""
 
     def _client_kwargs(self, url: DatabaseURL) -> dict[str, Any]:
@@ -174,13 +180,30 @@ class RedisDriver(Driver):
         self._write = self._client.register_script(WRITE)
         self._new_epoch = self._client.register_script(NEW_EPOCH)
         self._compact = self._client.register_script(COMPACT)
+        self._digest = self._client.register_script(DIGEST)
+        self._list_round = self._client.register_script(LIST_ROUND)
         try:
             await self._check_server()
             await self.refresh_epoch()
+        except BackendUnavailableError:
+            await self._close_clients()
+            await self._refuse_mismatch()
+            raise
         except BaseException:
             await self._close_clients()
             raise
         log.debug("connected to %s (epoch %s)", self.url, self.epoch)
+
+    async def _refuse_mismatch(self) -> None:
+        """Raise one permanent error when the server could not be reached because it speaks
+        TLS and the URL does not (or the reverse), instead of retrying until the time-out."""
+        host, port = self._kwargs.get("host"), self._kwargs.get("port")
+        if host is None or port is None:
+            return
+        tls = self._tls_context is not None
+        reason = await protocol_mismatch([(host, port)], tls=tls, request=b"PING\r\n", answers=(b"+", b"-"))
+        if reason is not None:
+            raise AuthenticationError(f"{self.url}: {reason}")
 
     async def _check_server(self) -> None:
         """Refuse a Redis Cluster node and a replica with one clear line (a user whose ACL
@@ -267,7 +290,7 @@ class RedisDriver(Driver):
             raise _unavailable(self.url, exc) from None
         except rexc.ResponseError as exc:  # e.g. another program wrote a string there
             raise CorruptObjectError(table, id, f"not a dfdb entry ({exc})") from None
-        return _entry(table, id, row)
+        return entry_of(table, id, row)
 
     async def _run_write(
         self, table: str, id: str, op: str, expect: str, topic: str, value: bytes
@@ -299,7 +322,7 @@ class RedisDriver(Driver):
         for _ in range(3):
             pipe = client.pipeline(transaction=False)
             for w in writes:
-                exp = _expect_arg(w.expect)
+                exp = expect_arg(w.expect)
                 await self._write(  # queues EVALSHA on the pipeline
                     keys=[self._key("e", w.table, w.id), self._key("rev"), self._key("epoch")],
                     args=[self.prefix, w.table, w.id, "put", exp, w.topic or "", w.value, self.maxlen, self.epoch],
@@ -360,7 +383,7 @@ class RedisDriver(Driver):
         raise DriverError(f"{self.url}: unexpected reply {status!r} from the write script")
 
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
-        exp = _expect_arg(expect)
+        exp = expect_arg(expect)
         return (await self._run_write(table, id, "put", exp, topic or "", value))[0]
 
     async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
@@ -381,28 +404,78 @@ class RedisDriver(Driver):
                 await self._adopt_epoch(raw_epoch, read=False)
                 if raw_epoch is None:
                     revision = 0
-            cursor = 0
-            while True:
-                cursor, ids = await client.sscan(index, cursor, count=_SCAN_BATCH)
-                if ids:
-                    pipe = client.pipeline(transaction=False)
-                    for raw_id in ids:
-                        pipe.hmget(self._key("e", table, raw_id.decode()), "r", "t", "v")
-                    for raw_id, row in zip(ids, await pipe.execute(raise_on_error=False), strict=True):
-                        try:
-                            if isinstance(row, Exception):
-                                raise CorruptObjectError(table, raw_id.decode(), f"not a dfdb entry ({row})")
-                            entry = _entry(table, raw_id.decode(), row)
-                        except CorruptObjectError as exc:
-                            log.warning("skipping %s", exc)
-                            continue
-                        if entry is not None:
-                            entries.append(entry)
-                if cursor == 0:
+            cursor: bytes | int = 0
+            entry_prefix = self._key("e", table, "")
+            while True:  # one round trip per round: SSCAN and the entries it names, in one script
+                cursor, packed = await self._list_round(keys=[index], args=[cursor, _SCAN_BATCH, entry_prefix])
+                for id, row in unpack_round(packed):
+                    try:
+                        if row[0] == b"!":
+                            raise CorruptObjectError(table, id, f"not a dfdb entry ({(row[2] or b'').decode()})")
+                        entry = entry_of(table, id, row)
+                    except CorruptObjectError as exc:
+                        log.warning("skipping %s", exc)
+                        continue
+                    if entry is not None:
+                        entries.append(entry)
+                if cursor in (b"0", 0):
                     break
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         return Listing(entries, revision, self.epoch)
+
+    async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
+        """Computed by a Lua script over the scope's index sets, a slice at a time: no key or
+        value leaves the server."""
+        sums: dict[int, tuple[int, int]] = {}
+        revision, size, trips = await self._run_digest(table, topics, buckets, "", 1, sums.__setitem__, sums.get)
+        return Digest(sums, revision, bytes_read=size, round_trips=trips)
+
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        keys: dict[str, int] = {}
+        chosen = "," + ",".join(str(b) for b in sorted(wanted)) + ","
+        revision, size, trips = await self._run_digest(table, topics, buckets, chosen, 2, keys.__setitem__, keys.get)
+        return KeyListing(keys, revision, bytes_read=size, round_trips=trips)
+
+    async def _run_digest(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: str, width: int,
+        put: Any, get: Any,
+    ) -> tuple[int, int, int]:  # fmt: skip
+        """Run the digest script over each index set of the scope, slice by slice; each bucket
+        (``width`` 1: packed) or key (``width`` 2) of a reply goes to ``put``. Returns the revision
+        after the last slice, the bytes received and the calls made."""
+        self._open_client()
+        sets = [""] if topics is None else sorted("/n" if t is None else f"/t/{t}" for t in topics)
+        revision = size = trips = 0
+        for suffix in sets:
+            cursor = "0"
+            while True:
+                try:
+                    reply = await self._digest(
+                        keys=[self._key("epoch"), self._key("rev")],
+                        args=[self.prefix, table, buckets, wanted, suffix, cursor, _DIGEST_SLICE],
+                    )
+                except _CONNECTION_ERRORS as exc:
+                    raise _unavailable(self.url, exc) from None
+                except rexc.ResponseError as exc:
+                    raise DriverError(f"{self.url}: the digest of {table} failed: {exc}") from None
+                if reply[0].decode() != self.epoch:
+                    await self._adopt_epoch(reply[0] or None, read=False)
+                revision, trips = int(reply[1]), trips + 1
+                size += sum(len(x) if isinstance(x, bytes) else 8 for x in reply)
+                if width == 2:
+                    for i in range(3, len(reply), 2):
+                        put(reply[i].decode(), int(reply[i + 1]))
+                else:  # a slice's sums add up (an id met twice by SSCAN only costs a closer look)
+                    for b, count, total in struct.iter_unpack(">HII", reply[3]):
+                        held, held_total = get(b, (0, 0))
+                        put(b, (held + count, (held_total + total) % MOD))
+                cursor = reply[2].decode()
+                if cursor == "0":
+                    break
+        return revision, size, trips
 
     async def watch(
         self,
@@ -513,18 +586,3 @@ class _SourceAccess:
 def _glob_escape(text: str) -> str:
     """``text`` matched literally by a ``SCAN MATCH`` pattern."""
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-def _expect_arg(expect: Expect) -> str:
-    """The write script's expectation argument."""
-    return "absent" if expect is ABSENT else "any" if expect is ANY else str(expect)
-
-
-def _entry(table: str, id: str, row: builtins.list[Any]) -> Entry | None:
-    """An entry from ``HMGET r t v``; ``None`` when absent."""
-    if row[0] is None:
-        return None
-    try:
-        return Entry(table, id, row[1].decode() or None if row[1] is not None else None, row[2] or b"", int(row[0]))
-    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
-        raise CorruptObjectError(table, id, f"malformed dfdb entry ({exc})") from None

@@ -1,8 +1,16 @@
-"""The Lua scripts of the Redis driver: each write, epoch change and compaction runs as one script."""
+"""The Lua scripts of the Redis driver (each write, epoch change and compaction runs as one
+script), and the encoding of their arguments and replies."""
 
 from __future__ import annotations
 
-__all__ = ["COMPACT", "NEW_EPOCH", "WRITE"]
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from dfdb.drivers.base import ABSENT, ANY, Entry, Expect
+from dfdb.errors import CorruptObjectError
+
+__all__ = ["COMPACT", "DIGEST", "LIST_ROUND", "NEW_EPOCH", "WRITE", "entry_of", "expect_arg", "unpack_round"]
 
 # KEYS: entry, rev, epoch   ARGV: prefix, table, id, op, expect, topic, value, maxlen, epoch
 WRITE = """
@@ -84,3 +92,90 @@ local known = tonumber(redis.call('HGET', KEYS[1], KEYS[2]) or '0')
 if last > known then redis.call('HSET', KEYS[1], KEYS[2], last) end
 return last
 """
+
+# KEYS: epoch, rev   ARGV: prefix, table, buckets, wanted ('' = the digest; else ',B1,B2,' = the
+# keys of those buckets), the index set to read ('' = the table's, '/n', '/t/TOPIC'), an SSCAN
+# cursor and count: one slice of the set per call, so that no call blocks the server for long.
+# Returns the epoch, the revision and the next cursor, then either one string packing, per
+# non-empty bucket of the slice, its number (16 bits), count and hash (32 bits each, big-endian;
+# the hash is the sum of the first 32 bits of sha1(id .. '\\n' .. revision), modulo 2^32), or
+# id, revision pairs. The bucket of an id is the first 32 bits of sha1(id) modulo the
+# bucket count (dfdb.drivers.digest).
+DIGEST = """
+local prefix, tbl, n, wanted = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local scan = redis.call('SSCAN', prefix .. '/i/' .. tbl .. ARGV[5], ARGV[6], 'COUNT', ARGV[7])
+local counts, sums = {}, {}
+local out = {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0', scan[1]}
+for _, id in ipairs(scan[2]) do
+  local r = redis.pcall('HGET', prefix .. '/e/' .. tbl .. '/' .. id, 'r')
+  if type(r) == 'string' then
+    local b = tonumber(string.sub(redis.sha1hex(id), 1, 8), 16) % n
+    if wanted == '' then
+      counts[b] = (counts[b] or 0) + 1
+      sums[b] = ((sums[b] or 0) + tonumber(string.sub(redis.sha1hex(id .. '\\n' .. r), 1, 8), 16)) % 4294967296
+    elseif string.find(wanted, ',' .. b .. ',', 1, true) then
+      out[#out + 1] = id
+      out[#out + 1] = r
+    end
+  end
+end
+local packed = {}
+for b, c in pairs(counts) do packed[#packed + 1] = struct.pack('>HII', b, c, sums[b]) end
+if wanted == '' then out[4] = table.concat(packed) end
+return out
+"""
+
+# KEYS: index set   ARGV: cursor, count, entry key prefix ('<prefix>/e/<table>/')
+# One round of a listing: SSCAN, then each entry it names, packed into one string (one reply
+# to parse, not four per entry): per id, four big-endian 32-bit lengths (2^32-1: nil) of the
+# id and the entry's r, t and v, then those bytes. A key that is not a hash (another
+# program's) comes as r '!' and v its error.
+LIST_ROUND = """
+local NIL = 4294967295
+local function size(x) if x then return #x end return NIL end
+local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local parts = {}
+for i, id in ipairs(scan[2]) do
+  local row = redis.pcall('HMGET', ARGV[3] .. id, 'r', 't', 'v')
+  local r, t, v
+  if row['err'] then r, t, v = '!', false, row['err'] else r, t, v = row[1], row[2], row[3] end
+  parts[i] = struct.pack('>I4I4I4I4', #id, size(r), size(t), size(v)) .. id .. (r or '') .. (t or '') .. (v or '')
+end
+return {scan[1], table.concat(parts)}
+"""
+
+
+_ROUND_HEAD = struct.Struct(">IIII")
+_NIL = 0xFFFFFFFF
+
+
+def unpack_round(packed: bytes) -> Iterator[tuple[str, list[bytes | None]]]:
+    """The (id, [r, t, v]) of a listing round packed by the ``LIST_ROUND`` script."""
+    offset, end = 0, len(packed)
+    while offset < end:
+        id_size, *sizes = _ROUND_HEAD.unpack_from(packed, offset)
+        offset += _ROUND_HEAD.size + id_size
+        id = packed[offset - id_size : offset].decode()
+        fields: list[bytes | None] = []
+        for size in sizes:
+            if size == _NIL:
+                fields.append(None)
+            else:
+                fields.append(packed[offset : offset + size])
+                offset += size
+        yield id, fields
+
+
+def expect_arg(expect: Expect) -> str:
+    """The write script's expectation argument."""
+    return "absent" if expect is ABSENT else "any" if expect is ANY else str(expect)
+
+
+def entry_of(table: str, id: str, row: list[Any]) -> Entry | None:
+    """An entry from ``HMGET r t v``; ``None`` when absent."""
+    if row[0] is None:
+        return None
+    try:
+        return Entry(table, id, row[1].decode() or None if row[1] is not None else None, row[2] or b"", int(row[0]))
+    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+        raise CorruptObjectError(table, id, f"malformed dfdb entry ({exc})") from None

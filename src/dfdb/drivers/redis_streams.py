@@ -80,20 +80,22 @@ class RedisSource(ReaderTaskSource):
         access = self._access
         client = access.client()
         streams, asked = builtins.list(self._streams), dict(self._ids)  # add_topics may grow them meanwhile
-        if not streams:  # a watch of no topic yet: wait for add_topics
-            self._grown.clear()
-            with anyio.move_on_after(access.block):
-                await self._grown.wait()
-            return None
         pipe = client.pipeline(transaction=False)
         pipe.get(access.key("epoch"))
         pipe.get(access.key("rev"))
-        pipe.xread({s: f"{i}-0" for s, i in asked.items()}, count=_READ_COUNT, block=int(access.block * 1000))
-        pipe.hmget(access.key("trim"), streams)
+        if streams:
+            pipe.xread({s: f"{i}-0" for s, i in asked.items()}, count=_READ_COUNT, block=int(access.block * 1000))
+            pipe.hmget(access.key("trim"), streams)
+        else:  # a watch of no topic yet: nothing to read, caught up with the counter
+            self._grown.clear()
         replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        if not streams:
+            with anyio.move_on_after(access.block):  # until add_topics gives it a topic
+                await self._grown.wait()
+            replies += [None, []]
         raw_epoch, raw_rev, data = replies[0], replies[1], replies[2]
         epoch = raw_epoch.decode() if raw_epoch else ""
         counter = int(raw_rev or 0)

@@ -14,6 +14,10 @@ from dfdb.url import DatabaseURL
 
 __all__ = ["TlsConnection", "connection_error"]
 
+_HANDSHAKE_WAIT = 3.0
+"""Seconds at most for a TLS handshake (a plain Redis never answers one; a server that
+does, answers at once)."""
+
 
 class TlsConnection(aioredis.Connection):
     """A TCP connection with TLS from dfdb's own ``SSLContext`` (and a server name)."""
@@ -31,10 +35,15 @@ class TlsConnection(aioredis.Connection):
         writer: Any = self._writer
         self._raw = writer.transport
         try:
-            await writer.start_tls(self.tls_context, server_hostname=self.tls_server_name or self.host)
+            await writer.start_tls(
+                self.tls_context,
+                server_hostname=self.tls_server_name or self.host,
+                ssl_handshake_timeout=min(self.socket_connect_timeout or _HANDSHAKE_WAIT, _HANDSHAKE_WAIT),
+            )
         except BaseException:
             writer.close()
             self._abort_raw()
+            self._reader = self._writer = None  # closed: not waited for again (it never ends)
             raise
 
     def _abort_raw(self) -> None:

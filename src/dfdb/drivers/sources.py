@@ -102,6 +102,19 @@ class BufferedSource(EventSource):
         """Every change of the scope at or below this revision is buffered or returned."""
         return self._read_position
 
+    def _release_up_to(self) -> int | None:
+        """Buffered events above this revision wait for later rounds (``None``: none wait).
+        A source merging streams that catch up on their own holds an event back until every
+        stream is past it, so that the merge is in revision order."""
+        return None
+
+    def _releasable(self) -> bool:
+        """Whether the first buffered event can be returned now."""
+        if not self._buffer:
+            return False
+        limit = self._release_up_to()
+        return limit is None or self._buffer[0][0] <= limit
+
     async def _follow(self, topics: frozenset[str | None], since: int) -> None:
         """Start following ``topics`` (new ones) from ``since``; see :meth:`add_topics`.
         ``self._topics`` grows by them once this returns.
@@ -145,7 +158,7 @@ class BufferedSource(EventSource):
         while True:
             if self._closed:
                 raise StopAsyncIteration
-            if self._buffer:
+            if self._releasable():
                 return heapq.heappop(self._buffer)[2]
             event = await self._round_or_pause()
             if event is not None:
@@ -200,7 +213,7 @@ class ReaderTaskSource(BufferedSource):
     connection: ``__anext__`` asks the reader for one round and waits for it, so a
     cancelled ``__anext__`` cancels only that wait; the round finishes and its events
     wait in the buffer. The reader starts with the first ``__anext__``, reads only when
-    asked (at most one round ahead of the consumer), and is cancelled and awaited by
+    asked (until an event can be returned: at most one round past it), and is cancelled and awaited by
     ``aclose``. An error that ends the reader (not a retryable one) is raised by
     ``__anext__``.
     """
@@ -226,7 +239,7 @@ class ReaderTaskSource(BufferedSource):
                 raise StopAsyncIteration
             if self._urgent:
                 return self._urgent.pop(0)
-            if self._buffer:
+            if self._releasable():
                 return heapq.heappop(self._buffer)[2]
             if self._failure is not None:
                 raise self._failure
@@ -245,7 +258,7 @@ class ReaderTaskSource(BufferedSource):
                 event = await self._round_or_pause()
                 if event is not None:
                     self._urgent.append(event)
-                if self._urgent or self._buffer:
+                if self._urgent or self._releasable():
                     self._wanted.clear()
                 self._finish_round()
         except asyncio.CancelledError:

@@ -56,6 +56,7 @@ from dfdb.drivers.base import (
     check_put,
 )
 from dfdb.drivers.polling import ChangeBatch, ChangeLogPoller
+from dfdb.drivers.sqlite_digest import SqliteDigest
 from dfdb.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -64,7 +65,7 @@ from dfdb.errors import (
     LockedError,
     StreamClosedError,
 )
-from dfdb.url import DatabaseURL
+from dfdb.url import MAX_POLL_INTERVAL, DatabaseURL
 
 __all__ = ["SqliteDriver"]
 
@@ -86,6 +87,7 @@ SCHEMA = (
 
 _CHANGES_LIMIT = 1000
 _TRIM_EVERY = 256
+_MAX_LOG_AGE = 366 * 86_400.0  # a year: a change log kept longer is a mistake, not retention
 _LOCK_SLICE = 0.02
 """Seconds SQLite itself waits on another connection's lock before the driver checks
 the call's deadline and whether the caller is still waiting."""
@@ -110,7 +112,7 @@ class _Call:
     abandoned: threading.Event = field(default_factory=threading.Event)
 
 
-class SqliteDriver(Driver):
+class SqliteDriver(SqliteDigest, Driver):
     """The SQLite driver; see the module documentation."""
 
     capabilities = Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
@@ -132,14 +134,10 @@ class SqliteDriver(Driver):
         if unknown:
             raise InvalidURL(f"unknown sqlite:// option(s): {', '.join(sorted(unknown))}")
         self.path = url.path
-        self.poll_interval = url.float_option("poll_interval", 0.1)
-        if not self.poll_interval > 0:
-            raise InvalidURL("poll_interval must be positive")
+        self.poll_interval = url.float_option("poll_interval", 0.1, maximum=MAX_POLL_INTERVAL, positive=True)
         self.log_size = url.int_option("log_size", 100_000, minimum=1)
-        self.log_age = url.float_option("log_age", 0.0)
+        self.log_age = url.float_option("log_age", 0.0, maximum=_MAX_LOG_AGE)  # 0: no age limit
         self.busy_timeout = url.float_option("busy_timeout", 10.0)
-        if not math.isfinite(self.log_age) or not math.isfinite(self.busy_timeout):
-            raise InvalidURL("log_age and busy_timeout must be finite")
         self._key = os.path.realpath(self.path) if self.path != ":memory:" else f":memory:{id(self)}"
         self._db: sqlite3.Connection | None = None
         self._limiter: anyio.CapacityLimiter | None = None  # made in open(): it belongs to the event loop

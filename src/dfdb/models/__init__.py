@@ -38,7 +38,12 @@ __all__ = [
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 
 
+_CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+
+
 def _normalize_mac(value: str) -> str:
+    if _CANONICAL_MAC.fullmatch(value):  # as stored: already normalised
+        return value
     text = value.strip().lower()
     if not _MAC.match(text):
         raise ValueError(f"not a MAC address: {value!r}")
@@ -49,8 +54,9 @@ def _normalize_mac(value: str) -> str:
 MacAddress = Annotated[str, AfterValidator(_normalize_mac)]
 """A MAC address, normalised to ``aa:bb:cc:dd:ee:ff``."""
 
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# left to right: an IPv4 text is not also tried as IPv6 (a third of a stored port's validation)
+IpAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, Field(union_mode="left_to_right")]
+IpNetwork = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, Field(union_mode="left_to_right")]
 
 
 class _Part(BaseModel):

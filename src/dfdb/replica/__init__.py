@@ -11,14 +11,17 @@ order, coalesced per key and bounded per consumer.
 
 The package's rooms: :mod:`~dfdb.replica.store` (rows, indexes, tombstones),
 :mod:`~dfdb.replica.events` (consumers, coalescing, deferral), :mod:`~dfdb.replica.core`
-(the Replica, with :mod:`~dfdb.replica.modes`) and :mod:`~dfdb.replica.chassis` (:class:`ChassisTopics`).
+(the Replica, with :mod:`~dfdb.replica.modes` and its lookups in :mod:`~dfdb.replica.lookups`),
+:mod:`~dfdb.replica.antientropy` (the consistency checks against the database) and
+:mod:`~dfdb.replica.chassis` (:class:`ChassisTopics`).
 """
 
 from __future__ import annotations
 
+from dfdb.replica.antientropy import CheckReport
 from dfdb.replica.chassis import ChassisTopics
 from dfdb.replica.core import Replica
 from dfdb.replica.events import ReplicaEvent, ReplicaEvents
 from dfdb.replica.modes import ReplicaStats, SyncMode
 
-__all__ = ["ChassisTopics", "Replica", "ReplicaEvent", "ReplicaEvents", "ReplicaStats", "SyncMode"]
+__all__ = ["ChassisTopics", "CheckReport", "Replica", "ReplicaEvent", "ReplicaEvents", "ReplicaStats", "SyncMode"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -13,11 +13,15 @@ import anyio
 from dfdb.background import BackgroundTask
 from dfdb.errors import BackendUnavailableError, NotFoundError, StreamClosedError
 from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
-from dfdb.nb import ListResult, NbApi, revision_of
+from dfdb.nb import NbApi, revision_of
 from dfdb.nbmodel import NbModel, dependency_order, reference_targets, validate_key
+from dfdb.replica.antientropy import AntiEntropy, CheckReport
 from dfdb.replica.events import EventFlow, Flag, ReplicaEvent, ReplicaEvents
+from dfdb.replica.lookups import Lookups
 from dfdb.replica.modes import ReplicaStats, SyncMode
-from dfdb.replica.store import Row, Store
+from dfdb.replica.pacing import RELISTS, RelistLimiter
+from dfdb.replica.relist import Keys, Listings, emit_difference, list_scope, refetch, until_done
+from dfdb.replica.store import Store
 from dfdb.retry import Backoff
 
 __all__ = ["Replica"]
@@ -27,7 +31,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=NbModel)
 
 
-class Replica:
+class Replica(Lookups):
     """An indexed local copy of ``models``; use it with ``async with``.
 
     Its background work (following the change stream, reopening it) runs in a task group
@@ -44,6 +48,16 @@ class Replica:
             ones are evicted).
         max_pending: the most keys an ``events()`` consumer may have pending before
             its pending events turn into one ``RESYNC``.
+        relists: the limiter its relists wait for after a ``RESYNC`` (default: the one the
+            Replicas of the process share, :data:`dfdb.replica.pacing.RELISTS`).
+        topicless: the models whose topic-less objects a SELECTIVE Replica lists (default:
+            every model; naming only the global ones, such as ``Chassis``, spares reading
+            whole tables of tenant objects to find none).
+        check_interval: seconds between consistency checks against the database (each
+            jittered by ±50 %; ``None``: only :meth:`check` when called); see
+            :mod:`dfdb.replica.antientropy`.
+        check_settle: the most seconds a check waits for the Replica to catch up with
+            the database's revision before it compares.
     """
 
     def __init__(
@@ -55,6 +69,10 @@ class Replica:
         topics: Iterable[str] = (),
         max_objects: int = 10_000,
         max_pending: int = 10_000,
+        relists: RelistLimiter | None = None,
+        topicless: Iterable[type[NbModel]] | None = None,
+        check_interval: float | None = 60.0,
+        check_settle: float = 2.0,
     ) -> None:
         if not models:
             raise ValueError("a Replica needs at least one model")
@@ -65,6 +83,8 @@ class Replica:
         self.mode = SyncMode(mode)
         self.max_objects = max_objects
         self.max_pending = max_pending
+        self.relists = relists or RELISTS
+        self._topicless = self.models if topicless is None else [m for m in self.models if m in set(topicless)]
         if isinstance(topics, str):
             raise TypeError(f"topics must be a collection of topics, not the string {topics!r}")
         self._topics: set[str] = {validate_key(t, "topic") for t in topics}
@@ -83,7 +103,11 @@ class Replica:
         """Changes whose value failed validation (their keys were evicted)."""
         self.resyncs = 0
         """How many times the Replica relisted its scope after a ``RESYNC``."""
+        self.relist_wait = 0.0
+        """Seconds its relists waited for their turn, in all."""
         self._follower = BackgroundTask("dfdb-replica")
+        self._checker = AntiEntropy(self, check_interval, check_settle)
+        self._checks = BackgroundTask("dfdb-replica-check")
         self._loading: set[str] = set()  # SELECTIVE: topics being added (followed, not loaded yet)
         self._entered = False
         self._records_read = self._bytes_read = 0  # of the stream, once closed
@@ -139,6 +163,8 @@ class Replica:
             self._synced.set()
             self._following = True
             await self._follower.start(self._follow)
+            if self._checker.interval is not None:
+                await self._checks.start(self._checker.run)
         except BaseException:
             self._stream = None
             self._following = False
@@ -156,6 +182,7 @@ class Replica:
     async def aclose(self) -> None:
         """Stop following and end the ``events()`` iterators; idempotent."""
         try:
+            await self._checks.stop()
             await self._follower.stop()
         finally:
             stream, self._stream = self._stream, None
@@ -171,22 +198,9 @@ class Replica:
     # ------------------------------------------------------------ loading
     async def _load(self, topics: set[str] | None) -> None:
         """List the scope (all, or ``topics`` plus topic-less objects) into the store."""
-        self._fill(await self._list_scope(topics), topics)
+        self._fill(await list_scope(self.nb, self.models, topics, self._topicless), topics)
 
-    async def _list_scope(self, topics: set[str] | None) -> list[tuple[type[NbModel], ListResult[NbModel]]]:
-        """The listings of the scope (all, or ``topics`` plus every topic-less object)."""
-        listings: list[tuple[type[NbModel], ListResult[NbModel]]] = []
-        for model in self.models:
-            if topics is None:
-                listings.append((model, await self.nb.list(model)))
-            else:
-                listings += [(model, await self.nb.list(model, topic=t)) for t in sorted(topics)]
-                listings.append((model, await self.nb.list(model)))  # topic-less objects are filtered below
-        return listings
-
-    def _fill(
-        self, listings: list[tuple[type[NbModel], ListResult[NbModel]]], topics: set[str] | None, *, whole: bool = True
-    ) -> set[tuple[type[NbModel], str]]:
+    def _fill(self, listings: Listings, topics: set[str] | None, *, whole: bool = True) -> Keys:
         """Apply ``listings`` to the store, with no await: readers never see half of it; returns
         the keys listed as corrupt (left out). ``whole``: they cover the scope, so their cursor is a
         position (one topic's is not: other topics' changes up to it may still be on their way)."""
@@ -235,8 +249,7 @@ class Replica:
 
     def _missing(self, obj: NbModel) -> set[tuple[type[NbModel], str]]:
         """The reference targets of ``obj`` (of the Replica's models) that it does not hold."""
-        rows = self._store.rows
-        return {(target, ref) for target, ref in reference_targets(obj) if target in rows and ref not in rows[target]}
+        return self._store.missing(obj)
 
     # ------------------------------------------------------------ following
     async def _follow(self) -> None:
@@ -257,12 +270,18 @@ class Replica:
         assert stream is not None
         backoff = Backoff()
         failures = 0
+        relist = False  # a RESYNC whose relist failed: done again before anything more is applied
         while True:
             try:
+                if relist:
+                    await self._resync()
+                relist = False
+                self._synced.set()  # also after a failed reopen: the old stream goes on
                 async for ev in stream:
+                    relist = ev.action == Action.RESYNC
                     await self._on_event(ev)
-                    # the cursor, not the event's revision: on an unordered driver an older
-                    # change of another topic may still be on its way
+                    relist = False
+                    # the cursor, not ev.revision: an unordered driver may still send older changes
                     self._position = max(self._position, parse_cursor(ev.cursor)[1])
                     self._progress.set()
                     failures = 0
@@ -270,8 +289,7 @@ class Replica:
             except BackendUnavailableError as exc:
                 log.warning("replica stream broke (%s); reopening it from its cursor", str(exc))
             self._synced.clear()
-            if failures:
-                await anyio.sleep(backoff.delay(failures))
+            await anyio.sleep(backoff.delay(failures))  # jittered from the first: a fleet spreads out
             failures += 1
             self.reconnects += 1
             try:
@@ -280,8 +298,6 @@ class Replica:
                 return  # closed: the Replica is closing
             except BackendUnavailableError as exc:
                 log.warning("reopening the replica stream failed (%s); retrying", str(exc))
-                continue
-            self._synced.set()
 
     async def _narrow(self) -> None:
         """Stop following the topics the stream follows beyond the Replica's scope now."""
@@ -301,7 +317,7 @@ class Replica:
 
     async def _on_event(self, ev: ChangeEvent) -> None:
         if ev.action == Action.RESYNC:
-            await self._resync()
+            await until_done(lambda: self._resync(ev.model, ev.topic), "relisting the replica's scope")
             return
         if ev.model is None or ev.model not in self._store:
             return
@@ -317,39 +333,42 @@ class Replica:
         elif ev.obj is not None:
             self._apply(ev.model, ev.id, ev.obj, ev.revision)
 
-    async def _resync(self) -> None:
-        """History was lost: relist the scope and replace it, emitting updates and deletes."""
-        self.resyncs += 1
+    async def _resync(self, model: type[NbModel] | None = None, topic: str | None = None) -> None:
+        """History was lost (of ``model`` and ``topic`` when named): wait for a relist's turn
+        (the readers see the old contents meanwhile), relist that scope and replace it,
+        emitting updates and deletes."""
+        if model is not None and model not in self._store:
+            return
+        models = self.models if model is None else [model]
+        topics: set[str] | None = None if topic is None else {topic}
+        if self.mode is SyncMode.SELECTIVE:
+            topics = set(self._topics) if topic is None else {topic} & self._topics
+            if not topics and topic is not None:
+                return  # a topic it does not follow
+        scoped = (model is not None or topic is not None) and self.mode is not SyncMode.REACTIVE
         self._synced.clear()
-        async with self._lock:
-            topics = self._topics if self.mode is SyncMode.SELECTIVE else None
+        async with self.relists.slot() as waited, self._lock:
+            self.relist_wait += waited
             # list first and swap the contents with no await in between: a reader sees the
             # old contents or the new, never an empty or half-filled scope
-            listings = await self._list_scope(topics) if self.mode is not SyncMode.REACTIVE else []
-            before = self._store.clear()
-            self._recent.clear()
-            self._held_topics = dict.fromkeys(self._held_topics, 0)  # still followed; counted again
+            listings = []
+            if self.mode is not SyncMode.REACTIVE:
+                listings = await list_scope(self.nb, models, topics, self._topicless if topic is None else ())
+            before = self._store.clear(models, topic) if scoped else self._store.clear()
+            if not scoped:
+                self._recent.clear()
+                self._held_topics = dict.fromkeys(self._held_topics, 0)  # still followed; counted again
             self._flow.muted = True  # the reload's own events are replaced by the difference below
             try:
-                corrupt: set[tuple[type[NbModel], str]] = set()
+                corrupt: Keys = set()
                 if self.mode is SyncMode.REACTIVE:
-                    await self._refetch(before)
+                    await refetch(self.nb, before, self._apply)
                 else:
-                    corrupt = self._fill(listings, topics)
+                    corrupt = self._fill(listings, topics, whole=not scoped)
             finally:
                 self._flow.muted = False
-            for model, rows in before.items():
-                now = self._store.rows[model]
-                for id, (old, _) in rows.items():
-                    if id not in now:
-                        bad = (model, id) in corrupt  # still stored, not valid (the listing logged it)
-                        self.corrupt += bad
-                        self._flow.emit(ReplicaEvent(Action.DELETE, model, id, old, None, self._position, bad))
-                    elif now[id][0] != old:
-                        self._flow.emit(ReplicaEvent(Action.UPDATE, model, id, old, now[id][0], now[id][1]))
-                for id, (obj, rev) in now.items():
-                    if id not in rows:
-                        self._flow.emit(ReplicaEvent(Action.CREATE, model, id, None, obj, rev))
+            self.corrupt += emit_difference(self._flow, before, self._store.rows, topic, corrupt, self._position)
+            self.resyncs += 1
         self._synced.set()
 
     # ------------------------------------------------------------ state
@@ -369,8 +388,7 @@ class Replica:
         Raises:
             StreamClosedError: the Replica stopped.
         """
-        # a relist in progress (after a RESYNC) has emptied the scope: it is not caught up,
-        # whatever position an earlier load reached
+        # a relist in progress (after a RESYNC) is not caught up, whatever position a load reached
         while not self._synced.is_set() or self._applied_up_to() < revision:
             if not self._following:
                 raise StreamClosedError(f"the replica stopped before revision {revision}: {self._failure}")
@@ -401,9 +419,8 @@ class Replica:
         async with self._lock:
             if topic in self._topics or self._stream is None:
                 return
-            # follow first, from the stream's own position, then list: every change after
-            # that position arrives (applied meanwhile: the topic is loading), and the
-            # listings (taken later) are never newer than it
+            # follow from the stream's own position, then list: every change after it arrives
+            # (applied meanwhile: the topic is loading); the listings are never newer than it
             self._loading.add(topic)
             try:
                 await self._stream.add_topics({topic}, since=self._stream.cursor)
@@ -512,73 +529,26 @@ class Replica:
                 del self._held_topics[topic]
             await self._narrow()
 
-    async def _refetch(self, before: dict[type[NbModel], dict[str, Row]]) -> None:
-        """After a ``RESYNC`` in REACTIVE mode: fetch again what was held."""
-        for model, rows in before.items():
-            for id in rows:
-                with contextlib.suppress(NotFoundError):
-                    obj = await self.nb.get(model, id)
-                    self._apply(model, id, obj, revision_of(obj) or 0)
-
     @property
     def topics(self) -> frozenset[str]:
         """The subscribed topics (SELECTIVE)."""
         return frozenset(self._topics)
 
-    # ------------------------------------------------------------ lookups
-    def get(self, model: type[M], id: str) -> M | None:
-        """The cached object, or ``None`` (a lookup, not a query)."""
-        held = self._store.row(model, id)
-        return held[0] if held is not None else None  # type: ignore[return-value]
-
-    def get_all(self, model: type[M], topic: str | None = None) -> list[M]:
-        """Every cached object of ``model`` (of one ``topic`` when given), sorted by id."""
-        rows = self._store.rows.get(model, {})
-        return [obj for _, (obj, _) in sorted(rows.items()) if topic is None or obj.topic == topic]  # type: ignore[misc]
-
-    def by_index(self, model: type[M], index: str | tuple[str, ...], value: Hashable) -> list[M]:
-        """The cached objects whose ``index`` (declared on the model) holds ``value``, sorted
-        by id. A list field matches each element; a multi-field index takes a tuple.
+    async def check(self, settle: float | None = None) -> CheckReport:
+        """Check the scope against the database now and repair what differs (with the usual
+        events); the periodic checks do the same. See :mod:`dfdb.replica.antientropy`.
 
         Raises:
-            KeyError: ``model`` declares no such index.
+            BackendUnavailableError: the server could not be reached.
         """
-        key = (index,) if isinstance(index, str) else tuple(index)
-        ids = self._store.lookup(model, key, value)
-        if ids is None:
-            raise KeyError(f"{model.__name__} declares no index {index!r} (indexes: {model.__indexes__})")
-        rows = self._store.rows[model]
-        return [rows[i][0] for i in ids]  # type: ignore[misc]
-
-    def get_one(self, model: type[M], index: str | tuple[str, ...], value: Hashable) -> M | None:
-        """The one cached object whose ``index`` holds ``value``, or ``None``.
-
-        Raises:
-            ValueError: more than one object matches.
-            KeyError: ``model`` declares no such index.
-        """
-        found = self.by_index(model, index, value)
-        if len(found) > 1:
-            raise ValueError(f"{len(found)} {model.__name__} objects have {index}={value!r}: {[o.id for o in found]}")
-        return found[0] if found else None
-
-    def resolve(self, ref: str, model: type[M] | None = None) -> M | None:
-        """The cached target of a reference (``Ref`` values know their model), or ``None``."""
-        target = model or getattr(ref, "target", None)
-        if target is None:
-            raise ValueError(f"cannot tell which model {ref!r} refers to; pass the model")
-        return self.get(target, ref)
-
-    def __len__(self) -> int:
-        return len(self._store)
+        return await self._checker.check(settle)
 
     def events(self) -> ReplicaEvents:
-        """The changes applied from now on (subscribed when this returns), as
-        :class:`ReplicaEvent`, an object's event after those of the objects it references.
-        Pending changes of one key are merged (a create then an update is one create); a
-        consumer with more than ``max_pending`` keys pending gets one ``RESYNC`` instead of
-        them, and should read the state again. It ends when the Replica closes; close it
-        with ``aclose``."""
+        """The changes applied from now on (subscribed when this returns), as :class:`ReplicaEvent`,
+        an object's event after those of the objects it references. Pending changes of one key
+        are merged (a create then an update is one create); a consumer with more than
+        ``max_pending`` keys pending gets one ``RESYNC`` instead of them, and should read the
+        state again. It ends when the Replica closes; close it with ``aclose``."""
         return self._flow.subscribe()
 
     def stats(self) -> ReplicaStats:
@@ -597,4 +567,9 @@ class Replica:
             bytes_read=self._stream.bytes_read if self._stream is not None else self._bytes_read,
             evictions=self.evictions,
             corrupt=self.corrupt,
+            stale=self._following and not self._synced.is_set(),
+            relist_wait=self.relist_wait,
+            checks=self._checker.checks,
+            divergences=self._checker.divergences,
+            repaired=self._checker.repaired,
         )

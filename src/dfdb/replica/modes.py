@@ -51,3 +51,15 @@ class ReplicaStats:
     event with ``corrupt`` set)."""
     tables: Mapping[str, int] = field(default_factory=dict)
     """Objects held, by table."""
+    stale: bool = False
+    """It follows no stream now (reconnecting, or waiting to relist after a ``RESYNC``): what
+    it holds may be behind the database, and stays readable."""
+    relist_wait: float = 0.0
+    """Seconds its relists waited for their turn after a ``RESYNC`` (jitter and the process's
+    relist rate, :mod:`dfdb.replica.pacing`), in all."""
+    checks: int = 0
+    """Consistency checks against the database completed."""
+    divergences: int = 0
+    """Table scopes a check found different from the database (each logged at WARNING)."""
+    repaired: int = 0
+    """Objects a check repaired."""

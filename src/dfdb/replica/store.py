@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
-from dfdb.nbmodel import NbModel
+from dfdb.nbmodel import NbModel, reference_targets, references
 
 __all__ = ["Row", "Store"]
 
@@ -15,6 +14,10 @@ Row = tuple[NbModel, int]
 """A held object and the revision it was written at."""
 
 _TOMBSTONES = 100_000
+_COLLECTIONS = (list, tuple, set, frozenset)
+
+KeysOf = Callable[[NbModel], Sequence[Hashable] | set[Hashable]]
+"""The keys an object has in one index (repeats allowed)."""
 
 
 class Store:
@@ -27,7 +30,12 @@ class Store:
         self._indexes: dict[type[NbModel], dict[tuple[str, ...], defaultdict[Hashable, set[str]]]] = {
             m: {index: defaultdict(set) for index in m.__indexes__} for m in self.rows
         }
+        self._keyed: dict[type[NbModel], list[tuple[KeysOf, defaultdict[Hashable, set[str]]]]] = {
+            m: [(keys_of(index), entries) for index, entries in by_index.items()]
+            for m, by_index in self._indexes.items()
+        }
         self._tombstones: dict[tuple[type[NbModel], str], int] = {}
+        self._refers: dict[type[NbModel], bool] = {}  # whether a model references one held here
 
     def __contains__(self, model: object) -> bool:
         return model in self.rows
@@ -52,28 +60,46 @@ class Store:
         gone = self._tombstones.get((model, id))
         return gone is not None and gone >= revision
 
+    def missing(self, obj: NbModel) -> set[tuple[type[NbModel], str]]:
+        """The reference targets of ``obj`` (of the models held here) that are not held."""
+        model = type(obj)
+        refers = self._refers.get(model)
+        if refers is None:
+            refers = self._refers[model] = any(target in self.rows for target in references(model))
+        if not refers:
+            return set()
+        rows = self.rows
+        return {(target, ref) for target, ref in reference_targets(obj) if target in rows and ref not in rows[target]}
+
     def put(self, model: type[NbModel], id: str, obj: NbModel, revision: int) -> Row | None:
         """Hold ``obj`` at ``revision``, its index entries following its fields; returns the
         row it replaced."""
         rows = self.rows[model]
         held = rows.get(id)
-        for index, entries in self._indexes[model].items():
-            old_keys = index_keys(held[0], index) if held is not None else set()
-            new_keys = index_keys(obj, index)
-            for key in old_keys - new_keys:
-                _discard(entries, key, id)
-            for key in new_keys - old_keys:
-                entries[key].add(id)
+        if held is None:
+            for keys, entries in self._keyed[model]:
+                for key in keys(obj):
+                    entries[key].add(id)
+        else:
+            for keys, entries in self._keyed[model]:
+                old_keys = set(keys(held[0]))
+                new_keys = set(keys(obj))
+                if old_keys != new_keys:
+                    for key in old_keys - new_keys:
+                        _discard(entries, key, id)
+                    for key in new_keys - old_keys:
+                        entries[key].add(id)
         rows[id] = (obj, revision)
-        self._tombstones.pop((model, id), None)
+        if self._tombstones:
+            self._tombstones.pop((model, id), None)
         return held
 
     def drop(self, model: type[NbModel], id: str) -> Row | None:
         """Drop ``id`` and its index entries; returns the row dropped."""
         held = self.rows[model].pop(id, None)
         if held is not None:
-            for index, entries in self._indexes[model].items():
-                for key in index_keys(held[0], index):
+            for keys, entries in self._keyed[model]:
+                for key in keys(held[0]):
                     _discard(entries, key, id)
         return held
 
@@ -83,14 +109,26 @@ class Store:
         if len(self._tombstones) > _TOMBSTONES:
             del self._tombstones[next(iter(self._tombstones))]
 
-    def clear(self) -> dict[type[NbModel], dict[str, Row]]:
-        """Empty the store (tombstones too); returns what it held."""
-        before = {m: dict(rows) for m, rows in self.rows.items()}
-        for model, rows in self.rows.items():
-            rows.clear()
-            for entries in self._indexes[model].values():
-                entries.clear()
-        self._tombstones.clear()
+    def clear(
+        self, models: Iterable[type[NbModel]] | None = None, topic: str | None = None
+    ) -> dict[type[NbModel], dict[str, Row]]:
+        """Empty the store (tombstones too), or only the rows of ``models`` (of one ``topic``
+        when given; their tombstones go when no topic is); returns what it dropped."""
+        if models is None and topic is None:
+            before = {m: dict(rows) for m, rows in self.rows.items()}
+            for model, rows in self.rows.items():
+                rows.clear()
+                for entries in self._indexes[model].values():
+                    entries.clear()
+            self._tombstones.clear()
+            return before
+        chosen = list(self.rows if models is None else models)
+        before = {m: {i: r for i, r in self.rows[m].items() if topic is None or r[0].topic == topic} for m in chosen}
+        for model, rows in before.items():
+            for id in rows:
+                self.drop(model, id)
+        if topic is None:
+            self._tombstones = {k: v for k, v in self._tombstones.items() if k[0] not in before}
         return before
 
     def lookup(self, model: type[NbModel], index: tuple[str, ...], value: Hashable) -> list[str] | None:
@@ -112,30 +150,53 @@ def _path_values(value: object, parts: Sequence[str]) -> list[Hashable]:
 def _fan_out(value: object) -> list[object]:
     if value is None:
         return []
-    if isinstance(value, list | tuple | set | frozenset):
+    if isinstance(value, _COLLECTIONS):
         return [x for item in value for x in _fan_out(item)]
     return [value]
 
 
-@functools.cache
-def _split_paths(index: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
-    return tuple(tuple(path.split(".")) for path in index)
+def _flat(values: Iterable[object]) -> list[Hashable]:
+    """The hashable elements of a collection, nested collections flattened, ``None`` left out."""
+    out: list[Hashable] = []
+    for item in values:
+        if item is None:
+            continue
+        if isinstance(item, _COLLECTIONS):
+            out += _flat(item)
+        elif type(item).__hash__ is not None:  # as isinstance(item, Hashable), without the ABC's cost
+            out.append(item)
+    return out
+
+
+def keys_of(index: tuple[str, ...]) -> KeysOf:
+    """The function giving an object's keys in ``index`` (see :func:`index_keys`), made once
+    per index: a plain field and a dotted path are read without the general machinery."""
+    paths = tuple(tuple(path.split(".")) for path in index)
+    if len(paths) == 1:
+        first, rest = paths[0][0], paths[0][1:]
+
+        def one(obj: NbModel) -> Sequence[Hashable]:
+            value = getattr(obj, first, None)
+            if value is None:
+                return ()
+            if rest:
+                return _path_values(value, rest)
+            if isinstance(value, _COLLECTIONS):
+                return _flat(value)
+            return (value,) if type(value).__hash__ is not None else ()
+
+        return one
+
+    def combined(obj: NbModel) -> set[Hashable]:
+        return set(itertools.product(*(_path_values(obj, path) for path in paths)))
+
+    return combined
 
 
 def index_keys(obj: NbModel, index: tuple[str, ...]) -> set[Hashable]:
     """The keys ``obj`` has in ``index``: a field's value, each element of a list field, a
     tuple per combination for a multi-field index."""
-    paths = _split_paths(index)
-    if len(paths) == 1 and len(paths[0]) == 1:  # one plain field: the common case
-        value = getattr(obj, paths[0][0], None)
-        if value is None:
-            return set()
-        if not isinstance(value, list | tuple | set | frozenset):
-            return {value} if isinstance(value, Hashable) else set()
-    values = [_path_values(obj, path) for path in paths]
-    if len(index) == 1:
-        return set(values[0])
-    return set(itertools.product(*values))
+    return set(keys_of(index)(obj))
 
 
 def _discard(entries: defaultdict[Hashable, set[str]], key: Hashable, id: str) -> None:

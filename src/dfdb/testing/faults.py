@@ -18,7 +18,8 @@
     (a fault the NbApi must absorb: its retries are idempotent).
 
 Without ``fault=`` the wrapper injects nothing by itself; with any fault,
-:meth:`FaultyDriver.cut` drops the change streams' connections when a test says so.
+:meth:`FaultyDriver.cut` drops the change streams' connections when a test says so, and
+:meth:`FaultyDriver.drop_next` silently drops the next change event a stream reads.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import contextlib
 from collections.abc import Collection, Sequence
 
 from dfdb.drivers import driver_class, register_driver
-from dfdb.drivers.base import ANY, Driver, Entry, EventSource, Expect, Listing, RawEvent
+from dfdb.drivers.base import ANY, Digest, Driver, Entry, EventSource, Expect, KeyListing, Listing, RawEvent
 from dfdb.errors import BackendUnavailableError, InvalidURL
 from dfdb.url import DatabaseURL
 
@@ -62,6 +63,12 @@ class FaultyDriver(Driver):
         self._lost: set[tuple[str, str]] = set()
         self._open_sources: set[_FaultySource] = set()
         self._history_lost_upto = -1  # a watch resumed from a cursor at or below it gets a resync
+        self._drops = [0]  # change events still to drop silently, shared by the sources
+
+    def drop_next(self, count: int = 1) -> None:
+        """Drop the next ``count`` change events the change streams read, silently: no
+        ``resync``, the stream goes on as if they had never happened."""
+        self._drops[0] += count
 
     async def cut(self, *, lose_history: bool = False) -> int:
         """Drop the connection of every open change stream, as a server that goes away
@@ -115,6 +122,14 @@ class FaultyDriver(Driver):
     async def tables(self) -> Sequence[str] | None:
         return await self.inner.tables()
 
+    async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
+        return await self.inner.digest(table, topics, buckets)
+
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        return await self.inner.digest_keys(table, topics, buckets, wanted)
+
     async def watch(
         self,
         tables: Collection[str],
@@ -130,7 +145,7 @@ class FaultyDriver(Driver):
         if since is not None and since <= self._history_lost_upto:
             forgotten, since = RawEvent.resync(await self._head(tables, since)), None
         inner = await self.inner.watch(tables, topics, since)
-        source = _FaultySource(inner, self.fault, self._open_sources, tables)
+        source = _FaultySource(inner, self.fault, self._open_sources, tables, self._drops)
         if forgotten is not None:
             source._pending.append(forgotten)
         return source
@@ -147,8 +162,14 @@ class FaultyDriver(Driver):
 
 class _FaultySource(EventSource):
     def __init__(
-        self, inner: EventSource, fault: str | None, registry: set[_FaultySource], tables: Collection[str]
+        self,
+        inner: EventSource,
+        fault: str | None,
+        registry: set[_FaultySource],
+        tables: Collection[str],
+        drops: list[int],
     ) -> None:
+        self._drops = drops
         self.tables = frozenset(tables)
         self._inner = inner
         self._fault = fault
@@ -182,6 +203,9 @@ class _FaultySource(EventSource):
                 return event
             self._count += 1
             if self._fault == "drop" and self._count % 1000 == 0:
+                continue
+            if self._drops[0] > 0:
+                self._drops[0] -= 1
                 continue
             if self._fault == "reorder":
                 nxt: RawEvent | None = None

@@ -1,4 +1,5 @@
-"""Conformance tests of change streams: cancelled reads, scope changes, unreadable records.
+"""Conformance tests of change streams: cancelled reads, scope changes, unreadable records,
+idle cursors.
 
 Part of :mod:`dfdb.testing.suite`, which exports them.
 """
@@ -18,6 +19,7 @@ import sniffio
 
 import dfdb
 from dfdb import Action, ChangeEvent, ChangeStream, NbApi
+from dfdb.events import parse_cursor
 from dfdb.testing.conformance import (
     WAIT,
     ConformanceItem,
@@ -31,6 +33,8 @@ from dfdb.testing.leaks import ResourceSnapshot
 __all__ = [
     "HOSTILE_ID_WRITERS",
     "UNREADABLE_RECORD_WRITERS",
+    "test_a_watch_resumed_from_an_idle_cursor_loses_nothing",
+    "test_an_idle_cursor_moves_past_changes_outside_the_scope",
     "test_added_topic_arrives_under_timed_out_reads",
     "test_change_record_with_a_refused_id_is_reported_not_delivered",
     "test_cancelled_reads_lose_nothing",
@@ -388,3 +392,72 @@ async def test_stream_closed_by_a_cancelled_consumer_stops_at_once(nb: NbApi) ->
         tg.cancel_scope.cancel()
     left = [leak for leak in ResourceSnapshot.take().leaks_since(baseline) if leak.startswith("task")]
     assert not left, f"the closed stream left running: {left}"
+
+
+# --------------------------------------------------------------------- cursors
+
+
+async def _cursor_reaches(stream: ChangeStream, revision: int, within: float = WAIT) -> list[ChangeEvent]:
+    """Read ``stream`` with short time-outs, as an idle consumer does, until its cursor is at
+    ``revision`` or ``within`` seconds passed; the events it yielded meanwhile."""
+    got: list[ChangeEvent] = []
+    with anyio.move_on_after(within):
+        while parse_cursor(stream.cursor)[1] < revision:
+            with contextlib.suppress(TimeoutError):
+                got.append(await _read_within(stream, 0.1))
+    return got
+
+
+_QUIET_SCOPES: list[set[str | None] | None] = [None, {"t1"}, set()]
+"""Scopes that the writes outside them below leave quiet: none, every topic, one topic."""
+
+
+async def _writes_outside(nb: NbApi, scope: set[str | None] | None, n: int) -> int:
+    """Changes that ``scope`` of a watch of ``Item`` does not hold; the revision of the last."""
+    last: dfdb.NbModel = await nb.create(Link(id=f"outside{n}", topic="t1"))  # another table
+    if scope is not None:
+        last = await nb.create(Item(id=f"outside{n}", topic="t2"))  # another topic
+    revision = dfdb.revision_of(last)
+    assert revision is not None
+    return revision
+
+
+@conformance_test
+async def test_an_idle_cursor_moves_past_changes_outside_the_scope(nb: NbApi) -> None:
+    """A watch read by an idle consumer while only changes outside its scope happen (other
+    tables, other topics; an empty scope holds none) yields nothing, and its cursor moves
+    past them: a Replica's ``wait_for`` and a resumed watch need not wait for, or read
+    again, what the scope never held. After an event, the cursor is the event's."""
+    for n, scope in enumerate(_QUIET_SCOPES):
+        async with nb.watch(Item, topics=scope) as stream:
+            start = parse_cursor(stream.cursor)[1]
+            revision = await _writes_outside(nb, scope, n)
+            got = await _cursor_reaches(stream, revision)
+            assert not got, f"scope {scope}: events of changes outside it: {got}"
+            at = parse_cursor(stream.cursor)[1]
+            assert at >= revision, f"scope {scope}: the cursor stayed at {at} (from {start}), below {revision}"
+            if scope != set():
+                created = await nb.create(Item(id=f"inside{n}", topic="t1"))
+                ev = await next_event(stream)
+                assert (ev.action, ev.id, ev.revision) == (Action.CREATE, created.id, dfdb.revision_of(created))
+                assert stream.cursor == ev.cursor and parse_cursor(ev.cursor)[1] == ev.revision
+
+
+@pytest.mark.dfdb_exact
+@conformance_test
+async def test_a_watch_resumed_from_an_idle_cursor_loses_nothing(exact_nb: NbApi) -> None:
+    """The cursor an idle watch moved past changes outside its scope is a resume point: a
+    watch resumed there (and, for an empty scope, given a topic from there) delivers the
+    scope's next change, and nothing before it, with no RESYNC."""
+    nb = exact_nb
+    for n, scope in enumerate(_QUIET_SCOPES):
+        async with nb.watch(Item, topics=scope) as stream:
+            revision = await _writes_outside(nb, scope, n)
+            await _cursor_reaches(stream, revision)
+            cursor = stream.cursor
+        created = await nb.create(Item(id=f"inside{n}", topic="t1"))
+        async with nb.watch(Item, topics=scope, since=cursor) as resumed:
+            if scope == set():
+                await resumed.add_topics({"t1"}, since=cursor)
+            ev = await next_event(resumed)
+            assert (ev.action, ev.id, ev.revision) == (Action.CREATE, created.id, dfdb.revision_of(created)), ev

@@ -20,7 +20,7 @@ from typing import Any
 from aiozk import exc, protocol
 
 from dfdb.drivers.zookeeper.session import SessionRepair
-from dfdb.drivers.zookeeper.tls import tls_failure_of
+from dfdb.drivers.zookeeper.tls import RefusedError, start_session, tls_failure_of
 from dfdb.errors import AuthenticationError, BackendUnavailableError, DfdbError, DriverError, StreamClosedError
 from dfdb.retry import raise_if_cancelling
 from dfdb.tls import describe_tls_failure
@@ -81,7 +81,8 @@ class Calls:
 
         Raises:
             BackendUnavailableError: no server answered within the time-out.
-            AuthenticationError: the servers' TLS certificates were not accepted.
+            AuthenticationError: the servers' TLS certificates were not accepted, or a
+                server speaks TLS and the URL does not (or the reverse).
         """
         if self._repair is not None:
             return
@@ -89,10 +90,13 @@ class Calls:
         log.debug("ZooKeeper: connecting to %s", self.servers)
         try:
             async with asyncio.timeout(self.timeout):
-                await self._repair.zk.session.start()
+                await start_session(self._repair.zk.session)
             if self.auth is not None:
                 await self.send(protocol.AuthRequest(type=0, scheme="digest", auth=self.auth))
             await self.identity()
+        except RefusedError as error:
+            await self.close()
+            raise AuthenticationError(f"{self.url}: {error}") from None
         except BaseException as error:
             failure = tls_failure_of(self._repair.zk.session) if self._repair is not None else None
             await self.close()

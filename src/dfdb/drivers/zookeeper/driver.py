@@ -15,14 +15,17 @@ from dfdb.drivers.base import (
     ABSENT,
     ANY,
     Capability,
+    Digest,
     Driver,
     Entry,
     EventSource,
     Expect,
+    KeyListing,
     Listing,
     PutRequest,
     RawAction,
 )
+from dfdb.drivers.zookeeper import digest as zk_digest
 from dfdb.drivers.zookeeper.client import Calls
 from dfdb.drivers.zookeeper.layout import (
     MULTI_OPS,
@@ -392,6 +395,17 @@ class ZooKeeperDriver(Driver):
                 continue
             return Listing(builtins.list(entries.values()), after, calls.known_identity)
         raise BackendUnavailableError(f"{self.url}: {table}: the listing kept meeting pruned or unreadable logs")
+
+    async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
+        """From the data nodes' stats (no value is read); see :mod:`~dfdb.drivers.zookeeper.digest`."""
+        self._check_open()
+        return await zk_digest.digest(self, table, topics, buckets)
+
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        self._check_open()
+        return await zk_digest.digest_keys(self, table, topics, buckets, wanted)
 
     async def _apply_changes(self, entries: dict[str, Entry], table: str, topic: str | None, since: int,
                              until: int) -> bool:  # fmt: skip

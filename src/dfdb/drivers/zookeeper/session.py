@@ -66,8 +66,7 @@ class SessionRepair:
         """A new aiozk client for ``servers`` with dfdb's repair installed (and TLS: a
         context and the server name its certificate must carry)."""
         zk = ZKClient(servers, session_timeout=session_timeout, read_timeout=session_timeout)
-        if tls is not None:
-            use_tls(zk.session, *tls)
+        use_tls(zk.session, *(tls or (None, None)))
         return cls(zk, auth)
 
     @property

@@ -1,0 +1,410 @@
+"""The fleet simulator's orchestrator: the database and its topology, the worker processes,
+the writer, the scenarios and what they measured."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import random
+import signal
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from dfdb.connecting import connect
+from dfdb.errors import ConfigurationError
+from dfdb.events import parse_cursor
+from dfdb.fleet.topology import MODELS, Topology
+from dfdb.fleet.worker import worker_main
+from dfdb.models import LogicalPort
+from dfdb.nb import NbApi
+from dfdb.retry import gather_outcomes
+from dfdb.servers import SERVERS, LocalServer
+
+__all__ = ["SCENARIOS", "FleetConfig", "FleetResult", "run_fleet"]
+
+SCENARIOS = ("cold", "steady", "restart", "history")
+"""The scenarios, in the order they run."""
+
+
+@dataclass
+class FleetConfig:
+    """What the fleet simulator runs (``dfdb fleet --help`` tells each option)."""
+
+    url: str | None = None
+    server: str | None = None
+    """Start a local server of this backend (``redis``, ``etcd``) instead of using ``url``;
+    the restart scenario needs it, and the server CPU is read from its process."""
+    controllers: int = 50
+    workers: int = 4
+    tenants: int | None = None
+    """Tenants (default: as many as controllers)."""
+    ports: int = 20
+    """Ports per tenant."""
+    spread: int = 3
+    """Chassis each tenant's ports sit on."""
+    rate: float = 50.0
+    """Writes per second in the steady state."""
+    duration: float = 10.0
+    """Seconds of steady-state writing."""
+    lost: int = 200
+    """Changes written while the controllers are cut off in the history-loss scenario."""
+    scenarios: tuple[str, ...] = SCENARIOS
+    relist_rate: float = 20.0
+    relist_burst: int = 10
+    relist_jitter: float = 1.0
+    within: float = 300.0
+    """Seconds a scenario may take to converge before the run fails."""
+    seed: int = 1
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    indexes: list[int]
+
+
+@dataclass
+class FleetResult:
+    """What the run measured (also written as JSON)."""
+
+    config: dict[str, Any]
+    backend: str
+    objects: int
+    load_seconds: float
+    scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No controller diverged and every scenario converged."""
+        return not self.failures
+
+
+class _Cpu:
+    """Samples a server process's CPU time from ``/proc`` and keeps the peak rate."""
+
+    def __init__(self, server: LocalServer | None) -> None:
+        self.server = server
+        self.peak = 0.0
+        self._last: tuple[float, float] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _read(self) -> float | None:
+        if self.server is None or not self.server.processes or self.server.processes[0] is None:
+            return None
+        pid = self.server.processes[0].pid
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def _sample(self) -> None:
+        while True:
+            now, used = time.monotonic(), self._read()
+            if used is not None and self._last is not None and used >= self._last[1] and now > self._last[0]:
+                self.peak = max(self.peak, 100 * (used - self._last[1]) / (now - self._last[0]))
+            self._last = (now, used) if used is not None else None
+            await asyncio.sleep(0.25)
+
+    @contextmanager
+    def watching(self) -> Iterator[_Cpu]:
+        self.peak, self._last = 0.0, None
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+        try:
+            yield self
+        finally:
+            self._task.cancel()
+
+    def figure(self) -> float | None:
+        return round(self.peak, 1) if self.server is not None else None
+
+
+async def _ask(workers: list[_Worker], command: str, arg: Any = None) -> list[Any]:
+    """Send ``command`` to every worker; their answers, flattened."""
+    loop = asyncio.get_running_loop()
+    for w in workers:
+        w.conn.send((command, arg))
+    answers = await asyncio.gather(*(loop.run_in_executor(None, w.conn.recv) for w in workers))
+    return [item for answer in answers for item in answer]
+
+
+async def _revision(nb: NbApi) -> int:
+    return parse_cursor((await nb.list(MODELS[0])).cursor)[1]
+
+
+class _Writer:
+    """Changes ports, stamping each name with its write time (``w`` + nanoseconds)."""
+
+    def __init__(self, nb: NbApi, topology: Topology, seed: int) -> None:
+        self.nb = nb
+        self.topology = topology
+        self.rng = random.Random(seed)
+        self.held: dict[tuple[int, int], LogicalPort] = {}
+        self.writes = 0
+        self.deliveries = 0  # how many controllers each write should reach, in all
+
+    async def write(self) -> None:
+        t, p = self.rng.randrange(self.topology.tenants), self.rng.randrange(max(self.topology.ports, 1))
+        port = self.held.get((t, p)) or await self.nb.get(LogicalPort, f"lp-{t}-{p}")
+        stored = await self.nb.update(port.model_copy(update={"name": f"w{time.time_ns()}"}))
+        self.held[(t, p)] = stored
+        self.writes += 1
+        self.deliveries += len(self.topology.homes(t))
+
+    async def steady(self, rate: float, duration: float) -> float:
+        start = time.monotonic()
+        n = 0
+        while time.monotonic() - start < duration:
+            await self.write()
+            n += 1
+            ahead = start + n / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        return time.monotonic() - start
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+
+def _spawn(cfg: FleetConfig, url: str, topology: Topology) -> list[_Worker]:
+    ctx = multiprocessing.get_context("spawn")
+    count = max(1, min(cfg.workers, cfg.controllers))
+    relists = {"rate": cfg.relist_rate, "burst": float(cfg.relist_burst), "jitter": cfg.relist_jitter}
+    workers = []
+    for w in range(count):
+        indexes = list(range(w, cfg.controllers, count))
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=worker_main, args=(child, url, indexes, topology, relists), name=f"dfdb-fleet-{w}", daemon=True
+        )
+        proc.start()
+        child.close()
+        workers.append(_Worker(proc, parent, indexes))
+    return workers
+
+
+async def _stop(workers: list[_Worker]) -> None:
+    loop = asyncio.get_running_loop()
+    for w in workers:
+        try:
+            os.kill(w.process.pid or 0, signal.SIGCONT)
+            w.conn.send(("stop", None))
+            await asyncio.wait_for(loop.run_in_executor(None, w.conn.recv), 60)
+        except (OSError, EOFError, TimeoutError):
+            pass
+        w.process.join(10)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join(5)
+
+
+async def _converge(workers: list[_Worker], nb: NbApi, start: float, within: float) -> dict[str, Any]:
+    """Wait until every controller applied every change up to now; seconds from ``start``."""
+    revision = await _revision(nb)
+    done = await _ask(workers, "wait", (revision, within))
+    late = [t for t in done if t is None]
+    took = sorted(t - start for t in done if t is not None)
+    finish = took[-1] if took else 0.0
+    median = took[len(took) // 2] if took else None
+    return {"converged_s": round(finish, 3), "median_s": median, "not_converged": len(late), "revision": revision}
+
+
+async def _totals(workers: list[_Worker]) -> dict[str, Any]:
+    stats = await _ask(workers, "stats")
+    errors = [s["error"] for s in stats if s.get("error")]
+    keys = ["objects", "listed_bytes", "records_read", "bytes_read", "resyncs", "reconnects", "relist_wait"]
+    keys.append("start_retries")
+    totals: dict[str, Any] = {k: sum(s.get(k, 0) for s in stats) for k in keys}
+    totals["errors"] = errors
+    totals["per_controller"] = {k: _spread(s.get(k, 0) for s in stats) for k in ("objects", "records_read")}
+    return totals
+
+
+def _spread(values: Any) -> dict[str, float]:
+    vals = list(values)
+    if not vals:
+        return {}
+    return {"min": min(vals), "mean": round(statistics.fmean(vals)), "max": max(vals)}
+
+
+async def _load(nb: NbApi, topology: Topology) -> float:
+    start = time.monotonic()
+    await nb.create_many(topology.chassis_objects())
+    batch: list[Any] = []
+    for t in range(topology.tenants):
+        batch += topology.tenant_objects(t)
+        if len(batch) >= 2000 or t == topology.tenants - 1:
+            await nb.create_many(batch)
+            batch = []
+    return time.monotonic() - start
+
+
+async def _clear(nb: NbApi) -> None:
+    for model in reversed(MODELS):
+        ids = [obj.id for obj in await nb.get_all(model)]
+        for i in range(0, len(ids), 200):
+            await gather_outcomes(lambda id, model=model: nb.delete(model, id), ids[i : i + 200])  # type: ignore[misc]
+
+
+def _signal(workers: list[_Worker], sig: signal.Signals) -> None:
+    for w in workers:
+        if w.process.pid is not None:
+            os.kill(w.process.pid, sig)
+
+
+async def run_fleet(cfg: FleetConfig) -> FleetResult:
+    """Run the simulator with ``cfg``; the result says what it measured and whether the
+    controllers converged (``ok``).
+
+    Raises:
+        ConfigurationError: no database, an in-process one, or a database that holds objects.
+    """
+    unknown = set(cfg.scenarios) - set(SCENARIOS)
+    if unknown:
+        raise ConfigurationError(f"unknown fleet scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+    server: LocalServer | None = None
+    if cfg.server is not None:
+        if cfg.server not in ("redis", "etcd"):
+            raise ConfigurationError(f"dfdb fleet starts redis or etcd servers, not {cfg.server!r}")
+        server = SERVERS[cfg.server]()
+        server.start()
+    try:
+        url = server.url if server is not None else cfg.url
+        if not url:
+            raise ConfigurationError("dfdb fleet needs --db URL (or --server redis|etcd)")
+        if url.startswith("memory:"):
+            raise ConfigurationError("dfdb fleet runs controllers in other processes: memory:// cannot be shared")
+        return await _run(cfg, url, server)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+async def _run(cfg: FleetConfig, url: str, server: LocalServer | None) -> FleetResult:
+    topology = Topology(cfg.controllers, cfg.tenants or cfg.controllers, cfg.ports, cfg.spread)
+    cpu = _Cpu(server)
+    async with connect(url) as nb:
+        stored = [m.__table__ for m in MODELS if await nb.get_all(m)]
+        if stored:
+            raise ConfigurationError(f"dfdb fleet needs an empty database, and {nb.url} holds {', '.join(stored)}")
+        load = await _load(nb, topology)
+        result = FleetResult(asdict(cfg), nb.url.scheme, topology.objects, round(load, 2))
+        workers = _spawn(cfg, url, topology)
+        try:
+            await _scenarios(cfg, nb, workers, server, cpu, topology, result)
+            checks = await _ask(workers, "check")
+            diverged = [c for c in checks if c["diff"]]
+            result.scenarios["check"] = {"controllers": len(checks), "diverged": len(diverged)}
+            result.failures += [f"controller {c['index']} differs from the database: {c['diff']}" for c in diverged]
+        finally:
+            await _stop(workers)
+            if server is None:  # leave the database as found
+                await _clear(nb)
+    return result
+
+
+async def _scenarios(
+    cfg: FleetConfig,
+    nb: NbApi,
+    workers: list[_Worker],
+    server: LocalServer | None,
+    cpu: _Cpu,
+    topology: Topology,
+    result: FleetResult,
+) -> None:
+    writer = _Writer(nb, topology, cfg.seed)
+    await _ask(workers, "stats")  # every worker is up (imported, listening) before the clock starts
+    start = time.time()
+    with cpu.watching():
+        reports = await _ask(workers, "start", cfg.within)
+        ready = [r["ready"] for r in reports if r.get("ready")]
+        cold = await _totals(workers)
+        cold["converged_s"] = round(max(ready, default=start) - start, 3)
+        cold["not_converged"] = cfg.controllers - len(ready)
+        cold["peak_server_cpu_pct"] = cpu.figure()
+    result.scenarios["cold"] = cold
+    result.failures += [f"cold start: {e}" for e in cold["errors"]]
+    if cold["not_converged"]:
+        result.failures.append(f"cold start: {cold['not_converged']} controllers not ready")
+    if "steady" in cfg.scenarios:
+        await _ask(workers, "latencies")
+        with cpu.watching():
+            took = await writer.steady(cfg.rate, cfg.duration)
+            steady = await _converge(workers, nb, time.time(), cfg.within)
+            steady["peak_server_cpu_pct"] = cpu.figure()
+        lat = await _ask(workers, "latencies")
+        steady |= {"writes": writer.writes, "seconds": round(took, 2), "rate": round(writer.writes / took, 1)}
+        # a consumer that lags gets an object's pending updates merged: fewer events than deliveries
+        steady |= {"events": len(lat), "deliveries": writer.deliveries}
+        steady |= {"p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99)}
+        result.scenarios["steady"] = steady
+        if steady["not_converged"]:
+            result.failures.append(f"steady state: {steady['not_converged']} controllers did not converge")
+    if "restart" in cfg.scenarios and server is not None:
+        result.scenarios["restart"] = await _disruption(cfg, nb, workers, server, cpu, writer, lose=False)
+    if "history" in cfg.scenarios:
+        result.scenarios["history"] = await _disruption(cfg, nb, workers, server, cpu, writer, lose=True)
+    for name in ("restart", "history"):
+        scen = result.scenarios.get(name)
+        if scen is not None and scen["not_converged"]:
+            result.failures.append(f"{name}: {scen['not_converged']} controllers did not converge")
+
+
+async def _disruption(
+    cfg: FleetConfig,
+    nb: NbApi,
+    workers: list[_Worker],
+    server: LocalServer | None,
+    cpu: _Cpu,
+    writer: _Writer,
+    *,
+    lose: bool,
+) -> dict[str, Any]:
+    """A server restart with its data (``lose`` false), or history lost beyond every
+    controller's cursor: the controllers are stopped (SIGSTOP), the server restarted,
+    ``cfg.lost`` changes written and the history compacted, then the controllers go on."""
+    before = await _totals(workers)
+    await _ask(workers, "limiter")
+    held = {s["index"]: (s.get("resyncs", 0), s.get("objects", 0)) for s in await _ask(workers, "stats")}
+    with cpu.watching():
+        if lose:
+            _signal(workers, signal.SIGSTOP)
+        try:
+            if server is not None:
+                await asyncio.to_thread(server.restart)  # type: ignore[attr-defined]
+            if lose:
+                for _ in range(cfg.lost):
+                    await writer.write()
+                await nb.driver.compact()
+        finally:
+            if lose:
+                _signal(workers, signal.SIGCONT)
+        start = time.time()
+        await writer.write()  # a change after the disruption, for everyone to reach
+        out = await _converge(workers, nb, start, cfg.within)
+        out["peak_server_cpu_pct"] = cpu.figure()
+    after = await _totals(workers)
+    stats = await _ask(workers, "stats")
+    out["objects_relisted"] = sum(s.get("objects", 0) for s in stats if s.get("resyncs", 0) > held[s["index"]][0])
+    out["relists"] = after["resyncs"] - before["resyncs"]
+    out["reconnects"] = after["reconnects"] - before["reconnects"]
+    out["records_read"] = after["records_read"] - before["records_read"]
+    out["bytes_read"] = after["bytes_read"] - before["bytes_read"]
+    out["relist_wait_s"] = round(after["relist_wait"] - before["relist_wait"], 2)
+    out["errors"] = after["errors"]
+    # relists running at once, at most: the sum of each process's peak
+    out["peak_relists_at_once"] = sum(w["peak_active"] for w in await _ask(workers, "limiter"))
+    return out

@@ -1,0 +1,79 @@
+"""The fleet simulator, small: a couple of dozen selective controllers in two worker processes
+on a SQLite file, through a cold start, the steady state and a history loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import dfdb
+from dfdb import Replica, SyncMode
+from dfdb.cli import main
+from dfdb.fleet.topology import Topology
+
+
+def test_a_small_fleet_converges_through_every_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    figures_file = tmp_path / "fleet.json"
+    args = ["fleet", "--db", f"sqlite:///{tmp_path}/fleet.db", "--controllers", "24", "--workers", "2"]
+    args += ["--ports", "4", "--spread", "2", "--rate", "40", "--duration", "1", "--lost", "30"]
+    args += ["--relist-rate", "10", "--relist-burst", "2", "--relist-jitter", "0.1", "--within", "60"]
+    assert main([*args, "--json", str(figures_file)]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    for line in ("cold start:", "steady state:", "history lost:", "result: every controller converged"):
+        assert line in out
+    result = json.loads(figures_file.read_text())
+    assert result["ok"] and result["failures"] == []
+    held = 24 + 2 * 12  # the chassis and two tenants of 4 ports and 8 other objects
+    assert result["objects"] == Topology(24, 24, 4, 2).objects == 24 + 24 * 12
+    cold = result["scenarios"]["cold"]
+    assert cold["per_controller"]["objects"] == {"min": held, "mean": held, "max": held}
+    assert cold["not_converged"] == 0 and cold["errors"] == []
+    steady = result["scenarios"]["steady"]
+    assert steady["writes"] > 0 and steady["not_converged"] == 0
+    assert 0 < steady["events"] <= steady["deliveries"] == 2 * steady["writes"]
+    assert steady["p50_ms"] is not None and steady["p50_ms"] <= steady["p99_ms"]
+    history = result["scenarios"]["history"]
+    assert history["not_converged"] == 0
+    assert history["relists"] == 24  # everyone lost history, and relisted once
+    assert history["objects_relisted"] == 24 * held
+    assert history["relist_wait_s"] > 0  # the relists waited for their turn
+    assert 1 <= history["peak_relists_at_once"] <= 2 * 2  # each process's burst, at most
+    assert "restart" not in result["scenarios"]  # no server of its own to restart
+    assert result["scenarios"]["check"] == {"controllers": 24, "diverged": 0}
+
+
+def test_the_topology_lays_tenants_round_the_chassis() -> None:
+    topology = Topology(chassis=10, tenants=10, ports=6, spread=3)
+    assert topology.homes(0) == [0, 1, 2] and topology.homes(4) == [2, 3, 4]
+    assert all(len(topology.tenants_of(c)) == 3 for c in range(10))
+    assert {topology.port_chassis(4, p) for p in range(6)} == {2, 3, 4}
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [(["--db", "memory://"], "memory://"), (["--db", "sqlite:///x.db", "--scenarios", "cold,nope"], "nope")],
+)
+def test_fleet_usage_mistakes_are_one_line(args: list[str], text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fleet", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and text in err
+
+
+class Host(dfdb.NbModel, table="fleet_host"):
+    pass
+
+
+class Vm(dfdb.NbModel, table="fleet_vm"):
+    pass
+
+
+async def test_a_selective_replica_lists_whole_only_its_topicless_models() -> None:
+    async with dfdb.connect("memory://") as nb:
+        await nb.create_many([Host(id="h1"), Vm(id="v1", topic="t1"), Vm(id="v2", topic="t2"), Vm(id="loose")])
+        async with Replica(nb, [Host, Vm], mode=SyncMode.SELECTIVE, topics={"t1"}, topicless=[Host]) as replica:
+            assert {o.id for o in replica.get_all(Host)} == {"h1"}
+            assert {o.id for o in replica.get_all(Vm)} == {"v1"}  # no whole listing of Vm
+        async with Replica(nb, [Host, Vm], mode=SyncMode.SELECTIVE, topics={"t1"}) as replica:
+            assert {o.id for o in replica.get_all(Vm)} == {"v1", "loose"}  # by default every model's

@@ -1,0 +1,198 @@
+"""Storm control: relists after a RESYNC are jittered and rate-limited per process, cover only
+the RESYNC's scope, and a waiting Replica stays readable and says it is stale."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+import dfdb
+from dfdb import NbApi, Replica
+from dfdb.codec import encode
+from dfdb.drivers import ABSENT, Entry, Listing, register_driver
+from dfdb.drivers.memory import MemoryDriver
+from dfdb.errors import BackendUnavailableError
+from dfdb.replica.pacing import RELISTS, RelistLimiter
+from dfdb.retry import Backoff
+
+WAIT = 20
+
+
+class Net(dfdb.NbModel, table="pacing_net"):
+    name: str = ""
+
+
+class Vm(dfdb.NbModel, table="pacing_vm"):
+    net: dfdb.Ref[Net] | None = None
+
+
+class RecordingLimiter(RelistLimiter):
+    """A limiter that notes when each relist started."""
+
+    def __init__(self, rate: float, burst: int, jitter: float) -> None:
+        super().__init__(rate=rate, burst=burst, jitter=jitter)
+        self.starts: list[float] = []
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[float]:
+        async with super().slot() as waited:
+            self.starts.append(time.monotonic())
+            yield waited
+
+
+async def lose_history(nb: NbApi, n: int) -> None:
+    """Write ``n`` changes straight through the memory driver, which never yields inside a
+    write: every stream falls behind its short history at once and gets RESYNC."""
+    for i in range(n):
+        _, value, _ = encode(Net(id=f"lost{i}", topic="t"), 1)
+        await nb.driver.put(Net.__table__, f"lost{i}", "t", value, ABSENT)
+
+
+async def converged(replicas: list[Replica], nb: NbApi) -> None:
+    expected = {(n.id, n.name) for n in await nb.get_all(Net)}
+    probe = await nb.create(Net(id="probe", topic="t"))
+    expected.add((probe.id, probe.name))
+    for replica in replicas:
+        await asyncio.wait_for(replica.wait_for(dfdb.revision_of(probe) or 0), WAIT)
+        assert {(n.id, n.name) for n in replica.get_all(Net)} == expected
+
+
+async def test_many_replicas_relist_at_the_bucket_rate_and_stay_readable() -> None:
+    rate, burst, count = 20.0, 4, 24
+    limiter = RecordingLimiter(rate=rate, burst=burst, jitter=0.05)
+    async with dfdb.connect("memory://?history=5") as nb, contextlib.AsyncExitStack() as stack:
+        await nb.create_many([Net(id=f"n{i}", topic="t") for i in range(10)])
+        replicas = [await stack.enter_async_context(Replica(nb, [Net], relists=limiter)) for _ in range(count)]
+        assert not any(r.stats().stale for r in replicas)
+        await lose_history(nb, 12)
+        # the streams see the RESYNC; most Replicas then wait for their turn, stale but readable
+        deadline = time.monotonic() + WAIT
+        while limiter.waiting < count - burst and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        waiting = [r for r in replicas if r.stats().stale]
+        assert len(waiting) >= count - burst - 1
+        assert all(len(r.get_all(Net)) == 10 for r in waiting)  # the old contents, still served
+        await converged(replicas, nb)
+    assert [r.stats().resyncs for r in replicas] == [1] * count
+    assert not any(r.stats().stale for r in replicas)
+    assert limiter.granted == count and limiter.waiting == 0 and limiter.active == 0
+    assert limiter.peak_active <= burst
+    starts = sorted(limiter.starts)
+    for i, first in enumerate(starts):  # in any window, at most the burst plus the window's tokens
+        for j in range(i, len(starts)):
+            window = starts[j] - first
+            assert j - i + 1 <= burst + rate * window + 1, (j - i + 1, window)
+    # the whole took at least the time the bucket needs to hand out the tokens beyond the burst
+    assert starts[-1] - starts[0] >= (count - burst - 1) / rate * 0.9
+    assert sum(r.stats().relist_wait for r in replicas) > 0
+
+
+async def test_a_faster_bucket_relists_sooner() -> None:
+    """The rate is tunable: the same storm passes faster with a higher rate."""
+    spans = []
+    for rate in (10.0, 80.0):
+        limiter = RecordingLimiter(rate=rate, burst=1, jitter=0)
+        async with dfdb.connect("memory://?history=5") as nb, contextlib.AsyncExitStack() as stack:
+            replicas = [await stack.enter_async_context(Replica(nb, [Net], relists=limiter)) for _ in range(9)]
+            await lose_history(nb, 12)
+            await converged(replicas, nb)
+        spans.append(max(limiter.starts) - min(limiter.starts))
+    assert spans[0] >= 8 / 10 * 0.9  # 8 tokens beyond the burst at 10/s
+    assert spans[1] < spans[0] / 2
+
+
+async def test_a_resync_of_one_table_relists_only_that_table() -> None:
+    async with dfdb.connect("memory://?history=100") as nb:
+        net = await nb.create(Net(id="n", topic="t", name="before"))
+        await nb.create(Vm(id="v", topic="t", net="n"))
+        async with Replica(nb, [Net, Vm], relists=RelistLimiter(jitter=0)) as replica:
+            driver = nb.driver
+            assert isinstance(driver, MemoryDriver)
+            store = driver._open_store()
+            # a new value stored without a change record: only a relist of Net would see it
+            _, value, _ = encode(net.model_copy(update={"name": "unseen"}), 2)
+            revision = driver.inject_change("pacing_other", "x", None, "create", b"{}")  # the log stays whole
+            store.tables[Net.__table__]["n"] = Entry(Net.__table__, "n", "t", value, revision)
+            vm2 = await nb.create(Vm(id="v2", topic="t", net="n"))
+            driver.inject_change(Vm.__table__, "v", None, "frobnicate", b"{}")  # unreadable: Vm's RESYNC
+            probe = await nb.create(Vm(id="probe", topic="t"))
+            await asyncio.wait_for(replica.wait_for(dfdb.revision_of(probe) or 0), WAIT)
+            assert replica.stats().resyncs == 1
+            assert {v.id for v in replica.get_all(Vm)} == {"v", "v2", "probe"}
+            assert replica.get(Vm, "v2") == vm2
+            net_held = replica.get(Net, "n")
+            assert net_held is not None and net_held.name == "before"  # Net was not relisted
+
+
+class AwayDriver(MemoryDriver):
+    """The memory driver, whose lists fail while ``away`` is set (a server that cannot be
+    reached for a while)."""
+
+    away = False
+    refused = 0
+
+    async def list(self, table: str, topic: str | None = None) -> Listing:
+        if self.away:
+            self.refused += 1
+            raise BackendUnavailableError("the server is away")
+        return await super().list(table, topic)
+
+
+register_driver("test-away", AwayDriver)
+
+
+async def test_a_relist_that_fails_is_tried_again_until_it_is_done() -> None:
+    async with dfdb.connect("test-away://away?history=5", timeout=0.2) as nb:
+        driver = nb.driver
+        assert isinstance(driver, AwayDriver)
+        await nb.create_many([Net(id=f"n{i}", topic="t") for i in range(3)])
+        async with Replica(nb, [Net], relists=RelistLimiter(jitter=0)) as replica:
+            driver.away = True
+            await lose_history(nb, 12)
+            deadline = time.monotonic() + WAIT
+            while driver.refused < 3 and time.monotonic() < deadline:  # the relist failed, more than once
+                await asyncio.sleep(0.01)
+            assert driver.refused >= 3
+            stats = replica.stats()
+            assert stats.stale and stats.resyncs == 0 and len(replica) == 3  # the old contents, served
+            driver.away = False
+            await converged([replica], nb)  # the lost changes too: the relist was not forgotten
+            assert replica.stats().resyncs == 1 and not replica.stats().stale
+
+
+def test_backoff_grows_and_is_jittered() -> None:
+    backoff = Backoff(initial=0.1, maximum=1.6)
+    for attempt in range(6):
+        cap = min(1.6, 0.1 * 2**attempt)
+        delays = [backoff.delay(attempt) for _ in range(50)]
+        assert all(cap / 2 <= d <= cap for d in delays)
+        assert len(set(delays)) > 40  # jittered: no two Replicas wait alike
+    assert backoff.delay(0) > 0  # even the first reconnect waits a little
+
+
+async def test_the_relist_jitter_spreads_the_starts() -> None:
+    limiter = RecordingLimiter(rate=1000.0, burst=100, jitter=0.3)
+    async with dfdb.connect("memory://?history=5") as nb, contextlib.AsyncExitStack() as stack:
+        replicas = [await stack.enter_async_context(Replica(nb, [Net], relists=limiter)) for _ in range(12)]
+        await lose_history(nb, 12)
+        await converged(replicas, nb)
+    assert max(limiter.starts) - min(limiter.starts) > 0.05
+    waits = [r.stats().relist_wait for r in replicas]
+    assert len(set(waits)) == len(waits) and max(waits) - min(waits) > 0.05  # no two alike
+
+
+def test_limiter_settings_are_checked_and_tunable() -> None:
+    with pytest.raises(ValueError):
+        RelistLimiter(rate=0)
+    with pytest.raises(ValueError):
+        RelistLimiter(burst=0)
+    with pytest.raises(ValueError):
+        RelistLimiter(jitter=-1)
+    limiter = RelistLimiter(rate=5, burst=2, jitter=0)
+    limiter.configure(rate=50, burst=20, jitter=0.5)
+    assert (limiter.rate, limiter.burst, limiter.jitter) == (50, 20, 0.5)
+    assert isinstance(RELISTS, RelistLimiter)
