@@ -288,7 +288,7 @@ async def test_a_lost_sentinel_quorum_is_unavailable_until_it_returns(setup: Sen
         assert "\n" not in str(info.value)
         await asyncio.to_thread(setup.restart_sentinel, 1)
         await asyncio.to_thread(setup.restart_sentinel, 2)
-        await new_master(setup, old, within=30)
+        await new_master(setup, old, within=60)  # a split vote retries after 2 x failover-timeout (10 s)
         await nb.create(Item(id="after", topic="t"))
         assert {i.id for i in await nb.get_all(Item)} >= {"before", "after"}
 

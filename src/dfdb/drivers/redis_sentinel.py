@@ -226,7 +226,8 @@ class SentinelDriver(RedisDriver):
             where = ", ".join(f"{h}:{p}" for h, p in self.sentinels)
             hint = ""
             if hung_up and self._sentinel_tls is None:
-                hint = "; they closed the connection: if they serve TLS, add tls=true (or sentinel_tls=true)"
+                fix = "drop sentinel_tls=false" if "sentinel_tls" in self.url.options else "add tls=true"
+                hint = f"; they closed the connection: if they serve TLS, {fix} (or sentinel_tls=true)"
             raise BackendUnavailableError(f"{self.url}: no sentinel is reachable ({where}){hint}") from None
 
     def _sentinel_refusal(self, host: str, port: int, exc: BaseException) -> AuthenticationError:
