@@ -93,7 +93,7 @@ def test_missing_client_library_names_the_extra(monkeypatch: pytest.MonkeyPatch)
     ("url", "match"),
     [
         ("memory://?notifications=sometimes", "notifications"),
-        ("memory://?poll_interval=0", "positive"),
+        ("memory://?poll_interval=0", "poll_interval=0 is out of range: it must be above 0"),
         ("memory://?timeout=abc", "timeout"),
         ("memory://?history=0", "history"),
         ("memory://?bogus=1", "bogus"),
