@@ -20,6 +20,7 @@ from dfdb.errors import (
     DfdbError,
     DriverError,
     InvalidURL,
+    LeaseLostError,
     LockedError,
     MissingDependencyError,
     ModelDefinitionError,
@@ -31,6 +32,7 @@ from dfdb.errors import (
     ValueTooLargeError,
 )
 from dfdb.events import Action, ChangeEvent, ChangeStream
+from dfdb.leases import Lease, Lock
 from dfdb.metrics.stats import NbStats, TableStats
 from dfdb.nb import ListResult, NbApi, revision_of
 from dfdb.nbmodel import NbModel, Ref, dependency_order, registered_models
@@ -57,7 +59,10 @@ __all__ = [
     "DfdbError",
     "DriverError",
     "InvalidURL",
+    "Lease",
+    "LeaseLostError",
     "ListResult",
+    "Lock",
     "LockedError",
     "MissingDependencyError",
     "ModelDefinitionError",

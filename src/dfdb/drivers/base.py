@@ -24,6 +24,7 @@ from dfdb.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
     ConflictError,
+    DfdbError,
     DriverError,
     NotFoundError,
     StreamClosedError,
@@ -39,6 +40,7 @@ __all__ = [
     "Entry",
     "EventSource",
     "Expect",
+    "Guard",
     "Listing",
     "PutRequest",
     "RawAction",
@@ -62,6 +64,8 @@ class Capability(enum.Flag):
     """One stream delivers all its events in revision order, across keys."""
     TOPIC_FILTER = enum.auto()
     """``watch(topics=…)`` is filtered by the backend, not by the client."""
+    LEASES = enum.auto()
+    """Leases, objects bound to them, fenced locks and guarded writes (``lease_grant`` …)."""
 
 
 class _Sentinel(enum.Enum):
@@ -126,6 +130,8 @@ class RawEvent:
             continues from.
         identity: for ``resync``, the backend identity from here on when it changed
             (a server that came back without its data); otherwise ``None``.
+        expired: for ``delete``, the object went because the lease it was bound to ended
+            (expired or revoked), not because a client deleted it.
     """
 
     action: RawAction
@@ -135,11 +141,23 @@ class RawEvent:
     value: bytes | None
     revision: int
     identity: str | None = None
+    expired: bool = False
 
     @classmethod
     def resync(cls, revision: int, identity: str | None = None) -> RawEvent:
         """A ``resync`` of everything watched, continuing from ``revision``."""
         return cls("resync", None, "", None, None, revision, identity)
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """The condition of a guarded write, checked by the backend in the write's atomic step:
+    the lease ``lease`` is alive (granted, not revoked, its deadline not passed) and, when
+    ``lock`` is given, the lock of that name is held by ``lease`` with fencing ``token``."""
+
+    lease: str
+    lock: str | None = None
+    token: int = 0
 
 
 def check_put(table: str, id: str, topic: str | None, current: tuple[str | None, int] | None, expect: Expect) -> None:
@@ -509,3 +527,70 @@ class Driver(ABC):
         """Discard change history up to the current revision, as an operator's maintenance
         step would; a watcher resuming from an older cursor then gets ``resync``. A driver
         that keeps no history does nothing."""
+
+    # ------------------------------------------------------------ leases (Capability.LEASES)
+    def _no_leases(self) -> DfdbError:
+        return DfdbError(f"the {self.url.scheme}:// driver has no leases, locks or guarded writes")
+
+    async def lease_grant(self, ttl: float) -> str:
+        """Grant a lease that ends ``ttl`` seconds from now unless kept alive; returns its id.
+
+        Raises:
+            DfdbError: the driver has no ``LEASES`` capability.
+        """
+        raise self._no_leases()
+
+    async def lease_keepalive(self, lease: str) -> None:
+        """Move the lease's deadline to ``ttl`` seconds from now; ``LeaseLostError`` when the
+        lease ended (expired, revoked, reaped): it never comes back."""
+        raise self._no_leases()
+
+    async def lease_revoke(self, lease: str) -> None:
+        """End the lease now: its objects are deleted (``expired`` delete events) and its
+        locks released. A lease that already ended is left alone."""
+        raise self._no_leases()
+
+    async def put_bound(
+        self,
+        table: str,
+        id: str,
+        topic: str | None,
+        value: bytes,
+        expect: Expect,
+        lease: str | None,
+        guard: Guard | None,
+    ) -> int:
+        """``put``, binding the object to ``lease`` when given (a later write without it
+        unbinds it) and committing only while ``guard`` holds, both in the write's atomic step.
+
+        Raises:
+            LeaseLostError: ``lease`` or the guard's lease ended, or the guard's lock has
+                another holder or token; nothing was written.
+            …: what ``put`` raises.
+        """
+        raise self._no_leases()
+
+    async def delete_guarded(self, table: str, id: str, guard: Guard) -> Entry:
+        """``delete`` committing only while ``guard`` holds (checked in the same atomic step).
+
+        Raises:
+            LeaseLostError: the guard no longer holds; nothing was deleted.
+            NotFoundError: the key is absent.
+        """
+        raise self._no_leases()
+
+    async def lock_acquire(self, name: str, lease: str) -> int | None:
+        """Take the lock ``name`` for ``lease`` when it is free (never taken, released, or its
+        holder's lease ended); returns its fencing token, larger than every earlier holder's,
+        or ``None`` while another live lease holds it. ``LeaseLostError``: ``lease`` ended."""
+        raise self._no_leases()
+
+    async def lock_release(self, name: str, lease: str, token: int) -> None:
+        """Release the lock ``name`` if ``lease`` still holds it with ``token``."""
+        raise self._no_leases()
+
+    async def reap(self) -> int:
+        """Delete the objects of leases whose deadline passed (ordinary logged deletes, marked
+        ``expired``, in revision order) and release their locks; idempotent, safe from any
+        number of clients at once. Returns how many leases this call ended."""
+        raise self._no_leases()
