@@ -49,7 +49,8 @@ async def test_lease_expiry_is_delivered_as_expired_deletes(exact_nb: NbApi) -> 
             seen = anyio.current_time() - granted
             assert seen <= 1 + EXPIRY_SLACK, f"expiry seen {seen:.2f}s after the grant of a 1s lease"
             expected = [(Action.DELETE, f"e{i}", True) for i in range(3)]
-            assert [(ev.action, ev.id, ev.expired) for ev in deletes] == expected
+            got = sorted((ev.action, ev.id, ev.expired) for ev in deletes)
+            assert got == expected, f"expected the expiry deletes {expected}, got {got}"
             revisions = [ev.revision for ev in deletes]
             assert revisions == sorted(revisions) and len(set(revisions)) == 3
             assert dying.lost or (await _refused(nb, dying))
