@@ -85,6 +85,7 @@ class RedisSource(ReaderTaskSource):
             with anyio.move_on_after(access.block):
                 await self._grown.wait()
             return None
+        await access.reap_due()  # every watcher reaps the leases that are due
         pipe = client.pipeline(transaction=False)
         pipe.get(access.key("epoch"))
         pipe.get(access.key("rev"))
@@ -148,7 +149,8 @@ class RedisSource(ReaderTaskSource):
             return self._malformed(self._access.stream_table(stream), f"{stream} {revision}-0", revision, reason)
         if action not in ("create", "update", "delete"):
             return self._malformed(table, f"{table}/{id}", revision, f"unknown action {action!r}")
-        return RawEvent(action, table, id, topic, value, revision)  # type: ignore[arg-type]
+        expired = fields.get(b"x") == b"1"  # a lease's object, deleted when the lease ended
+        return RawEvent(action, table, id, topic, value, revision, None, expired)  # type: ignore[arg-type]
 
     async def _follow(self, topics: frozenset[str | None], since: int) -> None:
         access = self._access
