@@ -219,14 +219,21 @@ class EtcdSource(ReaderTaskSource):
         self.records_read += len(reply.events)
         self.bytes_read += reply.ByteSize()
         last = watcher.frontier
+        # a lease's end deletes its mark with its objects, in one revision (one reply)
+        expired = {
+            int(ev.kv.mod_revision)
+            for ev in reply.events
+            if ev.type == rpc.Event.DELETE and self._access.lease_mark(bytes(ev.kv.key))
+        }
         for ev in reply.events:
-            last = max(last, self._take(watcher, ev))
+            last = max(last, self._take(watcher, ev, expired))
         if header == last:  # sent as it happened, not from history
             watcher.synced = True
         self._reached(watcher, last)
 
-    def _take(self, watcher: _Watcher, ev: Any) -> int:
-        """Buffer one etcd event of ``watcher``; returns its revision."""
+    def _take(self, watcher: _Watcher, ev: Any, expired: set[int]) -> int:
+        """Buffer one etcd event of ``watcher`` (a delete at a revision in ``expired`` is a
+        lease's expiry); returns its revision."""
         kv = ev.kv
         revision = int(kv.mod_revision)
         key = bytes(kv.key)
@@ -258,7 +265,7 @@ class EtcdSource(ReaderTaskSource):
             return revision
         if ev.type == rpc.Event.DELETE:
             value = bytes(ev.prev_kv.value) if ev.prev_kv.key else None  # empty KeyValue when compacted
-            self._push(RawEvent("delete", table, id, topic, value, revision))
+            self._push(RawEvent("delete", table, id, topic, value, revision, None, revision in expired))
         else:
             action: RawAction = "create" if kv.version == 1 else "update"
             self._push(RawEvent(action, table, id, topic, bytes(kv.value), revision))

@@ -52,7 +52,7 @@ async def test_lease_expiry_is_delivered_as_expired_deletes(exact_nb: NbApi) -> 
             got = sorted((ev.action, ev.id, ev.expired) for ev in deletes)
             assert got == expected, f"expected the expiry deletes {expected}, got {got}"
             revisions = [ev.revision for ev in deletes]
-            assert revisions == sorted(revisions) and len(set(revisions)) == 3
+            assert revisions == sorted(revisions)  # in order (etcd ends a lease's objects in one revision)
             assert dying.lost or (await _refused(nb, dying))
             assert {o.id for o in await nb.get_all(ConformanceItem)} == {"free", "kept"}  # the kept lease lived on
             assert not kept.lost
