@@ -1,9 +1,9 @@
 """Liveness with real processes: a lease holder killed with ``kill -9``, a lock holder paused
 past its TTL, and contending lock holders (tests/helpers/lease_holder.py in other processes).
 
-The ``kill -9`` test runs in the default suite on every backend that processes can share;
-the others, longer, run with ``DFDB_LIVENESS=1`` (``nox -s liveness``), which also measures
-and prints the expiry delays.
+The ``kill -9`` test runs on SQLite in the default suite; on every backend, and the longer
+tests, with ``DFDB_LIVENESS=1`` (``nox -s liveness``), which also measures and prints the
+expiry delays.
 """
 
 from __future__ import annotations
@@ -106,7 +106,10 @@ async def test_killed_holder_s_objects_expire_for_every_watcher(
     backend: str, url: str, holders: list[Holder], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """kill -9 of a holder: its objects are deleted within TTL + 2 s, seen by a watcher and
-    a FULL Replica of this process as expiry deletes, in order; nothing else is lost."""
+    a FULL Replica of this process as expiry deletes, in order; nothing else is lost.
+    SQLite in the default suite, every backend with ``DFDB_LIVENESS=1``."""
+    if backend != "sqlite" and not FULL:
+        pytest.skip("the server backends run with DFDB_LIVENESS=1 (nox -s liveness)")
     ttl = TTL.get(backend, 1.0)
     async with dfdb.connect(url) as nb, dfdb.Replica(nb, [LiveItem]) as replica:
         await replica.wait_synced()
@@ -234,3 +237,15 @@ async def test_contending_lock_holders_never_lose_a_guarded_write(
     survivors = [lines for i, lines in outputs.items() if holders[i] not in victims]
     assert all(len(lines) == 4 for lines in survivors), outputs  # every round ended: written, or refused
     assert len(tokens) >= 4
+
+
+async def test_a_driver_without_leases_says_so() -> None:
+    """A driver without Capability.LEASES refuses leases, locks and bound writes with one clear error."""
+    import dfdb.testing.faults  # registers faulty://
+
+    async with dfdb.connect("faulty://nolease") as nb:
+        for opened in (nb.lease(ttl=5), nb.lock("x", ttl=5)):
+            with pytest.raises(dfdb.DfdbError, match="faulty:// driver has no leases"):
+                async with opened:
+                    pytest.fail("a lease without the capability")
+        assert await nb.get_all(LiveItem) == []
