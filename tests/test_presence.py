@@ -55,3 +55,13 @@ async def test_presence_refuses_bad_input() -> None:
             dfdb.publish_presence(nb, "a/b")
         with pytest.raises(ValueError, match="interval"):
             dfdb.publish_presence(nb, "svc", interval=0)
+
+
+def test_demo_controllers_register_their_presence() -> None:
+    out = io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stdout(out):
+        code = main(["demo", "--mode", "full", "--changes", "50", "--controllers", "2", "--tenants", "1"])
+    assert code == 0, out.getvalue()
+    assert "presence: 2 live controllers (chassis-0/controller-0, chassis-1/controller-1)" in out.getvalue()
