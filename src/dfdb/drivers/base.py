@@ -20,11 +20,11 @@ from typing import ClassVar, Final, Literal, TypeVar
 import anyio
 import sniffio
 
+from dfdb.drivers.leasing import Guard, LeaseMethods
 from dfdb.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
     ConflictError,
-    DfdbError,
     DriverError,
     NotFoundError,
     StreamClosedError,
@@ -147,17 +147,6 @@ class RawEvent:
     def resync(cls, revision: int, identity: str | None = None) -> RawEvent:
         """A ``resync`` of everything watched, continuing from ``revision``."""
         return cls("resync", None, "", None, None, revision, identity)
-
-
-@dataclass(frozen=True, slots=True)
-class Guard:
-    """The condition of a guarded write, checked by the backend in the write's atomic step:
-    the lease ``lease`` is alive (granted, not revoked, its deadline not passed) and, when
-    ``lock`` is given, the lock of that name is held by ``lease`` with fencing ``token``."""
-
-    lease: str
-    lock: str | None = None
-    token: int = 0
 
 
 def check_put(table: str, id: str, topic: str | None, current: tuple[str | None, int] | None, expect: Expect) -> None:
@@ -311,7 +300,7 @@ class EventSource(ABC):
 S = TypeVar("S", bound=EventSource)
 
 
-class Driver(ABC):
+class Driver(LeaseMethods, ABC):
     """A backend. Subclasses implement the key/value operations below.
 
     Register a driver under the entry-point group ``dfdb.drivers`` with its URL
@@ -381,7 +370,7 @@ class Driver(ABC):
             await source.aclose()
         await self._release()
 
-    async def _release(self) -> None:  # noqa: B027  (an optional hook: drivers without connections skip it)
+    async def _release(self) -> None:
         """Close connections and stop tasks; called once by ``aclose``, after the sources."""
 
     def _track(self, source: S) -> S:
@@ -527,70 +516,3 @@ class Driver(ABC):
         """Discard change history up to the current revision, as an operator's maintenance
         step would; a watcher resuming from an older cursor then gets ``resync``. A driver
         that keeps no history does nothing."""
-
-    # ------------------------------------------------------------ leases (Capability.LEASES)
-    def _no_leases(self) -> DfdbError:
-        return DfdbError(f"the {self.url.scheme}:// driver has no leases, locks or guarded writes")
-
-    async def lease_grant(self, ttl: float) -> str:
-        """Grant a lease that ends ``ttl`` seconds from now unless kept alive; returns its id.
-
-        Raises:
-            DfdbError: the driver has no ``LEASES`` capability.
-        """
-        raise self._no_leases()
-
-    async def lease_keepalive(self, lease: str) -> None:
-        """Move the lease's deadline to ``ttl`` seconds from now; ``LeaseLostError`` when the
-        lease ended (expired, revoked, reaped): it never comes back."""
-        raise self._no_leases()
-
-    async def lease_revoke(self, lease: str) -> None:
-        """End the lease now: its objects are deleted (``expired`` delete events) and its
-        locks released. A lease that already ended is left alone."""
-        raise self._no_leases()
-
-    async def put_bound(
-        self,
-        table: str,
-        id: str,
-        topic: str | None,
-        value: bytes,
-        expect: Expect,
-        lease: str | None,
-        guard: Guard | None,
-    ) -> int:
-        """``put``, binding the object to ``lease`` when given (a later write without it
-        unbinds it) and committing only while ``guard`` holds, both in the write's atomic step.
-
-        Raises:
-            LeaseLostError: ``lease`` or the guard's lease ended, or the guard's lock has
-                another holder or token; nothing was written.
-            …: what ``put`` raises.
-        """
-        raise self._no_leases()
-
-    async def delete_guarded(self, table: str, id: str, guard: Guard) -> Entry:
-        """``delete`` committing only while ``guard`` holds (checked in the same atomic step).
-
-        Raises:
-            LeaseLostError: the guard no longer holds; nothing was deleted.
-            NotFoundError: the key is absent.
-        """
-        raise self._no_leases()
-
-    async def lock_acquire(self, name: str, lease: str) -> int | None:
-        """Take the lock ``name`` for ``lease`` when it is free (never taken, released, or its
-        holder's lease ended); returns its fencing token, larger than every earlier holder's,
-        or ``None`` while another live lease holds it. ``LeaseLostError``: ``lease`` ended."""
-        raise self._no_leases()
-
-    async def lock_release(self, name: str, lease: str, token: int) -> None:
-        """Release the lock ``name`` if ``lease`` still holds it with ``token``."""
-        raise self._no_leases()
-
-    async def reap(self) -> int:
-        """Delete the objects of leases whose deadline passed (ordinary logged deletes, marked
-        ``expired``, in revision order) and release their locks; idempotent, safe from any
-        number of clients at once. Returns how many leases this call ended."""
-        raise self._no_leases()
