@@ -67,7 +67,7 @@ from dfdb.drivers.base import (
     Listing,
     PutRequest,
 )
-from dfdb.drivers.etcd_leases import MARK, EtcdLeases
+from dfdb.drivers.etcd_leases import EtcdLeases
 from dfdb.drivers.etcd_repair import delete_unreadable, readable, replace_unreadable
 from dfdb.drivers.etcd_watch import EtcdSource, _range_end
 from dfdb.errors import (
@@ -363,13 +363,8 @@ class EtcdDriver(EtcdLeases, Driver):
             rpc.RequestOp(request_put=rpc.PutRequest(key=self._data_key(table, topic, id), value=value, lease=lease)),
         ] + ([self._mark_op(topic, lease)] if lease else [])
 
-    async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
-        return await self.put_bound(table, id, topic, value, expect, None, None)
-
-    async def put_bound(
-        self, table: str, id: str, topic: str | None, value: bytes, expect: Expect,
-        lease: str | None, guard: Guard | None,
-    ) -> int:  # fmt: skip
+    async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect,
+                  lease: str | None = None, guard: Guard | None = None) -> int:  # fmt: skip
         index, data = self._index_key(table, id), self._data_key(table, topic, id)
         puts = self._put_ops(table, id, topic, value, int(lease or 0))
         read_index = [rpc.RequestOp(request_range=rpc.RangeRequest(key=index))]
@@ -406,6 +401,8 @@ class EtcdDriver(EtcdLeases, Driver):
         if expect is not ANY and current.revision != expect:
             raise ConflictError(f"{table}/{id} is at revision {current.revision}, not {expect}")
         raise ValueError(f"{table}/{id} belongs to topic {current.topic!r}, not {topic!r}")
+
+    put_bound = put
 
     async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
         """Writes in flight ``window`` at a time, one transaction each: every write keeps
@@ -553,11 +550,6 @@ class _WatchAccess:
 
     def parse_data_key(self, key: bytes) -> tuple[str, str | None, str] | None:
         return self._driver._parse_data_key(key)
-
-    def lease_mark(self, key: bytes) -> bool:
-        """Whether ``key`` is a lease's mark (its delete marks its revision's deletes as expiries)."""
-        parsed = self._driver._parse_data_key(key)
-        return parsed is not None and parsed[0] == MARK
 
     def table_of(self, key: bytes) -> str | None:
         """The table named by a data key that does not parse, when it names one."""

@@ -19,6 +19,7 @@ import grpc
 from aetcd import rpc
 
 from dfdb.drivers.base import RawAction, RawEvent
+from dfdb.drivers.etcd_leases import MARK
 from dfdb.drivers.sources import ReaderTaskSource
 from dfdb.errors import AuthenticationError, BackendUnavailableError
 from dfdb.retry import raise_if_cancelling
@@ -223,7 +224,7 @@ class EtcdSource(ReaderTaskSource):
         expired = {
             int(ev.kv.mod_revision)
             for ev in reply.events
-            if ev.type == rpc.Event.DELETE and self._access.lease_mark(bytes(ev.kv.key))
+            if ev.type == rpc.Event.DELETE and _is_mark(self._access.parse_data_key(bytes(ev.kv.key)))
         }
         for ev in reply.events:
             last = max(last, self._take(watcher, ev, expired))
@@ -324,6 +325,11 @@ class EtcdSource(ReaderTaskSource):
                 await asyncio.wait({writer})
         finally:
             await self._conn.close()
+
+
+def _is_mark(parsed: tuple[str, str | None, str] | None) -> bool:
+    """Whether a data key is a lease's mark (its delete marks its revision's deletes as expiries)."""
+    return parsed is not None and parsed[0] == MARK
 
 
 _TAKEN = 4096

@@ -90,13 +90,8 @@ _CONNECTION_ERRORS = (
 class RedisDriver(RedisLeases, Driver):
     """The Redis driver; see the module documentation."""
 
-    capabilities = (
-        Capability.NATIVE_STREAM
-        | Capability.CHANGE_LOG
-        | Capability.ORDERED
-        | Capability.TOPIC_FILTER
-        | Capability.LEASES
-    )
+    capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
+    capabilities |= Capability.LEASES
     max_value_size = 16 * 1024 * 1024  # each write is kept three times: the entry and two stream entries
     requires_asyncio = True
 
@@ -280,7 +275,6 @@ class RedisDriver(RedisLeases, Driver):
     async def _run_write(
         self, table: str, id: str, op: str, expect: str, topic: str, value: bytes, extra: tuple[str, ...] = ()
     ) -> tuple[int, str | None, bytes]:
-        """One write script; ``extra``: its lease and guard arguments (see :mod:`redis_leases`)."""
         entry_key = self._key("e", table, id)
         for _ in range(3):
             try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from redis import exceptions as rexc
 
-from dfdb.drivers.base import Entry, Expect, Guard
+from dfdb.drivers.base import ABSENT, ANY, Entry, Expect, Guard
 from dfdb.drivers.redis_scripts import LEASE
 from dfdb.drivers.redis_tls import connection_error
 from dfdb.errors import DriverError, LeaseLostError
@@ -108,10 +108,8 @@ class RedisLeases:
         lease: str | None,
         guard: Guard | None,
     ) -> int:
-        from dfdb.drivers.redis import _expect_arg
-
-        extra = _extra(lease, guard)
-        return (await self._run_write(table, id, "put", _expect_arg(expect), topic or "", value, extra))[0]
+        exp = "absent" if expect is ABSENT else "any" if expect is ANY else str(expect)
+        return (await self._run_write(table, id, "put", exp, topic or "", value, _extra(lease, guard)))[0]
 
     async def delete_guarded(self, table: str, id: str, guard: Guard) -> Entry:
         revision, topic, value = await self._run_write(table, id, "delete", "any", "", b"", _extra(None, guard))
