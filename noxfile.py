@@ -182,3 +182,12 @@ def chaos(session: nox.Session) -> None:
         "pytest", "-p", "no:cacheprovider", "-rA", *files, *args,
         env={"DFDB_CHAOS": "1"},
     )  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def liveness(session: nox.Session) -> None:
+    """The long liveness runs on every server backend (not part of the default run, which has the
+    kill -9 test): expiry delays measured 10 times each (median and worst printed), a lock holder
+    paused past its TTL, and 8 contending lock holders of which two are killed."""
+    session.install("-e", ".[all]", *DEV)
+    session.run("pytest", "-s", "tests/test_liveness.py", *session.posargs, env={"DFDB_LIVENESS": "1"})

@@ -301,9 +301,12 @@ def test_demo_serves_metrics_that_match_its_summary() -> None:
         writes = int(next(line for line in summary.splitlines() if line.startswith("writer:")).split()[4])
         got = get_samples(f"http://127.0.0.1:{port}/metrics")
         by_name: dict[str, float] = {}
-        for (name, _), v in got.items():
+        for (name, labels), v in got.items():
+            if dict(labels).get("table") == "dfdb_service":  # the controllers' presence records
+                name += ":presence"
             by_name[name] = by_name.get(name, 0) + v
         assert by_name["dfdb_writes_total"] == writes
+        assert by_name["dfdb_writes_total:presence"] >= 2  # each controller registered
         assert by_name["dfdb_write_conflicts_total"] == 0
         assert by_name["dfdb_write_outcome_unknown_total"] == 0
         assert by_name["dfdb_replica_resyncs_total"] == 0

@@ -20,6 +20,7 @@ from dfdb.errors import (
     DfdbError,
     DriverError,
     InvalidURL,
+    LeaseLostError,
     LockedError,
     MissingDependencyError,
     ModelDefinitionError,
@@ -31,9 +32,11 @@ from dfdb.errors import (
     ValueTooLargeError,
 )
 from dfdb.events import Action, ChangeEvent, ChangeStream
+from dfdb.leases import Lease, Lock
 from dfdb.metrics.stats import NbStats, TableStats
 from dfdb.nb import ListResult, NbApi, revision_of
 from dfdb.nbmodel import NbModel, Ref, dependency_order, registered_models
+from dfdb.presence import ServicePresence, publish_presence
 from dfdb.replica import ChassisTopics, Replica, ReplicaEvent, ReplicaEvents, ReplicaStats, SyncMode
 from dfdb.url import DatabaseURL
 
@@ -57,7 +60,10 @@ __all__ = [
     "DfdbError",
     "DriverError",
     "InvalidURL",
+    "Lease",
+    "LeaseLostError",
     "ListResult",
+    "Lock",
     "LockedError",
     "MissingDependencyError",
     "ModelDefinitionError",
@@ -71,6 +77,7 @@ __all__ = [
     "ReplicaEvent",
     "ReplicaEvents",
     "ReplicaStats",
+    "ServicePresence",
     "StreamClosedError",
     "SyncMode",
     "TableStats",
@@ -80,6 +87,7 @@ __all__ = [
     "__version__",
     "connect",
     "dependency_order",
+    "publish_presence",
     "registered_models",
     "revision_of",
 ]

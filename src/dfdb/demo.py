@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from dfdb.drivers.base import Capability
 from dfdb.events import Action, parse_cursor
 from dfdb.models import (
     Chassis,
@@ -34,6 +35,7 @@ from dfdb.models import (
 )
 from dfdb.nb import NbApi
 from dfdb.nbmodel import NbModel
+from dfdb.presence import Presence, live_services, publish_presence
 from dfdb.replica import ChassisTopics, Replica, SyncMode
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
@@ -92,6 +94,8 @@ class DemoResult:
     writes: int
     write_seconds: float
     controllers: list[ControllerResult]
+    services: list[str] = field(default_factory=list)
+    """The controllers that registered their presence (``dfdb status``), as chassis/name."""
 
     @property
     def ok(self) -> bool:
@@ -283,9 +287,13 @@ class _ReplicaController:
         self.chassis = chassis
         self.replica = Replica(nb, MODELS, mode=mode, max_objects=100_000)
         self.helper: ChassisTopics | None = None
+        self.presence: Presence | None = None
 
     async def start(self) -> None:
         await self.replica.__aenter__()
+        if self.nb.driver.capabilities & Capability.LEASES:  # registered while it runs: dfdb status lists it
+            self.presence = publish_presence(self.nb, self.result.name, chassis=self.chassis, replica=self.replica)
+            await self.presence.__aenter__()
         if self.replica.mode is SyncMode.SELECTIVE:
             self.helper = ChassisTopics(self.replica, self.chassis)
 
@@ -329,7 +337,11 @@ class _ReplicaController:
             self.result.diff = f"{len(missing)} missing, {len(extra)} extra, {len(stale)} stale"
 
     async def stop(self) -> None:
-        await self.replica.aclose()
+        try:
+            if self.presence is not None:
+                await self.presence.__aexit__(None, None, None)
+        finally:
+            await self.replica.aclose()
 
 
 async def _run_replicas(nb: NbApi, cfg: DemoConfig, out: TextIO, settle: float) -> DemoResult:
@@ -352,10 +364,11 @@ async def _run_replicas(nb: NbApi, cfg: DemoConfig, out: TextIO, settle: float) 
         truth = await _snapshot(nb)
         for c in controllers:
             await c.settle(final, truth, settle)
+        services = [f"{s.chassis}/{s.service}" for s in await live_services(nb)]
     finally:
         for c in reversed(controllers):  # each Replica's task group closes in the reverse order of opening
             await c.stop()
-    result = DemoResult(writer.created, writer.writes, elapsed, [c.result for c in controllers])
+    result = DemoResult(writer.created, writer.writes, elapsed, [c.result for c in controllers], services)
     _print_summary(nb, cfg, result, len(truth), out)
     return result
 
@@ -459,6 +472,8 @@ def _print_summary(nb: NbApi, cfg: DemoConfig, result: DemoResult, objects: int,
             f"of the change records on average",
             file=out,
         )
+        if result.services:
+            print(f"presence: {len(result.services)} live controllers ({', '.join(result.services)})", file=out)
     else:
         header = f"{'controller':<14} {'events':>8} {'objects':>8} {'p50 ms':>8} {'p99 ms':>8}  converged"
         print(header, file=out)

@@ -18,6 +18,7 @@ generic handlers keep working (``except LookupError`` catches :class:`NotFoundEr
     ├─ NotFoundError(LookupError)
     ├─ AlreadyExistsError
     ├─ ConflictError
+    ├─ LeaseLostError
     ├─ CorruptObjectError
     ├─ ValueTooLargeError(ValueError)
     ├─ StreamClosedError
@@ -40,6 +41,7 @@ __all__ = [
     "DfdbError",
     "DriverError",
     "InvalidURL",
+    "LeaseLostError",
     "LockedError",
     "MissingDependencyError",
     "ModelDefinitionError",
@@ -114,6 +116,12 @@ class AlreadyExistsError(DfdbError):
 
 class ConflictError(DfdbError):
     """A compare-and-swap failed: the object changed since the copy was read."""
+
+
+class LeaseLostError(DfdbError):
+    """A lease ended (it expired, was revoked, or its holder could not keep it alive
+    within its TTL), or a lock moved on to another holder: a write bound to it or guarded
+    by it was refused, and nothing was written."""
 
 
 class CorruptObjectError(DfdbError):

@@ -53,6 +53,8 @@ class ChangeEvent:
         obj: the new object; for a delete the last one where known, else ``None``;
             ``None`` for ``RESYNC``.
         cursor: the stream position just after this event.
+        expired: on a ``DELETE``, the object went because the lease it was bound to ended
+            (its holder stopped, or revoked it), not because a client deleted it.
     """
 
     action: Action
@@ -62,6 +64,7 @@ class ChangeEvent:
     revision: int
     obj: NbModel | None
     cursor: str
+    expired: bool = False
 
 
 def format_cursor(identity: str, revision: int) -> str:
@@ -521,7 +524,7 @@ class ChangeStream:
                     if self.on_corrupt is not None:
                         self.on_corrupt(model, raw.id, raw.revision)
                     return None
-        return ChangeEvent(Action(raw.action), model, raw.id, raw.topic, raw.revision, obj, self.cursor)
+        return ChangeEvent(Action(raw.action), model, raw.id, raw.topic, raw.revision, obj, self.cursor, raw.expired)
 
     def _advance(self, revision: int, source: EventSource) -> None:
         """Move the position to an event's ``revision`` (on an unordered stream, no further

@@ -21,12 +21,10 @@ from dfdb.codec import (
     model_of,
     raw_version,
     revision_of,
-    still_expected,
     table_of,
     unknown_fields,
-    write_id,
 )
-from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, Expect, PutRequest
+from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, Expect, Guard, PutRequest
 from dfdb.errors import (
     AlreadyExistsError,
     BackendTimeoutError,
@@ -34,16 +32,17 @@ from dfdb.errors import (
     ConflictError,
     CorruptObjectError,
     DfdbError,
-    LockedError,
     NotFoundError,
     OutcomeUnknownError,
     StreamClosedError,
 )
 from dfdb.events import ChangeStream, DriverOpener, format_cursor, parse_cursor
+from dfdb.leases import Lease, Lock, guard_of, lease_of
 from dfdb.metrics.stats import NbCounters, NbStats
 from dfdb.nbmodel import NbModel, validate_key
 from dfdb.retry import Backoff, checkpoint_if_cancelled, gather_outcomes, run_to_completion
 from dfdb.url import MAX_POLL_INTERVAL, DatabaseURL, positive_seconds
+from dfdb.writes import write
 
 __all__ = ["ListResult", "NbApi", "Notifications", "revision_of"]
 
@@ -208,57 +207,11 @@ class NbApi:
         return BackendUnavailableError(f"{self.url}: {what} failed: {self._reason(exc)}")
 
     async def _write(
-        self, table: str, id: str, topic: str | None, value: bytes, wid: bytes, expect: Expect, *, sent: bool = False
-    ) -> int:
-        """``driver.put`` with retries; recognises its own earlier success by the write id.
-
-        ``sent``: an earlier attempt may have reached the server (its reply was lost).
-        """
-        with self._counters.writing(table):
-            deadline = anyio.current_time() + self.timeout
-            attempt = 0
-            while True:
-                try:
-                    with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
-                        if sent:
-                            current = await self.driver.get(table, id)
-                            if current is not None and write_id(current.value) == wid:
-                                return current.revision
-                            if not still_expected(current, expect):
-                                raise OutcomeUnknownError(
-                                    f"{self.url}: the reply to a write of {table}/{id} was lost and the object "
-                                    "has changed since; the write may or may not have taken effect"
-                                )
-                        retried, sent = sent, True
-                        try:
-                            # sent: let it finish, so it never lands after a cancelled caller returned
-                            revision = await run_to_completion(lambda: self.driver.put(table, id, topic, value, expect))
-                        except LockedError:
-                            sent = retried  # this attempt wrote nothing
-                            raise
-                        except (ConflictError, AlreadyExistsError):
-                            if not retried:
-                                raise
-                            # the earlier attempt may have landed after the check above
-                            current = await self.driver.get(table, id)
-                            if current is None or write_id(current.value) != wid:
-                                raise
-                            revision = current.revision
-                    await checkpoint_if_cancelled()
-                    return revision
-                except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
-                    await checkpoint_if_cancelled()
-                    if isinstance(exc, OutcomeUnknownError):
-                        raise
-                    delay = self.backoff.delay(attempt)
-                    attempt += 1
-                    if anyio.current_time() + delay >= deadline:
-                        if not sent:  # no attempt can have landed
-                            raise LockedError(f"write of {table}/{id} was not applied: {self._reason(exc)}") from exc
-                        raise OutcomeUnknownError(
-                            f"{self.url}: write of {table}/{id} failed and its outcome is unknown: {self._reason(exc)}"
-                        ) from exc
-                    await self._pause(f"write of {table}/{id}", table, exc, attempt, delay)
+        self, table: str, id: str, topic: str | None, value: bytes, wid: bytes, expect: Expect,
+        lease: str | None = None, guard: Guard | None = None, *, sent: bool = False,
+    ) -> int:  # fmt: skip
+        """``driver.put`` with retries; see :func:`dfdb.writes.write`."""
+        return await write(self, table, id, topic, value, wid, expect, sent=sent, lease=lease, guard=guard)
 
     # ----------------------------------------------------------------- encoding
     def _prepare(self, obj: M, version: int) -> tuple[M, bytes, bytes]:
@@ -269,21 +222,28 @@ class NbApi:
         return decode(model, entry.id, entry.topic, entry.value, entry.revision)
 
     # ----------------------------------------------------------------- objects
-    async def create(self, obj: M) -> M:
+    async def create(self, obj: M, *, lease: Lease | None = None, guard: Lease | Lock | None = None) -> M:
         """Store a new object; returns it with ``version`` 1.
+
+        Args:
+            lease: bind the object to this lease: it is deleted when the lease ends.
+            guard: commit only while this lock (or lease) is still held.
 
         Raises:
             AlreadyExistsError: an object with that (table, id) exists.
+            LeaseLostError: ``lease`` or ``guard`` ended; nothing was written.
             ValueError: the object or its key is invalid (``ValueTooLargeError``: too large).
         """
         self._check()
         new, value, wid = self._prepare(obj, 1)
-        revision = await self._write(type(new).__table__, new.id, new.topic, value, wid, ABSENT)
+        bound, guarded = lease_of(self, lease), guard_of(self, guard)
+        revision = await self._write(type(new).__table__, new.id, new.topic, value, wid, ABSENT, bound, guarded)
         object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (revision, new.topic)})
         return new
 
-    async def update(self, obj: M) -> M:
-        """Replace an object, if it is still at ``obj.version`` (compare-and-swap).
+    async def update(self, obj: M, *, lease: Lease | None = None, guard: Lease | Lock | None = None) -> M:
+        """Replace an object, if it is still at ``obj.version`` (compare-and-swap); ``lease``
+        and ``guard`` as in :meth:`create` (an update without ``lease`` unbinds the object).
 
         Returns:
             The stored object, ``version`` increased by one.
@@ -313,13 +273,15 @@ class NbApi:
                 raise ConflictError(f"{table}/{new.id} is at version {stored.version}, not {obj.version}")
             origin = (current.revision, current.topic)
         check_topic(table, new.id, origin[1], new.topic)
-        revision = await self._write(table, new.id, new.topic, value, wid, origin[0])
+        bound, guarded = lease_of(self, lease), guard_of(self, guard)
+        revision = await self._write(table, new.id, new.topic, value, wid, origin[0], bound, guarded)
         object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (revision, new.topic)})
         return new
 
-    async def put(self, obj: M) -> M:
+    async def put(self, obj: M, *, lease: Lease | None = None, guard: Lease | Lock | None = None) -> M:
         """Create or replace the object (table, id) whatever is stored now, a corrupt value
-        included: the way to repair an object that another program wrote badly.
+        included: the way to repair an object that another program wrote badly. ``lease``
+        and ``guard`` as in :meth:`create`.
 
         ``obj.version`` is ignored: the stored object gets the stored version plus one (read
         from the raw value, so a corrupt one counts too), or 1 when there was none. It is
@@ -348,8 +310,9 @@ class NbApi:
                 expect = current.revision
                 version = raw_version(current.value) + 1
             new, value, wid = self._prepare(obj, version)
+            bound, guarded = lease_of(self, lease), guard_of(self, guard)
             try:
-                revision = await self._write(table, new.id, new.topic, value, wid, expect)
+                revision = await self._write(table, new.id, new.topic, value, wid, expect, bound, guarded)
             except (ConflictError, AlreadyExistsError, NotFoundError) as exc:
                 attempt = await self._conflict_pause(f"put of {table}/{obj.id}", table, exc, attempt, deadline)
                 continue
@@ -439,15 +402,22 @@ class NbApi:
         """Every object of ``model`` (of one ``topic`` when given), sorted by id."""
         return (await self.list(model, topic)).items
 
-    async def delete(self, model: type[M], id: str) -> None:
-        """Delete the object (table, id), also when its stored value is corrupt.
+    async def delete(self, model: type[M], id: str, *, guard: Lease | Lock | None = None) -> None:
+        """Delete the object (table, id), also when its stored value is corrupt; with
+        ``guard``, only while that lock (or lease) is still held.
 
         Raises:
             NotFoundError: it does not exist.
+            LeaseLostError: ``guard`` ended; nothing was deleted.
         """
         self._check()
         table = table_of(model)
         validate_key(id)
+        checked = guard_of(self, guard)
+        if checked is not None:
+            with self._counters.writing(table), anyio.fail_after(self.timeout):
+                await run_to_completion(lambda: self.driver.delete_guarded(table, id, checked))
+            return
         with self._counters.writing(table):
             try:
                 with anyio.fail_after(self.timeout):
@@ -555,6 +525,30 @@ class NbApi:
                     raise outcome
                 results.append(outcome)
         return results
+
+    # ----------------------------------------------------------------- liveness
+    def lease(self, ttl: float, *, keepalive: bool = True) -> Lease:
+        """A :class:`Lease` of ``ttl`` seconds, granted when entered with ``async with`` and
+        kept alive in the background (every third of the TTL) until the block ends, which
+        revokes it. ``keepalive=False``: the lease lives ``ttl`` seconds unless refreshed
+        with :meth:`Lease.refresh`. See :mod:`dfdb.leases`.
+
+        Raises:
+            ValueError: ``ttl`` is not between 0.5 seconds and a day.
+        """
+        self._check()
+        return Lease(self, ttl, keepalive=keepalive)
+
+    def lock(self, name: str, ttl: float, *, timeout: float | None = None) -> Lock:
+        """A fenced :class:`Lock` named ``name``, taken when entered with ``async with``
+        (waiting while another holder has it; ``timeout``: at most that many seconds, then
+        ``LockedError``) and held through a lease of ``ttl`` seconds; released at the end.
+
+        Raises:
+            ValueError: ``name`` is not a valid key or ``ttl`` is out of range.
+        """
+        self._check()
+        return Lock(self, name, ttl, timeout)
 
     # ----------------------------------------------------------------- streams
     def watch(

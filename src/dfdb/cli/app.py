@@ -28,7 +28,7 @@ from dfdb.url import DatabaseURL
 
 __all__ = ["main"]
 
-READS = frozenset({"tables", "ls", "get", "rm", "dump", "copy"})
+READS = frozenset({"tables", "ls", "get", "rm", "dump", "copy", "status"})
 """Commands that only read (or remove) what is there: they refuse a SQLite file that does
 not exist rather than create an empty one. (``watch`` creates it, saying so: it waits for
 the writes that will fill it.)"""
@@ -163,6 +163,8 @@ async def _dispatch(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
         return await transfer.restore(nb, args.dump, force=args.force)
     if command == "tables":
         return await transfer.tables(nb, args.output, out)
+    if command == "status":
+        return await _status(nb, args.json, out)
     return await objects.run(nb, args, out)
 
 
@@ -228,6 +230,32 @@ async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
         print("dfdb: demo done; serving its metrics until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
         await asyncio.Event().wait()
     return 0 if result.ok else 1  # pragma: no cover - interrupted above
+
+
+async def _status(nb: NbApi, as_json: bool, out: TextIO) -> int:
+    """The live services (``dfdb.presence``): one line each, or a JSON list."""
+    import json
+    import time
+
+    from dfdb.presence import live_services
+
+    now = time.time()
+    services = await live_services(nb)
+    if as_json:
+        rows = [{**s.model_dump(), "age": round(now - s.reported_at, 3)} for s in services]
+        print(json.dumps(rows, indent=2), file=out)
+        return 0
+    header = ("SERVICE", "CHASSIS", "PID", "VERSION", "POSITION", "LAG", "LAST REPORT")
+    rows_text = [
+        (s.service, s.chassis, str(s.pid), s.dfdb_version, "-" if s.position is None else str(s.position),
+         "-" if s.lag is None else str(s.lag), f"{now - s.reported_at:.1f}s ago")
+        for s in services
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in [header, *rows_text]) for i in range(len(header))]
+    for row in [header, *rows_text]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
+    print(f"{len(services)} live service{'s' if len(services) != 1 else ''}", file=out)
+    return 0
 
 
 async def _bench(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:

@@ -204,6 +204,8 @@ def build_parser() -> Parser:
     )
     restore.add_argument("-f", "--file", metavar="FILE", default="-", help="read from FILE ('-': stdin)")
     restore.add_argument("--force", action="store_true", help="restore into tables that hold objects")
+    st = _command(sub, "status", "list the live services with their lag and last report", "dfdb status --json")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     c = _command(
         sub,
         "copy",

@@ -22,6 +22,7 @@ import anyio
 import sniffio
 
 from dfdb.drivers.digest import Digest, KeyListing, digest_of, keys_of
+from dfdb.drivers.leasing import Guard, LeaseMethods
 from dfdb.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
@@ -43,6 +44,7 @@ __all__ = [
     "EventSource",
     "Expect",
     "KeyListing",
+    "Guard",
     "Listing",
     "PutRequest",
     "RawAction",
@@ -66,6 +68,8 @@ class Capability(enum.Flag):
     """One stream delivers all its events in revision order, across keys."""
     TOPIC_FILTER = enum.auto()
     """``watch(topics=…)`` is filtered by the backend, not by the client."""
+    LEASES = enum.auto()
+    """Leases, objects bound to them, fenced locks and guarded writes (``lease_grant`` …)."""
 
 
 class _Sentinel(enum.Enum):
@@ -133,6 +137,8 @@ class RawEvent:
             its revision belongs to when the driver tells (a stream that went on
             without a gap into a new identity: a Redis master promoted by Sentinel);
             otherwise ``None``.
+        expired: for ``delete``, the object went because the lease it was bound to ended
+            (expired or revoked), not because a client deleted it.
     """
 
     action: RawAction
@@ -142,6 +148,7 @@ class RawEvent:
     value: bytes | None
     revision: int
     identity: str | None = None
+    expired: bool = False
 
     @classmethod
     def resync(cls, revision: int, identity: str | None = None) -> RawEvent:
@@ -304,7 +311,7 @@ class EventSource(ABC):
 S = TypeVar("S", bound=EventSource)
 
 
-class Driver(ABC):
+class Driver(LeaseMethods, ABC):
     """A backend. Subclasses implement the key/value operations below.
 
     Register a driver under the entry-point group ``dfdb.drivers`` with its URL
@@ -374,7 +381,7 @@ class Driver(ABC):
             await source.aclose()
         await self._release()
 
-    async def _release(self) -> None:  # noqa: B027  (an optional hook: drivers without connections skip it)
+    async def _release(self) -> None:
         """Close connections and stop tasks; called once by ``aclose``, after the sources."""
 
     def _track(self, source: S) -> S:

@@ -65,10 +65,12 @@ from dfdb.drivers.base import (
     Entry,
     EventSource,
     Expect,
+    Guard,
     KeyListing,
     Listing,
     PutRequest,
 )
+from dfdb.drivers.etcd_leases import EtcdLeases
 from dfdb.drivers.etcd_repair import delete_unreadable, readable, replace_unreadable
 from dfdb.drivers.etcd_watch import EtcdSource, _range_end
 from dfdb.errors import (
@@ -126,6 +128,7 @@ class _Endpoints:
         self._token: str | None = None
         self.kv: Any = None
         self.watch: Any = None
+        self.lease: Any = None
 
     @property
     def target(self) -> str:
@@ -155,6 +158,7 @@ class _Endpoints:
             self._channel = channel
             self.kv = rpc.KVStub(channel)
             self.watch = rpc.WatchStub(channel)
+            self.lease = rpc.LeaseStub(channel)
         return self._channel
 
     def metadata(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
@@ -172,16 +176,16 @@ class _Endpoints:
 
     async def close(self) -> None:
         channel, self._channel, self._token = self._channel, None, None
-        self.kv = self.watch = None
+        self.kv = self.watch = self.lease = None
         if channel is not None:
             with contextlib.suppress(Exception):
                 await channel.close()
 
 
-class EtcdDriver(Driver):
+class EtcdDriver(EtcdLeases, Driver):
     """The etcd driver; see the module documentation."""
 
-    capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.TOPIC_FILTER
+    capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.TOPIC_FILTER | Capability.LEASES
     max_value_size = 750 * 1024  # a request carries the value twice (data and index key); etcd takes 1.5 MiB
     requires_asyncio = True
 
@@ -270,14 +274,14 @@ class EtcdDriver(Driver):
         return parts[len(head) :] if parts[: len(head)] == head else None
 
     # ------------------------------------------------------------ calls
-    async def _call(self, method: str, request: Any) -> Any:
-        """One unary KV call with a time-out, moving to the next member on failure."""
+    async def _call(self, method: str, request: Any, stub: str = "kv") -> Any:
+        """One unary call (of the KV service, or ``stub``) with a time-out, moving to the next member on failure."""
         self._check_open()
         conn = self._conn
         channel = None
         try:
             channel = await conn.connect()
-            return await getattr(conn.kv, method)(request, timeout=self.timeout, metadata=conn.metadata())
+            return await getattr(getattr(conn, stub), method)(request, timeout=self.timeout, metadata=conn.metadata())
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -364,24 +368,25 @@ class EtcdDriver(Driver):
             return None
         return self._index_entry(table, id, reply.kvs[0])
 
-    def _put_ops(self, table: str, id: str, topic: str | None, value: bytes) -> builtins.list[Any]:
+    def _put_ops(self, table: str, id: str, topic: str | None, value: bytes, lease: int = 0) -> builtins.list[Any]:
         index = self._location(topic).encode() + b"\n" + value
         return [
-            rpc.RequestOp(request_put=rpc.PutRequest(key=self._index_key(table, id), value=index)),
-            rpc.RequestOp(request_put=rpc.PutRequest(key=self._data_key(table, topic, id), value=value)),
-        ]
+            rpc.RequestOp(request_put=rpc.PutRequest(key=self._index_key(table, id), value=index, lease=lease)),
+            rpc.RequestOp(request_put=rpc.PutRequest(key=self._data_key(table, topic, id), value=value, lease=lease)),
+        ] + ([self._mark_op(topic, lease)] if lease else [])
 
-    async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
+    async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect,
+                  lease: str | None = None, guard: Guard | None = None) -> int:  # fmt: skip
         index, data = self._index_key(table, id), self._data_key(table, topic, id)
-        puts = self._put_ops(table, id, topic, value)
+        puts = self._put_ops(table, id, topic, value, int(lease or 0))
         read_index = [rpc.RequestOp(request_range=rpc.RangeRequest(key=index))]
         absent = rpc.Compare(key=index, target=rpc.Compare.VERSION, result=_EQUAL, version=0)
         if expect is ABSENT:
-            reply = await self._txn([absent], puts, read_index)
+            reply = await self._guarded_txn(lease, guard, [absent], puts, read_index)
         elif expect is ANY:  # create, or update when it exists under this topic
             exists_here = rpc.Compare(key=data, target=rpc.Compare.VERSION, result=_GREATER, version=0)
             inner = rpc.TxnRequest(compare=[exists_here], success=puts, failure=read_index)
-            reply = await self._txn([absent], puts, [rpc.RequestOp(request_txn=inner)])
+            reply = await self._guarded_txn(lease, guard, [absent], puts, [rpc.RequestOp(request_txn=inner)])
         else:
             # the index is the authority; the data key must exist under this topic (a topic
             # is fixed), at whatever revision another tool may have left it
@@ -389,7 +394,7 @@ class EtcdDriver(Driver):
                 rpc.Compare(key=index, target=rpc.Compare.MOD, result=_EQUAL, mod_revision=expect),
                 rpc.Compare(key=data, target=rpc.Compare.VERSION, result=_GREATER, version=0),
             ]
-            reply = await self._txn(same, puts, read_index)
+            reply = await self._guarded_txn(lease, guard, same, puts, read_index)
         if reply.succeeded:
             return int(reply.header.revision)
         response = reply.responses[0]
@@ -408,6 +413,8 @@ class EtcdDriver(Driver):
         if expect is not ANY and current.revision != expect:
             raise ConflictError(f"{table}/{id} is at revision {current.revision}, not {expect}")
         raise ValueError(f"{table}/{id} belongs to topic {current.topic!r}, not {topic!r}")
+
+    put_bound = put
 
     async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
         """Writes in flight ``window`` at a time, one transaction each: every write keeps

@@ -20,6 +20,7 @@ import grpc
 from aetcd import rpc
 
 from dfdb.drivers.base import RawAction, RawEvent
+from dfdb.drivers.etcd_leases import MARK
 from dfdb.drivers.sources import ReaderTaskSource
 from dfdb.errors import AuthenticationError, BackendUnavailableError
 from dfdb.retry import raise_if_cancelling
@@ -237,9 +238,15 @@ class EtcdSource(ReaderTaskSource):
         self.records_read += len(reply.events)
         self.bytes_read += reply.ByteSize()
         last = watcher.frontier
+        # a lease's end deletes its mark with its objects, in one revision (one reply)
+        expired = {
+            int(ev.kv.mod_revision)
+            for ev in reply.events
+            if ev.type == rpc.Event.DELETE and _is_mark(self._access.parse_data_key(bytes(ev.kv.key)))
+        }
         revisions: set[int] = set()
         for ev in reply.events:
-            revision = self._take(watcher, ev)
+            revision = self._take(watcher, ev, expired)
             revisions.add(revision)
             last = max(last, revision)
         if header >= last and len(revisions) < _BATCH_REVISIONS:
@@ -249,8 +256,9 @@ class EtcdSource(ReaderTaskSource):
             last = header
         self._reached(watcher, last)
 
-    def _take(self, watcher: _Watcher, ev: Any) -> int:
-        """Buffer one etcd event of ``watcher``; returns its revision."""
+    def _take(self, watcher: _Watcher, ev: Any, expired: set[int]) -> int:
+        """Buffer one etcd event of ``watcher`` (a delete at a revision in ``expired`` is a
+        lease's expiry); returns its revision."""
         kv = ev.kv
         revision = int(kv.mod_revision)
         key = bytes(kv.key)
@@ -282,7 +290,7 @@ class EtcdSource(ReaderTaskSource):
             return revision
         if ev.type == rpc.Event.DELETE:
             value = bytes(ev.prev_kv.value) if ev.prev_kv.key else None  # empty KeyValue when compacted
-            self._push(RawEvent("delete", table, id, topic, value, revision))
+            self._push(RawEvent("delete", table, id, topic, value, revision, None, revision in expired))
         else:
             action: RawAction = "create" if kv.version == 1 else "update"
             self._push(RawEvent(action, table, id, topic, bytes(kv.value), revision))
@@ -361,6 +369,12 @@ class EtcdSource(ReaderTaskSource):
 _BATCH_REVISIONS = 1000
 """etcd sends the history of a watch catching up in batches of at most this many revisions;
 a batch that has fewer is all of it, up to the batch's header revision."""
+
+
+def _is_mark(parsed: tuple[str, str | None, str] | None) -> bool:
+    """Whether a data key is a lease's mark (its delete marks its revision's deletes as expiries)."""
+    return parsed is not None and parsed[0] == MARK
+
 
 _TAKEN = 4096
 """How many recent changes an :class:`EtcdSource` remembers to drop one delivered twice."""

@@ -5,6 +5,11 @@ bounded history (at least ``history`` recent changes, default 10,000) so that
 ``watch(since=…)`` resumes without gaps; an older position yields ``resync``.
 All ``connect("memory://name")`` of one process share the store ``name`` while at
 least one of them is open; ``memory://`` alone is a private store.
+
+Leases live in the store with deadlines on the process's monotonic clock. Every call
+on the store reaps the leases whose deadline passed first (their objects go with
+ordinary logged deletes marked ``expired``), and a watcher wakes at the next deadline
+to reap it, so an expiry is seen at most a few milliseconds after the TTL.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import builtins
 import itertools
 import logging
+import math
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Iterable
@@ -25,6 +32,7 @@ from dfdb.drivers.base import (
     Entry,
     EventSource,
     Expect,
+    Guard,
     KeyListing,
     Listing,
     RawEvent,
@@ -33,7 +41,7 @@ from dfdb.drivers.base import (
 )
 from dfdb.drivers.digest import digest_of, keys_of
 from dfdb.drivers.sources import BufferedSource
-from dfdb.errors import InvalidURL
+from dfdb.errors import InvalidURL, LeaseLostError
 from dfdb.url import DatabaseURL
 
 __all__ = ["MemoryDriver"]
@@ -41,6 +49,15 @@ __all__ = ["MemoryDriver"]
 log = logging.getLogger(__name__)
 
 _ACTIONS = frozenset(("create", "update", "delete"))
+
+
+class _Lease:
+    __slots__ = ("deadline", "keys", "ttl")
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.deadline = time.monotonic() + ttl
+        self.keys: dict[tuple[str, str], int] = {}  # bound objects and the revision they were bound at
 
 
 class _Store:
@@ -55,6 +72,62 @@ class _Store:
         self.counters: defaultdict[str, itertools.count[int]] = defaultdict(lambda: itertools.count(1))
         self.waiters: set[anyio.Event] = set()
         self.users = 0
+        self.leases: dict[str, _Lease] = {}
+        self.locks: dict[str, tuple[str | None, int]] = {}  # name -> (holder lease, last token)
+        self.next_deadline = math.inf
+
+    def write(self, table: str, id: str, topic: str | None, value: bytes | None, *, expired: bool = False) -> int:
+        """Apply and log one change (``value`` ``None``: a delete); returns its revision."""
+        rows = self.tables[table]
+        old = rows.get(id)
+        self.revision += 1
+        if value is None:
+            assert old is not None
+            del rows[id]
+            event = RawEvent("delete", table, id, old.topic, old.value, self.revision, expired=expired)
+        else:
+            rows[id] = Entry(table, id, topic, value, self.revision)
+            event = RawEvent("create" if old is None else "update", table, id, topic, value, self.revision)
+        self.append(event)
+        return self.revision
+
+    def reap(self) -> int:
+        """End every lease whose deadline passed; returns how many."""
+        now = time.monotonic()
+        if now < self.next_deadline:
+            return 0
+        due = [lease for lease, row in self.leases.items() if row.deadline < now]
+        for lease in due:
+            self.end(lease)
+        self.next_deadline = min((row.deadline for row in self.leases.values()), default=math.inf)
+        return len(due)
+
+    def end(self, lease: str) -> None:
+        """Delete the lease's objects (as expiries) and release its locks."""
+        row = self.leases.pop(lease, None)
+        if row is None:
+            return
+        for (table, id), revision in row.keys.items():
+            entry = self.tables.get(table, {}).get(id)
+            if entry is not None and entry.revision == revision:  # not rewritten since without it
+                self.write(table, id, None, None, expired=True)
+        for name, (holder, token) in list(self.locks.items()):
+            if holder == lease:
+                self.locks[name] = (None, token)
+
+    def alive(self, lease: str) -> _Lease:
+        self.reap()
+        row = self.leases.get(lease)
+        if row is None or row.deadline < time.monotonic():
+            raise LeaseLostError(f"lease {lease} ended")
+        return row
+
+    def check(self, guard: Guard | None) -> None:
+        if guard is None:
+            return
+        self.alive(guard.lease)
+        if guard.lock is not None and self.locks.get(guard.lock) != (guard.lease, guard.token):
+            raise LeaseLostError(f"lock {guard.lock!r} is no longer held with token {guard.token}")
 
     def append(self, event: RawEvent) -> None:
         self.log.append(event)
@@ -81,7 +154,13 @@ _STORES: dict[str, _Store] = {}
 class MemoryDriver(Driver):
     """The embedded in-process driver; see the module documentation."""
 
-    capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
+    capabilities = (
+        Capability.NATIVE_STREAM
+        | Capability.CHANGE_LOG
+        | Capability.ORDERED
+        | Capability.TOPIC_FILTER
+        | Capability.LEASES
+    )
     max_value_size = 16 * 1024 * 1024  # a bound of our own: the store keeps each value in its history too
 
     def __init__(self, url: DatabaseURL) -> None:
@@ -118,6 +197,7 @@ class MemoryDriver(Driver):
         self._check_open()
         if self._store is None:
             raise RuntimeError("the driver is not open; use 'async with' or 'await open()'")
+        self._store.reap()
         return self._store
 
     async def identity(self) -> str:
@@ -127,25 +207,73 @@ class MemoryDriver(Driver):
         return self._open_store().tables[table].get(id) if table in self._open_store().tables else None
 
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
+        return await self.put_bound(table, id, topic, value, expect, None, None)
+
+    async def put_bound(
+        self,
+        table: str,
+        id: str,
+        topic: str | None,
+        value: bytes,
+        expect: Expect,
+        lease: str | None,
+        guard: Guard | None,
+    ) -> int:
         store = self._open_store()
-        rows = store.tables[table]
-        old = rows.get(id)
+        old = store.tables[table].get(id)
+        store.check(guard)
+        row = None if lease is None else store.alive(lease)
         check_put(table, id, topic, None if old is None else (old.topic, old.revision), expect)
-        store.revision += 1
-        rows[id] = Entry(table, id, topic, value, store.revision)
-        store.append(RawEvent("create" if old is None else "update", table, id, topic, value, store.revision))
-        return store.revision
+        revision = store.write(table, id, topic, value)
+        if row is not None:
+            row.keys[table, id] = revision
+        return revision
 
     async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
         store = self._open_store()
-        rows = store.tables.get(table, {})
-        old = rows.get(id)
+        old = store.tables.get(table, {}).get(id)
         check_delete(table, id, None if old is None else old.revision, expect)
         assert old is not None
-        store.revision += 1
-        del rows[id]
-        store.append(RawEvent("delete", table, id, old.topic, old.value, store.revision))
-        return Entry(table, id, old.topic, old.value, store.revision)
+        revision = store.write(table, id, None, None)
+        return Entry(table, id, old.topic, old.value, revision)
+
+    async def delete_guarded(self, table: str, id: str, guard: Guard) -> Entry:
+        self._open_store().check(guard)
+        return await self.delete(table, id)
+
+    async def lease_grant(self, ttl: float) -> str:
+        store = self._open_store()
+        lease = uuid.uuid4().hex
+        store.leases[lease] = row = _Lease(ttl)
+        store.next_deadline = min(store.next_deadline, row.deadline)
+        return lease
+
+    async def lease_keepalive(self, lease: str) -> None:
+        row = self._open_store().alive(lease)
+        row.deadline = time.monotonic() + row.ttl
+
+    async def lease_revoke(self, lease: str) -> None:
+        self._open_store().end(lease)
+
+    async def lock_acquire(self, name: str, lease: str) -> int | None:
+        store = self._open_store()
+        store.alive(lease)
+        holder, token = store.locks.get(name, (None, 0))
+        if holder == lease:
+            return token
+        if holder is not None:
+            return None
+        store.locks[name] = (lease, token + 1)
+        return token + 1
+
+    async def lock_release(self, name: str, lease: str, token: int) -> None:
+        store = self._open_store()
+        if store.locks.get(name) == (lease, token):
+            store.locks[name] = (None, token)
+
+    async def reap(self) -> int:
+        self._check_open()
+        return 0 if self._store is None else self._store.reap()
 
     async def list(self, table: str, topic: str | None = None) -> Listing:
         store = self._open_store()
@@ -217,6 +345,7 @@ class _MemorySource(BufferedSource):
 
     async def _read_round(self) -> RawEvent | None:
         store = self._store
+        store.reap()
         if self._read_position < store.trimmed or self._read_position > store.revision:
             self._read_position = store.revision
             log.debug("memory store %r: history after %d is gone; resync", store.name, self._read_position)
@@ -230,7 +359,8 @@ class _MemorySource(BufferedSource):
         wake = self._wake = anyio.Event()
         store.waiters.add(wake)
         try:
-            await wake.wait()
+            with anyio.move_on_after(store.next_deadline - time.monotonic() + 0.005):  # reap the next expiry
+                await wake.wait()
         finally:
             store.waiters.discard(wake)
         return None

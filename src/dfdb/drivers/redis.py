@@ -55,6 +55,7 @@ from dfdb.drivers.base import (
     PutRequest,
 )
 from dfdb.drivers.digest import MOD
+from dfdb.drivers.redis_leases import RedisLeases
 from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE, entry_of, expect_arg, unpack_round
 from dfdb.drivers.redis_streams import RedisSource
 from dfdb.drivers.redis_tls import TlsConnection
@@ -68,6 +69,7 @@ from dfdb.errors import (
     CorruptObjectError,
     DriverError,
     InvalidURL,
+    LeaseLostError,
     NotFoundError,
 )
 from dfdb.tls import TLS_OPTIONS, TlsSettings, protocol_mismatch
@@ -90,10 +92,11 @@ _CONNECTION_ERRORS = (
 )
 
 
-class RedisDriver(Driver):
+class RedisDriver(RedisLeases, Driver):
     """The Redis driver; see the module documentation."""
 
     capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
+    capabilities |= Capability.LEASES
     max_value_size = 16 * 1024 * 1024  # each write is kept three times: the entry and two stream entries
     requires_asyncio = True
 
@@ -293,14 +296,14 @@ class RedisDriver(Driver):
         return entry_of(table, id, row)
 
     async def _run_write(
-        self, table: str, id: str, op: str, expect: str, topic: str, value: bytes
+        self, table: str, id: str, op: str, expect: str, topic: str, value: bytes, extra: tuple[str, ...] = ()
     ) -> tuple[int, str | None, bytes]:
         entry_key = self._key("e", table, id)
         for _ in range(3):
             try:
                 reply = await self._write(
                     keys=[entry_key, self._key("rev"), self._key("epoch")],
-                    args=[self.prefix, table, id, op, expect, topic, value, self.maxlen, self.epoch],
+                    args=[self.prefix, table, id, op, expect, topic, value, self.maxlen, self.epoch, *extra],
                 )
             except _CONNECTION_ERRORS as exc:
                 raise _unavailable(self.url, exc) from None
@@ -370,6 +373,9 @@ class RedisDriver(Driver):
             return int(detail), reply[2].decode() or None, reply[3]
         if status == "EPOCH":
             raise BackendUnavailableError(f"{self.url}: the dataset changed during the write")
+        if status in ("LEASE", "GUARD"):
+            what = "lease" if status == "LEASE" else "lock"
+            raise LeaseLostError(f"{table}/{id} was not written: {what} {detail.decode()!r} is no longer held")
         if status == "EXISTS":
             raise AlreadyExistsError(f"{table}/{id} already exists")
         if status == "NOTFOUND":
@@ -563,6 +569,10 @@ class _SourceAccess:
     @property
     def epoch(self) -> str:
         return self._driver.epoch
+
+    async def reap_due(self) -> None:
+        """End the leases whose deadline passed (at most every quarter second)."""
+        await self._driver.reap_due()
 
     async def continues(self, known: str, seen: str, position: int) -> bool:
         """Whether epoch ``seen`` continues the history of ``known`` at least up to ``position``."""

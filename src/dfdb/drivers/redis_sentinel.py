@@ -277,14 +277,14 @@ class SentinelDriver(RedisDriver):
 
     # ------------------------------------------------------------ synchronous replicas
     async def _run_write(
-        self, table: str, id: str, op: str, expect: str, topic: str, value: bytes
+        self, table: str, id: str, op: str, expect: str, topic: str, value: bytes, extra: tuple[str, ...] = ()
     ) -> tuple[int, str | None, bytes]:
         if not self.min_replicas:
-            return await super()._run_write(table, id, op, expect, topic, value)
+            return await super()._run_write(table, id, op, expect, topic, value, extra)
         script = self._write
         self._write = _Waiting(self, script)
         try:
-            return await super()._run_write(table, id, op, expect, topic, value)
+            return await super()._run_write(table, id, op, expect, topic, value, extra)
         finally:
             self._write = script
 

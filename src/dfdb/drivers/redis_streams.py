@@ -80,6 +80,7 @@ class RedisSource(ReaderTaskSource):
         access = self._access
         client = access.client()
         streams, asked = builtins.list(self._streams), dict(self._ids)  # add_topics may grow them meanwhile
+        await access.reap_due()  # every watcher reaps the leases that are due
         pipe = client.pipeline(transaction=False)
         pipe.get(access.key("epoch"))
         pipe.get(access.key("rev"))
@@ -150,8 +151,9 @@ class RedisSource(ReaderTaskSource):
             return self._malformed(self._access.stream_table(stream), f"{stream} {revision}-0", revision, reason)
         if action not in ("create", "update", "delete"):
             return self._malformed(table, f"{table}/{id}", revision, f"unknown action {action!r}")
+        expired = fields.get(b"x") == b"1"  # a lease's object, deleted when the lease ended
         # the epoch it was read in: a stream that went on into a new master term moves its cursor there
-        return RawEvent(action, table, id, topic, value, revision, self._epoch)  # type: ignore[arg-type]
+        return RawEvent(action, table, id, topic, value, revision, self._epoch, expired)  # type: ignore[arg-type]
 
     async def _follow(self, topics: frozenset[str | None], since: int) -> None:
         access = self._access

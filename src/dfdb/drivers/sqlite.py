@@ -52,11 +52,10 @@ from dfdb.drivers.base import (
     Listing,
     PutRequest,
     RawEvent,
-    check_delete,
-    check_put,
 )
 from dfdb.drivers.polling import ChangeBatch, ChangeLogPoller
 from dfdb.drivers.sqlite_digest import SqliteDigest
+from dfdb.drivers.sqlite_leases import LEASE_SCHEMA, SqliteLeases, check_expectation
 from dfdb.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -83,6 +82,7 @@ SCHEMA = (
     " revision INTEGER PRIMARY KEY AUTOINCREMENT,"
     " tbl TEXT NOT NULL, id TEXT NOT NULL, topic TEXT, action TEXT NOT NULL, value BLOB, at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS dfdb_counters (tbl TEXT PRIMARY KEY, next INTEGER NOT NULL) WITHOUT ROWID",
+    *LEASE_SCHEMA,
 )
 
 _CHANGES_LIMIT = 1000
@@ -112,10 +112,10 @@ class _Call:
     abandoned: threading.Event = field(default_factory=threading.Event)
 
 
-class SqliteDriver(SqliteDigest, Driver):
+class SqliteDriver(SqliteDigest, SqliteLeases, Driver):
     """The SQLite driver; see the module documentation."""
 
-    capabilities = Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
+    capabilities = Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER | Capability.LEASES
     max_value_size: ClassVar[int | None] = 16 * 1024 * 1024
     """The largest value a put takes, in bytes. SQLite itself allows up to
     SQLITE_MAX_LENGTH (1,000,000,000 by default), but a value is copied several times
@@ -330,7 +330,7 @@ class SqliteDriver(SqliteDigest, Driver):
         old = db.execute(
             "SELECT topic, value, revision FROM dfdb_entries WHERE tbl = ? AND id = ?", (table, id)
         ).fetchone()
-        _check_expectation(table, id, topic, value, old, expect)
+        check_expectation(table, id, topic, value, old, expect)
         if value is None:
             action, logged, topic = "delete", _blob(old[1]), old[0]
         else:
@@ -442,7 +442,9 @@ class SqliteDriver(SqliteDigest, Driver):
     def _event_of(self, row: Any) -> RawEvent:
         revision, table, id, topic, action, value = row
         try:
-            event = RawEvent(_text(action), _text(table), _text(id), _text(topic, None), value, revision)
+            expired = _text(action) == "expire"  # a lease's object, deleted when the lease ended
+            action = b"delete" if expired else action
+            event = RawEvent(_text(action), _text(table), _text(id), _text(topic, None), value, revision, None, expired)
             if event.action not in _ACTIONS or not event.id or (value is None and event.action != "delete"):
                 raise ValueError(f"not a change: action {event.action!r}" + (", no value" if value is None else ""))
         except ValueError as exc:
@@ -472,6 +474,7 @@ class SqliteDriver(SqliteDigest, Driver):
         table_set, topic_set = frozenset(tables), None if topics is None else frozenset(topics)
 
         async def read(position: int, topics: frozenset[str | None] | None) -> ChangeBatch:
+            await self.reap()  # every watching connection reaps the leases that are due
             return await self.changes_after(position, table_set, topics)
 
         return self._track(
@@ -547,17 +550,6 @@ def _head(db: sqlite3.Connection) -> int:
 
 
 # ---------------------------------------------------------------- helpers
-def _check_expectation(
-    table: str, id: str, topic: str | None, value: bytes | None, old: Any, expect: Expect | None
-) -> None:
-    """``old`` is the row (topic, value, revision) or ``None``; ``value`` ``None`` is a delete."""
-    if value is None:
-        check_delete(table, id, None if old is None else old[2], expect if isinstance(expect, int) else None)
-    else:
-        assert expect is not None
-        check_put(table, id, topic, None if old is None else (old[0], old[2]), expect)
-
-
 def _blob(value: bytes | str) -> bytes:
     """A stored value as bytes (a row written by another tool may hold text)."""
     return value.encode() if isinstance(value, str) else bytes(value)

@@ -214,7 +214,7 @@ class Replica(Lookups):
                 self._apply(model, obj.id, obj, revision_of(obj) or 0)
         return corrupt
 
-    def _apply(self, model: type[NbModel], id: str, obj: NbModel | None, revision: int) -> None:
+    def _apply(self, model: type[NbModel], id: str, obj: NbModel | None, revision: int, expired: bool = False) -> None:
         if self._store.is_stale(model, id, revision):
             return
         held = self._store.row(model, id)
@@ -223,7 +223,7 @@ class Replica(Lookups):
                 self._drop_row(model, id)
             self._store.remember_delete(model, id, revision)
             if held is not None:
-                self._flow.emit(ReplicaEvent(Action.DELETE, model, id, held[0], None, revision))
+                self._flow.emit(ReplicaEvent(Action.DELETE, model, id, held[0], None, revision, expired=expired))
         else:
             self._put_row(model, id, obj, revision)
             action = Action.CREATE if held is None else Action.UPDATE
@@ -329,7 +329,7 @@ class Replica(Lookups):
         if self.mode is SyncMode.REACTIVE and not held:
             return  # only held objects are kept fresh
         if ev.action == Action.DELETE:
-            self._apply(ev.model, ev.id, None, ev.revision)
+            self._apply(ev.model, ev.id, None, ev.revision, ev.expired)
         elif ev.obj is not None:
             self._apply(ev.model, ev.id, ev.obj, ev.revision)
 

@@ -29,6 +29,9 @@ class ReplicaEvent:
     value failed validation, so the Replica evicted its outdated copy (the database still
     holds the bad value; it is logged with its table and key and counted in
     ``ReplicaStats.corrupt``). A later valid write brings the object back as a ``CREATE``.
+
+    ``expired`` is true on a ``DELETE`` of an object whose lease ended (its holder stopped
+    or revoked it), as the change stream reported it.
     """
 
     action: Action
@@ -38,6 +41,7 @@ class ReplicaEvent:
     new: NbModel | None
     revision: int
     corrupt: bool = False
+    expired: bool = False
 
 
 class Flag:
@@ -141,7 +145,8 @@ def _coalesce(first: ReplicaEvent, then: ReplicaEvent) -> ReplicaEvent | None:
         return ReplicaEvent(Action.CREATE, then.model, then.id, None, then.new, then.revision)
     if first.action == Action.DELETE and then.action == Action.CREATE:
         return ReplicaEvent(Action.UPDATE, then.model, then.id, first.old, then.new, then.revision)
-    return ReplicaEvent(then.action, then.model, then.id, first.old, then.new, then.revision, then.corrupt)
+    old = first.old
+    return ReplicaEvent(then.action, then.model, then.id, old, then.new, then.revision, then.corrupt, then.expired)
 
 
 class ReplicaEvents:

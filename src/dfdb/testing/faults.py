@@ -29,7 +29,7 @@ import contextlib
 from collections.abc import Collection, Sequence
 
 from dfdb.drivers import driver_class, register_driver
-from dfdb.drivers.base import ANY, Digest, Driver, Entry, EventSource, Expect, KeyListing, Listing, RawEvent
+from dfdb.drivers.base import ANY, Capability, Digest, Driver, Entry, EventSource, Expect, KeyListing, Listing, RawEvent
 from dfdb.errors import BackendUnavailableError, InvalidURL
 from dfdb.url import DatabaseURL
 
@@ -59,7 +59,7 @@ class FaultyDriver(Driver):
             {k: v for k, v in url.options.items() if k not in ("fault", "inner")},
         )
         self.inner = driver_class(inner_url)(inner_url)
-        self.capabilities = self.inner.capabilities  # type: ignore[misc]
+        self.capabilities = self.inner.capabilities & ~Capability.LEASES  # type: ignore[misc]
         self._lost: set[tuple[str, str]] = set()
         self._open_sources: set[_FaultySource] = set()
         self._history_lost_upto = -1  # a watch resumed from a cursor at or below it gets a resync

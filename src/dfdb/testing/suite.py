@@ -13,6 +13,7 @@ import pytest
 import dfdb
 import dfdb.drivers
 from dfdb import Action, ChangeEvent, NbApi, Ref
+from dfdb.testing import suite_leases
 from dfdb.testing.conformance import (
     ConformanceItem,
     ConformanceLink,
@@ -21,6 +22,7 @@ from dfdb.testing.conformance import (
     next_event,
     raw_put,
 )
+from dfdb.testing.suite_leases import *  # noqa: F403
 from dfdb.testing.suite_streams import (
     HOSTILE_ID_WRITERS,
     UNREADABLE_RECORD_WRITERS,
@@ -83,6 +85,7 @@ __all__ = [
     "test_update_checks_version",
     "test_watch_delivers_create_update_delete",
     "test_watch_sees_every_create_of_a_batch",
+    *suite_leases.__all__,
 ]
 
 Item = ConformanceItem

@@ -20,6 +20,7 @@ from dfdb.drivers.base import (
     Entry,
     EventSource,
     Expect,
+    Guard,
     KeyListing,
     Listing,
     PutRequest,
@@ -38,6 +39,7 @@ from dfdb.drivers.zookeeper.layout import (
     location,
     topic_of,
 )
+from dfdb.drivers.zookeeper.leases import ZooKeeperLeases
 from dfdb.drivers.zookeeper.source import LogAccess, ZooKeeperSource
 from dfdb.errors import (
     AlreadyExistsError,
@@ -45,6 +47,7 @@ from dfdb.errors import (
     ConflictError,
     CorruptObjectError,
     InvalidURL,
+    LeaseLostError,
     NotFoundError,
     ValueTooLargeError,
 )
@@ -64,10 +67,10 @@ class _Retry(Exception):
     """The log moved to another bucket (or a parent was missing): write again."""
 
 
-class ZooKeeperDriver(Driver):
+class ZooKeeperDriver(ZooKeeperLeases, Driver):
     """The ZooKeeper driver; see the package documentation."""
 
-    capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.TOPIC_FILTER
+    capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.TOPIC_FILTER | Capability.LEASES
     requires_asyncio = True
     max_value_size = 500_000
     """A create or update sends the value twice in one request (the data node and its change
@@ -100,7 +103,7 @@ class ZooKeeperDriver(Driver):
         if tls is not None:
             self._calls.tls = (tls.ssl_context(), tls.server_name)
         self._logs = ChangeLogs(self._calls, self._layout, self.bucket_size, self.keep)
-        self._access = LogAccess(self._logs, self.idle)
+        self._access = LogAccess(self._logs, self.idle, self.reap_due)
 
     @property
     def session_id(self) -> int | None:
@@ -140,16 +143,20 @@ class ZooKeeperDriver(Driver):
         return Entry(table, id, topic_of(loc), data[0], int(data[1].last_modified_zxid))
 
     async def _write(
-        self, table: str, id: str, loc: str, body: builtins.list[Any], action: RawAction, value: bytes, zxid_at: int
-    ) -> int:
-        """Append the change to its log in the same multi as ``body``; returns the zxid."""
+        self, table: str, id: str, loc: str, body: builtins.list[Any], action: RawAction, value: bytes, zxid_at: int,
+        extra: Sequence[Any] = (), *, expired: bool = False,
+    ) -> int:  # fmt: skip
+        """Append the change to its log in the same multi as ``body`` (and the lease checks
+        and binding ``extra``); returns the zxid."""
         log_path = self._layout.log(table, loc)
         meta, version = await self._logs.state(log_path)
         ops = [
             protocol.CheckVersionRequest(path=log_path, version=version),
             *body,
-            self._logs.append(log_path, meta, Change(action, id, value)),
+            self._logs.append(log_path, meta, Change(action, id, value, expired)),
+            *extra,
         ]
+        appended = len(body) + 1
         replies = await self._calls.multi(ops)
         failed = [
             (i, r)
@@ -158,11 +165,13 @@ class ZooKeeperDriver(Driver):
         ]
         if failed:
             i, error = failed[0]
-            if i == 0 or i == len(ops) - 1:  # the log moved (or is gone): read it again
+            if i > appended:
+                raise LeaseLostError(f"{table}/{id} was not written: its lease or lock is no longer held")
+            if i == 0 or i == appended:  # the log moved (or is gone): read it again
                 self._logs.forget(log_path)
                 raise _Retry()
             raise error
-        await self._logs.after_append(log_path, replies[-1].path)
+        await self._logs.after_append(log_path, replies[appended].path)
         return int(replies[zxid_at].stat.last_modified_zxid)
 
     def _check_size(self, table: str, id: str, value: bytes) -> None:
@@ -172,6 +181,12 @@ class ZooKeeperDriver(Driver):
             raise ValueTooLargeError(table, id, len(value), self.max_value_size, "zk://")
 
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
+        return await self.put_bound(table, id, topic, value, expect, None, None)
+
+    async def put_bound(
+        self, table: str, id: str, topic: str | None, value: bytes, expect: Expect,
+        lease: str | None, guard: Guard | None,
+    ) -> int:  # fmt: skip
         self._check_open()
         self._check_size(table, id, value)
         calls, layout = self._calls, self._layout
@@ -179,6 +194,7 @@ class ZooKeeperDriver(Driver):
         index, data = layout.index(table, id), layout.data(table, loc, id)
         for _ in range(50):
             try:
+                extra = [] if lease is None and guard is None else await self.lease_ops(table, id, lease, guard)
                 current = None if expect is ABSENT else await self._current(table, id, loc, topic, expect)
                 if current is None:
                     if expect is not ABSENT and expect is not ANY:
@@ -186,7 +202,7 @@ class ZooKeeperDriver(Driver):
                     body = [calls.create(index, loc.encode()), calls.set(index, loc.encode(), -1),
                             calls.create(data, value)]  # fmt: skip
                     try:
-                        return await self._write(table, id, loc, body, "create", value, 2)
+                        return await self._write(table, id, loc, body, "create", value, 2, extra)
                     except exc.NodeExists:
                         if expect is ABSENT and not await self._mend_broken_index(table, id):
                             raise AlreadyExistsError(f"{table}/{id} already exists") from None
@@ -199,7 +215,8 @@ class ZooKeeperDriver(Driver):
                 if expect is not ANY and revision != expect:
                     raise ConflictError(f"{table}/{id} is at revision {revision}, not {expect}")
                 try:
-                    return await self._write(table, id, loc, [calls.set(data, value, version)], "update", value, 1)
+                    body = [calls.set(data, value, version)]
+                    return await self._write(table, id, loc, body, "update", value, 1, extra)
                 except (exc.BadVersion, exc.NoNode):
                     if expect is ANY:
                         continue
@@ -341,6 +358,15 @@ class ZooKeeperDriver(Driver):
         return [revision] * len(writes)
 
     async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
+        return await self._delete(table, id, expect)
+
+    async def delete_guarded(self, table: str, id: str, guard: Guard) -> Entry:
+        return await self._delete(table, id, None, guard=guard)
+
+    async def _delete(
+        self, table: str, id: str, expect: int | None, expired: bool = False, guard: Guard | None = None
+    ) -> Entry:
+        """``delete``; ``expired``: logged as a lease's expiry; ``guard``: checked in its multi."""
         self._check_open()
         calls, layout = self._calls, self._layout
         index_path = layout.index(table, id)
@@ -362,8 +388,9 @@ class ZooKeeperDriver(Driver):
                 calls.delete(index_path, int(index[1].version) + 1),
                 calls.delete(data_path, int(data[1].version)),
             ]
+            extra = [] if guard is None else await self.lease_ops(table, id, None, guard)
             try:
-                zxid = await self._write(table, id, loc, body, "delete", data[0], 1)
+                zxid = await self._write(table, id, loc, body, "delete", data[0], 1, extra, expired=expired)
             except (_Retry, exc.BadVersion, exc.NoNode):
                 continue
             return Entry(table, id, topic_of(loc), data[0], zxid)

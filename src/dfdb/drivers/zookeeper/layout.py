@@ -11,6 +11,7 @@ shard of the id (two hex digits of its hash, so no parent has more children than
     /P/l/TABLE/LOC                a change log: {"b": current bucket, "trim": highest pruned revision}
     /P/l/TABLE/LOC/bK/cSEQ        one change: action, id, value; its czxid is its revision
     /P/k/TABLE                    allocate_unique_key: its version counts the keys given
+    /P/le/LEASE[/TABLE+ID]        leases and their objects (see :mod:`.leases`)
 """
 
 from __future__ import annotations
@@ -59,14 +60,16 @@ class MalformedChange(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One change node's content: ``ACTION\\nID\\nVALUE``."""
+    """One change node's content: ``ACTION\\nID\\nVALUE`` (``x``: a delete when a lease ended)."""
 
     action: RawAction
     id: str
     value: bytes
+    expired: bool = False
 
     def encode(self) -> bytes:
-        return _CODES[self.action] + b"\n" + self.id.encode() + b"\n" + self.value
+        code = b"x" if self.expired else _CODES[self.action]
+        return code + b"\n" + self.id.encode() + b"\n" + self.value
 
     @classmethod
     def decode(cls, data: bytes) -> Change:
@@ -74,7 +77,7 @@ class Change:
         MalformedChange: not a change dfdb wrote."""
         code, sep, rest = data.partition(b"\n")
         raw_id, sep2, value = rest.partition(b"\n")
-        action = _ACTIONS.get(code)
+        action = _ACTIONS.get(b"d" if code == b"x" else code)
         if action is None or not sep or not sep2:
             raise MalformedChange(f"unknown action {code[:20]!r}" if action is None else "truncated")
         try:
@@ -83,7 +86,7 @@ class Change:
             raise MalformedChange("the id is not UTF-8") from None
         if not id:
             raise MalformedChange("no id")
-        return cls(action, id, value)
+        return cls(action, id, value, code == b"x")
 
 
 @dataclass(frozen=True, slots=True)

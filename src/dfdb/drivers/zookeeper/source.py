@@ -18,7 +18,7 @@ import builtins
 import heapq
 import itertools
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +40,12 @@ from dfdb.drivers.zookeeper.layout import (
 )
 from dfdb.errors import DriverError
 
-__all__ = ["LogAccess", "ZooKeeperSource"]
+__all__ = ["REAP_EVERY", "LogAccess", "ZooKeeperSource"]
 
 log = logging.getLogger(__name__)
+
+REAP_EVERY = 0.5
+"""Seconds between two reaping rounds of a watching client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,9 @@ class LogAccess:
     logs: ChangeLogs
     idle: float
     """Seconds between safety re-reads of every log."""
+    reap: Callable[[], Awaitable[object]] | None = None
+    """Ends the leases that are due (at most every :data:`REAP_EVERY` seconds); every
+    source runs it at least that often."""
 
     @property
     def calls(self) -> Calls:
@@ -102,6 +108,7 @@ class ZooKeeperSource(ReaderTaskSource):
         self._callbacks: dict[WatchKey, Callable[[str], None]] = {}
         self._resync_at = 0
         self._idle_frontier = since
+        self._safety_at = 0.0
 
     def _read_up_to(self) -> int:
         """Every change at or below this revision has been read (returned, buffered, or
@@ -164,14 +171,20 @@ class ZooKeeperSource(ReaderTaskSource):
         when history is gone."""
         if self._resync_at:
             return await self._restart(self._resync_at)
+        reap = self._access.reap
+        if reap is not None:
+            await reap()
         if not any(entry.dirty for entry in self._logs.values()) and not self._discover:
             self._wake.clear()
+            loop = asyncio.get_running_loop()
             try:
-                async with asyncio.timeout(self._access.idle):
+                async with asyncio.timeout(min(self._access.idle, REAP_EVERY if reap else self._access.idle)):
                     await self._wake.wait()
-            except TimeoutError:  # a safety re-read of every log
-                for entry in self._logs.values():
-                    entry.dirty = True
+            except TimeoutError:
+                if loop.time() - self._safety_at >= self._access.idle:  # a safety re-read of every log
+                    self._safety_at = loop.time()
+                    for entry in self._logs.values():
+                        entry.dirty = True
         await self._round()
         if self._resync_at:
             return await self._restart(self._resync_at)
@@ -305,7 +318,8 @@ class ZooKeeperSource(ReaderTaskSource):
                 key += f" (id {named[0][:300].decode(errors='replace')!r})"
             self._unreadable.append((entry.table, key, revision, str(error)))
             return
-        self._taken.append(RawEvent(change.action, entry.table, change.id, entry.topic, change.value, revision))
+        table, topic, expired = entry.table, entry.topic, change.expired
+        self._taken.append(RawEvent(change.action, table, change.id, topic, change.value, revision, None, expired))
 
     async def _restart(self, revision: int, identity: str | None = None) -> RawEvent:
         """History is gone: start every log after ``revision`` and say so."""

@@ -1,0 +1,306 @@
+"""Liveness: leases, objects bound to them, and fenced locks.
+
+A :class:`Lease` is granted by the backend with a TTL and kept alive in the background
+while its ``async with`` block runs::
+
+    async with nb.lease(ttl=10) as lease:
+        await nb.create(Chassis(id="c1", ip="10.0.0.1"), lease=lease)
+        await lease.lost            # returns when the lease ended
+
+Objects written with ``lease=`` are bound to it. When the lease ends — revoked, or not
+kept alive for its TTL because the holder exited, crashed, was killed or lost the network
+— the backend deletes every object bound to it with ordinary logged deletes, delivered to
+every watcher in revision order as ``DELETE`` events with ``ev.expired`` true. Ending is
+final: a lease never comes back. The holder learns it through :attr:`Lease.lost` and a
+:class:`~dfdb.LeaseLostError` on its next use; it also counts the lease lost by itself once
+a TTL has passed since the last keep-alive the backend confirmed, so it stops writing even
+before the backend noticed.
+
+A :class:`Lock` (``nb.lock(name, ttl)``) is held by one lease at a time; each new holder
+gets a fencing :attr:`Lock.token` larger than every earlier one. A write with ``guard=lock``
+(or ``guard=lease``) commits only while the guard still holds, checked by the backend in
+the same atomic step as the write (transaction, script, multi), so a holder that was paused
+past its TTL and wakes up cannot write over its successor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from dfdb.drivers.base import Capability, Guard
+from dfdb.errors import BackendTimeoutError, BackendUnavailableError, DfdbError, LeaseLostError, LockedError
+from dfdb.nbmodel import validate_key
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from dfdb.nb import NbApi
+
+__all__ = ["MAX_TTL", "MIN_TTL", "Lease", "Lock", "guard_of", "lease_of"]
+
+log = logging.getLogger(__name__)
+
+MIN_TTL = 0.5
+"""The shortest TTL a lease takes, in seconds."""
+MAX_TTL = 86_400.0
+"""The longest TTL a lease takes, in seconds (a day)."""
+
+
+def _check_ttl(ttl: float) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
+        raise ValueError(f"a lease TTL must be a number of seconds, not {ttl!r}")
+    if not MIN_TTL <= ttl <= MAX_TTL:
+        raise ValueError(f"a lease TTL must be between {MIN_TTL:g} and {MAX_TTL:g} seconds, not {ttl:g}")
+    return float(ttl)
+
+
+class _Ended:
+    """``lease.lost``: await it to wait until the lease ended; true once it has."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._event.wait().__await__()
+
+
+class Lease:
+    """A lease on the backend; see the module documentation. Made by :meth:`NbApi.lease`.
+
+    Attributes:
+        ttl: seconds the lease lives without a keep-alive.
+        id: the backend's id of the lease (``None`` before it is granted).
+        lost: awaitable that returns once the lease ended (lost or revoked); true then.
+        error: the :class:`LeaseLostError` that says why it ended, or ``None``.
+    """
+
+    def __init__(self, nb: NbApi, ttl: float, *, keepalive: bool = True) -> None:
+        self.ttl = _check_ttl(ttl)
+        self.id: str | None = None
+        self.lost = _Ended()
+        self.error: LeaseLostError | None = None
+        self._nb = nb
+        self._keepalive = keepalive
+        self._valid_until = 0.0
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        state = "lost" if self.lost else "granted" if self.id else "new"
+        return f"<Lease {self.id or '-'} ttl={self.ttl:g}s {state}>"
+
+    async def __aenter__(self) -> Lease:
+        nb = self._nb
+        nb._check()
+        if self.id is not None:
+            raise DfdbError("a lease is entered once")
+        if not nb.driver.capabilities & Capability.LEASES:
+            raise nb.driver._no_leases()
+        started = anyio.current_time()
+        self.id = await nb._retry(lambda: nb.driver.lease_grant(self.ttl), "lease grant")
+        self._valid_until = started + self.ttl
+        self._identity = nb._identity
+        if self._keepalive:
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            self._tg.start_soon(self._keep_alive)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.revoke()
+        finally:
+            tg, self._tg = self._tg, None
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+
+    def _end(self, why: str) -> None:
+        if not self.lost:
+            self.error = LeaseLostError(f"lease {self.id} ended: {why}")
+            log.info("%s", self.error)
+            self.lost.set()
+
+    def check(self) -> str:
+        """The lease's id, while it is still held as far as this holder knows.
+
+        Raises:
+            LeaseLostError: the lease ended, or a TTL passed since the backend last
+                confirmed it (the holder was paused or cut off).
+        """
+        if self.id is None:
+            raise DfdbError("enter the lease with 'async with' first")
+        if not self.lost and anyio.current_time() > self._valid_until:
+            self._end(f"not kept alive within its TTL of {self.ttl:g}s")
+        if self.error is not None:
+            raise self.error
+        return self.id
+
+    async def refresh(self) -> None:
+        """Keep the lease alive once (the background task does it every third of the TTL).
+
+        Raises:
+            LeaseLostError: the lease ended.
+        """
+        lease = self.check()
+        sent = anyio.current_time()
+        try:
+            with anyio.fail_after(max(self._valid_until - sent, 0.001)):
+                await self._nb.driver.lease_keepalive(lease)
+        except LeaseLostError as exc:
+            self._end(str(exc))
+            raise self.error from exc  # type: ignore[misc]
+        self._valid_until = max(self._valid_until, sent + self.ttl)
+
+    async def _keep_alive(self) -> None:
+        attempt = 0
+        while not self.lost:
+            delay = self.ttl / 3 if attempt == 0 else min(self._nb.backoff.delay(attempt), self.ttl / 6)
+            await anyio.sleep(delay)
+            try:
+                await self.refresh()
+                attempt = 0
+            except LeaseLostError:
+                return
+            except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
+                attempt += 1
+                log.debug("keep-alive of lease %s failed (%s); retrying", self.id, exc)
+
+    async def revoke(self) -> None:
+        """End the lease now: its objects are deleted (as expiries) and its locks released.
+        Idempotent; a lease that was lost already is left to the backend."""
+        if self.id is None or self.lost:
+            self._end("revoked")
+            return
+        lease = self.id
+        self._end("revoked")
+        try:
+            await self._nb._retry(lambda: self._nb.driver.lease_revoke(lease), "lease revoke")
+        except LeaseLostError:
+            pass
+
+
+class Lock:
+    """A fenced lock held through a lease; made by :meth:`NbApi.lock`. See the module documentation.
+
+    Attributes:
+        name: the lock's name.
+        token: the fencing token of this holder (0 before the lock is taken): larger than
+            every earlier holder's.
+        lease: the lease the lock is held through.
+    """
+
+    def __init__(self, nb: NbApi, name: str, ttl: float, timeout: float | None = None) -> None:
+        validate_key(name, "lock name")
+        self.name = name
+        self.token = 0
+        self.lease = Lease(nb, ttl)
+        self._nb = nb
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<Lock {self.name!r} token={self.token} {self.lease!r}>"
+
+    @property
+    def lost(self) -> _Ended:
+        """Awaitable that returns once the lock was lost or released (its lease ended)."""
+        return self.lease.lost
+
+    async def __aenter__(self) -> Lock:
+        await self.lease.__aenter__()
+        try:
+            await self._acquire()
+        except BaseException as exc:
+            await self.lease.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def _acquire(self) -> None:
+        nb = self._nb
+        deadline = math.inf if self._timeout is None else anyio.current_time() + self._timeout
+        pause = 0.02
+        while True:
+            token = await nb._retry(lambda: nb.driver.lock_acquire(self.name, self.lease.check()), "lock")
+            if token is not None:
+                self.token = token
+                return
+            if anyio.current_time() + pause > deadline:
+                raise LockedError(f"lock {self.name!r} is held by another holder (waited {self._timeout:g}s)")
+            await anyio.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, max(self.lease.ttl / 10, 0.05), 0.5)
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self.token and self.lease.id is not None and not self.lease.lost:
+                lease = self.lease.id
+                with anyio.CancelScope(shield=True):
+                    await self._nb._retry(lambda: self._nb.driver.lock_release(self.name, lease, self.token), "unlock")
+        finally:
+            await self.lease.__aexit__(et, e, tb)
+
+    def check(self) -> Guard:
+        """The guard of a write while the lock is held as far as this holder knows.
+
+        Raises:
+            LeaseLostError: the lock's lease ended.
+        """
+        if not self.token:
+            raise DfdbError(f"lock {self.name!r} is not held: enter it with 'async with' first")
+        return Guard(self.lease.check(), self.name, self.token)
+
+
+def _same_database(nb: NbApi, lease: Lease, what: str) -> None:
+    if lease._nb is not nb and lease._nb._identity != nb._identity:
+        raise ValueError(f"the {what} belongs to another database ({lease._nb.url}), not {nb.url}")
+
+
+def lease_of(nb: NbApi, lease: Lease | None) -> str | None:
+    """The id of ``lease`` for a write through ``nb``, checked (``None`` for no lease).
+
+    Raises:
+        TypeError: ``lease`` is not a :class:`Lease`.
+        ValueError: the lease belongs to another database.
+        LeaseLostError: it ended.
+    """
+    if lease is None:
+        return None
+    if not isinstance(lease, Lease):
+        raise TypeError(f"lease must be a dfdb.Lease, not {type(lease).__name__}")
+    _same_database(nb, lease, "lease")
+    return lease.check()
+
+
+def guard_of(nb: NbApi, guard: Lease | Lock | None) -> Guard | None:
+    """The driver :class:`Guard` of ``guard`` (a lease or a lock) for a write through ``nb``.
+
+    Raises:
+        TypeError: ``guard`` is neither.
+        ValueError: it belongs to another database.
+        LeaseLostError: it ended.
+    """
+    if guard is None:
+        return None
+    if isinstance(guard, Lock):
+        _same_database(nb, guard.lease, "guard")
+        return guard.check()
+    if isinstance(guard, Lease):
+        _same_database(nb, guard, "guard")
+        return Guard(guard.check())
+    raise TypeError(f"guard must be a dfdb.Lock or dfdb.Lease, not {type(guard).__name__}")

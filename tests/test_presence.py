@@ -1,0 +1,67 @@
+"""Presence: a service publishes itself bound to a lease; ``dfdb status`` lists the live ones."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+import dfdb
+from dfdb.cli import main
+from dfdb.models import LogicalSwitch
+
+
+def status(url: str, *extra: str) -> tuple[int, str]:
+    out = io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stdout(out):
+        code = main(["--db", url, "status", *extra])
+    return code, out.getvalue()
+
+
+async def test_a_published_service_is_listed_while_it_runs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/p.db"
+    async with dfdb.connect(url) as nb:
+        await nb.create(LogicalSwitch(id="s1", topic="t1"))
+        async with dfdb.Replica(nb, [LogicalSwitch]) as replica:
+            await replica.wait_synced()
+            async with dfdb.publish_presence(nb, "controller", chassis="c1", replica=replica, interval=0.2) as p:
+                first = p.record
+                assert first is not None and first.position is not None and first.position >= 1
+                with anyio.fail_after(10):
+                    while (await nb.get(dfdb.ServicePresence, first.id)).reported_at == first.reported_at:
+                        await anyio.sleep(0.05)  # refreshed every interval
+                code, text = await anyio.to_thread.run_sync(status, url, "--json")
+                assert code == 0
+                (row,) = json.loads(text)
+                assert (row["service"], row["chassis"], row["pid"]) == ("controller", "c1", os.getpid())
+                assert row["dfdb_version"] == dfdb.__version__ and row["lag"] == 0 and row["age"] < 5
+                code, text = await anyio.to_thread.run_sync(status, url)
+                assert code == 0 and "controller" in text and "1 live service" in text
+        assert await nb.get_all(dfdb.ServicePresence) == []  # gone with its lease
+    code, text = await anyio.to_thread.run_sync(status, url)
+    assert code == 0 and "0 live services" in text
+
+
+async def test_presence_refuses_bad_input() -> None:
+    async with dfdb.connect("memory://") as nb:
+        with pytest.raises(ValueError, match="service name"):
+            dfdb.publish_presence(nb, "a/b")
+        with pytest.raises(ValueError, match="interval"):
+            dfdb.publish_presence(nb, "svc", interval=0)
+
+
+def test_demo_controllers_register_their_presence() -> None:
+    out = io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stdout(out):
+        code = main(["demo", "--mode", "full", "--changes", "50", "--controllers", "2", "--tenants", "1"])
+    assert code == 0, out.getvalue()
+    assert "presence: 2 live controllers (chassis-0/controller-0, chassis-1/controller-1)" in out.getvalue()
