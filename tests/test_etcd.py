@@ -9,6 +9,7 @@ import random
 import subprocess
 from collections.abc import Iterator
 
+import anyio
 import pytest
 
 import dfdb
@@ -400,3 +401,21 @@ async def test_an_index_key_rewritten_to_garbage_is_repairable(single: EtcdServe
             assert (ev.action, ev.id, ev.topic) == (dfdb.Action.DELETE, "a", "t")
             assert await nb.get_all(Port) == []
             await nb.create(Port(id="a", topic="u"))  # the id is free again, under any topic
+
+
+async def test_anyio_timeouts_around_calls_and_reads_end_inside_their_scope(single: EtcdServer) -> None:
+    """A cancel scope's own cancellation of an etcd call or poll read ends at the scope: gRPC
+    raises a CancelledError of its own when its call is cancelled, which anyio would not take
+    for its scope's and let through."""
+    rng = random.Random(7)
+    async with dfdb.connect(single.url + "?notifications=poll&poll_interval=0.01") as nb:
+        await nb.create(Port(id="p", topic="t"))
+        async with nb.watch(Port) as stream:
+            for i in range(150):
+                with anyio.move_on_after(rng.uniform(0, 0.004)):
+                    await nb.put(Port(id="p", topic="t", n=i))
+                with anyio.move_on_after(rng.uniform(0, 0.004)):
+                    await nb.get_all(Port)
+                with anyio.move_on_after(rng.uniform(0, 0.004)):
+                    await anext(stream)
+        assert (await nb.get(Port, "p")).n >= 0  # the connection still works

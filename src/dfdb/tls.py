@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "TLS_OPTIONS",
     "TlsSettings",
     "describe_tls_failure",
+    "grpc_tls_refusal",
     "permanent_tls_failure",
     "protocol_mismatch",
     "tls_failure",
@@ -229,3 +231,19 @@ async def _speaks_tls(host: str, port: int, within: float) -> bool:
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
     return True
+
+
+def grpc_tls_refusal(details: str | None) -> str | None:
+    """What went wrong when a gRPC failure (its details) is a TLS handshake that retrying
+    cannot mend; ``None`` when it is not one."""
+    text = (details or "").upper()
+    if "CERTIFICATE_VERIFY_FAILED" in text or "HOSTNAME VERIFICATION CHECK FAILED" in text:
+        why = re.search(r"CERTIFICATE_VERIFY_FAILED: ([^:]+)", details or "")  # "certificate has expired"
+        return (
+            f"the server's certificate was not accepted{f' ({why[1]})' if why else ''}; check ca_file (and server_name)"
+        )
+    if "TSI_DATA_CORRUPTED" in text or "CERTIFICATE_REQUIRED" in text:
+        return "the server refused the connection; it may need a client certificate it trusts (cert_file, key_file)"
+    if "WRONG_VERSION_NUMBER" in text:
+        return "the server does not speak TLS on this port"
+    return None

@@ -47,7 +47,6 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -84,7 +83,7 @@ from dfdb.errors import (
     NotFoundError,
 )
 from dfdb.retry import raise_if_cancelling, run_to_completion
-from dfdb.tls import TLS_OPTIONS, TlsSettings, protocol_mismatch
+from dfdb.tls import TLS_OPTIONS, TlsSettings, grpc_tls_refusal, protocol_mismatch
 from dfdb.url import DatabaseURL, missing_credential
 
 __all__ = ["EtcdDriver", "EtcdSource"]
@@ -101,21 +100,6 @@ _RETRYABLE = {
 }
 _EQUAL = rpc.Compare.EQUAL
 _GREATER = rpc.Compare.GREATER
-
-
-def _tls_refused(details: str | None) -> str | None:
-    """What went wrong when a gRPC failure is a TLS handshake that retrying cannot mend."""
-    text = (details or "").upper()
-    if "CERTIFICATE_VERIFY_FAILED" in text or "HOSTNAME VERIFICATION CHECK FAILED" in text:
-        why = re.search(r"CERTIFICATE_VERIFY_FAILED: ([^:]+)", details or "")  # "certificate has expired"
-        return (
-            f"the server's certificate was not accepted{f' ({why[1]})' if why else ''}; check ca_file (and server_name)"
-        )
-    if "TSI_DATA_CORRUPTED" in text or "CERTIFICATE_REQUIRED" in text:
-        return "the server refused the connection; it may need a client certificate it trusts (cert_file, key_file)"
-    if "WRONG_VERSION_NUMBER" in text:
-        return "the server does not speak TLS on this port"
-    return None
 
 
 class _Endpoints:
@@ -281,7 +265,12 @@ class EtcdDriver(EtcdLeases, Driver):
         channel = None
         try:
             channel = await conn.connect()
-            return await getattr(getattr(conn, stub), method)(request, timeout=self.timeout, metadata=conn.metadata())
+            call = getattr(getattr(conn, stub), method)(request, timeout=self.timeout, metadata=conn.metadata())
+            try:  # shielded: a cancellation is the caller's own (gRPC raises one without its message)
+                return await asyncio.shield(call)
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -295,7 +284,7 @@ class EtcdDriver(EtcdLeases, Driver):
                 await conn.close()  # the token expired: authenticate again on the next call
             if code == grpc.StatusCode.PERMISSION_DENIED:
                 raise AuthenticationError(f"{self.url}: not allowed: {exc.details()} (check the user's role)") from None
-            refused = _tls_refused(exc.details()) if code == grpc.StatusCode.UNAVAILABLE else None
+            refused = grpc_tls_refusal(exc.details()) if code == grpc.StatusCode.UNAVAILABLE else None
             if refused is not None:
                 await conn.close()
                 raise AuthenticationError(f"{self.url} ({conn.target}): TLS: {refused}") from None
