@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from dfdb.connecting import connect
-from dfdb.errors import ConfigurationError
+from dfdb.errors import ConfigurationError, DfdbError
 from dfdb.events import parse_cursor
 from dfdb.fleet.topology import MODELS, Topology
 from dfdb.fleet.worker import worker_main
@@ -131,9 +131,13 @@ class _Cpu:
 async def _ask(workers: list[_Worker], command: str, arg: Any = None) -> list[Any]:
     """Send ``command`` to every worker; their answers, flattened."""
     loop = asyncio.get_running_loop()
-    for w in workers:
-        w.conn.send((command, arg))
-    answers = await asyncio.gather(*(loop.run_in_executor(None, w.conn.recv) for w in workers))
+    try:
+        for w in workers:
+            w.conn.send((command, arg))
+        answers = await asyncio.gather(*(loop.run_in_executor(None, w.conn.recv) for w in workers))
+    except (EOFError, OSError) as exc:  # a worker process died (killed, out of memory)
+        dead = [w.process.name for w in workers if not w.process.is_alive()]
+        raise DfdbError(f"fleet worker process ended unexpectedly ({', '.join(dead) or exc!r})") from None
     return [item for answer in answers for item in answer]
 
 
