@@ -82,3 +82,16 @@ async def test_a_wrong_ca_is_refused(tls_zookeeper: ZooKeeperServer, tmp_path: P
         async with dfdb.connect(url.replace("timeout=5", "timeout=1"), timeout=10):
             pass
     assert SECRET not in str(info.value)
+
+
+async def test_a_plain_url_with_a_short_timeout_at_a_tls_port_is_one_clear_line(tls_zookeeper: ZooKeeperServer) -> None:
+    """The URL's time-out (1 s) is shorter than the wait before the port is probed for
+    TLS: still the clear refusal, at once, not ``BackendUnavailableError`` retried until
+    the caller's time-out."""
+    hosts = tls_zookeeper.url.split("://", 1)[1].split("?", 1)[0]
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(dfdb.AuthenticationError, match="speaks TLS only on this port") as info:
+        async with dfdb.connect(f"zk://alice:{quote(SECRET, safe='')}@{hosts}/ns-a?timeout=1", timeout=20):
+            pass
+    assert asyncio.get_running_loop().time() - started < 5
+    assert SECRET not in str(info.value)

@@ -62,11 +62,14 @@ class SessionRepair:
         session_timeout: float,
         auth: bytes | None,
         tls: tuple[ssl.SSLContext, str | None] | None = None,
+        within: float | None = None,
     ) -> SessionRepair:
         """A new aiozk client for ``servers`` with dfdb's repair installed (and TLS: a
-        context and the server name its certificate must carry)."""
+        context and the server name its certificate must carry); a refusal (a certificate,
+        the other protocol) is said within ``within`` seconds when given."""
         zk = ZKClient(servers, session_timeout=session_timeout, read_timeout=session_timeout)
-        use_tls(zk.session, *(tls or (None, None)))
+        context, server_name = tls or (None, None)
+        use_tls(zk.session, context, server_name, within)
         return cls(zk, auth)
 
     @property
