@@ -91,7 +91,7 @@ async def test_a_plain_url_with_a_short_timeout_at_a_tls_port_is_one_clear_line(
     hosts = tls_zookeeper.url.split("://", 1)[1].split("?", 1)[0]
     started = asyncio.get_running_loop().time()
     with pytest.raises(dfdb.AuthenticationError, match="speaks TLS only on this port") as info:
-        async with dfdb.connect(f"zk://alice:{quote(SECRET, safe='')}@{hosts}/ns-a?timeout=1", timeout=20):
+        async with dfdb.connect(f"zk://alice:{quote(SECRET, safe='')}@{hosts}/ns-a?timeout=1", timeout=30):
             pass
-    assert asyncio.get_running_loop().time() - started < 5
+    assert asyncio.get_running_loop().time() - started < 10  # not retried until the caller's time-out
     assert SECRET not in str(info.value)

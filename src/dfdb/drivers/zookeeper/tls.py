@@ -69,8 +69,8 @@ class _Dialer:
         self.session = session
         # the first connection and the probe both fit in the caller's time-out ``within``,
         # or its end comes first and the refusal is never said
-        self._plain_wait = _FIRST_PLAIN_WAIT if within is None else min(_FIRST_PLAIN_WAIT, within * 0.6)
-        self._probe_wait = _PROBE_WAIT if within is None else min(_PROBE_WAIT, within * 0.3)
+        self._plain_wait = _FIRST_PLAIN_WAIT if within is None else min(_FIRST_PLAIN_WAIT, within * 0.4)
+        self._probe_wait = _PROBE_WAIT if within is None else min(_PROBE_WAIT, within * 0.5)
         self.plain = session.make_connection
         self.context = context
         self.server_name = server_name
