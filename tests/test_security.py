@@ -273,3 +273,17 @@ def test_the_command_line_never_shows_a_password_nor_a_traceback(
     out, err = stdout.getvalue(), stderr.getvalue()
     assert code in (0, 1, 2)
     assert SECRET not in out + err and _ENCODED not in out + err and "Traceback" not in err
+
+
+def test_a_password_file_that_is_a_pipe_nobody_writes_does_not_hang(tmp_path: Path) -> None:
+    """A named pipe without a writer blocks ``open`` forever: it is read without waiting
+    (nothing in it: empty), in a process of its own so that the old hang fails the test."""
+    fifo = tmp_path / "pw"
+    os.mkfifo(fifo)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "dfdb", "--db", f"redis://u@127.0.0.1:1/0?password_file={fifo}", "ls", "lswitch"],
+        capture_output=True, text=True, env=env, timeout=30,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"dfdb: error: password_file '{fifo}' is empty\n"

@@ -180,3 +180,27 @@ async def test_a_role_that_loses_its_prefix_ends_the_stream_with_one_error(tls_e
             with pytest.raises(dfdb.AuthenticationError, match="not allowed") as info:
                 await asyncio.wait_for(anext(stream), 15)
     assert SECRET not in str(info.value)
+
+
+async def test_a_user_whose_role_only_reads_reads_and_watches_and_cannot_write(tls_etcd: EtcdServer) -> None:
+    """A read-only role on the prefix: the dataset opens (its identity is read, not
+    written), lists and streams; a write is refused whole. Opening wrote the identity
+    in a transaction, which etcd checks for writing: such a user could not even read."""
+    root = "--user=root:root-pw"
+    _etcdctl(tls_etcd, root, "role", "add", "ns-a-reader")
+    _etcdctl(tls_etcd, root, "role", "grant-permission", "ns-a-reader", "--prefix=true", "read", "ns-a/")
+    _etcdctl(tls_etcd, root, "user", "add", "reader", f"--new-user-password={SECRET}")
+    _etcdctl(tls_etcd, root, "user", "grant-role", "reader", "ns-a-reader")
+    async with dfdb.connect(_url(tls_etcd, "ns-a")) as nb:
+        await nb.put(LogicalSwitch(id="r1", name="alice's"))
+        async with dfdb.connect(_url(tls_etcd, "ns-a", user="reader")) as reader:
+            listing = await reader.list(LogicalSwitch)
+            assert "r1" in {obj.id for obj in listing.items}
+            async with reader.watch(LogicalSwitch, since=listing.cursor) as stream:
+                await nb.put(LogicalSwitch(id="r2"))
+                assert (await asyncio.wait_for(anext(stream), 10)).id == "r2"
+            with pytest.raises(dfdb.AuthenticationError, match="not allowed") as info:
+                await reader.create(LogicalSwitch(id="r3"))
+            assert SECRET not in str(info.value)
+        with pytest.raises(dfdb.NotFoundError):
+            await nb.get(LogicalSwitch, "r3")

@@ -78,7 +78,24 @@ async def test_a_wrong_ca_is_refused(tls_zookeeper: ZooKeeperServer, tmp_path: P
     assert tls_zookeeper.ca is not None
     other = make_local_ca(tmp_path / "other")
     url = _url(tls_zookeeper, "ns-a").replace(str(tls_zookeeper.ca.ca_file), str(other.ca_file))
+    started = asyncio.get_running_loop().time()
     with pytest.raises(dfdb.AuthenticationError, match="certificate was not accepted") as info:
         async with dfdb.connect(url.replace("timeout=5", "timeout=1"), timeout=10):
             pass
+    # the handshake fails in milliseconds; closing the session that never connected
+    # does not wait for a server to say goodbye (that took 2 s)
+    assert asyncio.get_running_loop().time() - started < 1.8
+    assert SECRET not in str(info.value)
+
+
+async def test_a_plain_url_with_a_short_timeout_at_a_tls_port_is_one_clear_line(tls_zookeeper: ZooKeeperServer) -> None:
+    """The URL's time-out (1 s) is shorter than the wait before the port is probed for
+    TLS: still the clear refusal, at once, not ``BackendUnavailableError`` retried until
+    the caller's time-out."""
+    hosts = tls_zookeeper.url.split("://", 1)[1].split("?", 1)[0]
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(dfdb.AuthenticationError, match="speaks TLS only on this port") as info:
+        async with dfdb.connect(f"zk://alice:{quote(SECRET, safe='')}@{hosts}/ns-a?timeout=1", timeout=30):
+            pass
+    assert asyncio.get_running_loop().time() - started < 10  # not retried until the caller's time-out
     assert SECRET not in str(info.value)

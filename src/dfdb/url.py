@@ -257,8 +257,12 @@ def read_password_file(path: str, option: str = "password_file") -> str:
         InvalidURL: the file cannot be read, is empty or is too large to hold a password.
     """
     try:
-        with open(os.path.expanduser(path), encoding="utf-8") as file:
-            text = file.read(_PASSWORD_FILE_LIMIT + 1)  # bounded: /dev/zero is a path too
+        # without waiting: a named pipe nobody writes would block open() for ever
+        with open(os.path.expanduser(path), "rb", opener=_open_without_waiting) as file:
+            data = file.read(4 * _PASSWORD_FILE_LIMIT + 1) or b""  # bounded: /dev/zero is a path too
+        if len(data) > 4 * _PASSWORD_FILE_LIMIT:  # a UTF-8 character takes at most 4 bytes
+            raise InvalidURL(f"{option} {path!r} is not a password: more than {_PASSWORD_FILE_LIMIT} characters")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise InvalidURL(f"cannot read {option} {path!r}: {reason}") from None
@@ -268,6 +272,10 @@ def read_password_file(path: str, option: str = "password_file") -> str:
     if not text:  # an unfilled secret mount, most likely: not an empty password
         raise InvalidURL(f"{option} {path!r} is empty")
     return text
+
+
+def _open_without_waiting(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def _secret_option(name: str) -> bool:

@@ -326,6 +326,10 @@ class EtcdDriver(EtcdLeases, Driver):
 
     async def identity(self) -> str:
         key = self._key("identity")
+        found = await self._range(key)  # read first: a user whose role only reads may open a dataset
+        if found.kvs:
+            self._identity = bytes(found.kvs[0].value).decode()
+            return self._identity
         fresh = f"etcd-{uuid.uuid4().hex[:16]}".encode()
         reply = await self._txn(
             [rpc.Compare(key=key, target=rpc.Compare.VERSION, result=_EQUAL, version=0)],

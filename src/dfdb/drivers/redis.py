@@ -384,6 +384,11 @@ class RedisDriver(RedisLeases, Driver):
             raise ConflictError(f"{table}/{id} is at revision {detail.decode()}, not {expect}")
         if status == "WRONGTYPE":
             raise CorruptObjectError(table, id, f"not a dfdb entry (a Redis {detail.decode()})")
+        if status == "NOPERM":
+            raise AuthenticationError(
+                f"{self.url}: not allowed: this user may not run {detail.decode()!r}, nothing was written "
+                "(check the user's ACL: keys, channels and commands of the prefix)"
+            )
         if status == "TOPIC":
             raise ValueError(f"{table}/{id} belongs to topic {detail.decode() or None!r}, not {topic or None!r}")
         raise DriverError(f"{self.url}: unexpected reply {status!r} from the write script")

@@ -18,11 +18,9 @@ local prefix = ARGV[1]
 local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
   local kind = redis.call('TYPE', ekey)['ok']
   local foreign = kind ~= 'hash' and kind ~= 'none'
-  if foreign then  -- another program's key where an entry belongs: only replaced or deleted unchecked
-    if expect ~= 'any' then return {'WRONGTYPE', kind} end
-    redis.call('DEL', ekey)
-  end
-  local old = redis.call('HMGET', ekey, 'r', 't', 'v')
+  -- another program's key where an entry belongs: only replaced or deleted unchecked
+  if foreign and expect ~= 'any' then return {'WRONGTYPE', kind} end
+  local old = foreign and {false, false, false} or redis.call('HMGET', ekey, 'r', 't', 'v')
   local exists = old[1] ~= false
   local action
   if op == 'put' then
@@ -41,8 +39,24 @@ local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
     topic = old[2] or ''
     value = old[3] or ''
   end
-  local rev = redis.call('INCR', prefix .. '/rev')
   local tsuffix = (topic == '') and '/n' or ('/t/' .. topic)
+  -- every write this user's ACL refuses is found before the first one is made: a script
+  -- stopped half-way keeps what it wrote (an entry without its change: lost to watchers)
+  if redis.acl_check_cmd then  -- Redis 7
+    local set = (op == 'put') and 'SADD' or 'SREM'
+    local checks = {{'INCR', prefix .. '/rev'}, {'DEL', ekey}, {'HSET', ekey, 'r', '1'},
+      {set, prefix .. '/i/' .. tbl, id}, {set, prefix .. '/i/' .. tbl .. tsuffix, id},
+      {'HSET', prefix .. '/trim', 'k', '1'}}
+    for _, key in ipairs({prefix .. '/s/' .. tbl, prefix .. '/s/' .. tbl .. tsuffix}) do
+      table.insert(checks, {'XADD', key, '1-0', 'a', 'b'})
+      table.insert(checks, {'XTRIM', key, 'MINID', '1-0'})
+    end
+    for _, check in ipairs(checks) do
+      if not redis.acl_check_cmd(unpack(check)) then return {'NOPERM', check[1] .. ' ' .. check[2]} end
+    end
+  end
+  if foreign then redis.call('DEL', ekey) end
+  local rev = redis.call('INCR', prefix .. '/rev')
   if op == 'put' then
     redis.call('HSET', ekey, 'r', rev, 't', topic, 'v', value)
     if not exists then

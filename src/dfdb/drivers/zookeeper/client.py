@@ -86,7 +86,7 @@ class Calls:
         """
         if self._repair is not None:
             return
-        self._repair = SessionRepair.client(self.servers, self.session_timeout, self.auth, self.tls)
+        self._repair = SessionRepair.client(self.servers, self.session_timeout, self.auth, self.tls, self.timeout)
         log.debug("ZooKeeper: connecting to %s", self.servers)
         try:
             async with asyncio.timeout(self.timeout):

@@ -62,11 +62,14 @@ class SessionRepair:
         session_timeout: float,
         auth: bytes | None,
         tls: tuple[ssl.SSLContext, str | None] | None = None,
+        within: float | None = None,
     ) -> SessionRepair:
         """A new aiozk client for ``servers`` with dfdb's repair installed (and TLS: a
-        context and the server name its certificate must carry)."""
+        context and the server name its certificate must carry); a refusal (a certificate,
+        the other protocol) is said within ``within`` seconds when given."""
         zk = ZKClient(servers, session_timeout=session_timeout, read_timeout=session_timeout)
-        use_tls(zk.session, *(tls or (None, None)))
+        context, server_name = tls or (None, None)
+        use_tls(zk.session, context, server_name, within)
         return cls(zk, auth)
 
     @property
@@ -186,21 +189,19 @@ class SessionRepair:
             self.repair(lost=False)
 
     async def close(self) -> None:
-        """Close the session (abort it when the server does not answer within 2 s) and end
-        the tasks closing old connections."""
+        """Close the session (abort it when the server does not answer within 2 s, or
+        when it never connected) and end the tasks closing old connections."""
+        session = self.session
         try:
-            async with asyncio.timeout(2):
-                await self.zk.close()
-        except (TimeoutError, exc.ZKError, OSError):
-            session = self.session
-            if session.repair_loop_task is not None:
-                session.repair_loop_task.cancel()
-            if session.heartbeat_handle is not None:
-                session.heartbeat_handle.cancel()
-            if session.conn is not None:
-                session.conn.abort()
-                with contextlib.suppress(Exception):
-                    await session.conn.close(0.1)
+            if session.conn is None and not session.session_id:  # no server to wait for
+                session.closing = True
+                await self._abort(session)
+                return
+            try:
+                async with asyncio.timeout(2):
+                    await self.zk.close()
+            except (TimeoutError, exc.ZKError, OSError):
+                await self._abort(session)
         finally:
             closing = list(self.tasks)
             if closing:
@@ -209,6 +210,18 @@ class SessionRepair:
                     task.cancel()
                 if late:
                     await asyncio.wait(late)
+
+    @staticmethod
+    async def _abort(session: Any) -> None:
+        """End aiozk ``session`` without a word to the server."""
+        if session.repair_loop_task is not None:
+            session.repair_loop_task.cancel()
+        if session.heartbeat_handle is not None:
+            session.heartbeat_handle.cancel()
+        if session.conn is not None:
+            session.conn.abort()
+            with contextlib.suppress(Exception):
+                await session.conn.close(0.1)
 
 
 async def _set_watches(session: Any, conn: Any) -> None:

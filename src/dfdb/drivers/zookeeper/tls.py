@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 _FIRST_PLAIN_WAIT = 1.8
 """Seconds the first plain connection to a server may take: then it is probed for TLS
-(within the 3 s a connection has)."""
+(within the 3 s a connection has); less when the caller's time-out is shorter."""
+
+_PROBE_WAIT = 0.9
+"""Seconds a probe of the other protocol may take; less when the time-out is shorter."""
 
 
 class TlsConnection(Connection):  # type: ignore[misc]  # aiozk is untyped
@@ -60,8 +63,14 @@ class _Dialer:
     context; ``None`` on failure, as there); keeps the last TLS failure, for the error a
     time-out becomes, and says when a failure is one retrying cannot mend."""
 
-    def __init__(self, session: Any, context: ssl.SSLContext | None, server_name: str | None) -> None:
+    def __init__(
+        self, session: Any, context: ssl.SSLContext | None, server_name: str | None, within: float | None
+    ) -> None:
         self.session = session
+        # the first connection and the probe both fit in the caller's time-out ``within``,
+        # or its end comes first and the refusal is never said
+        self._plain_wait = _FIRST_PLAIN_WAIT if within is None else min(_FIRST_PLAIN_WAIT, within * 0.4)
+        self._probe_wait = _PROBE_WAIT if within is None else min(_PROBE_WAIT, within * 0.5)
         self.plain = session.make_connection
         self.context = context
         self.server_name = server_name
@@ -78,7 +87,7 @@ class _Dialer:
                 return await self.plain(host, port)
             conn = None
             with contextlib.suppress(TimeoutError):  # a TLS port never answers aiozk's handshake
-                async with asyncio.timeout(_FIRST_PLAIN_WAIT):  # leaving time to probe it
+                async with asyncio.timeout(self._plain_wait):  # leaving time to probe it
                     conn = await self.plain(host, port)
             if conn is None:
                 await self._probe(host, port)
@@ -117,15 +126,16 @@ class _Dialer:
         self._probed.add((host, port))
         tls = self.context is not None
         reason = await protocol_mismatch([(host, port)], tls=tls, request=b"srvr", answers=(b"Zookeeper version",),
-                                         within=0.9)  # fmt: skip
+                                         within=self._probe_wait)  # fmt: skip
         if reason is not None:
             self._refuse(reason)
 
 
-def use_tls(session: Any, context: ssl.SSLContext | None, server_name: str | None) -> None:
+def use_tls(session: Any, context: ssl.SSLContext | None, server_name: str | None, within: float | None = None) -> None:
     """Make aiozk ``session`` connect with TLS (with ``context``; without, as aiozk does,
-    only telling a server that speaks TLS only)."""
-    session.make_connection = _Dialer(session, context, server_name)
+    only telling a server that speaks TLS only), saying a refusal within ``within``
+    seconds (the caller's time-out) when given."""
+    session.make_connection = _Dialer(session, context, server_name, within)
 
 
 def tls_failure_of(session: Any) -> ssl.SSLError | None:
