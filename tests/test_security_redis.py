@@ -50,7 +50,8 @@ async def _add_users(server: RedisServer) -> None:
             # least privilege for one namespace: its keys, its channels, the commands dfdb sends
             await admin.acl_setuser(
                 user, enabled=True, passwords=[f"+{SECRET}"], keys=[f"{ns}/*"], channels=[f"{ns}/*"],
-                commands=["+@read", "+@write", "+@stream", "+@scripting", "+@transaction", "+@connection", "+ping"],
+                commands=["+@read", "+@write", "+@stream", "+@scripting", "+@transaction", "+@connection", "+ping",
+                          "+time"],
             )  # fmt: skip
     finally:
         await admin.aclose()
@@ -242,4 +243,31 @@ async def test_a_user_refused_one_write_command_writes_nothing(tls_redis: RedisS
             assert await admin.get("ns-alice/rev") == revision
     finally:
         await admin.acl_deluser("dave")
+        await admin.aclose()
+
+
+async def test_a_user_without_time_watches_and_writes_but_cannot_hold_leases(
+    tls_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The recipe before leases had no ``+time``: such a user's watches and writes go on (its
+    watchers leave reaping to others, with one warning), and a lease is refused in one line."""
+    user = ns = "dave"
+    assert tls_redis.ca is not None
+    admin = aioredis.Redis(host="127.0.0.1", port=tls_redis.port, ssl=True, ssl_ca_certs=str(tls_redis.ca.ca_file))
+    try:
+        await admin.acl_setuser(
+            user, enabled=True, passwords=[f"+{SECRET}"], keys=[f"{ns}/*"], channels=[f"{ns}/*"],
+            commands=["+@read", "+@write", "+@stream", "+@scripting", "+@transaction", "+@connection", "+ping"],
+        )  # fmt: skip
+        async with dfdb.connect(_url(tls_redis, user=user, ns=ns), timeout=5) as nb:
+            async with nb.watch(LogicalSwitch) as stream:
+                for i in range(3):
+                    await nb.create(LogicalSwitch(id=f"s{i}"))
+                    assert (await asyncio.wait_for(anext(stream), 10)).id == f"s{i}"
+            with pytest.raises(dfdb.AuthenticationError, match=r"not allowed.*\+time"):
+                async with nb.lease(ttl=5):
+                    pass
+        assert any("not reaping expired leases" in r.getMessage() for r in caplog.records)
+    finally:
+        await admin.acl_deluser(user)
         await admin.aclose()

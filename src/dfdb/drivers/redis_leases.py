@@ -16,6 +16,7 @@ runs it first; guards are checked in the write's own script.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from redis import exceptions as rexc
 from dfdb.drivers.base import ABSENT, ANY, Entry, Expect, Guard
 from dfdb.drivers.redis_scripts import LEASE
 from dfdb.drivers.redis_tls import connection_error
-from dfdb.errors import DriverError, LeaseLostError
+from dfdb.errors import AuthenticationError, DriverError, LeaseLostError
 
 if TYPE_CHECKING:
     from dfdb.url import DatabaseURL
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisLeases"]
 
 _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+log = logging.getLogger(__name__)
+
 _REAP_EVERY = 0.25
 """Seconds between two reaping rounds of one watcher (it reaps at most this often)."""
 
@@ -62,6 +65,8 @@ class RedisLeases:
         except _CONNECTION_ERRORS as exc:
             raise connection_error(self.url, exc) from None
         except rexc.RedisError as exc:
+            if isinstance(exc, rexc.NoPermissionError) or "can't run this command" in str(exc):
+                raise AuthenticationError(f"{self.url}: not allowed: {exc} (leases need +time)") from None
             raise DriverError(f"{self.url}: {exc}") from None
         if reply[0] == b"LOST":
             raise LeaseLostError(f"lease {lease} ended")
@@ -75,7 +80,11 @@ class RedisLeases:
         now = anyio.current_time()
         if now - self._reaped_at >= _REAP_EVERY:
             self._reaped_at = now
-            await self.reap()
+            try:
+                await self.reap()
+            except AuthenticationError as exc:  # a user without the lease commands: others reap
+                self._reaped_at = float("inf")
+                log.warning("not reaping expired leases: %s", exc)
 
     async def lease_grant(self, ttl: float) -> str:
         lease = uuid.uuid4().hex
