@@ -43,6 +43,7 @@ from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from dfdb.drivers import redis_scripts as lua
 from dfdb.drivers.base import (
     Capability,
     Digest,
@@ -56,7 +57,7 @@ from dfdb.drivers.base import (
 )
 from dfdb.drivers.digest import MOD
 from dfdb.drivers.redis_leases import RedisLeases
-from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE, entry_of, expect_arg, unpack_round
+from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE
 from dfdb.drivers.redis_streams import RedisSource
 from dfdb.drivers.redis_tls import TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
@@ -293,7 +294,7 @@ class RedisDriver(RedisLeases, Driver):
             raise _unavailable(self.url, exc) from None
         except rexc.ResponseError as exc:  # e.g. another program wrote a string there
             raise CorruptObjectError(table, id, f"not a dfdb entry ({exc})") from None
-        return entry_of(table, id, row)
+        return lua.entry_of(table, id, row)
 
     async def _run_write(
         self, table: str, id: str, op: str, expect: str, topic: str, value: bytes, extra: tuple[str, ...] = ()
@@ -325,7 +326,7 @@ class RedisDriver(RedisLeases, Driver):
         for _ in range(3):
             pipe = client.pipeline(transaction=False)
             for w in writes:
-                exp = expect_arg(w.expect)
+                exp = lua.expect_arg(w.expect)
                 await self._write(  # queues EVALSHA on the pipeline
                     keys=[self._key("e", w.table, w.id), self._key("rev"), self._key("epoch")],
                     args=[self.prefix, w.table, w.id, "put", exp, w.topic or "", w.value, self.maxlen, self.epoch],
@@ -394,7 +395,7 @@ class RedisDriver(RedisLeases, Driver):
         raise DriverError(f"{self.url}: unexpected reply {status!r} from the write script")
 
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
-        exp = expect_arg(expect)
+        exp = lua.expect_arg(expect)
         return (await self._run_write(table, id, "put", exp, topic or "", value))[0]
 
     async def delete(self, table: str, id: str, expect: int | None = None) -> Entry:
@@ -419,11 +420,11 @@ class RedisDriver(RedisLeases, Driver):
             entry_prefix = self._key("e", table, "")
             while True:  # one round trip per round: SSCAN and the entries it names, in one script
                 cursor, packed = await self._list_round(keys=[index], args=[cursor, _SCAN_BATCH, entry_prefix])
-                for id, row in unpack_round(packed):
+                for id, row in lua.unpack_round(packed):
                     try:
                         if row[0] == b"!":
                             raise CorruptObjectError(table, id, f"not a dfdb entry ({(row[2] or b'').decode()})")
-                        entry = entry_of(table, id, row)
+                        entry = lua.entry_of(table, id, row)
                     except CorruptObjectError as exc:
                         log.warning("skipping %s", exc)
                         continue
@@ -517,7 +518,7 @@ class RedisDriver(RedisLeases, Driver):
         head = self._key("i", "")
         names: set[str] = set()
         try:
-            async for raw in client.scan_iter(match=_glob_escape(head) + "*", count=_SCAN_BATCH):
+            async for raw in client.scan_iter(match=lua.glob_escape(head) + "*", count=_SCAN_BATCH):
                 rest = raw.decode(errors="replace")[len(head) :]
                 if rest and "/" not in rest:
                     names.add(rest)
@@ -596,8 +597,3 @@ class _SourceAccess:
         now = int(await self.client().get(self.key("rev")) or 0)
         log.debug("redis dataset changed (epoch %s -> %s); resync from %d", known, fresh, now)
         return fresh, now
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` matched literally by a ``SCAN MATCH`` pattern."""
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)

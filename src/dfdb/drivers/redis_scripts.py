@@ -10,7 +10,18 @@ from typing import Any
 from dfdb.drivers.base import ABSENT, ANY, Entry, Expect
 from dfdb.errors import CorruptObjectError
 
-__all__ = ["COMPACT", "DIGEST", "LEASE", "LIST_ROUND", "NEW_EPOCH", "WRITE", "entry_of", "expect_arg", "unpack_round"]
+__all__ = [
+    "COMPACT",
+    "DIGEST",
+    "LEASE",
+    "LIST_ROUND",
+    "NEW_EPOCH",
+    "WRITE",
+    "entry_of",
+    "expect_arg",
+    "glob_escape",
+    "unpack_round",
+]
 
 # Shared by WRITE and LEASE: apply one change (and log it), and the lease table. ARGV[1] is the prefix.
 _APPLY = """
@@ -295,3 +306,8 @@ def entry_of(table: str, id: str, row: list[Any]) -> Entry | None:
         return Entry(table, id, row[1].decode() or None if row[1] is not None else None, row[2] or b"", int(row[0]))
     except (ValueError, UnicodeDecodeError, AttributeError) as exc:
         raise CorruptObjectError(table, id, f"malformed dfdb entry ({exc})") from None
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by a ``SCAN MATCH`` pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
