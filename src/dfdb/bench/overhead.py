@@ -11,6 +11,9 @@ each):
    ports are created spread over the topics; every event is waited for. Gives the
    server's and the client's CPU per 10k delivered events (the writes of this phase
    included).
+
+With ``latency_events``, a third phase times write→event latency (one writer, one
+stream, as benchmark case 3 does), and the row also gives the load's write rate.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfdb.bench.cases import _dfdb_latency
 from dfdb.bench.raw import raw_client_for
 from dfdb.bench.resources import Delta, Meter, Target, locate
 from dfdb.bench.workload import Namespaces, sample_port
@@ -58,6 +62,19 @@ class Overhead:
     load: Delta
     fanout: Delta
     missing: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    """Seconds from each update to its event (the latency phase; empty without it)."""
+
+    def performance(self) -> dict[str, float | None]:
+        """Write rate of the load (objects/s) and write→event p50/p99 (ms; ``None``
+        without the latency phase)."""
+        lat = sorted(self.latencies)
+
+        def pct(q: float) -> float | None:
+            return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else None
+
+        rate = self.objects / self.load.seconds if self.load.seconds > 0 else None
+        return {"write rate": rate, "write->event p50": pct(0.5), "write->event p99": pct(0.99)}
 
     def figures(self) -> dict[str, float | None]:
         """Each figure of :data:`FIGURES` (``None``: not taken)."""
@@ -85,6 +102,7 @@ class Overhead:
             "load_seconds": self.load.seconds,
             "fanout_seconds": self.fanout.seconds,
             "figures": self.figures(),
+            "performance": self.performance(),
             "missing": self.missing,
         }
 
@@ -130,6 +148,7 @@ async def measure_overhead(
     server: LocalServer | None = None,
     cleanup: bool = False,
     within: float = 600.0,
+    latency_events: int = 0,
 ) -> Overhead:
     """Measure the load and fan-out phases on ``url`` (in a namespace of its own).
 
@@ -158,6 +177,7 @@ async def measure_overhead(
             del ports, results
             with meter.measure() as fanout:
                 events = await _fanout(ns, f"{run}f", controllers, writes, within)
+            latencies = await _dfdb_latency(ns, f"{run}l", latency_events) if latency_events > 0 else []
     finally:
         if cleanup:
             raw = raw_client_for(base, tmp)
@@ -168,7 +188,7 @@ async def measure_overhead(
                 finally:
                     await raw.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    return Overhead(backend, objects, events, load, fanout, list(target.missing))
+    return Overhead(backend, objects, events, load, fanout, list(target.missing), latencies)
 
 
 def _shown(value: float | None, unit: str) -> str:
