@@ -1,11 +1,11 @@
 """Measure every backend on one workload and write docs/choosing-a-backend.md.
 
 Usage: python benchmarks/choose.py [--objects 100000] [--controllers 50] [--writes 10000]
-       [--events 500] [--backends memory,sqlite,redis,etcd,zookeeper]
+       [--events 500] [--warmup 2000] [--backends memory,sqlite,redis,etcd,zookeeper]
        [--out docs/choosing-a-backend.md]
 
 Per backend, one server at a time started here on loopback with the persistence
-settings listed on the page (``SETTINGS``): the load of ``--objects`` LogicalPorts, a
+settings listed on the page (``SETTINGS``): a warm-up load (not measured), the load of ``--objects`` LogicalPorts, a
 selective fan-out of ``--writes`` creates to ``--controllers`` change streams (one
 topic each), and ``--events`` write->event latencies (``dfdb.bench.overhead``); the
 server's memory, CPU and disk and this process's CPU are read from /proc around each
@@ -38,7 +38,7 @@ SETTINGS = {
     "transactions, a crash of the process cannot)",
     "redis": "append-only file with `appendfsync always` (every acknowledged write is on disk), RDB snapshots off",
     "etcd": "etcd's defaults: the WAL is fsynced on every commit, a snapshot every 100,000 changes; "
-    "WAL segments are preallocated (64 MB), which dominates the disk figure of a small load",
+    "WAL segments are preallocated 64 MB at a time, so its disk figure moves in steps at small loads",
     "zookeeper": "standalone, `-Xmx512m`, `forceSync=no` (the loopback setting of dfdb's test "
     "servers: the transaction log is written but not fsynced per write; a production ensemble keeps "
     "the default `forceSync=yes`, which costs more per write than shown)",
@@ -109,6 +109,50 @@ def chart(rows: list[Overhead], path: Path) -> str:
     return f"![latency against resource use]({path.name})"
 
 
+def _best(rows: list[Overhead], figure: str, among: tuple[str, ...]) -> tuple[str, float] | None:
+    """The backend of ``among`` with the lowest ``figure`` (resource figures, then performance)."""
+    found = []
+    for row in rows:
+        value = {**row.figures(), **row.performance()}.get(figure)
+        if row.backend in among and value is not None:
+            found.append((value, row.backend))
+    return (min(found)[1], min(found)[0]) if found else None
+
+
+def recommend(rows: list[Overhead]) -> list[str]:
+    """One recommendation per kind of deployment, each naming the figure it rests on."""
+    servers = ("redis", "etcd", "zookeeper")
+    lines = ["## Which backend", ""]
+    lab = _best(rows, "client CPU per 10k writes", ("memory", "sqlite"))
+    if lab is not None:
+        lines.append(
+            "- **A lab on one host**: SQLite — no server to run, its data survives a restart, and its whole "
+            f"cost is this process's CPU (row *client CPU per 10k writes*; lowest of the two serverless "
+            f"backends here: {lab[0]}, {lab[1]:.3g} s). memory:// is for tests: nothing survives the process."
+        )
+    fan = _best(rows, "server CPU per 10k delivered events", servers)
+    p99 = _best(rows, "write->event p99", servers)
+    if fan is not None:
+        lines.append(
+            "- **A production control plane of hundreds of hosts** (many controllers watching): a server "
+            f"backend, on the figures that grow with the number of watchers: the lowest *server CPU per 10k "
+            f"delivered events* here is {fan[0]}'s ({fan[1]:.3g} s)"
+            + (f", the lowest *write->event p99* {p99[0]}'s ({p99[1]:.3g} ms)" if p99 is not None else "")
+            + "; for a member loss without downtime, etcd or ZooKeeper as a 3-member cluster, or Redis with "
+            "Sentinel (not measured on this page)."
+        )
+    disk = _best(rows, "disk per 100k objects", ("redis", "etcd"))
+    if disk is not None:
+        lines.append(
+            "- **Strict durability** (no acknowledged write lost on a power cut): etcd (the WAL is fsynced "
+            "on every commit, and a cluster commits on a majority) or Redis with `appendfsync always`; "
+            "compare their *write rate* and *disk per 100k objects* rows (the lower disk use here: "
+            f"{disk[0]}, {disk[1]:.3g} MB). ZooKeeper needs `forceSync=yes` for this, not the setting "
+            "measured here."
+        )
+    return [*lines, ""]
+
+
 def render(rows: list[Overhead], args: argparse.Namespace, load: list[float], chart_line: str) -> str:
     info = versions()
     names = [r.backend for r in rows]
@@ -141,7 +185,7 @@ def render(rows: list[Overhead], args: argparse.Namespace, load: list[float], ch
         lines.append(f"| {name} | {unit} | " + " | ".join(_shown(f[name], unit) for f in figs) + " |")
     lines += ["", "Not taken:", ""]
     lines += [f"- {r.backend}: {m}" for r in rows for m in r.missing] or ["- nothing"]
-    lines += ["", chart_line, "", "## Persistence settings", ""]
+    lines += ["", chart_line, "", *recommend(rows), "## Persistence settings", ""]
     lines += [f"- **{r.backend}**: {SETTINGS[r.backend]}" for r in rows]
     lines += [
         "",
@@ -151,9 +195,10 @@ def render(rows: list[Overhead], args: argparse.Namespace, load: list[float], ch
         "own memory, not measured here).",
         "- The write rate is the load phase's: `create_many` of every object, with the server's fsync policy above.",
         "- Server CPU per 10k delivered events covers the fan-out phase, its writes included.",
-        "- Each server is freshly started: at small sizes the growth of its memory and CPU includes its "
-        "warm-up (the JVM's heap and JIT for ZooKeeper, etcd's caches), which inflates the per-100k and "
-        "per-10k figures; at 100,000 objects the data dominates.",
+        f"- Each server is freshly started and first takes a warm-up load of {args.warmup:,} objects (not "
+        "measured); at small sizes the growth of its memory and CPU still includes some warm-up (the JVM's "
+        "heap and JIT for ZooKeeper, etcd's caches), which inflates the per-100k and per-10k figures; at "
+        "100,000 objects the data dominates.",
         "",
         "Not on this page yet: time to recover (restart to first event, failover to first write), what "
         "survives what (restart with and without persistence, member loss, partition), the Sentinel and "
@@ -183,6 +228,10 @@ async def run(args: argparse.Namespace, backends: list[str]) -> list[Overhead]:
         for backend in backends:
             with started(backend, Path(tmp)) as (url, server):
                 print(f"{backend}: {args.objects} objects, {args.writes} fan-out writes", file=sys.stderr, flush=True)
+                if args.warmup:  # not measured: the server's start-up growth stays out of the figures
+                    await measure_overhead(
+                        backend, url, objects=args.warmup, controllers=args.controllers, writes=args.warmup // 4
+                    )
                 rows.append(
                     await measure_overhead(
                         backend,
@@ -205,6 +254,7 @@ def main() -> int:
     parser.add_argument("--controllers", type=int, default=50)
     parser.add_argument("--writes", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=2000, help="objects written (not measured) first")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "choosing-a-backend.md"))
     args = parser.parse_args()
