@@ -92,3 +92,24 @@ def test_bench_resources_on_a_local_redis(persistent_redis: RedisServer) -> None
     table = result.stdout.split("## Resources", 1)[1]
     assert "not taken" not in table
     assert "| server RSS after the load | MB |" in table
+
+
+def test_the_choosing_page_is_written(tmp_path: Path) -> None:
+    """benchmarks/choose.py at tiny sizes on the serverless backends: the table, what was
+    not taken, the settings, the load average and the call to regenerate."""
+    out = tmp_path / "choosing.md"
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "choose.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--backends", "memory,sqlite", "--objects", "300", "--writes", "60",
+         "--controllers", "3", "--events", "10", "--warmup", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert "| figure | unit | memory | sqlite |" in page
+    assert "| server CPU per 10k writes | s | not taken | not taken |" in page
+    assert "- sqlite: server memory and CPU: SQLite has no server" in page
+    assert "load average" in page and "must be regenerated on a quiet machine" in page
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["backend"] for r in rows] == ["memory", "sqlite"]
+    assert rows[1]["figures"]["disk per 100k objects"] > 0 and rows[1]["performance"]["write->event p99"] > 0
