@@ -43,6 +43,23 @@ def test_a_local_server_is_found_from_its_port(persistent_redis: RedisServer) ->
     assert usage.cpu is not None and usage.cpu >= 0
 
 
+@pytest.mark.parametrize(
+    ("family", "host"),
+    [("AF_INET", "127.0.0.1"), ("AF_INET6", "::ffff:127.0.0.1")],
+    ids=["ipv4", "ipv4-mapped"],  # the JVM (ZooKeeper) listens on IPv4-mapped IPv6 addresses
+)
+def test_a_listener_is_found_by_its_port(family: str, host: str) -> None:
+    import os
+    import socket
+
+    with socket.socket(getattr(socket, family), socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert listener_pid(port) == os.getpid()
+    assert listener_pid(port) is None
+
+
 def test_a_remote_or_absent_server_is_said_not_taken() -> None:
     assert "a remote server" in locate("redis://192.0.2.1:6379/0").missing[0]
     assert "no readable local process listens there" in locate("etcd://127.0.0.1:1").missing[0]

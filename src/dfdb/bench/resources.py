@@ -124,7 +124,8 @@ def _listening_inodes(port: int) -> set[str]:
                 if table == "tcp":
                     local = ipaddress.ip_address(ip[::-1])
                 else:  # four little-endian 32-bit words
-                    local = ipaddress.ip_address(b"".join(ip[i : i + 4][::-1] for i in range(0, 16, 4)))
+                    six = ipaddress.IPv6Address(b"".join(ip[i : i + 4][::-1] for i in range(0, 16, 4)))
+                    local = six.ipv4_mapped or six  # e.g. the JVM's ::ffff:127.0.0.1
                 if local.is_loopback or local.is_unspecified:
                     inodes.add(cols[9])
     return inodes
