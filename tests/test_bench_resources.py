@@ -103,14 +103,6 @@ def test_bench_resources_on_memory_says_what_it_could_not_take(tmp_path: Path) -
     assert resources["figures"]["server RSS after the load"] is None
 
 
-def test_bench_resources_on_a_local_redis(persistent_redis: RedisServer) -> None:
-    result = bench_cmd("--db", persistent_redis.url, "bench", "--quick", "--repeat", "1", "--resources")
-    assert result.returncode == 0, result.stderr
-    table = result.stdout.split("## Resources", 1)[1]
-    assert "not taken" not in table
-    assert "| server RSS after the load | MB |" in table
-
-
 def test_the_choosing_page_is_written(tmp_path: Path) -> None:
     """benchmarks/choose.py at tiny sizes on the serverless backends: the table, what was
     not taken, the settings, the load average and the call to regenerate."""
