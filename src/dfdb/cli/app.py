@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import dfdb.models  # noqa: F401  (registers the network model set)
 from dfdb.cli import objects, transfer
@@ -25,6 +25,9 @@ from dfdb.connecting import connect
 from dfdb.errors import ConfigurationError, DfdbError
 from dfdb.nb import NbApi
 from dfdb.url import DatabaseURL
+
+if TYPE_CHECKING:
+    from dfdb.bench import Sizes
 
 __all__ = ["main"]
 
@@ -275,7 +278,32 @@ async def _bench(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     print(render_markdown(results, sizes=sizes, versions=info, quick=args.quick), file=out)
     if args.json:
         write_reports(results, info, sizes, quick=args.quick, markdown=None, json_path=Path(args.json))
+    if args.resources:
+        await _bench_resources(backend, nb.url, sizes, args, out)
     return 0
+
+
+async def _bench_resources(backend: str, url: DatabaseURL, sizes: Sizes, args: argparse.Namespace, out: TextIO) -> None:
+    """The resource overhead on ``url``: a table, what could not be taken, and with
+    ``--json`` the figures added to the JSON file."""
+
+    from dfdb.bench.overhead import measure_overhead, render_overhead
+
+    print(f"  {backend}: resources, {sizes.bulk} objects then {sizes.fanout_writes} events", file=sys.stderr)
+    row = await measure_overhead(
+        backend, url, objects=sizes.bulk, controllers=sizes.controllers, writes=sizes.fanout_writes, cleanup=True
+    )
+    print(f"## Resources\n\n{render_overhead([row])}", file=out)
+    if args.json:
+        _add_to_json(Path(args.json), "resources", row.as_dict())
+
+
+def _add_to_json(path: Path, key: str, value: object) -> None:
+    import json
+
+    payload = json.loads(path.read_text())
+    payload[key] = value
+    path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
 def _completion(shell: str, out: TextIO) -> int:

@@ -225,6 +225,11 @@ def build_parser() -> Parser:
     b.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
     b.add_argument("--repeat", type=_positive, help="runs of each case (default 5; quick: 2)")
     b.add_argument("--json", metavar="FILE", help="also write every sample as JSON to FILE")
+    b.add_argument(
+        "--resources",
+        action="store_true",
+        help="also measure the server's memory, CPU and disk and the client's CPU (a local server: read from /proc)",
+    )
     _fleet(sub)
     comp = _command(
         sub,
