@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from urllib.parse import quote
 
 import pytest
@@ -14,7 +14,10 @@ import pytest
 import dfdb
 from dfdb import Action, NbApi, Replica, SyncMode, revision_of
 from dfdb.codec import encode
+from dfdb.drivers import register_driver
 from dfdb.drivers.base import Entry
+from dfdb.drivers.digest import Digest
+from dfdb.drivers.memory import MemoryDriver
 from dfdb.replica import ReplicaEvents
 from dfdb.testing.faults import FaultyDriver
 
@@ -264,3 +267,28 @@ async def test_changes_in_flight_are_not_repaired(exact_nb: NbApi) -> None:
         assert replica.stats().divergences == 0
         await settle(replica, await nb.create(Net(id="probe", topic="t")))
         assert same(replica, await nb.get_all(Net), Net)
+
+
+class FlawedDigestDriver(MemoryDriver):
+    """The memory driver, whose digest fails with an error of its own once (a driver's bug)."""
+
+    flawed = 1
+
+    async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
+        if self.flawed > 0:
+            self.flawed -= 1
+            raise KeyError("a bug in the driver")
+        return await super().digest(table, topics, buckets)
+
+
+register_driver("test-flawed-digest", FlawedDigestDriver)
+
+
+async def test_a_check_that_fails_unexpectedly_does_not_end_the_periodic_checks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with dfdb.connect("test-flawed-digest://flawed") as nb, Replica(nb, [Net], check_interval=0.02) as replica:
+        async with asyncio.timeout(WAIT):
+            while replica.stats().checks < 2:
+                await asyncio.sleep(0.02)
+        assert any("a bug in the driver" in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)

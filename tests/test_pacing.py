@@ -18,6 +18,7 @@ from dfdb.drivers.memory import MemoryDriver
 from dfdb.errors import BackendUnavailableError
 from dfdb.replica.pacing import RELISTS, RelistLimiter
 from dfdb.retry import Backoff
+from dfdb.testing.leaks import ResourceSnapshot
 
 WAIT = 20
 
@@ -196,3 +197,24 @@ def test_limiter_settings_are_checked_and_tunable() -> None:
     limiter.configure(rate=50, burst=20, jitter=0.5)
     assert (limiter.rate, limiter.burst, limiter.jitter) == (50, 20, 0.5)
     assert isinstance(RELISTS, RelistLimiter)
+
+
+async def test_closing_the_nbapi_ends_the_replicas_waiting_for_a_relist() -> None:
+    """Replicas left open when their NbApi closes end at once, even those waiting for their
+    relist's turn: no task stays behind, and the shared bucket is not held for them."""
+    limiter = RelistLimiter(rate=0.1, burst=1, jitter=0)
+    baseline = ResourceSnapshot.take()
+    async with dfdb.connect("memory://?history=5") as nb:
+        await nb.create_many([Net(id=f"n{i}", topic="t") for i in range(3)])
+        replicas = [await Replica(nb, [Net], relists=limiter, check_interval=None).__aenter__() for _ in range(4)]
+        await lose_history(nb, 12)
+        deadline = time.monotonic() + WAIT
+        while limiter.waiting < 3 and time.monotonic() < deadline:  # one relisted, three wait 10 s or more
+            await asyncio.sleep(0.01)
+        assert limiter.waiting == 3
+    try:
+        assert not await ResourceSnapshot.wait_clean(baseline, grace=2)
+        assert limiter.waiting == 0 and not any(r.synced for r in replicas)
+    finally:
+        for replica in reversed(replicas):
+            await replica.aclose()

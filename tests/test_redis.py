@@ -266,3 +266,39 @@ async def test_unix_socket_url(tmp_path: Path) -> None:
 
 async def test_server_run_command_serves_until_interrupted() -> None:
     await check_server_run(RedisServer, "redis", "redis", Port)
+
+
+@pytest.mark.parametrize("damage", ["id not UTF-8", "bad revision"])
+async def test_hostile_keys_in_a_checked_scope_are_contained(
+    volatile_server: RedisServer, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An indexed key whose id is not UTF-8, or an entry whose revision field is garbled:
+    listings skip it, a Replica loads and checks its scope (periodically too) and repairs
+    nothing, again and again."""
+    import redis.asyncio as aioredis
+
+    raw = aioredis.Redis.from_url(volatile_server.url)
+    url = volatile_server.url + "?prefix=host"
+    try:
+        async with dfdb.connect(url) as nb:
+            await nb.create_many([Port(id=f"p{i}", topic="t") for i in range(5)])
+            if damage == "id not UTF-8":
+                await raw.sadd("host/i/redis_port", b"\xff\xfe")
+                await raw.sadd("host/i/redis_port/t/t", b"\xff\xfe")
+                await raw.hset(b"host/e/redis_port/\xff\xfe", mapping={"v": b"{}", "t": b"t", "r": 3})
+                whole = {"p0", "p1", "p2", "p3", "p4"}
+            else:
+                await raw.hset("host/e/redis_port/p3", "r", "x")
+                whole = {"p0", "p1", "p2", "p4"}
+            assert {p.id for p in await nb.get_all(Port)} == whole
+            async with dfdb.Replica(nb, [Port], check_interval=0.05) as replica:
+                for _ in range(2):
+                    report = await asyncio.wait_for(replica.check(settle=1), 10)
+                    assert report.complete and report.repaired == 0
+                await asyncio.wait_for(replica.wait_for(0), 10)
+                while replica.stats().checks < 5:  # the periodic checks go on
+                    await asyncio.sleep(0.05)
+                assert {p.id for p in replica.get_all(Port)} == whole
+                assert replica.stats().repaired == 0
+    finally:
+        await raw.aclose()

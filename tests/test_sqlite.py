@@ -556,3 +556,32 @@ async def test_corruption_found_by_a_relist_is_told_as_corruption(tmp_path: Path
             ]
             assert replica.stats().corrupt == 1 and replica.get(Thing, "good") is not None
             await events.aclose()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "INSERT INTO dfdb_entries VALUES ('sqlite_thing', x'fffe', NULL, x'7b7d', 99)",
+        "INSERT INTO dfdb_entries VALUES ('sqlite_thing', CAST(x'fffe' AS TEXT), NULL, x'7b7d', 99)",
+        "UPDATE dfdb_entries SET revision = 'abc' WHERE id = 't3'",
+    ],
+    ids=["blob id", "id not UTF-8", "text revision"],
+)
+async def test_hostile_rows_in_a_checked_scope_are_contained(db_url: str, damage: str) -> None:
+    """A row another program wrote with an id that is not text, or not UTF-8, or with a
+    revision that is not a number: a Replica's checks (periodic ones too) go on and repair
+    nothing, again and again."""
+    async with dfdb.connect(db_url) as nb:
+        await nb.create_many([Thing(id=f"t{i}") for i in range(5)])
+        async with dfdb.Replica(nb, [Thing], check_interval=0.05) as replica:
+            with sqlite3.connect(DatabaseURL.parse(db_url).path) as db:
+                db.execute(damage)
+            listed = {t.id for t in await nb.get_all(Thing)}  # the hostile row is skipped
+            assert listed == {f"t{i}" for i in range(5) if "'abc'" not in damage or i != 3}
+            for _ in range(2):
+                report = await asyncio.wait_for(replica.check(settle=1), 10)
+                assert report.complete and report.repaired == 0
+            async with asyncio.timeout(10):
+                while replica.stats().checks < 5:  # the periodic checks go on
+                    await asyncio.sleep(0.05)
+            assert replica.stats().repaired == 0 and len(replica) == 5

@@ -479,7 +479,10 @@ class RedisDriver(RedisLeases, Driver):
                 size += sum(len(x) if isinstance(x, bytes) else 8 for x in reply)
                 if width == 2:
                     for i in range(3, len(reply), 2):
-                        put(reply[i].decode(), int(reply[i + 1]))
+                        try:  # another program's key or garbled revision: no key of the scope
+                            put(reply[i].decode(), int(reply[i + 1]))
+                        except (UnicodeDecodeError, ValueError):
+                            log.warning("%s: the digest skips %s/%r: not a dfdb entry", self.url, table, reply[i])
                 else:  # a slice's sums add up (an id met twice by SSCAN only costs a closer look)
                     for b, count, total in struct.iter_unpack(">HII", reply[3]):
                         held, held_total = get(b, (0, 0))

@@ -277,12 +277,13 @@ _NIL = 0xFFFFFFFF
 
 
 def unpack_round(packed: bytes) -> Iterator[tuple[str, list[bytes | None]]]:
-    """The (id, [r, t, v]) of a listing round packed by the ``LIST_ROUND`` script."""
+    """The (id, [r, t, v]) of a listing round packed by the ``LIST_ROUND`` script (an id
+    that is not UTF-8 comes as r ``!``, as a key that is not a hash does)."""
     offset, end = 0, len(packed)
     while offset < end:
         id_size, *sizes = _ROUND_HEAD.unpack_from(packed, offset)
         offset += _ROUND_HEAD.size + id_size
-        id = packed[offset - id_size : offset].decode()
+        raw_id = packed[offset - id_size : offset]
         fields: list[bytes | None] = []
         for size in sizes:
             if size == _NIL:
@@ -290,6 +291,10 @@ def unpack_round(packed: bytes) -> Iterator[tuple[str, list[bytes | None]]]:
             else:
                 fields.append(packed[offset : offset + size])
                 offset += size
+        try:
+            id = raw_id.decode()
+        except UnicodeDecodeError:  # another program's key: no dfdb id, reported as not an entry
+            id, fields = raw_id.decode(errors="backslashreplace"), [b"!", None, b"its id is not UTF-8"]
         yield id, fields
 
 

@@ -54,7 +54,7 @@ from dfdb.drivers.base import (
     RawEvent,
 )
 from dfdb.drivers.polling import ChangeBatch, ChangeLogPoller
-from dfdb.drivers.sqlite_digest import SqliteDigest
+from dfdb.drivers.sqlite_digest import SqliteDigest, entries_of, entry_of
 from dfdb.drivers.sqlite_leases import LEASE_SCHEMA, SqliteLeases, check_expectation
 from dfdb.errors import (
     BackendUnavailableError,
@@ -269,7 +269,7 @@ class SqliteDriver(SqliteDigest, SqliteLeases, Driver):
                 "SELECT topic, value, revision FROM dfdb_entries WHERE tbl = ? AND id = ?", (table, id)
             ).fetchone()
         )
-        return None if row is None else Entry(table, id, row[0], _blob(row[1]), row[2])
+        return None if row is None else entry_of(table, id, row[0], row[1], row[2])
 
     def _check_size(self, table: str, id: str, value: bytes) -> None:
         limit = self.max_value_size
@@ -377,17 +377,17 @@ class SqliteDriver(SqliteDigest, SqliteLeases, Driver):
                 head = _head(db)
                 if topic is None:
                     rows = db.execute(
-                        "SELECT id, topic, value, revision FROM dfdb_entries WHERE tbl = ?", (table,)
+                        "SELECT CAST(id AS BLOB), topic, value, revision FROM dfdb_entries WHERE tbl = ?", (table,)
                     ).fetchall()
                 else:
                     rows = db.execute(
-                        "SELECT id, topic, value, revision FROM dfdb_entries WHERE tbl = ? AND topic = ?",
+                        "SELECT CAST(id AS BLOB), topic, value, revision FROM dfdb_entries WHERE tbl = ? AND topic = ?",
                         (table, topic),
                     ).fetchall()
             return head, rows
 
         head, rows = await self._trip(read)
-        return Listing([Entry(table, r[0], r[1], _blob(r[2]), r[3]) for r in rows], head)
+        return Listing(entries_of(table, rows), head)
 
     async def tables(self) -> builtins.list[str]:
         sql = "SELECT DISTINCT tbl FROM dfdb_entries ORDER BY tbl"

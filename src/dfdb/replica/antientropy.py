@@ -107,6 +107,8 @@ class AntiEntropy:
                 return
             except DfdbError as exc:  # the next check tries again
                 log.warning("replica consistency check failed: %s", str(exc))
+            except Exception as exc:  # a driver's bug or hostile data: reported, and the checks go on
+                log.error("replica consistency check failed unexpectedly: %s: %s", type(exc).__name__, exc)
 
     # ------------------------------------------------------------ one check
     def _scope(self) -> Scope:

@@ -345,8 +345,34 @@ class Replica(Lookups):
             topics = set(self._topics) if topic is None else {topic} & self._topics
             if not topics and topic is not None:
                 return  # a topic it does not follow
-        scoped = (model is not None or topic is not None) and self.mode is not SyncMode.REACTIVE
         self._synced.clear()
+        failure: Exception | None = None  # raised as itself, not in an exception group
+        with anyio.CancelScope() as closing:  # cancelled when the NbApi closes: no wait outlives it
+            async with anyio.create_task_group() as watch:
+                watch.start_soon(self._end_when_closed, closing)
+                try:
+                    await self._relist(models, topics, model is not None or topic is not None, topic)
+                except Exception as exc:
+                    failure = exc
+                finally:
+                    watch.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if not closing.cancel_called:
+            self._synced.set()
+
+    async def _end_when_closed(self, scope: anyio.CancelScope) -> None:
+        """Cancel ``scope`` once the NbApi is closed (polled: it has no event for it)."""
+        while self.nb._state != "closed":  # noqa: ASYNC110
+            await anyio.sleep(0.1)
+        scope.cancel()
+
+    async def _relist(
+        self, models: list[type[NbModel]], topics: set[str] | None, part: bool, topic: str | None
+    ) -> None:
+        """Wait for a relist's turn, then relist ``models`` (of ``topics``; ``part``: only
+        the part a RESYNC named) and emit the difference."""
+        scoped = part and self.mode is not SyncMode.REACTIVE
         async with self.relists.slot() as waited, self._lock:
             self.relist_wait += waited
             # list first and swap the contents with no await in between: a reader sees the
@@ -369,7 +395,6 @@ class Replica(Lookups):
                 self._flow.muted = False
             self.corrupt += emit_difference(self._flow, before, self._store.rows, topic, corrupt, self._position)
             self.resyncs += 1
-        self._synced.set()
 
     # ------------------------------------------------------------ state
     @property
