@@ -33,7 +33,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import logging
-import struct
 import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -46,20 +45,18 @@ from redis.backoff import NoBackoff
 from dfdb.drivers import redis_scripts as lua
 from dfdb.drivers.base import (
     Capability,
-    Digest,
     Driver,
     Entry,
     EventSource,
     Expect,
-    KeyListing,
     Listing,
     PutRequest,
 )
-from dfdb.drivers.digest import MOD
+from dfdb.drivers.redis_digest import RedisDigest
 from dfdb.drivers.redis_leases import RedisLeases
 from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE
 from dfdb.drivers.redis_streams import RedisSource
-from dfdb.drivers.redis_tls import TlsConnection
+from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import (
     AlreadyExistsError,
@@ -81,19 +78,10 @@ __all__ = ["RedisDriver"]
 log = logging.getLogger(__name__)
 
 _SCAN_BATCH = 1000
-_DIGEST_SLICE = 5000
 """Ids the digest script reads per call (each call holds the server for about 10 ms)."""
 
-_CONNECTION_ERRORS = (
-    rexc.ConnectionError,
-    rexc.TimeoutError,
-    OSError,
-    rexc.AuthenticationWrongNumberOfArgsError,
-    rexc.NoPermissionError,
-)
 
-
-class RedisDriver(RedisLeases, Driver):
+class RedisDriver(RedisDigest, RedisLeases, Driver):
     """The Redis driver; see the module documentation."""
 
     capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
@@ -216,7 +204,7 @@ class RedisDriver(RedisLeases, Driver):
             info = await self._open_client().info()  # the default sections: server, replication, cluster …
         except rexc.NoPermissionError:
             return
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         except rexc.RedisError as exc:
             raise DriverError(f"{self.url}: {exc}") from None
@@ -263,7 +251,7 @@ class RedisDriver(RedisLeases, Driver):
                 raw = await client.get(key)
             else:
                 raw = await self._new_epoch(keys=[key], args=[stale, f"redis-{uuid.uuid4().hex[:16]}"])
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         except rexc.RedisError as exc:
             raise DriverError(f"{self.url}: {exc}") from None
@@ -280,7 +268,7 @@ class RedisDriver(RedisLeases, Driver):
         if read:
             try:
                 raw = await self._open_client().get(self._key("epoch"))
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 raise _unavailable(self.url, exc) from None
         if raw is None:
             await self.refresh_epoch(stale="")
@@ -290,7 +278,7 @@ class RedisDriver(RedisLeases, Driver):
     async def get(self, table: str, id: str) -> Entry | None:
         try:
             row = await self._open_client().hmget(self._key("e", table, id), "r", "t", "v")
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         except rexc.ResponseError as exc:  # e.g. another program wrote a string there
             raise CorruptObjectError(table, id, f"not a dfdb entry ({exc})") from None
@@ -306,7 +294,7 @@ class RedisDriver(RedisLeases, Driver):
                     keys=[entry_key, self._key("rev"), self._key("epoch")],
                     args=[self.prefix, table, id, op, expect, topic, value, self.maxlen, self.epoch, *extra],
                 )
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 raise _unavailable(self.url, exc) from None
             except rexc.ResponseError as exc:
                 if "WRONGTYPE" in str(exc):
@@ -334,7 +322,7 @@ class RedisDriver(RedisLeases, Driver):
                 )
             try:
                 replies = await pipe.execute(raise_on_error=False)
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 raise _unavailable(self.url, exc) from None
             stale = [r for r in replies if not isinstance(r, Exception) and r[0] == b"EPOCH"]
             if stale:
@@ -432,65 +420,9 @@ class RedisDriver(RedisLeases, Driver):
                         entries.append(entry)
                 if cursor in (b"0", 0):
                     break
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         return Listing(entries, revision, self.epoch)
-
-    async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
-        """Computed by a Lua script over the scope's index sets, a slice at a time: no key or
-        value leaves the server."""
-        sums: dict[int, tuple[int, int]] = {}
-        revision, size, trips = await self._run_digest(table, topics, buckets, "", 1, sums.__setitem__, sums.get)
-        return Digest(sums, revision, bytes_read=size, round_trips=trips)
-
-    async def digest_keys(
-        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
-    ) -> KeyListing:
-        keys: dict[str, int] = {}
-        chosen = "," + ",".join(str(b) for b in sorted(wanted)) + ","
-        revision, size, trips = await self._run_digest(table, topics, buckets, chosen, 2, keys.__setitem__, keys.get)
-        return KeyListing(keys, revision, bytes_read=size, round_trips=trips)
-
-    async def _run_digest(
-        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: str, width: int,
-        put: Any, get: Any,
-    ) -> tuple[int, int, int]:  # fmt: skip
-        """Run the digest script over each index set of the scope, slice by slice; each bucket
-        (``width`` 1: packed) or key (``width`` 2) of a reply goes to ``put``. Returns the revision
-        after the last slice, the bytes received and the calls made."""
-        self._open_client()
-        sets = [""] if topics is None else sorted("/n" if t is None else f"/t/{t}" for t in topics)
-        revision = size = trips = 0
-        for suffix in sets:
-            cursor = "0"
-            while True:
-                try:
-                    reply = await self._digest(
-                        keys=[self._key("epoch"), self._key("rev")],
-                        args=[self.prefix, table, buckets, wanted, suffix, cursor, _DIGEST_SLICE],
-                    )
-                except _CONNECTION_ERRORS as exc:
-                    raise _unavailable(self.url, exc) from None
-                except rexc.ResponseError as exc:
-                    raise DriverError(f"{self.url}: the digest of {table} failed: {exc}") from None
-                if reply[0].decode() != self.epoch:
-                    await self._adopt_epoch(reply[0] or None, read=False)
-                revision, trips = int(reply[1]), trips + 1
-                size += sum(len(x) if isinstance(x, bytes) else 8 for x in reply)
-                if width == 2:
-                    for i in range(3, len(reply), 2):
-                        try:  # another program's key or garbled revision: no key of the scope
-                            put(reply[i].decode(), int(reply[i + 1]))
-                        except (UnicodeDecodeError, ValueError):
-                            log.warning("%s: the digest skips %s/%r: not a dfdb entry", self.url, table, reply[i])
-                else:  # a slice's sums add up (an id met twice by SSCAN only costs a closer look)
-                    for b, count, total in struct.iter_unpack(">HII", reply[3]):
-                        held, held_total = get(b, (0, 0))
-                        put(b, (held + count, (held_total + total) % MOD))
-                cursor = reply[2].decode()
-                if cursor == "0":
-                    break
-        return revision, size, trips
 
     async def watch(
         self,
@@ -502,7 +434,7 @@ class RedisDriver(RedisLeases, Driver):
         if since is None:
             try:
                 since = int(await self._open_client().get(self._key("rev")) or 0)
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 raise _unavailable(self.url, exc) from None
         streams: builtins.list[str] = []
         for table in sorted(set(tables)):
@@ -525,14 +457,14 @@ class RedisDriver(RedisLeases, Driver):
                 rest = raw.decode(errors="replace")[len(head) :]
                 if rest and "/" not in rest:
                     names.add(rest)
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         return sorted(names)
 
     async def allocate_unique_key(self, table: str) -> int:
         try:
             return int(await self._open_client().incr(self._key("keys", table)))
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
 
     async def compact(self) -> None:
@@ -540,7 +472,7 @@ class RedisDriver(RedisLeases, Driver):
         try:
             async for key in client.scan_iter(match=self._key("s", "*"), count=1000):
                 await self._compact(keys=[self._key("trim"), key])
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
 
 

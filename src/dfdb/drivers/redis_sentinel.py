@@ -47,8 +47,8 @@ from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
 
 from dfdb.drivers.base import PutRequest
-from dfdb.drivers.redis import _CONNECTION_ERRORS, RedisDriver
-from dfdb.drivers.redis_tls import TlsConnection
+from dfdb.drivers.redis import RedisDriver
+from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import AuthenticationError, BackendUnavailableError, ConfigurationError, DriverError, InvalidURL
 from dfdb.tls import TLS_OPTIONS, TlsSettings, describe_tls_failure, tls_failure
@@ -213,7 +213,7 @@ class SentinelDriver(RedisDriver):
                         f"{self.url}: the sentinel at {host}:{port} monitors no master named {self.service!r}"
                     ) from None
                 reachable += 1
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 if tls_failure(exc) is not None:
                     refused = refused or self._sentinel_refusal(host, port, exc)
                 hung_up = hung_up or _hung_up(exc)
@@ -261,7 +261,7 @@ class SentinelDriver(RedisDriver):
         """Whether the dataset of epoch ``seen`` holds the history of epoch ``known`` up to ``position``."""
         try:
             forks = await self._open_client().hgetall(self._key("forks"))
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         current = known
         for _ in range(len(forks) + 1):

@@ -12,7 +12,7 @@ from dfdb.errors import AuthenticationError, BackendUnavailableError, DriverErro
 from dfdb.tls import describe_tls_failure, tls_failure
 from dfdb.url import DatabaseURL
 
-__all__ = ["TlsConnection", "connection_error"]
+__all__ = ["CONNECTION_ERRORS", "TlsConnection", "connection_error"]
 
 _HANDSHAKE_WAIT = 3.0
 """Seconds at most for a TLS handshake (a plain Redis never answers one; a server that
@@ -74,3 +74,13 @@ def connection_error(url: DatabaseURL, exc: BaseException) -> DriverError:
     if failure is not None:  # a certificate is not going to change between retries
         return AuthenticationError(f"{url}: {describe_tls_failure(failure)}")
     return BackendUnavailableError(f"{url}: {type(exc).__name__}: {exc}")
+
+
+CONNECTION_ERRORS = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    OSError,
+    rexc.AuthenticationWrongNumberOfArgsError,
+    rexc.NoPermissionError,
+)
+"""What redis-py raises when the server cannot be reached or refuses the connection's user."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from dfdb.demo import MODELS  # the models every controller holds (Chassis is the one global table)
 from dfdb.models import (
     Chassis,
     FloatingIp,
@@ -20,18 +21,6 @@ from dfdb.models import (
 from dfdb.nbmodel import NbModel
 
 __all__ = ["MODELS", "Topology"]
-
-MODELS: tuple[type[NbModel], ...] = (
-    Chassis,
-    QosPolicy,
-    SecurityGroup,
-    LogicalSwitch,
-    Subnet,
-    LogicalPort,
-    LogicalRouter,
-    FloatingIp,
-)
-"""The models every controller holds (Chassis is the one global table)."""
 
 
 @dataclass(frozen=True)
