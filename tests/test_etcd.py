@@ -305,11 +305,13 @@ async def test_a_forced_release_resyncs_the_topic_whose_older_changes_come_late(
     """The scenario above with ``watch_hold`` so short that k's last create (topic-less) is
     returned before t0's watch sends the end of its history: k's older changes in t0 are
     not passed on (they would be dropped silently as older than its last one); a
-    ``RESYNC`` of t0 takes their place, and the stream goes on."""
+    ``RESYNC`` of t0 takes their place, and the stream goes on. (Two batches of fillers:
+    etcd sends the topic-less watch's event with t0's first or second batch, in either
+    order, and t0's last batch at least one sync round later.)"""
     async with dfdb.connect(single.url + "/forced?watch_hold=0.001", timeout=30) as nb:
         async with nb.watch(Port, topics={"t0", None}) as stream:
             start = stream.cursor
-        filler = await nb.create_many([Port(id=f"f{n}", topic="t0") for n in range(1000)])
+        filler = await nb.create_many([Port(id=f"f{n}", topic="t0") for n in range(2000)])
         assert not [r for r in filler if isinstance(r, Exception)]
         await nb.create(Port(id="k", topic="t0"))
         await nb.delete(Port, "k")
