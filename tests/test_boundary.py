@@ -180,7 +180,14 @@ _DRIVER_OPTIONS = {
     "memory://x": {"history": "count"},
     "sqlite:///x.db": {"poll_interval": "s", "log_size": "count", "log_age": "s", "busy_timeout": "s"},
     "redis://h/0": {"maxlen": "count", "block": "s", "connect_timeout": "s"},
-    "etcd://h/p": {"timeout": "s", "keepalive": "s", "keepalive_timeout": "s", "page": "count", "window": "count"},
+    "etcd://h/p": {
+        "timeout": "s",
+        "keepalive": "s",
+        "keepalive_timeout": "s",
+        "page": "count",
+        "window": "count",
+        "watch_hold": "s",
+    },
     "zk://h/p": {
         "session_timeout": "s",
         "timeout": "s",

@@ -302,6 +302,58 @@ async def test_a_key_that_moved_topic_keeps_its_order_when_a_stream_catches_up(s
         assert [parse_cursor(ev.cursor)[1] for ev in events] == [ev.revision for ev in events]
 
 
+async def test_a_forced_release_resyncs_the_topic_whose_older_changes_come_late(single: EtcdServer) -> None:
+    """The scenario above with ``watch_hold`` so short that k's last create (topic-less) is
+    returned before t0's watch sends the end of its history: k's older changes in t0 are
+    not passed on (they would be dropped silently as older than its last one); a
+    ``RESYNC`` of t0 takes their place, and the stream goes on. (Two batches of fillers:
+    etcd sends the topic-less watch's event with t0's first or second batch, in either
+    order, and t0's last batch at least one sync round later.)"""
+    async with dfdb.connect(single.url + "/forced?watch_hold=0.001", timeout=30) as nb:
+        async with nb.watch(Port, topics={"t0", None}) as stream:
+            start = stream.cursor
+        filler = await nb.create_many([Port(id=f"f{n}", topic="t0") for n in range(2000)])
+        assert not [r for r in filler if isinstance(r, Exception)]
+        await nb.create(Port(id="k", topic="t0"))
+        await nb.delete(Port, "k")
+        again = await nb.create(Port(id="k"))
+        later = await nb.create(Port(id="after", topic="t0"))
+        async with nb.watch(Port, topics={"t0", None}, since=start) as stream:
+            events = []
+            async with asyncio.timeout(20):
+                while not events or events[-1].id != "after":
+                    with contextlib.suppress(TimeoutError):
+                        events.append(await asyncio.wait_for(anext(stream), 0.5))
+            source = stream._source
+            assert source is not None and getattr(source, "forced_releases", 0) >= 1
+        tail = [(ev.action, ev.id, ev.topic, ev.revision) for ev in events if not ev.id.startswith("f")]
+        assert tail == [
+            (Action.CREATE, "k", None, dfdb.revision_of(again)),
+            (Action.RESYNC, "", "t0", dfdb.revision_of(again)),
+            (Action.CREATE, "after", "t0", dfdb.revision_of(later)),
+        ], tail
+        assert events[1].model is Port
+
+
+@pytest.fixture
+def rare_progress() -> Iterator[EtcdServer]:
+    yield from serve(lambda: EtcdServer(1, progress_interval="60s"))
+
+
+async def test_a_quiet_topic_holds_the_others_only_watch_hold_seconds(rare_progress: EtcdServer) -> None:
+    """etcd sends progress notifications every minute: a stream of a quiet topic and a
+    busy one, resumed from a cursor, passes on the busy topic's changes after about
+    ``watch_hold`` seconds, not at the quiet watch's first notification."""
+    async with dfdb.connect(rare_progress.url + "/quiet?watch_hold=0.5") as nb:
+        async with nb.watch(Port, topics={"quiet", "busy"}) as stream:
+            start = stream.cursor
+        made = [await nb.create(Port(id=f"b{n}", topic="busy")) for n in range(3)]
+        async with nb.watch(Port, topics={"quiet", "busy"}, since=start) as stream:
+            async with asyncio.timeout(5):
+                got = [await anext(stream) for _ in made]
+    assert [(ev.id, ev.revision) for ev in got] == [(m.id, dfdb.revision_of(m)) for m in made]
+
+
 async def test_a_cancelled_write_never_lands_after_the_caller_returned(single: EtcdServer) -> None:
     """A create cancelled by its caller's timeout has happened, or never will: when a read
     right after the cancellation finds nothing, creating the key again succeeds."""

@@ -25,7 +25,9 @@ yields ``resync``.
 Options: ``timeout`` (seconds per call, default 3), ``keepalive`` (seconds between
 gRPC keepalive pings on a watch, default 5; with ``keepalive_timeout``, default 2, a
 hung member is noticed within about their sum), ``page`` (keys per listing page,
-default 1000), ``window`` (writes in flight in ``put_many``, default 64), and the TLS
+default 1000), ``window`` (writes in flight in ``put_many``, default 64),
+``watch_hold`` (seconds a watch of several topics holds a change for the others to
+catch up, default 1: see :class:`~dfdb.drivers.etcd_watch.EtcdSource`), and the TLS
 options of :mod:`dfdb.tls` (``tls=true``, ``ca_file``, ``cert_file`` and ``key_file``
 for client-certificate authentication, ``server_name``; gRPC always checks the
 server's certificate, so ``verify=false`` is refused). A user name and password are
@@ -175,7 +177,7 @@ class EtcdDriver(EtcdLeases, Driver):
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)
-        known = {"timeout", "keepalive", "keepalive_timeout", "page", "window"} | TLS_OPTIONS
+        known = {"timeout", "keepalive", "keepalive_timeout", "page", "window", "watch_hold"} | TLS_OPTIONS
         unknown = set(url.options) - known
         if unknown:
             raise InvalidURL(f"unknown etcd:// option(s): {', '.join(sorted(unknown))}")
@@ -188,6 +190,7 @@ class EtcdDriver(EtcdLeases, Driver):
         keepalive_timeout = url.float_option("keepalive_timeout", 2.0, minimum=0.1)
         self.page = url.int_option("page", 1000, minimum=1)
         self.window = url.int_option("window", 64, minimum=1)
+        self.watch_hold = url.float_option("watch_hold", 1.0, positive=True)
         self.targets = [
             f"[{host}]:{port or 2379}" if ":" in host else f"{host or '127.0.0.1'}:{port or 2379}"
             for host, port in (url.hosts or (("127.0.0.1", None),))
@@ -554,6 +557,7 @@ class _WatchAccess:
         self._driver = driver
         self.url = driver.url
         self.timeout = driver.timeout
+        self.hold = driver.watch_hold
 
     def every_topic(self) -> bytes:
         """The prefix of every data key."""

@@ -43,12 +43,18 @@ class _Watcher:
     """One prefix watch of an :class:`EtcdSource`."""
 
     watch_id: int
+    topic: str | None
+    """The topic watched (``None``: the topic-less objects, or every topic for the only watch)."""
     prefix: bytes
     frontier: int
     """Every change under the prefix up to here has been delivered."""
     created: bool = False
     synced: bool = False
     """etcd sends this watch's changes as they happen (it is not catching up)."""
+    released: int = 0
+    """The highest revision a forced release returned while this watch was not past it."""
+    resynced: int = 0
+    """Up to here this watch's late changes were answered with a ``resync`` of its topic."""
 
 
 class EtcdSource(ReaderTaskSource):
@@ -73,8 +79,14 @@ class EtcdSource(ReaderTaskSource):
     returned only once every watch is past its revision (:meth:`_release_up_to`): the
     merge is in revision order, and the cursor of each event is its own revision. A
     watch with nothing to catch up says so only with etcd's next progress notification
-    (``--experimental-watch-progress-notify-interval``), which is as long as the other
-    watches' events may wait after a reconnect.
+    (``--experimental-watch-progress-notify-interval``, 10 minutes by default), so an
+    event is held at most about ``watch_hold`` seconds (the URL option, default 1): then
+    every buffered event is returned (a forced release, counted in
+    :attr:`forced_releases`), and each watch not past them remembers the highest
+    revision returned beyond it. A later change of such a watch below that revision is
+    not returned (it may be an older change of a key returned already): a ``resync`` of
+    the watch's topic, one per table, takes its place, so a Replica relists the topic;
+    the watch's changes above that revision follow as usual.
     The stream is read by the source's reader task and written by its writer task
     (requests queued in order): gRPC ends the whole stream when a read or a write is
     cancelled, so no caller of the source reads or writes the stream itself, and
@@ -92,10 +104,10 @@ class EtcdSource(ReaderTaskSource):
         self._watchers: dict[int, _Watcher] = {}
         self._next_id = 1
         if topics is None:
-            self._add(access.every_topic(), since)
+            self._add(None, access.every_topic(), since)
         else:
             for topic in sorted(topics, key=lambda t: (t is None, t or "")):
-                self._add(access.topic_prefix(topic), since)
+                self._add(topic, access.topic_prefix(topic), since)
         self._conn = access.endpoints()
         self._call: Any = None
         self._outbox: deque[tuple[Any, Any]] = deque()  # (stream, request), written in order
@@ -105,9 +117,16 @@ class EtcdSource(ReaderTaskSource):
         self._head = since
         """While no watch is created (an empty scope): the store revision last read."""
         self._grown = asyncio.Event()  # a watch was added to an empty scope
+        self._hold = access.hold
+        self._held_since: float | None = None  # when the oldest event held back was buffered
+        self._pushed = 0  # the highest revision buffered
+        self._forced = 0  # a forced release returns every buffered event up to here
+        self.forced_releases = 0
+        """How many times events waited ``watch_hold`` seconds for a watch catching up and
+        were returned without it (see the class docstring)."""
 
-    def _add(self, prefix: bytes, since: int) -> _Watcher:
-        watcher = _Watcher(self._next_id, prefix, since)
+    def _add(self, topic: str | None, prefix: bytes, since: int) -> _Watcher:
+        watcher = _Watcher(self._next_id, topic, prefix, since)
         self._watchers[watcher.watch_id] = watcher
         self._next_id += 1
         return watcher
@@ -116,7 +135,48 @@ class EtcdSource(ReaderTaskSource):
         return min((w.frontier for w in self._watchers.values()), default=self._head)
 
     def _release_up_to(self) -> int:
-        return self._read_up_to()
+        limit = max(self._read_up_to(), self._forced)
+        if self._pushed <= limit:  # nothing held back
+            self._held_since = None
+            return limit
+        now = asyncio.get_running_loop().time()
+        if self._held_since is None:
+            self._held_since = now
+        if now < self._held_since + self._hold:
+            return limit
+        return self._force_release(limit)
+
+    def _push(self, event: RawEvent) -> None:
+        super()._push(event)
+        if event.revision > self._pushed:
+            self._pushed = event.revision
+            if self._held_since is None and event.revision > max(self._read_up_to(), self._forced):
+                self._held_since = asyncio.get_running_loop().time()
+
+    def _release_deadline(self) -> float | None:
+        return None if self._held_since is None else self._held_since + self._hold
+
+    def _force_release(self, limit: int) -> int:
+        """The buffered events waited ``hold`` seconds for the watches below them: return
+        them all, and remember in each such watch what was returned past it."""
+        last = self._pushed
+        lagging = [w for w in self._watchers.values() if w.frontier < last]
+        for watcher in lagging:
+            watcher.released = max(watcher.released, last)
+        self._forced = last
+        self._held_since = None
+        self.forced_releases += 1
+        log.info(
+            "etcd watch on %s: changes up to revision %d waited %gs for the watch(es) of topic(s) %s"
+            " (at revision %d) to catch up; returning them (an older change of those topics"
+            " arriving later resyncs its topic)",
+            self._conn.target,
+            last,
+            self._hold,
+            ", ".join(repr(w.topic) for w in lagging),
+            limit,
+        )
+        return last
 
     @property
     def target(self) -> str:
@@ -288,6 +348,9 @@ class EtcdSource(ReaderTaskSource):
         table, topic, id = parsed
         if table not in self._tables:
             return revision
+        if revision < watcher.released:  # older than changes a forced release returned
+            self._resync_late(watcher, revision)
+            return revision
         if ev.type == rpc.Event.DELETE:
             value = bytes(ev.prev_kv.value) if ev.prev_kv.key else None  # empty KeyValue when compacted
             self._push(RawEvent("delete", table, id, topic, value, revision, None, revision in expired))
@@ -295,6 +358,25 @@ class EtcdSource(ReaderTaskSource):
             action: RawAction = "create" if kv.version == 1 else "update"
             self._push(RawEvent(action, table, id, topic, bytes(kv.value), revision))
         return revision
+
+    def _resync_late(self, watcher: _Watcher, revision: int) -> None:
+        """A change of ``watcher`` older than changes a forced release returned: it may be
+        an older change of a key returned already (one that moved topic), which would be
+        dropped as a duplicate. It is not returned; the watch's topic is resynced instead
+        (once per forced release), continuing from the revision returned past it."""
+        if watcher.resynced >= watcher.released:
+            return
+        watcher.resynced = watcher.released
+        log.info(
+            "etcd watch on %s: a change of topic %r at revision %d arrived after revision %d"
+            " was returned; resyncing the topic",
+            self._conn.target,
+            watcher.topic,
+            revision,
+            watcher.released,
+        )
+        for table in sorted(self._tables):
+            self._push(RawEvent("resync", table, "", watcher.topic, None, watcher.released))
 
     async def _read_round(self) -> RawEvent | None:
         if not self._watchers:
@@ -342,14 +424,17 @@ class EtcdSource(ReaderTaskSource):
         self._clear_buffer()
         self._taken.clear()  # another dataset may number its changes alike
         self._head = revision
+        self._forced = self._pushed = 0
+        self._held_since = None
         for watcher in self._watchers.values():
             watcher.frontier = revision
+            watcher.released = watcher.resynced = 0
         return RawEvent.resync(revision, identity)
 
     async def _follow(self, topics: frozenset[str | None], since: int) -> None:
         # no await point: a cancelled caller cannot leave a watcher half added
         for topic in sorted(topics, key=lambda t: (t is None, t or "")):
-            watcher = self._add(self._access.topic_prefix(topic), since)
+            watcher = self._add(topic, self._access.topic_prefix(topic), since)
             if self._call is not None:  # else the next read opens the stream with it
                 self._create(watcher)
         self._grown.set()

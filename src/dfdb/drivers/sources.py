@@ -115,6 +115,11 @@ class BufferedSource(EventSource):
         limit = self._release_up_to()
         return limit is None or self._buffer[0][0] <= limit
 
+    def _release_deadline(self) -> float | None:
+        """The event-loop time at which a held event is released anyway (``None``: no
+        such time); a reader-task source waiting for its round wakes up then."""
+        return None
+
     async def _follow(self, topics: frozenset[str | None], since: int) -> None:
         """Start following ``topics`` (new ones) from ``since``; see :meth:`add_topics`.
         ``self._topics`` grows by them once this returns.
@@ -249,7 +254,12 @@ class ReaderTaskSource(BufferedSource):
                 )
             done = self._round_done
             self._wanted.set()
-            await done.wait()  # cancelled here: the round goes on; its events stay buffered
+            deadline = self._release_deadline()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await done.wait()  # cancelled here: the round goes on; its events stay buffered
+            except TimeoutError:
+                pass  # a held event's time is up: the loop releases it
 
     async def _read_on_demand(self) -> None:
         try:
