@@ -313,6 +313,15 @@ async def test_bad_input_is_one_clear_line(setup: SentinelSetup) -> None:
             pass
 
 
+async def test_a_database_number_the_server_lacks_is_one_clear_line(setup: SentinelSetup) -> None:
+    master = setup.master_port()
+    for url in (f"redis://127.0.0.1:{master}/99", setup.url.replace("db=0", "db=99")):
+        with pytest.raises(dfdb.ConfigurationError, match="db=99 is out of range: the server has fewer") as info:
+            async with dfdb.connect(url, timeout=10):
+                pass
+        assert "\n" not in str(info.value)
+
+
 def test_a_cluster_node_is_refused(tmp_path: Any) -> None:
     if not SentinelSetup.available():
         skip_missing_server("redis")

@@ -214,6 +214,13 @@ class RedisDriver(Driver):
             return
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
+        except rexc.ResponseError as exc:
+            if "db index is out of range" in str(exc).lower():
+                raise ConfigurationError(
+                    f"{self.url}: db={self._kwargs.get('db', 0)} is out of range: the server has fewer databases "
+                    "(its 'databases' setting, 16 by default)"
+                ) from None
+            raise DriverError(f"{self.url}: {exc}") from None
         except rexc.RedisError as exc:
             raise DriverError(f"{self.url}: {exc}") from None
         if info.get("cluster_enabled") == 1 or info.get("redis_mode") == "cluster":

@@ -124,7 +124,7 @@ class SentinelDriver(RedisDriver):
         self.service = url.path.strip("/")
         if not self.service or "/" in self.service:
             raise InvalidURL("redis+sentinel:// needs the master's name as its path: redis+sentinel://h1:26379/MASTER")
-        self.db = url.int_option("db", 0)
+        self.db = self._kwargs["db"] = url.int_option("db", 0)
         self.min_replicas = url.int_option("min_replicas", 0)
         self.min_replicas_timeout = url.float_option("min_replicas_timeout", 1.0, minimum=0.001)
         self._sentinel: Any = None
