@@ -367,3 +367,16 @@ def test_a_cluster_node_is_refused(tmp_path: Any) -> None:
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 async def test_server_run_redis_sentinel(tls: bool) -> None:
     await check_server_run(SentinelSetup, "redis-sentinel", "redis+sentinel", Item, hosts=3, tls=tls)  # 3 sentinels
+
+
+async def test_a_sentinel_and_a_data_port_swapped_are_one_clear_line(setup: SentinelSetup) -> None:
+    sentinel, master = setup.sentinel_ports[0], setup.master_port()
+    swapped = {
+        f"redis://127.0.0.1:{sentinel}/0": "is a Redis Sentinel, not a data server: use redis\\+sentinel://",
+        f"redis+sentinel://127.0.0.1:{master}/mymaster": f"127.0.0.1:{master} is not a Redis Sentinel",
+    }
+    for url, message in swapped.items():
+        with pytest.raises(dfdb.ConfigurationError, match=message) as info:
+            async with dfdb.connect(url, timeout=10):
+                pass
+        assert "\n" not in str(info.value)

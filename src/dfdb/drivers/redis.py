@@ -223,6 +223,10 @@ class RedisDriver(Driver):
             raise DriverError(f"{self.url}: {exc}") from None
         except rexc.RedisError as exc:
             raise DriverError(f"{self.url}: {exc}") from None
+        if info.get("redis_mode") == "sentinel":
+            raise ConfigurationError(
+                f"{self.url}: this server is a Redis Sentinel, not a data server: use redis+sentinel://SENTINELS/MASTER"
+            )
         if info.get("cluster_enabled") == 1 or info.get("redis_mode") == "cluster":
             raise ConfigurationError(
                 f"{self.url}: Redis Cluster is not supported (dfdb keeps one revision order per database "

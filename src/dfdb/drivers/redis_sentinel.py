@@ -191,8 +191,9 @@ class SentinelDriver(RedisDriver):
     async def open(self) -> None:
         try:
             await super().open()
-        except BackendUnavailableError:
-            await self._explain_unavailable()
+        except DriverError as exc:
+            if type(exc) in (BackendUnavailableError, DriverError):  # perhaps a wrong sentinel list
+                await self._explain_unavailable()
             raise
 
     async def _explain_unavailable(self) -> None:
@@ -208,6 +209,11 @@ class SentinelDriver(RedisDriver):
             except (rexc.AuthenticationError, rexc.AuthenticationWrongNumberOfArgsError, rexc.NoPermissionError) as exc:
                 refused = refused or self._sentinel_refusal(host, port, exc)
             except rexc.ResponseError as exc:
+                if "unknown command" in str(exc).lower():
+                    raise ConfigurationError(
+                        f"{self.url}: {host}:{port} is not a Redis Sentinel (it does not know the SENTINEL command): "
+                        "list the sentinels' ports (26379 by default), not the master's"
+                    ) from None
                 if "no such master" in str(exc).lower():
                     raise ConfigurationError(
                         f"{self.url}: the sentinel at {host}:{port} monitors no master named {self.service!r}"
