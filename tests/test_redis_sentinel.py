@@ -388,3 +388,15 @@ async def test_unreachable_sentinels_name_the_url_once() -> None:
         async with dfdb.connect(url, timeout=1):
             pass
     assert str(info.value).count(url) == 1, str(info.value)
+
+
+async def test_concurrent_writes_with_min_replicas(setup: SentinelSetup) -> None:
+    async with dfdb.connect(setup.url + "&prefix=cw&min_replicas=1", timeout=10) as nb:
+        created = await asyncio.gather(*(nb.create(Item(id=f"c{n}", topic="t", n=n)) for n in range(20)))
+        assert [i.n for i in created] == list(range(20))
+        assert len(await nb.get_all(Item)) == 20
+    async with dfdb.connect(setup.url + "&prefix=cw&min_replicas=3&min_replicas_timeout=0.1", timeout=10) as nb:
+        writes = (nb.create(Item(id=f"r{n}", topic="t")) for n in range(5))
+        refused = await asyncio.gather(*writes, return_exceptions=True)
+        for exc in refused:  # every concurrent write waited, and only 2 replicas exist
+            assert isinstance(exc, dfdb.DriverError) and "may or may not survive" in str(exc), repr(exc)

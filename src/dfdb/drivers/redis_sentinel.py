@@ -191,6 +191,8 @@ class SentinelDriver(RedisDriver):
     async def open(self) -> None:
         try:
             await super().open()
+            if self.min_replicas and not isinstance(self._write, _Waiting):  # every write, concurrent ones too
+                self._write = _Waiting(self, self._write)
         except DriverError as exc:
             if type(exc) in (BackendUnavailableError, DriverError):  # perhaps a wrong sentinel list
                 await self._explain_unavailable()
@@ -282,18 +284,6 @@ class SentinelDriver(RedisDriver):
         return False
 
     # ------------------------------------------------------------ synchronous replicas
-    async def _run_write(
-        self, table: str, id: str, op: str, expect: str, topic: str, value: bytes
-    ) -> tuple[int, str | None, bytes]:
-        if not self.min_replicas:
-            return await super()._run_write(table, id, op, expect, topic, value)
-        script = self._write
-        self._write = _Waiting(self, script)
-        try:
-            return await super()._run_write(table, id, op, expect, topic, value)
-        finally:
-            self._write = script
-
     async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
         if not self.min_replicas:
             return await super().put_many(writes)
