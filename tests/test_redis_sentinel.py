@@ -313,6 +313,15 @@ async def test_bad_input_is_one_clear_line(setup: SentinelSetup) -> None:
             pass
 
 
+async def test_a_database_number_the_server_lacks_is_one_clear_line(setup: SentinelSetup) -> None:
+    master = setup.master_port()
+    for url in (f"redis://127.0.0.1:{master}/99", setup.url.replace("db=0", "db=99")):
+        with pytest.raises(dfdb.ConfigurationError, match="db=99 is out of range: the server has fewer") as info:
+            async with dfdb.connect(url, timeout=10):
+                pass
+        assert "\n" not in str(info.value)
+
+
 def test_a_cluster_node_is_refused(tmp_path: Any) -> None:
     if not SentinelSetup.available():
         skip_missing_server("redis")
@@ -358,3 +367,36 @@ def test_a_cluster_node_is_refused(tmp_path: Any) -> None:
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 async def test_server_run_redis_sentinel(tls: bool) -> None:
     await check_server_run(SentinelSetup, "redis-sentinel", "redis+sentinel", Item, hosts=3, tls=tls)  # 3 sentinels
+
+
+async def test_a_sentinel_and_a_data_port_swapped_are_one_clear_line(setup: SentinelSetup) -> None:
+    sentinel, master = setup.sentinel_ports[0], setup.master_port()
+    swapped = {
+        f"redis://127.0.0.1:{sentinel}/0": "is a Redis Sentinel, not a data server: use redis\\+sentinel://",
+        f"redis+sentinel://127.0.0.1:{master}/mymaster": f"127.0.0.1:{master} is not a Redis Sentinel",
+    }
+    for url, message in swapped.items():
+        with pytest.raises(dfdb.ConfigurationError, match=message) as info:
+            async with dfdb.connect(url, timeout=10):
+                pass
+        assert "\n" not in str(info.value)
+
+
+async def test_unreachable_sentinels_name_the_url_once() -> None:
+    url = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/mymaster"
+    with pytest.raises(dfdb.BackendUnavailableError, match="connect failed: ") as info:
+        async with dfdb.connect(url, timeout=1):
+            pass
+    assert str(info.value).count(url) == 1, str(info.value)
+
+
+async def test_concurrent_writes_with_min_replicas(setup: SentinelSetup) -> None:
+    async with dfdb.connect(setup.url + "&prefix=cw&min_replicas=1", timeout=10) as nb:
+        created = await asyncio.gather(*(nb.create(Item(id=f"c{n}", topic="t", n=n)) for n in range(20)))
+        assert [i.n for i in created] == list(range(20))
+        assert len(await nb.get_all(Item)) == 20
+    async with dfdb.connect(setup.url + "&prefix=cw&min_replicas=3&min_replicas_timeout=0.1", timeout=10) as nb:
+        writes = (nb.create(Item(id=f"r{n}", topic="t")) for n in range(5))
+        refused = await asyncio.gather(*writes, return_exceptions=True)
+        for exc in refused:  # every concurrent write waited, and only 2 replicas exist
+            assert isinstance(exc, dfdb.DriverError) and "may or may not survive" in str(exc), repr(exc)

@@ -201,7 +201,7 @@ class NbApi:
         await anyio.sleep(delay)
 
     def _reason(self, exc: BaseException) -> str:
-        return str(exc) or f"no answer within {self.timeout:g}s"
+        return str(exc).removeprefix(f"{self.url}: ") or f"no answer within {self.timeout:g}s"  # the URL once
 
     def _unavailable(self, what: str, exc: BaseException) -> BackendUnavailableError:
         return BackendUnavailableError(f"{self.url}: {what} failed: {self._reason(exc)}")

@@ -277,7 +277,7 @@ class EtcdServer(LocalServer):
 
     binary = "etcd"
 
-    def __init__(self, members: int = 1, *, progress_interval: str = "1s", tls: bool = False) -> None:
+    def __init__(self, members: int = 1, *, progress_interval: str = "500ms", tls: bool = False) -> None:
         if members < 1:
             raise ConfigurationError("etcd: --members must be at least 1")
         super().__init__(members, tls=tls)

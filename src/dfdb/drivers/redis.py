@@ -206,8 +206,19 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
             return
         except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
+        except rexc.ResponseError as exc:
+            if "db index is out of range" in str(exc).lower():
+                raise ConfigurationError(
+                    f"{self.url}: db={self._kwargs.get('db', 0)} is out of range: the server has fewer databases "
+                    "(its 'databases' setting, 16 by default)"
+                ) from None
+            raise DriverError(f"{self.url}: {exc}") from None
         except rexc.RedisError as exc:
             raise DriverError(f"{self.url}: {exc}") from None
+        if info.get("redis_mode") == "sentinel":
+            raise ConfigurationError(
+                f"{self.url}: this server is a Redis Sentinel, not a data server: use redis+sentinel://SENTINELS/MASTER"
+            )
         if info.get("cluster_enabled") == 1 or info.get("redis_mode") == "cluster":
             raise ConfigurationError(
                 f"{self.url}: Redis Cluster is not supported (dfdb keeps one revision order per database "

@@ -124,7 +124,7 @@ class SentinelDriver(RedisDriver):
         self.service = url.path.strip("/")
         if not self.service or "/" in self.service:
             raise InvalidURL("redis+sentinel:// needs the master's name as its path: redis+sentinel://h1:26379/MASTER")
-        self.db = url.int_option("db", 0)
+        self.db = self._kwargs["db"] = url.int_option("db", 0)
         self.min_replicas = url.int_option("min_replicas", 0)
         self.min_replicas_timeout = url.float_option("min_replicas_timeout", 1.0, minimum=0.001)
         self._sentinel: Any = None
@@ -191,8 +191,11 @@ class SentinelDriver(RedisDriver):
     async def open(self) -> None:
         try:
             await super().open()
-        except BackendUnavailableError:
-            await self._explain_unavailable()
+            if self.min_replicas and not isinstance(self._write, _Waiting):  # every write, concurrent ones too
+                self._write = _Waiting(self, self._write)
+        except DriverError as exc:
+            if type(exc) in (BackendUnavailableError, DriverError):  # perhaps a wrong sentinel list
+                await self._explain_unavailable()
             raise
 
     async def _explain_unavailable(self) -> None:
@@ -208,6 +211,11 @@ class SentinelDriver(RedisDriver):
             except (rexc.AuthenticationError, rexc.AuthenticationWrongNumberOfArgsError, rexc.NoPermissionError) as exc:
                 refused = refused or self._sentinel_refusal(host, port, exc)
             except rexc.ResponseError as exc:
+                if "unknown command" in str(exc).lower():
+                    raise ConfigurationError(
+                        f"{self.url}: {host}:{port} is not a Redis Sentinel (it does not know the SENTINEL command): "
+                        "list the sentinels' ports (26379 by default), not the master's"
+                    ) from None
                 if "no such master" in str(exc).lower():
                     raise ConfigurationError(
                         f"{self.url}: the sentinel at {host}:{port} monitors no master named {self.service!r}"
@@ -276,18 +284,6 @@ class SentinelDriver(RedisDriver):
         return False
 
     # ------------------------------------------------------------ synchronous replicas
-    async def _run_write(
-        self, table: str, id: str, op: str, expect: str, topic: str, value: bytes, extra: tuple[str, ...] = ()
-    ) -> tuple[int, str | None, bytes]:
-        if not self.min_replicas:
-            return await super()._run_write(table, id, op, expect, topic, value, extra)
-        script = self._write
-        self._write = _Waiting(self, script)
-        try:
-            return await super()._run_write(table, id, op, expect, topic, value, extra)
-        finally:
-            self._write = script
-
     async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
         if not self.min_replicas:
             return await super().put_many(writes)
