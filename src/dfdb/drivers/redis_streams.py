@@ -57,6 +57,7 @@ class RedisSource(ReaderTaskSource):
         self._ids = dict.fromkeys(streams, position)
         self._epoch = access.epoch
         self._grown = asyncio.Event()
+        self._leases = True  # whether the last round saw leases on the server (reaped when so)
 
     @property
     def identity(self) -> str:
@@ -80,10 +81,12 @@ class RedisSource(ReaderTaskSource):
         access = self._access
         client = access.client()
         streams, asked = builtins.list(self._streams), dict(self._ids)  # add_topics may grow them meanwhile
-        await access.reap_due()  # every watcher reaps the leases that are due
+        if self._leases:  # every watcher reaps the leases that are due
+            await access.reap_due()
         pipe = client.pipeline(transaction=False)
         pipe.get(access.key("epoch"))
         pipe.get(access.key("rev"))
+        pipe.zcard(access.key("leases"))
         if streams:
             pipe.xread({s: f"{i}-0" for s, i in asked.items()}, count=_READ_COUNT, block=int(access.block * 1000))
             pipe.hmget(access.key("trim"), streams)
@@ -97,7 +100,8 @@ class RedisSource(ReaderTaskSource):
             with anyio.move_on_after(access.block):  # until add_topics gives it a topic
                 await self._grown.wait()
             replies += [None, []]
-        raw_epoch, raw_rev, data = replies[0], replies[1], replies[2]
+        raw_epoch, raw_rev, leases, data = replies[0], replies[1], replies[2], replies[3]
+        self._leases = bool(leases)
         epoch = raw_epoch.decode() if raw_epoch else ""
         counter = int(raw_rev or 0)
         if epoch and epoch != self._epoch and await access.continues(self._epoch, epoch, self._read_position):
@@ -107,7 +111,7 @@ class RedisSource(ReaderTaskSource):
             # another dataset, one that came back without its data, or a counter that went back
             fresh, now = await access.new_dataset(epoch, self._epoch)
             return self._resync(now, fresh)
-        for stream, trimmed in zip(streams, replies[3], strict=True):
+        for stream, trimmed in zip(streams, replies[4], strict=True):
             if trimmed is not None and int(trimmed if trimmed.isdigit() else 0) > asked[stream]:
                 log.debug("redis stream %s was trimmed past %d; resync", stream, asked[stream])
                 return self._resync(counter, epoch)
