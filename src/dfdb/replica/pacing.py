@@ -87,7 +87,8 @@ class RelistLimiter:
 
     def _gate(self) -> anyio.Semaphore:
         """This event loop's bound on the relists running at once (``burst``)."""
-        loop = anyio.lowlevel.current_token().native_token
+        token = anyio.lowlevel.current_token()
+        loop = getattr(token, "native_token", token)  # anyio before 4.5: the token is the loop itself
         size, gate = self._gates.get(loop, (0, None))
         if gate is None or size != int(self.burst):  # a new burst applies to the relists to come
             gate = anyio.Semaphore(int(self.burst))
