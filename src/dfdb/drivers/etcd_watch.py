@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import gc
 import logging
 from collections import deque
 from collections.abc import Collection
@@ -442,13 +443,48 @@ class EtcdSource(ReaderTaskSource):
     async def _release(self) -> None:
         writer, self._writer = self._writer, None
         self._outbox.clear()
+        call = self._call
         try:
             await self._drop_stream(failover=False)
             if writer is not None:
                 writer.cancel()
                 await asyncio.wait({writer})
+            if call is not None:
+                await _finished(call, self._access.timeout)
         finally:
             await self._conn.close()
+
+
+async def _finished(call: Any, within: float) -> None:
+    """Wait, shielded and at most ``within`` seconds, for the tasks gRPC runs for the
+    cancelled ``call``: its set-up, and the task that waits for the call's final status,
+    which ends a moment after the cancellation (once gRPC's completion queue says so).
+    Then nothing of a closed source is left running. gRPC gives no public way to await
+    them: the set-up is the call's ``_initializer``, the status task is found among the
+    running tasks by the call it refers to (none found: nothing to wait for)."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(within):
+        initializer = getattr(call, "_initializer", None)
+        if isinstance(initializer, asyncio.Task) and not initializer.done():
+            await asyncio.wait({initializer})
+        tasks = _status_tasks(getattr(call, "_cython_call", None))
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+def _status_tasks(core: object) -> set[asyncio.Task[Any]]:
+    """The running tasks of gRPC that wait for the final status of the call ``core``."""
+    found: set[asyncio.Task[Any]] = set()
+    if core is None:
+        return found
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        if task.done() or "_AioCall." not in getattr(coro, "__qualname__", ""):
+            continue
+        for ref in gc.get_referents(coro):  # the coroutine's closure holds the call
+            if ref is core or any(inner is core for inner in gc.get_referents(ref)):
+                found.add(task)
+                break
+    return found
 
 
 _BATCH_REVISIONS = 1000
