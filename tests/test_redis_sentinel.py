@@ -240,6 +240,16 @@ async def test_a_stream_the_new_master_holds_continues(setup: SentinelSetup) -> 
         async with nb.watch(Item, since=f"{parse_cursor(held)[0]}@{old_cursor}") as stream:
             async with asyncio.timeout(20):
                 assert [(await anext(stream)).id for _ in range(2)] == ["k0", "u0"]
+        # the same through a wrapping driver (the tests' fault injector): it asks the one it wraps
+        wrapped = "faulty://" + url.split("://", 1)[1] + "&inner=redis%2Bsentinel"
+        async with (
+            dfdb.connect(wrapped, timeout=20) as through,
+            through.watch(Item, since=f"{parse_cursor(held)[0]}@{old_cursor}") as stream,
+        ):
+            for action, id in [(dfdb.Action.UPDATE, "k0"), (dfdb.Action.CREATE, "u0")]:  # no RESYNC first
+                async with asyncio.timeout(20):
+                    event = await anext(stream)
+                assert (event.action, event.id) == (action, id)
         assert ws[1].stream is not None
         await ws[1].stream.reopen()
         await nb.create(Item(id="u1", topic="u"))

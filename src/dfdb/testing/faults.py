@@ -99,6 +99,9 @@ class FaultyDriver(Driver):
     async def identity(self) -> str:
         return await self.inner.identity()
 
+    async def continues(self, identity: str, revision: int) -> bool:
+        return await self.inner.continues(identity, revision)
+
     async def get(self, table: str, id: str) -> Entry | None:
         return await self.inner.get(table, id)
 
