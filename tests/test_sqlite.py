@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 import dfdb
-from dfdb.drivers.base import ABSENT, Entry, PutRequest
+from dfdb.drivers.base import ABSENT, ANY, Entry, PutRequest
 from dfdb.drivers.sqlite import SqliteDriver
 from dfdb.testing.faults import FaultyDriver
 from dfdb.url import DatabaseURL
@@ -585,3 +585,44 @@ async def test_hostile_rows_in_a_checked_scope_are_contained(db_url: str, damage
                 while replica.stats().checks < 5:  # the periodic checks go on
                     await asyncio.sleep(0.05)
             assert replica.stats().repaired == 0 and len(replica) == 5
+
+
+async def test_a_batch_does_what_the_same_puts_one_by_one_do(tmp_path: Path) -> None:
+    """``put_many`` reads and writes in bulk: outcomes, revisions, entries and change log
+    are those of the same puts applied one after another (a key twice in one batch sees
+    its first write; refused writes take no revision)."""
+    batch = [
+        PutRequest("t", "new", "p", b"1", ABSENT),
+        PutRequest("t", "old", "p", b"2", ABSENT),  # exists: AlreadyExistsError
+        PutRequest("t", "new", "p", b"3", ANY),  # the batch's own first write, updated
+        PutRequest("t", "new", "p", b"4", ABSENT),  # exists by now
+        PutRequest("t", "old", "q", b"5", ANY),  # another topic: ValueError
+        PutRequest("u", "old", None, b"6", ABSENT),  # another table, same id
+        PutRequest("t", "\udcff", None, b"7", ABSENT),  # not UTF-8: fails alone
+        PutRequest("t", "gone", "p", b"8", 1),  # absent: NotFoundError
+        PutRequest("t", "old", "p", b"9", 1),  # stale revision: ConflictError
+    ]
+    logs, results = [], []
+    for name in ("one-by-one", "batch"):
+        async with SqliteDriver(DatabaseURL.parse(f"sqlite:///{tmp_path}/{name}.db")) as driver:
+            first = await driver.put("t", "old", "p", b"0", ABSENT)
+            await driver.put("t", "old", "p", b"0", first)
+            if name == "batch":
+                outcomes = await driver.put_many(batch)
+            else:
+                outcomes = []
+                for w in batch:
+                    try:
+                        outcomes.append(await driver.put(w.table, w.id, w.topic, w.value, w.expect))
+                    except (dfdb.DfdbError, ValueError) as exc:
+                        outcomes.append(exc)
+            results.append([o if isinstance(o, int) else type(o) for o in outcomes])
+            changes = await driver.changes_after(0, {"t", "u"}, None)
+            listing = {**{e.id: e for e in (await driver.list("t")).entries}, "u": (await driver.list("u")).entries}
+            logs.append(([(e.action, e.table, e.id, e.value, e.revision) for e in changes.events], listing))
+    assert results[0] == results[1] == [
+        3, dfdb.AlreadyExistsError, 4, dfdb.AlreadyExistsError, ValueError, 5, ValueError, dfdb.NotFoundError,
+        dfdb.ConflictError,
+    ]  # fmt: skip
+    assert logs[0] == logs[1]
+    assert logs[1][0][2] == ("create", "t", "new", b"1", 3)

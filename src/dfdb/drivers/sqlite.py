@@ -54,6 +54,7 @@ from dfdb.drivers.base import (
     RawEvent,
 )
 from dfdb.drivers.polling import ChangeBatch, ChangeLogPoller
+from dfdb.drivers.sqlite_batch import put_batch
 from dfdb.drivers.sqlite_digest import SqliteDigest, entries_of, entry_of
 from dfdb.drivers.sqlite_leases import LEASE_SCHEMA, SqliteLeases, check_expectation
 from dfdb.errors import (
@@ -299,7 +300,7 @@ class SqliteDriver(SqliteDigest, SqliteLeases, Driver):
     async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
         """The writes in one transaction, in one trip to the SQLite thread; a write whose
         expectation fails is reported in its place and the others go on."""
-        results: builtins.list[int | Exception | None] = [None] * len(writes)
+        results: builtins.list[Exception | None] = [None] * len(writes)
         for i, w in enumerate(writes):
             try:
                 self._check_size(w.table, w.id, w.value)
@@ -307,16 +308,12 @@ class SqliteDriver(SqliteDigest, SqliteLeases, Driver):
                 results[i] = exc
 
         def write_all(db: sqlite3.Connection, call: _Call) -> builtins.list[int | Exception]:
-            done: builtins.list[int | Exception] = []
             with _transaction(db, call):
-                for w, refused in zip(writes, results, strict=True):
-                    if refused is not None:
-                        done.append(refused)
-                        continue
-                    try:
-                        done.append(self._apply(db, w.table, w.id, w.topic, w.value, w.expect).revision)
-                    except (DfdbError, ValueError) as exc:  # AlreadyExistsError, ConflictError, a topic …
-                        done.append(exc)
+                done, applied = put_batch(db, writes, results)
+                if applied:
+                    before, self._writes = self._writes, self._writes + applied
+                    if before // _TRIM_EVERY != self._writes // _TRIM_EVERY:
+                        self._trim(db, max(r for r in done if isinstance(r, int)))
             return done
 
         outcomes = await self._trip(write_all)
