@@ -271,3 +271,43 @@ async def test_a_user_without_time_watches_and_writes_but_cannot_hold_leases(
     finally:
         await admin.acl_deluser(user)
         await admin.aclose()
+
+
+@pytest.mark.parametrize("commands", [["+@read", "+@connection"], ["+@all", "-@write"]], ids=["read", "all-but-write"])
+async def test_a_user_who_may_only_read_lists_watches_and_keeps_a_replica(
+    tls_redis: RedisServer, commands: list[str]
+) -> None:
+    """An ACL with no write command (and, in the strict form, no scripts): the user opens dfdb
+    even before any writer made the dataset, lists, gets, watches and keeps a checked Replica;
+    its writes are refused with one AuthenticationError naming the command."""
+    ns = f"ro-{len(commands[0])}"
+    assert tls_redis.ca is not None
+    admin = aioredis.Redis(host="127.0.0.1", port=tls_redis.port, ssl=True, ssl_ca_certs=str(tls_redis.ca.ca_file))
+    try:
+        for user, allowed in ((f"{ns}-r", commands), (f"{ns}-w", ["+@all"])):
+            await admin.acl_setuser(user, enabled=True, passwords=[f"+{SECRET}"], keys=[f"{ns}/*"],
+                                    channels=[f"{ns}/*"], commands=allowed)  # fmt: skip
+        async with dfdb.connect(_url(tls_redis, user=f"{ns}-r", ns=ns), timeout=5) as reader:
+            listing = await reader.list(LogicalSwitch)
+            assert listing.items == []
+            async with (
+                reader.watch(LogicalSwitch, since=listing.cursor) as stream,
+                dfdb.Replica(reader, [LogicalSwitch]) as replica,
+                dfdb.connect(_url(tls_redis, user=f"{ns}-w", ns=ns)) as writer,
+            ):
+                await asyncio.wait_for(replica.wait_synced(), 10)
+                s1 = await writer.create(LogicalSwitch(id="s1", topic="t", name="one"))
+                event = await asyncio.wait_for(anext(stream), 10)
+                assert (event.action, event.obj) == (dfdb.Action.CREATE, s1)  # the first epoch continues: no RESYNC
+                await asyncio.wait_for(replica.wait_for(event.revision), 10)
+                assert replica.get(LogicalSwitch, "s1") == s1 == await reader.get(LogicalSwitch, "s1")
+                assert (await reader.list(LogicalSwitch)).items == [s1]
+                report = await replica.check()
+                assert report.complete and report.buckets and not report.differing
+            with pytest.raises(dfdb.AuthenticationError, match=r"not allowed: .*('evalsha'|'INCR )") as info:
+                await reader.create(LogicalSwitch(id="s2"))
+            assert SECRET not in str(info.value)
+            assert "s2" not in {s.id for s in (await reader.list(LogicalSwitch)).items}
+    finally:
+        await admin.acl_deluser(f"{ns}-r", f"{ns}-w")
+        await admin.aclose()

@@ -174,7 +174,13 @@ class NbApi:
             )
 
     # ----------------------------------------------------------------- retries
-    async def _retry(self, call: Callable[[], Awaitable[T]], what: str, table: str = "") -> T:
+    async def _retry(
+        self, call: Callable[[], Awaitable[T]], what: str, table: str = "",
+        give_up: Callable[[BaseException], DfdbError] | None = None,
+    ) -> T:  # fmt: skip
+        """``call()`` retried with backoff on connection failures and timeouts until the
+        NbApi's timeout; then ``give_up(last error)`` is raised (``BackendUnavailableError``
+        by default). ``OutcomeUnknownError`` and cancellation are never retried."""
         deadline = anyio.current_time() + self.timeout
         attempt = 0
         while True:
@@ -191,7 +197,7 @@ class NbApi:
                 delay = self.backoff.delay(attempt)
                 attempt += 1
                 if anyio.current_time() + delay >= deadline:
-                    raise self._unavailable(what, exc) from exc
+                    raise (give_up(exc) if give_up else self._unavailable(what, exc)) from exc
                 await self._pause(what, table, exc, attempt, delay)
 
     async def _pause(self, what: str, table: str, exc: BaseException, attempt: int, delay: float) -> None:

@@ -5,19 +5,16 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-import anyio
-
 from dfdb.codec import still_expected, write_id
 from dfdb.drivers.base import Expect, Guard
 from dfdb.errors import (
     AlreadyExistsError,
-    BackendTimeoutError,
-    BackendUnavailableError,
     ConflictError,
+    DfdbError,
     LockedError,
     OutcomeUnknownError,
 )
-from dfdb.retry import checkpoint_if_cancelled, run_to_completion
+from dfdb.retry import run_to_completion
 
 if TYPE_CHECKING:
     from dfdb.nb import NbApi
@@ -51,48 +48,39 @@ async def write(
             return driver.put_bound(table, id, topic, value, expect, lease, guard)
         return driver.put(table, id, topic, value, expect)
 
+    def give_up(exc: BaseException) -> DfdbError:
+        if not sent:  # no attempt can have landed
+            return LockedError(f"write of {table}/{id} was not applied: {nb._reason(exc)}")
+        return OutcomeUnknownError(
+            f"{nb.url}: write of {table}/{id} failed and its outcome is unknown: {nb._reason(exc)}"
+        )
+
+    async def attempt() -> int:
+        nonlocal sent
+        if sent:
+            current = await driver.get(table, id)
+            if current is not None and write_id(current.value) == wid:
+                return current.revision
+            if not still_expected(current, expect):
+                raise OutcomeUnknownError(
+                    f"{nb.url}: the reply to a write of {table}/{id} was lost and the object "
+                    "has changed since; the write may or may not have taken effect"
+                )
+        retried, sent = sent, True
+        try:
+            # sent: let it finish, so it never lands after a cancelled caller returned
+            return await run_to_completion(put)
+        except LockedError:
+            sent = retried  # this attempt wrote nothing
+            raise
+        except (ConflictError, AlreadyExistsError):
+            if not retried:
+                raise
+            # the earlier attempt may have landed after the check above
+            current = await driver.get(table, id)
+            if current is None or write_id(current.value) != wid:
+                raise
+            return current.revision
+
     with nb._counters.writing(table):
-        deadline = anyio.current_time() + nb.timeout
-        attempt = 0
-        while True:
-            try:
-                with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
-                    if sent:
-                        current = await driver.get(table, id)
-                        if current is not None and write_id(current.value) == wid:
-                            return current.revision
-                        if not still_expected(current, expect):
-                            raise OutcomeUnknownError(
-                                f"{nb.url}: the reply to a write of {table}/{id} was lost and the object "
-                                "has changed since; the write may or may not have taken effect"
-                            )
-                    retried, sent = sent, True
-                    try:
-                        # sent: let it finish, so it never lands after a cancelled caller returned
-                        revision = await run_to_completion(put)
-                    except LockedError:
-                        sent = retried  # this attempt wrote nothing
-                        raise
-                    except (ConflictError, AlreadyExistsError):
-                        if not retried:
-                            raise
-                        # the earlier attempt may have landed after the check above
-                        current = await driver.get(table, id)
-                        if current is None or write_id(current.value) != wid:
-                            raise
-                        revision = current.revision
-                await checkpoint_if_cancelled()
-                return revision
-            except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
-                await checkpoint_if_cancelled()
-                if isinstance(exc, OutcomeUnknownError):
-                    raise
-                delay = nb.backoff.delay(attempt)
-                attempt += 1
-                if anyio.current_time() + delay >= deadline:
-                    if not sent:  # no attempt can have landed
-                        raise LockedError(f"write of {table}/{id} was not applied: {nb._reason(exc)}") from exc
-                    raise OutcomeUnknownError(
-                        f"{nb.url}: write of {table}/{id} failed and its outcome is unknown: {nb._reason(exc)}"
-                    ) from exc
-                await nb._pause(f"write of {table}/{id}", table, exc, attempt, delay)
+        return await nb._retry(attempt, f"write of {table}/{id}", table, give_up)

@@ -34,7 +34,7 @@ import builtins
 import contextlib
 import logging
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -55,8 +55,8 @@ from dfdb.drivers.base import (
 from dfdb.drivers.redis_digest import RedisDigest
 from dfdb.drivers.redis_leases import RedisLeases
 from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE
-from dfdb.drivers.redis_streams import RedisSource
-from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection
+from dfdb.drivers.redis_streams import NO_EPOCH, RedisSource
+from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection, refused_by_acl
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import (
     AlreadyExistsError,
@@ -112,6 +112,7 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         self._new_epoch: Any = None
         self._compact: Any = None
         self._list_round: Any = None
+        self._plain_reads = False  # the user may not run scripts: lists by plain commands
         self.epoch = ""
 
     def _client_kwargs(self, url: DatabaseURL) -> dict[str, Any]:
@@ -253,20 +254,31 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         return self._client
 
     async def refresh_epoch(self, stale: str | None = None) -> str:
-        """Read the dataset's epoch, creating one when absent (or replacing ``stale``)."""
+        """Read the dataset's epoch, creating one when absent (or replacing ``stale``).
+
+        A user who may only read follows the epoch that writers make: the one on the
+        server, or :data:`NO_EPOCH` while there is none."""
         client = self._open_client()
         key = self._key("epoch")
+        fresh = f"redis-{uuid.uuid4().hex[:16]}"
         try:
-            if stale is None:
-                await client.set(key, f"redis-{uuid.uuid4().hex[:16]}", nx=True)
-                raw = await client.get(key)
-            else:
-                raw = await self._new_epoch(keys=[key], args=[stale, f"redis-{uuid.uuid4().hex[:16]}"])
+            raw = await client.get(key) if stale is None else None
+            if raw is None:
+                try:
+                    if stale is None:
+                        await client.set(key, fresh, nx=True)
+                        raw = await client.get(key)
+                    else:
+                        raw = await self._new_epoch(keys=[key], args=[stale, fresh])
+                except rexc.ResponseError as exc:
+                    if not refused_by_acl(exc):
+                        raise
+                    raw = await client.get(key)
         except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         except rexc.RedisError as exc:
             raise DriverError(f"{self.url}: {exc}") from None
-        self.epoch = raw.decode() if isinstance(raw, bytes) else str(raw)
+        self.epoch = NO_EPOCH if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
         return self.epoch
 
     # ------------------------------------------------------------ contract
@@ -282,7 +294,8 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
             except CONNECTION_ERRORS as exc:
                 raise _unavailable(self.url, exc) from None
         if raw is None:
-            await self.refresh_epoch(stale="")
+            if self.epoch != NO_EPOCH:  # one that may only read cannot make one
+                await self.refresh_epoch(stale="")
         else:
             self.epoch = raw.decode()
 
@@ -407,19 +420,17 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         index = self._key("i", table) if topic is None else self._key("i", table, "t", topic)
         entries: builtins.list[Entry] = []
         try:
-            raw_epoch, raw_rev = (
-                await client.pipeline(transaction=True).get(self._key("epoch")).get(self._key("rev")).execute()
-            )
+            raw_epoch, raw_rev = await client.mget([self._key("epoch"), self._key("rev")])  # one atomic read
             revision = int(raw_rev or 0)
-            if raw_epoch is None or raw_epoch.decode() != self.epoch:
+            if (raw_epoch.decode() if raw_epoch else NO_EPOCH) != self.epoch:
                 await self._adopt_epoch(raw_epoch, read=False)
                 if raw_epoch is None:
                     revision = 0
             cursor: bytes | int = 0
             entry_prefix = self._key("e", table, "")
             while True:  # one round trip per round: SSCAN and the entries it names, in one script
-                cursor, packed = await self._list_round(keys=[index], args=[cursor, _SCAN_BATCH, entry_prefix])
-                for id, row in lua.unpack_round(packed):
+                cursor, rows = await self._listing_round(index, cursor, entry_prefix)
+                for id, row in rows:
                     try:
                         if row[0] == b"!":
                             raise CorruptObjectError(table, id, f"not a dfdb entry ({(row[2] or b'').decode()})")
@@ -434,6 +445,24 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         return Listing(entries, revision, self.epoch)
+
+    async def _listing_round(
+        self, index: str, cursor: bytes | int, entry_prefix: str
+    ) -> tuple[bytes | int, Iterable[tuple[str, builtins.list[bytes | None]]]]:
+        """One round of a listing: the next SSCAN cursor and the (id, [r, t, v]) it names. One
+        script call; for a user whose ACL refuses scripts, SSCAN then one pipeline of HMGET."""
+        if not self._plain_reads:
+            try:
+                cursor, packed = await self._list_round(keys=[index], args=[cursor, _SCAN_BATCH, entry_prefix])
+                return cursor, lua.unpack_round(packed)
+            except rexc.NoPermissionError:
+                self._plain_reads = True
+        cursor, ids = await self._open_client().sscan(index, cursor, count=_SCAN_BATCH)
+        pipe = self._open_client().pipeline(transaction=False)
+        for raw_id in ids:
+            pipe.hmget(entry_prefix.encode() + raw_id, "r", "t", "v")
+        replies = await pipe.execute(raise_on_error=False)
+        return cursor, [lua.plain_row(raw_id, reply) for raw_id, reply in zip(ids, replies, strict=True)]
 
     async def watch(
         self,

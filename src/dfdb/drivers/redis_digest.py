@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rexc
 
+from dfdb.drivers.base import Driver
 from dfdb.drivers.digest import MOD, Digest, KeyListing
 from dfdb.drivers.redis_tls import CONNECTION_ERRORS
 from dfdb.drivers.redis_tls import connection_error as _unavailable
@@ -26,6 +27,10 @@ log = logging.getLogger("dfdb.drivers.redis")
 _DIGEST_SLICE = 5000
 
 
+class _ScriptsRefused(Exception):
+    """The user's ACL refuses the digest script."""
+
+
 class RedisDigest:
     """:meth:`Driver.digest` and :meth:`Driver.digest_keys` for :class:`RedisDriver`."""
 
@@ -33,7 +38,10 @@ class RedisDigest:
         """Computed by a Lua script over the scope's index sets, a slice at a time: no key or
         value leaves the server."""
         sums: dict[int, tuple[int, int]] = {}
-        revision, size, trips = await self._run_digest(table, topics, buckets, "", 1, sums.__setitem__, sums.get)
+        try:
+            revision, size, trips = await self._run_digest(table, topics, buckets, "", 1, sums.__setitem__, sums.get)
+        except _ScriptsRefused:  # a user who may not run scripts: from a listing
+            return await Driver.digest(self, table, topics, buckets)  # type: ignore[arg-type]
         return Digest(sums, revision, bytes_read=size, round_trips=trips)
 
     async def digest_keys(
@@ -41,7 +49,12 @@ class RedisDigest:
     ) -> KeyListing:
         keys: dict[str, int] = {}
         chosen = "," + ",".join(str(b) for b in sorted(wanted)) + ","
-        revision, size, trips = await self._run_digest(table, topics, buckets, chosen, 2, keys.__setitem__, keys.get)
+        try:
+            revision, size, trips = await self._run_digest(
+                table, topics, buckets, chosen, 2, keys.__setitem__, keys.get
+            )
+        except _ScriptsRefused:
+            return await Driver.digest_keys(self, table, topics, buckets, wanted)  # type: ignore[arg-type]
         return KeyListing(keys, revision, bytes_read=size, round_trips=trips)
 
     async def _run_digest(
@@ -53,6 +66,8 @@ class RedisDigest:
         after the last slice, the bytes received and the calls made."""
         driver: RedisDriver = self  # type: ignore[assignment]
         driver._open_client()
+        if driver._plain_reads:
+            raise _ScriptsRefused
         sets = [""] if topics is None else sorted("/n" if t is None else f"/t/{t}" for t in topics)
         revision = size = trips = 0
         for suffix in sets:
@@ -63,6 +78,9 @@ class RedisDigest:
                         keys=[driver._key("epoch"), driver._key("rev")],
                         args=[driver.prefix, table, buckets, wanted, suffix, cursor, _DIGEST_SLICE],
                     )
+                except rexc.NoPermissionError:
+                    driver._plain_reads = True
+                    raise _ScriptsRefused from None
                 except CONNECTION_ERRORS as exc:
                     raise _unavailable(driver.url, exc) from None
                 except rexc.ResponseError as exc:

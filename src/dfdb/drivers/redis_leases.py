@@ -25,7 +25,7 @@ from redis import exceptions as rexc
 
 from dfdb.drivers.base import ABSENT, ANY, Entry, Expect, Guard
 from dfdb.drivers.redis_scripts import LEASE
-from dfdb.drivers.redis_tls import connection_error
+from dfdb.drivers.redis_tls import CONNECTION_ERRORS, connection_error
 from dfdb.errors import AuthenticationError, DriverError, LeaseLostError
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisLeases"]
 
-_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 log = logging.getLogger(__name__)
 
 _REAP_EVERY = 0.25
@@ -62,10 +61,10 @@ class RedisLeases:
             self._lease_script = (client, client.register_script(LEASE))
         try:
             reply = await self._lease_script[1](args=[self.prefix, op, lease, arg, self.maxlen, str(token)])
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise connection_error(self.url, exc) from None
         except rexc.RedisError as exc:
-            if isinstance(exc, rexc.NoPermissionError) or "can't run this command" in str(exc):
+            if "can't run this command" in str(exc):  # TIME refused inside the script
                 raise AuthenticationError(f"{self.url}: not allowed: {exc} (leases need +time)") from None
             raise DriverError(f"{self.url}: {exc}") from None
         if reply[0] == b"LOST":

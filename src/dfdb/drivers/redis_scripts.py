@@ -20,6 +20,7 @@ __all__ = [
     "entry_of",
     "expect_arg",
     "glob_escape",
+    "plain_row",
     "unpack_round",
 ]
 
@@ -291,11 +292,20 @@ def unpack_round(packed: bytes) -> Iterator[tuple[str, list[bytes | None]]]:
             else:
                 fields.append(packed[offset : offset + size])
                 offset += size
-        try:
-            id = raw_id.decode()
-        except UnicodeDecodeError:  # another program's key: no dfdb id, reported as not an entry
-            id, fields = raw_id.decode(errors="backslashreplace"), [b"!", None, b"its id is not UTF-8"]
-        yield id, fields
+        yield _row(raw_id, fields)
+
+
+def plain_row(raw_id: bytes, reply: list[bytes | None] | Exception) -> tuple[str, list[bytes | None]]:
+    """The (id, [r, t, v]) of an ``HMGET`` reply, as :func:`unpack_round` gives it (an
+    error, such as that of a key that is not a hash, comes as r ``!`` and v its text)."""
+    return _row(raw_id, [b"!", None, str(reply).encode()] if isinstance(reply, Exception) else reply)
+
+
+def _row(raw_id: bytes, fields: list[bytes | None]) -> tuple[str, list[bytes | None]]:
+    try:
+        return raw_id.decode(), fields
+    except UnicodeDecodeError:  # another program's key: no dfdb id, reported as not an entry
+        return raw_id.decode(errors="backslashreplace"), [b"!", None, b"its id is not UTF-8"]
 
 
 def expect_arg(expect: Expect) -> str:

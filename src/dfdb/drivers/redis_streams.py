@@ -23,9 +23,13 @@ from dfdb.errors import BackendUnavailableError
 if TYPE_CHECKING:
     from dfdb.drivers.redis import _SourceAccess
 
-__all__ = ["RedisSource"]
+__all__ = ["NO_EPOCH", "RedisSource"]
 
 log = logging.getLogger(__name__)
+
+NO_EPOCH = "redis-unset"
+"""The epoch of a dataset that has none yet, as seen by a user who may only read (writers
+make one)."""
 
 _READ_COUNT = 1000
 """Stream entries read per stream and round."""
@@ -71,6 +75,13 @@ class RedisSource(ReaderTaskSource):
         self._epoch = epoch
         return RawEvent.resync(revision, epoch)
 
+    async def _continues(self, epoch: str) -> bool:
+        """Whether the dataset of ``epoch`` holds the history read so far (a first epoch, made by
+        a writer, continues the empty dataset a reader who may not make one was following)."""
+        if self._epoch == NO_EPOCH and not self._read_position:
+            return True
+        return await self._access.continues(self._epoch, epoch, self._read_position)
+
     async def _read_round(self) -> RawEvent | None:
         try:
             return await self._read_streams()
@@ -102,9 +113,9 @@ class RedisSource(ReaderTaskSource):
             replies += [None, []]
         raw_epoch, raw_rev, leases, data = replies[0], replies[1], replies[2], replies[3]
         self._leases = bool(leases)
-        epoch = raw_epoch.decode() if raw_epoch else ""
+        epoch = raw_epoch.decode() if raw_epoch else NO_EPOCH if self._epoch == NO_EPOCH else ""
         counter = int(raw_rev or 0)
-        if epoch and epoch != self._epoch and await access.continues(self._epoch, epoch, self._read_position):
+        if epoch and epoch != self._epoch and await self._continues(epoch):
             log.debug("redis epoch %s continues %s past %d", epoch, self._epoch, self._read_position)
             self._epoch = epoch  # a new master term that holds everything read so far
         if epoch != self._epoch or counter < self._read_position:

@@ -12,7 +12,7 @@ from dfdb.errors import AuthenticationError, BackendUnavailableError, DriverErro
 from dfdb.tls import describe_tls_failure, tls_failure
 from dfdb.url import DatabaseURL
 
-__all__ = ["CONNECTION_ERRORS", "TlsConnection", "connection_error"]
+__all__ = ["CONNECTION_ERRORS", "TlsConnection", "connection_error", "refused_by_acl"]
 
 _HANDSHAKE_WAIT = 3.0
 """Seconds at most for a TLS handshake (a plain Redis never answers one; a server that
@@ -69,11 +69,18 @@ def connection_error(url: DatabaseURL, exc: BaseException) -> DriverError:
         reason = str(exc) if url.password else "the server requires a password and the URL gives none"
         return AuthenticationError(f"{url}: authentication failed: {reason}")
     if isinstance(exc, rexc.NoPermissionError):
-        return AuthenticationError(f"{url}: not allowed: {exc} (check the user's ACL: keys and channels of the prefix)")
+        hint = "check the user's ACL: keys, channels and commands of the prefix"
+        return AuthenticationError(f"{url}: not allowed: {exc} ({hint})")
     failure = tls_failure(exc)
     if failure is not None:  # a certificate is not going to change between retries
         return AuthenticationError(f"{url}: {describe_tls_failure(failure)}")
     return BackendUnavailableError(f"{url}: {type(exc).__name__}: {exc}")
+
+
+def refused_by_acl(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server refusing the user a command by its ACL (sent directly,
+    or called by a script)."""
+    return isinstance(exc, rexc.NoPermissionError) or "can't run this command" in str(exc)
 
 
 CONNECTION_ERRORS = (
