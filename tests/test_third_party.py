@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Collection
 from pathlib import Path
 
+import pytest
+
 import dfdb
+from dfdb.drivers import register_driver
+from dfdb.drivers.base import EventSource, RawEvent
+from dfdb.drivers.memory import MemoryDriver
+from dfdb.testing.conformance import ConformanceItem
 
 TOY_DRIVER = '''
 from dfdb.drivers.memory import MemoryDriver
@@ -79,3 +88,67 @@ def test_conformance_suite_runs_in_a_third_party_project_in_strict_mode(tmp_path
     assert "PASSED tests/test_conformance.py::test_resume_from_stream_cursor[toy-asyncio]" in passed, output
     assert "PASSED tests/test_own.py::test_own_async_test_uses_the_nb_fixture[toy]" in passed, output
     assert len(passed) == 12, output  # 3 conformance tests, 8 bad ids, and the project's own
+
+
+class _CreateAfterItsUpdate(EventSource):
+    """A change source out of order: a create comes after the next change of its key."""
+
+    def __init__(self, inner: EventSource) -> None:
+        self._inner = inner
+        self._held: list[RawEvent] = []
+
+    async def __anext__(self) -> RawEvent:
+        if self._held:
+            return self._held.pop()
+        event = await self._inner.__anext__()
+        if event.action == "create":
+            following = await self._inner.__anext__()
+            if (following.table, following.id) == (event.table, event.id):
+                event, following = following, event
+            self._held.append(following)
+        return event
+
+    @property
+    def position(self) -> int:
+        return self._inner.position
+
+    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
+        await self._inner.add_topics(topics, since)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class MisorderingDriver(MemoryDriver):
+    """A third-party driver whose change stream delivers a key's create after its update."""
+
+    async def watch(
+        self, tables: Collection[str], topics: Collection[str | None] | None = None, since: int | None = None
+    ) -> EventSource:
+        return _CreateAfterItsUpdate(await super().watch(tables, topics, since))
+
+
+register_driver("misordering", MisorderingDriver)
+
+
+async def test_a_change_older_than_one_delivered_for_its_key_resyncs_its_table_and_topic(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with dfdb.connect("misordering://out-of-order") as nb, nb.watch(ConformanceItem) as stream:
+        created = await nb.create(ConformanceItem(id="a", topic="t1", n=1))
+        updated = await nb.update(created.model_copy(update={"n": 2}))
+        other = await nb.create(ConformanceItem(id="b", topic="t2", n=3))
+        await nb.update(other.model_copy(update={"n": 4}))
+        with caplog.at_level(logging.WARNING, logger="dfdb.events"):
+            got = [await asyncio.wait_for(anext(stream), 5) for _ in range(4)]
+    assert [(ev.action, ev.id, ev.topic) for ev in got] == [
+        (dfdb.Action.UPDATE, "a", "t1"),
+        (dfdb.Action.RESYNC, "", "t1"),  # in place of a's create
+        (dfdb.Action.UPDATE, "b", "t2"),
+        (dfdb.Action.RESYNC, "", "t2"),
+    ]
+    assert (got[1].revision, got[3].revision) == (got[0].revision - 1, got[2].revision - 1)  # the creates'
+    assert got[0].obj == updated
+    assert got[1].model is ConformanceItem and got[1].obj is None
+    assert (stream.out_of_order, stream.resyncs, stream.duplicates) == (2, 2, 0)
+    assert "'a' at revision" in caplog.text and "out of order" in caplog.text

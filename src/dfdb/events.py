@@ -205,11 +205,13 @@ class ChangeStream:
     Use it with ``async with``: it is subscribed when entered, and every change
     committed after that arrives. Duplicates (same key, same revision) are dropped;
     a stored value that fails validation is logged with its table and key and
-    skipped. ``cursor`` is the position after the last event yielded; pass it to
-    ``watch(since=…)`` to resume. On a driver that does not deliver a whole stream in
-    revision order (etcd with several topics) the cursor is the highest position
-    below which every change was yielded, so a resumed stream may repeat a few events
-    (a Replica drops them by revision).
+    skipped. A change older than one yielded already for its key (a driver out of
+    order) is not yielded: it is logged and counted (:attr:`out_of_order`), and a
+    ``RESYNC`` of its table and topic takes its place. ``cursor`` is the position
+    after the last event yielded; pass it to ``watch(since=…)`` to resume. On a
+    driver that does not deliver a whole stream in revision order (etcd with several
+    topics) the cursor is the highest position below which every change was yielded,
+    so a resumed stream may repeat a few events (a Replica drops them by revision).
 
     Cancelling a read (``asyncio.wait_for(anext(stream), t)``) loses nothing: the
     next read returns what the cancelled one would have. The scope can change while
@@ -245,6 +247,11 @@ class ChangeStream:
         failed validation (a Replica evicts that key)."""
         self.duplicates = 0
         """How many duplicate events were dropped."""
+        self.out_of_order = 0
+        """How many changes came older than one yielded already for their key (each was
+        answered with a ``RESYNC`` of its table and topic)."""
+        self._yielded = 0  # the highest revision of a change yielded
+        self._replayed = 0  # a reopened subscription may read changes up to here again
         self.resyncs = 0
         """How many ``RESYNC`` events were yielded."""
         self.on_close: Callable[[ChangeStream], None] | None = None
@@ -340,6 +347,7 @@ class ChangeStream:
             self._pending_resync = True
             self._position = fresh.position
         self._source = fresh
+        self._replayed = self._yielded  # read again from the cursor: older changes of a key are repeats
         log.debug("change stream reopened from revision %d", position)
         self._retire(old)
         await old.aclose()
@@ -507,9 +515,12 @@ class ChangeStream:
         key = (raw.table or "", raw.id)
         last = self._last.get(key)
         if last is not None and raw.revision <= last:
+            if raw.revision < last and raw.revision > self._replayed:
+                return self._misordered(raw, model, last)
             self.duplicates += 1
             return None
         self._last[key] = raw.revision
+        self._yielded = max(self._yielded, raw.revision)
         self._last.move_to_end(key)
         if len(self._last) > _DEDUP_KEYS:
             self._last.popitem(last=False)
@@ -525,6 +536,23 @@ class ChangeStream:
                         self.on_corrupt(model, raw.id, raw.revision)
                     return None
         return ChangeEvent(Action(raw.action), model, raw.id, raw.topic, raw.revision, obj, self.cursor, raw.expired)
+
+    def _misordered(self, raw: RawEvent, model: type[NbModel], last: int) -> ChangeEvent:
+        """A change older than one yielded for its key: whatever else the driver misordered,
+        the key's table and topic are made whole by a ``RESYNC`` of them."""
+        self.out_of_order += 1
+        log.warning(
+            "change %s/%r at revision %d arrived after its revision %d (the driver is out of order);"
+            " resyncing table %s of topic %r",
+            raw.table,
+            raw.id,
+            raw.revision,
+            last,
+            raw.table,
+            raw.topic,
+        )
+        self.resyncs += 1
+        return ChangeEvent(Action.RESYNC, model, "", raw.topic, raw.revision, None, self.cursor)
 
     def _advance(self, revision: int, source: EventSource) -> None:
         """Move the position to an event's ``revision`` (on an unordered stream, no further
