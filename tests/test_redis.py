@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 import dfdb
@@ -302,3 +303,45 @@ async def test_hostile_keys_in_a_checked_scope_are_contained(
                 assert replica.stats().repaired == 0
     finally:
         await raw.aclose()
+
+
+async def server_clients(url: str, others: int, within: float = 2.0) -> int:
+    """The connections the server holds besides this check's own, once they are at most
+    ``others`` or ``within`` seconds have passed."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url.split("?")[0])
+    try:
+        async with asyncio.timeout(within + 5):
+            deadline = asyncio.get_running_loop().time() + within
+            while True:
+                held = len(await client.client_list()) - 1
+                if held <= others or asyncio.get_running_loop().time() >= deadline:
+                    return held
+                await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("cancelled", ["cancel-scope", "task-cancel"])
+async def test_a_close_that_is_cancelled_still_closes_every_connection(
+    volatile_server: RedisServer, cancelled: str
+) -> None:
+    url = volatile_server.url + "?prefix=cancelled"
+    nb = await dfdb.connect(url)
+    await nb.create(Port(id="p"))
+    async with nb.watch(Port) as stream:  # the reader's connection too
+        await nb.update(Port(id="p", n=1, version=1))
+        assert (await anext(stream)).id == "p"
+    assert await server_clients(url, 2) == 2
+    if cancelled == "cancel-scope":  # an `async with` left by a deadline closes in a cancelled scope
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await nb.aclose()
+    else:
+        closing = asyncio.create_task(nb.aclose())
+        await asyncio.sleep(0)  # the close has begun
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):  # the cancellation is not swallowed
+            await closing
+    assert await server_clients(url, 0) == 0

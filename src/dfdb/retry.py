@@ -17,6 +17,7 @@ __all__ = [
     "Backoff",
     "checkpoint",
     "checkpoint_if_cancelled",
+    "close_to_completion",
     "gather_outcomes",
     "raise_if_cancelling",
     "run_to_completion",
@@ -112,6 +113,17 @@ async def run_to_completion(call: Callable[[], Awaitable[T]]) -> T:
             task.exception()  # retrieved: the outcome is for the caller to read back
         raise asyncio.CancelledError()
     return task.result()
+
+
+async def close_to_completion(close: Callable[[], Awaitable[None]]) -> None:
+    """``await close()`` to its end whatever cancels the caller, before or meanwhile: in a
+    cancelled cancel scope (an ``async with`` left by ``anyio.move_on_after``), where every
+    await would be cancelled again, or in a task cancelled while it closes. A close cut
+    short leaves its connections open. Unlike :func:`run_to_completion` the caller's
+    deadline does not bound it (it has often passed: that is why the block is closing);
+    the close bounds itself. The cancellation is delivered once the close has ended."""
+    with anyio.CancelScope(shield=True):
+        await run_to_completion(close)
 
 
 @dataclass(frozen=True)

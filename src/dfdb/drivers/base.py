@@ -32,6 +32,7 @@ from dfdb.errors import (
     StreamClosedError,
     UnsupportedEventLoopError,
 )
+from dfdb.retry import close_to_completion
 from dfdb.url import DatabaseURL
 
 __all__ = [
@@ -377,6 +378,9 @@ class Driver(LeaseMethods, ABC):
         if self._closed:
             return
         self._closed = True
+        await close_to_completion(self._close_all)  # a cancelled close would leave connections open
+
+    async def _close_all(self) -> None:
         for source in list(self._sources):
             await source.aclose()
         await self._release()

@@ -70,6 +70,7 @@ from dfdb.errors import (
     LeaseLostError,
     NotFoundError,
 )
+from dfdb.retry import close_to_completion
 from dfdb.tls import TLS_OPTIONS, TlsSettings, protocol_mismatch
 from dfdb.url import DatabaseURL, Secret
 
@@ -179,11 +180,11 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
             await self._check_server()
             await self.refresh_epoch()
         except BackendUnavailableError:
-            await self._close_clients()
+            await close_to_completion(self._close_clients)
             await self._refuse_mismatch()
             raise
-        except BaseException:
-            await self._close_clients()
+        except BaseException:  # cut by the caller's deadline, too: close all the same
+            await close_to_completion(self._close_clients)
             raise
         log.debug("connected to %s (epoch %s)", self.url, self.epoch)
 

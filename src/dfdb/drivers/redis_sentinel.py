@@ -51,6 +51,7 @@ from dfdb.drivers.redis import RedisDriver
 from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import AuthenticationError, BackendUnavailableError, ConfigurationError, DriverError, InvalidURL
+from dfdb.retry import close_to_completion
 from dfdb.tls import TLS_OPTIONS, TlsSettings, describe_tls_failure, tls_failure
 from dfdb.url import DatabaseURL, Secret, read_password_file
 
@@ -227,7 +228,7 @@ class SentinelDriver(RedisDriver):
                 hung_up = hung_up or _hung_up(exc)
                 continue
             finally:
-                await client.aclose()
+                await close_to_completion(client.aclose)
         if not reachable and refused is not None:
             raise refused
         if not reachable:
