@@ -151,6 +151,10 @@ class Lease:
             raise self.error
         return self.id
 
+    def _held_until(self) -> float:
+        """The holder's own deadline on the event loop's clock (``-inf`` once ended)."""
+        return -math.inf if self.lost else self._valid_until
+
     async def refresh(self) -> None:
         """Keep the lease alive once (the background task does it every third of the TTL).
 
@@ -263,7 +267,7 @@ class Lock:
         """
         if not self.token:
             raise DfdbError(f"lock {self.name!r} is not held: enter it with 'async with' first")
-        return Guard(self.lease.check(), self.name, self.token)
+        return Guard(self.lease.check(), self.name, self.token, self.lease._held_until)
 
 
 def _same_database(nb: NbApi, lease: Lease, what: str) -> None:
@@ -302,5 +306,5 @@ def guard_of(nb: NbApi, guard: Lease | Lock | None) -> Guard | None:
         return guard.check()
     if isinstance(guard, Lease):
         _same_database(nb, guard, "guard")
-        return Guard(guard.check())
+        return Guard(guard.check(), held_until=guard._held_until)
     raise TypeError(f"guard must be a dfdb.Lock or dfdb.Lease, not {type(guard).__name__}")

@@ -105,6 +105,8 @@ class EtcdLeases:
         if lease is None and guard is None:
             return await self._txn(compare, success, failure)
         inner = rpc.TxnRequest(compare=compare, success=success, failure=failure)
+        if guard is not None:
+            guard.check_held()  # etcd ends a lease up to half a second after its TTL (and TTLs are whole seconds)
         outer = await self._txn(self._guard_compares(lease, guard), [_op(request_txn=inner)], [])
         if not outer.succeeded:
             raise LeaseLostError(_refusal(lease, guard))

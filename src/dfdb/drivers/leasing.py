@@ -6,10 +6,13 @@ says so. See :mod:`dfdb.leases` for what they serve.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dfdb.errors import DfdbError
+import anyio
+
+from dfdb.errors import DfdbError, LeaseLostError
 
 if TYPE_CHECKING:
     from dfdb.drivers.base import Entry, Expect
@@ -22,11 +25,22 @@ __all__ = ["Guard", "LeaseMethods"]
 class Guard:
     """The condition of a guarded write, checked by the backend in the write's atomic step:
     the lease ``lease`` is alive (granted, not revoked, its deadline not passed) and, when
-    ``lock`` is given, the lock of that name is held by ``lease`` with fencing ``token``."""
+    ``lock`` is given, the lock of that name is held by ``lease`` with fencing ``token``.
+
+    ``held_until``, when given, tells the holder's own deadline on the event loop's clock
+    (``anyio.current_time()``): a driver whose atomic step cannot compare the lease's
+    deadline itself calls :meth:`check_held` right before it sends the write."""
 
     lease: str
     lock: str | None = None
     token: int = 0
+    held_until: Callable[[], float] | None = field(default=None, compare=False, repr=False)
+
+    def check_held(self) -> None:
+        """Raises:
+        LeaseLostError: the holder's own deadline passed (nothing may be sent any more)."""
+        if self.held_until is not None and anyio.current_time() > self.held_until():
+            raise LeaseLostError(f"lease {self.lease} ended: its holder's deadline passed before the write was sent")
 
 
 class LeaseMethods:

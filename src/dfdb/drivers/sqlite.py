@@ -397,7 +397,8 @@ class SqliteDriver(SqliteDigest, SqliteLeases, Driver):
 
         One statement, so one snapshot: the matching log rows (text columns as bytes,
         so that a row another tool wrote badly can be reported, not fail the read), then
-        one row (revision 0) carrying the log's head and trim point.
+        one row (revision 0) carrying the log's head, its trim point and the earliest
+        lease deadline (``NULL`` without leases: a watcher reaps only when one is due).
         """
         params: builtins.list[Any] = []
         where = "revision > ?"
@@ -417,7 +418,7 @@ class SqliteDriver(SqliteDigest, SqliteLeases, Driver):
             "CAST(action AS BLOB), CAST(value AS BLOB) FROM dfdb_changelog "
             f"WHERE {where} ORDER BY revision LIMIT {_CHANGES_LIMIT}) "
             "UNION ALL SELECT 0, NULL, (SELECT seq FROM sqlite_sequence WHERE name = 'dfdb_changelog'), "
-            "(SELECT value FROM dfdb_meta WHERE key = 'trimmed'), NULL, NULL"
+            "(SELECT value FROM dfdb_meta WHERE key = 'trimmed'), NULL, (SELECT MIN(deadline) FROM dfdb_leases)"
         )
         return sql, params
 
@@ -432,6 +433,7 @@ class SqliteDriver(SqliteDigest, SqliteLeases, Driver):
         rows = await self._trip(lambda db, _: db.execute(sql, [revision, *params]).fetchall())
         meta = rows.pop()
         head, trimmed = int(meta[2] or 0), int(meta[3] or 0)
+        self._lease_due = meta[5] is not None and float(meta[5]) < time.time()
         if len(rows) == _CHANGES_LIMIT:
             head = rows[-1][0]
         return ChangeBatch([self._event_of(row) for row in rows], head, trimmed)
@@ -471,8 +473,10 @@ class SqliteDriver(SqliteDigest, SqliteLeases, Driver):
         table_set, topic_set = frozenset(tables), None if topics is None else frozenset(topics)
 
         async def read(position: int, topics: frozenset[str | None] | None) -> ChangeBatch:
-            await self.reap()  # every watching connection reaps the leases that are due
-            return await self.changes_after(position, table_set, topics)
+            batch = await self.changes_after(position, table_set, topics)
+            if self._lease_due:  # every watching connection reaps the leases that are due
+                await self.reap()  # (their deletes wake every watcher of this process)
+            return batch
 
         return self._track(
             ChangeLogPoller(read, since, topics=topic_set, interval=self.poll_interval, waiters=_WAITERS[self._key])

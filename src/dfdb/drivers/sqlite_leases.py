@@ -3,11 +3,13 @@
 Three tables in the same file: ``dfdb_leases`` (id, ttl, deadline on the host's wall
 clock), ``dfdb_lease_keys`` (each bound object with the revision it was bound at: a later
 write without the lease changes the revision and so unbinds it) and ``dfdb_locks`` (name,
-holder lease, last fencing token). Every open connection reaps: each change-log poll of a
-watcher, and every lease call, first ends the leases whose deadline passed, in one write
-transaction — their objects deleted with ordinary change-log rows (action ``expire``, read
-back as ``delete`` events marked ``expired``), their locks released, the lease rows removed —
-so a lease is reaped once whichever connections race for it. Guards are checked inside the
+holder lease, last fencing token). Every open connection reaps: every lease call first, and
+a watcher after a change-log poll that saw a deadline passed (the poll's one statement reads
+the earliest deadline too, so without a lease due a watcher spends nothing on reaping), ends
+the leases whose deadline passed, in one write transaction — their objects deleted with
+ordinary change-log rows (action ``expire``, read back as ``delete`` events marked
+``expired``), their locks released, the lease rows removed — so a lease is reaped once
+whichever connections race for it. Guards are checked inside the
 write's own transaction.
 """
 
@@ -32,6 +34,7 @@ T = TypeVar("T")
 LEASE_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS dfdb_leases (id TEXT PRIMARY KEY, ttl REAL NOT NULL, deadline REAL NOT NULL)"
     " WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS dfdb_leases_deadline ON dfdb_leases (deadline)",
     "CREATE TABLE IF NOT EXISTS dfdb_lease_keys (tbl TEXT NOT NULL, id TEXT NOT NULL, lease TEXT NOT NULL,"
     " revision INTEGER NOT NULL, PRIMARY KEY (tbl, id)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS dfdb_lease_keys_lease ON dfdb_lease_keys (lease)",
@@ -94,6 +97,9 @@ def _check_guard(db: sqlite3.Connection, guard: Guard | None, now: float) -> Non
 
 class SqliteLeases:
     """The lease methods of :class:`~dfdb.drivers.sqlite.SqliteDriver`; see the module documentation."""
+
+    _lease_due = False
+    """Whether the last change-log poll saw a lease whose deadline passed."""
 
     if TYPE_CHECKING:
 

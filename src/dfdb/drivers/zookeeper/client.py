@@ -144,8 +144,10 @@ class Calls:
             session.remove_watch_callback(key[0], key[1], callback)
 
     # ------------------------------------------------------------ requests
-    async def send(self, request: Any) -> tuple[int, Any]:
-        """One request with a time-out; returns the reply's zxid and the reply.
+    async def send(self, request: Any, check: Callable[[], None] | None = None) -> tuple[int, Any]:
+        """One request with a time-out; returns the reply's zxid and the reply. ``check``
+        runs right before the request is written to the connection (nothing is sent when
+        it raises).
 
         Raises:
             exc.NoNode, exc.NodeExists, exc.BadVersion, exc.NotEmpty: as the server said.
@@ -170,6 +172,8 @@ class Calls:
                         repair.repair(lost=False)  # nothing reads its replies any more
                         await asyncio.sleep(0.05)
                         continue
+                    if check is not None:
+                        check()
                     session.xid = session.xid + 1 if session.xid < 0x7FFFFFFF else 1
                     try:
                         zxid, response = await conn.send(request, xid=session.xid)
@@ -235,8 +239,8 @@ class Calls:
                 pass
             self._ensured.add(sub)
 
-    async def multi(self, ops: list[Any]) -> list[Any]:
-        """One transaction; returns each operation's reply or error.
+    async def multi(self, ops: list[Any], check: Callable[[], None] | None = None) -> list[Any]:
+        """One transaction; returns each operation's reply or error (``check``: see :meth:`send`).
 
         aiozk: ``Transaction.commit`` reports only success or failure; the raw reply
         names the operation that failed.
@@ -244,7 +248,7 @@ class Calls:
         request = protocol.TransactionRequest()
         for op in ops:
             request.add(op)
-        _, reply = await self.send(request)
+        _, reply = await self.send(request, check)
         return list(reply.responses)
 
     def create(self, path: str, data: bytes, *, sequential: bool = False) -> Any:

@@ -144,7 +144,7 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
 
     async def _write(
         self, table: str, id: str, loc: str, body: builtins.list[Any], action: RawAction, value: bytes, zxid_at: int,
-        extra: Sequence[Any] = (), *, expired: bool = False,
+        extra: Sequence[Any] = (), *, expired: bool = False, guard: Guard | None = None,
     ) -> int:  # fmt: skip
         """Append the change to its log in the same multi as ``body`` (and the lease checks
         and binding ``extra``); returns the zxid."""
@@ -157,7 +157,7 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
             *extra,
         ]
         appended = len(body) + 1
-        replies = await self._calls.multi(ops)
+        replies = await self._calls.multi(ops, None if guard is None else guard.check_held)
         failed = [
             (i, r)
             for i, r in enumerate(replies)
@@ -202,7 +202,7 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
                     body = [calls.create(index, loc.encode()), calls.set(index, loc.encode(), -1),
                             calls.create(data, value)]  # fmt: skip
                     try:
-                        return await self._write(table, id, loc, body, "create", value, 2, extra)
+                        return await self._write(table, id, loc, body, "create", value, 2, extra, guard=guard)
                     except exc.NodeExists:
                         if expect is ABSENT and not await self._mend_broken_index(table, id):
                             raise AlreadyExistsError(f"{table}/{id} already exists") from None
@@ -216,7 +216,7 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
                     raise ConflictError(f"{table}/{id} is at revision {revision}, not {expect}")
                 try:
                     body = [calls.set(data, value, version)]
-                    return await self._write(table, id, loc, body, "update", value, 1, extra)
+                    return await self._write(table, id, loc, body, "update", value, 1, extra, guard=guard)
                 except (exc.BadVersion, exc.NoNode):
                     if expect is ANY:
                         continue
@@ -390,7 +390,9 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
             ]
             extra = [] if guard is None else await self.lease_ops(table, id, None, guard)
             try:
-                zxid = await self._write(table, id, loc, body, "delete", data[0], 1, extra, expired=expired)
+                zxid = await self._write(
+                    table, id, loc, body, "delete", data[0], 1, extra, expired=expired, guard=guard
+                )
             except (_Retry, exc.BadVersion, exc.NoNode):
                 continue
             return Entry(table, id, topic_of(loc), data[0], zxid)

@@ -13,19 +13,38 @@ with deadlines on the server's clock::
                               holder whose lease node is gone holds nothing
     /P/clock                  set by a reaper to read the server's clock (its mtime)
 
-Any live client reaps: every watching source at least every half second, and every lock
-acquisition, reads the server's clock and ends the leases whose deadline passed. Ending a
+Any live client reaps: every lock acquisition, and every watching client once a deadline
+may have passed, reads the server's clock and ends the leases whose deadline passed. A
+watching client keeps a children watch on ``/P/le`` and, after each round, the time the
+earliest lease it saw can be due (keep-alives only move deadlines later): it reads nothing
+more until then or until the watch says a lease came or went, so reaping costs nothing
+while no lease exists or none is due (a safety round every :data:`REAP_SAFETY` seconds,
+and one on every new connection, since a watch may be lost with it). Its sources look
+every half second whether a round is due, so an expiry is seen at most about half a
+second (plus the round's reads) after the deadline. Ending a
 lease deletes each object still at the revision it was bound at with the driver's ordinary
 delete (one ``multi`` with its change record, marked as an expiry), checked against that
 revision, so racing reapers delete each object once; then the binding nodes and the lease
 node go. A bound or guarded write checks, in its own ``multi``, that the lease node exists
 and (for a lock) that the lock node is the version read with this holder and token.
+
+A ``multi`` cannot compare a deadline with the server's clock, so a lease whose deadline
+passed counts as held until a reaper ends it. A guarded write closes most of that gap on
+the holder's side: it is sent only while the holder's own deadline (a TTL after it *sent*
+its last confirmed keep-alive, so earlier than the server's) has not passed, checked right
+before the request is written to the connection (:meth:`Calls.send`'s ``check``), after
+every other call of the write. What is left is the write's own time in flight: a guarded
+write reaches the server at most its transit time (network and server queue; about a
+millisecond on a LAN) less the last keep-alive's after the server's deadline. A lock is
+exact: a successor takes it only after ending the old lease, which changes the lock node
+the old holder's ``multi`` checks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import time
+import math
 import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
@@ -39,15 +58,22 @@ if TYPE_CHECKING:
     from dfdb.drivers.zookeeper.client import Calls
     from dfdb.drivers.zookeeper.layout import Layout
 
-__all__ = ["ZooKeeperLeases"]
+__all__ = ["REAP_SAFETY", "ZooKeeperLeases"]
 
-_REAP_EVERY = 0.5
+REAP_SAFETY = 30.0
+"""Seconds after which a watching client reads the leases again even when nothing said a
+lease is due (a lost watch, a clock that jumped)."""
+_REAP_SOONEST = 0.05
+"""Seconds a watching client waits at least between two reaping rounds."""
 
 
 class ZooKeeperLeases:
     """The lease methods of :class:`~dfdb.drivers.zookeeper.driver.ZooKeeperDriver`; see the module documentation."""
 
-    _reaped_at = -1e9
+    _reap_at = -math.inf
+    """Event-loop time of the next reaping round of a watcher (``-inf``: at once)."""
+    _reap_watched: tuple[int, int] | None = None
+    """The connection the lease folder's children watch was set on."""
 
     if TYPE_CHECKING:
         _calls: Calls
@@ -105,24 +131,52 @@ class ZooKeeperLeases:
 
     async def reap(self) -> int:
         self._check_open()
-        calls = self._calls
-        leases = await calls.children(self._layout.path("le"))
+        return (await self._reap())[0]
+
+    async def _reap(self, *, watch: bool = False) -> tuple[int, float]:
+        """End the leases that are due; returns how many, and the seconds until the
+        earliest lease left can be due (``inf``: none left). ``watch``: set the lease
+        folder's children watch with the read."""
+        calls, folder = self._calls, self._layout.path("le")
+        if watch:
+            await calls.ensure(folder)  # a watch needs the node: it names the first lease granted
+        leases = await calls.children(folder, watch=watch)
         if not leases:
-            return 0
+            return 0, math.inf
         now = await self._server_now()
-        ended = 0
+        ended, soonest = 0, math.inf
         for lease in leases:
             got = await calls.get(self._lease_path(lease))
-            if got is not None and int(got[1].modified) + int(got[0] or b"0") < now:
+            if got is None:
+                continue
+            left = int(got[1].modified) + int(got[0] or b"0") - now
+            if left < 0:
                 await self._end(lease)
                 ended += 1
-        return ended
+            else:
+                soonest = min(soonest, left / 1000)
+        return ended, soonest
+
+    def _leases_changed(self, _path: str) -> None:
+        self._reap_at = -math.inf
 
     async def reap_due(self) -> None:
-        """Reap, unless this driver did within the last half second (a watcher's round)."""
-        if time.monotonic() - self._reaped_at >= _REAP_EVERY:
-            self._reaped_at = time.monotonic()
-            await self.reap()
+        """A watcher's reaping: a round only when a lease may be due (see the module documentation)."""
+        loop = asyncio.get_running_loop()
+        connection = self._calls.connection()
+        if connection != self._reap_watched:  # a new connection or session: the watch may be lost
+            self._reap_at = -math.inf
+        started = loop.time()
+        if started < self._reap_at:
+            return
+        self._reap_at = started + _REAP_SOONEST  # until this round says better (also when it fails)
+        key = (protocol.WatchEvent.CHILDREN_CHANGED, self._layout.path("le"))
+        self._calls.remove_watch(key, self._leases_changed)
+        self._calls.add_watch(key, self._leases_changed)
+        self._reap_watched = connection
+        _, soonest = await self._reap(watch=True)
+        if self._reap_at == started + _REAP_SOONEST:  # the watch did not fire meanwhile
+            self._reap_at = started + min(max(soonest, _REAP_SOONEST), REAP_SAFETY)
 
     async def _end(self, lease: str) -> None:
         """Delete the lease's objects (as expiries, each once), then its nodes."""

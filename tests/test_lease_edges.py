@@ -1,0 +1,148 @@
+"""Leases at their edges, in one process: what reaping costs a watcher, the ZooKeeper guard
+checked against the holder's own deadline, and a hostile user of the lease, lock and
+presence API."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+import dfdb
+from dfdb.drivers import ABSENT
+from dfdb.drivers.sqlite import SqliteDriver
+from dfdb.leases import guard_of
+from dfdb.testing.plugin import fill_url
+
+ZK_URL = "zk://{zookeeper}/{name}?bucket_size=100&keep=30&idle=1"
+
+
+class EdgeItem(dfdb.NbModel, table="lease_edge_item"):
+    n: int = 0
+
+
+class Collector:
+    """Reads a stream all the time (a stream reads its backend only while it is read)."""
+
+    def __init__(self, stream: dfdb.ChangeStream) -> None:
+        self.stream = stream
+        self.events: list[dfdb.ChangeEvent] = []
+        self.taken = 0
+        self._arrived = anyio.Event()
+
+    async def run(self) -> None:
+        async for ev in self.stream:
+            self.events.append(ev)
+            self._arrived.set()
+
+    async def next(self, within: float = 10) -> dfdb.ChangeEvent:
+        with anyio.fail_after(within):
+            while self.taken == len(self.events):
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+        self.taken += 1
+        return self.events[self.taken - 1]
+
+
+@contextlib.asynccontextmanager
+async def collected(nb: dfdb.NbApi) -> AsyncIterator[Collector]:
+    async with nb.watch(EdgeItem) as stream, anyio.create_task_group() as tg:
+        collector = Collector(stream)
+        tg.start_soon(collector.run)
+        yield collector
+        tg.cancel_scope.cancel()
+
+
+async def test_sqlite_watcher_reaps_only_when_a_lease_is_due(tmp_path: Path) -> None:
+    """An idle SQLite watcher spends one statement per poll, also while a lease is held and
+    not due; it reaps (and the expiry arrives) once one is due."""
+    url = f"sqlite:///{tmp_path}/reap.db?poll_interval=0.02"
+    async with dfdb.connect(url) as nb, dfdb.connect(url) as holder, collected(nb) as stream:
+        driver = nb.driver
+        assert isinstance(driver, SqliteDriver)
+        statements: list[str] = []
+        with driver._mutex:
+            assert driver._db is not None
+            driver._db.set_trace_callback(statements.append)
+
+        async def polls(count: int) -> list[str]:
+            """The statements of the watcher's next ``count`` polls."""
+            start = len(statements)
+            with anyio.fail_after(10):
+                while sum("FROM dfdb_changelog" in s for s in statements[start:]) < count:
+                    await anyio.sleep(0.01)
+            return statements[start:]
+
+        idle = await polls(10)
+        assert all("FROM dfdb_changelog" in s for s in idle), idle  # nothing but the poll itself
+        async with holder.lease(ttl=30) as kept:
+            await holder.create(EdgeItem(id="kept"), lease=kept)
+            assert (await stream.next()).id == "kept"
+            held = await polls(10)
+            assert all("FROM dfdb_changelog" in s for s in held), held  # a lease, none due: nothing more
+            async with holder.lease(ttl=0.5, keepalive=False) as dying:
+                await holder.create(EdgeItem(id="dying"), lease=dying)
+                assert (await stream.next()).id == "dying"
+                ev = await stream.next(within=5)  # the holder makes no call: the watcher reaps
+                assert (ev.action, ev.id, ev.expired) == (dfdb.Action.DELETE, "dying", True)
+                assert any("FROM dfdb_leases WHERE deadline <" in s for s in statements), "the watcher did not reap"
+    with sqlite3.connect(f"{tmp_path}/reap.db") as db:
+        plan = " | ".join(r[-1] for r in db.execute("EXPLAIN QUERY PLAN SELECT MIN(deadline) FROM dfdb_leases"))
+    assert "dfdb_leases_deadline" in plan, plan  # the earliest deadline is an index search
+
+
+async def test_zookeeper_watcher_reaps_only_when_a_lease_may_be_due(
+    tmp_path: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ZooKeeper watcher reads the leases only when one came, went or may be due: nothing
+    while none exists or none is due; the expiry of one that is due still arrives."""
+    url = fill_url(ZK_URL, tmp_path, request)
+    caplog.set_level(logging.DEBUG, logger="aiozk.connection.payload")
+    async with dfdb.connect(url) as nb, dfdb.connect(url) as holder, collected(nb) as stream:
+        folder = f"{nb.driver.root}/le"  # type: ignore[attr-defined]
+
+        def lease_reads() -> int:
+            return sum(f"GetChildrenRequest(path={folder}," in r.getMessage() for r in caplog.records)
+
+        await holder.create(EdgeItem(id="first"))
+        assert (await stream.next()).id == "first"  # the watcher has run a round or more
+        before = lease_reads()
+        await anyio.sleep(0.8)  # more than the watcher's half-second reaping period
+        assert lease_reads() == before, "the watcher read the leases while none exist"
+        async with holder.lease(ttl=30) as kept:
+            await holder.create(EdgeItem(id="kept"), lease=kept)
+            assert (await stream.next()).id == "kept"
+            with anyio.fail_after(5):
+                while lease_reads() == before:  # the lease folder's watch fired: one round
+                    await anyio.sleep(0.05)
+            before = lease_reads()
+            await anyio.sleep(0.8)
+            assert lease_reads() == before, "the watcher read the leases while none is due"
+            async with holder.lease(ttl=0.5, keepalive=False) as dying:
+                await holder.create(EdgeItem(id="dying"), lease=dying)
+                assert (await stream.next()).id == "dying"
+                ev = await stream.next(within=0.5 + 2)
+                assert (ev.action, ev.id, ev.expired) == (dfdb.Action.DELETE, "dying", True)
+
+
+async def test_zookeeper_guarded_write_after_the_holder_s_deadline_is_not_sent(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A guard checked while valid, then kept past the lease's deadline with no reaper about
+    (a holder paused between its check and its write): ZooKeeper still has the lease node,
+    but the write is refused before it is sent, and nothing is written."""
+    url = fill_url(ZK_URL, tmp_path, request)
+    table = EdgeItem.__table__
+    async with dfdb.connect(url) as nb, nb.lease(ttl=0.5, keepalive=False) as lease:
+        guard = guard_of(nb, lease)
+        assert guard is not None
+        await anyio.sleep(0.6)  # the deadline passes; nobody watches, so nobody reaps
+        assert await nb.driver._calls.exists(nb.driver._lease_path(lease.id)) is not None  # type: ignore[attr-defined]
+        with pytest.raises(dfdb.LeaseLostError, match="deadline passed"):
+            await nb.driver.put_bound(table, "late", None, b'{"id": "late"}', ABSENT, None, guard)
+        assert await nb.driver.get(table, "late") is None
