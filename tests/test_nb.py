@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from typing import ClassVar
 
 import pytest
 
 import dfdb
 from dfdb.codec import decode
 from dfdb.drivers import Driver, Entry, EventSource, Expect, Listing, RawEvent, register_driver
+from dfdb.drivers.base import PutRequest
 from dfdb.drivers.memory import MemoryDriver
 from dfdb.errors import BackendUnavailableError
 from dfdb.events import ChangeStream, SourceOpener
@@ -260,3 +262,50 @@ def test_driver_contract_is_abstract() -> None:
         Driver(DatabaseURL.parse("x://"))  # type: ignore[abstract]
     assert Entry("t", "i", None, b"", 1).revision == 1
     assert Listing([], 0).entries == []
+
+
+class CountingDriver(MemoryDriver):
+    """Counts the driver calls of the write paths."""
+
+    calls: ClassVar[list[tuple[str, int]]] = []
+    batching = False
+
+    async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
+        if not self.batching:
+            self.calls.append(("put", 1))
+        return await super().put(table, id, topic, value, expect)
+
+    async def put_many(self, writes: Sequence[PutRequest]) -> list[int | Exception]:
+        self.calls.append(("put_many", len(writes)))
+        self.batching = True
+        try:
+            return await super().put_many(writes)
+        finally:
+            self.batching = False
+
+
+register_driver("test-counting", CountingDriver)
+
+
+async def test_update_many_sends_the_objects_it_read_as_one_batch() -> None:
+    async with dfdb.connect("test-counting://update-many") as nb:
+        a, b, c, d = await nb.create_many([Thing(id=k, topic="t") for k in "abcd"])
+        assert isinstance(a, Thing) and isinstance(b, Thing) and isinstance(c, Thing) and isinstance(d, Thing)
+        await nb.update(b.model_copy(update={"n": 1}))  # b is stale from here on
+        CountingDriver.calls.clear()
+        out = await nb.update_many(
+            [
+                a.model_copy(update={"n": 2}),
+                b.model_copy(update={"n": 3}),
+                Thing(id="c", topic="t", version=1, n=4),  # built by hand: read first, then written alone
+                d.model_copy(update={"topic": "other"}),
+            ]
+        )
+        assert CountingDriver.calls == [("put_many", 2), ("put", 1)]
+        assert isinstance(out[0], Thing) and (out[0].version, out[0].n) == (2, 2)
+        assert isinstance(out[1], dfdb.ConflictError)
+        assert isinstance(out[2], Thing) and (out[2].version, out[2].n) == (2, 4)
+        assert isinstance(out[3], ValueError) and "topic is fixed" in str(out[3])
+        assert dfdb.revision_of(out[0]) is not None
+        again = await nb.update(out[0].model_copy(update={"n": 5}))  # the origin it got is usable
+        assert again.version == 3

@@ -24,7 +24,7 @@ from dfdb.codec import (
     table_of,
     unknown_fields,
 )
-from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, Expect, Guard, PutRequest
+from dfdb.drivers.base import ABSENT, ANY, Capability, Driver, Entry, Expect, Guard
 from dfdb.errors import (
     AlreadyExistsError,
     BackendTimeoutError,
@@ -42,7 +42,7 @@ from dfdb.metrics.stats import NbCounters, NbStats
 from dfdb.nbmodel import NbModel, validate_key
 from dfdb.retry import Backoff, checkpoint_if_cancelled, gather_outcomes, run_to_completion
 from dfdb.url import MAX_POLL_INTERVAL, DatabaseURL, positive_seconds
-from dfdb.writes import write
+from dfdb.writes import put_chunk, write
 
 __all__ = ["ListResult", "NbApi", "Notifications", "revision_of"]
 
@@ -466,48 +466,13 @@ class NbApi:
         return results
 
     async def _create_chunk(self, chunk: builtins.list[M]) -> builtins.list[M | Exception]:
-        prepared: builtins.list[tuple[M, bytes, bytes] | Exception] = []
+        prepared: builtins.list[tuple[M, bytes, bytes, Expect] | Exception] = []
         for obj in chunk:
             try:
-                prepared.append(self._prepare(obj, 1))
+                prepared.append((*self._prepare(obj, 1), ABSENT))
             except (TypeError, ValueError) as exc:
                 prepared.append(exc)
-        requests = [
-            PutRequest(type(p[0]).__table__, p[0].id, p[0].topic, p[1], ABSENT)
-            for p in prepared
-            if not isinstance(p, Exception)
-        ]
-        try:
-            with anyio.fail_after(self.timeout):
-                # sent: let the batch finish, so none of it lands after a cancelled caller returned
-                outcomes: builtins.list[int | Exception] = await run_to_completion(
-                    lambda: self.driver.put_many(requests)
-                )
-            await checkpoint_if_cancelled()
-        except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
-            await checkpoint_if_cancelled()
-            outcomes = [exc] * len(requests)
-        results: builtins.list[M | Exception] = []
-        pending = iter(outcomes)
-        for p in prepared:
-            if isinstance(p, Exception):
-                results.append(p)
-                continue
-            new, value, wid = p
-            outcome = next(pending)
-            if isinstance(outcome, BackendUnavailableError | BackendTimeoutError | TimeoutError):
-                try:  # the batch's reply was lost: finish this write idempotently (counted there)
-                    outcome = await self._write(type(new).__table__, new.id, new.topic, value, wid, ABSENT, sent=True)
-                except DfdbError as exc:
-                    outcome = exc
-            else:
-                self._counters.outcome(type(new).__table__, outcome)
-            if isinstance(outcome, Exception):
-                results.append(outcome)
-            else:
-                object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (outcome, new.topic)})
-                results.append(new)
-        return results
+        return await put_chunk(self, prepared)
 
     async def update_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
         """Update many objects (each compare-and-swap), in chunks; not atomic. Cancelled, the
@@ -517,7 +482,32 @@ class NbApi:
             For each input, in order: the stored object, or the error that refused it (a ``DfdbError``, or a
             ``ValueError``/``TypeError`` for an invalid object).
         """
-        return await self._many(self.update, objs)
+        self._check()
+        items = list(objs)
+        results: builtins.list[M | Exception] = []
+        for start in range(0, len(items), BATCH_CHUNK):
+            results.extend(await self._update_chunk(items[start : start + BATCH_CHUNK]))
+        return results
+
+    async def _update_chunk(self, chunk: builtins.list[M]) -> builtins.list[M | Exception]:
+        """The objects read through an NbApi in one driver batch (compare-and-swap against
+        the revision they were read at); the others one by one, as :meth:`update` does."""
+        prepared: builtins.list[tuple[M, bytes, bytes, Expect] | Exception | None] = []
+        for obj in chunk:
+            try:
+                origin = obj._dfdb_origin if isinstance(obj, NbModel) else None
+                if origin is None or type(obj.version) is not int:
+                    prepared.append(None)  # update() reads it first, or refuses it
+                    continue
+                new, value, wid = self._prepare(obj, obj.version + 1)
+                check_topic(type(new).__table__, new.id, origin[1], new.topic)
+                prepared.append((new, value, wid, origin[0]))
+            except (TypeError, ValueError) as exc:
+                prepared.append(exc)
+        batched = iter(await put_chunk(self, [p for p in prepared if p is not None]))
+        alone = [obj for obj, p in zip(chunk, prepared, strict=True) if p is None]
+        singles = iter(await self._many(self.update, alone) if alone else [])
+        return [next(singles) if p is None else next(batched) for p in prepared]
 
     async def _many(self, op: Callable[[M], Awaitable[M]], objs: Iterable[M]) -> builtins.list[M | Exception]:
         self._check()

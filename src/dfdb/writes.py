@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
 
 from dfdb.codec import still_expected, write_id
-from dfdb.drivers.base import Expect, Guard
+from dfdb.drivers.base import Expect, Guard, PutRequest
 from dfdb.errors import (
     AlreadyExistsError,
+    BackendTimeoutError,
+    BackendUnavailableError,
     ConflictError,
     DfdbError,
     LockedError,
     OutcomeUnknownError,
 )
-from dfdb.retry import run_to_completion
+from dfdb.retry import checkpoint_if_cancelled, run_to_completion
 
 if TYPE_CHECKING:
     from dfdb.nb import NbApi
+    from dfdb.nbmodel import NbModel
 
-__all__ = ["write"]
+__all__ = ["put_chunk", "write"]
+
+M = TypeVar("M", bound="NbModel")
 
 
 async def write(
@@ -84,3 +91,49 @@ async def write(
 
     with nb._counters.writing(table):
         return await nb._retry(attempt, f"write of {table}/{id}", table, give_up)
+
+
+async def put_chunk(nb: NbApi, prepared: Sequence[tuple[M, bytes, bytes, Expect] | Exception]) -> list[M | Exception]:
+    """One batch of prepared writes (stored object, value, write id, expectation; or the
+    error that refused it) through ``driver.put_many``: each outcome in its place, the
+    object returned with its origin.
+
+    A batch whose reply was lost (unavailable, timed out) is finished write by write,
+    idempotently, as :func:`write` does after a lost reply. Cancelled, the batch already
+    sent runs to its end first.
+    """
+    requests = [
+        PutRequest(type(p[0]).__table__, p[0].id, p[0].topic, p[1], p[3])
+        for p in prepared
+        if not isinstance(p, Exception)
+    ]
+    try:
+        with anyio.fail_after(nb.timeout):
+            # sent: let the batch finish, so none of it lands after a cancelled caller returned
+            outcomes: list[int | Exception] = await run_to_completion(lambda: nb.driver.put_many(requests))
+        await checkpoint_if_cancelled()
+    except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
+        await checkpoint_if_cancelled()
+        outcomes = [exc] * len(requests)
+    results: list[M | Exception] = []
+    pending = iter(outcomes)
+    for p in prepared:
+        if isinstance(p, Exception):
+            results.append(p)
+            continue
+        new, value, wid, expect = p
+        table = type(new).__table__
+        outcome = next(pending)
+        if isinstance(outcome, BackendUnavailableError | BackendTimeoutError | TimeoutError):
+            try:  # the batch's reply was lost: finish this write idempotently (counted there)
+                outcome = await write(nb, table, new.id, new.topic, value, wid, expect, sent=True)
+            except DfdbError as exc:
+                outcome = exc
+        else:
+            nb._counters.outcome(table, outcome)
+        if isinstance(outcome, Exception):
+            results.append(outcome)
+        else:
+            object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (outcome, new.topic)})
+            results.append(new)
+    return results

@@ -28,11 +28,15 @@ __all__ = [
 _APPLY = """
 local prefix = ARGV[1]
 local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
-  local kind = redis.call('TYPE', ekey)['ok']
-  local foreign = kind ~= 'hash' and kind ~= 'none'
-  -- another program's key where an entry belongs: only replaced or deleted unchecked
-  if foreign and expect ~= 'any' then return {'WRONGTYPE', kind} end
-  local old = foreign and {false, false, false} or redis.call('HMGET', ekey, 'r', 't', 'v')
+  -- one read: a put needs the revision and topic, a delete the value too
+  local old = (op == 'put') and redis.pcall('HMGET', ekey, 'r', 't') or redis.pcall('HMGET', ekey, 'r', 't', 'v')
+  local foreign = old['err'] ~= nil
+  if foreign then
+    if not string.find(old['err'], 'WRONGTYPE', 1, true) then return redis.error_reply(old['err']) end
+    -- another program's key where an entry belongs: only replaced or deleted unchecked
+    if expect ~= 'any' then return {'WRONGTYPE', redis.call('TYPE', ekey)['ok']} end
+    old = {false, false, false}
+  end
   local exists = old[1] ~= false
   local action
   if op == 'put' then
