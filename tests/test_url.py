@@ -68,3 +68,13 @@ def test_int_options_out_of_range_name_the_option_and_the_range() -> None:
         url.int_option("history", 10, minimum=1)
     with pytest.raises(dfdb.InvalidURL, match=r"page='1e3' is not an integer \(from 1 to 2147483647\)"):
         url.int_option("page", 10, minimum=1)
+
+
+@pytest.mark.parametrize(
+    "url", ["rediss://127.0.0.1:1/0?tls=false", "rediss+sentinel://127.0.0.1:1/mymaster?tls=no&sentinel_tls=false"]
+)
+def test_a_tls_scheme_with_tls_turned_off_is_refused(url: str) -> None:
+    """``rediss://`` means TLS: ``tls=false`` contradicts it, and is refused rather than ignored."""
+    with pytest.raises(dfdb.InvalidURL, match=r"tls=(false|no) contradicts .*rediss") as info:
+        dfdb.connect(url)
+    assert "\n" not in str(info.value)
