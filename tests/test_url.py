@@ -78,3 +78,17 @@ def test_a_tls_scheme_with_tls_turned_off_is_refused(url: str) -> None:
     with pytest.raises(dfdb.InvalidURL, match=r"tls=(false|no) contradicts .*rediss") as info:
         dfdb.connect(url)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "option"),
+    [
+        ("memory://x?history=1&history=2", "history"),
+        ("sqlite:///tmp/x.db?timeout=1&timeout=1", "timeout"),
+        ("redis://127.0.0.1:1/0?password=a&prefix=p&password=b", "password"),
+    ],
+)
+def test_an_option_given_twice_is_refused_naming_it(url: str, option: str) -> None:
+    with pytest.raises(dfdb.InvalidURL, match=f"option {option} is given twice") as info:
+        DatabaseURL.parse(url)
+    assert "=a" not in str(info.value) and "=b" not in str(info.value)  # values may be secrets
