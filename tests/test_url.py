@@ -68,3 +68,27 @@ def test_int_options_out_of_range_name_the_option_and_the_range() -> None:
         url.int_option("history", 10, minimum=1)
     with pytest.raises(dfdb.InvalidURL, match=r"page='1e3' is not an integer \(from 1 to 2147483647\)"):
         url.int_option("page", 10, minimum=1)
+
+
+@pytest.mark.parametrize(
+    "url", ["rediss://127.0.0.1:1/0?tls=false", "rediss+sentinel://127.0.0.1:1/mymaster?tls=no&sentinel_tls=false"]
+)
+def test_a_tls_scheme_with_tls_turned_off_is_refused(url: str) -> None:
+    """``rediss://`` means TLS: ``tls=false`` contradicts it, and is refused rather than ignored."""
+    with pytest.raises(dfdb.InvalidURL, match=r"tls=(false|no) contradicts .*rediss") as info:
+        dfdb.connect(url)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "option"),
+    [
+        ("memory://x?history=1&history=2", "history"),
+        ("sqlite:///tmp/x.db?timeout=1&timeout=1", "timeout"),
+        ("redis://127.0.0.1:1/0?password=a&prefix=p&password=b", "password"),
+    ],
+)
+def test_an_option_given_twice_is_refused_naming_it(url: str, option: str) -> None:
+    with pytest.raises(dfdb.InvalidURL, match=f"option {option} is given twice") as info:
+        DatabaseURL.parse(url)
+    assert "=a" not in str(info.value) and "=b" not in str(info.value)  # values may be secrets

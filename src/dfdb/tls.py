@@ -3,7 +3,8 @@
 Every server driver takes the same options, with the same meaning:
 
 ``tls``
-    ``true`` to connect with TLS (Redis: the ``rediss://`` scheme says it too).
+    ``true`` to connect with TLS (Redis: the ``rediss://`` scheme says it too, and
+    ``tls=false`` with it is refused as a contradiction).
 ``ca_file``
     PEM file of the certificate authorities to trust (default: the system's).
 ``cert_file``, ``key_file``
@@ -36,10 +37,28 @@ __all__ = [
     "permanent_tls_failure",
     "protocol_mismatch",
     "tls_failure",
+    "tls_wanted",
 ]
 
 TLS_OPTIONS = frozenset({"tls", "ca_file", "cert_file", "key_file", "server_name", "verify"})
 """The URL options :class:`TlsSettings` reads."""
+
+
+def tls_wanted(url: DatabaseURL, by_scheme: bool = False) -> bool:
+    """Whether ``url`` asks for TLS: by its scheme (``by_scheme``: ``rediss://``) or by its
+    ``tls`` option.
+
+    Raises:
+        InvalidURL: the scheme means TLS and the ``tls`` option turns it off.
+    """
+    on = url.bool_option("tls", by_scheme)
+    if by_scheme and not on:
+        plain = url.scheme.replace("rediss", "redis", 1)
+        raise InvalidURL(
+            f"tls={url.options['tls']} contradicts {url.scheme}://, which always connects with TLS: "
+            f"drop tls=, or use {plain}:// for a plain connection"
+        )
+    return on
 
 
 @dataclass(frozen=True)
@@ -64,7 +83,7 @@ class TlsSettings:
             InvalidURL: a TLS option without TLS, a certificate without its key (or the
                 reverse), a file that cannot be read.
         """
-        on = url.bool_option("tls", False) or enabled
+        on = tls_wanted(url, enabled)
         given = sorted(TLS_OPTIONS & set(url.options) - {"tls"})
         if not on:
             if given:

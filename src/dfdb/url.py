@@ -126,7 +126,11 @@ class DatabaseURL:
         for hostport in filter(None, netloc.split(",")):
             host, port = _split_hostport(hostport)
             hosts.append((host, port))
-        options = dict(parse_qsl(query, keep_blank_values=True))
+        options: dict[str, str] = {}
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            if name in options:  # which one was meant? (the values are not shown: they may be secrets)
+                raise InvalidURL(f"option {name} is given twice in the {scheme}:// URL: give it once")
+            options[name] = value
         return cls(scheme.lower(), tuple(hosts), username, password, unquote(path) if slash else "", options)
 
     def option(self, name: str, default: str | None = None) -> str | None:

@@ -52,7 +52,7 @@ from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import AuthenticationError, BackendUnavailableError, ConfigurationError, DriverError, InvalidURL
 from dfdb.retry import close_to_completion
-from dfdb.tls import TLS_OPTIONS, TlsSettings, describe_tls_failure, tls_failure
+from dfdb.tls import TLS_OPTIONS, TlsSettings, describe_tls_failure, tls_failure, tls_wanted
 from dfdb.url import DatabaseURL, Secret, read_password_file
 
 __all__ = ["SentinelDriver"]
@@ -100,7 +100,7 @@ class SentinelDriver(RedisDriver):
         unknown = set(url.options) - {"prefix", "maxlen", "block", "connect_timeout", *TLS_OPTIONS, *_OWN_OPTIONS}
         if unknown:
             raise InvalidURL(f"unknown {url.scheme}:// option(s): {', '.join(sorted(unknown))}")
-        data_tls = url.scheme == "rediss+sentinel" or url.bool_option("tls", False)
+        data_tls = tls_wanted(url, url.scheme == "rediss+sentinel")
         sentinel_tls = url.bool_option("sentinel_tls", data_tls)
         options = {k: v for k, v in url.options.items() if k not in _OWN_OPTIONS}
         if sentinel_tls and not data_tls:  # the TLS options are the sentinels' alone
