@@ -166,7 +166,7 @@ class _ScriptedOpener(SourceOpener):
         return decode(model, id, topic, value, revision)
 
 
-async def test_stream_drops_duplicates_and_older_revisions() -> None:
+async def test_stream_drops_duplicates_and_resyncs_older_revisions() -> None:
     def value(n: int) -> bytes:
         return Thing(id="a", version=n).model_dump_json().encode()
 
@@ -181,8 +181,10 @@ async def test_stream_drops_duplicates_and_older_revisions() -> None:
     stream = ChangeStream({"test_nb_thing": Thing}, None, ("id", 0), _ScriptedOpener(source))
     async with stream:
         got = [ev async for ev in stream]
-    assert [(ev.action, ev.revision) for ev in got] == [("create", 1), ("update", 3)]
-    assert stream.duplicates == 2
+    # the repeat of revision 1 is a duplicate; revision 2 after 3 is out of order: a RESYNC
+    assert [(ev.action, ev.revision) for ev in got] == [("create", 1), ("update", 3), ("resync", 2)]
+    assert stream.duplicates == 1
+    assert stream.out_of_order == 1
     assert stream.cursor == "id@4"
     assert source.closed
 
