@@ -9,20 +9,25 @@ expiry delays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import math
 import os
 import random
 import signal
 import statistics
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 
 import dfdb
+from dfdb.servers import EtcdServer, LocalServer, RedisServer, ZooKeeperServer
 from dfdb.testing.plugin import fill_url
+from watching import serve
 
 HELPER = Path(__file__).parent / "helpers" / "lease_holder.py"
 FULL = bool(os.environ.get("DFDB_LIVENESS"))
@@ -126,7 +131,7 @@ async def test_killed_holder_s_objects_expire_for_every_watcher(
             holder.signal(signal.SIGKILL)
             killed = anyio.current_time()
             await nb.create(LiveItem(id="other"))  # an ordinary change meanwhile, not lost
-            seen = []
+            seen: list[dfdb.ChangeEvent] = []
             with anyio.fail_after(ttl + SLACK + 5):
                 while len([ev for ev in seen if ev.action == dfdb.Action.DELETE]) < 3:
                     seen.append(await anext(stream))
@@ -237,6 +242,183 @@ async def test_contending_lock_holders_never_lose_a_guarded_write(
     survivors = [lines for i, lines in outputs.items() if holders[i] not in victims]
     assert all(len(lines) == 4 for lines in survivors), outputs  # every round ended: written, or refused
     assert len(tokens) >= 4
+
+
+class Scene:
+    """A watcher and a FULL Replica of :class:`LiveItem` in this process, both read all the
+    time, and a ``hold`` holder process whose output is collected."""
+
+    def __init__(self, nb: dfdb.NbApi, replica: dfdb.Replica) -> None:
+        self.nb = nb
+        self.replica = replica
+        self.events: list[dfdb.ChangeEvent] = []
+        self.changes: list[tuple[dfdb.Action, str, bool]] = []
+        self.said: list[str] = []
+        self.holder: Holder | None = None
+
+    async def follow(self, stream: dfdb.ChangeStream) -> None:
+        async for ev in stream:
+            self.events.append(ev)
+
+    async def follow_replica(self, changes: AsyncIterator[dfdb.ReplicaEvent]) -> None:
+        async for change in changes:
+            self.changes.append((change.action, change.id, change.expired))
+
+    async def listen(self, holder: Holder) -> None:
+        while line := await holder.line(within=math.inf):
+            self.said.append(line)
+
+    async def until(self, done: Callable[[], bool], within: float, what: str) -> None:
+        try:
+            with anyio.fail_after(within):
+                while not done():
+                    await anyio.sleep(0.02)
+        except TimeoutError:
+            raise AssertionError(f"waited {within:g}s for {what}; the holder said {self.said}") from None
+
+    def deletes(self) -> list[dfdb.ChangeEvent]:
+        return [ev for ev in self.events if ev.action == dfdb.Action.DELETE]
+
+    async def check_kept(self, count: int) -> None:
+        """The holder kept its lease: nothing expired, nothing reported lost."""
+        assert "LEASE-LOST" not in self.said, self.said
+        assert self.deletes() == [], [(ev.id, ev.expired) for ev in self.deletes()]
+        assert not any(ev.action == dfdb.Action.RESYNC for ev in self.events)
+        held = sorted(o.id for o in await self.nb.get_all(LiveItem))
+        assert [i for i in held if i.startswith("h")] == [f"h{i}" for i in range(count)]
+        assert sorted(o.id for o in self.replica.get_all(LiveItem)) == held
+
+    async def check_expired(self, count: int, within: float) -> float:
+        """The holder's objects are deleted as expiries, in order, seen by the watcher and
+        the Replica, nothing else; returns how long it took."""
+        started = anyio.current_time()
+        await self.until(lambda: len(self.deletes()) >= count, within, "the expiry deletes")
+        delay = anyio.current_time() - started
+        deletes = self.deletes()
+        assert sorted(ev.id for ev in deletes) == [f"h{i}" for i in range(count)]
+        assert all(ev.expired for ev in deletes)
+        assert [ev.revision for ev in deletes] == sorted(ev.revision for ev in deletes)
+        await self.until(lambda: sum(a == dfdb.Action.DELETE for a, _, _ in self.changes) >= count, 10, "the Replica")
+        assert sorted((i, e) for a, i, e in self.changes if a == dfdb.Action.DELETE) == [
+            (f"h{i}", True) for i in range(count)
+        ]
+        left = sorted(o.id for o in await self.nb.get_all(LiveItem))
+        assert not [i for i in left if i.startswith("h") or i == "late"], left
+        assert sorted(o.id for o in self.replica.get_all(LiveItem)) == left
+        return delay
+
+
+@contextlib.asynccontextmanager
+async def scene(url: str, holders: list[Holder], ttl: float, count: int = 3) -> AsyncIterator[Scene]:
+    """A :class:`Scene` whose holder has created its ``count`` items (seen by both)."""
+    async with dfdb.connect(url) as nb, dfdb.Replica(nb, [LiveItem]) as replica:
+        await replica.wait_synced()
+        async with nb.watch(LiveItem) as stream, anyio.create_task_group() as tg:
+            seen = Scene(nb, replica)
+            tg.start_soon(seen.follow, stream)
+            tg.start_soon(seen.follow_replica, replica.events())
+            holder = await Holder.start(url, "hold", ttl, count)
+            holders.append(holder)
+            seen.holder = holder
+            tg.start_soon(seen.listen, holder)
+            await seen.until(lambda: "READY" in seen.said, 30, "the holder")
+            await seen.until(lambda: len(seen.events) >= count and len(seen.changes) >= count, 10, "the creates")
+            yield seen
+            tg.cancel_scope.cancel()
+
+
+def server_url(server: LocalServer, backend: str, query: str = "") -> str:
+    if backend == "redis":
+        return f"{server.url.removesuffix('/0')}/0?prefix=live{query and '&' + query}"
+    return f"{server.url}/live{query and '?' + query}"
+
+
+running = contextlib.contextmanager(serve)
+"""A server for one test: ``with running(factory) as server``."""
+
+RESTART_TTL = {"redis": 3.0, "etcd": 3.0, "zookeeper": 5.0}
+
+
+@liveness
+@pytest.mark.parametrize("backend", ["redis", "etcd", "zookeeper"])
+async def test_server_restart_keeps_a_live_holder_s_leases(backend: str, holders: list[Holder]) -> None:
+    """A server restart with persistence (Redis with its append-only file, etcd, ZooKeeper
+    standalone) shorter than the TTL while a holder keeps its lease: nothing expires, the
+    holder loses nothing, the watcher and the Replica miss nothing; once the holder is
+    killed its objects expire as usual."""
+    ttl = RESTART_TTL[backend]
+    factory: dict[str, Callable[[], RedisServer | EtcdServer | ZooKeeperServer]] = {
+        "redis": lambda: RedisServer(appendonly=True),
+        "etcd": lambda: EtcdServer(1),
+        "zookeeper": ZooKeeperServer,
+    }
+    with running(factory[backend]) as server:
+        url = server_url(server, backend, "session_timeout=10" if backend == "zookeeper" else "")
+        async with scene(url, holders, ttl) as seen:
+            started = anyio.current_time()
+            await anyio.to_thread.run_sync(server.restart)
+            down = anyio.current_time() - started
+            await seen.nb.create(LiveItem(id="other"))  # an ordinary change after the restart
+            await seen.until(lambda: any(ev.id == "other" for ev in seen.events), 20, "the change after the restart")
+            await anyio.sleep(ttl + 1)  # past the TTL counted from the restart: the holder kept it alive
+            assert down < ttl, f"the restart took {down:.1f}s, longer than the TTL"
+            await seen.check_kept(3)
+            assert seen.holder is not None
+            seen.holder.signal(signal.SIGKILL)
+            delay = await seen.check_expired(3, ttl + SLACK + 5)
+            assert delay <= ttl + SLACK, f"{backend}: the expiry took {delay:.2f}s after kill -9 (TTL {ttl:g}s)"
+            print(f"\n{backend}: restart of {down:.2f}s survived; expiry {delay:.2f}s after kill -9 (TTL {ttl:g}s)")
+
+
+@liveness
+async def test_etcd_leader_kill_keeps_a_live_holder_s_leases(holders: list[Holder]) -> None:
+    """kill -9 of the leader of a 3-member etcd cluster while a holder keeps its lease:
+    the new leader keeps the lease, nothing expires; a killed holder's objects then expire."""
+    ttl = 3.0
+    with running(lambda: EtcdServer(3)) as server:
+        url = server_url(server, "etcd")
+        async with scene(url, holders, ttl) as seen:
+            leader = await anyio.to_thread.run_sync(server.leader)
+            server.kill(leader)
+            await seen.nb.create(LiveItem(id="other"))  # the cluster writes again
+            await seen.until(lambda: any(ev.id == "other" for ev in seen.events), 20, "the change after the kill")
+            await anyio.sleep(ttl + 1)
+            await seen.check_kept(3)
+            assert seen.holder is not None
+            seen.holder.signal(signal.SIGKILL)
+            delay = await seen.check_expired(3, ttl + SLACK + 5)
+            assert delay <= ttl + SLACK, f"etcd: the expiry took {delay:.2f}s after kill -9 (TTL {ttl:g}s)"
+            print(f"\netcd: leader m{leader} killed, lease kept; expiry {delay:.2f}s after kill -9 (TTL {ttl:g}s)")
+
+
+@liveness
+async def test_zookeeper_session_expiry_of_the_holder(
+    tmp_path: Path, request: pytest.FixtureRequest, holders: list[Holder]
+) -> None:
+    """A ZooKeeper holder paused past its session's time-out but within its lease's TTL keeps
+    the lease (a lease is not the session); paused past the TTL, its objects are reaped by the
+    watching client and seen as expiries, and on waking it reports the lease lost and its
+    next write with it is refused."""
+    ttl = 8.0
+    url = fill_url(URLS["zookeeper"] + "&session_timeout=1.5", tmp_path, request)
+    async with scene(url, holders, ttl) as seen:
+        holder = seen.holder
+        assert holder is not None
+        holder.signal(signal.SIGSTOP)
+        await anyio.sleep(3.5)  # past the session's 1.5 s: the server expires the session
+        holder.signal(signal.SIGCONT)
+        await anyio.sleep(ttl / 2 + 1)  # the holder is back with a new session and keeps the lease
+        await seen.check_kept(3)
+        await seen.until(lambda: holder.proc.returncode is None, 1, "the holder")
+        holder.signal(signal.SIGSTOP)
+        stopped = anyio.current_time()
+        delay = await seen.check_expired(3, ttl + SLACK + 5)
+        assert delay <= ttl + SLACK, f"zookeeper: the expiry took {delay:.2f}s after SIGSTOP (TTL {ttl:g}s)"
+        holder.signal(signal.SIGCONT)
+        await seen.until(lambda: len(seen.said) >= 3, 20, "the holder's report")
+        assert seen.said[1:3] == ["LEASE-LOST", "REFUSED"], seen.said
+        assert not [o for o in await seen.nb.get_all(LiveItem) if o.id == "late"]
+        print(f"\nzookeeper: expiry {delay:.2f}s after SIGSTOP ({anyio.current_time() - stopped:.2f}s in all)")
 
 
 async def test_a_driver_without_leases_says_so() -> None:

@@ -25,6 +25,7 @@ past its TTL and wakes up cannot write over its successor.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
@@ -37,6 +38,7 @@ import anyio.abc
 from dfdb.drivers.base import Capability, Guard
 from dfdb.errors import BackendTimeoutError, BackendUnavailableError, DfdbError, LeaseLostError, LockedError
 from dfdb.nbmodel import validate_key
+from dfdb.retry import running_asyncio_task
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -184,6 +186,13 @@ class Lease:
             except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
                 attempt += 1
                 log.debug("keep-alive of lease %s failed (%s); retrying", self.id, exc)
+            except BaseException as exc:  # never the holder's block: the lease is lost only by its deadline
+                task = running_asyncio_task()
+                stray = isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling()
+                if not isinstance(exc, Exception) and not stray:  # this task's own cancellation
+                    raise
+                attempt += 1
+                log.warning("keep-alive of lease %s failed (%s: %s); retrying", self.id, type(exc).__name__, exc)
 
     async def revoke(self) -> None:
         """End the lease now: its objects are deleted (as expiries) and its locks released.

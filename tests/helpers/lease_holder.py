@@ -4,7 +4,9 @@ Usage: python lease_holder.py URL MODE ARGS…
 
 ``hold TTL N``
     grant a lease of TTL seconds, create the items h0 … h{N-1} bound to it, print
-    ``READY``, then wait (the test kills the process).
+    ``READY``, then wait (the test kills the process). Should the lease end, print
+    ``LEASE-LOST``, then try to create the item ``late`` bound to it and print ``WROTE``
+    or ``REFUSED``, and wait.
 ``guarded TTL``
     take the lock ``guard`` (lease of TTL seconds), create the item ``g`` with
     ``guard=lock``, print ``READY TOKEN``; print ``LEASE-LOST`` when the lock's lease ends;
@@ -42,6 +44,13 @@ async def hold(nb: dfdb.NbApi, ttl: float, count: int) -> None:
         for i in range(count):
             await nb.create(LiveItem(id=f"h{i}", n=i), lease=lease)
         say("READY")
+        await lease.lost
+        say("LEASE-LOST")
+        try:
+            await nb.create(LiveItem(id="late"), lease=lease)
+            say("WROTE")
+        except dfdb.LeaseLostError:
+            say("REFUSED")
         await anyio.sleep_forever()
 
 

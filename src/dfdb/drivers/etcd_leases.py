@@ -132,6 +132,12 @@ class EtcdLeases:
             async with asyncio.timeout(self.timeout):
                 await call.write(rpc.LeaseKeepAliveRequest(ID=int(lease)))
                 reply = await call.read()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # not this task's cancellation: gRPC's when another call closed the channel (a failover)
+            raise BackendUnavailableError(f"{self.url}: lease keep-alive: the connection was replaced") from None
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             raise_if_cancelling(exc)
             await conn.failover(channel)
