@@ -101,6 +101,8 @@ def reader_for(model: type[NbModel], held: frozenset[type[NbModel]]) -> Reader |
         refers = [(name, _refs_reader(_annotation(model, name))) for name in _reference_fields(model)]
     except _Unreadable:
         return None
+    except Exception:  # an annotation this analysis does not foresee: the model is built as before
+        return None
     if not any(t in held for t in references(model)):
         refers = []
 
