@@ -57,7 +57,9 @@ async def one(backend: str, url: str, objects: int) -> list[str]:
             lines = [
                 row(backend, f"unchanged (local digest {local:.2f} s CPU)", time.perf_counter() - began, unchanged)
             ]
-            obj, rev = rows["port-000042"]
+            obj = replica.get(CheckedPort, "port-000042")  # built: a sync holds values as stored
+            assert obj is not None
+            rev = rows["port-000042"][1]
             rows["port-000042"] = (obj.model_copy(update={"name": "stale"}), rev - 1)  # silently wrong
             began = time.perf_counter()
             repaired = await replica.check(settle=30)

@@ -1,13 +1,18 @@
 """A Replica's full sync against the driver's own listing, in one process, and where its time goes.
 
-Usage: python benchmarks/replica_sync.py [--db URL] [--ports 20000] [--repeat 3] [--profile]
+Usage: python benchmarks/replica_sync.py [--db URL] [--ports 20000] [--repeat 3] [--profile] [--memory]
 
 Fills ``--db`` with ``--ports`` ports (the benchmark's ports) when it holds none, then times,
 ``--repeat`` times each, interleaved: a Replica's full sync, the driver's listing of the table
 plus ``json.loads`` of every value, and (on a server or SQLite) the raw client's read and parse
 of as many values, as ``nox -s bench`` does it. The best run of each and the ratios are printed;
-``--profile`` adds the functions that took the most time in the last sync (cProfile). On a
-machine shared with other work the absolute figures vary a lot: compare ratios of one run.
+``--profile`` adds the functions that took the most time in the last sync (cProfile). A sync
+holds the values as stored and validates them in the background afterwards: the time until that
+validation ended is printed too. ``--memory`` adds the memory a synced Replica holds per port
+(tracemalloc; after the sync and after its background validation) against a plain dict of the
+same validated models (measured on at most 100,000 of them: the size per model does not depend
+on how many there are). On a machine shared with other work the absolute figures vary a lot:
+compare ratios of one run.
 """
 
 from __future__ import annotations
@@ -15,24 +20,76 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import pstats
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 from dfdb.bench.raw import raw_client_for
 from dfdb.bench.workload import sample_port, sample_values
 from dfdb.connecting import connect
 from dfdb.models import LogicalPort
+from dfdb.nb import NbApi
 from dfdb.replica import Replica
 from dfdb.url import DatabaseURL
 
 
-async def main(url: str, ports: int, repeat: int, profile: bool) -> None:
+async def validated(replica: Replica) -> None:
+    """Wait until the background validation of a lazy sync ended (at once on older versions)."""
+    flag = getattr(replica, "_validated", None)
+    if flag is not None:
+        await flag.wait()
+
+
+async def memory(nb: NbApi, ports: int) -> str:
+    """Bytes per port held by a synced Replica (after the sync, after its validation) and by a
+    plain dict of the validated models."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        async with Replica(nb, [LogicalPort], check_interval=None) as replica:
+            gc.collect()
+            synced = tracemalloc.get_traced_memory()[0] - start
+            await validated(replica)
+            gc.collect()
+            checked = tracemalloc.get_traced_memory()[0] - start
+            held = len(replica)
+        gc.collect()
+        sample = min(held, 100_000)
+        listing = await nb.driver.list(LogicalPort.__table__, None)
+        values = [entry.value for entry in listing.entries[:sample]]
+        del listing
+        gc.collect()
+        start = tracemalloc.get_traced_memory()[0]
+        models = {}
+        for value in values:
+            port = LogicalPort.model_validate_json(value)
+            models[port.id] = port
+        gc.collect()
+        plain = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    return (
+        f"memory per port: Replica {synced / held:,.0f} B after the sync, {checked / held:,.0f} B after its "
+        f"validation; plain dict of the validated models {plain / sample:,.0f} B ({sample:,} models): "
+        f"{synced / held / (plain / sample):.2f}x / {checked / held / (plain / sample):.2f}x"
+    )
+
+
+async def fill(nb: NbApi, ports: int) -> None:
+    """Write ``ports`` ports in chunks (a million models at once would take gigabytes)."""
+    for start in range(0, ports, 50_000):
+        await nb.create_many([sample_port(i, "sync") for i in range(start, min(ports, start + 50_000))])
+
+
+async def main(url: str, ports: int, repeat: int, profile: bool, measure_memory: bool) -> None:
     async with connect(url, timeout=600) as nb:
         if not (await nb.list(LogicalPort)).items:
-            await nb.create_many([sample_port(i, "sync") for i in range(ports)])
+            await fill(nb, ports)
         raw = raw_client_for(DatabaseURL.parse(url), Path(tempfile.mkdtemp()))
         if raw is not None:
             await raw.open()
@@ -40,27 +97,35 @@ async def main(url: str, ports: int, repeat: int, profile: bool) -> None:
             await raw.bulk("sync-raw", sample_values(ports, "sync-raw"))
         listed: list[float] = []
         synced: list[float] = []
+        checked: list[float] = []
         read: list[float] = []
+        cpu: dict[str, list[float]] = {"read": [], "listed": [], "synced": []}
         profiler = cProfile.Profile()
         for run in range(repeat):
             if raw is not None:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 await raw.read_all("sync-raw")
                 read.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+                cpu["read"].append(time.process_time() - c0)
+            t0, c0 = time.perf_counter(), time.process_time()
             listing = await nb.driver.list(LogicalPort.__table__, None)
             for entry in listing.entries:
                 json.loads(entry.value)
             listed.append(time.perf_counter() - t0)
+            cpu["listed"].append(time.process_time() - c0)
+            del listing
             last = profile and run == repeat - 1
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if last:
                 profiler.enable()
             async with Replica(nb, [LogicalPort]) as replica:
                 synced.append(time.perf_counter() - t0)
+                cpu["synced"].append(time.process_time() - c0)
                 if last:
                     profiler.disable()
                 held = len(replica)
+                await validated(replica)
+                checked.append(time.perf_counter() - t0)
         if raw is not None:
             await raw.drop(["sync-raw"])
             await raw.close()
@@ -68,7 +133,17 @@ async def main(url: str, ports: int, repeat: int, profile: bool) -> None:
             f"{url}: {held:,} ports; Replica full sync {min(synced):.3f} s, "
             f"driver listing + json.loads {min(listed):.3f} s: {min(synced) / min(listed):.2f}x"
             + (f"; raw client read + json.loads {min(read):.3f} s: {min(synced) / min(read):.2f}x" if read else "")
+            + f"; background validation ended {min(checked):.3f} s after the start"
         )
+        ratio = min(cpu["synced"]) / min(cpu["read"] or cpu["listed"])
+        print(
+            f"  CPU seconds of the process (less sensitive to other load): sync {min(cpu['synced']):.3f}, "
+            f"listing + json.loads {min(cpu['listed']):.3f}"
+            + (f", raw client read + json.loads {min(cpu['read']):.3f}" if cpu["read"] else "")
+            + f": {ratio:.2f}x"
+        )
+        if measure_memory:
+            print(await memory(nb, ports))
         if profile:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
 
@@ -79,5 +154,6 @@ if __name__ == "__main__":
     parser.add_argument("--ports", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--memory", action="store_true")
     args = parser.parse_args()
-    asyncio.run(main(args.db, args.ports, args.repeat, args.profile))
+    asyncio.run(main(args.db, args.ports, args.repeat, args.profile, args.memory))

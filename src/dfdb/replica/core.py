@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import anyio
 
 from dfdb.background import BackgroundTask
-from dfdb.errors import BackendUnavailableError, NotFoundError, StreamClosedError
+from dfdb.codec import decode
+from dfdb.drivers.base import Entry
+from dfdb.errors import BackendUnavailableError, CorruptObjectError, StreamClosedError
 from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
 from dfdb.nb import NbApi, revision_of
-from dfdb.nbmodel import NbModel, dependency_order, reference_targets, validate_key
+from dfdb.nbmodel import NbModel, dependency_order, validate_key
 from dfdb.replica.antientropy import AntiEntropy, CheckReport
 from dfdb.replica.events import EventFlow, Flag, ReplicaEvent, ReplicaEvents
-from dfdb.replica.lookups import Lookups
+from dfdb.replica.lazy import list_raw
+from dfdb.replica.loading import built, fill_raw, validate_held
 from dfdb.replica.modes import ReplicaStats, SyncMode
 from dfdb.replica.pacing import RELISTS, RelistLimiter
+from dfdb.replica.reactive import Reactive
 from dfdb.replica.relist import Keys, Listings, emit_difference, list_scope, refetch, until_done
-from dfdb.replica.store import Store
+from dfdb.replica.store import Row, Store
 from dfdb.retry import Backoff
 
 __all__ = ["Replica"]
@@ -31,7 +36,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=NbModel)
 
 
-class Replica(Lookups):
+class Replica(Reactive):
     """An indexed local copy of ``models``; use it with ``async with``.
 
     Its background work (following the change stream, reopening it) runs in a task group
@@ -93,7 +98,7 @@ class Replica(Lookups):
         self._held_topics: dict[str | None, int] = {}  # REACTIVE: objects held per topic
         self._partial: set[str] = set()  # SELECTIVE: removed topics whose referenced objects stay
         self._recent: dict[tuple[type[NbModel], str], None] = {}  # REACTIVE: least recent first
-        self._store = Store(self.models)
+        self._store = Store(self.models, self._build)
         self._flow = EventFlow(self._missing, max_pending, defer=self.mode is not SyncMode.REACTIVE)
         self.reconnects = 0
         """Times the change stream was reopened from its cursor."""
@@ -108,6 +113,9 @@ class Replica(Lookups):
         self._follower = BackgroundTask("dfdb-replica")
         self._checker = AntiEntropy(self, check_interval, check_settle)
         self._checks = BackgroundTask("dfdb-replica-check")
+        self._validator = BackgroundTask("dfdb-replica-validate")
+        self._validated = Flag()  # every entry of the last lazy load was validated (or built)
+        self._validated.set()
         self._loading: set[str] = set()  # SELECTIVE: topics being added (followed, not loaded yet)
         self._entered = False
         self._records_read = self._bytes_read = 0  # of the stream, once closed
@@ -163,6 +171,8 @@ class Replica(Lookups):
             self._synced.set()
             self._following = True
             await self._follower.start(self._follow)
+            if not self._validated.is_set():
+                await self._validator.start(functools.partial(validate_held, self))
             if self._checker.interval is not None:
                 await self._checks.start(self._checker.run)
         except BaseException:
@@ -183,6 +193,7 @@ class Replica(Lookups):
         """Stop following and end the ``events()`` iterators; idempotent."""
         try:
             await self._checks.stop()
+            await self._validator.stop()
             await self._follower.stop()
         finally:
             stream, self._stream = self._stream, None
@@ -197,8 +208,22 @@ class Replica(Lookups):
 
     # ------------------------------------------------------------ loading
     async def _load(self, topics: set[str] | None) -> None:
-        """List the scope (all, or ``topics`` plus topic-less objects) into the store."""
-        self._fill(await list_scope(self.nb, self.models, topics, self._topicless), topics)
+        """List the scope (all, or ``topics`` plus topic-less objects) into the store: lazily
+        (:mod:`~dfdb.replica.lazy`) when no ``events()`` consumer waits for the objects."""
+        if self._flow.subscribers or not any(self._store.readers.values()):
+            self._fill(await list_scope(self.nb, self.models, topics, self._topicless), topics)
+        else:
+            fill_raw(self, await list_raw(self.nb, self.models, topics, self._topicless), topics)
+
+    def _build(self, model: type[NbModel], entry: Entry) -> NbModel | None:
+        """The object of an entry held unbuilt; ``None`` (reported) when its value is corrupt."""
+        try:
+            return decode(model, entry.id, entry.topic, entry.value, entry.revision)
+        except CorruptObjectError as exc:
+            self.corrupt += 1
+            log.warning("replica drops %s/%s: its value at revision %d is not valid: %s",
+                        model.__table__, entry.id, entry.revision, exc.reason)  # fmt: skip
+            return None
 
     def _fill(self, listings: Listings, topics: set[str] | None, *, whole: bool = True) -> Keys:
         """Apply ``listings`` to the store, with no await: readers never see half of it; returns
@@ -380,7 +405,7 @@ class Replica(Lookups):
             listings = []
             if self.mode is not SyncMode.REACTIVE:
                 listings = await list_scope(self.nb, models, topics, self._topicless if topic is None else ())
-            before = self._store.clear(models, topic) if scoped else self._store.clear()
+            before = built(self, self._store.clear(models, topic) if scoped else self._store.clear())
             if not scoped:
                 self._recent.clear()
                 self._held_topics = dict.fromkeys(self._held_topics, 0)  # still followed; counted again
@@ -393,7 +418,8 @@ class Replica(Lookups):
                     corrupt = self._fill(listings, topics, whole=not scoped)
             finally:
                 self._flow.muted = False
-            self.corrupt += emit_difference(self._flow, before, self._store.rows, topic, corrupt, self._position)
+            now = cast(dict[type[NbModel], dict[str, Row]], self._store.rows)  # refilled by _fill: built
+            self.corrupt += emit_difference(self._flow, before, now, topic, corrupt, self._position)
             self.resyncs += 1
 
     # ------------------------------------------------------------ state
@@ -484,75 +510,18 @@ class Replica(Lookups):
             for m in self.models
             for i, (o, _) in rows[m].items()
             if (m, i) not in leaving
-            for ref in reference_targets(o)
+            for ref in self._store.targets(m, o)
         }
         for model in reversed(self.models):
             for id in sorted(i for m, i in leaving if m is model):
                 if (model, id) in kept:
                     continue
-                obj, rev = rows[model][id]
-                self._drop_row(model, id)
-                self._flow.emit(ReplicaEvent(Action.DELETE, model, id, obj, None, rev))
+                row = self._store.row(model, id)  # an entry held unbuilt is built: its delete tells it
+                if row is not None:
+                    self._drop_row(model, id)
+                    self._flow.emit(ReplicaEvent(Action.DELETE, model, id, row[0], None, row[1]))
         held = {o.topic for m in self.models for o, _ in rows[m].values()}
         self._partial &= {t for t in held if t is not None}
-
-    # ------------------------------------------------------------ reactive
-    async def fetch(self, model: type[M], id: str) -> M | None:
-        """The object from the Replica, fetched from the database (with the objects it
-        references) on a miss and kept fresh while held; ``None`` when it does not exist.
-
-        Raises:
-            ValueError: the Replica is not REACTIVE, or ``model`` is not one of its models.
-        """
-        if self.mode is not SyncMode.REACTIVE:
-            raise ValueError("fetch needs SyncMode.REACTIVE; use get")
-        if model not in self._store:
-            raise ValueError(f"{model.__name__} is not one of this Replica's models")
-        held = self._store.row(model, id)
-        if held is not None:
-            self._recent.pop((model, id), None)
-            self._recent[(model, id)] = None
-            return held[0]  # type: ignore[return-value]
-        await self._fetch(model, id, depth=3)
-        await self._evict()
-        return self.get(model, id)
-
-    async def _fetch(self, model: type[NbModel], id: str, depth: int) -> None:
-        try:
-            obj = await self.nb.get(model, id)
-        except NotFoundError:
-            return
-        await self._follow_topic(obj.topic)
-        fresh = await self.nb.get(model, id)  # read again after following: nothing falls between
-        self._apply(model, id, fresh, revision_of(fresh) or 0)
-        if depth > 0:
-            for target, ref in reference_targets(fresh):
-                if target in self._store and self._store.row(target, ref) is None:
-                    with contextlib.suppress(NotFoundError):
-                        await self._fetch(target, ref, depth - 1)
-
-    async def _follow_topic(self, topic: str | None) -> None:
-        stream = self._stream
-        if stream is None or topic in self._held_topics:
-            return
-        with contextlib.suppress(StreamClosedError):  # reopening: the new stream follows it
-            await stream.add_topics({topic}, since=stream.cursor)
-        self._held_topics.setdefault(topic, 0)  # only once followed: a cancelled call adds nothing
-
-    async def _evict(self) -> None:
-        """Drop least recently used objects beyond ``max_objects``; a topic whose last
-        object goes is no longer followed."""
-        dropped = False
-        while len(self._recent) > self.max_objects:
-            model, id = next(iter(self._recent))
-            self._drop_row(model, id)
-            self._recent.pop((model, id), None)
-            self.evictions += 1
-            dropped = True
-        if dropped:
-            for topic in [t for t, n in self._held_topics.items() if n <= 0]:
-                del self._held_topics[topic]
-            await self._narrow()
 
     @property
     def topics(self) -> frozenset[str]:

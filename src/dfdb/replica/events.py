@@ -243,6 +243,14 @@ class EventFlow:
         if event.action != Action.DELETE:
             self._release(key)
 
+    def applied(self, key: Key) -> None:
+        """A create of ``key`` was applied while nobody listens, its reference targets held:
+        counted, and the events that waited for it are released (the event itself is not
+        built: no consumer would read it)."""
+        assert not self.subscribers or self.muted
+        self.emitted += 1
+        self._release(key)
+
     def _release(self, key: Key, *, force: bool = False) -> None:
         """Deliver the events that waited for ``key`` (all of them when ``force``)."""
         for event, missing in self._waiting.pop(key, []):

@@ -1,4 +1,6 @@
-"""The Replica's lookups: plain, non-blocking reads of its store (no query is sent)."""
+"""The Replica's lookups: plain, non-blocking reads of its store (no query is sent). An object
+held as its stored entry (a lazy load) is built on its first lookup; one whose value turns out
+corrupt is reported and dropped, never returned."""
 
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ class Lookups:
 
     def get(self, model: type[M], id: str) -> M | None:
         """The cached object, or ``None`` (a lookup, not a query)."""
-        held = self._store.row(model, id)
-        return held[0] if held is not None else None  # type: ignore[return-value]
+        return self._store.obj(model, id)  # type: ignore[return-value]
 
     def get_all(self, model: type[M], topic: str | None = None) -> list[M]:
         """Every cached object of ``model`` (of one ``topic`` when given), sorted by id."""
-        rows = self._store.rows.get(model, {})
-        return [obj for _, (obj, _) in sorted(rows.items()) if topic is None or obj.topic == topic]  # type: ignore[misc]
+        store = self._store
+        rows = store.rows.get(model, {})
+        ids = sorted(id for id, (held, _) in rows.items() if topic is None or held.topic == topic)
+        return [obj for obj in map(store.obj, [model] * len(ids), ids) if obj is not None]  # type: ignore[misc]
 
     def by_index(self, model: type[M], index: str | tuple[str, ...], value: Hashable) -> list[M]:
         """The cached objects whose ``index`` (declared on the model) holds ``value``, sorted
@@ -39,8 +42,8 @@ class Lookups:
         ids = self._store.lookup(model, key, value)
         if ids is None:
             raise KeyError(f"{model.__name__} declares no index {index!r} (indexes: {model.__indexes__})")
-        rows = self._store.rows[model]
-        return [rows[i][0] for i in ids]  # type: ignore[misc]
+        store = self._store
+        return [obj for obj in (store.obj(model, i) for i in ids) if obj is not None]  # type: ignore[misc]
 
     def get_one(self, model: type[M], index: str | tuple[str, ...], value: Hashable) -> M | None:
         """The one cached object whose ``index`` holds ``value``, or ``None``.

@@ -6,12 +6,19 @@ import itertools
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 
+from dfdb.drivers.base import Entry
 from dfdb.nbmodel import NbModel, reference_targets, references
+from dfdb.replica.lazy import Reader, reader_for
 
-__all__ = ["Row", "Store"]
+__all__ = ["Held", "Row", "Store"]
 
 Row = tuple[NbModel, int]
 """A held object and the revision it was written at."""
+Held = tuple[NbModel | Entry, int]
+"""A row as stored: its object, or the stored entry not built yet (see :mod:`~dfdb.replica.lazy`),
+and its revision. Both have a ``topic``."""
+Build = Callable[[type[NbModel], Entry], NbModel | None]
+"""Builds a held entry's object (``None``: its value is corrupt; the builder reports it)."""
 
 _TOMBSTONES = 100_000
 _COLLECTIONS = (list, tuple, set, frozenset)
@@ -22,11 +29,19 @@ KeysOf = Callable[[NbModel], Sequence[Hashable] | set[Hashable]]
 
 class Store:
     """Rows of ``models`` by id, with the indexes each model declares (``__indexes__``) and
-    the revision of recent deletes, so that an older change never brings a key back."""
+    the revision of recent deletes, so that an older change never brings a key back.
 
-    def __init__(self, models: Iterable[type[NbModel]]) -> None:
-        self.rows: dict[type[NbModel], dict[str, Row]] = {m: {} for m in models}
+    A row may hold the stored entry instead of its object (:meth:`put_entry`, from a lazy
+    load): :meth:`row` and :meth:`obj` build it on first access with ``build`` and keep the
+    object; one that ``build`` finds corrupt is dropped and never returned."""
+
+    def __init__(self, models: Iterable[type[NbModel]], build: Build | None = None) -> None:
+        self.rows: dict[type[NbModel], dict[str, Held]] = {m: {} for m in models}
         """The rows of each model by id (read it; change it through the methods)."""
+        self.build = build
+        held = frozenset(self.rows)
+        self.readers: dict[type[NbModel], Reader | None] = {m: reader_for(m, held) for m in self.rows}
+        """How each model's stored values are read without building them (``None``: built at once)."""
         self._indexes: dict[type[NbModel], dict[tuple[str, ...], defaultdict[Hashable, set[str]]]] = {
             m: {index: defaultdict(set) for index in m.__indexes__} for m in self.rows
         }
@@ -48,9 +63,65 @@ class Store:
         return {model.__table__: len(rows) for model, rows in self.rows.items()}
 
     def row(self, model: type[NbModel], id: str) -> Row | None:
-        """The held object of ``model`` ``id`` and its revision, or ``None``."""
+        """The held object of ``model`` ``id`` and its revision, or ``None`` (built now when
+        it was held as its entry; ``None`` as well when that entry turns out corrupt)."""
+        rows = self.rows.get(model)
+        held = rows.get(id) if rows is not None else None
+        if held is None or type(held[0]) is not Entry:
+            return held  # type: ignore[return-value]
+        obj = self.materialize(model, id, held[0], held[1])
+        return None if obj is None else (obj, held[1])
+
+    def obj(self, model: type[NbModel], id: str) -> NbModel | None:
+        """The held object of ``model`` ``id`` (see :meth:`row`), or ``None``."""
+        held = self.row(model, id)
+        return held[0] if held is not None else None
+
+    def held(self, model: type[NbModel], id: str) -> Held | None:
+        """The row of ``model`` ``id`` as stored (nothing is built), or ``None``."""
         rows = self.rows.get(model)
         return rows.get(id) if rows is not None else None
+
+    def materialize(self, model: type[NbModel], id: str, entry: Entry, revision: int) -> NbModel | None:
+        """Build the entry held for ``id``: the row holds the object from now on, or is dropped
+        when the entry is corrupt (``None``)."""
+        assert self.build is not None
+        obj = self.build(model, entry)
+        current = self.rows[model].get(id)
+        if current is not None and current[0] is entry:  # still held: not replaced meanwhile
+            if obj is None:
+                self.drop(model, id)
+            else:
+                self.rows[model][id] = (obj, revision)
+        return obj
+
+    def targets(self, model: type[NbModel], held: NbModel | Entry) -> list[tuple[type[NbModel], str]]:
+        """The reference targets of a held object or entry (an entry's: among the models held)."""
+        if type(held) is Entry:
+            reader = self.readers[model]
+            reading = reader(held) if reader is not None else None
+            assert reading is not None
+            return reading[1]
+        return reference_targets(held)  # type: ignore[arg-type]
+
+    def put_entry(self, model: type[NbModel], entry: Entry, keys: list[Sequence[Hashable]]) -> None:
+        """Hold ``entry`` unbuilt as a new row (none is held for its id), with its ``keys`` in
+        each index as its model's reader read them."""
+        for (_, entries), index_keys in zip(self._keyed[model], keys, strict=True):
+            for key in index_keys:
+                entries[key].add(entry.id)
+        self.rows[model][entry.id] = (entry, entry.revision)
+        if self._tombstones:
+            self._tombstones.pop((model, entry.id), None)
+
+    def _keys(self, model: type[NbModel], held: NbModel | Entry) -> list[Sequence[Hashable] | set[Hashable]]:
+        """The index keys of a held object or entry (an entry held was read before: it reads again)."""
+        if type(held) is Entry:
+            reader = self.readers[model]
+            reading = reader(held) if reader is not None else None
+            assert reading is not None
+            return list(reading[0])
+        return [keys(held) for keys, _ in self._keyed[model]]  # type: ignore[arg-type]
 
     def is_stale(self, model: type[NbModel], id: str, revision: int) -> bool:
         """Whether the store already holds ``id``, or its delete, at ``revision`` or later."""
@@ -71,7 +142,7 @@ class Store:
         rows = self.rows
         return {(target, ref) for target, ref in reference_targets(obj) if target in rows and ref not in rows[target]}
 
-    def put(self, model: type[NbModel], id: str, obj: NbModel, revision: int) -> Row | None:
+    def put(self, model: type[NbModel], id: str, obj: NbModel, revision: int) -> Held | None:
         """Hold ``obj`` at ``revision``, its index entries following its fields; returns the
         row it replaced."""
         rows = self.rows[model]
@@ -81,8 +152,9 @@ class Store:
                 for key in keys(obj):
                     entries[key].add(id)
         else:
-            for keys, entries in self._keyed[model]:
-                old_keys = set(keys(held[0]))
+            held_keys = self._keys(model, held[0])
+            for (keys, entries), old in zip(self._keyed[model], held_keys, strict=True):
+                old_keys = set(old)
                 new_keys = set(keys(obj))
                 if old_keys != new_keys:
                     for key in old_keys - new_keys:
@@ -94,12 +166,12 @@ class Store:
             self._tombstones.pop((model, id), None)
         return held
 
-    def drop(self, model: type[NbModel], id: str) -> Row | None:
-        """Drop ``id`` and its index entries; returns the row dropped."""
+    def drop(self, model: type[NbModel], id: str) -> Held | None:
+        """Drop ``id`` and its index entries; returns the row dropped (as stored)."""
         held = self.rows[model].pop(id, None)
         if held is not None:
-            for keys, entries in self._keyed[model]:
-                for key in keys(held[0]):
+            for (_, entries), keys in zip(self._keyed[model], self._keys(model, held[0]), strict=True):
+                for key in keys:
                     _discard(entries, key, id)
         return held
 
@@ -111,7 +183,7 @@ class Store:
 
     def clear(
         self, models: Iterable[type[NbModel]] | None = None, topic: str | None = None
-    ) -> dict[type[NbModel], dict[str, Row]]:
+    ) -> dict[type[NbModel], dict[str, Held]]:
         """Empty the store (tombstones too), or only the rows of ``models`` (of one ``topic``
         when given; their tombstones go when no topic is); returns what it dropped."""
         if models is None and topic is None:
@@ -132,7 +204,8 @@ class Store:
         return before
 
     def lookup(self, model: type[NbModel], index: tuple[str, ...], value: Hashable) -> list[str] | None:
-        """The sorted ids whose ``index`` holds ``value`` (``None``: no such index)."""
+        """The sorted ids whose ``index`` holds ``value`` (``None``: no such index); entries
+        held unbuilt among them may still turn out corrupt (:meth:`row` tells)."""
         entries = self._indexes.get(model, {}).get(index)
         if entries is None:
             return None
