@@ -292,3 +292,16 @@ async def test_a_check_that_fails_unexpectedly_does_not_end_the_periodic_checks(
             while replica.stats().checks < 2:
                 await asyncio.sleep(0.02)
         assert any("a bug in the driver" in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+
+
+async def test_check_of_a_closed_or_unentered_replica_raises() -> None:
+    """As documented: a check needs a running Replica; it is not a silent incomplete report."""
+    async with dfdb.connect("memory://ae-closed") as nb:
+        replica = Replica(nb, [Net])
+        with pytest.raises(dfdb.StreamClosedError, match="enter the Replica"):
+            await replica.check()
+        async with replica:
+            await nb.create(Net(id="n1"))
+            assert (await replica.check()).complete
+        with pytest.raises(dfdb.StreamClosedError, match="closed"):
+            await replica.check()

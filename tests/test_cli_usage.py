@@ -90,6 +90,10 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         (["nosuch"], "invalid choice: 'nosuch'"),
         (["ls", "lswitch", "-o", "xml"], "invalid choice: 'xml'"),
         (["--timeout", "0", "ls", "lswitch"], "--timeout"),
+        (["fleet", "--rate", "0"], "--rate: must be a number per second above 0"),
+        (["fleet", "--relist-rate", "nan"], "--relist-rate: must be a number per second above 0"),
+        (["fleet", "--relist-jitter", "nan"], "--relist-jitter: must be a number of seconds from 0"),
+        (["fleet", "--relist-jitter", "-1"], "--relist-jitter: must be a number of seconds from 0"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(argv: list[str], text: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 
 import dfdb
@@ -218,3 +219,32 @@ async def test_closing_the_nbapi_ends_the_replicas_waiting_for_a_relist() -> Non
     finally:
         for replica in reversed(replicas):
             await replica.aclose()
+
+
+async def test_relists_cancelled_while_waiting_for_a_running_slot_give_their_tokens_back() -> None:
+    """Relists that took their token and then wait for one of the ``burst`` running slots
+    are cancelled (their Replica closed): the tokens come back, so the next relists start at once."""
+    limiter = RelistLimiter(rate=0.001, burst=2, jitter=0)  # a token taken is not made again in this test
+    gate = limiter._gate()
+    for _ in range(2):  # every running slot taken: the bucket still holds its two tokens
+        await gate.acquire()
+
+    async def relist() -> None:
+        async with limiter.slot():
+            pass
+
+    async with asyncio.TaskGroup() as tg:
+        waiters = [tg.create_task(relist()) for _ in range(2)]
+        deadline = time.monotonic() + WAIT
+        while gate.statistics().tasks_waiting < 2 and time.monotonic() < deadline:  # tokens taken, at the gate
+            await asyncio.sleep(0.01)
+        assert gate.statistics().tasks_waiting == 2
+        for waiter in waiters:
+            waiter.cancel()
+    assert all(w.cancelled() for w in waiters) and limiter.waiting == 0
+    for _ in range(2):
+        gate.release()
+    with anyio.fail_after(5):  # without the tokens back, the next relist would wait 1,000 s
+        for _ in range(2):
+            async with limiter.slot() as waited:
+                assert waited < 1

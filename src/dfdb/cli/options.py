@@ -254,13 +254,13 @@ def _fleet(sub: argparse._SubParsersAction[Parser]) -> None:
     f.add_argument("--tenants", type=_positive, help="tenants (default: as many as controllers)")
     f.add_argument("--ports", type=_positive, default=20, help="ports per tenant")
     f.add_argument("--spread", type=_positive, default=3, help="chassis each tenant's ports sit on")
-    f.add_argument("--rate", type=_seconds, default=50.0, help="writes per second in the steady state")
+    f.add_argument("--rate", type=_rate, default=50.0, help="writes per second in the steady state")
     f.add_argument("--duration", type=_seconds, default=10.0, help="seconds of steady-state writing")
     f.add_argument("--lost", type=_natural, default=200, help="changes lost to the controllers (history loss)")
     f.add_argument("--scenarios", default="cold,steady,restart,history", help="comma-separated scenarios to run")
-    f.add_argument("--relist-rate", type=_seconds, default=20.0, help="relists per second per process")
+    f.add_argument("--relist-rate", type=_rate, default=20.0, help="relists per second per process")
     f.add_argument("--relist-burst", type=_positive, default=10, help="relists at once per process")
-    f.add_argument("--relist-jitter", type=float, default=1.0, help="longest random delay before a relist, seconds")
+    f.add_argument("--relist-jitter", type=_delay, default=1.0, help="longest random delay before a relist, seconds")
     f.add_argument("--within", type=_seconds, default=300.0, help="seconds a scenario may take to converge")
     f.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
 
@@ -284,12 +284,29 @@ def _positive(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
+    return _number(text, f"must be a number of seconds above 0 and at most {MAX_SECONDS:g}")
+
+
+def _delay(text: str) -> float:
+    return _number(text, f"must be a number of seconds from 0 to {MAX_SECONDS:g}", positive=False)
+
+
+def _rate(text: str) -> float:
+    return _number(text, f"must be a number per second above 0 and at most {MAX_RATE:g}", maximum=MAX_RATE)
+
+
+MAX_RATE = 1e6
+"""The highest rate (per second) an option takes: more is a typing mistake."""
+
+
+def _number(text: str, expected: str, *, positive: bool = True, maximum: float = MAX_SECONDS) -> float:
+    """``text`` as a finite number up to ``maximum``, above 0 (from 0 unless ``positive``)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text}") from None
-    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 and at most {MAX_SECONDS:g}: {text}")
+    if not (math.isfinite(value) and (value > 0 if positive else value >= 0) and value <= maximum):
+        raise argparse.ArgumentTypeError(f"{expected}: {text}")
     return value
 
 

@@ -145,8 +145,12 @@ class AntiEntropy:
             BackendUnavailableError: the server could not be reached (nothing was changed).
             StreamClosedError: the Replica is closed.
         """
+        r = self.replica
+        if not r._following:  # closed, stopped by a failure, or not entered yet
+            if not r._entered:
+                raise StreamClosedError("enter the Replica with 'async with' before checking it")
+            raise StreamClosedError(f"this Replica stopped: {r._failure}" if r._failure else "this Replica is closed")
         async with self._lock:
-            r = self.replica
             if not r.synced or r._lock.locked():
                 return CheckReport(False)
             wait = self.settle if settle is None else settle

@@ -534,7 +534,7 @@ class Replica(Reactive):
 
         Raises:
             BackendUnavailableError: the server could not be reached.
-        """
+            StreamClosedError: the Replica is closed (or not entered yet)."""
         return await self._checker.check(settle)
 
     def events(self) -> ReplicaEvents:

@@ -110,10 +110,12 @@ class RelistLimiter:
             delay = self._reserve()
             try:
                 await anyio.sleep(delay)
+                gate = self._gate()
+                await gate.acquire()
             except BaseException:
-                self._refund()  # not taken: the turn goes to the next one
+                self._refund()  # not started: the turn goes to the next one
                 raise
-            async with self._gate():
+            try:
                 self.waiting -= 1
                 waiting = False
                 waited = time.monotonic() - start
@@ -125,6 +127,8 @@ class RelistLimiter:
                     yield waited
                 finally:
                     self.active -= 1
+            finally:
+                gate.release()
         finally:
             if waiting:
                 self.waiting -= 1

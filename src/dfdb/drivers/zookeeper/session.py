@@ -34,6 +34,24 @@ _HANDSHAKE_TIMEOUT = 3.0
 """Seconds a server has to answer a new connection's handshake."""
 
 
+class _ExpectedRefusals(logging.Filter):
+    """Keeps out of the logs aiozk's error record, with its traceback, for every connection a
+    server refused or did not answer: dfdb retries those and logs them itself (at debug level).
+    Installed on aiozk's ``aiozk.session`` logger by the ZooKeeper driver; other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        refused = isinstance(error, OSError | TimeoutError | EOFError)
+        return not (refused and str(record.msg).startswith("Couldn't connect to"))
+
+
+def _quiet_refusals() -> None:
+    """Install :class:`_ExpectedRefusals` on aiozk's session logger, once."""
+    logger = logging.getLogger("aiozk.session")
+    if not any(isinstance(f, _ExpectedRefusals) for f in logger.filters):
+        logger.addFilter(_ExpectedRefusals())
+
+
 class SessionRepair:
     """Installs dfdb's repair on an aiozk client's session and owns the tasks it starts.
 
@@ -67,6 +85,7 @@ class SessionRepair:
         """A new aiozk client for ``servers`` with dfdb's repair installed (and TLS: a
         context and the server name its certificate must carry); a refusal (a certificate,
         the other protocol) is said within ``within`` seconds when given."""
+        _quiet_refusals()
         zk = ZKClient(servers, session_timeout=session_timeout, read_timeout=session_timeout)
         context, server_name = tls or (None, None)
         use_tls(zk.session, context, server_name, within)
