@@ -48,7 +48,13 @@ class _Watcher:
     """The topic watched (``None``: the topic-less objects, or every topic for the only watch)."""
     prefix: bytes
     frontier: int
-    """Every change under the prefix up to here has been delivered."""
+    """Every change under the prefix up to here has been delivered (known from this watch's
+    own replies, or inferred from another watch's)."""
+    confirmed: int
+    """Every change under the prefix up to here has been delivered, by this watch's own replies."""
+    shared: int = 0
+    """A revision that changed keys of several topics (a lease's end), which other watches
+    sent: this watch, just below it, may send its own changes of it still."""
     created: bool = False
     synced: bool = False
     """etcd sends this watch's changes as they happen (it is not catching up)."""
@@ -69,16 +75,36 @@ class EtcdSource(ReaderTaskSource):
     than etcd's 1000 revisions is the whole history up to it; a progress notification
     carries the revision the watch is at. Since etcd sends the events of the watches of
     one stream that are in sync in revision order, an event at revision ``r`` of one
-    watch also moves every other in-sync watch to ``r`` (each revision changes one data
-    key). A watch is known to be in sync when it was created above the store's
-    revision, or once a reply of its own says so.
+    watch also moves every other in-sync watch to ``r``: a dfdb write changes one data
+    key. A lease's end (etcd deletes every key bound to it, in every topic, in one
+    revision; the delete of the lease's mark in each topic tells it) moves them only to
+    ``r - 1``, since their own changes of ``r`` may follow: they are returned as they
+    come (as old as the ones returned, not older), and the cursor passes ``r`` only once
+    every watch is past it. A watch is known to be in sync when it was created above the
+    store's revision, or once a reply of its own says so.
+
+    A frontier moved by another watch's reply is an inference: ``confirmed`` is where the
+    watch's own replies took it. etcd may set a watch aside (a "victim") when the stream
+    is too slow to take its changes, send other watches' later changes meanwhile, and the
+    set-aside ones later; a reply that starts below the watch's frontier shows it (or, on
+    etcd 3.4 before 3.4.25, a progress notification sent ahead of held-back changes):
+    the watch is no longer taken as in sync, and its changes below that frontier are late
+    (a ``resync`` of its topic stands for them, see below). A watch created again after a
+    disconnect starts after ``confirmed``, not after its frontier (at most 10,000
+    revisions earlier, and on the frontier itself at least: a revision may change keys of
+    several topics), so that nothing inferred is skipped; what it delivered already is
+    dropped by (revision, key). A topic added from a cursor older than events returned
+    already cannot come in order either: its changes below them are late in the same way.
 
     The watches catch up on their own, each in its own batches, so one watch may send
     newer revisions before another sends older ones: an object deleted under one topic
     and created again under another would arrive newest first, and its older changes
     would then be dropped as duplicates of the newer one. So a buffered event is
     returned only once every watch is past its revision (:meth:`_release_up_to`): the
-    merge is in revision order, and the cursor of each event is its own revision. A
+    merge is in revision order, and the cursor of each event is its own revision. What
+    is left: a cursor read in the moment between a victim's set-aside and the reply that
+    shows it may pass the victim's changes (a stream resumed from it misses them; the
+    stream that read it delivers a ``resync`` of the topic). A
     watch with nothing to catch up says so only with etcd's next progress notification
     (``--experimental-watch-progress-notify-interval``, 10 minutes by default), so an
     event is held at most about ``watch_hold`` seconds (the URL option, default 1): then
@@ -122,12 +148,13 @@ class EtcdSource(ReaderTaskSource):
         self._held_since: float | None = None  # when the oldest event held back was buffered
         self._pushed = 0  # the highest revision buffered
         self._forced = 0  # a forced release returns every buffered event up to here
+        self._returned = 0  # the highest revision of an event returned
         self.forced_releases = 0
         """How many times events waited ``watch_hold`` seconds for a watch catching up and
         were returned without it (see the class docstring)."""
 
     def _add(self, topic: str | None, prefix: bytes, since: int) -> _Watcher:
-        watcher = _Watcher(self._next_id, topic, prefix, since)
+        watcher = _Watcher(self._next_id, topic, prefix, since, since)
         self._watchers[watcher.watch_id] = watcher
         self._next_id += 1
         return watcher
@@ -135,8 +162,15 @@ class EtcdSource(ReaderTaskSource):
     def _read_up_to(self) -> int:
         return min((w.frontier for w in self._watchers.values()), default=self._head)
 
+    def _limit(self) -> int:
+        """Buffered events up to here are returned: no watch can send an older change (a
+        watch just below a revision of several topics may send its changes of it still:
+        they are as old as those returned, not older)."""
+        reach = (w.frontier + (w.shared == w.frontier + 1) for w in self._watchers.values())
+        return max(min(reach, default=self._head), self._forced)
+
     def _release_up_to(self) -> int:
-        limit = max(self._read_up_to(), self._forced)
+        limit = self._limit()
         if self._pushed <= limit:  # nothing held back
             self._held_since = None
             return limit
@@ -151,7 +185,7 @@ class EtcdSource(ReaderTaskSource):
         super()._push(event)
         if event.revision > self._pushed:
             self._pushed = event.revision
-            if self._held_since is None and event.revision > max(self._read_up_to(), self._forced):
+            if self._held_since is None and event.revision > self._limit():
                 self._held_since = asyncio.get_running_loop().time()
 
     def _release_deadline(self) -> float | None:
@@ -184,13 +218,17 @@ class EtcdSource(ReaderTaskSource):
         """The member this source reads from."""
         return self._conn.target
 
-    def _reached(self, watcher: _Watcher, revision: int) -> None:
-        """``watcher`` delivered everything up to ``revision``; so did every in-sync watch."""
+    def _reached(self, watcher: _Watcher, revision: int, others: int) -> None:
+        """``watcher`` delivered everything up to ``revision``; every other in-sync watch
+        everything up to ``others``."""
         watcher.frontier = max(watcher.frontier, revision)
+        watcher.confirmed = max(watcher.confirmed, revision)
         if watcher.synced:
             for other in self._watchers.values():
-                if other.synced and other.frontier < revision:
-                    other.frontier = revision
+                if other.synced and other.frontier < others:
+                    other.frontier = others
+                    if others < revision:
+                        other.shared = revision
 
     # ------------------------------------------------------------ stream
     async def start(self) -> None:
@@ -200,6 +238,8 @@ class EtcdSource(ReaderTaskSource):
             try:
                 await self._open_stream()
                 return
+            except _Resume:
+                await self._drop_stream(failover=False)
             except _Compacted:  # resuming from a compacted revision: say so first
                 self._push(await self._restart_all(await self._access.current_revision()))
             except (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError) as exc:
@@ -227,7 +267,7 @@ class EtcdSource(ReaderTaskSource):
         request = rpc.WatchCreateRequest(
             key=watcher.prefix,
             range_end=_range_end(watcher.prefix),
-            start_revision=watcher.frontier + 1,
+            start_revision=_resume_at(watcher),
             progress_notify=True,
             prev_kv=True,
             watch_id=watcher.watch_id,
@@ -278,7 +318,11 @@ class EtcdSource(ReaderTaskSource):
             raise BackendUnavailableError(f"{url}: the watch stream ended")
         watcher = self._watchers.get(reply.watch_id)
         if reply.compact_revision:
-            raise _Compacted(int(reply.compact_revision))
+            compacted = int(reply.compact_revision)
+            if watcher is not None and watcher.confirmed < watcher.frontier and compacted <= watcher.frontier + 1:
+                watcher.confirmed = watcher.frontier  # what it read again below its frontier is gone: not that
+                raise _Resume(compacted)
+            raise _Compacted(compacted)
         if reply.canceled:
             if "permission denied" in reply.cancel_reason:  # the role lost the prefix (watch id -1 at times)
                 raise AuthenticationError(f"{url}: not allowed: {reply.cancel_reason} (check the user's role)")
@@ -294,7 +338,7 @@ class EtcdSource(ReaderTaskSource):
             return
         if not reply.events:  # a progress notification: sent to in-sync watches only
             watcher.synced = True
-            self._reached(watcher, header)
+            self._reached(watcher, header, header)
             return
         self.records_read += len(reply.events)
         self.bytes_read += reply.ByteSize()
@@ -305,17 +349,22 @@ class EtcdSource(ReaderTaskSource):
             for ev in reply.events
             if ev.type == rpc.Event.DELETE and _is_mark(self._access.parse_data_key(bytes(ev.kv.key)))
         }
+        oldest = min(int(ev.kv.mod_revision) for ev in reply.events)
+        if oldest < watcher.frontier:
+            self._behind(watcher, oldest)
         revisions: set[int] = set()
         for ev in reply.events:
             revision = self._take(watcher, ev, expired)
             revisions.add(revision)
             last = max(last, revision)
+        others = last - 1 if last in expired else last  # a lease's end deletes keys of other topics too
         if header >= last and len(revisions) < _BATCH_REVISIONS:
             # sent as it happened (the header is the event's revision), or the whole history
             # of a watch catching up, which etcd then sends as it happens
             watcher.synced = True
-            last = header
-        self._reached(watcher, last)
+            if header > last:  # every change up to the header was sent before this batch
+                last = others = header
+        self._reached(watcher, last, others)
 
     def _take(self, watcher: _Watcher, ev: Any, expired: set[int]) -> int:
         """Buffer one etcd event of ``watcher`` (a delete at a revision in ``expired`` is a
@@ -328,16 +377,6 @@ class EtcdSource(ReaderTaskSource):
         self._taken[revision, key] = None
         if len(self._taken) > _TAKEN:
             del self._taken[next(iter(self._taken))]
-        if revision <= watcher.frontier:
-            # a stream starts each watch after its frontier, so this event was never delivered:
-            # etcd (3.4 before 3.4.25) may send a progress notification, or another watch's
-            # later event, ahead of events it holds back for a busy stream; deliver it late
-            log.debug(
-                "etcd watch %d: event at revision %d below its frontier %d",
-                watcher.watch_id,
-                revision,
-                watcher.frontier,
-            )
         parsed = self._access.parse_data_key(key)
         if parsed is None:
             table = self._access.table_of(key)
@@ -359,6 +398,23 @@ class EtcdSource(ReaderTaskSource):
             action: RawAction = "create" if kv.version == 1 else "update"
             self._push(RawEvent(action, table, id, topic, bytes(kv.value), revision))
         return revision
+
+    def _behind(self, watcher: _Watcher, oldest: int) -> None:
+        """A reply of ``watcher`` starts at ``oldest``, below its frontier: etcd set the watch
+        aside (a "victim": the stream was too slow to take its changes) while it sent other
+        watches' later ones, or (etcd 3.4 before 3.4.25) sent a progress notification ahead
+        of changes it held back. Changes newer than these may have been returned, so they
+        are late: the watch is not in sync, and its changes below its frontier are answered
+        with a ``resync`` of its topic (see :meth:`_resync_late`)."""
+        log.debug(
+            "etcd watch %d: a reply from revision %d, below its frontier %d (confirmed up to %d)",
+            watcher.watch_id,
+            oldest,
+            watcher.frontier,
+            watcher.confirmed,
+        )
+        watcher.synced = False
+        watcher.released = max(watcher.released, watcher.frontier)
 
     def _resync_late(self, watcher: _Watcher, revision: int) -> None:
         """A change of ``watcher`` older than changes a forced release returned: it may be
@@ -390,6 +446,8 @@ class EtcdSource(ReaderTaskSource):
                 if resync is not None:
                     return resync
             await self._read_one()
+        except _Resume:
+            await self._drop_stream(failover=False)  # the next round opens the stream again
         except _Compacted:
             return await self._restart_all(await self._access.current_revision())
         return None
@@ -428,14 +486,24 @@ class EtcdSource(ReaderTaskSource):
         self._forced = self._pushed = 0
         self._held_since = None
         for watcher in self._watchers.values():
-            watcher.frontier = revision
+            watcher.frontier = watcher.confirmed = revision
             watcher.released = watcher.resynced = 0
         return RawEvent.resync(revision, identity)
 
+    async def __anext__(self) -> RawEvent:
+        event = await super().__anext__()
+        self._returned = max(self._returned, event.revision)
+        return event
+
     async def _follow(self, topics: frozenset[str | None], since: int) -> None:
+        """Add a watch per topic from ``since``. Its changes older than events returned
+        already cannot come in revision order: like late changes after a forced release,
+        they are answered with a ``resync`` of the topic (see :meth:`_resync_late`)."""
         # no await point: a cancelled caller cannot leave a watcher half added
         for topic in sorted(topics, key=lambda t: (t is None, t or "")):
             watcher = self._add(topic, self._access.topic_prefix(topic), since)
+            if self._returned > since:
+                watcher.released = self._returned
             if self._call is not None:  # else the next read opens the stream with it
                 self._create(watcher)
         self._grown.set()
@@ -487,6 +555,21 @@ def _status_tasks(core: object) -> set[asyncio.Task[Any]]:
     return found
 
 
+def _resume_at(watcher: _Watcher) -> int:
+    """Where a (re)created watch starts: after its own replies' last revision, so that a
+    change another watch's reply only let it infer (a later revision while etcd held this
+    watch's back, or a revision that changed keys of several topics) is read again; at most
+    :data:`_RESUME_BACK` revisions before its frontier, and at the frontier itself (a
+    revision may change several keys). What was delivered already is dropped by (revision,
+    key)."""
+    if watcher.confirmed >= watcher.frontier:
+        return watcher.frontier + 1
+    return max(watcher.confirmed + 1, watcher.frontier - _RESUME_BACK)
+
+
+_RESUME_BACK = 10_000
+"""The most revisions a reconnected watch reads again below its inferred frontier."""
+
 _BATCH_REVISIONS = 1000
 """etcd sends the history of a watch catching up in batches of at most this many revisions;
 a batch that has fewer is all of it, up to the batch's header revision."""
@@ -510,3 +593,8 @@ class _Compacted(Exception):
     def __init__(self, revision: int) -> None:
         super().__init__(revision)
         self.revision = revision
+
+
+class _Resume(_Compacted):
+    """A watch resumed below its frontier was compacted there: open the stream again,
+    resuming it after its frontier."""
