@@ -410,3 +410,37 @@ async def test_concurrent_writes_with_min_replicas(setup: SentinelSetup) -> None
         refused = await asyncio.gather(*writes, return_exceptions=True)
         for exc in refused:  # every concurrent write waited, and only 2 replicas exist
             assert isinstance(exc, dfdb.DriverError) and "may or may not survive" in str(exc), repr(exc)
+
+
+async def our_connections(port: int) -> int:
+    """The client connections a sentinel holds, besides the other sentinels' and this check's own."""
+    check = raw(port)
+    try:
+        clients = await check.client_list()
+        return sum(
+            1 for c in clients if not str(c.get("name")).startswith("sentinel") and c.get("cmd") != "client|list"
+        )
+    finally:
+        await check.aclose()
+
+
+async def test_connections_made_at_once_find_the_master_and_are_closed(setup: SentinelSetup) -> None:
+    url = DatabaseURL.parse(setup.url + "&prefix=once")
+    driver = driver_class(url)(url)
+    await driver.open()
+    try:
+        # the first two sentinels no longer know the master: as after a failover, every new
+        # connection walks the list of sentinels, several at once
+        for port in setup.sentinel_ports[:2]:
+            sentinel = raw(port)
+            await sentinel.execute_command("SENTINEL", "REMOVE", "mymaster")
+            await sentinel.aclose()
+        reads = await asyncio.gather(*(driver.get("item", f"k{n}") for n in range(8)), return_exceptions=True)
+        assert sum([await our_connections(p) for p in setup.sentinel_ports]) > 0
+    finally:
+        await driver.aclose()
+    deadline = time.monotonic() + 5  # every sentinel's connections are closed with the driver
+    while any(left := [await our_connections(p) for p in setup.sentinel_ports]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert left == [0, 0, 0]
+    assert reads == [None] * 8  # none skipped a sentinel and found no master

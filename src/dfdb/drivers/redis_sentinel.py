@@ -43,7 +43,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
 
 from dfdb.drivers.base import PutRequest
@@ -77,6 +77,34 @@ return 1
 def _info_fields(raw: Any) -> dict[str, str]:
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+
+class _Sentinel(Sentinel):
+    """redis-py's :class:`Sentinel`, asking the sentinels in turn from a copy of their list.
+
+    Its own ``discover_master`` moves the sentinel that answered to the front of the list
+    in place, by the index at which it found it, while other connections are going
+    through the same list: when several connect at once (every connection of a client
+    after a failover) some skip sentinels and fail with ``MasterNotFoundError``, and one
+    sentinel's client can be dropped from the list for another twice over (its
+    connections were then never closed)."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors = []
+        for sentinel in list(self.sentinels):
+            try:
+                masters: Any = await sentinel.sentinel_masters()  # a dict by master name
+            except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+                errors.append(f"{sentinel} - {exc!r}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels = [sentinel, *(s for s in self.sentinels if s is not sentinel)]
+                forced = getattr(self, "_force_master_ip", None)
+                return (forced if forced is not None else state["ip"]), state["port"]
+        raise MasterNotFoundError(
+            f"No master found for {service_name!r}" + (f" : {', '.join(errors)}" if errors else "")
+        )
 
 
 class _MasterConnection(SentinelManagedConnection):
@@ -129,6 +157,7 @@ class SentinelDriver(RedisDriver):
         self.min_replicas = url.int_option("min_replicas", 0)
         self.min_replicas_timeout = url.float_option("min_replicas_timeout", 1.0, minimum=0.001)
         self._sentinel: Any = None
+        self._sentinel_clients: builtins.list[aioredis.Redis] = []
 
     def _sentinel_client(self, host: str, port: int) -> aioredis.Redis:
         """A client of one sentinel, with the sentinels' credentials and TLS."""
@@ -153,8 +182,9 @@ class SentinelDriver(RedisDriver):
 
     def _new_client(self, socket_timeout: float | None) -> aioredis.Redis:
         if self._sentinel is None:
-            self._sentinel = Sentinel(self.sentinels, sentinel_kwargs={})  # type: ignore[no-untyped-call]
-            self._sentinel.sentinels = [self._sentinel_client(host, port) for host, port in self.sentinels]
+            self._sentinel = _Sentinel(self.sentinels, sentinel_kwargs={})  # type: ignore[no-untyped-call]
+            self._sentinel_clients = [self._sentinel_client(host, port) for host, port in self.sentinels]
+            self._sentinel.sentinels = list(self._sentinel_clients)
         tls: dict[str, Any] = {"connection_class": _MasterConnection}
         if self._tls_context is not None:
             tls = {
@@ -254,11 +284,10 @@ class SentinelDriver(RedisDriver):
 
     async def _close_clients(self) -> None:
         await super()._close_clients()
-        if self._sentinel is not None:
-            for client in self._sentinel.sentinels:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
-            self._sentinel = None
+        clients, self._sentinel_clients, self._sentinel = self._sentinel_clients, [], None
+        for client in clients:  # the clients made here: the Sentinel's own list may have been reordered
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def continues(self, identity: str, revision: int) -> bool:
         """Whether the current master term holds the history of epoch ``identity`` up to
