@@ -1,5 +1,6 @@
 """Liveness with real processes: a lease holder killed with ``kill -9``, a lock holder paused
-past its TTL, and contending lock holders (tests/helpers/lease_holder.py in other processes).
+past its TTL, contending lock holders, and leases held through server faults (a restart, an
+etcd leader kill, a ZooKeeper session expiry) (tests/helpers/lease_holder.py in other processes).
 
 The ``kill -9`` test runs on SQLite in the default suite; on every backend, and the longer
 tests, with ``DFDB_LIVENESS=1`` (``nox -s liveness``), which also measures and prints the
