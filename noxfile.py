@@ -188,6 +188,7 @@ def chaos(session: nox.Session) -> None:
 def liveness(session: nox.Session) -> None:
     """The long liveness runs on every server backend (not part of the default run, which has the
     kill -9 test): expiry delays measured 10 times each (median and worst printed), a lock holder
-    paused past its TTL, and 8 contending lock holders of which two are killed."""
+    paused past its TTL, 8 contending lock holders of which two are killed, and leases held
+    through a server restart, an etcd leader kill and a ZooKeeper session expiry."""
     session.install("-e", ".[all]", *DEV)
     session.run("pytest", "-s", "tests/test_liveness.py", *session.posargs, env={"DFDB_LIVENESS": "1"})

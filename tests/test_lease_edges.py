@@ -4,7 +4,9 @@ presence API."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -146,3 +148,127 @@ async def test_zookeeper_guarded_write_after_the_holder_s_deadline_is_not_sent(
         with pytest.raises(dfdb.LeaseLostError, match="deadline passed"):
             await nb.driver.put_bound(table, "late", None, b'{"id": "late"}', ABSENT, None, guard)
         assert await nb.driver.get(table, "late") is None
+
+
+# ---------------------------------------------------------------- a hostile user
+
+
+async def test_lock_timeout_must_be_a_duration() -> None:
+    async with dfdb.connect("memory://") as nb:
+        for timeout in (-1, float("nan"), "3", True):
+            with pytest.raises(ValueError, match="timeout"):
+                nb.lock("x", ttl=5, timeout=timeout)  # type: ignore[arg-type]
+        async with nb.lock("x", ttl=5), nb.lock("y", ttl=5, timeout=0):
+            with pytest.raises(dfdb.LockedError):
+                async with nb.lock("x", ttl=5, timeout=0):
+                    pytest.fail("a second holder")
+
+
+async def test_presence_interval_must_be_a_duration() -> None:
+    async with dfdb.connect("memory://") as nb:
+        for interval in (float("nan"), float("inf"), "5", True, -1):
+            with pytest.raises(ValueError, match="interval"):
+                dfdb.publish_presence(nb, "svc", interval=interval)  # type: ignore[arg-type]
+
+
+async def test_lock_names_that_are_hostile_ids(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Any valid id is a lock name, also where ZooKeeper refuses its characters in a path."""
+    async with dfdb.connect(fill_url(ZK_URL, tmp_path, request)) as nb:
+        for name in ("🔒", "\uf000", "%2F", "*", "[x]", "a\\b", "x" * 255, ".x", " "):
+            with anyio.fail_after(10):
+                async with nb.lock(name, ttl=5) as first:
+                    await nb.put(EdgeItem(id="i", n=first.token), guard=first)
+                async with nb.lock(name, ttl=5, timeout=5) as second:
+                    assert second.token > first.token, name
+        assert (await nb.get(EdgeItem, "i")).n == first.token
+
+
+def lease_rows(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT count(*) FROM dfdb_leases").fetchone()[0])
+
+
+async def test_a_lease_revoked_before_use_is_never_granted(tmp_path: Path) -> None:
+    async with dfdb.connect(f"sqlite:///{tmp_path}/r.db") as nb:
+        lease = nb.lease(ttl=5)
+        await lease.revoke()
+        await lease.revoke()  # idempotent
+        with pytest.raises(dfdb.DfdbError, match="revoked before"):
+            async with lease:
+                pytest.fail("a revoked lease was granted")
+        async with nb.lease(ttl=5) as used:
+            await used.revoke()
+            await used.revoke()
+        assert lease_rows(tmp_path / "r.db") == 0
+
+
+async def test_a_lease_ends_with_its_nbapi(tmp_path: Path) -> None:
+    """Closing the NbApi inside a lease's block ends the lease (reported through ``lost``)
+    instead of failing the block, and the lease refuses further use clearly."""
+    nb = dfdb.connect(f"sqlite:///{tmp_path}/c.db")
+    async with nb, nb.lease(ttl=1.5) as lease:
+        await nb.create(EdgeItem(id="a"), lease=lease)
+        await nb.aclose()
+        with anyio.fail_after(5):
+            await lease.lost  # at the next keep-alive, not at the TTL's end
+        assert lease.error is not None and "closed" in str(lease.error)
+        with pytest.raises(dfdb.StreamClosedError):
+            await lease.refresh()
+    async with dfdb.connect(f"sqlite:///{tmp_path}/c.db") as again:
+        with pytest.raises(dfdb.LeaseLostError):
+            await again.create(EdgeItem(id="b"), lease=lease)
+        with anyio.fail_after(5):
+            while await again.get_all(EdgeItem):  # expired by the backend (the watchers' reaping)
+                await again.driver.reap()
+                await anyio.sleep(0.1)
+
+
+async def test_cancelling_a_lease_block_at_every_await_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A task running ``async with nb.lease()`` cancelled at each of its awaits in turn: the
+    cancellation goes through, and no lease, object or task is left behind (a lease granted
+    for a caller cancelled meanwhile is revoked at once)."""
+    url = f"sqlite:///{tmp_path}/x.db"
+    async with dfdb.connect(url) as nb:
+        tasks_before = len(asyncio.all_tasks())
+        finished = 0
+        for k in range(60):
+
+            async def use(k: int = k) -> None:
+                async with nb.lease(ttl=30) as lease:
+                    await nb.create(EdgeItem(id=f"c{k}"), lease=lease)
+                    await nb.put(EdgeItem(id=f"c{k}", n=1), lease=lease, guard=lease)
+
+            task = asyncio.create_task(use())
+            for _ in range(k):
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                await task
+                finished += 1
+            except asyncio.CancelledError:
+                pass
+            assert lease_rows(tmp_path / "x.db") == 0, f"a lease left behind when cancelled after {k} steps"
+            assert await nb.get_all(EdgeItem) == [], f"an object left behind when cancelled after {k} steps"
+            assert len(asyncio.all_tasks()) == tasks_before
+        assert finished < 60  # the cancellations did land inside the block
+
+
+async def test_status_against_an_empty_or_unreachable_database(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()  # a file with no dfdb tables yet
+    for extra, expected in (((), "0 live services\n"), (("--json",), "[]\n")):
+        code, out, err = await anyio.to_thread.run_sync(cli, ["--db", f"sqlite:///{empty}", "status", *extra])
+        assert (code, err) == (0, "") and out.endswith(expected)
+    started = anyio.current_time()
+    code, out, err = await anyio.to_thread.run_sync(cli, ["--db", "redis://127.0.0.1:1/0", "--timeout", "1", "status"])
+    assert code == 1 and out == "" and err.count("\n") == 1 and "127.0.0.1:1" in err, err
+    assert anyio.current_time() - started < 15  # a time-out of 1 s and its retries, on a loaded machine
+
+
+def cli(args: list[str]) -> tuple[int, str, str]:
+    from dfdb.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()

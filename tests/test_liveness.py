@@ -1,5 +1,6 @@
 """Liveness with real processes: a lease holder killed with ``kill -9``, a lock holder paused
-past its TTL, and contending lock holders (tests/helpers/lease_holder.py in other processes).
+past its TTL, contending lock holders, and leases held through server faults (a restart, an
+etcd leader kill, a ZooKeeper session expiry) (tests/helpers/lease_holder.py in other processes).
 
 The ``kill -9`` test runs on SQLite in the default suite; on every backend, and the longer
 tests, with ``DFDB_LIVENESS=1`` (``nox -s liveness``), which also measures and prints the
@@ -288,6 +289,20 @@ class Scene:
         assert [i for i in held if i.startswith("h")] == [f"h{i}" for i in range(count)]
         assert sorted(o.id for o in self.replica.get_all(LiveItem)) == held
 
+    async def settle(self, count: int, ttl: float) -> str:
+        """After a fault: either the holder kept its lease (nothing expired, nothing lost),
+        or it reports the lease lost, its write with it is refused, and its objects expire
+        as expiries for the watcher and the Replica; nothing half-way. Returns which."""
+        if self.deletes() and "LEASE-LOST" not in self.said:  # the holder must learn it, within its TTL
+            await self.until(lambda: "LEASE-LOST" in self.said, ttl, "the holder to report its lease lost")
+        if "LEASE-LOST" not in self.said:
+            await self.check_kept(count)
+            return "kept"
+        await self.until(lambda: len(self.said) >= 3, 20, "the holder's write after the loss")
+        assert self.said[1:3] == ["LEASE-LOST", "REFUSED"], self.said
+        await self.check_expired(count, ttl + SLACK + 5)
+        return "lost"
+
     async def check_expired(self, count: int, within: float) -> float:
         """The holder's objects are deleted as expiries, in order, seen by the watcher and
         the Replica, nothing else; returns how long it took."""
@@ -336,16 +351,17 @@ def server_url(server: LocalServer, backend: str, query: str = "") -> str:
 running = contextlib.contextmanager(serve)
 """A server for one test: ``with running(factory) as server``."""
 
-RESTART_TTL = {"redis": 3.0, "etcd": 3.0, "zookeeper": 5.0}
+RESTART_TTL = {"redis": 3.0, "etcd": 4.0, "zookeeper": 8.0}
 
 
 @liveness
 @pytest.mark.parametrize("backend", ["redis", "etcd", "zookeeper"])
 async def test_server_restart_keeps_a_live_holder_s_leases(backend: str, holders: list[Holder]) -> None:
     """A server restart with persistence (Redis with its append-only file, etcd, ZooKeeper
-    standalone) shorter than the TTL while a holder keeps its lease: nothing expires, the
-    holder loses nothing, the watcher and the Replica miss nothing; once the holder is
-    killed its objects expire as usual."""
+    standalone) shorter than half the TTL while a holder keeps its lease: nothing expires,
+    the holder loses nothing, the watcher and the Replica miss nothing; once the holder is
+    killed its objects expire as usual. A longer restart may end the lease instead, and
+    then wholly (:meth:`Scene.settle`)."""
     ttl = RESTART_TTL[backend]
     factory: dict[str, Callable[[], RedisServer | EtcdServer | ZooKeeperServer]] = {
         "redis": lambda: RedisServer(appendonly=True),
@@ -360,35 +376,43 @@ async def test_server_restart_keeps_a_live_holder_s_leases(backend: str, holders
             down = anyio.current_time() - started
             await seen.nb.create(LiveItem(id="other"))  # an ordinary change after the restart
             await seen.until(lambda: any(ev.id == "other" for ev in seen.events), 20, "the change after the restart")
-            await anyio.sleep(ttl + 1)  # past the TTL counted from the restart: the holder kept it alive
-            assert down < ttl, f"the restart took {down:.1f}s, longer than the TTL"
-            await seen.check_kept(3)
-            assert seen.holder is not None
-            seen.holder.signal(signal.SIGKILL)
-            delay = await seen.check_expired(3, ttl + SLACK + 5)
-            assert delay <= ttl + SLACK, f"{backend}: the expiry took {delay:.2f}s after kill -9 (TTL {ttl:g}s)"
-            print(f"\n{backend}: restart of {down:.2f}s survived; expiry {delay:.2f}s after kill -9 (TTL {ttl:g}s)")
+            await anyio.sleep(ttl + 1)  # past the TTL counted from the restart
+            outcome = await seen.settle(3, ttl)
+            assert outcome == "kept" or down > ttl / 2, f"a restart of {down:.1f}s lost the lease (TTL {ttl:g}s)"
+            print(f"\n{backend}: restart of {down:.2f}s, lease {outcome} (TTL {ttl:g}s)")
+            if outcome == "kept":
+                assert seen.holder is not None
+                seen.holder.signal(signal.SIGKILL)
+                delay = await seen.check_expired(3, ttl + SLACK + 5)
+                assert delay <= ttl + SLACK, f"{backend}: the expiry took {delay:.2f}s after kill -9 (TTL {ttl:g}s)"
+                print(f"{backend}: then expiry {delay:.2f}s after kill -9")
 
 
 @liveness
 async def test_etcd_leader_kill_keeps_a_live_holder_s_leases(holders: list[Holder]) -> None:
     """kill -9 of the leader of a 3-member etcd cluster while a holder keeps its lease:
-    the new leader keeps the lease, nothing expires; a killed holder's objects then expire."""
-    ttl = 3.0
+    the new leader keeps the lease, nothing expires; a killed holder's objects then expire.
+    (A failover longer than half the TTL may end the lease instead: then see :meth:`Scene.settle`.)"""
+    ttl = 4.0
     with running(lambda: EtcdServer(3)) as server:
         url = server_url(server, "etcd")
         async with scene(url, holders, ttl) as seen:
             leader = await anyio.to_thread.run_sync(server.leader)
             server.kill(leader)
+            killed = anyio.current_time()
             await seen.nb.create(LiveItem(id="other"))  # the cluster writes again
             await seen.until(lambda: any(ev.id == "other" for ev in seen.events), 20, "the change after the kill")
+            back = anyio.current_time() - killed
             await anyio.sleep(ttl + 1)
-            await seen.check_kept(3)
-            assert seen.holder is not None
-            seen.holder.signal(signal.SIGKILL)
-            delay = await seen.check_expired(3, ttl + SLACK + 5)
-            assert delay <= ttl + SLACK, f"etcd: the expiry took {delay:.2f}s after kill -9 (TTL {ttl:g}s)"
-            print(f"\netcd: leader m{leader} killed, lease kept; expiry {delay:.2f}s after kill -9 (TTL {ttl:g}s)")
+            outcome = await seen.settle(3, ttl)
+            assert outcome == "kept" or back > ttl / 2, f"a failover of {back:.1f}s lost the lease (TTL {ttl:g}s)"
+            print(f"\netcd: leader m{leader} killed, writable again in {back:.2f}s, lease {outcome} (TTL {ttl:g}s)")
+            if outcome == "kept":
+                assert seen.holder is not None
+                seen.holder.signal(signal.SIGKILL)
+                delay = await seen.check_expired(3, ttl + SLACK + 5)
+                assert delay <= ttl + SLACK, f"etcd: the expiry took {delay:.2f}s after kill -9 (TTL {ttl:g}s)"
+                print(f"etcd: then expiry {delay:.2f}s after kill -9")
 
 
 @liveness

@@ -29,16 +29,24 @@ import asyncio
 import logging
 import math
 import random
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
 
 from dfdb.drivers.base import Capability, Guard
-from dfdb.errors import BackendTimeoutError, BackendUnavailableError, DfdbError, LeaseLostError, LockedError
+from dfdb.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    DfdbError,
+    LeaseLostError,
+    LockedError,
+    StreamClosedError,
+)
 from dfdb.nbmodel import validate_key
-from dfdb.retry import running_asyncio_task
+from dfdb.retry import checkpoint_if_cancelled, running_asyncio_task
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -48,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_TTL", "MIN_TTL", "Lease", "Lock", "guard_of", "lease_of"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MIN_TTL = 0.5
 """The shortest TTL a lease takes, in seconds."""
@@ -106,12 +116,24 @@ class Lease:
     async def __aenter__(self) -> Lease:
         nb = self._nb
         nb._check()
-        if self.id is not None:
-            raise DfdbError("a lease is entered once")
+        if self.id is not None or self.lost:
+            raise DfdbError(
+                "a lease is entered once" if self.id is not None else "this lease was revoked before it was entered"
+            )
         if not nb.driver.capabilities & Capability.LEASES:
             raise nb.driver._no_leases()
         started = anyio.current_time()
-        self.id = await nb._retry(lambda: nb.driver.lease_grant(self.ttl), "lease grant")
+
+        async def grant() -> None:
+            self.id = await nb._retry(lambda: nb.driver.lease_grant(self.ttl), "lease grant")
+
+        try:  # to its end even when cancelled: a lease granted for a cancelled caller is revoked at once
+            await _to_the_end(grant)
+            await checkpoint_if_cancelled()
+        except BaseException:
+            if self.id is not None:
+                await _to_the_end(self.revoke)
+            raise
         self._valid_until = started + self.ttl
         self._identity = nb._identity
         if self._keepalive:
@@ -124,8 +146,7 @@ class Lease:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         try:
-            with anyio.CancelScope(shield=True):
-                await self.revoke()
+            await _to_the_end(self.revoke)
         finally:
             tg, self._tg = self._tg, None
             if tg is not None:
@@ -162,7 +183,9 @@ class Lease:
 
         Raises:
             LeaseLostError: the lease ended.
+            StreamClosedError: its NbApi was closed.
         """
+        self._nb._check()
         lease = self.check()
         sent = anyio.current_time()
         try:
@@ -183,6 +206,9 @@ class Lease:
                 attempt = 0
             except LeaseLostError:
                 return
+            except StreamClosedError:
+                self._end("its NbApi was closed")
+                return
             except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
                 attempt += 1
                 log.debug("keep-alive of lease %s failed (%s); retrying", self.id, exc)
@@ -196,9 +222,10 @@ class Lease:
 
     async def revoke(self) -> None:
         """End the lease now: its objects are deleted (as expiries) and its locks released.
-        Idempotent; a lease that was lost already is left to the backend."""
-        if self.id is None or self.lost:
-            self._end("revoked")
+        Idempotent; a lease that was lost already, or whose NbApi was closed, is left to the
+        backend (which ends it once its TTL passed)."""
+        if self.id is None or self.lost or self._nb._state == "closed":
+            self._end("revoked" if self._nb._state != "closed" else "its NbApi was closed")
             return
         lease = self.id
         self._end("revoked")
@@ -220,6 +247,10 @@ class Lock:
 
     def __init__(self, nb: NbApi, name: str, ttl: float, timeout: float | None = None) -> None:
         validate_key(name, "lock name")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout) or timeout < 0
+        ):
+            raise ValueError(f"a lock's timeout must be a number of seconds (0 or more) or None, not {timeout!r}")
         self.name = name
         self.token = 0
         self.lease = Lease(nb, ttl)
@@ -262,9 +293,8 @@ class Lock:
     ) -> None:
         try:
             if self.token and self.lease.id is not None and not self.lease.lost:
-                lease = self.lease.id
-                with anyio.CancelScope(shield=True):
-                    await self._nb._retry(lambda: self._nb.driver.lock_release(self.name, lease, self.token), "unlock")
+                lease, nb, name, token = self.lease.id, self._nb, self.name, self.token
+                await _to_the_end(lambda: nb._retry(lambda: nb.driver.lock_release(name, lease, token), "unlock"))
         finally:
             await self.lease.__aexit__(et, e, tb)
 
@@ -277,6 +307,33 @@ class Lock:
         if not self.token:
             raise DfdbError(f"lock {self.name!r} is not held: enter it with 'async with' first")
         return Guard(self.lease.check(), self.name, self.token, self.lease._held_until)
+
+
+async def _to_the_end(call: Callable[[], Awaitable[T]]) -> T:
+    """``await call()`` run to its end even when the caller is being cancelled: shielded,
+    and under asyncio in a task of its own, waited for again after each ``task.cancel()``
+    of the caller (which a shield does not hold off); the caller's cancellation is raised
+    once it ended. Bounded by the call's own time-out (``NbApi`` retries end at theirs)."""
+    if running_asyncio_task() is None:  # trio: a shield holds every cancellation off
+        with anyio.CancelScope(shield=True):
+            return await call()
+
+    async def run() -> T:
+        return await call()
+
+    inner = asyncio.ensure_future(run())
+    cancelled: BaseException | None = None
+    with anyio.CancelScope(shield=True):
+        while not inner.done():
+            try:
+                await asyncio.wait([inner])
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+    if cancelled is not None:
+        if not inner.cancelled() and inner.exception() is not None:
+            log.debug("%s while the caller was being cancelled", inner.exception())
+        raise cancelled
+    return inner.result()
 
 
 def _same_database(nb: NbApi, lease: Lease, what: str) -> None:

@@ -17,6 +17,7 @@ cut longer than the lease's TTL (three intervals by default)::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -66,8 +67,8 @@ class Presence:
     def __init__(self, nb: NbApi, service: str, chassis: str, replica: Any, interval: float, ttl: float | None) -> None:
         validate_key(service, "service name")
         validate_key(chassis, "chassis name")
-        if not interval > 0:
-            raise ValueError(f"the presence interval must be positive, not {interval!r}")
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval < math.inf:
+            raise ValueError(f"the presence interval must be a positive number of seconds, not {interval!r}")
         self._nb = nb
         self._replica = replica
         self.service = service

@@ -9,8 +9,8 @@ with deadlines on the server's clock::
     /P/le/LEASE/TABLE+ID      an object bound to it (table and id percent-encoded); the node's
                               mzxid is the revision the object was bound at: a later write
                               without the lease changes the object's revision, and unbinds it
-    /P/lock/NAME              a lock: "HOLDER-LEASE TOKEN" (holder empty once released); a
-                              holder whose lease node is gone holds nothing
+    /P/lock/NAME              a lock (its name percent-encoded): "HOLDER-LEASE TOKEN" (holder
+                              empty once released); a holder whose lease node is gone holds nothing
     /P/clock                  set by a reaper to read the server's clock (its mtime)
 
 Any live client reaps: every lock acquisition, and every watching client once a deadline
@@ -86,6 +86,10 @@ class ZooKeeperLeases:
 
     def _lease_path(self, lease: str, *bound: str) -> str:
         return self._layout.path("le", lease, *bound)
+
+    def _lock_path(self, name: str) -> str:
+        """The lock's node: its name percent-encoded (ZooKeeper refuses some characters in paths)."""
+        return self._layout.path("lock", quote(name, safe=""))
 
     async def _server_now(self) -> int:
         """The server's clock, in ms: the mtime of a node set now."""
@@ -211,10 +215,10 @@ class ZooKeeperLeases:
         held = {x for x in (lease, guard.lease if guard else None) if x is not None}
         ops: list[Any] = [protocol.CheckVersionRequest(path=self._lease_path(x), version=-1) for x in held]
         if guard is not None and guard.lock is not None:
-            got = await calls.get(self._layout.path("lock", guard.lock))
+            got = await calls.get(self._lock_path(guard.lock))
             if got is None or got[0].decode() != f"{guard.lease} {guard.token}":
                 raise LeaseLostError(f"lock {guard.lock!r} is no longer held with token {guard.token}")
-            ops.append(protocol.CheckVersionRequest(path=self._layout.path("lock", guard.lock), version=got[1].version))
+            ops.append(protocol.CheckVersionRequest(path=self._lock_path(guard.lock), version=got[1].version))
         if lease is not None:
             child = self._lease_path(lease, f"{quote(table, safe='')}+{quote(id, safe='')}")
             exists = await calls.exists(child) is not None
@@ -223,7 +227,7 @@ class ZooKeeperLeases:
 
     async def lock_acquire(self, name: str, lease: str) -> int | None:
         self._check_open()
-        calls, path = self._calls, self._layout.path("lock", name)
+        calls, path = self._calls, self._lock_path(name)
         await self.reap()  # a holder whose lease is due holds nothing any more
         await calls.ensure(self._layout.path("lock"))
         alive = protocol.CheckVersionRequest(path=self._lease_path(lease), version=-1)
@@ -245,7 +249,7 @@ class ZooKeeperLeases:
 
     async def lock_release(self, name: str, lease: str, token: int) -> None:
         self._check_open()
-        calls, path = self._calls, self._layout.path("lock", name)
+        calls, path = self._calls, self._lock_path(name)
         got = await calls.get(path)
         if got is not None and _holder(got[0]) == (lease, token):
             with contextlib.suppress(exc.BadVersion, exc.NoNode):
