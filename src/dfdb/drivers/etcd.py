@@ -204,6 +204,9 @@ class EtcdDriver(EtcdLeases, Driver):
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            # its own TCP connection, as a Redis or ZooKeeper client has: without it gRPC
+            # shares one connection between the channels a process opens to one address
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         self.credentials = self._channel_credentials(TlsSettings.from_url(url))
         self._conn = _Endpoints(self)

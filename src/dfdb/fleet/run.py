@@ -138,6 +138,8 @@ async def _ask(workers: list[_Worker], command: str, arg: Any = None) -> list[An
     except (EOFError, OSError) as exc:  # a worker process died (killed, out of memory)
         dead = [w.process.name for w in workers if not w.process.is_alive()]
         raise DfdbError(f"fleet worker process ended unexpectedly ({', '.join(dead) or exc!r})") from None
+    if any(not isinstance(a, list) for a in answers):  # "stopped": it failed and ended (its error on stderr)
+        raise DfdbError(f"a fleet worker process failed while answering {command!r}")
     return [item for answer in answers for item in answer]
 
 
