@@ -272,10 +272,12 @@ class EtcdDriver(EtcdLeases, Driver):
         try:
             channel = await conn.connect()
             call = getattr(getattr(conn, stub), method)(request, timeout=self.timeout, metadata=conn.metadata())
+            inner = asyncio.ensure_future(call)
             try:  # shielded: a cancellation is the caller's own (gRPC raises one without its message)
-                return await asyncio.shield(call)
+                return await asyncio.shield(inner)
             except asyncio.CancelledError:
-                call.cancel()
+                call.cancel()  # the call's own outcome (cancelled, or its deadline) is read, not left unretrieved
+                inner.add_done_callback(lambda done: done.cancelled() or done.exception())
                 raise
         except asyncio.CancelledError:
             task = asyncio.current_task()
