@@ -140,8 +140,9 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def fleet(session: nox.Session) -> None:
     """The fleet simulator on Redis and etcd at several sizes (not part of the default run);
-    keeps each run's figures in docs/fleet/. Arguments go to benchmarks/fleet.py."""
-    session.install("-e", ".[all]")
+    keeps each run's figures in docs/fleet/ and draws docs/scale-chart.png. Arguments go to
+    benchmarks/fleet.py."""
+    session.install("-e", ".[all,fleet]")
     session.run("python", "benchmarks/fleet.py", *session.posargs)
 
 

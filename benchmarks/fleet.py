@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "fleet"
 
@@ -42,60 +40,58 @@ def main() -> int:
                 print(f"{backend:6} {size:5}: converged: {times}", flush=True)
     runs = sorted(OUT.glob("*.json"))
     print(table(runs))
-    CHART.write_text(chart(runs))
-    if shutil.which("convert"):  # ImageMagick: the PNG beside the SVG
-        subprocess.run(["convert", str(CHART), str(CHART.with_suffix(".png"))], check=False)
+    chart(runs, CHART)
+    print(f"chart: {CHART}")
     return 1 if failed else 0
 
 
-CHART = OUT.parent / "scale-chart.svg"
+CHART = OUT.parent / "scale-chart.png"
 COLOURS = {"redis": "#c0392b", "etcd": "#2471a3", "zk": "#1e8449"}
+PANELS = (
+    ("cold start: seconds until all converged", "cold", "converged_s"),
+    ("history lost: seconds until all converged", "history", "converged_s"),
+    ("history lost: peak server CPU, % of a core", "history", "peak_server_cpu_pct"),
+    ("cold start: peak server CPU, % of a core", "cold", "peak_server_cpu_pct"),
+)
 
 
-def chart(files: list[Path]) -> str:
-    """An SVG chart of the runs in ``files``: time to converge after a history loss and at a
-    cold start, and the server's peak CPU after a history loss, against the controllers."""
-    runs: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+def points(files: list[Path], scenario: str, key: str) -> dict[str, list[tuple[int, float]]]:
+    """Per backend, (controllers, figure) of every run in ``files`` that measured it."""
+    found: dict[str, list[tuple[int, float]]] = {}
     for f in files:
         r = json.loads(f.read_text())
-        runs.setdefault(r["backend"], []).append((r["config"]["controllers"], r["scenarios"]))
-    panels = [
-        ("history lost: seconds to converge", lambda s: s.get("history", {}).get("converged_s")),
-        ("cold start: seconds to converge", lambda s: s.get("cold", {}).get("converged_s")),
-        ("history lost: peak server CPU, %", lambda s: s.get("history", {}).get("peak_server_cpu_pct")),
-    ]
-    sizes = sorted({n for points in runs.values() for n, _ in points}) or [1]
-    w, h, pad = 300, 220, 45
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w * len(panels)}" height="{h + 30}" font-size="11">']
-    for i, (title, pick) in enumerate(panels):
-        x0 = i * w
-        values = [v for points in runs.values() for _, s in points if (v := pick(s)) is not None]
-        top = max(values, default=1) * 1.1 or 1
+        value = r["scenarios"].get(scenario, {}).get(key)
+        if value is not None:
+            found.setdefault(r["backend"], []).append((r["config"]["controllers"], float(value)))
+    return {b: sorted(p) for b, p in found.items()}
 
-        def px(n: int, x0: int = x0) -> float:
-            return x0 + pad + (w - 2 * pad) * (sizes.index(n) / max(len(sizes) - 1, 1))
 
-        def py(v: float, top: float = top) -> float:
-            return h - pad + 10 - (h - 2 * pad) * v / top
+def chart(files: list[Path], target: Path) -> None:
+    """A PNG of the runs in ``files``: time to converge (cold start, history lost) and the
+    server's peak CPU against the controllers, per backend; a dotted line from each
+    backend's smallest run shows where linear growth would be."""
+    import matplotlib
 
-        out.append(f'<text x="{x0 + pad}" y="15" font-weight="bold">{title}</text>')
-        out.append(
-            f'<line x1="{x0 + pad}" y1="{h - pad + 10}" x2="{x0 + w - pad}" y2="{h - pad + 10}" stroke="black"/>'
-        )
-        out.append(f'<line x1="{x0 + pad}" y1="{pad - 10}" x2="{x0 + pad}" y2="{h - pad + 10}" stroke="black"/>')
-        out.append(f'<text x="{x0 + 5}" y="{py(top / 1.1) + 4:.0f}">{top / 1.1:.0f}</text>')
-        out.append(f'<text x="{x0 + 30}" y="{py(0) + 4:.0f}">0</text>')
-        out += [f'<text x="{px(n) - 10:.0f}" y="{h - pad + 25}">{n}</text>' for n in sizes]
-        out.append(f'<text x="{x0 + w / 2 - 30:.0f}" y="{h}">controllers</text>')
-        for j, (backend, points) in enumerate(sorted(runs.items())):
-            pts = [(px(n), py(v)) for n, s in sorted(points) if (v := pick(s)) is not None]
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
+    for ax, (title, scenario, key) in zip(axes, PANELS, strict=True):
+        for backend, pts in sorted(points(files, scenario, key).items()):
             colour = COLOURS.get(backend, "black")
-            line = " ".join(f"{x:.0f},{y:.0f}" for x, y in pts)
-            out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
-            out += [f'<circle cx="{x:.0f}" cy="{y:.0f}" r="3" fill="{colour}"/>' for x, y in pts]
-            out.append(f'<text x="{x0 + w - pad - 40}" y="{pad + 14 * j}" fill="{colour}">{backend}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+            xs, ys = [n for n, _ in pts], [v for _, v in pts]
+            ax.plot(xs, ys, "o-", color=colour, label=backend)
+            if key == "converged_s" and len(pts) > 1 and ys[0] > 0:
+                ax.plot(xs, [ys[0] * n / xs[0] for n in xs], ":", color=colour, label=f"{backend}: linear")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("controllers")
+        ax.set_xscale("log")
+        ax.set_yscale("log" if key == "converged_s" else "linear")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(target, dpi=90)
+    plt.close(fig)
 
 
 def table(files: list[Path]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterator
 from urllib.parse import quote
 
 import pytest
@@ -20,6 +20,8 @@ from dfdb.drivers.digest import Digest
 from dfdb.drivers.memory import MemoryDriver
 from dfdb.replica import ReplicaEvents
 from dfdb.testing.faults import FaultyDriver
+from dfdb.testing.servers import RedisServer
+from watching import serve
 
 
 class Net(dfdb.NbModel, table="ae_net"):
@@ -305,3 +307,45 @@ async def test_check_of_a_closed_or_unentered_replica_raises() -> None:
             assert (await replica.check()).complete
         with pytest.raises(dfdb.StreamClosedError, match="closed"):
             await replica.check()
+
+
+@pytest.fixture
+def volatile_redis() -> Iterator[RedisServer]:
+    yield from serve(lambda: RedisServer(appendonly=False))
+
+
+async def test_check_leaves_a_lost_dataset_to_the_streams_resync(volatile_redis: RedisServer) -> None:
+    """A volatile Redis that lost its data has a new dataset (a new epoch) before the
+    Replica's stream notices: a check then must not repair object by object against it (nor
+    count divergences); the stream's RESYNC relists the scope."""
+    import redis.asyncio as aioredis
+
+    url = f"{volatile_redis.url}?prefix=ae&block=30"  # the stream waits in one long blocking read
+    async with dfdb.connect(url) as nb, Replica(nb, [Net], check_interval=None) as replica:
+        await nb.create_many([Net(id=f"n{i}", topic="t") for i in range(20)])
+        await settle(replica, await nb.create(Net(id="probe", topic="t")))
+        client = aioredis.Redis.from_url(volatile_redis.url)
+        try:
+            await client.flushall()  # the data is gone; nothing wakes the stream's read
+        finally:
+            await client.aclose()
+        # the new dataset's first objects: their revisions do not pass the stream's position
+        early = {o.id for o in await nb.create_many([Net(id=f"x{i}", topic="t") for i in range(5)])}
+        report = await replica.check(settle=0.1)
+        assert not report.complete and report.repaired == 0
+        assert (replica.stats().divergences, len(replica.get_all(Net))) == (0, 21)
+        events = replica.events()
+        # the new dataset's revisions pass the stream's position: its read wakes, sees the
+        # new epoch and RESYNCs; the relist replaces the scope
+        fresh = early | {o.id for o in await nb.create_many([Net(id=f"new{i}", topic="t") for i in range(25)])}
+        created: set[str] = set()
+        async with asyncio.timeout(WAIT):
+            async for ev in events:
+                created |= {ev.id} if ev.action == Action.CREATE else set()
+                if created == fresh:
+                    break
+        await events.aclose()
+        await asyncio.wait_for(replica.wait_synced(), WAIT)
+        assert {o.id for o in replica.get_all(Net)} == fresh and replica.stats().resyncs == 1
+        again = await replica.check(settle=WAIT)
+        assert again.complete and again.differing == 0 and replica.stats().divergences == 0

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Iterable
 
 import anyio
 import pytest
 
 import dfdb
-from dfdb import NbApi, Replica
+from dfdb import NbApi, Replica, SyncMode
 from dfdb.codec import encode
 from dfdb.drivers import ABSENT, Entry, Listing, register_driver
-from dfdb.drivers.memory import MemoryDriver
+from dfdb.drivers.base import EventSource, RawEvent
+from dfdb.drivers.memory import MemoryDriver, _MemorySource
 from dfdb.errors import BackendUnavailableError
 from dfdb.replica.pacing import RELISTS, RelistLimiter
 from dfdb.retry import Backoff
@@ -248,3 +249,66 @@ async def test_relists_cancelled_while_waiting_for_a_running_slot_give_their_tok
         for _ in range(2):
             async with limiter.slot() as waited:
                 assert waited < 1
+
+
+class _TopicResyncSource(_MemorySource):
+    """Reads a record of action ``topic-resync`` as a ``RESYNC`` of every table for its topic
+    (as a backend that lost one topic's history sends)."""
+
+    def _matching(self, events: Iterable[RawEvent], topics: Collection[str | None] | None) -> list[RawEvent]:
+        found: list[RawEvent] = []
+        for ev in events:
+            if ev.action == "topic-resync":  # type: ignore[comparison-overlap]
+                if topics is None or ev.topic in topics:
+                    found.append(RawEvent("resync", None, "", ev.topic, None, ev.revision))
+            else:
+                found += super()._matching([ev], topics)
+        return found
+
+
+class TopicResyncDriver(MemoryDriver):
+    """The memory driver, whose change log can name one topic's history lost; it notes its
+    listings."""
+
+    listed: list[tuple[str, str | None]]
+
+    async def watch(
+        self, tables: Collection[str], topics: Collection[str | None] | None = None, since: int | None = None
+    ) -> EventSource:
+        store = self._open_store()
+        return self._track(_TopicResyncSource(store, tables, topics, store.revision if since is None else since))
+
+    async def list(self, table: str, topic: str | None = None) -> Listing:
+        self.listed.append((table, topic))
+        return await super().list(table, topic)
+
+
+register_driver("test-topic-resync", TopicResyncDriver)
+
+
+async def test_a_resync_of_one_topic_relists_only_that_topic() -> None:
+    async with dfdb.connect("test-topic-resync://topics?history=100") as nb:
+        driver = nb.driver
+        assert isinstance(driver, TopicResyncDriver)
+        driver.listed = []
+        mine = await nb.create(Net(id="a", topic="t1", name="before"))
+        other = await nb.create(Net(id="b", topic="t2", name="before"))
+        await nb.create(Vm(id="v", topic="t1", net="a"))
+        topics = {"t1", "t2"}
+        async with Replica(nb, [Net, Vm], mode=SyncMode.SELECTIVE, topics=topics, relists=RelistLimiter(jitter=0)) as r:
+            events = r.events()
+            store = driver._open_store()
+            for obj in (mine, other):  # new values stored without a change record: only a relist sees them
+                _, value, _ = encode(obj.model_copy(update={"name": "unseen"}), 2)
+                revision = driver.inject_change("pacing_other", "x", None, "create", b"{}")
+                store.tables[Net.__table__][obj.id] = Entry(Net.__table__, obj.id, obj.topic, value, revision)
+            driver.listed.clear()
+            driver.inject_change(Net.__table__, "", "t1", "topic-resync", None)
+            ev = await asyncio.wait_for(anext(events), WAIT)  # the relist's difference
+            await events.aclose()
+            assert (ev.action, ev.id, ev.new and ev.new.name) == (dfdb.Action.UPDATE, "a", "unseen")
+            assert r.stats().resyncs == 1
+            assert sorted(driver.listed) == [(Net.__table__, "t1"), (Vm.__table__, "t1")]  # t1 only
+            held = r.get(Net, "b")
+            assert held is not None and held.name == "before"  # t2 was not relisted
+            assert r.get(Vm, "v") is not None and r.topics == topics

@@ -47,6 +47,9 @@ class Digest:
     values_read: int = 0
     bytes_read: int = 0
     round_trips: int = 1
+    identity: str | None = None
+    """The backend identity (dataset) it was computed on, when the driver read it with the
+    digest: one the Replica's stream does not follow yet is a dataset it has not noticed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ class KeyListing:
     round_trips: int = 1
     topics: dict[str, str | None] = field(default_factory=dict)
     """The topic of each id, where the driver read it."""
+    identity: str | None = None
+    """The backend identity it was read from, as for :class:`Digest`."""
 
 
 @functools.lru_cache(maxsize=1 << 18)

@@ -204,6 +204,9 @@ class EtcdDriver(EtcdLeases, Driver):
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            # its own TCP connection, as a Redis or ZooKeeper client has: without it gRPC
+            # shares one connection between the channels a process opens to one address
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         self.credentials = self._channel_credentials(TlsSettings.from_url(url))
         self._conn = _Endpoints(self)
@@ -269,10 +272,12 @@ class EtcdDriver(EtcdLeases, Driver):
         try:
             channel = await conn.connect()
             call = getattr(getattr(conn, stub), method)(request, timeout=self.timeout, metadata=conn.metadata())
+            inner = asyncio.ensure_future(call)
             try:  # shielded: a cancellation is the caller's own (gRPC raises one without its message)
-                return await asyncio.shield(call)
+                return await asyncio.shield(inner)
             except asyncio.CancelledError:
-                call.cancel()
+                call.cancel()  # the call's own outcome (cancelled, or its deadline) is read, not left unretrieved
+                inner.add_done_callback(lambda done: done.cancelled() or done.exception())
                 raise
         except asyncio.CancelledError:
             task = asyncio.current_task()

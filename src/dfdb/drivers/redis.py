@@ -58,6 +58,14 @@ from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, W
 from dfdb.drivers.redis_streams import NO_EPOCH, RedisSource
 from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection, refused_by_acl
 from dfdb.drivers.redis_tls import connection_error as _unavailable
+
+try:  # redis-py 7.1+ reads its own version from the package metadata for every client made
+    # without it (a file parse each): read once per process
+    from redis.driver_info import DriverInfo
+
+    _DRIVER_INFO: dict[str, Any] = {"driver_info": DriverInfo()}
+except ImportError:  # older redis-py: lib_name and lib_version, resolved once at import
+    _DRIVER_INFO = {}
 from dfdb.errors import (
     AlreadyExistsError,
     AuthenticationError,
@@ -149,6 +157,7 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
             "socket_timeout": socket_timeout,
             "retry": Retry(NoBackoff(), 0),  # dfdb retries, idempotently; redis-py must not
             "decode_responses": False,
+            **_DRIVER_INFO,
         }
         if "unix_socket_path" in kw:
             return aioredis.Redis(unix_socket_path=kw["unix_socket_path"], **common)

@@ -39,10 +39,12 @@ class RedisDigest:
         value leaves the server."""
         sums: dict[int, tuple[int, int]] = {}
         try:
-            revision, size, trips = await self._run_digest(table, topics, buckets, "", 1, sums.__setitem__, sums.get)
+            revision, size, trips, epoch = await self._run_digest(
+                table, topics, buckets, "", 1, sums.__setitem__, sums.get
+            )
         except _ScriptsRefused:  # a user who may not run scripts: from a listing
             return await Driver.digest(self, table, topics, buckets)  # type: ignore[arg-type]
-        return Digest(sums, revision, bytes_read=size, round_trips=trips)
+        return Digest(sums, revision, bytes_read=size, round_trips=trips, identity=epoch)
 
     async def digest_keys(
         self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
@@ -50,26 +52,28 @@ class RedisDigest:
         keys: dict[str, int] = {}
         chosen = "," + ",".join(str(b) for b in sorted(wanted)) + ","
         try:
-            revision, size, trips = await self._run_digest(
+            revision, size, trips, epoch = await self._run_digest(
                 table, topics, buckets, chosen, 2, keys.__setitem__, keys.get
             )
         except _ScriptsRefused:
             return await Driver.digest_keys(self, table, topics, buckets, wanted)  # type: ignore[arg-type]
-        return KeyListing(keys, revision, bytes_read=size, round_trips=trips)
+        return KeyListing(keys, revision, bytes_read=size, round_trips=trips, identity=epoch)
 
     async def _run_digest(
         self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: str, width: int,
         put: Any, get: Any,
-    ) -> tuple[int, int, int]:  # fmt: skip
+    ) -> tuple[int, int, int, str]:  # fmt: skip
         """Run the digest script over each index set of the scope, slice by slice; each bucket
         (``width`` 1: packed) or key (``width`` 2) of a reply goes to ``put``. Returns the revision
-        after the last slice, the bytes received and the calls made."""
+        after the last slice, the bytes received, the calls made and the dataset's epoch (one
+        that names no dataset when it changed between slices)."""
         driver: RedisDriver = self  # type: ignore[assignment]
         driver._open_client()
         if driver._plain_reads:
             raise _ScriptsRefused
         sets = [""] if topics is None else sorted("/n" if t is None else f"/t/{t}" for t in topics)
         revision = size = trips = 0
+        epochs: set[str] = set()
         for suffix in sets:
             cursor = "0"
             while True:
@@ -87,6 +91,7 @@ class RedisDigest:
                     raise DriverError(f"{driver.url}: the digest of {table} failed: {exc}") from None
                 if reply[0].decode() != driver.epoch:
                     await driver._adopt_epoch(reply[0] or None, read=False)
+                epochs.add(reply[0].decode())
                 revision, trips = int(reply[1]), trips + 1
                 size += sum(len(x) if isinstance(x, bytes) else 8 for x in reply)
                 if width == 2:
@@ -102,4 +107,5 @@ class RedisDigest:
                 cursor = reply[2].decode()
                 if cursor == "0":
                     break
-        return revision, size, trips
+        epoch = next(iter(epochs)) if len(epochs) == 1 else "<changed>"
+        return revision, size, trips, epoch

@@ -80,6 +80,9 @@ class FleetResult:
     load_seconds: float
     scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    load_average: dict[str, list[float]] = field(default_factory=dict)
+    """The host's load average (1, 5, 15 minutes) when the run started and ended: the
+    controllers share the host's cores with whatever else runs there."""
 
     @property
     def ok(self) -> bool:
@@ -138,6 +141,8 @@ async def _ask(workers: list[_Worker], command: str, arg: Any = None) -> list[An
     except (EOFError, OSError) as exc:  # a worker process died (killed, out of memory)
         dead = [w.process.name for w in workers if not w.process.is_alive()]
         raise DfdbError(f"fleet worker process ended unexpectedly ({', '.join(dead) or exc!r})") from None
+    if any(not isinstance(a, list) for a in answers):  # "stopped": it failed and ended (its error on stderr)
+        raise DfdbError(f"a fleet worker process failed while answering {command!r}")
     return [item for answer in answers for item in answer]
 
 
@@ -306,6 +311,7 @@ async def _run(cfg: FleetConfig, url: str, server: LocalServer | None) -> FleetR
             raise ConfigurationError(f"dfdb fleet needs an empty database, and {nb.url} holds {', '.join(stored)}")
         load = await _load(nb, topology)
         result = FleetResult(asdict(cfg), nb.url.scheme, topology.objects, round(load, 2))
+        result.load_average["start"] = [round(x, 2) for x in os.getloadavg()]
         workers = _spawn(cfg, url, topology)
         try:
             await _scenarios(cfg, nb, workers, server, cpu, topology, result)
@@ -313,6 +319,7 @@ async def _run(cfg: FleetConfig, url: str, server: LocalServer | None) -> FleetR
             diverged = [c for c in checks if c["diff"]]
             result.scenarios["check"] = {"controllers": len(checks), "diverged": len(diverged)}
             result.failures += [f"controller {c['index']} differs from the database: {c['diff']}" for c in diverged]
+            result.load_average["end"] = [round(x, 2) for x in os.getloadavg()]
         finally:
             await _stop(workers)
             if server is None:  # leave the database as found

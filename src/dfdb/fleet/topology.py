@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import cached_property
 
 from dfdb.demo import MODELS  # the models every controller holds (Chassis is the one global table)
 from dfdb.models import (
@@ -41,7 +42,17 @@ class Topology:
 
     def tenants_of(self, chassis: int) -> list[int]:
         """The tenants with a port on chassis ``chassis``."""
-        return [t for t in range(self.tenants) if chassis in self.homes(t)]
+        return self._tenants_by_chassis.get(chassis, [])
+
+    @cached_property
+    def _tenants_by_chassis(self) -> dict[int, list[int]]:
+        """Each chassis's tenants, worked out once: asked of every tenant for each chassis,
+        it would cost a fleet of N controllers N * N steps."""
+        by: dict[int, list[int]] = {}
+        for t in range(self.tenants):
+            for c in self.homes(t):
+                by.setdefault(c, []).append(t)
+        return by
 
     def port_chassis(self, tenant: int, port: int) -> int:
         """The chassis port ``port`` of tenant ``tenant`` is bound to."""

@@ -18,7 +18,6 @@ from dfdb.errors import BackendTimeoutError, BackendUnavailableError, DfdbError
 from dfdb.events import Action
 from dfdb.fleet.topology import MODELS, Topology, chassis_id, topic
 from dfdb.models import Chassis, LogicalPort
-from dfdb.nb import NbApi
 from dfdb.nbmodel import NbModel
 from dfdb.replica import ChassisTopics, Replica, SyncMode
 from dfdb.replica.pacing import RELISTS
@@ -193,11 +192,14 @@ async def _wait(c: _Controller, revision: int, within: float) -> float | None:
 async def _check(url: str, controllers: list[_Controller], topology: Topology) -> list[dict[str, Any]]:
     """Compare each controller's Replica with the database for its scope (its tenants and
     the global objects)."""
-    async with connect(url) as nb:
+    # each table read whole once (not a listing per topic), with time to answer: the
+    # process's own controllers share its CPU meanwhile
+    async with connect(url, timeout=120) as nb:
         truth: dict[str | None, dict[tuple[str, str], NbModel]] = {}
-        wanted = {None} | {topic(t) for c in controllers for t in topology.tenants_of(c.index)}
-        for t in wanted:
-            truth[t] = await _read_topic(nb, t)
+        for model in MODELS:
+            for o in await nb.get_all(model):
+                if (o.topic is None) == (model is Chassis):
+                    truth.setdefault(o.topic, {})[(model.__table__, o.id)] = o
     reports = []
     for c in controllers:
         if c.replica is None:
@@ -214,14 +216,3 @@ async def _check(url: str, controllers: list[_Controller], topology: Topology) -
         diff = f"{len(missing)} missing, {len(extra)} extra, {len(stale)} stale" if missing or extra or stale else ""
         reports.append({"index": c.index, "diff": diff, "objects": len(held)})
     return reports
-
-
-async def _read_topic(nb: NbApi, t: str | None) -> dict[tuple[str, str], NbModel]:
-    found: dict[tuple[str, str], NbModel] = {}
-    for model in MODELS:
-        if t is None:
-            if model is Chassis:
-                found |= {(model.__table__, o.id): o for o in await nb.get_all(model)}
-        elif model is not Chassis:
-            found |= {(model.__table__, o.id): o for o in await nb.get_all(model, topic=t)}
-    return found

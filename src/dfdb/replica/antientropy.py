@@ -17,6 +17,10 @@ One check, per model of the Replica:
    WARNING and counted in ``stats().divergences``; each object repaired in
    ``stats().repaired``.
 
+A digest made on another dataset than the one the Replica's stream follows (a server back
+without its data, before the stream noticed) skips the check: the stream's ``RESYNC``
+relists the scope.
+
 A REACTIVE Replica holds only what it fetched: its check lists the keys of its held
 objects' topics (no digest: the topics hold objects it does not) and compares the held
 ones.
@@ -32,7 +36,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,6 +45,7 @@ import anyio
 from dfdb.drivers.base import Entry
 from dfdb.drivers.digest import bucket_of, buckets_for, digest_of
 from dfdb.errors import CorruptObjectError, DfdbError, StreamClosedError
+from dfdb.events import parse_cursor
 from dfdb.nbmodel import NbModel
 from dfdb.replica.modes import SyncMode
 
@@ -134,6 +139,28 @@ class AntiEntropy:
         with anyio.move_on_after(settle):
             await self.replica.wait_for(revision)
 
+    def _same_dataset(self, identities: Iterable[str | None]) -> bool:
+        """Whether the digests were made on the dataset the Replica's stream follows. A server
+        back without its data (a volatile Redis) has a new one before the stream notices: its
+        ``RESYNC`` relists the scope, and a check must not "repair" object by object against
+        the new dataset meanwhile (nor count it as a divergence): it is skipped."""
+        stream = self.replica._stream
+        if stream is None:
+            return False
+        try:
+            following = parse_cursor(stream.cursor)[0]
+        except (StreamClosedError, ValueError):
+            return False
+        other = {i for i in identities if i is not None and i != following}
+        if other:
+            log.info(
+                "replica consistency check skipped: the database's dataset is %s, the stream follows %s "
+                "(its RESYNC relists the scope)",
+                ", ".join(sorted(other)),
+                following,
+            )
+        return not other
+
     async def check(self, settle: float | None = None) -> CheckReport:
         """Compare the Replica's scope with the database's and repair what differs.
 
@@ -170,6 +197,8 @@ class AntiEntropy:
                 table = model.__table__
                 digest = await nb._retry(functools.partial(driver.digest, table, scope, n), "digest", table)
                 digests.append((model, n, digest))
+            if not self._same_dataset(d.identity for _, _, d in digests):
+                return CheckReport(False)
             await self._settle(max(d.revision for _, _, d in digests), wait)
             report = _Tally(
                 buckets=sum(n for _, n, _ in digests),
@@ -198,6 +227,8 @@ class AntiEntropy:
         report.values += keys.values_read
         report.bytes += keys.bytes_read
         report.trips += keys.round_trips
+        if not self._same_dataset([keys.identity]):
+            return
         await self._settle(keys.revision, wait)
         store = r._store
         mine = {id: rev for id, rev in self._local(model, scope).items() if bucket_of(id, n) in differ}
