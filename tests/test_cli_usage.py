@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ import pytest
 import dfdb
 from dfdb.cli import main
 from dfdb.cli.options import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -269,3 +272,37 @@ def test_put_of_a_binary_file_is_one_line(tmp_path: Path, capsys: pytest.Capture
 def test_server_run_refuses_a_cluster_too_large(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["server", "run", "zookeeper", "--members", "99"]) == 2  # not 99 server processes
     assert "at most 7 members" in one_line(capsys.readouterr().err)
+
+
+_INTERRUPTED_WHILE_LOADING = """
+import sys
+
+class CtrlC:  # Ctrl-C arriving while the command loads {module}
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, CtrlC())
+{start}
+"""
+
+
+@pytest.mark.parametrize("how", ["console script", "python -m dfdb"])
+def test_ctrl_c_while_the_command_loads_is_no_traceback(how: str) -> None:
+    """The console script's entry point (read from pyproject.toml) handles Ctrl-C during the
+    heavy imports (pydantic, in dfdb's own ``__init__``), and ``python -m dfdb`` during those
+    of the command: exit 130, no traceback."""
+    import tomllib
+
+    if how == "console script":
+        target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["dfdb"]
+        module, function = target.split(":")
+        trigger, start = "pydantic", f"from {module} import {function} as m\nsys.exit(m())"
+    else:
+        trigger, start = "dfdb.cli", "import runpy\nrunpy.run_module('dfdb', run_name='__main__')"
+    code = _INTERRUPTED_WHILE_LOADING.format(module=trigger, start=start)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run(
+        [sys.executable, "-c", code, "ls", "lswitch"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert (result.returncode, result.stderr) == (130, "")

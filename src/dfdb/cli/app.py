@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = merge_globals(build_parser().parse_args(argv))
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:
+        return 130
     _logging(args.verbose)
     try:
         for module in args.models:
