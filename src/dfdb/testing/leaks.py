@@ -56,16 +56,24 @@ class ResourceSnapshot:
         return problems
 
     @staticmethod
-    async def wait_clean(baseline: ResourceSnapshot, grace: float = 2.0) -> list[str]:
+    async def wait_clean(baseline: ResourceSnapshot, grace: float = 5.0) -> list[str]:
         """Wait up to ``grace`` seconds for resources to return to ``baseline``;
-        return what is still left over (empty when clean)."""
+        return what is still left over (empty when clean).
+
+        A closed gRPC channel's descriptors (an epoll and an eventfd, its TCP connection)
+        are released by gRPC's own threads after the channel object goes, and the object
+        often sits in a reference cycle that gRPC's clean-up of a cancelled call leaves a
+        moment after the close: the garbage collector runs every round while something is
+        left (once at the start was too early for such a cycle), and a busy machine gets
+        a few seconds."""
         deadline = anyio.current_time() + grace
-        collected = False
+        collected = -1.0
         while True:
             leaks = ResourceSnapshot.take().leaks_since(baseline)
-            if not leaks or anyio.current_time() >= deadline:
+            now = anyio.current_time()
+            if not leaks or now >= deadline:
                 return leaks
-            if not collected:  # what a reference cycle holds (a closed grpc channel's poller) goes with it
+            if now - collected >= 0.1:  # what a reference cycle holds goes with it
                 gc.collect()
-                collected = True
+                collected = now
             await anyio.sleep(0.01)
