@@ -58,6 +58,10 @@ class FleetConfig:
     relist_rate: float = 20.0
     relist_burst: int = 10
     relist_jitter: float = 1.0
+    starts: int = 25
+    """Controllers of one worker process connecting and loading at once: a host has its
+    own CPU for its one controller, a worker process shares one among hundreds, and
+    hundreds of loads at once starve each other past their time-outs (then start over)."""
     within: float = 300.0
     """Seconds a scenario may take to converge before the run fails."""
     seed: int = 1
@@ -192,6 +196,7 @@ def _spawn(cfg: FleetConfig, url: str, topology: Topology) -> list[_Worker]:
     ctx = multiprocessing.get_context("spawn")
     count = max(1, min(cfg.workers, cfg.controllers))
     relists = {"rate": cfg.relist_rate, "burst": float(cfg.relist_burst), "jitter": cfg.relist_jitter}
+    relists["starts"] = float(cfg.starts)
     workers = []
     for w in range(count):
         indexes = list(range(w, cfg.controllers, count))
