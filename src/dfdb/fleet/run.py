@@ -135,6 +135,21 @@ class _Cpu:
         return round(self.peak, 1) if self.server is not None else None
 
 
+def _schedstat(workers: list[_Worker]) -> tuple[float, float]:
+    """Seconds the worker processes ran on a CPU and waited, runnable, for one (Linux's
+    ``/proc/PID/schedstat``), in all: a process waiting for a CPU is starved by the host,
+    not idle, though its CPU share looks small."""
+    ran = waited = 0.0
+    for w in workers:
+        try:
+            with open(f"/proc/{w.process.pid}/schedstat") as f:
+                on_cpu, queued = (int(x) / 1e9 for x in f.read().split()[:2])
+        except (OSError, ValueError):
+            continue
+        ran, waited = ran + on_cpu, waited + queued
+    return ran, waited
+
+
 async def _ask(workers: list[_Worker], command: str, arg: Any = None) -> list[Any]:
     """Send ``command`` to every worker; their answers, flattened."""
     loop = asyncio.get_running_loop()
@@ -344,6 +359,7 @@ async def _scenarios(
     writer = _Writer(nb, topology, cfg.seed)
     await _ask(workers, "stats")  # every worker is up (imported, listening) before the clock starts
     start = time.time()
+    sched = _schedstat(workers)
     with cpu.watching():
         reports = await _ask(workers, "start", cfg.within)
         ready = [r["ready"] for r in reports if r.get("ready")]
@@ -351,6 +367,8 @@ async def _scenarios(
         cold["converged_s"] = round(max(ready, default=start) - start, 3)
         cold["not_converged"] = cfg.controllers - len(ready)
         cold["peak_server_cpu_pct"] = cpu.figure()
+        ran, waited = (round(b - a, 1) for a, b in zip(sched, _schedstat(workers), strict=True))
+        cold["workers_cpu_s"], cold["workers_waited_for_cpu_s"] = ran, waited
     result.scenarios["cold"] = cold
     result.failures += [f"cold start: {e}" for e in cold["errors"]]
     if cold["not_converged"]:
