@@ -193,6 +193,7 @@ async def _fleet(args: argparse.Namespace, out: TextIO) -> int:
         relist_rate=args.relist_rate,
         relist_burst=args.relist_burst,
         starts=args.starts,
+        json=args.json,
         relist_jitter=args.relist_jitter,
         within=args.within,
     )

@@ -4,6 +4,7 @@ the writer, the scenarios and what they measured."""
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import os
 import random
@@ -65,6 +66,9 @@ class FleetConfig:
     within: float = 300.0
     """Seconds a scenario may take to converge before the run fails."""
     seed: int = 1
+    json: str | None = None
+    """Write the figures as JSON to this file after each scenario (a long run that is
+    stopped keeps what it measured)."""
 
 
 @dataclass
@@ -133,6 +137,15 @@ class _Cpu:
 
     def figure(self) -> float | None:
         return round(self.peak, 1) if self.server is not None else None
+
+
+def _save(cfg: FleetConfig, result: FleetResult) -> None:
+    """Write what was measured so far to ``cfg.json``."""
+    if cfg.json:
+        result.load_average["end"] = [round(x, 2) for x in os.getloadavg()]
+        with open(cfg.json, "w") as f:
+            json.dump({**asdict(result), "ok": result.ok}, f, indent=2)
+            f.write("\n")
 
 
 def _schedstat(workers: list[_Worker]) -> tuple[float, float]:
@@ -370,6 +383,7 @@ async def _scenarios(
         ran, waited = (round(b - a, 1) for a, b in zip(sched, _schedstat(workers), strict=True))
         cold["workers_cpu_s"], cold["workers_waited_for_cpu_s"] = ran, waited
     result.scenarios["cold"] = cold
+    _save(cfg, result)
     result.failures += [f"cold start: {e}" for e in cold["errors"]]
     if cold["not_converged"]:
         result.failures.append(f"cold start: {cold['not_converged']} controllers not ready")
@@ -385,10 +399,12 @@ async def _scenarios(
         steady |= {"events": len(lat), "deliveries": writer.deliveries}
         steady |= {"p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99)}
         result.scenarios["steady"] = steady
+        _save(cfg, result)
         if steady["not_converged"]:
             result.failures.append(f"steady state: {steady['not_converged']} controllers did not converge")
     if "restart" in cfg.scenarios and server is not None:
         result.scenarios["restart"] = await _disruption(cfg, nb, workers, server, cpu, writer, lose=False)
+        _save(cfg, result)
     if "history" in cfg.scenarios:
         result.scenarios["history"] = await _disruption(cfg, nb, workers, server, cpu, writer, lose=True)
     for name in ("restart", "history"):
