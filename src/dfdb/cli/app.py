@@ -194,6 +194,8 @@ async def _fleet(args: argparse.Namespace, out: TextIO) -> int:
         scenarios=tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
         relist_rate=args.relist_rate,
         relist_burst=args.relist_burst,
+        starts=args.starts,
+        json=args.json,
         relist_jitter=args.relist_jitter,
         within=args.within,
     )

@@ -261,6 +261,9 @@ def _fleet(sub: argparse._SubParsersAction[Parser]) -> None:
     f.add_argument("--relist-rate", type=_rate, default=20.0, help="relists per second per process")
     f.add_argument("--relist-burst", type=_positive, default=10, help="relists at once per process")
     f.add_argument("--relist-jitter", type=_delay, default=1.0, help="longest random delay before a relist, seconds")
+    f.add_argument(
+        "--starts", type=_positive, default=25, help="controllers of a process connecting and loading at once"
+    )
     f.add_argument("--within", type=_seconds, default=300.0, help="seconds a scenario may take to converge")
     f.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
 

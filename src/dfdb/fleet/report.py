@@ -41,6 +41,12 @@ def print_result(result: FleetResult, out: TextIO) -> None:
             f"controller); peak server CPU {_f(cold['peak_server_cpu_pct'], '%')}",
             file=out,
         )
+        if cold.get("workers_cpu_s") is not None:
+            print(
+                f"               the worker processes ran {cold['workers_cpu_s']}s on a CPU and waited "
+                f"{cold['workers_waited_for_cpu_s']}s for one (runnable, starved by the host)",
+                file=out,
+            )
     steady = s.get("steady")
     if steady:
         print(

@@ -4,6 +4,7 @@ the writer, the scenarios and what they measured."""
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import os
 import random
@@ -58,9 +59,16 @@ class FleetConfig:
     relist_rate: float = 20.0
     relist_burst: int = 10
     relist_jitter: float = 1.0
+    starts: int = 25
+    """Controllers of one worker process connecting and loading at once: a host has its
+    own CPU for its one controller, a worker process shares one among hundreds, and
+    hundreds of loads at once starve each other past their time-outs (then start over)."""
     within: float = 300.0
     """Seconds a scenario may take to converge before the run fails."""
     seed: int = 1
+    json: str | None = None
+    """Write the figures as JSON to this file after each scenario (a long run that is
+    stopped keeps what it measured)."""
 
 
 @dataclass
@@ -131,6 +139,30 @@ class _Cpu:
         return round(self.peak, 1) if self.server is not None else None
 
 
+def _save(cfg: FleetConfig, result: FleetResult) -> None:
+    """Write what was measured so far to ``cfg.json``."""
+    if cfg.json:
+        result.load_average["end"] = [round(x, 2) for x in os.getloadavg()]
+        with open(cfg.json, "w") as f:
+            json.dump({**asdict(result), "ok": result.ok}, f, indent=2)
+            f.write("\n")
+
+
+def _schedstat(workers: list[_Worker]) -> tuple[float, float]:
+    """Seconds the worker processes ran on a CPU and waited, runnable, for one (Linux's
+    ``/proc/PID/schedstat``), in all: a process waiting for a CPU is starved by the host,
+    not idle, though its CPU share looks small."""
+    ran = waited = 0.0
+    for w in workers:
+        try:
+            with open(f"/proc/{w.process.pid}/schedstat") as f:
+                on_cpu, queued = (int(x) / 1e9 for x in f.read().split()[:2])
+        except (OSError, ValueError):
+            continue
+        ran, waited = ran + on_cpu, waited + queued
+    return ran, waited
+
+
 async def _ask(workers: list[_Worker], command: str, arg: Any = None) -> list[Any]:
     """Send ``command`` to every worker; their answers, flattened."""
     loop = asyncio.get_running_loop()
@@ -192,6 +224,7 @@ def _spawn(cfg: FleetConfig, url: str, topology: Topology) -> list[_Worker]:
     ctx = multiprocessing.get_context("spawn")
     count = max(1, min(cfg.workers, cfg.controllers))
     relists = {"rate": cfg.relist_rate, "burst": float(cfg.relist_burst), "jitter": cfg.relist_jitter}
+    relists["starts"] = float(cfg.starts)
     workers = []
     for w in range(count):
         indexes = list(range(w, cfg.controllers, count))
@@ -339,6 +372,7 @@ async def _scenarios(
     writer = _Writer(nb, topology, cfg.seed)
     await _ask(workers, "stats")  # every worker is up (imported, listening) before the clock starts
     start = time.time()
+    sched = _schedstat(workers)
     with cpu.watching():
         reports = await _ask(workers, "start", cfg.within)
         ready = [r["ready"] for r in reports if r.get("ready")]
@@ -346,7 +380,10 @@ async def _scenarios(
         cold["converged_s"] = round(max(ready, default=start) - start, 3)
         cold["not_converged"] = cfg.controllers - len(ready)
         cold["peak_server_cpu_pct"] = cpu.figure()
+        ran, waited = (round(b - a, 1) for a, b in zip(sched, _schedstat(workers), strict=True))
+        cold["workers_cpu_s"], cold["workers_waited_for_cpu_s"] = ran, waited
     result.scenarios["cold"] = cold
+    _save(cfg, result)
     result.failures += [f"cold start: {e}" for e in cold["errors"]]
     if cold["not_converged"]:
         result.failures.append(f"cold start: {cold['not_converged']} controllers not ready")
@@ -362,10 +399,12 @@ async def _scenarios(
         steady |= {"events": len(lat), "deliveries": writer.deliveries}
         steady |= {"p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99)}
         result.scenarios["steady"] = steady
+        _save(cfg, result)
         if steady["not_converged"]:
             result.failures.append(f"steady state: {steady['not_converged']} controllers did not converge")
     if "restart" in cfg.scenarios and server is not None:
         result.scenarios["restart"] = await _disruption(cfg, nb, workers, server, cpu, writer, lose=False)
+        _save(cfg, result)
     if "history" in cfg.scenarios:
         result.scenarios["history"] = await _disruption(cfg, nb, workers, server, cpu, writer, lose=True)
     for name in ("restart", "history"):

@@ -47,18 +47,19 @@ def worker_main(conn: Connection, url: str, indexes: list[int], topology: Topolo
     ``url`` until told to stop."""
     logging.basicConfig(level=logging.ERROR)
     RELISTS.configure(rate=relists["rate"], burst=int(relists["burst"]), jitter=relists["jitter"])
-    asyncio.run(_serve(conn, url, indexes, topology))
+    asyncio.run(_serve(conn, url, indexes, topology, int(relists.get("starts", 25))))
 
 
-async def _serve(conn: Connection, url: str, indexes: list[int], topology: Topology) -> None:
+async def _serve(conn: Connection, url: str, indexes: list[int], topology: Topology, starts: int) -> None:
     loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(starts)
     controllers = [_Controller(i) for i in indexes]
     tasks: list[asyncio.Task[None]] = []
     try:
         while True:
             command, arg = await loop.run_in_executor(None, conn.recv)
             if command == "start":
-                tasks = [asyncio.create_task(_run(url, c, topology)) for c in controllers]
+                tasks = [asyncio.create_task(_run(url, c, topology, gate)) for c in controllers]
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(float(arg)):
                         await asyncio.gather(*(c.up.wait() for c in controllers))
@@ -86,14 +87,15 @@ async def _serve(conn: Connection, url: str, indexes: list[int], topology: Topol
         conn.send("stopped")
 
 
-async def _run(url: str, c: _Controller, topology: Topology) -> None:
+async def _run(url: str, c: _Controller, topology: Topology, gate: asyncio.Semaphore) -> None:
     """One controller's life; a start the server did not answer in time is tried again
-    after a backoff, as an agent's supervisor would."""
+    after a backoff, as an agent's supervisor would. Its connect and first load wait for
+    one of the process's ``gate`` slots."""
     c.started = time.time()
     backoff = Backoff(initial=0.5, maximum=10.0)
     while not c.stop.is_set():
         try:
-            await _life(url, c, topology)
+            await _life(url, c, topology, gate)
             return
         except (BackendUnavailableError, BackendTimeoutError) as exc:
             if c.ready is not None:
@@ -109,10 +111,19 @@ async def _run(url: str, c: _Controller, topology: Topology) -> None:
                 c.up.set()
 
 
-async def _life(url: str, c: _Controller, topology: Topology) -> None:
+async def _life(url: str, c: _Controller, topology: Topology, gate: asyncio.Semaphore) -> None:
     """One controller: its connection, its Replica, its events."""
     tenants = topology.tenants_of(c.index)
-    async with connect(url) as nb:
+    await gate.acquire()
+    try:
+        await _live(url, c, topology, tenants, gate)
+    finally:
+        if c.ready is None:
+            gate.release()
+
+
+async def _live(url: str, c: _Controller, topology: Topology, tenants: list[int], gate: asyncio.Semaphore) -> None:
+    async with connect(url, timeout=30) as nb:
         # the local switch reports this chassis's ports at boot: their tenants are the
         # first topics (one subscription, not one per tenant)
         replica = Replica(nb, MODELS, mode=SyncMode.SELECTIVE, topics={topic(t) for t in tenants}, topicless=[Chassis])
@@ -124,6 +135,7 @@ async def _life(url: str, c: _Controller, topology: Topology) -> None:
                     if topology.port_chassis(t, p) == c.index:
                         await c.topics.port_bound(topology.port(t, p))
             c.ready = time.time()
+            gate.release()  # loaded: the next one may start
             c.up.set()
             events = replica.events()
             try:
