@@ -1,6 +1,9 @@
 """Lazy loading: a Replica's full sync holds each stored value as read (its :class:`Entry`)
-with the index keys and references read from a plain JSON parse, and builds the model on
-first access; the values nobody read yet are validated in the background afterwards.
+and builds the model on first access; the values nobody read yet are validated in the
+background afterwards. Index keys and reference targets come from a plain JSON parse
+(:func:`reader_for`): at once for a model whose objects reference models held (their events
+wait for their targets), else when the background pass or the first lookup of an index
+gets to them.
 
 Validation is what a sync spends most of its time on, and a value dfdb wrote was validated
 when it was written; the background pass still finds a value written around dfdb that is
