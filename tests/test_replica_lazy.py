@@ -171,3 +171,25 @@ async def test_memory_per_held_port_is_below_a_dict_of_the_models(dfdb_leak_chec
     per_port = f"plain dict {plain / count:.0f} B, replica {synced / count:.0f} B, validated {validated / count:.0f} B"
     print(f"per port: {per_port}")
     assert synced <= plain and validated <= plain
+
+
+async def test_changes_before_the_rows_are_indexed_keep_the_indexes_exact(nb: NbApi) -> None:
+    """A model no other held model's reference waits for is loaded without reading its JSON;
+    updates and deletes that arrive before its rows are indexed leave the indexes exact."""
+    ports = await nb.create_many([port(i) for i in range(300)])
+    async with Replica(nb, [LogicalPort], check_interval=None) as replica:
+        assert not replica._validated.is_set()
+        moved = await nb.update(ports[1].model_copy(update={"lswitch": "ls-new"}))
+        await nb.delete(LogicalPort, ports[2].id)
+        probe = await nb.create(port(999))
+        await asyncio.wait_for(replica.wait_for(dfdb.revision_of(probe) or 0), WAIT)
+        assert replica.by_index(LogicalPort, "lswitch", "ls-new") == [moved]
+        for switch, changed in (("ls1", ports[1]), ("ls2", ports[2])):
+            expected = [p for p in ports if p.lswitch == switch and p != changed]
+            assert replica.by_index(LogicalPort, "lswitch", switch) == expected
+        assert replica.by_index(LogicalPort, "ips", probe.ips[0]) == [probe]
+        await asyncio.wait_for(replica._validated.wait(), WAIT)
+        for index in LogicalPort.__indexes__:
+            for obj in replica.get_all(LogicalPort):
+                for key in dfdb.replica.store.index_keys(obj, index):
+                    assert obj in replica.by_index(LogicalPort, index, key)

@@ -1,6 +1,9 @@
 """Lazy loading: a Replica's full sync holds each stored value as read (its :class:`Entry`)
-with the index keys and references read from a plain JSON parse, and builds the model on
-first access; the values nobody read yet are validated in the background afterwards.
+and builds the model on first access; the values nobody read yet are validated in the
+background afterwards. Index keys and reference targets come from a plain JSON parse
+(:func:`reader_for`): at once for a model whose objects reference models held (their events
+wait for their targets), else when the background pass or the first lookup of an index
+gets to them.
 
 Validation is what a sync spends most of its time on, and a value dfdb wrote was validated
 when it was written; the background pass still finds a value written around dfdb that is
@@ -38,7 +41,7 @@ from dfdb.events import format_cursor
 from dfdb.nb import NbApi
 from dfdb.nbmodel import NbModel, Ref, _reference_fields, _resolve_target, references
 
-__all__ = ["RawListings", "Reader", "Reading", "list_raw", "reader_for"]
+__all__ = ["RawListings", "Reader", "Reading", "list_raw", "reader_for", "refers_held"]
 
 Reading = tuple[list[Sequence[Hashable]], list[tuple[type[NbModel], str]]]
 """What a plain parse tells of a value: its keys in each index of its model (in the order
@@ -103,7 +106,7 @@ def reader_for(model: type[NbModel], held: frozenset[type[NbModel]]) -> Reader |
         return None
     except Exception:  # an annotation this analysis does not foresee: the model is built as before
         return None
-    if not any(t in held for t in references(model)):
+    if not refers_held(model, held):
         refers = []
 
     def read(entry: Entry) -> Reading | None:
@@ -120,6 +123,13 @@ def reader_for(model: type[NbModel], held: frozenset[type[NbModel]]) -> Reader |
         return keys, [t for t in targets if t[0] in held]
 
     return read
+
+
+@functools.cache
+def refers_held(model: type[NbModel], held: frozenset[type[NbModel]]) -> bool:
+    """Whether ``model`` references one of the models ``held`` (its values must be read at
+    once for their reference targets)."""
+    return any(t in held for t in references(model))
 
 
 def _parse(value: bytes) -> Any:

@@ -13,7 +13,7 @@ from dfdb.drivers.base import Entry
 from dfdb.errors import CorruptObjectError
 from dfdb.events import parse_cursor
 from dfdb.nbmodel import NbModel
-from dfdb.replica.lazy import RawListings
+from dfdb.replica.lazy import RawListings, refers_held
 from dfdb.replica.store import Held, Row
 
 if TYPE_CHECKING:
@@ -33,15 +33,22 @@ def fill_raw(replica: Replica, listings: RawListings, topics: set[str] | None) -
     listens), any other is decoded and applied as by :meth:`Replica._fill`."""
     store, flow = replica._store, replica._flow
     lazy = 0
+    held = frozenset(store.rows)
     for model, entries, cursor in listings:
         replica._position = max(replica._position, parse_cursor(cursor)[1])
         reader = store.readers[model]
         rows = store.rows[model]
+        parse = refers_held(model, held) and flow.defer
         for entry in entries:
             if topics is not None and entry.topic is not None and entry.topic not in topics:
                 continue
             if store.is_stale(model, entry.id, entry.revision):
                 continue  # listed twice (a topic's listing and the topic-less one)
+            if reader is not None and not parse and entry.id not in rows:
+                store.put_entry(model, entry, None)  # indexed later (no reference to wait for)
+                flow.applied((model, entry.id))
+                lazy += 1
+                continue
             reading = reader(entry) if reader is not None and entry.id not in rows else None
             if reading is not None:
                 keys, targets = reading
@@ -61,9 +68,10 @@ def fill_raw(replica: Replica, listings: RawListings, topics: set[str] | None) -
 
 
 async def validate_held(replica: Replica) -> None:
-    """Validate the entries held unbuilt, a slice at a time between yields to other tasks;
-    a corrupt one is reported and dropped (:meth:`Replica._build`). Valid ones stay unbuilt: an
-    object costs several times its stored value in memory."""
+    """Validate the entries held unbuilt, a slice at a time between yields to other tasks,
+    indexing those not indexed yet from their objects; a corrupt one is reported and dropped
+    (:meth:`Replica._build`). Valid ones stay unbuilt: an object costs several times its
+    stored value in memory."""
     store = replica._store
     for model in replica.models:
         pending = [id for id, (held, _) in store.rows[model].items() if type(held) is Entry]
@@ -71,9 +79,15 @@ async def validate_held(replica: Replica) -> None:
             await anyio.lowlevel.checkpoint()
             rows = store.rows[model]
             for id in pending[start : start + SLICE]:
-                held = rows.get(id)
-                if held is not None and type(held[0]) is Entry and replica._build(model, held[0]) is None:
+                row = rows.get(id)
+                if row is None or type(row[0]) is not Entry:
+                    continue
+                obj = replica._build(model, row[0])
+                if obj is None:
                     store.drop(model, id)
+                elif store.unindexed(model, id):
+                    store.index(model, id, obj)
+        store.index_all(model)
     replica._validated.set()
 
 

@@ -50,6 +50,7 @@ class Store:
             for m, by_index in self._indexes.items()
         }
         self._tombstones: dict[tuple[type[NbModel], str], int] = {}
+        self._unindexed: dict[type[NbModel], set[str]] = {m: set() for m in self.rows}  # held, keys not read yet
         self._refers: dict[type[NbModel], bool] = {}  # whether a model references one held here
 
     def __contains__(self, model: object) -> bool:
@@ -104,24 +105,67 @@ class Store:
             return reading[1]
         return reference_targets(held)  # type: ignore[arg-type]
 
-    def put_entry(self, model: type[NbModel], entry: Entry, keys: list[Sequence[Hashable]]) -> None:
+    def put_entry(self, model: type[NbModel], entry: Entry, keys: list[Sequence[Hashable]] | None) -> None:
         """Hold ``entry`` unbuilt as a new row (none is held for its id), with its ``keys`` in
-        each index as its model's reader read them."""
-        for (_, entries), index_keys in zip(self._keyed[model], keys, strict=True):
-            for key in index_keys:
-                entries[key].add(entry.id)
+        each index as its model's reader read them; ``None``: not read yet (the row is indexed
+        by :meth:`index`, at the latest by the first lookup of one of the model's indexes)."""
+        keyed = self._keyed[model]
+        if keys is None:
+            if keyed:
+                self._unindexed[model].add(entry.id)
+        else:
+            for (_, entries), index_keys in zip(keyed, keys, strict=True):
+                for key in index_keys:
+                    entries[key].add(entry.id)
         self.rows[model][entry.id] = (entry, entry.revision)
         if self._tombstones:
             self._tombstones.pop((model, entry.id), None)
 
     def _keys(self, model: type[NbModel], held: NbModel | Entry) -> list[Sequence[Hashable] | set[Hashable]]:
-        """The index keys of a held object or entry (an entry held was read before: it reads again)."""
+        """The index keys of a held object or entry (an entry is read again, or built when its
+        JSON is not read exactly: it was indexed from its object)."""
         if type(held) is Entry:
             reader = self.readers[model]
             reading = reader(held) if reader is not None else None
-            assert reading is not None
-            return list(reading[0])
+            if reading is not None:
+                return list(reading[0])
+            assert self.build is not None
+            built = self.build(model, held)
+            if built is None:
+                return [() for _ in self._keyed[model]]
+            held = built
         return [keys(held) for keys, _ in self._keyed[model]]  # type: ignore[arg-type]
+
+    def index(self, model: type[NbModel], id: str, obj: NbModel | None = None) -> None:
+        """Add the index keys of ``id``, held and not indexed yet: of ``obj`` (its object, built
+        by the caller), else read from its entry, else of its object built now (a corrupt one
+        is dropped)."""
+        held = self.rows[model][id]
+        if obj is None and type(held[0]) is Entry:
+            reader = self.readers[model]
+            reading = reader(held[0]) if reader is not None else None
+            if reading is None:
+                obj = self.materialize(model, id, held[0], held[1])
+                if obj is None:
+                    return  # dropped
+            keys = list(reading[0]) if reading is not None else self._keys(model, obj)  # type: ignore[arg-type]
+        else:
+            keys = self._keys(model, obj if obj is not None else held[0])
+        self._unindexed[model].discard(id)
+        for (_, entries), index_keys in zip(self._keyed[model], keys, strict=True):
+            for key in index_keys:
+                entries[key].add(id)
+
+    def index_all(self, model: type[NbModel]) -> None:
+        """Index every row of ``model`` not indexed yet."""
+        for id in list(self._unindexed[model]):
+            if id in self._unindexed[model]:
+                self.index(model, id)
+        self._unindexed[model] = set()  # a set never shrinks: a million ids would stay allocated
+
+    def unindexed(self, model: type[NbModel], id: str) -> bool:
+        """Whether ``id`` is held and not indexed yet."""
+        return id in self._unindexed[model]
 
     def is_stale(self, model: type[NbModel], id: str, revision: int) -> bool:
         """Whether the store already holds ``id``, or its delete, at ``revision`` or later."""
@@ -147,7 +191,9 @@ class Store:
         row it replaced."""
         rows = self.rows[model]
         held = rows.get(id)
-        if held is None:
+        unindexed = self._unindexed[model]
+        if held is None or (unindexed and id in unindexed):
+            unindexed.discard(id)
             for keys, entries in self._keyed[model]:
                 for key in keys(obj):
                     entries[key].add(id)
@@ -169,7 +215,10 @@ class Store:
     def drop(self, model: type[NbModel], id: str) -> Held | None:
         """Drop ``id`` and its index entries; returns the row dropped (as stored)."""
         held = self.rows[model].pop(id, None)
-        if held is not None:
+        unindexed = self._unindexed[model]
+        if unindexed and id in unindexed:
+            unindexed.discard(id)
+        elif held is not None:
             for (_, entries), keys in zip(self._keyed[model], self._keys(model, held[0]), strict=True):
                 for key in keys:
                     _discard(entries, key, id)
@@ -190,6 +239,7 @@ class Store:
             before = {m: dict(rows) for m, rows in self.rows.items()}
             for model, rows in self.rows.items():
                 rows.clear()
+                self._unindexed[model] = set()
                 for entries in self._indexes[model].values():
                     entries.clear()
             self._tombstones.clear()
@@ -209,6 +259,8 @@ class Store:
         entries = self._indexes.get(model, {}).get(index)
         if entries is None:
             return None
+        if self._unindexed[model]:
+            self.index_all(model)
         return sorted(entries.get(value, ()))
 
 
