@@ -346,18 +346,19 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         """One pipeline of write scripts: one round trip for the whole batch."""
         client = self._open_client()
         for _ in range(3):
-            pipe = client.pipeline(transaction=False)
-            for w in writes:
-                exp = lua.expect_arg(w.expect)
-                await self._write(  # queues EVALSHA on the pipeline
-                    keys=[self._key("e", w.table, w.id), self._key("rev"), self._key("epoch")],
-                    args=[self.prefix, w.table, w.id, "put", exp, w.topic or "", w.value, self.maxlen, self.epoch],
-                    client=pipe,
-                )
-            try:
-                replies = await pipe.execute(raise_on_error=False)
-            except CONNECTION_ERRORS as exc:
-                raise _unavailable(self.url, exc) from None
+            # closed on the way out: a pipeline that failed while loading its script keeps its connection
+            async with client.pipeline(transaction=False) as pipe:
+                for w in writes:
+                    exp = lua.expect_arg(w.expect)
+                    await self._write(  # queues EVALSHA on the pipeline
+                        keys=[self._key("e", w.table, w.id), self._key("rev"), self._key("epoch")],
+                        args=[self.prefix, w.table, w.id, "put", exp, w.topic or "", w.value, self.maxlen, self.epoch],
+                        client=pipe,
+                    )
+                try:
+                    replies = await pipe.execute(raise_on_error=False)
+                except CONNECTION_ERRORS as exc:
+                    raise _unavailable(self.url, exc) from None
             stale = [r for r in replies if not isinstance(r, Exception) and r[0] == b"EPOCH"]
             if stale:
                 await self._adopt_epoch(stale[0][1] or None, read=False)
