@@ -214,3 +214,17 @@ def test_json_python_cannot_read_is_one_line_for_put_and_restore(
     assert main(["--db", db, "restore", "-f", str(dump)]) == 1
     err = capsys.readouterr().err
     assert f"{dump}:2: not JSON (" in err and text in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"), [("raise RuntimeError('boom')", "RuntimeError: boom"), ("def f(:", "SyntaxError")]
+)
+def test_a_models_module_that_fails_to_import_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], source: str, reason: str
+) -> None:
+    name = f"broken_models_{len(source)}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["--db", "memory://", "--models", name, "ls", "lswitch"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot import models module {name!r}: " in err and reason in err and len(err.splitlines()) == 1
