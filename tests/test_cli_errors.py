@@ -188,3 +188,43 @@ def test_copy_reads_one_consistent_snapshot(tmp_path: Path, capsys: pytest.Captu
     assert status == 0, capsys.readouterr().err
     assert len(a) >= 1000
     assert b <= a and len(a - b) <= 1, (len(a), len(b), sorted(b - a)[:5])
+
+
+@pytest.mark.parametrize(
+    ("given", "text"),
+    [
+        ('{"id": "d", "name": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        ('{"id": "d", "mtu": ' + "9" * 5000 + "}", "digits"),
+    ],
+)
+def test_json_python_cannot_read_is_one_line_for_put_and_restore(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], given: str, text: str
+) -> None:
+    """Valid JSON beyond what Python's reader takes (nesting deeper than its recursion limit,
+    an integer of more than 4,300 digits): put is a usage error, restore refuses the dump;
+    one line each, no "unexpected error"."""
+    path = tmp_path / "object.json"
+    path.write_text(given)
+    assert main(["--db", db, "put", "lswitch", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not valid JSON: " in err and text in err and len(err.splitlines()) == 1
+    dump = tmp_path / "dump.jsonl"
+    header = {"format": "dfdb-dump", "version": 1, "source": "sqlite", "tables": {"lswitch": 1}}
+    dump.write_text(json.dumps(header) + '\n{"table": "lswitch", "id": "d", "topic": null, "object": ' + given + "}\n")
+    assert main(["--db", db, "restore", "-f", str(dump)]) == 1
+    err = capsys.readouterr().err
+    assert f"{dump}:2: not JSON (" in err and text in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"), [("raise RuntimeError('boom')", "RuntimeError: boom"), ("def f(:", "SyntaxError")]
+)
+def test_a_models_module_that_fails_to_import_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], source: str, reason: str
+) -> None:
+    name = f"broken_models_{len(source)}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["--db", "memory://", "--models", name, "ls", "lswitch"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot import models module {name!r}: " in err and reason in err and len(err.splitlines()) == 1

@@ -52,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 importlib.import_module(module)
             except ImportError as exc:
                 raise UsageError(f"cannot import models module {module!r}: {exc}") from None
+            except Exception as exc:  # the module itself failed (a syntax error, its own exception)
+                raise UsageError(f"cannot import models module {module!r}: {type(exc).__name__}: {exc}") from None
         if args.command == "server":
             return _server(args)  # synchronous: Ctrl-C must reach it at once
         if args.command == "completion":

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from dfdb.cli.output import UsageError, print_rows
+from dfdb.cli.output import UsageError, load_json, print_rows
 from dfdb.codec import unknown_fields
 from dfdb.errors import DfdbError, NotFoundError
 from dfdb.events import Action
@@ -97,8 +97,8 @@ async def _put(nb: NbApi, cls: type[NbModel], text: str) -> NbModel:
     """Create or replace; with a ``version`` in the object, only if the stored one is at it
     (0: only if there is none)."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data = load_json(text)
+    except ValueError as exc:
         raise UsageError(f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError("the object must be a JSON object")

@@ -7,11 +7,29 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["Progress", "UsageError", "print_rows"]
+__all__ = ["Progress", "UsageError", "load_json", "print_rows"]
 
 
 class UsageError(Exception):
     """A mistake in how the command was called (exit status 2)."""
+
+
+def load_json(text: str) -> Any:
+    """``json.loads(text)``.
+
+    Raises:
+        ValueError: ``text`` is not JSON, or JSON beyond what Python reads (nested more
+            deeply than its recursion limit, an integer longer than its digit limit); the
+            message is one short line.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # the one other: an integer longer than Python converts
+        raise ValueError(f"a number of more than {sys.get_int_max_str_digits()} digits") from None
 
 
 def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: str, out: TextIO) -> None:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, TextIO
 
-from dfdb.cli.output import Progress, print_rows
+from dfdb.cli.output import Progress, load_json, print_rows
 from dfdb.drivers.base import ABSENT, ANY, Driver, Entry, Listing, PutRequest
 from dfdb.errors import AlreadyExistsError, DfdbError
 from dfdb.nb import NbApi
@@ -186,7 +186,7 @@ def _line(entry: Entry) -> dict[str, Any]:
     with contextlib.suppress(ValueError):
         text = entry.value.decode("utf-8")
         with contextlib.suppress(ValueError):
-            obj = json.loads(text)
+            obj = load_json(text)
             if isinstance(obj, dict) and _compact(obj) == entry.value:
                 record["object"] = obj
                 return record
@@ -322,8 +322,8 @@ def read_dump(path: str) -> Dump:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
+                    record = load_json(line)
+                except ValueError as exc:
                     raise DfdbError(f"{name}:{lineno}: not JSON ({exc}): nothing restored") from None
                 entries.append(_entry(record, f"{name}:{lineno}"))
     except UnicodeDecodeError:  # text is decoded by the block: no line number to tell
@@ -338,8 +338,8 @@ def read_dump(path: str) -> Dump:
 
 def _header(line: str, name: str) -> dict[str, Any]:
     try:
-        header = json.loads(line)
-    except json.JSONDecodeError:
+        header = load_json(line)
+    except ValueError:
         header = None
     if (
         not isinstance(header, dict)
