@@ -28,6 +28,7 @@ from dfdb.errors import (
     OutcomeUnknownError,
     StreamClosedError,
     UnknownDriverError,
+    UnstorableKeyError,
     UnsupportedEventLoopError,
     ValueTooLargeError,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "SyncMode",
     "TableStats",
     "UnknownDriverError",
+    "UnstorableKeyError",
     "UnsupportedEventLoopError",
     "ValueTooLargeError",
     "__version__",

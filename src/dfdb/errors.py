@@ -49,6 +49,7 @@ __all__ = [
     "OutcomeUnknownError",
     "StreamClosedError",
     "UnknownDriverError",
+    "UnstorableKeyError",
     "UnsupportedEventLoopError",
     "ValueTooLargeError",
 ]
@@ -157,6 +158,24 @@ class ValueTooLargeError(DfdbError, ValueError):
         self.id = id
         self.size = size
         self.limit = limit
+
+
+class UnstorableKeyError(DfdbError, ValueError):
+    """An id or topic holds a character that its backend cannot store in a name (valid for
+    dfdb, refused by the backend: ZooKeeper takes no character beyond U+FFFF and none of
+    U+D800 to U+F8FF or U+FFF0 to U+FFFF in a node's name).
+
+    Attributes:
+        table: the object's table.
+        key: the id or topic refused.
+    """
+
+    def __init__(self, table: str, key: str, what: str, backend: str) -> None:
+        super().__init__(
+            f"{table}: the {backend} backend cannot store the {what} {key!r} (it holds a character refused in names)"
+        )
+        self.table = table
+        self.key = key
 
 
 class StreamClosedError(DfdbError):

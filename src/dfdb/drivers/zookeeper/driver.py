@@ -37,6 +37,7 @@ from dfdb.drivers.zookeeper.layout import (
     Pruned,
     is_location,
     location,
+    storable,
     topic_of,
 )
 from dfdb.drivers.zookeeper.leases import ZooKeeperLeases
@@ -50,6 +51,7 @@ from dfdb.errors import (
     InvalidURL,
     LeaseLostError,
     NotFoundError,
+    UnstorableKeyError,
     ValueTooLargeError,
 )
 from dfdb.tls import TLS_OPTIONS, TlsSettings
@@ -132,6 +134,8 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
     # ------------------------------------------------------------ contract
     async def get(self, table: str, id: str) -> Entry | None:
         self._check_open()
+        if not storable(id):  # no such node can exist
+            return None
         calls, layout = self._calls, self._layout
         index = await calls.get(layout.index(table, id))
         if index is None:
@@ -176,9 +180,14 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
         await self._logs.after_append(log_path, replies[appended].path)
         return int(replies[zxid_at].stat.last_modified_zxid)
 
-    def _check_size(self, table: str, id: str, value: bytes) -> None:
+    def _check_size(self, table: str, id: str, value: bytes, topic: str | None = None) -> None:
         """Raises:
-        ValueTooLargeError: ``value`` is over :attr:`max_value_size`."""
+        ValueTooLargeError: ``value`` is over :attr:`max_value_size`.
+        UnstorableKeyError: ``id`` or ``topic`` holds a character ZooKeeper refuses in a name."""
+        if not storable(id):
+            raise UnstorableKeyError(table, id, "id", "zk://")
+        if topic is not None and not storable(topic):
+            raise UnstorableKeyError(table, topic, "topic", "zk://")
         if len(value) > self.max_value_size:
             raise ValueTooLargeError(table, id, len(value), self.max_value_size, "zk://")
 
@@ -190,7 +199,7 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
         lease: str | None, guard: Guard | None,
     ) -> int:  # fmt: skip
         self._check_open()
-        self._check_size(table, id, value)
+        self._check_size(table, id, value, topic)
         calls, layout = self._calls, self._layout
         loc = location(topic)
         index, data = layout.index(table, id), layout.data(table, loc, id)
@@ -301,8 +310,8 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
         results: builtins.list[int | Exception | None] = [None] * len(writes)
         for i, w in enumerate(writes):
             try:
-                self._check_size(w.table, w.id, w.value)
-            except ValueTooLargeError as error:
+                self._check_size(w.table, w.id, w.value, w.topic)
+            except (ValueTooLargeError, UnstorableKeyError) as error:
                 results[i] = error
         creates = [i for i, w in enumerate(writes) if w.expect is ABSENT and results[i] is None]
         chunks: builtins.list[builtins.list[int]] = [[]]
@@ -386,6 +395,8 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
     ) -> Entry:
         """``delete``; ``expired``: logged as a lease's expiry; ``guard``: checked in its multi."""
         self._check_open()
+        if not storable(id):  # no such node can exist
+            raise NotFoundError(f"{table}/{id} not found")
         calls, layout = self._calls, self._layout
         index_path = layout.index(table, id)
         for _ in range(50):
@@ -423,6 +434,8 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
         calls, layout = self._calls, self._layout
         for _ in range(10):
             before = await calls.current_revision()
+            if topic is not None and not storable(topic):  # no such node can exist
+                return Listing([], before, calls.known_identity)
             locs = [location(topic)] if topic is not None else await self._logs.locations(table)
             entries: dict[str, Entry] = {}
             for loc in locs:

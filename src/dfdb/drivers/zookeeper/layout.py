@@ -44,6 +44,13 @@ def location(topic: str | None) -> str:
     return "n" if topic is None else f"t/{topic}"
 
 
+def storable(name: str) -> bool:
+    """Whether ZooKeeper takes ``name`` as a node's name: it refuses control characters,
+    U+D800 to U+F8FF, U+FFF0 to U+FFFF and, as Java holds them as surrogate pairs, every
+    character beyond U+FFFF."""
+    return not any(o < 0x20 or 0x7F <= o <= 0x9F or 0xD800 <= o <= 0xF8FF or o >= 0xFFF0 for o in map(ord, name))
+
+
 def topic_of(loc: str) -> str | None:
     """The topic of a ``LOC``."""
     return None if loc == "n" else loc[2:]
