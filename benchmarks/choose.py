@@ -13,7 +13,7 @@ streams (one topic each), and ``--events`` write->event latencies
 this process's CPU are read from /proc around each phase (``dfdb.bench.resources``).
 Then the faults: a restart of each single server on its data, a restart of Redis
 without persistence, SQLite closed and opened again, ``kill -9`` of the leader or master
-of each replicated set-up. Last, ``dfdb copy`` of ``--objects`` ports along ``--copy``.
+of each replicated set-up. ``dfdb copy`` of ``--objects`` ports along ``--copy`` comes first.
 
 Writes the page, the figures as JSON next to it, and a PNG chart of latency against
 resource use (with matplotlib: ``pip install 'dfdb[bench]'``; without it the page says
@@ -48,6 +48,7 @@ from choose_setups import (
 )
 
 from dfdb.bench.overhead import measure_overhead
+from dfdb.errors import DfdbError
 
 HERE = Path(__file__).resolve().parent
 
@@ -80,6 +81,7 @@ def write_page(run: Run, args: argparse.Namespace) -> str:
         "sqlite reopened": None if run.reopen is None else run.reopen.as_dict(),
         "copy seconds": run.copies,
         "chart": line,
+        "failed": run.failed,
     }
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
     return line
@@ -89,47 +91,58 @@ def say(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
 
 
+async def measure_setup(run: Run, args: argparse.Namespace, setup: str, folder: Path) -> None:
+    """Every figure of one set-up, started for it and stopped after."""
+    with started(setup, folder) as (url, server):
+        say(f"{setup}: {args.objects} objects, {args.writes} fan-out writes")
+        if args.warmup:  # not measured: the server's start-up growth stays out of the figures
+            warm = args.warmup
+            await measure_overhead(setup, url, objects=warm, controllers=args.controllers, writes=warm // 4)
+        run.rows.append(
+            await measure_overhead(
+                setup,
+                url,
+                objects=args.objects,
+                controllers=args.controllers,
+                writes=args.writes,
+                server=server,
+                latency_events=args.events,
+            )
+        )
+        if server is not None and setup in REPLICATED:
+            say(f"{setup}: kill -9 of the leader")
+            run.failover[setup] = await failover_to_first_write(url, server, folder)
+        elif server is not None:
+            say(f"{setup}: restart")
+            run.restart[setup] = await restart_to_first_event(url, server, folder)
+    if setup == "redis":
+        say("redis without persistence: restart")
+        run.volatile = await volatile_restart(folder)
+    if setup == "sqlite":
+        run.reopen = await sqlite_reopen(folder)
+
+
 async def measure(run: Run, args: argparse.Namespace, setups: list[str], pairs: list[tuple[str, str]]) -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dfdb-choose-") as tmp:
-        for setup in setups:
-            folder = Path(tmp) / setup
-            folder.mkdir()
-            with started(setup, folder) as (url, server):
-                say(f"{setup}: {args.objects} objects, {args.writes} fan-out writes")
-                if args.warmup:  # not measured: the server's start-up growth stays out of the figures
-                    await measure_overhead(
-                        setup, url, objects=args.warmup, controllers=args.controllers, writes=args.warmup // 4
-                    )
-                run.rows.append(
-                    await measure_overhead(
-                        setup,
-                        url,
-                        objects=args.objects,
-                        controllers=args.controllers,
-                        writes=args.writes,
-                        server=server,
-                        latency_events=args.events,
-                    )
-                )
-                if server is not None and setup in REPLICATED:
-                    say(f"{setup}: kill -9 of the leader")
-                    run.failover[setup] = await failover_to_first_write(url, server, folder)
-                elif server is not None:
-                    say(f"{setup}: restart")
-                    run.restart[setup] = await restart_to_first_event(url, server, folder)
-            if setup == "redis":
-                say("redis without persistence: restart")
-                run.volatile = await volatile_restart(folder)
-            if setup == "sqlite":
-                run.reopen = await sqlite_reopen(folder)
-            run.seconds = time.perf_counter() - start
-            write_page(run, args)
         if pairs:
             say(f"dfdb copy of {args.objects} objects: {', '.join(f'{a} > {b}' for a, b in pairs)}")
             folder = Path(tmp) / "copy"
             folder.mkdir()
-            run.copies = await copy_seconds(pairs, args.objects, folder)
+            try:
+                run.copies = await copy_seconds(pairs, args.objects, folder)
+            except (DfdbError, RuntimeError, OSError, TimeoutError) as exc:
+                run.failed["dfdb copy"] = f"{type(exc).__name__}: {exc}"
+        for setup in setups:
+            folder = Path(tmp) / setup
+            folder.mkdir()
+            try:
+                await measure_setup(run, args, setup, folder)
+            except (DfdbError, RuntimeError, OSError, TimeoutError) as exc:  # the page says so; the others go on
+                run.failed[setup] = f"{type(exc).__name__}: {exc}"
+                say(f"{setup}: failed: {run.failed[setup]}")
+            run.seconds = time.perf_counter() - start
+            write_page(run, args)
     run.seconds = time.perf_counter() - start
 
 

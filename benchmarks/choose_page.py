@@ -38,6 +38,8 @@ class Run:
     """The load averages at the start and (once done) at the end."""
     seconds: float = 0.0
     """How long the run took (so far)."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Per set-up (or ``dfdb copy``) whose measurement failed: why."""
 
 
 TESTS = {
@@ -296,6 +298,9 @@ def render(run: Run, args: argparse.Namespace, chart_line: str) -> str:
     lines.append("| failover (kill -9 of the leader) to first write | s (first event) | " + " | ".join(failover) + " |")
     lines += ["", "Not taken:", ""]
     lines += [f"- {r.backend}: {m}" for r in run.rows for m in r.missing] or ["- nothing"]
+    if run.failed:
+        lines += ["", "Failed in this run (not on the page):", ""]
+        lines += [f"- {setup}: {why}" for setup, why in run.failed.items()]
     lines += ["", chart_line, "", "## What survives what", ""]
     lines += [
         "**yes**: every object written before is there and the open change stream goes on without a RESYNC; "

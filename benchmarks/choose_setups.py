@@ -231,13 +231,14 @@ async def copy_seconds(pairs: list[tuple[str, str]], objects: int, tmp: Path) ->
                     times[key] = f"not measured: the load failed ({failed[0]})"
                     continue
             t0 = time.perf_counter()
-            done = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "dfdb", "--db", src, "copy", "--to", dst],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            command = [sys.executable, "-m", "dfdb", "--db", src, "copy", "--to", dst]
+            try:
+                done = await asyncio.to_thread(
+                    subprocess.run, command, capture_output=True, text=True, check=False, timeout=1800
+                )
+            except subprocess.TimeoutExpired:
+                times[key] = "not measured: not done within 30 minutes"
+                continue
             seconds = time.perf_counter() - t0
             if done.returncode != 0:
                 times[key] = f"not measured: {done.stderr.strip().splitlines()[-1:]}"
