@@ -33,12 +33,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from choose_page import Run, chart, render
 from choose_setups import (
     REPLICATED,
     SETTINGS,
     SETUPS,
+    Recovery,
     copy_seconds,
     failover_to_first_write,
     restart_to_first_event,
@@ -146,6 +148,48 @@ async def measure(run: Run, args: argparse.Namespace, setups: list[str], pairs: 
     run.seconds = time.perf_counter() - start
 
 
+class Stored:
+    """One set-up's row as a run's JSON file holds it (what the page reads of an Overhead)."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+        self.backend: str = row["backend"]
+        self.missing: list[str] = row["missing"]
+
+    def figures(self) -> dict[str, float | None]:
+        return dict(self.row["figures"])
+
+    def performance(self) -> dict[str, float | None]:
+        return dict(self.row["performance"])
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.row
+
+
+def rerender(args: argparse.Namespace) -> int:
+    """The page, the chart and the JSON again from a run's JSON file."""
+    data = json.loads(Path(args.render).read_text())
+    for key, value in data["sizes"].items():
+        setattr(args, key, value)
+    run = Run(
+        rows=[Stored(r) for r in data["rows"]],
+        restart={k: Recovery(**v) for k, v in data["restart"].items()},
+        failover={k: Recovery(**v) for k, v in data["failover"].items()},
+        volatile=None
+        if data["restart without persistence (redis)"] is None
+        else Recovery(**data["restart without persistence (redis)"]),
+        reopen=None if data["sqlite reopened"] is None else Recovery(**data["sqlite reopened"]),
+        copies=data["copy seconds"],
+        uptime=data["uptime"],
+        loads=data["load average"],
+        seconds=data["seconds"],
+        failed=data["failed"],
+    )
+    write_page(run, args)
+    say(f"wrote {args.out} from {args.render}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=100_000)
@@ -158,7 +202,14 @@ def main() -> int:
         "--copy", default="sqlite>redis,redis>etcd", help="dfdb copy timed along these pairs ('' for none)"
     )
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "choosing-a-backend.md"))
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="measure nothing: write the page and chart again from the JSON file of a run (its figures unchanged)",
+    )
     args = parser.parse_args()
+    if args.render:
+        return rerender(args)
     setups = [b.strip() for b in args.backends.split(",") if b.strip()]
     pairs = [tuple(p.split(">", 1)) for p in args.copy.split(",") if p.strip()]
     named = setups + [s for p in pairs for s in p]

@@ -191,7 +191,10 @@ def survives(run: Run, setups: list[str]) -> list[str]:
             verdict, tests = cells[setup]
             if verdict.startswith(MEASURED):
                 got = _measured(run, verdict.split(":", 1)[1], setup)
-                verdict = "not measured" if got is None else f"**{got.survived()}** (measured here)"
+                if got is None or got.seconds is None:
+                    verdict = "not measured here (the measurement failed: see under the first table)"
+                else:
+                    verdict = f"**{got.survived()}** (measured here)"
             refs = []
             for test in tests:
                 if test not in used:
@@ -298,6 +301,15 @@ def render(run: Run, args: argparse.Namespace, chart_line: str) -> str:
     lines.append("| failover (kill -9 of the leader) to first write | s (first event) | " + " | ".join(failover) + " |")
     lines += ["", "Not taken:", ""]
     lines += [f"- {r.backend}: {m}" for r in run.rows for m in r.missing] or ["- nothing"]
+    failures = [
+        (setup, what, got.event)
+        for what, table in (("restart", run.restart), ("failover", run.failover))
+        for setup, got in table.items()
+        if got.seconds is None
+    ]
+    if failures:
+        lines += ["", "Measurements that failed in this run:", ""]
+        lines += [f"- {setup}, {what}: {why}" for setup, what, why in failures]
     if run.failed:
         lines += ["", "Failed in this run (not on the page):", ""]
         lines += [f"- {setup}: {why}" for setup, why in run.failed.items()]

@@ -104,8 +104,8 @@ class Recovery:
         """The table's text: seconds to the first write (``to_event``: to the stream's
         first event) and, in brackets, that event."""
         seconds = self.event_seconds if to_event else self.seconds
-        if seconds is None:
-            return f"not measured ({self.event})"
+        if seconds is None:  # the page lists the whole reason under the table
+            return f"not measured ({self.event.split(':', 1)[0]})"
         return f"{seconds:.2g} ({self.event})"
 
     def survived(self) -> str:

@@ -144,6 +144,10 @@ def test_the_choosing_page_is_written(tmp_path: Path) -> None:
     if importlib.util.find_spec("matplotlib") is not None:
         assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
         assert "![latency against resource use](choosing.png)" in page
+    again = tmp_path / "again.md"
+    result = choose(tmp_path, "--render", str(out.with_suffix(".json")), "--out", str(again))
+    assert result.returncode == 0, result.stderr
+    assert again.read_text() == page.replace("(choosing.png)", "(again.png)")
 
 
 def test_the_choosing_page_says_when_there_is_no_chart(tmp_path: Path) -> None:
