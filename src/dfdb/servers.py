@@ -527,12 +527,13 @@ class ZooKeeperServer(LocalServer):
             time.sleep(0.05)
         raise ServerUnavailable("zookeeper: no leader within 10s")
 
-    def restart(self, index: int = 0) -> None:
-        """Start member ``index`` again with its data (after ``kill``)."""
+    def restart(self, index: int = 0, within: float = 60.0) -> None:
+        """Start member ``index`` again with its data (after ``kill``); waits up to
+        ``within`` seconds for it to serve (it reads its snapshot and log first)."""
         self.kill(index)
         proc = self._spawn(index)
         self.processes[index] = proc
-        _wait_ready(functools.partial(self.serving, index), proc, f"zookeeper member {index}")
+        _wait_ready(functools.partial(self.serving, index), proc, f"zookeeper member {index}", within)
 
 
 SERVERS["zookeeper"] = ZooKeeperServer
