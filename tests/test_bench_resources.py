@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import pytest
 
 from dfdb.bench.overhead import FIGURES, measure_overhead
 from dfdb.bench.resources import Meter, data_dir_of, listener_pid, locate
-from dfdb.servers import RedisServer
+from dfdb.sentinel_server import SentinelSetup
+from dfdb.servers import RedisServer, ZooKeeperServer
 from dfdb.testing.servers import skip_missing_server
 
 
@@ -103,22 +105,84 @@ def test_bench_resources_on_memory_says_what_it_could_not_take(tmp_path: Path) -
     assert resources["figures"]["server RSS after the load"] is None
 
 
-def test_the_choosing_page_is_written(tmp_path: Path) -> None:
-    """benchmarks/choose.py at tiny sizes on the serverless backends: the table, what was
-    not taken, the settings, the load average and the call to regenerate."""
-    out = tmp_path / "choosing.md"
+def choose(tmp_path: Path, *args: str, block_matplotlib: bool = False) -> subprocess.CompletedProcess[str]:
+    """benchmarks/choose.py at tiny sizes; with ``block_matplotlib``, as where it is not installed."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "choose.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--backends", "memory,sqlite", "--objects", "300", "--writes", "60",
-         "--controllers", "3", "--events", "10", "--warmup", "0", "--out", str(out)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    sizes = ["--objects", "300", "--writes", "60", "--controllers", "3", "--events", "10", "--warmup", "0"]
+    argv = [str(script), *sizes, *args]
+    code = (
+        "import runpy, sys\n"
+        + ("sys.modules['matplotlib'] = None\n" if block_matplotlib else "")
+        + f"sys.argv = {argv!r}\nsys.path.insert(0, {str(script.parent)!r})\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_choosing_page_is_written(tmp_path: Path) -> None:
+    """benchmarks/choose.py at tiny sizes on the serverless backends: the table, what
+    survives what, the copy's time, the settings, uptime at start and end, the chart."""
+    out = tmp_path / "choosing.md"
+    result = choose(tmp_path, "--backends", "memory,sqlite", "--copy", "sqlite>sqlite", "--out", str(out))
     assert result.returncode == 0, result.stderr
     page = out.read_text()
     assert "| figure | unit | memory | sqlite |" in page
     assert "| server CPU per 10k writes | s | not taken | not taken |" in page
     assert "- sqlite: server memory and CPU: SQLite has no server" in page
-    assert "load average" in page and "must be regenerated on a quiet machine" in page
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert "started again on its data) | n/a: no server | **yes** (measured" in page
+    assert "`uptime` at its start: `" in page and "; at its end: `" in page
+    assert "used sizes below the defaults" in page and "must be regenerated on a quiet machine" in page
+    assert "| sqlite > sqlite | " in page
+    assert "**sqlite**: dfdb's defaults: WAL journal" in page
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = report["rows"]
     assert [r["backend"] for r in rows] == ["memory", "sqlite"]
     assert rows[1]["figures"]["disk per 100k objects"] > 0 and rows[1]["performance"]["write->event p99"] > 0
+    assert report["sqlite reopened"]["kept"] == report["sqlite reopened"]["written"] == 20
+    assert report["copy seconds"]["sqlite > sqlite"] > 0
+    assert len(report["uptime"]) == 2 and "load average" in report["uptime"][1]
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+        assert "![latency against resource use](choosing.png)" in page
+    again = tmp_path / "again.md"
+    result = choose(tmp_path, "--render", str(out.with_suffix(".json")), "--out", str(again))
+    assert result.returncode == 0, result.stderr
+    assert again.read_text() == page.replace("(choosing.png)", "(again.png)")
+
+
+def test_the_choosing_page_says_when_there_is_no_chart(tmp_path: Path) -> None:
+    out = tmp_path / "choosing.md"
+    result = choose(tmp_path, "--backends", "memory", "--copy", "", "--out", str(out), block_matplotlib=True)
+    assert result.returncode == 0, result.stderr
+    assert "No chart: matplotlib is not installed" in out.read_text()
+    assert "No chart: matplotlib is not installed" in result.stderr
+    assert not out.with_suffix(".png").exists()
+
+
+def test_choose_refuses_unknown_set_ups_in_one_line(tmp_path: Path) -> None:
+    result = choose(tmp_path, "--backends", "memory,mysql", "--out", str(tmp_path / "x.md"))
+    assert result.returncode == 2 and "unknown set-up(s) mysql" in result.stderr
+    result = choose(tmp_path, "--copy", "memory>sqlite", "--out", str(tmp_path / "x.md"))
+    assert result.returncode == 2 and "other than memory" in result.stderr
+
+
+@pytest.mark.parametrize(("force_sync", "line"), [(False, "forceSync=no"), (True, "forceSync=yes")])
+def test_zookeeper_force_sync_is_configurable(force_sync: bool, line: str) -> None:
+    server = ZooKeeperServer(force_sync=force_sync)
+    try:
+        assert line in server._config(0).read_text().splitlines()
+    finally:
+        server.stop()
+
+
+def test_a_sentinel_set_up_is_measured_whole() -> None:
+    """Every data server and every sentinel is sampled, and the data folder holds all of them."""
+    if not SentinelSetup.available():
+        skip_missing_server("redis")
+    with SentinelSetup(down_after=10) as setup:
+        target = locate(setup.url, setup)
+        processes = [*setup.processes, *setup.sentinel_processes]
+        assert sorted(target.pids) == sorted(p.pid for p in processes if p is not None)
+        assert len(target.pids) == 6 and target.data == [setup.workdir]
+        usage = Meter(target).sample()
+        assert usage.rss is not None and usage.rss > 6 * 1_000_000

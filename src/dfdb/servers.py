@@ -399,7 +399,13 @@ SERVERS["etcd"] = EtcdServer
 
 class ZooKeeperServer(LocalServer):
     """ZooKeeper (``QuorumPeerMain`` from the Debian package) on free loopback ports:
-    standalone or an ensemble of ``members``."""
+    standalone or an ensemble of ``members``.
+
+    ``force_sync``: ZooKeeper's ``forceSync`` (``yes``: the transaction log is fsynced
+    before a write is acknowledged, ZooKeeper's own default and the production
+    setting). Off by default here: loopback tests kill the server, never the machine,
+    and the page cache survives ``kill -9``.
+    """
 
     binary = "java"
     classpath = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
@@ -410,11 +416,12 @@ class ZooKeeperServer(LocalServer):
     )
     """Netty, for the TLS port (the Debian package's netty-all.jar only names these)."""
 
-    def __init__(self, members: int = 1, *, heap: str = "256m", tls: bool = False) -> None:
+    def __init__(self, members: int = 1, *, heap: str = "256m", tls: bool = False, force_sync: bool = False) -> None:
         if members < 1:
             raise ConfigurationError("zookeeper: --members must be at least 1")
         super().__init__(members, tls=tls)
         self.heap = heap
+        self.force_sync = force_sync
         """The JVM's -Xmx: ZooKeeper holds every node in memory."""
         self.client_ports = [free_port() for _ in range(members)]
         self.secure_ports = [free_port() for _ in range(members)] if tls else []
@@ -436,7 +443,7 @@ class ZooKeeperServer(LocalServer):
             "tickTime=500", "initLimit=10", "syncLimit=5", f"dataDir={data}",
             f"clientPort={self.client_ports[index]}", "clientPortAddress=127.0.0.1",
             "admin.enableServer=false", "4lw.commands.whitelist=*", "maxSessionTimeout=60000",
-            "forceSync=no",  # loopback tests: the page cache survives kill -9 of the server
+            f"forceSync={'yes' if self.force_sync else 'no'}",
         ]  # fmt: skip
         if self.ca is not None:
             keystore = self.workdir / "tls" / "server-keystore.pem"
@@ -520,12 +527,13 @@ class ZooKeeperServer(LocalServer):
             time.sleep(0.05)
         raise ServerUnavailable("zookeeper: no leader within 10s")
 
-    def restart(self, index: int = 0) -> None:
-        """Start member ``index`` again with its data (after ``kill``)."""
+    def restart(self, index: int = 0, within: float = 60.0) -> None:
+        """Start member ``index`` again with its data (after ``kill``); waits up to
+        ``within`` seconds for it to serve (it reads its snapshot and log first)."""
         self.kill(index)
         proc = self._spawn(index)
         self.processes[index] = proc
-        _wait_ready(functools.partial(self.serving, index), proc, f"zookeeper member {index}")
+        _wait_ready(functools.partial(self.serving, index), proc, f"zookeeper member {index}", within)
 
 
 SERVERS["zookeeper"] = ZooKeeperServer

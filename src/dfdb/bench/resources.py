@@ -184,7 +184,8 @@ def data_dir_of(pid: int) -> list[Path]:
 
 
 def locate(url: str | DatabaseURL, server: LocalServer | None = None) -> Target:
-    """What to sample for ``url``: ``server``'s processes and data folder when given,
+    """What to sample for ``url``: ``server``'s processes (every member's, and a
+    Sentinel set-up's sentinels) and data folder when given,
     else the local listener of each loopback host of the URL."""
     base = DatabaseURL.parse(url)
     if not _PROC.joinpath("self", "stat").exists():
@@ -197,8 +198,9 @@ def locate(url: str | DatabaseURL, server: LocalServer | None = None) -> Target:
             return Target(missing=[*missing, "disk: an in-memory SQLite database"])
         db = Path(base.path)
         return Target(data=[db, *(db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal"))], missing=missing)
-    if server is not None:
-        pids = [p.pid for p in server.processes if p is not None and p.poll() is None]
+    if server is not None:  # every process of a set-up: a Sentinel set-up's sentinels too
+        processes = [*server.processes, *getattr(server, "sentinel_processes", [])]
+        pids = [p.pid for p in processes if p is not None and p.poll() is None]
         return Target(pids=pids, data=[server.workdir])
     target = Target()
     for host, port in base.hosts:

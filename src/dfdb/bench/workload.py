@@ -73,6 +73,6 @@ class Namespaces:
             return dataclasses.replace(base, path=name, options=opts)
         if base.scheme == "sqlite":
             return dataclasses.replace(base, path=str(self.tmp / f"{name}.db"), options=opts)
-        if base.scheme == "redis":
+        if base.scheme.startswith("redis"):  # the path of redis+sentinel:// names the master
             return dataclasses.replace(base, options={**opts, "prefix": name})
         return dataclasses.replace(base, path=name, options=opts)  # etcd, zk: the path is the prefix
