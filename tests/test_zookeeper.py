@@ -354,6 +354,30 @@ async def test_value_size_limit(single: ZooKeeperServer) -> None:
         assert seen[3].obj == blob
 
 
+@pytest.mark.parametrize("key", ["\U0001f512", "\uf000", "a\ufff0"])
+async def test_ids_and_topics_zookeeper_cannot_name_are_refused_clearly(single: ZooKeeperServer, key: str) -> None:
+    """Valid dfdb keys with a character ZooKeeper refuses in node names: a write is refused
+    with UnstorableKeyError naming the key (not the client's BadArguments), nothing is
+    written, and reads find nothing; every other write of a batch goes through."""
+    async with dfdb.connect(single.url + "/keys") as nb:
+        with pytest.raises(dfdb.UnstorableKeyError, match="zk://") as info:
+            await nb.create(Blob(id=key, topic="t"))
+        assert info.value.key == key and isinstance(info.value, ValueError)
+        with pytest.raises(dfdb.UnstorableKeyError, match="topic"):
+            await nb.create(Blob(id="plain", topic=key))
+        with pytest.raises(dfdb.NotFoundError):
+            await nb.get(Blob, key)
+        with pytest.raises(dfdb.NotFoundError):
+            await nb.delete(Blob, key)
+        assert await nb.get_all(Blob, topic=key) == []
+        results = await nb.driver.put_many(
+            [PutRequest("zk_blob", key, "t", b'{"id": "x"}', dfdb.drivers.ABSENT),
+             PutRequest("zk_blob", "fine", "t", b'{"id": "fine", "topic": "t"}', dfdb.drivers.ABSENT)]
+        )  # fmt: skip
+        assert isinstance(results[0], dfdb.UnstorableKeyError) and isinstance(results[1], int)
+        assert [b.id for b in await nb.get_all(Blob)] == ["fine"]
+
+
 @pytest.mark.parametrize("damage", ["garbage index", "no data node"])
 @pytest.mark.parametrize("repair", ["put", "delete"])
 async def test_an_index_node_another_program_broke_is_repairable(
