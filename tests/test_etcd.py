@@ -281,7 +281,8 @@ async def test_a_key_that_moved_topic_keeps_its_order_when_a_stream_catches_up(s
     deleted, and created again without a topic still arrives in order, every change of it
     (none dropped as an older duplicate of its last one), and each event's cursor is its
     own revision (a stream resumed from it repeats nothing)."""
-    async with dfdb.connect(single.url + "/moved", timeout=30) as nb:
+    # a hold long enough for a loaded machine: the test is about order, not the bound
+    async with dfdb.connect(single.url + "/moved?watch_hold=15", timeout=30) as nb:
         async with nb.watch(Port, topics={"t0", None}) as stream:
             start = stream.cursor
         filler = await nb.create_many([Port(id=f"f{n}", topic="t0") for n in range(1000)])
