@@ -56,7 +56,7 @@ class ResourceSnapshot:
         return problems
 
     @staticmethod
-    async def wait_clean(baseline: ResourceSnapshot, grace: float = 5.0) -> list[str]:
+    async def wait_clean(baseline: ResourceSnapshot, grace: float = 2.0) -> list[str]:
         """Wait up to ``grace`` seconds for resources to return to ``baseline``;
         return what is still left over (empty when clean).
 
@@ -64,8 +64,8 @@ class ResourceSnapshot:
         are released by gRPC's own threads after the channel object goes, and the object
         often sits in a reference cycle that gRPC's clean-up of a cancelled call leaves a
         moment after the close: the garbage collector runs every round while something is
-        left (once at the start was too early for such a cycle), and a busy machine gets
-        a few seconds."""
+        left (once at the start was too early for such a cycle). gRPC's threads release
+        them seconds late on a busy machine: a long run gives a larger ``grace``."""
         deadline = anyio.current_time() + grace
         collected = -1.0
         while True:
