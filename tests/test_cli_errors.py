@@ -228,3 +228,13 @@ def test_a_models_module_that_fails_to_import_is_a_usage_error(
     assert main(["--db", "memory://", "--models", name, "ls", "lswitch"]) == 2
     err = capsys.readouterr().err
     assert f"cannot import models module {name!r}: " in err and reason in err and len(err.splitlines()) == 1
+
+
+def test_copy_onto_the_database_it_reads_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same file under another spelling too: nothing to copy, said at once (exit 2)."""
+    assert main(["--db", f"sqlite:///{tmp_path}/one.db", "put", "lswitch", '{"id": "s1"}']) == 0
+    capsys.readouterr()
+    other_spelling = f"sqlite:///{tmp_path}/./one.db"
+    assert main(["--db", f"sqlite:///{tmp_path}/one.db", "copy", "--to", other_spelling]) == 2
+    err = capsys.readouterr().err
+    assert "is the database being copied" in err and len(err.splitlines()) == 1

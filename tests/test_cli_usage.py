@@ -306,3 +306,14 @@ def test_ctrl_c_while_the_command_loads_is_no_traceback(how: str) -> None:
         [sys.executable, "-c", code, "ls", "lswitch"], capture_output=True, text=True, timeout=60, env=env
     )
     assert (result.returncode, result.stderr) == (130, "")
+
+
+def test_table_output_shows_control_characters_escaped(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A value holding a terminal escape sequence, a NUL or a line break cannot recolour the
+    terminal, hide text or break a table row: the table shows them escaped, as JSON does."""
+    hostile = {"id": "esc", "name": "\x1b[2J\x1b[31mred\x00\nnext\u2028line\x85"}
+    assert main(["put", "lswitch", json.dumps(hostile), "--db", store]) == 0
+    capsys.readouterr()
+    assert main(["ls", "lswitch", "-o", "table", "--db", store]) == 0
+    _, row = capsys.readouterr().out.splitlines()
+    assert row.split()[:4] == ["esc", "-", "1", "\\u001b[2J\\u001b[31mred\\u0000\\nnext\\u2028line\\u0085"]

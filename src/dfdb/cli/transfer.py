@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, TextIO
 
-from dfdb.cli.output import Progress, load_json, print_rows
+from dfdb.cli.output import Progress, UsageError, load_json, print_rows
 from dfdb.drivers.base import ABSENT, ANY, Driver, Entry, Listing, PutRequest
 from dfdb.errors import AlreadyExistsError, DfdbError
 from dfdb.nb import NbApi
@@ -148,7 +148,13 @@ async def _write(
 
 async def copy(source: NbApi, target: NbApi) -> int:
     """``dfdb copy``: every table of ``source`` from one consistent snapshot; objects
-    already at the target are left unchanged (exit status 1)."""
+    already at the target are left unchanged (exit status 1).
+
+    Raises:
+        UsageError: the target is the source's own dataset (whatever its URL's spelling).
+    """
+    if source._identity is not None and source._identity == target._identity:
+        raise UsageError(f"{target.url} is the database being copied (the dataset of {source.url}): nothing to copy")
     data = await snapshot(source, "copy")
     progress = Progress()
     copied = skipped = 0
