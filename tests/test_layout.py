@@ -49,12 +49,3 @@ def test_the_server_command_loads_no_test_code() -> None:
 def test_source_file_is_at_most_600_lines(path: str) -> None:
     lines = len((ROOT / path).read_text().splitlines())
     assert lines <= MAX_LINES, f"{path} has {lines} lines; split it into modules a reader can hold"
-
-
-def test_the_project_urls_name_its_documentation_and_changelog() -> None:
-    """Shown by package indexes and ``pip show``: each an https:// address or a file of the tree."""
-    import tomllib
-
-    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
-    for label in ("Documentation", "Changelog"):
-        assert urls[label].startswith("https://") or (ROOT / urls[label]).is_file(), label
