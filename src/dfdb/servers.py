@@ -437,6 +437,7 @@ class ZooKeeperServer(LocalServer):
             f"clientPort={self.client_ports[index]}", "clientPortAddress=127.0.0.1",
             "admin.enableServer=false", "4lw.commands.whitelist=*", "maxSessionTimeout=60000",
             "forceSync=no",  # loopback tests: the page cache survives kill -9 of the server
+            "maxClientCnxns=0",  # every client comes from 127.0.0.1: no cap of 60 connections per address
         ]  # fmt: skip
         if self.ca is not None:
             keystore = self.workdir / "tls" / "server-keystore.pem"
