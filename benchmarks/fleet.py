@@ -21,11 +21,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--backends", default="redis,etcd")
     p.add_argument("--sizes", default="50,200")
+    p.add_argument("--chart-only", action="store_true", help="only redraw the table and chart from docs/fleet/")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options for every dfdb fleet run")
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for backend in args.backends.split(","):
+    for backend in [] if args.chart_only else args.backends.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
             target = OUT / f"{backend}-{size}.json"
             command = [sys.executable, "-m", "dfdb", "fleet", "--server", backend, "--controllers", str(size)]
@@ -76,6 +77,7 @@ def chart(files: list[Path], target: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
+    sizes = sorted({json.loads(f.read_text())["config"]["controllers"] for f in files})
     for ax, (title, scenario, key) in zip(axes, PANELS, strict=True):
         for backend, pts in sorted(points(files, scenario, key).items()):
             colour = COLOURS.get(backend, "black")
@@ -86,6 +88,8 @@ def chart(files: list[Path], target: Path) -> None:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("controllers")
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
         ax.set_yscale("log" if key == "converged_s" else "linear")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

@@ -444,6 +444,7 @@ class ZooKeeperServer(LocalServer):
             f"clientPort={self.client_ports[index]}", "clientPortAddress=127.0.0.1",
             "admin.enableServer=false", "4lw.commands.whitelist=*", "maxSessionTimeout=60000",
             f"forceSync={'yes' if self.force_sync else 'no'}",
+            "maxClientCnxns=0",  # every client comes from 127.0.0.1: no cap of 60 connections per address
         ]  # fmt: skip
         if self.ca is not None:
             keystore = self.workdir / "tls" / "server-keystore.pem"

@@ -39,7 +39,7 @@ class FleetConfig:
 
     url: str | None = None
     server: str | None = None
-    """Start a local server of this backend (``redis``, ``etcd``) instead of using ``url``;
+    """Start a local server of this backend (``redis``, ``etcd``, ``zookeeper``) instead of using ``url``;
     the restart scenario needs it, and the server CPU is read from its process."""
     controllers: int = 50
     workers: int = 4
@@ -319,14 +319,14 @@ async def run_fleet(cfg: FleetConfig) -> FleetResult:
         raise ConfigurationError(f"unknown fleet scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
     server: LocalServer | None = None
     if cfg.server is not None:
-        if cfg.server not in ("redis", "etcd"):
-            raise ConfigurationError(f"dfdb fleet starts redis or etcd servers, not {cfg.server!r}")
+        if cfg.server not in ("redis", "etcd", "zookeeper"):
+            raise ConfigurationError(f"dfdb fleet starts redis, etcd or zookeeper servers, not {cfg.server!r}")
         server = SERVERS[cfg.server]()
         server.start()
     try:
         url = server.url if server is not None else cfg.url
         if not url:
-            raise ConfigurationError("dfdb fleet needs --db URL (or --server redis|etcd)")
+            raise ConfigurationError("dfdb fleet needs --db URL (or --server redis|etcd|zookeeper)")
         if url.startswith("memory:"):
             raise ConfigurationError("dfdb fleet runs controllers in other processes: memory:// cannot be shared")
         return await _run(cfg, url, server)
