@@ -112,9 +112,9 @@ async def fill(nb: NbApi, ports: int) -> None:
         value = encode(sample_port(i, "sync"), 1)[1]
         assert json.loads(value) | {"_w": ""} == json.loads(stored_value(i)) | {"_w": ""}, i
     table = LogicalPort.__table__
-    for start in range(0, ports, 10_000):
+    for start in range(0, ports, 1_000):  # a server answers each batch well within its timeout
         writes = []
-        for i in range(start, min(ports, start + 10_000)):
+        for i in range(start, min(ports, start + 1_000)):
             fields = port_fields(i)
             writes.append(PutRequest(table, fields["id"], fields["topic"], stored_value(i), ABSENT))
         for result in await nb.driver.put_many(writes):
