@@ -76,6 +76,10 @@ def main() -> int:
         shown = " ".join(["benchmarks/sentinel.py", *sentinel[2:]])
         with out.open("a") as f:
             f.write(f"\n## Redis Sentinel: min_replicas and failover\n\n`python {shown}`\n\n{report}\n")
+    writes = out.parent / "benchmarks-writes.md"
+    if writes.exists():  # kept apart: a regeneration rewrites this report
+        with out.open("a") as f:
+            f.write(f"\nThe write path's changes, measured before and after: [{writes.name}]({writes.name}).\n")
     print(f"wrote {out} and {json_path}", file=sys.stderr)
     return 0
 
