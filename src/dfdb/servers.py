@@ -405,6 +405,12 @@ class ZooKeeperServer(LocalServer):
     before a write is acknowledged, ZooKeeper's own default and the production
     setting). Off by default here: loopback tests kill the server, never the machine,
     and the page cache survives ``kill -9``.
+
+    ``initLimit`` (ticks a follower has to connect to a new leader and sync) is 60 s:
+    a newly elected leader first writes a snapshot of the whole tree, which takes
+    seconds with 100,000 nodes on a busy machine; with 5 s no follower synced in time
+    and no quorum formed after the leader's loss. ``syncLimit`` stays 2.5 s, the time
+    to notice a dead leader.
     """
 
     binary = "java"
@@ -440,7 +446,7 @@ class ZooKeeperServer(LocalServer):
         data = self.workdir / f"m{index}"
         data.mkdir(parents=True, exist_ok=True)
         lines = [
-            "tickTime=500", "initLimit=10", "syncLimit=5", f"dataDir={data}",
+            "tickTime=500", "initLimit=120", "syncLimit=5", f"dataDir={data}",
             f"clientPort={self.client_ports[index]}", "clientPortAddress=127.0.0.1",
             "admin.enableServer=false", "4lw.commands.whitelist=*", "maxSessionTimeout=60000",
             f"forceSync={'yes' if self.force_sync else 'no'}",
