@@ -353,6 +353,25 @@ async def test_a_write_cancelled_while_locked_leaves_no_damage(tmp_path: Path, c
         assert [t.id for t in await nb.get_all(Thing)] == ["after", "before"]
 
 
+async def test_a_batch_refused_by_a_locked_database_is_not_an_unknown_outcome(tmp_path: Path) -> None:
+    """A batch that found the database locked until its deadline wrote nothing: each of its
+    writes is a LockedError, as a single write's is, not an OutcomeUnknownError."""
+    path = f"{tmp_path}/x.db"
+    async with dfdb.connect(f"sqlite:///{path}", timeout=0.5) as nb:
+        before = await nb.create(Thing(id="before"))
+        with locked(path) as locker:
+            started = time.monotonic()
+            created = await nb.create_many([Thing(id="a"), Thing(id="b")])
+            updated = await nb.update_many([before.model_copy(update={"n": 1})])
+            for outcome in [*created, *updated]:
+                assert isinstance(outcome, dfdb.LockedError) and not isinstance(outcome, dfdb.OutcomeUnknownError)
+                assert "was not applied" in str(outcome)
+            assert time.monotonic() - started < 6
+            locker.release()
+        assert [t.id for t in await nb.get_all(Thing)] == ["before"]
+        assert (await nb.get(Thing, "before")).n == 0
+
+
 async def test_a_locked_database_honours_the_deadline(tmp_path: Path) -> None:
     path = f"{tmp_path}/x.db"
     with locked(path, "exclusive"):  # not even readable
