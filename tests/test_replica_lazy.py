@@ -11,6 +11,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, Field
 
 import dfdb
 from dfdb import NbApi, Replica, SyncMode
@@ -193,3 +194,27 @@ async def test_changes_before_the_rows_are_indexed_keep_the_indexes_exact(nb: Nb
             for obj in replica.get_all(LogicalPort):
                 for key in dfdb.replica.store.index_keys(obj, index):
                     assert obj in replica.by_index(LogicalPort, index, key)
+
+
+class Rack(BaseModel):
+    rack: str = "r1"
+
+
+class Zoned(dfdb.NbModel, table="lazy_zoned", indexes=("zone", "tags", "spec.rack")):
+    zone: str = "main"
+    tags: tuple[str, ...] = ("base",)
+    spec: Rack = Field(default_factory=lambda: Rack())
+
+
+async def test_a_missing_field_is_indexed_by_its_default(nb: NbApi) -> None:
+    """A stored value without an indexed field (written before the field was added, or around
+    dfdb) is indexed by the field's default, as its model holds it."""
+    await write_raw(nb, Zoned.__table__, "old", "t", b'{"id": "old", "topic": "t", "version": 1, "spec": {}}')
+    await write_raw(nb, Zoned.__table__, "bare", "t", b'{"id": "bare", "topic": "t", "version": 1}')
+    new = await nb.create(Zoned(id="new", topic="t", zone="edge", tags=("x",), spec=Rack(rack="r2")))
+    async with Replica(nb, [Zoned], check_interval=None) as replica:
+        old, bare = await nb.get(Zoned, "old"), await nb.get(Zoned, "bare")
+        assert replica.by_index(Zoned, "zone", "main") == [bare, old]
+        assert replica.by_index(Zoned, "tags", "base") == [bare, old]
+        assert replica.by_index(Zoned, "spec.rack", "r1") == [bare, old]
+        assert replica.by_index(Zoned, "spec.rack", "r2") == [new]

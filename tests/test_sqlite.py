@@ -353,6 +353,39 @@ async def test_a_write_cancelled_while_locked_leaves_no_damage(tmp_path: Path, c
         assert [t.id for t in await nb.get_all(Thing)] == ["after", "before"]
 
 
+async def test_a_batch_refused_by_a_locked_database_is_not_an_unknown_outcome(tmp_path: Path) -> None:
+    """A batch that found the database locked until its deadline wrote nothing: each of its
+    writes is a LockedError, as a single write's is, not an OutcomeUnknownError."""
+    path = f"{tmp_path}/x.db"
+    async with dfdb.connect(f"sqlite:///{path}", timeout=0.5) as nb:
+        before = await nb.create(Thing(id="before"))
+        with locked(path) as locker:
+            started = time.monotonic()
+            created = await nb.create_many([Thing(id="a"), Thing(id="b")])
+            updated = await nb.update_many([before.model_copy(update={"n": 1})])
+            for outcome in [*created, *updated]:
+                assert isinstance(outcome, dfdb.LockedError) and not isinstance(outcome, dfdb.OutcomeUnknownError)
+                assert "was not applied" in str(outcome)
+            assert time.monotonic() - started < 6
+            locker.release()
+        assert [t.id for t in await nb.get_all(Thing)] == ["before"]
+        assert (await nb.get(Thing, "before")).n == 0
+
+
+async def test_a_delete_refused_by_a_locked_database_is_a_locked_error(tmp_path: Path) -> None:
+    """A delete that found the database locked until its deadline did nothing: it raises
+    LockedError at that deadline, as a write does, not BackendUnavailableError after a retry."""
+    path = f"{tmp_path}/x.db"
+    async with dfdb.connect(f"sqlite:///{path}", timeout=0.5) as nb:
+        await nb.create(Thing(id="a"))
+        with locked(path) as locker:
+            with pytest.raises(dfdb.LockedError, match="delete of sqlite_thing/a was not applied") as caught:
+                await nb.delete(Thing, "a")
+            assert not isinstance(caught.value, dfdb.OutcomeUnknownError)
+            locker.release()
+        assert [t.id for t in await nb.get_all(Thing)] == ["a"]
+
+
 async def test_a_locked_database_honours_the_deadline(tmp_path: Path) -> None:
     path = f"{tmp_path}/x.db"
     with locked(path, "exclusive"):  # not even readable

@@ -32,6 +32,7 @@ from dfdb.errors import (
     ConflictError,
     CorruptObjectError,
     DfdbError,
+    LockedError,
     NotFoundError,
     OutcomeUnknownError,
     StreamClosedError,
@@ -434,6 +435,8 @@ class NbApi:
                 await checkpoint_if_cancelled()
                 if isinstance(exc, OutcomeUnknownError):
                     raise
+                if isinstance(exc, LockedError):  # locked until the deadline: nothing was deleted
+                    raise LockedError(f"delete of {table}/{id} was not applied: {self._reason(exc)}") from exc
                 self._counters.add("retries", table)
                 log.debug("delete of %s/%s on %s failed (%s); retrying", table, id, self.url, self._reason(exc))
                 try:

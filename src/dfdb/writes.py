@@ -99,8 +99,9 @@ async def put_chunk(nb: NbApi, prepared: Sequence[tuple[M, bytes, bytes, Expect]
     object returned with its origin.
 
     A batch whose reply was lost (unavailable, timed out) is finished write by write,
-    idempotently, as :func:`write` does after a lost reply. Cancelled, the batch already
-    sent runs to its end first.
+    idempotently, as :func:`write` does after a lost reply; one that found the database
+    locked until its deadline wrote nothing (each write a :class:`LockedError`). Cancelled,
+    the batch already sent runs to its end first.
     """
     requests = [
         PutRequest(type(p[0]).__table__, p[0].id, p[0].topic, p[1], p[3])
@@ -124,7 +125,10 @@ async def put_chunk(nb: NbApi, prepared: Sequence[tuple[M, bytes, bytes, Expect]
         new, value, wid, expect = p
         table = type(new).__table__
         outcome = next(pending)
-        if isinstance(outcome, BackendUnavailableError | BackendTimeoutError | TimeoutError):
+        if isinstance(outcome, LockedError):  # the batch wrote nothing: no reply was lost
+            outcome = LockedError(f"write of {table}/{new.id} was not applied: {nb._reason(outcome)}")
+            nb._counters.outcome(table, outcome)
+        elif isinstance(outcome, BackendUnavailableError | BackendTimeoutError | TimeoutError):
             try:  # the batch's reply was lost: finish this write idempotently (counted there)
                 outcome = await write(nb, table, new.id, new.topic, value, wid, expect, sent=True)
             except DfdbError as exc:

@@ -54,6 +54,7 @@ RawListings = list[tuple[type[NbModel], list[Entry], str]]
 _Leaf = Callable[[Any], Any]
 _Refs = Callable[[Any, list[tuple[type[NbModel], str]]], None]
 _REWRITING_CONFIG = ("str_strip_whitespace", "str_to_lower", "str_to_upper", "alias_generator", "coerce_numbers_to_str")
+_COLLECTIONS = (list, tuple, set, frozenset, dict)
 _IP = frozenset({ipaddress.IPv4Address, ipaddress.IPv6Address})
 _NETWORK = frozenset({ipaddress.IPv4Network, ipaddress.IPv6Network})
 _scan: Callable[[str, int], tuple[Any, int]] | None = getattr(json.scanner, "c_make_scanner", None) and (
@@ -102,17 +103,20 @@ def reader_for(model: type[NbModel], held: frozenset[type[NbModel]]) -> Reader |
         _check_model(model)
         indexes = [_index_reader(model, index) for index in model.__indexes__]
         refers = [(name, _refs_reader(_annotation(model, name))) for name in _reference_fields(model)]
+        defaulted = [name for name, _ in refers if _defaulted(model, name)]
     except _Unreadable:
         return None
     except Exception:  # an annotation this analysis does not foresee: the model is built as before
         return None
     if not refers_held(model, held):
-        refers = []
+        refers, defaulted = [], []
 
     def read(entry: Entry) -> Reading | None:
         data = _parse(entry.value)
         if type(data) is not dict or data.get("id") != entry.id or data.get("topic") != entry.topic:
             return None
+        if defaulted and any(name not in data for name in defaulted):
+            return None  # a reference its model's default gives
         try:
             keys = [keys_of(data) for keys_of in indexes]
             targets: list[tuple[type[NbModel], str]] = []
@@ -204,19 +208,22 @@ def _index_reader(model: type[NbModel], index: tuple[str, ...]) -> Callable[[dic
 
 
 def _path_reader(model: type[BaseModel], parts: list[str]) -> Callable[[dict[str, Any]], list[Hashable]]:
-    steps: list[str] = []
+    steps: list[tuple[str, bool]] = []
     ann = _field(model, parts[0])
     for part in parts[1:]:
         nested = _nested_model(ann)
-        steps.append(part)
+        steps.append((part, _defaulted(nested, part)))
         ann = _field(nested, part)
     leaf = _leaf(ann)
     first = parts[0]
+    first_defaulted = _defaulted(model, first)
     if not steps:
 
         def field(data: dict[str, Any]) -> list[Hashable]:
             value = data.get(first)
             if value is None:
+                if first_defaulted and first not in data:
+                    raise _Unreadable  # its key is the default's, which validation fills in
                 return []
             if type(value) is not list:
                 return [leaf(value)]
@@ -229,17 +236,34 @@ def _path_reader(model: type[BaseModel], parts: list[str]) -> Callable[[dict[str
         return field
 
     def read(data: dict[str, Any]) -> list[Hashable]:
+        if first_defaulted and first not in data:
+            raise _Unreadable
         current = _fan_out(data.get(first))
-        for part in steps:
+        for part, part_defaulted in steps:
             found: list[Any] = []
             for value in current:
-                if type(value) is not dict:
+                if type(value) is not dict or (part_defaulted and part not in value):
                     raise _Unreadable
                 found += _fan_out(value.get(part))
             current = found
         return [leaf(value) for value in current]
 
     return read
+
+
+def _defaulted(model: type[BaseModel], name: str) -> bool:
+    """Whether field ``name`` has a default with keys or references (not ``None``, not an
+    empty collection): validation fills it in where a value lacks the field."""
+    info = model.model_fields[name]
+    if info.is_required():
+        return False
+    default = info.default
+    if info.default_factory is not None:
+        try:
+            default = info.default_factory()  # type: ignore[call-arg]
+        except Exception:  # a factory of the validated data: assume a default that matters
+            return True
+    return default is not None and not (isinstance(default, _COLLECTIONS) and not default)
 
 
 def _fan_out(value: Any) -> list[Any]:
@@ -441,14 +465,18 @@ def _refs_reader(ann: Any) -> _Refs:
         return many
     if isinstance(base, type) and issubclass(base, BaseModel) and not issubclass(base, NbModel):
         _check_model(base)
-        fields = [(name, _refs_reader(_annotation(base, name))) for name in _reference_fields(base)]
+        fields = [
+            (name, _refs_reader(_annotation(base, name)), _defaulted(base, name)) for name in _reference_fields(base)
+        ]
 
         def nested(value: Any, found: list[tuple[type[NbModel], str]]) -> None:
             if value is None:
                 return
             if type(value) is not dict:
                 raise _Unreadable
-            for name, refs in fields:
+            for name, refs, defaulted in fields:
+                if defaulted and name not in value:
+                    raise _Unreadable
                 refs(value.get(name), found)
 
         return nested
