@@ -312,3 +312,50 @@ async def test_a_resync_of_one_topic_relists_only_that_topic() -> None:
             held = r.get(Net, "b")
             assert held is not None and held.name == "before"  # t2 was not relisted
             assert r.get(Vm, "v") is not None and r.topics == topics
+
+
+class GatedLimiter(RelistLimiter):
+    """A limiter whose relists wait until ``opened`` is set; ``asked`` is set by the first."""
+
+    def __init__(self) -> None:
+        super().__init__(jitter=0)
+        self.asked = anyio.Event()
+        self.opened = anyio.Event()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[float]:
+        self.asked.set()
+        await self.opened.wait()
+        async with super().slot() as waited:
+            yield waited
+
+
+@pytest.mark.parametrize("change", ["add", "remove"])
+async def test_a_relist_covers_the_topics_followed_when_it_runs(change: str) -> None:
+    """A relist waiting for its turn while a topic is added (or removed) lists the topics
+    followed once its turn comes: an added topic's objects stay, a removed one's do not come back."""
+    limiter = GatedLimiter()
+    async with dfdb.connect("memory://?history=5") as nb:
+        await nb.create(Net(id="a", topic="t"))
+        await nb.create(Net(id="b", topic="t1", name="kept"))
+        topics = {"t"} if change == "add" else {"t", "t1"}
+        async with Replica(nb, [Net], mode=SyncMode.SELECTIVE, topics=topics, relists=limiter) as r:
+            await lose_history(nb, 12)  # a RESYNC: its relist waits at the gate
+            await asyncio.wait_for(limiter.asked.wait(), WAIT)
+            if change == "add":
+                await r.add_topic("t1")
+            else:
+                await r.remove_topic("t1")
+            assert (r.get(Net, "b") is not None) == (change == "add")
+            limiter.opened.set()
+            probe = await nb.create(Net(id="probe", topic="t"))
+            await asyncio.wait_for(r.wait_for(dfdb.revision_of(probe) or 0), WAIT)
+            assert r.stats().resyncs == 1
+            held = r.get(Net, "b")
+            if change == "add":
+                assert held is not None and held.name == "kept" and r.topics == {"t", "t1"}
+            else:
+                assert held is None and r.topics == {"t"}
+            assert {n.id for n in r.get_all(Net)} == {"a", "probe"} | ({"b"} if change == "add" else set()) | {
+                f"lost{i}" for i in range(12)
+            }

@@ -365,18 +365,13 @@ class Replica(Reactive):
         if model is not None and model not in self._store:
             return
         models = self.models if model is None else [model]
-        topics: set[str] | None = None if topic is None else {topic}
-        if self.mode is SyncMode.SELECTIVE:
-            topics = set(self._topics) if topic is None else {topic} & self._topics
-            if not topics and topic is not None:
-                return  # a topic it does not follow
         self._synced.clear()
         failure: Exception | None = None  # raised as itself, not in an exception group
         with anyio.CancelScope() as closing:  # cancelled when the NbApi closes: no wait outlives it
             async with anyio.create_task_group() as watch:
                 watch.start_soon(self._end_when_closed, closing)
                 try:
-                    await self._relist(models, topics, model is not None or topic is not None, topic)
+                    await self._relist(models, model is not None or topic is not None, topic)
                 except Exception as exc:
                     failure = exc
                 finally:
@@ -392,14 +387,19 @@ class Replica(Reactive):
             await anyio.sleep(0.1)
         scope.cancel()
 
-    async def _relist(
-        self, models: list[type[NbModel]], topics: set[str] | None, part: bool, topic: str | None
-    ) -> None:
-        """Wait for a relist's turn, then relist ``models`` (of ``topics``; ``part``: only
-        the part a RESYNC named) and emit the difference."""
+    async def _relist(self, models: list[type[NbModel]], part: bool, topic: str | None) -> None:
+        """Wait for a relist's turn, then relist ``models`` (of ``topic`` when named; ``part``:
+        only the part a RESYNC named) and emit the difference."""
         scoped = part and self.mode is not SyncMode.REACTIVE
         async with self.relists.slot() as waited, self._lock:
             self.relist_wait += waited
+            # the topics followed now, not when the RESYNC came: one added or removed while
+            # this waited for its turn is relisted, or left out, with the rest
+            topics: set[str] | None = None if topic is None else {topic}
+            if self.mode is SyncMode.SELECTIVE:
+                topics = set(self._topics) if topic is None else {topic} & self._topics
+                if not topics and topic is not None:
+                    return  # a topic it does not follow
             # list first and swap the contents with no await in between: a reader sees the
             # old contents or the new, never an empty or half-filled scope
             listings = []
