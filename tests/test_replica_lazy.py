@@ -218,3 +218,20 @@ async def test_a_missing_field_is_indexed_by_its_default(nb: NbApi) -> None:
         assert replica.by_index(Zoned, "tags", "base") == [bare, old]
         assert replica.by_index(Zoned, "spec.rack", "r1") == [bare, old]
         assert replica.by_index(Zoned, "spec.rack", "r2") == [new]
+
+
+async def test_removing_a_topic_with_values_the_plain_parse_cannot_read() -> None:
+    """A topic removed before the background validation reached the topics kept: a kept
+    unbuilt value the plain parse cannot read (a corrupt one, one without a field that has a
+    default) is built to find its references, instead of failing the removal."""
+    async with dfdb.connect("memory://lazy-remove-topic") as nb:
+        first = await nb.create_many([Zoned(id=f"k{i:03d}", topic="t0") for i in range(250)])  # validated first
+        await write_raw(nb, Zoned.__table__, "bad", "t1", b'{"id": "bad", "topic": "t1", "version": 1, "zone": 5}')
+        await write_raw(nb, Zoned.__table__, "old", "t1", b'{"id": "old", "topic": "t1", "version": 1, "spec": {}}')
+        await nb.create(Zoned(id="gone", topic="t2"))
+        topics = {"t0", "t1", "t2"}
+        async with Replica(nb, [Zoned], mode=SyncMode.SELECTIVE, topics=topics, check_interval=None) as replica:
+            assert held_unbuilt(replica, Zoned) == 253
+            await replica.remove_topic("t2")
+            assert replica.get_all(Zoned) == [*first, await nb.get(Zoned, "old")]
+            assert replica.corrupt == 1

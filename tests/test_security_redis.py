@@ -223,18 +223,22 @@ async def test_server_run_tls_prints_a_url_that_serves_over_tls() -> None:
             await proc.wait()
 
 
-async def test_a_user_refused_one_write_command_writes_nothing(tls_redis: RedisServer) -> None:
-    """The ACL lets the user write entries but not append to the change streams: the write
-    is refused whole, with AuthenticationError, before anything is written. Stopped
-    half-way, the script kept the entry without its change: watchers never saw it."""
+@pytest.mark.parametrize("refused", ["xadd", "xlen", "xrange"])
+async def test_a_user_refused_one_write_command_writes_nothing(tls_redis: RedisServer, refused: str) -> None:
+    """The ACL lets the user write entries but not append to the change streams (nor read
+    their length or first records, which trimming them takes): the write is refused whole,
+    with AuthenticationError, before anything is written. Stopped half-way, the script kept
+    the entry without its change: watchers never saw it."""
     assert tls_redis.ca is not None
     admin = aioredis.Redis(host="127.0.0.1", port=tls_redis.port, ssl=True, ssl_ca_certs=str(tls_redis.ca.ca_file))
     try:
         await admin.acl_setuser("dave", enabled=True, passwords=[f"+{SECRET}"], keys=["ns-alice/*"],
-                                channels=["ns-alice/*"], commands=["+@all", "-xadd"])  # fmt: skip
+                                channels=["ns-alice/*"], commands=["+@all", f"-{refused}"])  # fmt: skip
         async with dfdb.connect(_url(tls_redis)) as nb:
             revision = await admin.get("ns-alice/rev")
-            with pytest.raises(dfdb.AuthenticationError, match=r"may not run 'XADD .*nothing was written") as info:
+            with pytest.raises(
+                dfdb.AuthenticationError, match=rf"may not run '{refused.upper()} .*nothing was written"
+            ) as info:
                 async with dfdb.connect(_url(tls_redis, user="dave"), timeout=5) as refused:
                     await refused.create(LogicalSwitch(id="half", name="dave's"))
             assert SECRET not in str(info.value)

@@ -65,6 +65,8 @@ local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
       {'HSET', prefix .. '/trim', 'k', '1'}}
     for _, key in ipairs({prefix .. '/s/' .. tbl, prefix .. '/s/' .. tbl .. tsuffix}) do
       table.insert(checks, {'XADD', key, '1-0', 'a', 'b'})
+      table.insert(checks, {'XLEN', key})
+      table.insert(checks, {'XRANGE', key, '-', '+', 'COUNT', '1'})
       table.insert(checks, {'XTRIM', key, 'MINID', '1-0'})
     end
     for _, check in ipairs(checks) do

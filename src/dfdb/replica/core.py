@@ -508,7 +508,7 @@ class Replica(Reactive):
         kept = {
             ref
             for m in self.models
-            for i, (o, _) in rows[m].items()
+            for i, (o, _) in list(rows[m].items())  # an entry built here may turn out corrupt: dropped
             if (m, i) not in leaving
             for ref in self._store.targets(m, o)
         }

@@ -97,12 +97,16 @@ class Store:
         return obj
 
     def targets(self, model: type[NbModel], held: NbModel | Entry) -> list[tuple[type[NbModel], str]]:
-        """The reference targets of a held object or entry (an entry's: among the models held)."""
+        """The reference targets of a held object or entry (an entry's: among the models held).
+        An entry whose JSON is not read exactly is built now (a corrupt one is dropped and
+        has none)."""
         if type(held) is Entry:
             reader = self.readers[model]
             reading = reader(held) if reader is not None else None
-            assert reading is not None
-            return reading[1]
+            if reading is not None:
+                return reading[1]
+            built = self.materialize(model, held.id, held, held.revision)
+            return [] if built is None else reference_targets(built)
         return reference_targets(held)  # type: ignore[arg-type]
 
     def put_entry(self, model: type[NbModel], entry: Entry, keys: list[Sequence[Hashable]] | None) -> None:
