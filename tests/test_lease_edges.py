@@ -272,3 +272,24 @@ def cli(args: list[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(args)
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("failing", [True, False], ids=["block-error", "no-error"])
+async def test_a_failed_revoke_never_hides_the_block_s_own_error(tmp_path: Path, failing: bool) -> None:
+    """Leaving a lease block while the database refuses the revoke (SQLite write-locked by
+    another connection): the block's own error is what the caller sees (the lease ends by
+    its TTL); a block that ended without an error is told that the revoke failed."""
+    path = f"{tmp_path}/revoke.db"
+    async with dfdb.connect(f"sqlite:///{path}?timeout=0.3") as nb:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=5)) as db:
+            with pytest.raises(ValueError if failing else dfdb.DfdbError) as info:
+                async with nb.lease(ttl=5) as lease:
+                    await nb.create(EdgeItem(id="bound"), lease=lease)
+                    db.execute("BEGIN IMMEDIATE")  # held while the block is left
+                    if failing:
+                        raise ValueError("the block's own error")
+            db.execute("ROLLBACK")
+        if failing:
+            assert str(info.value) == "the block's own error"
+        else:
+            assert "revoke" in str(info.value)

@@ -147,6 +147,11 @@ class Lease:
     ) -> None:
         try:
             await _to_the_end(self.revoke)
+        except DfdbError as error:
+            if e is None:
+                raise
+            # the block's own error goes on; the backend ends the lease once its TTL passed
+            log.warning("lease %s: %s (its TTL ends it)", self.id, error)
         finally:
             tg, self._tg = self._tg, None
             if tg is not None:
