@@ -44,27 +44,23 @@ async def _backend(backend: str, url: str, cases: list[str], args: argparse.Name
     if raw is not None:
         await raw.open()
     try:
-        if "seq" in cases:
+        for case, n, run_dfdb, run_raw, label in (
+            ("seq", args.seq, _dfdb_seq, "seq", "sequential create"),
+            ("bulk", args.bulk, _dfdb_bulk, "bulk", f"bulk load {args.bulk:,}"),
+        ):
+            if case not in cases:
+                continue
             d, r = [], []
             for _ in range(args.repeat):
                 run = uuid.uuid4().hex[:8]
-                d.append(await _dfdb_seq(spaces.url(f"bench-{run}"), run, args.seq))
+                d.append(await run_dfdb(spaces.url(f"bench-{run}"), run, n))
                 if raw is not None:
                     name = spaces.remember(f"bench-raw-{run}")
                     await raw.prepare(name)
-                    r.append(await _rate(args.seq, raw.seq(name, sample_values(args.seq, run))))
-            print(_line("sequential create", backend, "objects/s", d, r), flush=True)
-        if "bulk" in cases:
-            d, r = [], []
-            for _ in range(args.repeat):
-                run = uuid.uuid4().hex[:8]
-                d.append(await _dfdb_bulk(spaces.url(f"bench-{run}"), run, args.bulk))
-                if raw is not None:
-                    name = spaces.remember(f"bench-raw-{run}")
-                    await raw.prepare(name)
-                    r.append(await _rate(args.bulk, raw.bulk(name, sample_values(args.bulk, run))))
-                    await raw.drop([name, f"bench-{run}"])
-            print(_line(f"bulk load {args.bulk:,}", backend, "objects/s", d, r), flush=True)
+                    r.append(await _rate(n, getattr(raw, run_raw)(name, sample_values(n, run))))
+                    if case == "bulk":
+                        await raw.drop([name, f"bench-{run}"])
+            print(_line(label, backend, "objects/s", d, r), flush=True)
         if "events" in cases and backend != "memory":
             dl: list[float] = []
             rl: list[float] = []
