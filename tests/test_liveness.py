@@ -303,6 +303,14 @@ class Scene:
         await self.check_expired(count, ttl + SLACK + 5)
         return "lost"
 
+    async def kill_and_check_expiry(self, label: str, count: int, ttl: float) -> None:
+        """kill -9 of the holder that kept its lease: its objects expire within TTL + SLACK."""
+        assert self.holder is not None
+        self.holder.signal(signal.SIGKILL)
+        delay = await self.check_expired(count, ttl + SLACK + 5)
+        assert delay <= ttl + SLACK, f"{label}: the expiry took {delay:.2f}s after kill -9 (TTL {ttl:g}s)"
+        print(f"{label}: then expiry {delay:.2f}s after kill -9")
+
     async def check_expired(self, count: int, within: float) -> float:
         """The holder's objects are deleted as expiries, in order, seen by the watcher and
         the Replica, nothing else; returns how long it took."""
@@ -381,11 +389,7 @@ async def test_server_restart_keeps_a_live_holder_s_leases(backend: str, holders
             assert outcome == "kept" or down > ttl / 2, f"a restart of {down:.1f}s lost the lease (TTL {ttl:g}s)"
             print(f"\n{backend}: restart of {down:.2f}s, lease {outcome} (TTL {ttl:g}s)")
             if outcome == "kept":
-                assert seen.holder is not None
-                seen.holder.signal(signal.SIGKILL)
-                delay = await seen.check_expired(3, ttl + SLACK + 5)
-                assert delay <= ttl + SLACK, f"{backend}: the expiry took {delay:.2f}s after kill -9 (TTL {ttl:g}s)"
-                print(f"{backend}: then expiry {delay:.2f}s after kill -9")
+                await seen.kill_and_check_expiry(backend, 3, ttl)
 
 
 @liveness
@@ -408,11 +412,7 @@ async def test_etcd_leader_kill_keeps_a_live_holder_s_leases(holders: list[Holde
             assert outcome == "kept" or back > ttl / 2, f"a failover of {back:.1f}s lost the lease (TTL {ttl:g}s)"
             print(f"\netcd: leader m{leader} killed, writable again in {back:.2f}s, lease {outcome} (TTL {ttl:g}s)")
             if outcome == "kept":
-                assert seen.holder is not None
-                seen.holder.signal(signal.SIGKILL)
-                delay = await seen.check_expired(3, ttl + SLACK + 5)
-                assert delay <= ttl + SLACK, f"etcd: the expiry took {delay:.2f}s after kill -9 (TTL {ttl:g}s)"
-                print(f"etcd: then expiry {delay:.2f}s after kill -9")
+                await seen.kill_and_check_expiry("etcd", 3, ttl)
 
 
 @liveness
