@@ -117,6 +117,7 @@ class Replica(Reactive):
         self._validated = Flag()  # every entry of the last lazy load was validated (or built)
         self._validated.set()
         self._loading: set[str] = set()  # SELECTIVE: topics being added (followed, not loaded yet)
+        self._relisted: dict[tuple[type[NbModel], str | None], int] = {}  # (model, topic; None: all) -> listed at
         self._entered = False
         self._records_read = self._bytes_read = 0  # of the stream, once closed
         self._following = False
@@ -346,6 +347,9 @@ class Replica(Reactive):
             return
         if ev.model is None or ev.model not in self._store:
             return
+        relisted = self._relisted
+        if relisted and ev.revision <= max(relisted.get((ev.model, None), 0), relisted.get((ev.model, ev.topic), 0)):
+            return  # a relist's listing holds it, or what came after it (a delete leaves no trace to compare)
         held = self._store.row(ev.model, ev.id) is not None
         t = ev.topic
         if self.mode is SyncMode.SELECTIVE and t is not None and t not in self._topics and t not in self._loading:
@@ -419,8 +423,23 @@ class Replica(Reactive):
             finally:
                 self._flow.muted = False
             now = cast(dict[type[NbModel], dict[str, Row]], self._store.rows)  # refilled by _fill: built
+            self._note_relisted(listings, topic)
             self.corrupt += emit_difference(self._flow, before, now, topic, corrupt, self._position)
             self.resyncs += 1
+
+    def _note_relisted(self, listings: Listings, topic: str | None) -> None:
+        """Remember up to which revision each relisted model (of ``topic``; ``None``: every
+        topic) is as listed: the stream's changes at or below it that arrive after the relist
+        are older than the listing (a snapshot poller's, or a stream reopened behind it)."""
+        listed: dict[type[NbModel], int] = {}
+        for model, listing in listings:
+            at = parse_cursor(listing.cursor)[1]
+            listed[model] = min(listed.get(model, at), at)
+        for model, at in listed.items():
+            if topic is None:  # every topic of the model: the older marks of single topics are moot
+                for key in [k for k, v in self._relisted.items() if k[0] is model and v <= at]:
+                    del self._relisted[key]
+            self._relisted[(model, topic)] = max(self._relisted.get((model, topic), 0), at)
 
     # ------------------------------------------------------------ state
     @property
