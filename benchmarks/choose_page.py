@@ -298,7 +298,7 @@ def render(run: Run, args: argparse.Namespace, chart_line: str) -> str:
     restart = [recovery(run.restart, s, "no server" if s in serverless else "n/a", True) for s in setups]
     failover = [recovery(run.failover, s, "no failover", False) for s in setups]
     lines.append("| restart (kill -9) to first event | s (first event) | " + " | ".join(restart) + " |")
-    lines.append("| failover (kill -9 of the leader) to first write | s (first event) | " + " | ".join(failover) + " |")
+    lines.append("| failover (kill -9 of the leader) to first write | s (event after) | " + " | ".join(failover) + " |")
     lines += ["", "Not taken:", ""]
     lines += [f"- {r.backend}: {m}" for r in run.rows for m in r.missing] or ["- nothing"]
     failures = [
