@@ -293,3 +293,18 @@ async def test_a_failed_revoke_never_hides_the_block_s_own_error(tmp_path: Path,
             assert str(info.value) == "the block's own error"
         else:
             assert "revoke" in str(info.value)
+
+
+async def test_a_guard_from_another_nbapi(tmp_path: Path) -> None:
+    """A lock held through one NbApi guards writes through another of the same database while
+    held, and refuses them once released; a guard of another database is refused."""
+    url = f"sqlite:///{tmp_path}/g.db"
+    async with dfdb.connect(url) as one, dfdb.connect(url) as two, dfdb.connect("memory://") as elsewhere:
+        async with one.lock("g", ttl=5) as lock:
+            await two.put(EdgeItem(id="a", n=lock.token), guard=lock)
+        with pytest.raises(dfdb.LeaseLostError):
+            await two.put(EdgeItem(id="a", n=99), guard=lock)
+        with pytest.raises(ValueError, match="another database"):
+            await elsewhere.put(EdgeItem(id="a"), guard=lock)
+        assert [(o.id, o.n) for o in await one.get_all(EdgeItem)] == [("a", lock.token)]
+        assert await elsewhere.get_all(EdgeItem) == []

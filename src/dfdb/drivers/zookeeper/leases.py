@@ -17,11 +17,11 @@ Any live client reaps: every lock acquisition, and every watching client once a 
 may have passed, reads the server's clock and ends the leases whose deadline passed. A
 watching client keeps a children watch on ``/P/le`` and, after each round, the time the
 earliest lease it saw can be due (keep-alives only move deadlines later): it reads nothing
-more until then or until the watch says a lease came or went, so reaping costs nothing
-while no lease exists or none is due (a safety round every :data:`REAP_SAFETY` seconds,
-and one on every new connection, since a watch may be lost with it). Its sources look
-every half second whether a round is due, so an expiry is seen at most about half a
-second (plus the round's reads) after the deadline. Ending a
+more until then or until the watch says a lease came or went (then at most every half
+second), so reaping costs nothing while no lease exists or none is due (a safety round
+every :data:`REAP_SAFETY` seconds, and one on every new connection, since a watch may be
+lost with it). Its sources look every half second whether a round is due, so an expiry is
+seen at most about half a second (plus the round's reads) after the deadline. Ending a
 lease deletes each object still at the revision it was bound at with the driver's ordinary
 delete (one ``multi`` with its change record, marked as an expiry), checked against that
 revision, so racing reapers delete each object once; then the binding nodes and the lease
@@ -64,7 +64,11 @@ REAP_SAFETY = 30.0
 """Seconds after which a watching client reads the leases again even when nothing said a
 lease is due (a lost watch, a clock that jumped)."""
 _REAP_SOONEST = 0.05
-"""Seconds a watching client waits at least between two reaping rounds."""
+"""Seconds a watching client waits at least after a round before the next, for a lease due."""
+_REAP_CHANGED = 0.5
+"""Seconds a watching client waits at least after a round before the next when leases came
+or went (however often they do; a lease is due no sooner than the shortest TTL after its
+grant), or when the round failed."""
 
 
 class ZooKeeperLeases:
@@ -74,6 +78,10 @@ class ZooKeeperLeases:
     """Event-loop time of the next reaping round of a watcher (``-inf``: at once)."""
     _reap_watched: tuple[int, int] | None = None
     """The connection the lease folder's children watch was set on."""
+    _round_at = -math.inf
+    """Event-loop time the last reaping round of a watcher started."""
+    _leases_moved = False
+    """Whether the lease folder's watch fired since that round started."""
 
     if TYPE_CHECKING:
         _calls: Calls
@@ -162,7 +170,8 @@ class ZooKeeperLeases:
         return ended, soonest
 
     def _leases_changed(self, _path: str) -> None:
-        self._reap_at = -math.inf
+        self._leases_moved = True
+        self._reap_at = min(self._reap_at, self._round_at + _REAP_CHANGED)
 
     async def reap_due(self) -> None:
         """A watcher's reaping: a round only when a lease may be due (see the module documentation)."""
@@ -173,13 +182,14 @@ class ZooKeeperLeases:
         started = loop.time()
         if started < self._reap_at:
             return
-        self._reap_at = started + _REAP_SOONEST  # until this round says better (also when it fails)
+        self._round_at, self._leases_moved = started, False
+        self._reap_at = started + _REAP_CHANGED  # until this round says better (also when it fails)
         key = (protocol.WatchEvent.CHILDREN_CHANGED, self._layout.path("le"))
         self._calls.remove_watch(key, self._leases_changed)
         self._calls.add_watch(key, self._leases_changed)
         self._reap_watched = connection
         _, soonest = await self._reap(watch=True)
-        if self._reap_at == started + _REAP_SOONEST:  # the watch did not fire meanwhile
+        if not self._leases_moved:  # else the next round comes as soon as allowed
             self._reap_at = started + min(max(soonest, _REAP_SOONEST), REAP_SAFETY)
 
     async def _end(self, lease: str) -> None:
