@@ -38,6 +38,8 @@ async def test_what_a_late_reference_cycle_holds_is_collected_not_reported() -> 
 
 async def test_what_is_still_held_is_reported() -> None:
     baseline = ResourceSnapshot.take()
-    pipe = _Pipe()
-    assert await ResourceSnapshot.wait_clean(baseline, grace=0.3) == ["2 file descriptor(s) left open"]
-    del pipe
+    pipes = [_Pipe() for _ in range(10)]  # 20 descriptors: more than the rest of a test run opens or closes meanwhile
+    report = await ResourceSnapshot.wait_clean(baseline, grace=0.3)
+    fds = [int(m.split()[0]) for m in report if m.endswith("file descriptor(s) left open")]
+    assert fds and 15 <= fds[0] <= 25, report
+    del pipes
