@@ -420,33 +420,3 @@ async def test_an_index_node_another_program_broke_is_repairable(
             with pytest.raises(dfdb.NotFoundError):
                 await nb.get(Port, "a")
             await nb.create(Port(id="a", topic="u"))  # the id is free again, under any topic
-
-
-async def test_a_create_makes_its_missing_shard_nodes_in_its_own_multi(single: ZooKeeperServer) -> None:
-    """A create into shards not made yet is still one request (the shard nodes are made in
-    its multi), and writers racing to make the same shard node all succeed."""
-    async with dfdb.connect(single.url + "/shards") as nb, dfdb.connect(single.url + "/shards") as other:
-        driver = nb.driver
-        assert isinstance(driver, ZooKeeperDriver)
-        await nb.create(Port(id="first", topic="t"))  # the scopes are read once
-        sent: list[str] = []
-        send = driver._calls.send
-
-        async def counting(request: object) -> tuple[int, object]:
-            sent.append(type(request).__name__)
-            return await send(request)
-
-        driver._calls.send = counting  # type: ignore[method-assign]
-        ids = [f"p{n}" for n in range(40)]  # ~40 shards, none made yet
-        for id in ids:
-            await nb.create(Port(id=id, topic="t"))
-        assert sent == ["TransactionRequest"] * len(ids)
-        # two connections race to make the same new shards (another topic's scope)
-        racing = [f"q{n}" for n in range(30)]
-        results = await asyncio.gather(
-            *(api.create(Port(id=f"{id}-{k}", topic="u")) for id in racing for k, api in enumerate((nb, other)))
-        )
-        assert len(results) == 2 * len(racing)
-        assert len(await nb.get_all(Port)) == 1 + len(ids) + 2 * len(racing)
-        with pytest.raises(dfdb.AlreadyExistsError):
-            await nb.create(Port(id="p0", topic="t"))

@@ -45,9 +45,6 @@ __all__ = ["REAP_EVERY", "LogAccess", "ZooKeeperSource"]
 log = logging.getLogger(__name__)
 
 REAP_EVERY = 0.5
-_FIRST_READ = 2
-"""Change nodes read first when a log is woken (most often by one new change); more,
-up to ``READ_AHEAD``, while every one asked for is there."""
 """Seconds between two reaping rounds of a watching client."""
 
 
@@ -256,9 +253,7 @@ class ZooKeeperSource(ReaderTaskSource):
                 last = max(last, await self._read_log(entry))
         if self._resync_at:
             return
-        if last == 0:  # no log was read to its end: ask how far the server is
-            last = await calls.current_revision()
-        # else the last reply's zxid: a log whose watches have not fired before it is complete up to it
+        last = max(last, await calls.current_revision())
         self._idle_frontier = max(self._idle_frontier, last)
         for entry in self._logs.values():
             if not entry.dirty:
@@ -270,15 +265,13 @@ class ZooKeeperSource(ReaderTaskSource):
         calls, logs, layout = self._calls, self._access.logs, self._access.layout
         entry.dirty = False
         last_read = 0
-        count = _FIRST_READ
         while True:
-            batch = await logs.read_batch(entry.path, entry.at, count)
+            batch = await logs.read_batch(entry.path, entry.at)
             for got in batch:
                 self._take(entry, got)
                 entry.at.seq += 1
                 last_read = int(got[1].created_zxid)
-            if len(batch) == count:
-                count = min(count * 4, READ_AHEAD)
+            if len(batch) == READ_AHEAD:
                 continue  # more to read
             # at the bucket's end: a multi's changes are created together, so none of the
             # last one's is left unread (until here, only the changes below it are read)
@@ -291,12 +284,9 @@ class ZooKeeperSource(ReaderTaskSource):
             entry.armed = [(protocol.WatchEvent.CREATED, next_path), (protocol.WatchEvent.DATA_CHANGED, entry.path)]
             for key in entry.armed:
                 self._watch(key, self._dirty(entry.path))
-            # both watches in one round trip; the log's reply tells up to where it is complete
-            there, (zxid, found) = await asyncio.gather(
-                calls.exists(next_path, watch=True), logs.read_meta_at(entry.path, watch=True)
-            )
-            if there is not None:
+            if await calls.exists(next_path, watch=True) is not None:
                 continue  # it appeared meanwhile
+            found = await logs.read_meta(entry.path, watch=True)
             if found is None:  # no log yet: it starts at bucket 0
                 return await calls.current_revision()
             try:
@@ -305,6 +295,7 @@ class ZooKeeperSource(ReaderTaskSource):
             except Pruned as pruned:  # pruned before this reader got to it
                 self._lost(entry, pruned.trim)
                 return 0
+            zxid = await calls.current_revision()
             if not entry.dirty:  # no watch fired before this reply: complete up to it
                 entry.frontier = max(entry.frontier, zxid)
             return zxid
