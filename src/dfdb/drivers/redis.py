@@ -96,6 +96,7 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
     capabilities = Capability.NATIVE_STREAM | Capability.CHANGE_LOG | Capability.ORDERED | Capability.TOPIC_FILTER
     capabilities |= Capability.LEASES
     max_value_size = 16 * 1024 * 1024  # each write is kept three times: the entry and two stream entries
+    unnamed_identities = frozenset({NO_EPOCH})  # a reader's identity before any writer made an epoch
     requires_asyncio = True
 
     def __init__(self, url: DatabaseURL) -> None:
