@@ -383,3 +383,18 @@ async def test_changes_older_than_a_relist_are_not_applied_after_it() -> None:
             # the relist filled 13 objects and told them, and told b's delete; b's update (a
             # create once b was gone) and delete, and the probe's create, were not applied again
             assert r.stats().events - applied == 2 * 13 + 1
+
+
+async def test_relist_marks_of_another_dataset_are_forgotten() -> None:
+    """The revisions a relist noted belong to its dataset: after a relist in a new dataset
+    (a server back without its data, whose revisions start again), the old marks must not
+    make the new dataset's changes look older than a listing (they would be dropped)."""
+    from dfdb.nb import ListResult
+
+    async with dfdb.connect("memory://marks") as nb:
+        async with Replica(nb, [Net]) as r:
+            r._note_relisted([(Net, ListResult([], "old-dataset@5000"))], None)
+            r._note_relisted([(Net, ListResult([], "new-dataset@3"))], None)
+            assert r._relisted == {(Net, None): 3}
+            r._note_relisted([(Net, ListResult([], "new-dataset@9"))], "t")
+            assert r._relisted == {(Net, None): 3, (Net, "t"): 9}

@@ -118,6 +118,7 @@ class Replica(Reactive):
         self._validated.set()
         self._loading: set[str] = set()  # SELECTIVE: topics being added (followed, not loaded yet)
         self._relisted: dict[tuple[type[NbModel], str | None], int] = {}  # (model, topic; None: all) -> listed at
+        self._relisted_in = ""  # the dataset those revisions belong to
         self._entered = False
         self._records_read = self._bytes_read = 0  # of the stream, once closed
         self._following = False
@@ -433,7 +434,10 @@ class Replica(Reactive):
         are older than the listing (a snapshot poller's, or a stream reopened behind it)."""
         listed: dict[type[NbModel], int] = {}
         for model, listing in listings:
-            at = parse_cursor(listing.cursor)[1]
+            dataset, at = parse_cursor(listing.cursor)
+            if dataset != self._relisted_in:  # another dataset's revisions say nothing of this one's
+                self._relisted.clear()
+                self._relisted_in = dataset
             listed[model] = min(listed.get(model, at), at)
         for model, at in listed.items():
             if topic is None:  # every topic of the model: the older marks of single topics are moot
