@@ -199,7 +199,7 @@ def survives(run: Run, setups: list[str]) -> list[str]:
             for test in tests:
                 if test not in used:
                     used.append(test)
-                refs.append(f"[T{used.index(test) + 1}]")
+                refs.append(f"(T{used.index(test) + 1})")
             shown.append(" ".join([verdict, *refs]))
         lines.append(f"| {fault} | " + " | ".join(shown) + " |")
     lines += ["", *[f"- T{i + 1}: {TESTS[t]}" for i, t in enumerate(used)]]
