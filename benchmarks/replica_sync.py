@@ -28,6 +28,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from dfdb.bench.cases import dict_of_models_bytes
 from dfdb.bench.raw import raw_client_for
 from dfdb.bench.workload import sample_port, sample_values
 from dfdb.codec import encode
@@ -65,14 +66,7 @@ async def memory(nb: NbApi, ports: int) -> str:
         listing = await nb.driver.list(LogicalPort.__table__, None)
         values = [entry.value for entry in listing.entries[:sample]]
         del listing
-        gc.collect()
-        start = tracemalloc.get_traced_memory()[0]
-        models = {}
-        for value in values:
-            port = LogicalPort.model_validate_json(value)
-            models[port.id] = port
-        gc.collect()
-        plain = tracemalloc.get_traced_memory()[0] - start
+        plain = dict_of_models_bytes(values)
     finally:
         tracemalloc.stop()
     return (

@@ -25,7 +25,7 @@ from dfdb.replica import Replica, SyncMode
 from dfdb.servers import EtcdServer, LocalServer, RedisServer, ZooKeeperServer
 from dfdb.url import DatabaseURL
 
-__all__ = ["BACKENDS", "SCHEMES", "run_all", "run_backend"]
+__all__ = ["BACKENDS", "SCHEMES", "dict_of_models_bytes", "run_all", "run_backend"]
 
 BACKENDS = ("memory", "sqlite", "redis", "etcd", "zookeeper")
 """The backends ``run_all`` knows (it starts the servers)."""
@@ -80,6 +80,19 @@ async def _dfdb_sync(url: DatabaseURL, n: int) -> float:
     return took
 
 
+def dict_of_models_bytes(values: list[bytes]) -> int:
+    """Bytes ``tracemalloc`` (running) counts for ``values`` validated as LogicalPorts into a
+    plain dict by id: the baseline a Replica's memory per object is compared with."""
+    gc.collect()
+    before = tracemalloc.get_traced_memory()[0]
+    plain: dict[str, LogicalPort] = {}
+    for value in values:
+        port = LogicalPort.model_validate_json(value)
+        plain[port.id] = port
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0] - before
+
+
 async def _dfdb_memory(url: DatabaseURL, n: int) -> tuple[float, float]:
     """Bytes per object: (a FULL Replica holding the ``n`` ports, the same ports as models in a dict)."""
     async with connect(url, timeout=600) as nb:
@@ -88,14 +101,7 @@ async def _dfdb_memory(url: DatabaseURL, n: int) -> tuple[float, float]:
         gc.collect()
         tracemalloc.start()
         try:
-            before = tracemalloc.get_traced_memory()[0]
-            plain = {}
-            for v in values:
-                obj = LogicalPort.model_validate_json(v)
-                plain[obj.id] = obj
-            gc.collect()
-            dict_bytes = tracemalloc.get_traced_memory()[0] - before
-            del plain, obj
+            dict_bytes = dict_of_models_bytes(values)
             gc.collect()
             before = tracemalloc.get_traced_memory()[0]
             async with Replica(nb, [LogicalPort]) as replica:
