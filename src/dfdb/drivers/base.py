@@ -3,26 +3,41 @@
 A driver never sees a model: it stores ``(table, id) -> (value bytes, revision)``
 with the object's topic carried alongside. Revisions are integers that strictly
 increase across all writes of a deployment.
+
+The records of the contract live in :mod:`dfdb.drivers.records`, the change source in
+:mod:`dfdb.drivers.eventsource`; both are importable from here too.
 """
 
 from __future__ import annotations
 
 import builtins
-import enum
-import logging
 import warnings
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Final, Literal, TypeVar
+from typing import ClassVar, TypeVar
 
 import anyio
 import sniffio
 
 from dfdb.drivers.digest import Digest, KeyListing, digest_of, keys_of
+from dfdb.drivers.eventsource import EventSource
 from dfdb.drivers.leasing import Guard, LeaseMethods
+from dfdb.drivers.records import (
+    ABSENT,
+    ANY,
+    Capability,
+    Entry,
+    Expect,
+    Listing,
+    PutRequest,
+    RawAction,
+    RawEvent,
+    check_delete,
+    check_put,
+    entry_size,
+)
 from dfdb.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
@@ -53,261 +68,6 @@ __all__ = [
     "check_delete",
     "check_put",
 ]
-
-log = logging.getLogger(__name__)
-
-
-class Capability(enum.Flag):
-    """What a driver offers beyond the basic key/value contract."""
-
-    NONE = 0
-    NATIVE_STREAM = enum.auto()
-    """The server pushes changes (pub-sub, watch); ``watch`` needs no polling."""
-    CHANGE_LOG = enum.auto()
-    """Every change is kept, in order, for a while: ``watch(since=…)`` resumes without gaps."""
-    ORDERED = enum.auto()
-    """One stream delivers all its events in revision order, across keys."""
-    TOPIC_FILTER = enum.auto()
-    """``watch(topics=…)`` is filtered by the backend, not by the client."""
-    LEASES = enum.auto()
-    """Leases, objects bound to them, fenced locks and guarded writes (``lease_grant`` …)."""
-
-
-class _Sentinel(enum.Enum):
-    ABSENT = "absent"
-    ANY = "any"
-
-
-ABSENT: Final = _Sentinel.ABSENT
-"""Expectation for ``put``: the key must not exist (a create)."""
-ANY: Final = _Sentinel.ANY
-"""Expectation for ``put``: write whatever is there (unconditional)."""
-
-Expect = Literal[_Sentinel.ABSENT, _Sentinel.ANY] | int
-"""``ABSENT``, ``ANY``, or the revision the key must have now (compare-and-swap)."""
-
-RawAction = Literal["create", "update", "delete", "resync"]
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One stored value."""
-
-    table: str
-    id: str
-    topic: str | None
-    value: bytes
-    revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class PutRequest:
-    """One write of :meth:`Driver.put_many`: the arguments of :meth:`Driver.put`."""
-
-    table: str
-    id: str
-    topic: str | None
-    value: bytes
-    expect: Expect
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """The result of :meth:`Driver.list`: the entries and the revision they are consistent with."""
-
-    entries: list[Entry]
-    revision: int
-    identity: str | None = None
-    """The backend identity the revision belongs to, when the driver read it with the listing."""
-
-
-@dataclass(frozen=True, slots=True)
-class RawEvent:
-    """A change as a driver reports it.
-
-    Attributes:
-        action: ``create``, ``update``, ``delete``, or ``resync`` (history was lost
-            between the requested position and ``revision``; the scope is ``table``
-            and ``topic``, ``None`` meaning everything watched).
-        table, id, topic: the key (``id`` is empty for ``resync``).
-        value: the new value; for a delete the last value where known, else ``None``.
-        revision: the revision of the change; for ``resync``, the position the stream
-            continues from.
-        identity: for ``resync``, the backend identity from here on when it changed
-            (a server that came back without its data); for a change, the identity
-            its revision belongs to when the driver tells (a stream that went on
-            without a gap into a new identity: a Redis master promoted by Sentinel);
-            otherwise ``None``.
-        expired: for ``delete``, the object went because the lease it was bound to ended
-            (expired or revoked), not because a client deleted it.
-    """
-
-    action: RawAction
-    table: str | None
-    id: str
-    topic: str | None
-    value: bytes | None
-    revision: int
-    identity: str | None = None
-    expired: bool = False
-
-    @classmethod
-    def resync(cls, revision: int, identity: str | None = None) -> RawEvent:
-        """A ``resync`` of everything watched, continuing from ``revision``."""
-        return cls("resync", None, "", None, None, revision, identity)
-
-
-def check_put(table: str, id: str, topic: str | None, current: tuple[str | None, int] | None, expect: Expect) -> None:
-    """Check a ``put`` against the key's ``current`` (topic, revision), ``None`` when absent.
-
-    Raises what :meth:`Driver.put` promises: ``AlreadyExistsError``, ``NotFoundError``,
-    ``ConflictError``, or ``ValueError`` for another topic.
-    """
-    if expect is ABSENT:
-        if current is not None:
-            raise AlreadyExistsError(f"{table}/{id} already exists")
-    elif expect is not ANY:
-        if current is None:
-            raise NotFoundError(f"{table}/{id} not found")
-        if current[1] != expect:
-            raise ConflictError(f"{table}/{id} is at revision {current[1]}, not {expect}")
-    if current is not None and current[0] != topic:
-        raise ValueError(f"{table}/{id} belongs to topic {current[0]!r}, not {topic!r}")
-
-
-def check_delete(table: str, id: str, current_revision: int | None, expect: int | None) -> None:
-    """Check a ``delete`` against the key's current revision (``None`` when absent).
-
-    Raises what :meth:`Driver.delete` promises: ``NotFoundError`` or ``ConflictError``.
-    """
-    if current_revision is None:
-        raise NotFoundError(f"{table}/{id} not found")
-    if expect is not None and current_revision != expect:
-        raise ConflictError(f"{table}/{id} is at revision {current_revision}, not {expect}")
-
-
-def _size(entry: Entry) -> int:
-    return len(entry.table) + len(entry.id) + len(entry.topic or "") + len(entry.value) + 16
-
-
-class EventSource(ABC):
-    """An async iterator of :class:`RawEvent` returned by :meth:`Driver.watch`: the whole
-    contract a :class:`~dfdb.ChangeStream` relies on.
-
-    Life cycle: ``await start()`` subscribes (``Driver.watch`` calls it before it
-    returns the source, so every later change arrives); ``__anext__`` returns the next
-    event; ``aclose`` stops the source and releases everything it holds (tasks,
-    connections), and is idempotent.
-
-    Position: :attr:`position` is a revision such that every change of the watched
-    scope at or below it has been returned by ``__anext__``. A stream's cursor never
-    passes it, so a watch resumed from that cursor misses nothing.
-
-    Cancellation: cancelling ``__anext__`` (a timeout around ``anext(stream)``) loses
-    nothing, repeats nothing, drops no connection and leaves no task: an event the
-    source took from the backend is kept for the next call. Sources built on
-    :class:`dfdb.drivers.sources.BufferedSource` get this from its read loop.
-
-    Counters (public, read by ``ChangeStream`` and the Replica's stats):
-    :attr:`records_read`, :attr:`bytes_read`, :attr:`records_malformed` and
-    :attr:`reconnects`. A change record the driver cannot read is reported with
-    :meth:`_malformed`, which logs and counts it and returns the ``resync`` of its
-    table, so that the record's scope is made whole again and the stream goes on.
-
-    Most sources derive from :class:`dfdb.drivers.sources.BufferedSource`, which owns
-    the read loop (buffer, rounds, backoff) and leaves a backend only "read one round".
-    """
-
-    records_read: int = 0
-    """Change records this source read from the backend (a snapshot poll counts every
-    object it lists)."""
-    bytes_read: int = 0
-    """The size of those records as the driver received them (keys, values, metadata)."""
-    records_malformed: int = 0
-    """Change records this source could not read (each reported with a ``resync``)."""
-    reconnects: int = 0
-    """How many times this source had to read again after a failed read (a lost
-    connection, a dropped watch): a cancelled ``__anext__`` never counts here."""
-
-    def _count_read(self, records: Iterable[RawEvent | Entry]) -> None:
-        """Count ``records`` (events, or the entries of a listing) as read, for sources
-        that receive them whole: table, id, topic, value and 16 bytes of metadata each."""
-        for r in records:
-            self.records_read += 1
-            self.bytes_read += len(r.table or "") + len(r.id) + len(r.topic or "") + len(r.value or b"") + 16
-
-    def _malformed(self, table: str | None, key: str, revision: int, reason: str) -> RawEvent:
-        """Report a change record this source cannot read, and return what makes its scope
-        whole again: logged (table, key or position, reason), counted in
-        :attr:`records_malformed`, answered with a ``resync`` of ``table`` (``None``:
-        everything watched) continuing from ``revision``. Deliver the event in the
-        record's place; the stream goes on after it."""
-        self._count_malformed(table, key, revision, reason, "resyncing " + (table or "everything watched"))
-        return RawEvent("resync", table, "", None, None, revision)
-
-    def _count_malformed(self, table: str | None, key: str, revision: int, reason: str, outcome: str) -> None:
-        """Log and count an unreadable record; ``outcome`` says what the source does about it
-        (a record that belongs to no watched table is only reported: ``"skipped"``)."""
-        self.records_malformed += 1
-        log.warning(
-            "unreadable change record %s of table %s at revision %d (%s); %s",
-            key,
-            table if table is not None else "?",
-            revision,
-            reason,
-            outcome,
-        )
-
-    @staticmethod
-    def _below(buffer: Iterable[RawEvent], position: int) -> int:
-        """``position``, or just below the oldest event still in ``buffer``."""
-        return min(position, min((ev.revision for ev in buffer), default=position + 1) - 1)
-
-    async def start(self) -> None:  # noqa: B027  (optional: a source subscribed when built skips it)
-        """Subscribe: every change after the source's starting revision arrives once this
-        returns. ``Driver.watch`` awaits it before it returns the source.
-
-        Raises:
-            BackendUnavailableError: the server cannot be reached.
-        """
-
-    @property
-    @abstractmethod
-    def position(self) -> int:
-        """Every change of the watched scope at or below this revision has been returned."""
-
-    def caught_up(self) -> int | None:
-        """A revision such that every change of the watched scope at or below it has been
-        returned, or ``None`` when the source cannot tell: it lets an idle stream's
-        cursor move past changes outside its scope. The default is :attr:`position`."""
-        return self.position
-
-    def __aiter__(self) -> EventSource:
-        return self
-
-    @abstractmethod
-    async def __anext__(self) -> RawEvent:
-        """The next event, waiting for one; cancellation-safe (see the class documentation).
-
-        Raises:
-            StopAsyncIteration: the source was closed.
-            BackendUnavailableError: the server is gone and reconnecting failed.
-        """
-
-    @abstractmethod
-    async def aclose(self) -> None:
-        """Stop the source and release its tasks and connections; idempotent."""
-
-    async def add_topics(self, topics: Collection[str | None], since: int) -> None:
-        """Follow ``topics`` too, from revision ``since``: every change of them after
-        ``since`` arrives (those at or before the source's position first, then the rest
-        in order). Sources of a watch on every topic ignore this.
-
-        Raises:
-            StreamClosedError: this source cannot change its topics; open a new watch.
-        """
-        raise StreamClosedError(f"{type(self).__name__} cannot add topics to a running watch")
-
 
 S = TypeVar("S", bound=EventSource)
 
@@ -544,7 +304,7 @@ class Driver(LeaseMethods, ABC):
             revision,
             len(entries),
             len(entries),
-            sum(_size(e) for e in entries),
+            sum(entry_size(e) for e in entries),
             trips,
         )
 
@@ -556,7 +316,7 @@ class Driver(LeaseMethods, ABC):
         lists the scope."""
         entries, revision, trips = await self._scope_entries(table, topics)
         chosen = keys_of(((e.id, e.revision) for e in entries), buckets, wanted)
-        size = sum(_size(e) for e in entries)
+        size = sum(entry_size(e) for e in entries)
         return KeyListing(
             chosen, revision, len(entries), size, trips, {e.id: e.topic for e in entries if e.id in chosen}
         )
