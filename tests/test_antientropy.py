@@ -15,12 +15,15 @@ import dfdb
 from dfdb import Action, NbApi, Replica, SyncMode, revision_of
 from dfdb.codec import encode
 from dfdb.drivers import register_driver
-from dfdb.drivers.base import Entry
+from dfdb.drivers.base import Driver, Entry
 from dfdb.drivers.digest import Digest
 from dfdb.drivers.memory import MemoryDriver
+from dfdb.drivers.redis import RedisDriver
+from dfdb.drivers.redis_streams import NO_EPOCH
 from dfdb.replica import ReplicaEvents
 from dfdb.testing.faults import FaultyDriver
 from dfdb.testing.servers import RedisServer
+from dfdb.url import DatabaseURL
 from watching import serve
 
 
@@ -349,3 +352,11 @@ async def test_check_leaves_a_lost_dataset_to_the_streams_resync(volatile_redis:
         assert {o.id for o in replica.get_all(Net)} == fresh and replica.stats().resyncs == 1
         again = await replica.check(settle=WAIT)
         assert again.complete and again.differing == 0 and replica.stats().divergences == 0
+
+
+def test_identities_that_name_no_dataset_are_part_of_the_driver_contract() -> None:
+    assert Driver.unnamed_identities == frozenset() == MemoryDriver.unnamed_identities
+    assert RedisDriver.unnamed_identities == frozenset({NO_EPOCH})
+    wrapped = FaultyDriver(DatabaseURL.parse("faulty://127.0.0.1:1/?inner=redis"))
+    assert wrapped.unnamed_identities == frozenset({NO_EPOCH})  # a check over the wrapper sees the same
+    assert FaultyDriver(DatabaseURL.parse("faulty://?inner=memory")).unnamed_identities == frozenset()

@@ -87,6 +87,10 @@ class Driver(LeaseMethods, ABC):
     """The largest encoded value, in bytes, the backend takes (``None``: no limit of its own)."""
     requires_asyncio: ClassVar[bool] = False
     """The client library runs only under asyncio: :meth:`open` refuses under trio."""
+    unnamed_identities: ClassVar[frozenset[str]] = frozenset()
+    """Identities that name no dataset yet (a Redis reader's placeholder before any writer
+    made one): a stream that began under one of them is continued by whichever dataset
+    comes first, so a consistency check does not take it for another dataset's."""
 
     def __init__(self, url: DatabaseURL) -> None:
         self.url = url

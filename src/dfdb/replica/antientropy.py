@@ -151,7 +151,7 @@ class AntiEntropy:
             following = parse_cursor(stream.cursor)[0]
         except (StreamClosedError, ValueError):
             return False
-        if following in getattr(self.replica.nb.driver, "unnamed_identities", ()):
+        if following in self.replica.nb.driver.unnamed_identities:
             return True  # the stream began before any dataset was made: every dataset continues it
         other = {i for i in identities if i is not None and i != following}
         if other:

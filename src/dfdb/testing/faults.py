@@ -60,6 +60,7 @@ class FaultyDriver(Driver):
         )
         self.inner = driver_class(inner_url)(inner_url)
         self.capabilities = self.inner.capabilities & ~Capability.LEASES  # type: ignore[misc]
+        self.unnamed_identities = self.inner.unnamed_identities  # type: ignore[misc]
         self._lost: set[tuple[str, str]] = set()
         self._open_sources: set[_FaultySource] = set()
         self._history_lost_upto = -1  # a watch resumed from a cursor at or below it gets a resync
