@@ -247,6 +247,15 @@ async def test_memory_refuses_values_over_sixteen_mebibytes() -> None:
         await nb.create(LogicalSwitch(id="large", name="x" * (16 * 1024 * 1024 - 1024)))
 
 
+async def test_the_fault_injecting_wrapper_refuses_what_its_inner_driver_refuses() -> None:
+    async with dfdb.connect("faulty://?inner=memory") as nb:
+        assert nb.driver.max_value_size == 16 * 1024 * 1024
+        with pytest.raises(dfdb.ValueTooLargeError, match="16,777,216") as info:
+            await nb.create(LogicalSwitch(id="huge", name="x" * (16 * 1024 * 1024)))
+        assert info.value.limit == 16 * 1024 * 1024
+        assert await nb.get_all(LogicalSwitch) == []
+
+
 # ----------------------------------------------------------------- patch under contention
 @pytest.mark.timeout(120)
 async def test_patch_under_contention_never_gives_up(api: dfdb.NbApi) -> None:

@@ -20,6 +20,8 @@
 Without ``fault=`` the wrapper injects nothing by itself; with any fault,
 :meth:`FaultyDriver.cut` drops the change streams' connections when a test says so, and
 :meth:`FaultyDriver.drop_next` silently drops the next change event a stream reads.
+The wrapper has the inner driver's capabilities (but leases), value-size limit and
+identities, so that a write the inner backend refuses is refused the same way here.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class FaultyDriver(Driver):
         self.inner = driver_class(inner_url)(inner_url)
         self.capabilities = self.inner.capabilities & ~Capability.LEASES  # type: ignore[misc]
         self.unnamed_identities = self.inner.unnamed_identities  # type: ignore[misc]
+        self.max_value_size = self.inner.max_value_size  # type: ignore[misc]
         self._lost: set[tuple[str, str]] = set()
         self._open_sources: set[_FaultySource] = set()
         self._history_lost_upto = -1  # a watch resumed from a cursor at or below it gets a resync
