@@ -269,6 +269,23 @@ def test_put_of_a_binary_file_is_one_line(tmp_path: Path, capsys: pytest.Capture
     assert f"{path} is not UTF-8 text" in one_line(capsys.readouterr().err)
 
 
+def test_put_refuses_an_input_over_the_limit_before_reading_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = f"sqlite:///{tmp_path}/p.db"
+    path = tmp_path / "huge.json"
+    with open(path, "wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: nothing is written, and nothing should be read
+    assert main(["put", "lswitch", "--file", str(path), "--db", db]) == 2
+    assert f"{path} is 67,108,864 bytes; put takes at most 16,777,216" in one_line(capsys.readouterr().err)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(" " * (16 * 1024 * 1024 + 1)))
+    assert main(["put", "lswitch", "-", "--db", db]) == 2
+    assert "stdin is larger than 16,777,216 bytes" in one_line(capsys.readouterr().err)
+    path.write_text(SWITCH + " " * (16 * 1024 * 1024 - len(SWITCH)))  # at the limit: taken
+    assert main(["put", "lswitch", "--file", str(path), "--db", db]) == 0
+    assert json.loads(capsys.readouterr().out)["mtu"] == 1400
+
+
 def test_server_run_refuses_a_cluster_too_large(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["server", "run", "zookeeper", "--members", "99"]) == 2  # not 99 server processes
     assert "at most 7 members" in one_line(capsys.readouterr().err)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from pydantic import ValidationError
 
@@ -60,7 +62,8 @@ async def run(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
         print((await nb.get(model(args.table), args.id)).model_dump_json(), file=out)
         return 0
     if command == "put":
-        print((await _put(nb, model(args.table), _put_text(args))).model_dump_json(), file=out)
+        text = _put_text(args, max(PUT_TEXT_LIMIT, nb.driver.max_value_size or 0))
+        print((await _put(nb, model(args.table), text)).model_dump_json(), file=out)
         return 0
     if command == "rm":
         try:
@@ -74,8 +77,19 @@ async def run(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     raise UsageError(f"unknown command {command!r}")  # pragma: no cover - argparse refuses first
 
 
-def _put_text(args: argparse.Namespace) -> str:
-    """The JSON text of ``put``: its argument, stdin (``-``) or ``--file``."""
+PUT_TEXT_LIMIT = 16 * 1024 * 1024
+"""The most ``put`` reads of one object's JSON text from stdin or ``--file`` (the backend's
+value-size limit when that is larger): a larger input is refused before it is read whole."""
+
+
+def _put_text(args: argparse.Namespace, limit: int) -> str:
+    """The JSON text of ``put``: its argument, stdin (``-``) or ``--file``, at most ``limit``
+    bytes of it.
+
+    Raises:
+        UsageError: both or neither given, an input over ``limit`` bytes, or not UTF-8.
+        OSError: the file cannot be read.
+    """
     if args.json is not None and args.file is not None:
         raise UsageError("put takes the object as an argument or from --file, not both")
     source = args.file if args.file is not None else args.json
@@ -83,13 +97,27 @@ def _put_text(args: argparse.Namespace) -> str:
         raise UsageError("put needs the object: as an argument, '-' for stdin, or --file FILE")
     if args.file is None and source != "-":
         return str(source)
+    name = "stdin" if source == "-" else source
+    too_large = UsageError(f"{name} is larger than {limit:,} bytes, the most put takes for one object")
+    if source == "-":
+        binary: BinaryIO | None = getattr(sys.stdin, "buffer", None)
+        if binary is None:  # a text stream put in place of stdin
+            text = sys.stdin.read(limit + 1)
+            if len(text.encode("utf-8", "surrogatepass")) > limit:
+                raise too_large
+            return text
+        raw = binary.read(limit + 1)
+    else:
+        with open(source, "rb") as f:
+            found = os.fstat(f.fileno())
+            if stat.S_ISREG(found.st_mode) and found.st_size > limit:
+                raise UsageError(f"{name} is {found.st_size:,} bytes; put takes at most {limit:,} for one object")
+            raw = f.read(limit + 1)  # a pipe or a device tells no size: read no further than the limit
+    if len(raw) > limit:
+        raise too_large
     try:
-        if source == "-":
-            return sys.stdin.read()
-        with open(source, encoding="utf-8") as f:
-            return f.read()
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        name = "stdin" if source == "-" else source
         raise UsageError(f"{name} is not UTF-8 text, so not a JSON object") from None
 
 

@@ -172,7 +172,7 @@ def build_parser() -> Parser:
     )
     put.add_argument("table")
     put.add_argument("json", nargs="?", help="the object; '-' reads it from stdin")
-    put.add_argument("-f", "--file", metavar="FILE", help="read the object from FILE ('-': stdin)")
+    put.add_argument("-f", "--file", metavar="FILE", help="read the object from FILE ('-': stdin), at most 16 MiB")
     rm = _command(sub, "rm", "delete an object", "dfdb rm lswitch net1 --if-exists")
     rm.add_argument("table")
     rm.add_argument("id")
