@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import logging
 import uuid
 from collections.abc import Collection, Sequence
@@ -71,9 +70,11 @@ from dfdb.drivers.base import (
     Listing,
     PutRequest,
 )
+from dfdb.drivers.etcd_calls import _Endpoints
 from dfdb.drivers.etcd_leases import EtcdLeases
 from dfdb.drivers.etcd_repair import delete_unreadable, readable, replace_unreadable
-from dfdb.drivers.etcd_watch import EtcdSource, _range_end
+from dfdb.drivers.etcd_watch import EtcdSource
+from dfdb.drivers.etcd_watchers import _range_end
 from dfdb.errors import (
     AlreadyExistsError,
     AuthenticationError,
@@ -102,70 +103,6 @@ _RETRYABLE = {
 }
 _EQUAL = rpc.Compare.EQUAL
 _GREATER = rpc.Compare.GREATER
-
-
-class _Endpoints:
-    """gRPC channels to a list of members: one in use, the next on failure."""
-
-    def __init__(self, driver: EtcdDriver, start: int = 0) -> None:
-        self._driver = driver
-        self._index = start % len(driver.targets)
-        self._channel: grpc.aio.Channel | None = None
-        self._token: str | None = None
-        self.kv: Any = None
-        self.watch: Any = None
-        self.lease: Any = None
-
-    @property
-    def target(self) -> str:
-        return self._driver.targets[self._index]
-
-    async def connect(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            driver = self._driver
-            log.debug("connecting to etcd member %s of %s", self.target, driver.url)
-            if driver.credentials is None:
-                channel = grpc.aio.insecure_channel(self.target, options=driver.channel_options)
-            else:
-                channel = grpc.aio.secure_channel(self.target, driver.credentials, options=driver.channel_options)
-            if driver.url.username is not None:
-                try:
-                    reply = await rpc.AuthStub(channel).Authenticate(
-                        rpc.AuthenticateRequest(name=driver.url.username, password=driver.url.password or ""),
-                        timeout=driver.timeout,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    await channel.close()
-                    if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-                        # wrong user or password, or auth not enabled: permanent, not retried
-                        raise AuthenticationError(f"{driver.url}: authentication failed: {exc.details()}") from None
-                    raise
-                self._token = reply.token
-            self._channel = channel
-            self.kv = rpc.KVStub(channel)
-            self.watch = rpc.WatchStub(channel)
-            self.lease = rpc.LeaseStub(channel)
-        return self._channel
-
-    def metadata(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
-        return ((("token", self._token),) if self._token else ()) + extra
-
-    async def failover(self, failed: grpc.aio.Channel | None = None) -> None:
-        """Drop the channel in use and move to the next member (unless ``failed`` is given
-        and another caller already moved away from it)."""
-        if failed is not None and failed is not self._channel:
-            return
-        previous = self.target
-        self._index = (self._index + 1) % len(self._driver.targets)
-        log.debug("leaving etcd member %s for %s", previous, self.target)
-        await self.close()
-
-    async def close(self) -> None:
-        channel, self._channel, self._token = self._channel, None, None
-        self.kv = self.watch = self.lease = None
-        if channel is not None:
-            with contextlib.suppress(Exception):
-                await channel.close()
 
 
 class EtcdDriver(EtcdLeases, Driver):

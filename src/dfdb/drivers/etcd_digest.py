@@ -8,7 +8,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from dfdb.drivers.digest import Digest, KeyListing, bucket_of, digest_of
-from dfdb.drivers.etcd_watch import _range_end
+from dfdb.drivers.etcd_watchers import _range_end
 from dfdb.errors import BackendUnavailableError, DriverError
 
 if TYPE_CHECKING:

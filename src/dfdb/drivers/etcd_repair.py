@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aetcd import rpc
 
 from dfdb.drivers.base import Entry
-from dfdb.drivers.etcd_watch import _range_end
+from dfdb.drivers.etcd_watchers import _range_end
 from dfdb.errors import ConflictError
 
 if TYPE_CHECKING:

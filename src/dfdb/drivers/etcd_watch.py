@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import gc
 import logging
 from collections import deque
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -21,7 +19,18 @@ import grpc
 from aetcd import rpc
 
 from dfdb.drivers.base import RawAction, RawEvent
-from dfdb.drivers.etcd_leases import MARK
+from dfdb.drivers.etcd_calls import _finished
+from dfdb.drivers.etcd_watchers import (
+    _BATCH_REVISIONS,
+    _HEAD_EVERY,
+    _TAKEN,
+    _Compacted,
+    _is_mark,
+    _range_end,
+    _Resume,
+    _resume_at,
+    _Watcher,
+)
 from dfdb.drivers.sources import ReaderTaskSource
 from dfdb.errors import AuthenticationError, BackendUnavailableError
 from dfdb.retry import raise_if_cancelling
@@ -32,36 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["EtcdSource"]
 
 log = logging.getLogger(__name__)
-
-
-def _range_end(prefix: bytes) -> bytes:
-    """The end of the key range holding every key that starts with ``prefix``."""
-    return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
-@dataclass
-class _Watcher:
-    """One prefix watch of an :class:`EtcdSource`."""
-
-    watch_id: int
-    topic: str | None
-    """The topic watched (``None``: the topic-less objects, or every topic for the only watch)."""
-    prefix: bytes
-    frontier: int
-    """Every change under the prefix up to here has been delivered (known from this watch's
-    own replies, or inferred from another watch's)."""
-    confirmed: int
-    """Every change under the prefix up to here has been delivered, by this watch's own replies."""
-    shared: int = 0
-    """A revision that changed keys of several topics (a lease's end), which other watches
-    sent: this watch, just below it, may send its own changes of it still."""
-    created: bool = False
-    synced: bool = False
-    """etcd sends this watch's changes as they happen (it is not catching up)."""
-    released: int = 0
-    """The highest revision a forced release returned while this watch was not past it."""
-    resynced: int = 0
-    """Up to here this watch's late changes were answered with a ``resync`` of its topic."""
 
 
 class EtcdSource(ReaderTaskSource):
@@ -521,80 +500,3 @@ class EtcdSource(ReaderTaskSource):
                 await _finished(call, self._access.timeout)
         finally:
             await self._conn.close()
-
-
-async def _finished(call: Any, within: float) -> None:
-    """Wait, shielded and at most ``within`` seconds, for the tasks gRPC runs for the
-    cancelled ``call``: its set-up, and the task that waits for the call's final status,
-    which ends a moment after the cancellation (once gRPC's completion queue says so).
-    Then nothing of a closed source is left running. gRPC gives no public way to await
-    them: the set-up is the call's ``_initializer``, the status task is found among the
-    running tasks by the call it refers to (none found: nothing to wait for)."""
-    with anyio.CancelScope(shield=True), anyio.move_on_after(within):
-        initializer = getattr(call, "_initializer", None)
-        if isinstance(initializer, asyncio.Task) and not initializer.done():
-            await asyncio.wait({initializer})
-        tasks = _status_tasks(getattr(call, "_cython_call", None))
-        if tasks:
-            await asyncio.wait(tasks)
-
-
-def _status_tasks(core: object) -> set[asyncio.Task[Any]]:
-    """The running tasks of gRPC that wait for the final status of the call ``core``."""
-    found: set[asyncio.Task[Any]] = set()
-    if core is None:
-        return found
-    for task in asyncio.all_tasks():
-        coro = task.get_coro()
-        if task.done() or "_AioCall." not in getattr(coro, "__qualname__", ""):
-            continue
-        for ref in gc.get_referents(coro):  # the coroutine's closure holds the call
-            if ref is core or any(inner is core for inner in gc.get_referents(ref)):
-                found.add(task)
-                break
-    return found
-
-
-def _resume_at(watcher: _Watcher) -> int:
-    """Where a (re)created watch starts: after its own replies' last revision, so that a
-    change another watch's reply only let it infer (a later revision while etcd held this
-    watch's back, or a revision that changed keys of several topics) is read again; at most
-    :data:`_RESUME_BACK` revisions before its frontier, and at the frontier itself (a
-    revision may change several keys). What was delivered already is dropped by (revision,
-    key)."""
-    if watcher.confirmed >= watcher.frontier:
-        return watcher.frontier + 1
-    return max(watcher.confirmed + 1, watcher.frontier - _RESUME_BACK)
-
-
-_RESUME_BACK = 10_000
-"""The most revisions a reconnected watch reads again below its inferred frontier."""
-
-_BATCH_REVISIONS = 1000
-"""etcd sends the history of a watch catching up in batches of at most this many revisions;
-a batch that has fewer is all of it, up to the batch's header revision."""
-
-
-def _is_mark(parsed: tuple[str, str | None, str] | None) -> bool:
-    """Whether a data key is a lease's mark (its delete marks its revision's deletes as expiries)."""
-    return parsed is not None and parsed[0] == MARK
-
-
-_TAKEN = 4096
-"""How many recent changes an :class:`EtcdSource` remembers to drop one delivered twice."""
-
-_HEAD_EVERY = 1.0
-"""Seconds between reads of the store revision by a watch of an empty scope."""
-
-
-class _Compacted(Exception):
-    """A watcher's start revision was compacted (``revision``: the oldest one kept)."""
-
-    def __init__(self, revision: int) -> None:
-        super().__init__(revision)
-        self.revision = revision
-
-
-class _Resume(_Compacted):
-    """A watch resumed below its frontier was compacted there: open the stream again,
-    resuming it after its frontier."""
