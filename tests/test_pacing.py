@@ -398,3 +398,59 @@ async def test_relist_marks_of_another_dataset_are_forgotten() -> None:
             assert r._relisted == {(Net, None): 3}
             r._note_relisted([(Net, ListResult([], "new-dataset@9"))], "t")
             assert r._relisted == {(Net, None): 3, (Net, "t"): 9}
+
+
+class GatedListDriver(MemoryDriver):
+    """The memory driver whose listings can be held: once :meth:`arm` was called, the first
+    listing of a whole table (every topic) after a listing of one topic waits until ``opened``
+    is set (a snapshot poller of a scope with topic-less objects lists only whole tables:
+    a Replica's relist is held); ``asked`` is set when it waits."""
+
+    gate: tuple[anyio.Event, anyio.Event] | None = None
+    primed = False
+
+    def arm(self) -> tuple[anyio.Event, anyio.Event]:
+        self.gate, self.primed = (anyio.Event(), anyio.Event()), False
+        return self.gate
+
+    async def list(self, table: str, topic: str | None = None) -> Listing:
+        gate = self.gate
+        if gate is not None and topic is not None:
+            self.primed = True
+        elif gate is not None and self.primed:
+            self.gate = None
+            asked, opened = gate
+            asked.set()
+            await opened.wait()
+        return await super().list(table, topic)
+
+
+register_driver("test-gated-list", GatedListDriver)
+
+
+async def test_wait_for_after_a_relist_waits_for_changes_its_first_listings_missed() -> None:
+    """A relist lists a SELECTIVE scope one listing at a time (each topic, then the topic-less
+    objects): a change made between two listings is in none that covers it, and comes by the
+    stream. ``wait_for`` a later revision returns only once it is applied: the relist covers
+    the scope up to its oldest listing, not its newest."""
+    url = "test-gated-list://gated?notifications=poll&poll_interval=1"
+    async with dfdb.connect(url) as nb:
+        driver = nb.driver
+        assert isinstance(driver, GatedListDriver)
+        await nb.create(Net(id="a", topic="t"))
+        await nb.create(Net(id="b", topic="t1"))
+        topics = {"t", "t1"}
+        limiter = RelistLimiter(jitter=0)
+        async with Replica(nb, [Net], mode=SyncMode.SELECTIVE, topics=topics, relists=limiter) as r:
+            await nb.create(Net(id="c", topic="t"))
+            # the snapshot poller is reopened without t1: it cannot tell what changed since its
+            # cursor, so a RESYNC comes and the Replica relists t, then the topic-less objects
+            asked, opened = driver.arm()
+            await r.remove_topic("t1")
+            await asyncio.wait_for(asked.wait(), WAIT)  # t listed (a held), the whole table not yet
+            await nb.delete(Net, "a")
+            probe = await nb.create(Net(id="probe"))
+            opened.set()
+            await asyncio.wait_for(r.wait_for(dfdb.revision_of(probe) or 0), WAIT)
+            assert r.get(Net, "a") is None
+            assert {n.id for n in r.get_all(Net)} == {"c", "probe"} and r.stats().resyncs == 1

@@ -60,6 +60,7 @@ class SnapshotPoller(BufferedSource):
         self._listed_at: dict[tuple[str, str | None], int] = {}
         self._lock = anyio.Lock()  # one snapshot-and-diff at a time (rounds, add_topics)
         self._due = 0.0
+        self._closing = anyio.Event()  # set by aclose: a round waiting for its time ends at once
 
     async def _snapshot(
         self, topics: frozenset[str | None] | None
@@ -109,7 +110,10 @@ class SnapshotPoller(BufferedSource):
     async def _read_round(self) -> RawEvent | None:
         delay = self._due - anyio.current_time()
         if delay > 0:
-            await anyio.sleep(delay)
+            with anyio.move_on_after(delay):
+                await self._closing.wait()
+        if self._closing.is_set():
+            return None  # closed (a reopened stream goes on with its new source now)
         async with self._lock:
             state, revision, listed_at = await self._snapshot(self._topics)
             events = self._diff(state, listed_at, revision)
@@ -150,6 +154,9 @@ class SnapshotPoller(BufferedSource):
                 self._state[(entry.table, entry.id)] = entry
                 if entry.revision > since:  # changed after `since`: deliver it
                     self._push(RawEvent("create", entry.table, entry.id, entry.topic, entry.value, entry.revision))
+
+    async def _release(self) -> None:
+        self._closing.set()
 
 
 @dataclass(frozen=True, slots=True)

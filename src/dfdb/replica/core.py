@@ -229,12 +229,13 @@ class Replica(Reactive):
 
     def _fill(self, listings: Listings, topics: set[str] | None, *, whole: bool = True) -> Keys:
         """Apply ``listings`` to the store, with no await: readers never see half of it; returns
-        the keys listed as corrupt (left out). ``whole``: they cover the scope, so their cursor is a
-        position (one topic's is not: other topics' changes up to it may still be on their way)."""
+        the keys listed as corrupt (left out). ``whole``: together they cover the scope up to the
+        oldest one's cursor, a position (a change made after it, between two listings, may be in
+        none that covers it: it comes by the stream); one topic's is not a position."""
         corrupt = {(model, id) for model, listing in listings for id in listing.corrupt}
+        if whole and listings:
+            self._position = max(self._position, min(parse_cursor(lt.cursor)[1] for _, lt in listings))
         for model, listing in listings:
-            if whole:
-                self._position = max(self._position, parse_cursor(listing.cursor)[1])
             for obj in listing.items:
                 if topics is not None and obj.topic is not None and obj.topic not in topics:
                     continue

@@ -34,8 +34,9 @@ def fill_raw(replica: Replica, listings: RawListings, topics: set[str] | None) -
     store, flow = replica._store, replica._flow
     lazy = 0
     held = frozenset(store.rows)
-    for model, entries, cursor in listings:
-        replica._position = max(replica._position, parse_cursor(cursor)[1])
+    if listings:  # together they cover the scope up to the oldest one (see Replica._fill)
+        replica._position = max(replica._position, min(parse_cursor(cursor)[1] for _, _, cursor in listings))
+    for model, entries, _ in listings:
         reader = store.readers[model]
         rows = store.rows[model]
         parse = refers_held(model, held) and flow.defer
