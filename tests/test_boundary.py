@@ -73,6 +73,24 @@ async def test_coerced_values_are_stored_in_their_validated_form(api: dfdb.NbApi
     assert entry is not None and b'"mtu":1400' in entry.value
 
 
+async def test_the_stored_value_is_the_write_id_then_the_validated_objects_json(api: dfdb.NbApi) -> None:
+    given = LogicalPort.model_construct(
+        id="p", topic="t", version=7, lswitch="s", ips=("10.0.0.1",), macs=("FA-16-3E-00-00-01",)
+    )
+    created = await api.create(given)
+    entry = await api.driver.get("lport", "p")
+    assert entry is not None
+    wid, _, rest = entry.value.removeprefix(b'{"_w":"').partition(b'",')
+    assert len(wid) == 32 and int(wid, 16) >= 0
+    assert b"{" + rest == created.model_dump_json().encode()
+    assert created.version == 1 and created.macs == ("fa:16:3e:00:00:01",)
+    assert given.version == 7 and given.ips == ("10.0.0.1",)  # the given object is left as it was
+    updated = await api.update(created.model_copy(update={"name": "n"}))
+    entry = await api.driver.get("lport", "p")
+    assert entry is not None and entry.value.endswith(updated.model_dump_json().encode()[1:])
+    assert entry.value[7:39] != wid and updated.version == 2
+
+
 @pytest.mark.parametrize("bad", ["\udcff", "a\ud800", "\udfff\udfff"])
 async def test_lone_surrogates_are_invalid_keys(api: dfdb.NbApi, bad: str) -> None:
     with pytest.raises(ValueError, match="not valid Unicode"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 import json
-import uuid
+import os
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
@@ -35,6 +35,8 @@ M = TypeVar("M", bound=NbModel)
 WRITE_ID = b'{"_w":"'
 """How every stored value starts: the id of the write that stored it, then the object."""
 
+_set = object.__setattr__
+
 
 def encode(obj: M, version: int, limit: int | None = None, backend: str = "") -> tuple[M, bytes, bytes]:
     """Validate ``obj`` at ``version`` and encode it: (the stored object, value, write id).
@@ -48,24 +50,30 @@ def encode(obj: M, version: int, limit: int | None = None, backend: str = "") ->
         ValueTooLargeError: the encoded value exceeds ``limit`` (the driver's ``max_value_size``).
     """
     model = cast(type[M], model_of(obj))
-    table = model.__table__
     validate_key(obj.id)
     if obj.topic is not None:
         validate_key(obj.topic, "topic")
-    draft = obj.model_copy(update={"version": version})
+    # the object at ``version``: a shallow copy as ``model_copy(update=…)`` makes, without its
+    # per-call overhead (the copy is only serialized, never handed out)
+    draft = model.__new__(model)
+    fields = {**obj.__dict__, "version": version}
+    _set(draft, "__dict__", fields)
+    _set(draft, "__pydantic_extra__", obj.__pydantic_extra__)
+    _set(draft, "__pydantic_fields_set__", obj.__pydantic_fields_set__)
+    _set(draft, "__pydantic_private__", obj.__pydantic_private__)
     try:
-        body = draft.__pydantic_serializer__.to_json(draft, warnings=False)
-        new = model.model_validate_json(body)
+        body = model.__pydantic_serializer__.to_json(draft, warnings=False)
+        new = model.__pydantic_validator__.validate_json(body)
     except ValidationError as exc:
-        raise ValueError(f"invalid {table}/{obj.id}: {first_error(exc)}") from exc
+        raise ValueError(f"invalid {model.__table__}/{obj.id}: {first_error(exc)}") from exc
     except PydanticSerializationError as exc:
-        raise ValueError(f"invalid {table}/{obj.id}: {exc}") from exc
-    if new.__dict__ != draft.__dict__:
-        body = new.__pydantic_serializer__.to_json(new)  # the validated form (coerced values)
-    wid = uuid.uuid4().hex.encode()
+        raise ValueError(f"invalid {model.__table__}/{obj.id}: {exc}") from exc
+    if new.__dict__ != fields:
+        body = model.__pydantic_serializer__.to_json(new)  # the validated form (coerced values)
+    wid = os.urandom(16).hex().encode()  # 128 random bits, as uuid4 gave, without its object
     value = WRITE_ID + wid + b'",' + body[1:]
     if limit is not None and len(value) > limit:
-        raise ValueTooLargeError(table, obj.id, len(value), limit, backend)
+        raise ValueTooLargeError(model.__table__, obj.id, len(value), limit, backend)
     return new, value, wid
 
 
