@@ -326,6 +326,39 @@ def test_ctrl_c_while_the_command_loads_is_no_traceback(how: str) -> None:
     assert (result.returncode, result.stderr) == (130, "")
 
 
+_CTRL_C_AT_IMPORT = """
+import os
+import signal
+import sys
+
+
+class CtrlC:  # the user presses Ctrl-C as {module} starts loading
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+@pytest.mark.parametrize("module", ["pydantic", "dfdb.cli"])
+def test_python_m_dfdb_sent_sigint_while_it_loads_exits_130_quietly(module: str, tmp_path: Path) -> None:
+    """A real SIGINT, sent while ``python -m dfdb`` loads the package (which Python imports
+    before it runs ``dfdb/__main__.py``: pydantic and the public API) or the command."""
+    (tmp_path / "sitecustomize.py").write_text(_CTRL_C_AT_IMPORT.format(module=module))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "dfdb", "--db", "memory://", "ls", "lswitch"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert (result.returncode, result.stderr, result.stdout) == (130, "", "")
+
+
 def test_table_output_shows_control_characters_escaped(store: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A value holding a terminal escape sequence, a NUL or a line break cannot recolour the
     terminal, hide text or break a table row: the table shows them escaped, as JSON does."""
