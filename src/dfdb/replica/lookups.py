@@ -69,5 +69,6 @@ class Lookups:
         a value the load itself decodes (one the plain parse cannot read) is never counted; any
         other counts until the background validation that starts right after the sync, or a
         lookup that builds it first, finds it corrupt (its value is not read for the count,
-        which keeps the load fast). Each corrupt value is reported once."""
+        which keeps the load fast). Such a value is reported once: a consistency check does not
+        read it again until its revision changes."""
         return len(self._store)
