@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -325,6 +326,39 @@ def test_ctrl_c_while_the_command_loads_is_no_traceback(how: str) -> None:
     assert (result.returncode, result.stderr) == (130, "")
 
 
+_CTRL_C_AT_IMPORT = """
+import os
+import signal
+import sys
+
+
+class CtrlC:  # the user presses Ctrl-C as {module} starts loading
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+@pytest.mark.parametrize("module", ["pydantic", "dfdb.cli"])
+def test_python_m_dfdb_sent_sigint_while_it_loads_exits_130_quietly(module: str, tmp_path: Path) -> None:
+    """A real SIGINT, sent while ``python -m dfdb`` loads the package (which Python imports
+    before it runs ``dfdb/__main__.py``: pydantic and the public API) or the command."""
+    (tmp_path / "sitecustomize.py").write_text(_CTRL_C_AT_IMPORT.format(module=module))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "dfdb", "--db", "memory://", "ls", "lswitch"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert (result.returncode, result.stderr, result.stdout) == (130, "", "")
+
+
 def test_table_output_shows_control_characters_escaped(store: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A value holding a terminal escape sequence, a NUL or a line break cannot recolour the
     terminal, hide text or break a table row: the table shows them escaped, as JSON does."""
@@ -334,3 +368,22 @@ def test_table_output_shows_control_characters_escaped(store: str, capsys: pytes
     assert main(["ls", "lswitch", "-o", "table", "--db", store]) == 0
     _, row = capsys.readouterr().out.splitlines()
     assert row.split()[:4] == ["esc", "-", "1", "\\u001b[2J\\u001b[31mred\\u0000\\nnext\\u2028line\\u0085"]
+
+
+def test_json_output_escapes_c1_controls_and_line_separators(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JSON leaves DEL, the C1 controls (a terminal acts on them: U+009B starts an escape
+    sequence) and U+2028/U+2029 raw inside strings: every JSON the CLI prints escapes them,
+    and reads back as the same value."""
+    name = "a\x7fb\x85c\x9b2Jd\u2028e\u2029f é"
+    assert main(["put", "lswitch", json.dumps({"id": "c1", "name": name}), "--db", store]) == 0
+    printed = [capsys.readouterr().out]
+    for argv in (["get", "lswitch", "c1"], ["ls", "lswitch"], ["dump"]):
+        assert main([*argv, "--db", store]) == 0
+        printed.append(capsys.readouterr().out)
+    for out in printed:
+        assert not re.search("[\x7f-\x9f\u2028\u2029]", out), out
+        assert "\\u0085" in out and "é" in out  # escaped, other text as itself
+        records = [json.loads(line) for line in out.splitlines()]
+        assert name in [r.get("object", r).get("name") for r in records]

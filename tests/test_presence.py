@@ -13,6 +13,7 @@ import pytest
 
 import dfdb
 from dfdb.cli import main
+from dfdb.drivers import ANY
 from dfdb.models import LogicalSwitch
 
 
@@ -65,3 +66,22 @@ def test_demo_controllers_register_their_presence() -> None:
         code = main(["demo", "--mode", "full", "--changes", "50", "--controllers", "2", "--tenants", "1"])
     assert code == 0, out.getvalue()
     assert "presence: 2 live controllers (chassis-0/controller-0, chassis-1/controller-1)" in out.getvalue()
+
+
+async def test_status_names_the_presence_records_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/p.db"
+    async with dfdb.connect(url) as nb:
+        table = dfdb.ServicePresence.__table__
+        await nb.driver.put(table, "c1.bad.1", None, b"{not json", ANY)
+        await nb.driver.put(table, "c1.old.2", None, b'{"service": "old"}', ANY)
+        async with dfdb.publish_presence(nb, "controller", chassis="c1", interval=60):
+            code, text = await anyio.to_thread.run_sync(status, url)
+            assert code == 0 and "controller" in text and "1 live service" in text
+            assert "2 presence records could not be read (left out): 'c1.bad.1', 'c1.old.2'" in text.splitlines()
+            code, text = await anyio.to_thread.run_sync(status, url, "--json")
+            assert code == 0 and [row["service"] for row in json.loads(text)] == ["controller"]
+            err = capsys.readouterr().err
+            assert "dfdb: 2 presence records could not be read (left out): 'c1.bad.1', 'c1.old.2'" in err
+            assert "Traceback" not in err

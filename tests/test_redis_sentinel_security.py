@@ -4,6 +4,7 @@ failover under each, and secrets in no message, log record or repr."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +123,49 @@ async def test_tls_to_the_sentinels_and_the_master(tls_setup: SentinelSetup, tmp
         finally:
             await driver.aclose()
         assert "\n" not in str(failed.value)
+
+
+@pytest.fixture
+def plain() -> Iterator[SentinelSetup]:
+    yield from serve(SentinelSetup)
+
+
+@pytest.mark.parametrize("commands", [["+@read", "+@connection"], ["+@all", "-@write"]], ids=["read", "all-but-write"])
+async def test_a_user_who_may_only_read_connects_through_the_sentinels(
+    plain: SentinelSetup, commands: list[str]
+) -> None:
+    """As with redis:// (test_security_redis): an ACL user with no write command (and, in the
+    strict form, no scripts) opens dfdb behind Sentinel before any writer made the dataset,
+    lists, watches and keeps a checked Replica; its writes are refused with one
+    AuthenticationError naming the command."""
+    ns = f"ro{len(commands[0])}"
+    for port in plain.data_ports:  # ACLs do not replicate: every data server has the users
+        admin = raw(port)
+        for user, allowed in ((f"{ns}-r", commands), (f"{ns}-w", ["+@all"])):
+            await admin.acl_setuser(user, enabled=True, passwords=[f"+{DATA}"], keys=[f"{ns}/*"],
+                                    channels=[f"{ns}/*"], commands=allowed)  # fmt: skip
+        await admin.aclose()
+
+    def url(user: str) -> str:
+        return f"redis+sentinel://{user}:{quote(DATA, safe='')}@{hosts(plain)}/mymaster?prefix={ns}"
+
+    async with dfdb.connect(url(f"{ns}-r"), timeout=10) as reader:
+        listing = await reader.list(Item)
+        assert listing.items == []
+        async with (
+            reader.watch(Item, since=listing.cursor) as stream,
+            dfdb.Replica(reader, [Item]) as replica,
+            dfdb.connect(url(f"{ns}-w"), timeout=10) as writer,
+        ):
+            await asyncio.wait_for(replica.wait_synced(), 10)
+            one = await writer.create(Item(id="one", topic="t"))
+            event = await asyncio.wait_for(anext(stream), 10)
+            assert (event.action, event.obj) == (dfdb.Action.CREATE, one)  # the first epoch continues: no RESYNC
+            await asyncio.wait_for(replica.wait_for(event.revision), 10)
+            assert replica.get(Item, "one") == one == await reader.get(Item, "one")
+            report = await replica.check()
+            assert report.complete and report.buckets and not report.differing
+        with pytest.raises(dfdb.AuthenticationError, match=r"not allowed: .*('evalsha'|'INCR |'info')") as info:
+            await reader.create(Item(id="two", topic="t"))
+        assert not leaks(str(info.value))
+        assert "two" not in {i.id for i in await reader.get_all(Item)}

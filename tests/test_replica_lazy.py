@@ -220,6 +220,30 @@ async def test_a_missing_field_is_indexed_by_its_default(nb: NbApi) -> None:
         assert replica.by_index(Zoned, "spec.rack", "r2") == [new]
 
 
+async def test_a_value_found_corrupt_at_the_load_is_not_counted_nor_read_again_by_a_check(
+    nb: NbApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A corrupt value the load decodes (not JSON: the plain parse cannot read it) is never
+    counted; one the plain parse reads is counted until the background validation finds it.
+    Neither is read or reported again by a consistency check: each is reported once."""
+    caplog.set_level(logging.WARNING)
+    await nb.create_many([LogicalSwitch(id=f"ls{i}", topic="t0") for i in range(4)])
+    await nb.create_many([port(i) for i in range(300)])
+    await write_raw(nb, LogicalPort.__table__, "junk", "t0", b"not json")
+    bad = b'{"id": "bad", "topic": "t0", "version": 1, "lswitch": "ls0", "enabled": "perhaps"}'
+    await write_raw(nb, LogicalPort.__table__, "bad", "t0", bad)
+    async with Replica(nb, [LogicalSwitch, LogicalPort], check_interval=None) as replica:
+        assert not replica._validated.is_set()
+        assert len(replica) == replica.stats().objects == 305  # "bad" is not validated yet
+        await asyncio.wait_for(replica._validated.wait(), WAIT)
+        assert len(replica) == replica.stats().objects == 304
+        assert caplog.text.count("lport/junk") == 1 and caplog.text.count("lport/bad") == 1
+        caplog.clear()
+        report = await replica.check()
+        assert report.complete and (report.differing, report.repaired) == (0, 0)
+        assert "lport/" not in caplog.text
+
+
 async def test_removing_a_topic_with_values_the_plain_parse_cannot_read() -> None:
     """A topic removed before the background validation reached the topics kept: a kept
     unbuilt value the plain parse cannot read (a corrupt one, one without a field that has a

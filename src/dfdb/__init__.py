@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging as _logging
 
+from dfdb._interrupt import loaded as _loaded  # first: python -m dfdb, Ctrl-C while loading is exit 130
 from dfdb.connecting import connect
 from dfdb.errors import (
     AlreadyExistsError,
@@ -44,6 +45,7 @@ from dfdb.url import DatabaseURL
 __version__ = "0.1.0"
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
+_loaded()
 
 __all__ = [
     "ChassisTopics",

@@ -242,17 +242,28 @@ async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _status(nb: NbApi, as_json: bool, out: TextIO) -> int:
-    """The live services (``dfdb.presence``): one line each, or a JSON list."""
+    """The live services (``dfdb.presence``): one line each, or a JSON list; a presence record
+    that cannot be read is named on a line of its own (on stderr with ``--json``)."""
     import json
     import time
 
-    from dfdb.presence import live_services
+    from dfdb.presence import ServicePresence
 
     now = time.time()
-    services = await live_services(nb)
+    listing = await nb.list(ServicePresence)
+    services = sorted(listing.items, key=lambda s: (s.chassis, s.service, s.pid))
+    unreadable = ""
+    if listing.corrupt:
+        count = len(listing.corrupt)
+        unreadable = (
+            f"{count} presence record{'s' if count != 1 else ''} could not be read "
+            f"(left out): {', '.join(map(repr, listing.corrupt))}"
+        )
     if as_json:
         rows = [{**s.model_dump(), "age": round(now - s.reported_at, 3)} for s in services]
         print(json.dumps(rows, indent=2), file=out)
+        if unreadable:
+            print(f"dfdb: {unreadable}", file=sys.stderr)
         return 0
     header = ("SERVICE", "CHASSIS", "PID", "VERSION", "POSITION", "LAG", "LAST REPORT")
     rows_text = [
@@ -264,6 +275,8 @@ async def _status(nb: NbApi, as_json: bool, out: TextIO) -> int:
     for row in [header, *rows_text]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
     print(f"{len(services)} live service{'s' if len(services) != 1 else ''}", file=out)
+    if unreadable:
+        print(unreadable, file=out)
     return 0
 
 

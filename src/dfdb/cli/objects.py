@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, TextIO
 
 from pydantic import ValidationError
 
-from dfdb.cli.output import UsageError, load_json, print_rows
+from dfdb.cli.output import UsageError, load_json, print_rows, terminal_safe_json
 from dfdb.codec import unknown_fields
 from dfdb.errors import DfdbError, NotFoundError
 from dfdb.events import Action
@@ -59,11 +59,11 @@ async def run(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
         print_rows([o.model_dump(mode="json") for o in objs], columns, args.output, out)
         return 0
     if command == "get":
-        print((await nb.get(model(args.table), args.id)).model_dump_json(), file=out)
+        print(terminal_safe_json((await nb.get(model(args.table), args.id)).model_dump_json()), file=out)
         return 0
     if command == "put":
         text = _put_text(args, max(PUT_TEXT_LIMIT, nb.driver.max_value_size or 0))
-        print((await _put(nb, model(args.table), text)).model_dump_json(), file=out)
+        print(terminal_safe_json((await _put(nb, model(args.table), text)).model_dump_json()), file=out)
         return 0
     if command == "rm":
         try:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["Progress", "UsageError", "load_json", "print_rows"]
+__all__ = ["Progress", "UsageError", "dump_json", "load_json", "print_rows", "terminal_safe_json"]
 
 
 class UsageError(Exception):
@@ -33,11 +33,25 @@ def load_json(text: str) -> Any:
         raise ValueError(f"a number of more than {sys.get_int_max_str_digits()} digits") from None
 
 
+def terminal_safe_json(text: str) -> str:
+    """JSON ``text`` with DEL, the C1 controls (U+0080 to U+009F) and the line and paragraph
+    separators escaped (``\\u0085``): JSON allows them raw inside strings, but a terminal acts
+    on C1 controls and some readers split lines at the separators. The value is the same JSON;
+    the C0 controls are escaped by every JSON encoder already."""
+    return _RAW_IN_JSON.sub(_escape, text)
+
+
+def dump_json(obj: Any) -> str:
+    """``obj`` as one line of JSON, non-ASCII text as itself but for what
+    :func:`terminal_safe_json` escapes."""
+    return terminal_safe_json(json.dumps(obj, ensure_ascii=False))
+
+
 def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: str, out: TextIO) -> None:
     """``rows`` as JSON lines (``output="json"``) or as a table with a header line."""
     if output == "json":
         for row in rows:
-            print(json.dumps(row, ensure_ascii=False), file=out)
+            print(dump_json(row), file=out)
         return
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
@@ -55,6 +69,9 @@ def _cell(value: Any) -> str:
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 """Control characters and line separators: a stored value must not drive the terminal
 (escape sequences) or break a table's rows."""
+
+_RAW_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029]")
+"""What JSON encoders leave raw and a terminal or a line reader may act on."""
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, TextIO
 
-from dfdb.cli.output import Progress, UsageError, load_json, print_rows
+from dfdb.cli.output import Progress, UsageError, dump_json, load_json, print_rows
 from dfdb.drivers.base import ABSENT, ANY, Driver, Entry, Listing, PutRequest
 from dfdb.errors import AlreadyExistsError, DfdbError
 from dfdb.nb import NbApi
@@ -213,10 +213,10 @@ async def dump(nb: NbApi, path: str, out: TextIO) -> int:
     header = {"format": FORMAT, "version": 1, "source": nb.url.scheme, "tables": {t: len(e) for t, e in data.items()}}
     progress = Progress()
     with _open(path, "w", out) as f:
-        print(json.dumps(header, ensure_ascii=False), file=f)
+        print(dump_json(header), file=f)
         for table, entries in data.items():
             for n, entry in enumerate(entries, 1):
-                print(json.dumps(_line(entry), ensure_ascii=False), file=f)
+                print(dump_json(_line(entry)), file=f)
                 progress.update(table, n, len(entries))
             progress.end(len(entries))
     total = sum(len(e) for e in data.values())

@@ -29,6 +29,12 @@ master's history, so a change stream whose position is at or below the recorded
 counter continues without loss; one beyond it saw writes the new master never got
 and gets ``resync``. Revisions of the new term start above the recorded counter, so
 a revision that a stream saw for other content is never reused silently.
+
+A user who may only read connects as with ``redis://``: one who may not write leaves
+the new term to a writer's connection, and one whose ACL refuses ``INFO`` as well
+(``+@read``) is taken at the sentinels' word for the master; such a user lists, watches
+and keeps a Replica, and the driver refuses its writes (a write needs the master's
+replication id).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from redis.backoff import NoBackoff
 
 from dfdb.drivers.base import PutRequest
 from dfdb.drivers.redis import RedisDriver
-from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection
+from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection, refused_by_acl
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import AuthenticationError, BackendUnavailableError, ConfigurationError, DriverError, InvalidURL
 from dfdb.retry import close_to_completion
@@ -158,6 +164,9 @@ class SentinelDriver(RedisDriver):
         self.min_replicas_timeout = url.float_option("min_replicas_timeout", 1.0, minimum=0.001)
         self._sentinel: Any = None
         self._sentinel_clients: builtins.list[aioredis.Redis] = []
+        self.role_unchecked = False
+        """Whether the server refused this user ``INFO``: the master's role and term are not
+        checked, and the driver refuses to write."""
 
     def _sentinel_client(self, host: str, port: int) -> aioredis.Redis:
         """A client of one sentinel, with the sentinels' credentials and TLS."""
@@ -208,15 +217,33 @@ class SentinelDriver(RedisDriver):
         return client
 
     async def _on_connect(self, conn: Any) -> None:
-        """Refuse a server that is not a master; start a new term when its replication id is new."""
-        await conn.send_command("INFO", "replication")
-        info = _info_fields(await conn.read_response())
+        """Refuse a server that is not a master; start a new term when its replication id is new.
+
+        A user whose ACL refuses ``INFO`` is taken at the sentinels' word (the master they
+        name) and may not write through this driver (:class:`_Unchecked`); one that may not
+        write leaves the new term to a user who may."""
+        try:
+            await conn.send_command("INFO", "replication")
+            info = _info_fields(await conn.read_response())
+        except rexc.ResponseError as exc:
+            if not refused_by_acl(exc):
+                raise
+            if not self.role_unchecked:
+                log.info("%s: the user may not run INFO: reads only, from the master the sentinels name", self.url)
+            self.role_unchecked = True
+            return
         if info.get("role") != "master":
             raise rexc.ConnectionError(f"{conn.host}:{conn.port} is a replica, not the master of {self.service!r}")
         replid = info.get("master_replid", "")
         keys = [self._key("term"), self._key("epoch"), self._key("rev"), self._key("forks")]
         await conn.send_command("EVAL", _NEW_TERM, 4, *keys, replid, f"redis-{uuid.uuid4().hex[:16]}")
-        if await conn.read_response() == 1:
+        try:
+            started = await conn.read_response() == 1
+        except rexc.ResponseError as exc:
+            if not refused_by_acl(exc):
+                raise
+            return  # a user who may not write: a writer's connection starts the term
+        if started:
             log.info("%s: master %s:%s starts a new term (replication id %s)", self.url, conn.host, conn.port, replid)
 
     async def open(self) -> None:
@@ -224,6 +251,8 @@ class SentinelDriver(RedisDriver):
             await super().open()
             if self.min_replicas and not isinstance(self._write, _Waiting):  # every write, concurrent ones too
                 self._write = _Waiting(self, self._write)
+            if not isinstance(self._write, _Unchecked):
+                self._write = _Unchecked(self, self._write)
         except DriverError as exc:
             if type(exc) in (BackendUnavailableError, DriverError):  # perhaps a wrong sentinel list
                 await self._explain_unavailable()
@@ -353,3 +382,23 @@ class _Waiting:
                 f"replica(s) confirmed it within {driver.min_replicas_timeout:g}s: it may or may not survive a failover"
             )
         return reply
+
+
+class _Unchecked:
+    """The write script, refused while the master's role and term could not be checked: a
+    write on a promoted replica before its new term would reuse revisions a stream saw."""
+
+    def __init__(self, driver: SentinelDriver, script: Any) -> None:
+        self._driver = driver
+        self._script = script
+
+    def __call__(self, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
+        driver = self._driver
+        if driver.role_unchecked:  # the driver reports it as the server's own ACL refusals
+            raise rexc.NoPermissionError(
+                "this user may not run 'info', which a write behind Sentinel needs (the master's "
+                "replication id marks a new term after a failover); nothing was written"
+            )
+        if client is None:
+            return self._script(keys=keys, args=args)
+        return self._script(keys=keys, args=args, client=client)

@@ -304,6 +304,12 @@ class AntiEntropy:
         r._apply(model, id, obj, entry.revision)
         return True
 
+    def known_corrupt(self, model: type[NbModel], id: str, revision: int, topic: str | None) -> None:
+        """A stored value the Replica found corrupt and reported (at its load, or building an
+        entry held unbuilt): no difference to a check, which neither reads nor reports it
+        again until its revision changes."""
+        self._corrupt[(model, id)] = (revision, topic)
+
     def _note_corrupt(
         self, model: type[NbModel], id: str, revision: int | None, topic: str | None, exc: CorruptObjectError
     ) -> None:

@@ -225,6 +225,7 @@ class Replica(Reactive):
             self.corrupt += 1
             log.warning("replica drops %s/%s: its value at revision %d is not valid: %s",
                         model.__table__, entry.id, entry.revision, exc.reason)  # fmt: skip
+            self._checker.known_corrupt(model, entry.id, entry.revision, entry.topic)
             return None
 
     def _fill(self, listings: Listings, topics: set[str] | None, *, whole: bool = True) -> Keys:

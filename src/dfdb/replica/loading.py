@@ -62,6 +62,7 @@ def fill_raw(replica: Replica, listings: RawListings, topics: set[str] | None) -
                 obj = decode(model, entry.id, entry.topic, entry.value, entry.revision)
             except CorruptObjectError as exc:
                 log.warning("skipping %s", exc)
+                replica._checker.known_corrupt(model, entry.id, entry.revision, entry.topic)
                 continue
             replica._apply(model, entry.id, obj, entry.revision)
     if lazy:

@@ -65,4 +65,10 @@ class Lookups:
         return self.get(target, ref)
 
     def __len__(self) -> int:
+        """Objects held. After a lazy load, a stored value is counted until it is found corrupt:
+        a value the load itself decodes (one the plain parse cannot read) is never counted; any
+        other counts until the background validation that starts right after the sync, or a
+        lookup that builds it first, finds it corrupt (its value is not read for the count,
+        which keeps the load fast). Such a value is reported once: a consistency check does not
+        read it again until its revision changes."""
         return len(self._store)

@@ -25,7 +25,9 @@ class ReplicaStats:
     """Counters of a :class:`Replica` (``Replica.stats()``)."""
 
     objects: int
-    """Objects held."""
+    """Objects held, as ``len(replica)`` counts them: after a lazy load, a value not validated
+    yet counts; one found corrupt (by the background validation right after the sync, or by a
+    lookup that builds it first) does not count from then on."""
     events: int
     """Changes applied."""
     deferred: int
