@@ -60,7 +60,9 @@ class EtcdSource(ReaderTaskSource):
     revision; the delete of the lease's mark in each topic tells it) moves them only to
     ``r - 1``, since their own changes of ``r`` may follow: they are returned as they
     come (as old as the ones returned, not older), and the cursor passes ``r`` only once
-    every watch is past it. A watch is known to be in sync when it was created above the
+    every watch is past it: by a reply of its own, or, for a watch whose location held
+    no mark of the lease just before ``r`` (it has no change of ``r``), by a read of that
+    mark (:meth:`_settle`). A watch is known to be in sync when it was created above the
     store's revision, or once a reply of its own says so.
 
     A frontier moved by another watch's reply is an inference: ``confirmed`` is where the
@@ -237,6 +239,8 @@ class EtcdSource(ReaderTaskSource):
                 continue
             if watcher.frontier == revision - 1 and watcher.shared == revision:
                 watcher.frontier = revision
+                if watcher.confirmed == revision - 1:  # read, not inferred: a reconnect need not read r again
+                    watcher.confirmed = revision
 
     # ------------------------------------------------------------ stream
     async def start(self) -> None:
