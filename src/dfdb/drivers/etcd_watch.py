@@ -24,6 +24,7 @@ from dfdb.drivers.etcd_leases import MARK
 from dfdb.drivers.etcd_watchers import (
     _BATCH_REVISIONS,
     _HEAD_EVERY,
+    _SETTLE_AFTER,
     _TAKEN,
     _Compacted,
     _is_mark,
@@ -33,7 +34,7 @@ from dfdb.drivers.etcd_watchers import (
     _Watcher,
 )
 from dfdb.drivers.sources import ReaderTaskSource
-from dfdb.errors import AuthenticationError, BackendUnavailableError, DriverError
+from dfdb.errors import AuthenticationError, BackendUnavailableError, DfdbError
 from dfdb.retry import checkpoint_if_cancelled
 
 if TYPE_CHECKING:
@@ -228,11 +229,14 @@ class EtcdSource(ReaderTaskSource):
             task.add_done_callback(self._settling.discard)
 
     async def _settle_marks(self, revision: int, leases: builtins.list[str], waiting: builtins.list[_Watcher]) -> None:
+        await asyncio.sleep(_SETTLE_AFTER)  # a busy stream moves them past it meanwhile: no read then
         for watcher in waiting:
+            if watcher.frontier != revision - 1 or watcher.shared != revision:
+                continue
             marks = [watcher.prefix + MARK.encode() + b"/" + lease.encode() for lease in leases]
             try:
                 bound = [await self._access.exists_at(mark, revision - 1) for mark in marks]
-            except DriverError as exc:  # unreachable, compacted: the watch's progress tells
+            except (DfdbError, TimeoutError) as exc:  # unreachable, compacted, closed: its progress tells
                 log.debug("etcd watch %d: the marks at revision %d: %s", watcher.watch_id, revision - 1, str(exc))
                 return
             if any(bound) or self._watchers.get(watcher.watch_id) is not watcher:
