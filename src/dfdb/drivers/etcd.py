@@ -70,7 +70,7 @@ from dfdb.drivers.base import (
     Listing,
     PutRequest,
 )
-from dfdb.drivers.etcd_calls import _Endpoints
+from dfdb.drivers.etcd_calls import _Endpoints, unary
 from dfdb.drivers.etcd_leases import EtcdLeases
 from dfdb.drivers.etcd_repair import delete_unreadable, readable, replace_unreadable
 from dfdb.drivers.etcd_watch import EtcdSource
@@ -85,7 +85,7 @@ from dfdb.errors import (
     InvalidURL,
     NotFoundError,
 )
-from dfdb.retry import raise_if_cancelling, run_to_completion
+from dfdb.retry import checkpoint_if_cancelled, run_to_completion
 from dfdb.tls import TLS_OPTIONS, TlsSettings, grpc_tls_refusal, protocol_mismatch
 from dfdb.url import DatabaseURL, missing_credential
 
@@ -208,14 +208,9 @@ class EtcdDriver(EtcdLeases, Driver):
         channel = None
         try:
             channel = await conn.connect()
-            call = getattr(getattr(conn, stub), method)(request, timeout=self.timeout, metadata=conn.metadata())
-            inner = asyncio.ensure_future(call)
-            try:  # shielded: a cancellation is the caller's own (gRPC raises one without its message)
-                return await asyncio.shield(inner)
-            except asyncio.CancelledError:
-                call.cancel()  # the call's own outcome (cancelled, or its deadline) is read, not left unretrieved
-                inner.add_done_callback(lambda done: done.cancelled() or done.exception())
-                raise
+            return await unary(
+                getattr(getattr(conn, stub), method)(request, timeout=self.timeout, metadata=conn.metadata())
+            )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -223,7 +218,7 @@ class EtcdDriver(EtcdLeases, Driver):
             # another caller closed the channel under this call (a failover)
             raise BackendUnavailableError(f"{self.url} ({conn.target}): the connection was replaced") from None
         except grpc.aio.AioRpcError as exc:
-            raise_if_cancelling(exc)
+            await checkpoint_if_cancelled()  # a deadline's own cancellation, with its message
             code = exc.code()
             if code == grpc.StatusCode.UNAUTHENTICATED and conn.metadata():
                 await conn.close()  # the token expired: authenticate again on the next call
@@ -535,3 +530,8 @@ class _WatchAccess:
 
     async def current_revision(self) -> int:
         return await self._driver.current_revision()
+
+    async def exists_at(self, key: bytes, revision: int) -> bool:
+        """Whether ``key`` existed at store revision ``revision``."""
+        reply = await self._driver._range(key, revision=revision, count_only=True)
+        return bool(reply.count)

@@ -23,6 +23,25 @@ __all__: list[str] = []
 log = logging.getLogger("dfdb.drivers.etcd")
 
 
+async def unary(call: Any) -> Any:
+    """The reply of the unary gRPC ``call``; a cancellation of the caller cancels the call
+    and is raised as the caller's own.
+
+    Awaited directly, a gRPC call cancelled while it runs raises a ``CancelledError`` of its
+    own, without the cancellation's message: an anyio deadline (``fail_after``) does not
+    take that one for its own and lets it escape instead of raising ``TimeoutError``. So the
+    call is awaited through a shield: the ``CancelledError`` the caller sees is the one it
+    was sent. A ``CancelledError`` with no cancellation of the caller means the call's
+    channel was closed under it (the caller's task is not ``cancelling()``)."""
+    inner = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        call.cancel()  # the call's own outcome (cancelled, or its deadline) is read, not left unretrieved
+        inner.add_done_callback(lambda done: done.cancelled() or done.exception())
+        raise
+
+
 class _Endpoints:
     """gRPC channels to a list of members: one in use, the next on failure."""
 
@@ -49,12 +68,16 @@ class _Endpoints:
                 channel = grpc.aio.secure_channel(self.target, driver.credentials, options=driver.channel_options)
             if driver.url.username is not None:
                 try:
-                    reply = await rpc.AuthStub(channel).Authenticate(
-                        rpc.AuthenticateRequest(name=driver.url.username, password=driver.url.password or ""),
-                        timeout=driver.timeout,
+                    reply = await unary(
+                        rpc.AuthStub(channel).Authenticate(
+                            rpc.AuthenticateRequest(name=driver.url.username, password=driver.url.password or ""),
+                            timeout=driver.timeout,
+                        )
                     )
-                except grpc.aio.AioRpcError as exc:
-                    await channel.close()
+                except BaseException as exc:
+                    await channel.close()  # a cancelled or failed set-up leaves no channel behind
+                    if not isinstance(exc, grpc.aio.AioRpcError):
+                        raise
                     if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
                         # wrong user or password, or auth not enabled: permanent, not retried
                         raise AuthenticationError(f"{driver.url}: authentication failed: {exc.details()}") from None

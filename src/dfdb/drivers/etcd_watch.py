@@ -20,9 +20,11 @@ from aetcd import rpc
 
 from dfdb.drivers.base import RawAction, RawEvent
 from dfdb.drivers.etcd_calls import _finished
+from dfdb.drivers.etcd_leases import MARK
 from dfdb.drivers.etcd_watchers import (
     _BATCH_REVISIONS,
     _HEAD_EVERY,
+    _SETTLE_AFTER,
     _TAKEN,
     _Compacted,
     _is_mark,
@@ -32,8 +34,8 @@ from dfdb.drivers.etcd_watchers import (
     _Watcher,
 )
 from dfdb.drivers.sources import ReaderTaskSource
-from dfdb.errors import AuthenticationError, BackendUnavailableError
-from dfdb.retry import raise_if_cancelling
+from dfdb.errors import AuthenticationError, BackendUnavailableError, DfdbError
+from dfdb.retry import checkpoint_if_cancelled
 
 if TYPE_CHECKING:
     from dfdb.drivers.etcd import _WatchAccess
@@ -59,7 +61,9 @@ class EtcdSource(ReaderTaskSource):
     revision; the delete of the lease's mark in each topic tells it) moves them only to
     ``r - 1``, since their own changes of ``r`` may follow: they are returned as they
     come (as old as the ones returned, not older), and the cursor passes ``r`` only once
-    every watch is past it. A watch is known to be in sync when it was created above the
+    every watch is past it: by a reply of its own, or, for a watch whose location held
+    no mark of the lease just before ``r`` (it has no change of ``r``), by a read of that
+    mark (:meth:`_settle`). A watch is known to be in sync when it was created above the
     store's revision, or once a reply of its own says so.
 
     A frontier moved by another watch's reply is an inference: ``confirmed`` is where the
@@ -118,6 +122,7 @@ class EtcdSource(ReaderTaskSource):
         self._call: Any = None
         self._outbox: deque[tuple[Any, Any]] = deque()  # (stream, request), written in order
         self._writer: asyncio.Task[None] | None = None
+        self._settling: set[asyncio.Task[None]] = set()  # reads that move watches past a lease's end
         self._identity = access.known_identity
         self._taken: dict[tuple[int, bytes], None] = {}  # the changes buffered lately, oldest first
         self._head = since
@@ -204,10 +209,42 @@ class EtcdSource(ReaderTaskSource):
         watcher.confirmed = max(watcher.confirmed, revision)
         if watcher.synced:
             for other in self._watchers.values():
-                if other.synced and other.frontier < others:
+                if other.synced and other.frontier <= others and other is not watcher:
                     other.frontier = others
                     if others < revision:
                         other.shared = revision
+
+    def _settle(self, revision: int, leases: set[str]) -> None:
+        """The end of ``leases`` at ``revision`` holds the other watches just below it, since
+        their own deletes of it may follow. A watch whose topic held no key of those leases
+        (no mark of theirs in its location just before) has none: a read of the marks moves
+        it past ``revision`` at once, instead of at its next progress notification (10
+        minutes by default). A read that fails leaves it to that notification."""
+        waiting = [w for w in self._watchers.values() if w.frontier == revision - 1 and w.shared == revision]
+        if waiting and leases:
+            task = asyncio.get_running_loop().create_task(
+                self._settle_marks(revision, sorted(leases), waiting), name="dfdb-EtcdSource-settle"
+            )
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _settle_marks(self, revision: int, leases: builtins.list[str], waiting: builtins.list[_Watcher]) -> None:
+        await asyncio.sleep(_SETTLE_AFTER)  # a busy stream moves them past it meanwhile: no read then
+        for watcher in waiting:
+            if watcher.frontier != revision - 1 or watcher.shared != revision:
+                continue
+            marks = [watcher.prefix + MARK.encode() + b"/" + lease.encode() for lease in leases]
+            try:
+                bound = [await self._access.exists_at(mark, revision - 1) for mark in marks]
+            except (DfdbError, TimeoutError) as exc:  # unreachable, compacted, closed: its progress tells
+                log.debug("etcd watch %d: the marks at revision %d: %s", watcher.watch_id, revision - 1, str(exc))
+                return
+            if any(bound) or self._watchers.get(watcher.watch_id) is not watcher:
+                continue
+            if watcher.frontier == revision - 1 and watcher.shared == revision:
+                watcher.frontier = revision
+                if watcher.confirmed == revision - 1:  # read, not inferred: a reconnect need not read r again
+                    watcher.confirmed = revision
 
     # ------------------------------------------------------------ stream
     async def start(self) -> None:
@@ -222,7 +259,7 @@ class EtcdSource(ReaderTaskSource):
             except _Compacted:  # resuming from a compacted revision: say so first
                 self._push(await self._restart_all(await self._access.current_revision()))
             except (TimeoutError, grpc.aio.AioRpcError, BackendUnavailableError) as exc:
-                raise_if_cancelling(exc)
+                await checkpoint_if_cancelled()
                 await self._drop_stream(failover=True)
                 if failures >= 3:
                     raise BackendUnavailableError(f"{self._access.url}: cannot open a watch: {exc}") from None
@@ -323,11 +360,12 @@ class EtcdSource(ReaderTaskSource):
         self.bytes_read += reply.ByteSize()
         last = watcher.frontier
         # a lease's end deletes its mark with its objects, in one revision (one reply)
-        expired = {
-            int(ev.kv.mod_revision)
-            for ev in reply.events
-            if ev.type == rpc.Event.DELETE and _is_mark(self._access.parse_data_key(bytes(ev.kv.key)))
-        }
+        marks: builtins.list[tuple[int, str]] = []  # (revision, lease) of each mark deleted
+        for ev in reply.events:
+            parsed = self._access.parse_data_key(bytes(ev.kv.key)) if ev.type == rpc.Event.DELETE else None
+            if parsed is not None and _is_mark(parsed):
+                marks.append((int(ev.kv.mod_revision), parsed[2]))
+        expired = {revision for revision, _ in marks}
         oldest = min(int(ev.kv.mod_revision) for ev in reply.events)
         if oldest < watcher.frontier:
             self._behind(watcher, oldest)
@@ -344,6 +382,8 @@ class EtcdSource(ReaderTaskSource):
             if header > last:  # every change up to the header was sent before this batch
                 last = others = header
         self._reached(watcher, last, others)
+        if others < last:
+            self._settle(last, {lease for revision, lease in marks if revision == last})
 
     def _take(self, watcher: _Watcher, ev: Any, expired: set[int]) -> int:
         """Buffer one etcd event of ``watcher`` (a delete at a revision in ``expired`` is a
@@ -489,13 +529,15 @@ class EtcdSource(ReaderTaskSource):
 
     async def _release(self) -> None:
         writer, self._writer = self._writer, None
+        tasks = {task for task in (writer, *self._settling) if task is not None}
         self._outbox.clear()
         call = self._call
         try:
             await self._drop_stream(failover=False)
-            if writer is not None:
-                writer.cancel()
-                await asyncio.wait({writer})
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
             if call is not None:
                 await _finished(call, self._access.timeout)
         finally:

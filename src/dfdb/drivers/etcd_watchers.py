@@ -68,6 +68,10 @@ def _is_mark(parsed: tuple[str, str | None, str] | None) -> bool:
 _TAKEN = 4096
 """How many recent changes an :class:`EtcdSource` remembers to drop one delivered twice."""
 
+_SETTLE_AFTER = 0.2
+"""Seconds a watch held below a lease's end waits for the stream to move it on before its
+location's marks are read (see :meth:`~dfdb.drivers.etcd_watch.EtcdSource._settle`)."""
+
 _HEAD_EVERY = 1.0
 """Seconds between reads of the store revision by a watch of an empty scope."""
 

@@ -6,14 +6,13 @@ Import it into a test module (``from dfdb.testing.suite import *``) with the plu
 
 from __future__ import annotations
 
-import anyio
-import anyio.lowlevel
+import anyio.lowlevel  # binds anyio too
 import pytest
 
 import dfdb
 import dfdb.drivers
 from dfdb import Action, ChangeEvent, NbApi, Ref
-from dfdb.testing import suite_leases
+from dfdb.testing import suite_batches, suite_leases
 from dfdb.testing.conformance import (
     ConformanceItem,
     ConformanceLink,
@@ -22,6 +21,7 @@ from dfdb.testing.conformance import (
     next_event,
     raw_put,
 )
+from dfdb.testing.suite_batches import *  # noqa: F403
 from dfdb.testing.suite_leases import *  # noqa: F403
 from dfdb.testing.suite_streams import (
     HOSTILE_ID_WRITERS,
@@ -86,6 +86,7 @@ __all__ = [
     "test_watch_delivers_create_update_delete",
     "test_watch_sees_every_create_of_a_batch",
     *suite_leases.__all__,
+    *suite_batches.__all__,
 ]
 
 Item = ConformanceItem
