@@ -231,6 +231,20 @@ async def test_cancelling_a_call_leaves_nothing_behind() -> None:
             assert ev.id == "after-cancel"
 
 
+async def test_a_polled_stream_narrowed_goes_on_with_its_new_subscription_at_once() -> None:
+    """A read waiting for a snapshot poller's next round (an interval away) while the stream
+    is narrowed goes on with the new subscription at once: here its RESYNC (a snapshot
+    cannot tell what changed since the cursor)."""
+    async with dfdb.connect("memory://?notifications=poll&poll_interval=60") as nb:
+        async with nb.watch(Thing, topics={"a", "b"}) as stream:
+            waiter = asyncio.create_task(anext(stream))
+            await asyncio.sleep(0.05)  # the read waits for the next round
+            await nb.create(Thing(id="x", topic="a"))
+            await stream.remove_topics({"b"})
+            ev = await asyncio.wait_for(waiter, 5)
+            assert ev.action == dfdb.Action.RESYNC
+
+
 class NoStreamDriver(MemoryDriver):
     """A driver with neither a native stream nor a change log: NbApi polls it."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import struct
 import time
 from collections.abc import Iterator
@@ -108,6 +109,28 @@ async def test_restart_loses_nothing(single: ZooKeeperServer) -> None:
 
         await asyncio.gather(write_ports(nb, 2000, 700, reached), restarter())
         await check_watchers(ws, single, 2000)
+
+
+async def test_writes_go_on_after_the_server_lost_its_data(single: ZooKeeperServer) -> None:
+    """A server back without its data (its folder lost) holds none of the parent nodes the
+    driver made before: every kind of write makes them again, in the same process."""
+    async with dfdb.connect(single.url, timeout=30) as nb:
+        await nb.create(Port(id="a", topic="t"))
+        await nb.create_many([Port(id="b", topic="t"), Port(id="c")])
+        assert await nb.allocate_unique_key(Port) == 1
+        async with nb.lease(ttl=10) as lease:
+            await nb.create(Port(id="d", topic="t"), lease=lease)
+        single.kill()
+        shutil.rmtree(single.workdir / "m0")  # the snapshot and the transaction log
+        await asyncio.to_thread(single.restart)
+        await nb.create(Port(id="a", topic="t", n=2))
+        await nb.create_many([Port(id="b", topic="t"), Port(id="c"), Port(id="e", topic="t3")])
+        assert await nb.allocate_unique_key(Port) == 1  # a new dataset: its keys start again
+        async with nb.lease(ttl=10) as lease:
+            await nb.create(Port(id="d", topic="t"), lease=lease)
+            assert sorted((p.id, p.n) for p in await nb.get_all(Port)) == [
+                ("a", 2), ("b", 0), ("c", 0), ("d", 0), ("e", 0),
+            ]  # fmt: skip
 
 
 async def expire_session(nb: dfdb.NbApi, server: ZooKeeperServer) -> None:

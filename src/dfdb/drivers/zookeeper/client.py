@@ -67,7 +67,8 @@ class Calls:
         self.known_identity: str | None = None
         """The dataset's identity as last read."""
         self._repair: SessionRepair | None = None
-        self._ensured: set[str] = set()
+        self._ensured: set[str] = set()  # nodes made or found by ensure in the session below
+        self._ensured_in: int | None = None
         self._closed = False
 
     @property
@@ -224,8 +225,17 @@ class Calls:
             return []
         return sorted(reply.children)
 
-    async def ensure(self, path: str) -> None:
-        """Create ``path`` and its parents as plain persistent nodes where missing."""
+    async def ensure(self, path: str, *, gone: bool = False) -> None:
+        """Create ``path`` and its parents as plain persistent nodes where missing. The nodes
+        made or found are remembered for the session only: a server back without its data
+        starts a new one. ``gone``: a request just missed one of them (another program removed
+        it), so each is checked again."""
+        if self.session_id != self._ensured_in:
+            self._ensured.clear()
+            self._ensured_in = self.session_id
+        if gone:
+            parts = path.strip("/").split("/")
+            self._ensured.difference_update("/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1))
         if path in self._ensured:
             return
         parts = path.strip("/").split("/")

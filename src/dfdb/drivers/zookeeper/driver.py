@@ -217,8 +217,8 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
                             raise AlreadyExistsError(f"{table}/{id} already exists") from None
                         continue  # created meanwhile: update it (ANY); or a broken index mended
                     except exc.NoNode:
-                        await calls.ensure(index.rsplit("/", 1)[0])
-                        await calls.ensure(data.rsplit("/", 1)[0])
+                        await calls.ensure(index.rsplit("/", 1)[0], gone=True)
+                        await calls.ensure(data.rsplit("/", 1)[0], gone=True)
                         continue
                 revision, version = current
                 if expect is not ANY and revision != expect:
@@ -511,7 +511,7 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
                 _, reply = await self._calls.send(self._calls.set(path, b"", -1))
                 return int(reply.stat.version)
             except exc.NoNode:
-                await self._calls.ensure(path)
+                await self._calls.ensure(path, gone=True)
         raise BackendUnavailableError(f"{self.url}: cannot create the key counter {path}")
 
     async def compact(self) -> None:

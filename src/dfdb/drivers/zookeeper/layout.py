@@ -218,12 +218,12 @@ class ChangeLogs:
         """(meta, version) of a log, creating the log when absent."""
         if not fresh and log_path in self._states:
             return self._states[log_path]
-        for _ in range(10):
+        for attempt in range(10):
             found = await self.read_meta(log_path)
             if found is not None:
                 self._states[log_path] = found
                 return found
-            await self.calls.ensure(log_path.rsplit("/", 1)[0])
+            await self.calls.ensure(log_path.rsplit("/", 1)[0], gone=attempt > 0)
             await self.calls.multi(  # fails as a whole when another writer made it first
                 [
                     self.calls.create(log_path, LogMeta().encode()),

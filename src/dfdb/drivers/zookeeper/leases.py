@@ -107,7 +107,7 @@ class ZooKeeperLeases:
                 _, reply = await calls.send(calls.set(path, b"", -1))
                 return int(reply.stat.modified)
             except exc.NoNode:
-                await calls.ensure(path)
+                await calls.ensure(path, gone=True)
         raise LeaseLostError("cannot read the server's clock")  # pragma: no cover
 
     async def lease_grant(self, ttl: float) -> str:
