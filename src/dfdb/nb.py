@@ -177,18 +177,24 @@ class NbApi:
     # ----------------------------------------------------------------- retries
     async def _retry(
         self, call: Callable[[], Awaitable[T]], what: str, table: str = "",
-        give_up: Callable[[BaseException], DfdbError] | None = None,
+        give_up: Callable[[BaseException], DfdbError] | None = None, *, bounded: bool = False,
     ) -> T:  # fmt: skip
         """``call()`` retried with backoff on connection failures and timeouts until the
         NbApi's timeout; then ``give_up(last error)`` is raised (``BackendUnavailableError``
-        by default). ``OutcomeUnknownError`` and cancellation are never retried."""
+        by default). ``OutcomeUnknownError`` and cancellation are never retried.
+
+        ``bounded``: ``call`` bounds itself by a deadline of its own (one NbApi timeout from
+        now, at most), so no cancel scope is opened around it."""
         deadline = anyio.current_time() + self.timeout
         attempt = 0
         while True:
             remaining = deadline - anyio.current_time()
             try:
-                with anyio.fail_after(max(remaining, 0.001)):
+                if bounded:
                     result = await call()
+                else:
+                    with anyio.fail_after(max(remaining, 0.001)):
+                        result = await call()
                 await checkpoint_if_cancelled()
                 return result
             except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:

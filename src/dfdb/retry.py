@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ async def checkpoint_if_cancelled() -> None:
     checkpoint()
 
 
-async def run_to_completion(call: Callable[[], Awaitable[T]]) -> T:
+async def run_to_completion(call: Callable[[], Awaitable[T]], deadline: float = math.inf) -> T:
     """``await call()`` to its end even when the caller is cancelled meanwhile; the
     cancellation is delivered once the call has ended. The caller's deadline (its
     enclosing ``anyio.fail_after``) still bounds the call.
@@ -88,26 +89,39 @@ async def run_to_completion(call: Callable[[], Awaitable[T]]) -> T:
     the server may still apply it, or the write could land after the caller was told it
     was cancelled. Under asyncio the call runs in a task of its own (a native
     ``Task.cancel`` cannot be shielded otherwise); under trio in a shielded cancel scope.
+    ``deadline`` (on anyio's clock) bounds the call as well, as ``anyio.fail_at(deadline)``
+    around it would, without the cost of one more cancel scope.
     """
-    deadline = anyio.current_effective_deadline()  # the caller's own deadline still holds
+    deadline = min(deadline, anyio.current_effective_deadline())  # the caller's own deadline still holds
     if running_asyncio_task() is None:
         with anyio.CancelScope(shield=True), anyio.fail_after(max(deadline - anyio.current_time(), 0)):
             return await call()
 
+    # asyncio's own timeout and a bare done-callback: the same bounds as an anyio scope and
+    # asyncio.wait, at a fraction of their cost on every write
     async def run() -> T:
-        with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
+        if deadline == math.inf:
+            return await call()
+        async with asyncio.timeout_at(deadline):  # anyio's clock is the loop's
             return await call()
 
-    task = asyncio.get_running_loop().create_task(run())
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(run())
     cancelled = False
     with anyio.CancelScope(shield=True):  # anyio's own cancellations wait until the end
-        while True:
+        while not task.done():
+            waiter = loop.create_future()
+
+            def wake(_: object, waiter: asyncio.Future[None] = waiter) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            task.add_done_callback(wake)
             try:
-                await asyncio.wait({task})
+                await waiter
             except asyncio.CancelledError:  # a native one (asyncio.wait_for, Task.cancel)
+                task.remove_done_callback(wake)
                 cancelled = True  # the call goes on; the cancellation is raised after it
-                continue
-            break
     if cancelled:
         if not task.cancelled():
             task.exception()  # retrieved: the outcome is for the caller to read back

@@ -49,6 +49,7 @@ async def write(
     """
     driver = nb.driver
     bound = lease is not None or guard is not None
+    deadline = anyio.current_time() + nb.timeout  # every attempt's bound (the retries' own deadline)
 
     def put() -> Awaitable[int]:
         if bound:
@@ -65,7 +66,8 @@ async def write(
     async def attempt() -> int:
         nonlocal sent
         if sent:
-            current = await driver.get(table, id)
+            with anyio.fail_at(max(deadline, anyio.current_time() + 0.001)):
+                current = await driver.get(table, id)
             if current is not None and write_id(current.value) == wid:
                 return current.revision
             if not still_expected(current, expect):
@@ -76,7 +78,7 @@ async def write(
         retried, sent = sent, True
         try:
             # sent: let it finish, so it never lands after a cancelled caller returned
-            return await run_to_completion(put)
+            return await run_to_completion(put, max(deadline, anyio.current_time() + 0.001))
         except LockedError:
             sent = retried  # this attempt wrote nothing
             raise
@@ -84,13 +86,14 @@ async def write(
             if not retried:
                 raise
             # the earlier attempt may have landed after the check above
-            current = await driver.get(table, id)
+            with anyio.fail_at(max(deadline, anyio.current_time() + 0.001)):
+                current = await driver.get(table, id)
             if current is None or write_id(current.value) != wid:
                 raise
             return current.revision
 
     with nb._counters.writing(table):
-        return await nb._retry(attempt, f"write of {table}/{id}", table, give_up)
+        return await nb._retry(attempt, f"write of {table}/{id}", table, give_up, bounded=True)
 
 
 async def put_chunk(nb: NbApi, prepared: Sequence[tuple[M, bytes, bytes, Expect] | Exception]) -> list[M | Exception]:
