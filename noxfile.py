@@ -7,6 +7,7 @@ them, else the newest one installed; ``nox --force-python 3.13`` picks another.
 from __future__ import annotations
 
 import glob
+import os
 import random
 import shutil
 import subprocess
@@ -183,6 +184,17 @@ def chaos(session: nox.Session) -> None:
         "pytest", "-p", "no:cacheprovider", "-rA", *files, *args,
         env={"DFDB_CHAOS": "1"},
     )  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """The randomized Replica runs at full length, 10,000 steps for every seed on every backend
+    (not part of the default run: the first seed takes 10,000 steps on memory there, the other
+    runs 2,000); ``DFDB_REPLICA_STEPS`` set in the environment picks another length."""
+    session.install("-e", ".[all]", *DEV)
+    steps = os.environ.get("DFDB_REPLICA_STEPS", "10000")
+    test = "tests/test_replica.py::test_randomized_replicas_converge"
+    session.run("pytest", "-p", "no:cacheprovider", test, *session.posargs, env={"DFDB_REPLICA_STEPS": steps})
 
 
 @nox.session(python=PYTHON)

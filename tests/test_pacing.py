@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Collection, Iterable
 
@@ -18,6 +19,7 @@ from dfdb.drivers import ABSENT, Entry, Listing, register_driver
 from dfdb.drivers.base import EventSource, RawEvent
 from dfdb.drivers.memory import MemoryDriver, _MemorySource
 from dfdb.errors import BackendUnavailableError
+from dfdb.replica import pacing
 from dfdb.replica.pacing import RELISTS, RelistLimiter
 from dfdb.retry import Backoff
 from dfdb.testing.leaks import ResourceSnapshot
@@ -34,17 +36,44 @@ class Vm(dfdb.NbModel, table="pacing_vm"):
 
 
 class RecordingLimiter(RelistLimiter):
-    """A limiter that notes when each relist started."""
+    """A limiter that notes when each relist asked for its turn, when the bucket's token for it
+    was due, and when it started. A loaded machine may start a relist later than its token
+    allows (and several at once after a pause): its timing is checked on the due times, and
+    each start only against its own due time."""
 
-    def __init__(self, rate: float, burst: int, jitter: float) -> None:
+    def __init__(self, rate: float, burst: int, jitter: float, relists: int = 0) -> None:
         super().__init__(rate=rate, burst=burst, jitter=jitter)
+        self.asks: list[float] = []
+        self.dues: list[float] = []
         self.starts: list[float] = []
+        self.slots: list[tuple[float, float]] = []
+        """(asked, started) of each relist."""
+        self.all_asked = asyncio.Event()
+        """Set once ``relists`` relists have asked for their turn."""
+        self.relists = relists
+
+    def _reserve(self) -> float:
+        delay = super()._reserve()
+        self.dues.append(self._stamp + delay)  # the bucket's clock when it reserved, plus the wait
+        return delay
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[float]:
+        asked = time.monotonic()
+        self.asks.append(asked)
+        if len(self.asks) == self.relists:
+            self.all_asked.set()
         async with super().slot() as waited:
-            self.starts.append(time.monotonic())
+            started = time.monotonic()
+            self.starts.append(started)
+            self.slots.append((asked, started))
             yield waited
+
+
+def not_before(later: list[float], earlier: list[float]) -> bool:
+    """Whether the values of ``later`` can be paired with those of ``earlier`` so that none is
+    smaller than its pair (sorted, each is at least the one of the same rank)."""
+    return len(later) == len(earlier) and all(a >= b for a, b in zip(sorted(later), sorted(earlier), strict=True))
 
 
 async def lose_history(nb: NbApi, n: int) -> None:
@@ -66,31 +95,33 @@ async def converged(replicas: list[Replica], nb: NbApi) -> None:
 
 async def test_many_replicas_relist_at_the_bucket_rate_and_stay_readable() -> None:
     rate, burst, count = 20.0, 4, 24
-    limiter = RecordingLimiter(rate=rate, burst=burst, jitter=0.05)
+    limiter = RecordingLimiter(rate=rate, burst=burst, jitter=0.05, relists=count)
     async with dfdb.connect("memory://?history=5") as nb, contextlib.AsyncExitStack() as stack:
         await nb.create_many([Net(id=f"n{i}", topic="t") for i in range(10)])
         replicas = [await stack.enter_async_context(Replica(nb, [Net], relists=limiter)) for _ in range(count)]
         assert not any(r.stats().stale for r in replicas)
         await lose_history(nb, 12)
         # the streams see the RESYNC; most Replicas then wait for their turn, stale but readable
-        deadline = time.monotonic() + WAIT
-        while limiter.waiting < count - burst and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        await asyncio.wait_for(limiter.all_asked.wait(), WAIT)
         waiting = [r for r in replicas if r.stats().stale]
-        assert len(waiting) >= count - burst - 1
         assert all(len(r.get_all(Net)) == 10 for r in waiting)  # the old contents, still served
+        # all but the burst wait, less the tokens the bucket made since the first asked (none
+        # unless the machine is so loaded that the Replicas took 50 ms to see their RESYNC)
+        made = int(rate * (time.monotonic() - limiter.asks[0]))
+        assert len(waiting) >= count - burst - 1 - made, (len(waiting), made)
         await converged(replicas, nb)
     assert [r.stats().resyncs for r in replicas] == [1] * count
     assert not any(r.stats().stale for r in replicas)
     assert limiter.granted == count and limiter.waiting == 0 and limiter.active == 0
     assert limiter.peak_active <= burst
-    starts = sorted(limiter.starts)
-    for i, first in enumerate(starts):  # in any window, at most the burst plus the window's tokens
-        for j in range(i, len(starts)):
-            window = starts[j] - first
+    dues = sorted(limiter.dues)
+    for i, first in enumerate(dues):  # in any window, at most the burst plus the window's tokens
+        for j in range(i, len(dues)):
+            window = dues[j] - first
             assert j - i + 1 <= burst + rate * window + 1, (j - i + 1, window)
     # the whole took at least the time the bucket needs to hand out the tokens beyond the burst
-    assert starts[-1] - starts[0] >= (count - burst - 1) / rate * 0.9
+    assert dues[-1] - dues[0] >= (count - burst - 1) / rate * 0.9
+    assert not_before(limiter.starts, limiter.dues)  # and no relist started before its token
     assert sum(r.stats().relist_wait for r in replicas) > 0
 
 
@@ -103,7 +134,8 @@ async def test_a_faster_bucket_relists_sooner() -> None:
             replicas = [await stack.enter_async_context(Replica(nb, [Net], relists=limiter)) for _ in range(9)]
             await lose_history(nb, 12)
             await converged(replicas, nb)
-        spans.append(max(limiter.starts) - min(limiter.starts))
+        spans.append(max(limiter.dues) - min(limiter.dues))
+        assert not_before(limiter.starts, limiter.dues)
     assert spans[0] >= 8 / 10 * 0.9  # 8 tokens beyond the burst at 10/s
     assert spans[1] < spans[0] / 2
 
@@ -177,15 +209,35 @@ def test_backoff_grows_and_is_jittered() -> None:
     assert backoff.delay(0) > 0  # even the first reconnect waits a little
 
 
-async def test_the_relist_jitter_spreads_the_starts() -> None:
+class Draws(random.Random):
+    """Random numbers, each ``uniform`` draw noted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drawn: list[float] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        value = super().uniform(a, b)
+        self.drawn.append(value)
+        return value
+
+
+async def test_the_relist_jitter_spreads_the_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each relist waits its own random delay first. Checked against the delays drawn: a loaded
+    machine may wake several waiters at once, late, but never one before its delay."""
+    draws = Draws()
+    monkeypatch.setattr(pacing, "random", draws)
     limiter = RecordingLimiter(rate=1000.0, burst=100, jitter=0.3)
     async with dfdb.connect("memory://?history=5") as nb, contextlib.AsyncExitStack() as stack:
         replicas = [await stack.enter_async_context(Replica(nb, [Net], relists=limiter)) for _ in range(12)]
         await lose_history(nb, 12)
         await converged(replicas, nb)
-    assert max(limiter.starts) - min(limiter.starts) > 0.05
+    delays = draws.drawn
+    assert len(delays) == 12 and all(0 <= d <= 0.3 for d in delays)
+    assert len(set(delays)) == len(delays) and max(delays) - min(delays) > 0.05  # no two alike
+    assert not_before([started - asked for asked, started in limiter.slots], delays)
     waits = [r.stats().relist_wait for r in replicas]
-    assert len(set(waits)) == len(waits) and max(waits) - min(waits) > 0.05  # no two alike
+    assert len(set(waits)) == len(waits) and not_before(waits, delays)  # each Replica counts its wait
 
 
 def test_limiter_settings_are_checked_and_tunable() -> None:
