@@ -14,7 +14,7 @@ import pytest
 from aiozk import ZKClient, protocol
 
 import dfdb
-from dfdb.drivers import PutRequest
+from dfdb.drivers import ABSENT, PutRequest
 from dfdb.drivers.zookeeper import ZooKeeperDriver
 from dfdb.testing.servers import ZooKeeperServer
 from watching import Watcher, check_server_run, serve, watchers
@@ -420,3 +420,35 @@ async def test_an_index_node_another_program_broke_is_repairable(
             with pytest.raises(dfdb.NotFoundError):
                 await nb.get(Port, "a")
             await nb.create(Port(id="a", topic="u"))  # the id is free again, under any topic
+
+
+async def test_a_table_s_first_change_keeps_its_place_among_other_tables(single: ZooKeeperServer) -> None:
+    """A stream over several tables delivers a table's first change (its change log made by
+    that very write) in revision order among the other tables' changes, exactly once, also
+    when the write lands right after the stream looked for new logs in that table and a
+    later change of another table is read in the same round."""
+    async with dfdb.connect(single.url + "/order") as nb, dfdb.connect(single.url + "/order") as other:
+        driver, writer = nb.driver, other.driver
+        assert isinstance(driver, ZooKeeperDriver)
+        await driver.put("zk_a", "a1", None, b"{}", ABSENT)
+        stream = await driver.watch(["zk_a", "zk_b"])
+        try:
+            landed: list[tuple[str, int]] = []
+            locations = driver._logs.locations
+
+            async def landing(table: str, watch: bool = False) -> list[str]:
+                found = await locations(table, watch)
+                if table == "zk_b" and watch and not landed:  # the stream looked: nothing there yet
+                    landed.append(("b1", await writer.put("zk_b", "b1", None, b"{}", ABSENT)))
+                    landed.append(("a3", await writer.put("zk_a", "a3", None, b"{}", ABSENT)))
+                    await driver._calls.current_revision()  # their watch events come before this reply
+                return found
+
+            driver._logs.locations = landing  # type: ignore[method-assign]
+            a2 = await writer.put("zk_a", "a2", "t", b"{}", ABSENT)  # a new topic's log: a look for new logs
+            got = [await asyncio.wait_for(anext(stream), 10) for _ in range(3)]
+            assert [(e.id, e.revision) for e in got] == [("a2", a2), *landed]
+            last = await writer.put("zk_b", "b2", None, b"{}", ABSENT)
+            assert [(e.id, e.revision) for e in [await asyncio.wait_for(anext(stream), 10)]] == [("b2", last)]
+        finally:
+            await stream.aclose()

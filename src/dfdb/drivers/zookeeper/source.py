@@ -4,7 +4,10 @@ A watch reads the logs of its topics (all topics of its tables when none are giv
 each log from the first change after its position, then an ``exists`` watch on the
 next change's path and a data watch on the log wake it. ZooKeeper delivers a watch
 event before any reply to a later request, so a log whose watches have not fired is
-complete up to the latest reply: that is how far the stream has read.
+complete up to the latest reply: that is how far the stream has read. Without topics,
+a children watch on each table's topic logs and an ``exists`` watch on its topic-less
+log announce a new log; until a round has found it, the stream reads no further than
+the last reply before it (its first change may be below changes of other logs).
 
 The rounds run in the source's reader task (:class:`~dfdb.drivers.sources.ReaderTaskSource`):
 a round moves through the logs over many requests and watch registrations, so a
@@ -107,7 +110,10 @@ class ZooKeeperSource(ReaderTaskSource):
         self._identity = access.calls.known_identity
         self._callbacks: dict[WatchKey, Callable[[str], None]] = {}
         self._resync_at = 0
-        self._idle_frontier = since
+        self._known_up_to = since
+        """Every log with a change at or below this revision is in ``_logs``: a log made
+        later fires a discovery watch (``_discover``), and position stays below it until
+        a round has found the log."""
         self._safety_at = 0.0
 
     def _read_up_to(self) -> int:
@@ -218,7 +224,7 @@ class ZooKeeperSource(ReaderTaskSource):
                 self._push(heapq.heappop(self._held)[2])
 
     def _read_up_to_logs(self) -> int:
-        return min((lg.frontier for lg in self._logs.values()), default=self._idle_frontier)
+        return min([self._known_up_to, *(lg.frontier for lg in self._logs.values())])
 
     async def _read_logs(self) -> None:
         calls, layout = self._calls, self._access.layout
@@ -254,7 +260,10 @@ class ZooKeeperSource(ReaderTaskSource):
         if self._resync_at:
             return
         last = max(last, await calls.current_revision())
-        self._idle_frontier = max(self._idle_frontier, last)
+        if not self._discover:  # no log was made before this reply that this round did not find
+            self._known_up_to = max(self._known_up_to, last)
+        # else a table's new log, whose first change may be below changes of other logs read
+        # in this round: they wait for the next round, which finds it
         for entry in self._logs.values():
             if not entry.dirty:
                 entry.frontier = max(entry.frontier, last)
