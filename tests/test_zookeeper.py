@@ -8,7 +8,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from aiozk import ZKClient, protocol
@@ -452,3 +452,33 @@ async def test_a_table_s_first_change_keeps_its_place_among_other_tables(single:
             assert [(e.id, e.revision) for e in [await asyncio.wait_for(anext(stream), 10)]] == [("b2", last)]
         finally:
             await stream.aclose()
+
+
+async def test_a_create_makes_its_missing_shard_nodes_in_its_own_multi(single: ZooKeeperServer) -> None:
+    """A create into shards not made yet is still one request (the shard nodes are made in
+    its multi), and writers racing to make the same shard node all succeed."""
+    async with dfdb.connect(single.url + "/shards") as nb, dfdb.connect(single.url + "/shards") as other:
+        driver = nb.driver
+        assert isinstance(driver, ZooKeeperDriver)
+        await nb.create(Port(id="first", topic="t"))  # the scopes are read once
+        sent: list[str] = []
+        send = driver._calls.send
+
+        async def counting(request: object, check: Callable[[], None] | None = None) -> tuple[int, object]:
+            sent.append(type(request).__name__)
+            return await send(request, check)
+
+        driver._calls.send = counting  # type: ignore[method-assign]
+        ids = [f"p{n}" for n in range(40)]  # ~40 shards, none made yet
+        for id in ids:
+            await nb.create(Port(id=id, topic="t"))
+        assert sent == ["TransactionRequest"] * len(ids)
+        # two connections race to make the same new shards (another topic's scope)
+        racing = [f"q{n}" for n in range(30)]
+        results = await asyncio.gather(
+            *(api.create(Port(id=f"{id}-{k}", topic="u")) for id in racing for k, api in enumerate((nb, other)))
+        )
+        assert len(results) == 2 * len(racing)
+        assert len(await nb.get_all(Port)) == 1 + len(ids) + 2 * len(racing)
+        with pytest.raises(dfdb.AlreadyExistsError):
+            await nb.create(Port(id="p0", topic="t"))

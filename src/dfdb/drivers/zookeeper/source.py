@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 REAP_EVERY = 0.5
 """Seconds between two reaping rounds of a watching client."""
+_FIRST_READ = 2
+"""Change nodes read first when a log is woken (most often by one new change); more,
+up to ``READ_AHEAD``, while every one asked for is there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +262,10 @@ class ZooKeeperSource(ReaderTaskSource):
                 last = max(last, await self._read_log(entry))
         if self._resync_at:
             return
-        last = max(last, await calls.current_revision())
-        if not self._discover:  # no log was made before this reply that this round did not find
+        if last == 0:  # no log was read to its end: ask how far the server is
+            last = await calls.current_revision()
+        # else the last reply's zxid: a log whose watches have not fired before it is complete up to it
+        if not self._discover:  # no log was made before that reply that this round did not find
             self._known_up_to = max(self._known_up_to, last)
         # else a table's new log, whose first change may be below changes of other logs read
         # in this round: they wait for the next round, which finds it
@@ -274,13 +279,15 @@ class ZooKeeperSource(ReaderTaskSource):
         calls, logs, layout = self._calls, self._access.logs, self._access.layout
         entry.dirty = False
         last_read = 0
+        count = _FIRST_READ
         while True:
-            batch = await logs.read_batch(entry.path, entry.at)
+            batch = await logs.read_batch(entry.path, entry.at, count)
             for got in batch:
                 self._take(entry, got)
                 entry.at.seq += 1
                 last_read = int(got[1].created_zxid)
-            if len(batch) == READ_AHEAD:
+            if len(batch) == count:
+                count = min(count * 4, READ_AHEAD)
                 continue  # more to read
             # at the bucket's end: a multi's changes are created together, so none of the
             # last one's is left unread (until here, only the changes below it are read)
@@ -293,9 +300,12 @@ class ZooKeeperSource(ReaderTaskSource):
             entry.armed = [(protocol.WatchEvent.CREATED, next_path), (protocol.WatchEvent.DATA_CHANGED, entry.path)]
             for key in entry.armed:
                 self._watch(key, self._dirty(entry.path))
-            if await calls.exists(next_path, watch=True) is not None:
+            # both watches in one round trip; the log's reply tells up to where it is complete
+            there, (zxid, found) = await asyncio.gather(
+                calls.exists(next_path, watch=True), logs.read_meta_at(entry.path, watch=True)
+            )
+            if there is not None:
                 continue  # it appeared meanwhile
-            found = await logs.read_meta(entry.path, watch=True)
             if found is None:  # no log yet: it starts at bucket 0
                 return await calls.current_revision()
             try:
@@ -304,7 +314,6 @@ class ZooKeeperSource(ReaderTaskSource):
             except Pruned as pruned:  # pruned before this reader got to it
                 self._lost(entry, pruned.trim)
                 return 0
-            zxid = await calls.current_revision()
             if not entry.dirty:  # no watch fired before this reply: complete up to it
                 entry.frontier = max(entry.frontier, zxid)
             return zxid
