@@ -7,6 +7,11 @@ Usage: python benchmarks/writes.py [--backends sqlite,redis,etcd,zookeeper]
 The same dfdb and raw code as ``benchmarks/run.py`` (``dfdb.bench``), at sizes of your
 choice and without the read cases: a quick way to profile one backend and case. Prints
 one line per case: dfdb and raw medians (lowest-highest) and their ratio.
+
+On ZooKeeper, a dfdb create is one ``multi`` with its change-log entry, so the sequential
+create is also compared with a raw two-operation ``multi`` (a bare create and a sequential
+create of a log node), and the events case also counts the requests one write and its
+event cost (writer and stream share the connection).
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ import shutil
 import statistics
 import tempfile
 import uuid
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from dfdb.bench.cases import _dfdb_bulk, _dfdb_latency, _dfdb_seq, _pct, _rate, _servers
 from dfdb.bench.raw import raw_client_for
-from dfdb.bench.workload import Namespaces, sample_values
+from dfdb.bench.workload import Namespaces, sample_port, sample_values
+from dfdb.connecting import connect
+from dfdb.models import LogicalPort
 from dfdb.url import DatabaseURL
 
 CASES = ("seq", "bulk", "events")
@@ -34,6 +43,42 @@ def _line(case: str, backend: str, unit: str, d: list[float], r: list[float]) ->
 
     ratio = f"{statistics.median(d) / statistics.median(r):.2f}x" if d and r else ""
     return f"{backend:9s} {case:18s} {unit:9s} dfdb {show(d):32s} raw {show(r):32s} {ratio}"
+
+
+async def _zk_multi_seq(client: Any, run: str, values: list[bytes]) -> None:
+    """The raw baseline of a dfdb create on ZooKeeper: one ``multi`` per object of a bare
+    create and a sequential create of a log node holding the same value."""
+    await client.ensure_path(f"/{run}/log")
+    for i, v in enumerate(values):
+        txn = client.begin_transaction()
+        txn.create(f"/{run}/{i}", v)
+        txn.create(f"/{run}/log/c", v, sequential=True)
+        await txn.commit()
+
+
+async def _zk_requests(url: DatabaseURL, run: str, n: int) -> dict[str, float]:
+    """Requests sent per update and its event (the write, its pre-reads and the stream's
+    reads and re-arming; a background re-read or lease round falls in too), by type."""
+    counts: Counter[str] = Counter()
+    async with connect(url) as nb:
+        calls = nb.driver._calls  # type: ignore[attr-defined]
+        obj = await nb.create(sample_port(0, run))
+        async with nb.watch(LogicalPort) as stream:
+            send = calls.send
+
+            async def counting(request: Any, check: Any = None) -> Any:
+                counts[type(request).__name__] += 1
+                return await send(request, check)
+
+            calls.send = counting
+            try:
+                for i in range(n):
+                    event = asyncio.ensure_future(anext(stream))
+                    obj = await nb.update(obj.model_copy(update={"name": str(i)}))
+                    await asyncio.wait_for(event, 30)
+            finally:
+                calls.send = send
+    return {name: count / n for name, count in counts.most_common()}
 
 
 async def _backend(backend: str, url: str, cases: list[str], args: argparse.Namespace) -> None:
@@ -50,7 +95,7 @@ async def _backend(backend: str, url: str, cases: list[str], args: argparse.Name
         ):
             if case not in cases:
                 continue
-            d, r = [], []
+            d, r, rm = [], [], []
             for _ in range(args.repeat):
                 run = uuid.uuid4().hex[:8]
                 d.append(await run_dfdb(spaces.url(f"bench-{run}"), run, n))
@@ -60,7 +105,14 @@ async def _backend(backend: str, url: str, cases: list[str], args: argparse.Name
                     r.append(await _rate(n, getattr(raw, run_raw)(name, sample_values(n, run))))
                     if case == "bulk":
                         await raw.drop([name, f"bench-{run}"])
+                    elif backend == "zookeeper":
+                        name = spaces.remember(f"bench-rawm-{run}")
+                        await raw.prepare(name)
+                        values = sample_values(n, run)
+                        rm.append(await _rate(n, _zk_multi_seq(raw.client, name, values)))  # type: ignore[attr-defined]
             print(_line(label, backend, "objects/s", d, r), flush=True)
+            if rm:
+                print(_line("create vs 2-op multi", backend, "objects/s", d, rm), flush=True)
         if "events" in cases and backend != "memory":
             dl: list[float] = []
             rl: list[float] = []
@@ -72,6 +124,10 @@ async def _backend(backend: str, url: str, cases: list[str], args: argparse.Name
             for q in (0.5, 0.99):
                 d, r = [_pct(dl, q)], [_pct(rl, q)] if rl else []
                 print(_line(f"write->event p{q * 100:.0f}", backend, "ms", d, r), flush=True)
+            if backend == "zookeeper":
+                per = await _zk_requests(spaces.url(f"bench-req-{uuid.uuid4().hex[:8]}"), "req", 200)
+                shown = ", ".join(f"{name.removesuffix('Request')} {count:.2f}" for name, count in per.items())
+                print(f"{backend:9s} requests per write->event: {shown}", flush=True)
     finally:
         if raw is not None:
             await raw.close()

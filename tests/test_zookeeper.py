@@ -9,13 +9,13 @@ import logging
 import shutil
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from aiozk import ZKClient, protocol
 
 import dfdb
-from dfdb.drivers import PutRequest
+from dfdb.drivers import ABSENT, PutRequest
 from dfdb.drivers.zookeeper import ZooKeeperDriver
 from dfdb.testing.servers import ZooKeeperServer
 from watching import Watcher, check_server_run, serve, watchers
@@ -443,3 +443,65 @@ async def test_an_index_node_another_program_broke_is_repairable(
             with pytest.raises(dfdb.NotFoundError):
                 await nb.get(Port, "a")
             await nb.create(Port(id="a", topic="u"))  # the id is free again, under any topic
+
+
+async def test_a_table_s_first_change_keeps_its_place_among_other_tables(single: ZooKeeperServer) -> None:
+    """A stream over several tables delivers a table's first change (its change log made by
+    that very write) in revision order among the other tables' changes, exactly once, also
+    when the write lands right after the stream looked for new logs in that table and a
+    later change of another table is read in the same round."""
+    async with dfdb.connect(single.url + "/order") as nb, dfdb.connect(single.url + "/order") as other:
+        driver, writer = nb.driver, other.driver
+        assert isinstance(driver, ZooKeeperDriver)
+        await driver.put("zk_a", "a1", None, b"{}", ABSENT)
+        stream = await driver.watch(["zk_a", "zk_b"])
+        try:
+            landed: list[tuple[str, int]] = []
+            locations = driver._logs.locations
+
+            async def landing(table: str, watch: bool = False) -> list[str]:
+                found = await locations(table, watch)
+                if table == "zk_b" and watch and not landed:  # the stream looked: nothing there yet
+                    landed.append(("b1", await writer.put("zk_b", "b1", None, b"{}", ABSENT)))
+                    landed.append(("a3", await writer.put("zk_a", "a3", None, b"{}", ABSENT)))
+                    await driver._calls.current_revision()  # their watch events come before this reply
+                return found
+
+            driver._logs.locations = landing  # type: ignore[method-assign]
+            a2 = await writer.put("zk_a", "a2", "t", b"{}", ABSENT)  # a new topic's log: a look for new logs
+            got = [await asyncio.wait_for(anext(stream), 10) for _ in range(3)]
+            assert [(e.id, e.revision) for e in got] == [("a2", a2), *landed]
+            last = await writer.put("zk_b", "b2", None, b"{}", ABSENT)
+            assert [(e.id, e.revision) for e in [await asyncio.wait_for(anext(stream), 10)]] == [("b2", last)]
+        finally:
+            await stream.aclose()
+
+
+async def test_a_create_makes_its_missing_shard_nodes_in_its_own_multi(single: ZooKeeperServer) -> None:
+    """A create into shards not made yet is still one request (the shard nodes are made in
+    its multi), and writers racing to make the same shard node all succeed."""
+    async with dfdb.connect(single.url + "/shards") as nb, dfdb.connect(single.url + "/shards") as other:
+        driver = nb.driver
+        assert isinstance(driver, ZooKeeperDriver)
+        await nb.create(Port(id="first", topic="t"))  # the scopes are read once
+        sent: list[str] = []
+        send = driver._calls.send
+
+        async def counting(request: object, check: Callable[[], None] | None = None) -> tuple[int, object]:
+            sent.append(type(request).__name__)
+            return await send(request, check)
+
+        driver._calls.send = counting  # type: ignore[method-assign]
+        ids = [f"p{n}" for n in range(40)]  # ~40 shards, none made yet
+        for id in ids:
+            await nb.create(Port(id=id, topic="t"))
+        assert sent == ["TransactionRequest"] * len(ids)
+        # two connections race to make the same new shards (another topic's scope)
+        racing = [f"q{n}" for n in range(30)]
+        results = await asyncio.gather(
+            *(api.create(Port(id=f"{id}-{k}", topic="u")) for id in racing for k, api in enumerate((nb, other)))
+        )
+        assert len(results) == 2 * len(racing)
+        assert len(await nb.get_all(Port)) == 1 + len(ids) + 2 * len(racing)
+        with pytest.raises(dfdb.AlreadyExistsError):
+            await nb.create(Port(id="p0", topic="t"))

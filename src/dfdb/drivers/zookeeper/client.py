@@ -203,11 +203,16 @@ class Calls:
 
     async def get(self, path: str, watch: bool = False) -> tuple[bytes, Any] | None:
         """The node's data and stat, ``None`` when absent."""
+        return (await self.get_at(path, watch))[1]
+
+    async def get_at(self, path: str, watch: bool = False) -> tuple[int, tuple[bytes, Any] | None]:
+        """The zxid the server had applied when it read the node (0 when the node is
+        absent: an error reply does not say), and the node's data and stat (``None``: absent)."""
         try:
-            _, reply = await self.send(protocol.GetDataRequest(path=path, watch=watch))
+            zxid, reply = await self.send(protocol.GetDataRequest(path=path, watch=watch))
         except exc.NoNode:
-            return None
-        return bytes(reply.data or b""), reply.stat
+            return 0, None
+        return zxid, (bytes(reply.data or b""), reply.stat)
 
     async def exists(self, path: str, watch: bool = False) -> int | None:
         """The reply's zxid when the node exists, else ``None`` (an ``exists`` watch is set either way)."""

@@ -41,6 +41,7 @@ from dfdb.drivers.zookeeper.layout import (
     topic_of,
 )
 from dfdb.drivers.zookeeper.leases import ZooKeeperLeases
+from dfdb.drivers.zookeeper.parents import ShardParents
 from dfdb.drivers.zookeeper.source import LogAccess, ZooKeeperSource
 from dfdb.errors import (
     AlreadyExistsError,
@@ -105,6 +106,7 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
         if tls is not None:
             self._calls.tls = (tls.ssl_context(), tls.server_name)
         self._logs = ChangeLogs(self._calls, self._layout, self.bucket_size, self.keep)
+        self._parents = ShardParents(self._calls)
         self._access = LogAccess(self._logs, self.idle, self.reap_due)
 
     @property
@@ -208,18 +210,28 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
                 if current is None:
                     if expect is not ABSENT and expect is not ANY:
                         raise NotFoundError(f"{table}/{id} not found")
-                    body = [calls.create(index, loc.encode()), calls.set(index, loc.encode(), -1),
-                            calls.create(data, value)]  # fmt: skip
+                    shards = (index.rsplit("/", 1)[0], data.rsplit("/", 1)[0])
+                    parents = await self._parents.missing(shards)  # made in the same multi
+                    body = [*(calls.create(p, b"") for p in parents), calls.create(index, loc.encode()),
+                            calls.set(index, loc.encode(), -1), calls.create(data, value)]  # fmt: skip
                     try:
-                        return await self._write(table, id, loc, body, "create", value, 2, extra, guard=guard)
+                        revision = await self._write(
+                            table, id, loc, body, "create", value, len(parents) + 2, extra, guard=guard
+                        )
                     except exc.NodeExists:
+                        if parents:  # a shard another writer made meanwhile, or the key itself: again
+                            self._parents.exist(parents)
+                            continue
                         if expect is ABSENT and not await self._mend_broken_index(table, id):
                             raise AlreadyExistsError(f"{table}/{id} already exists") from None
                         continue  # created meanwhile: update it (ANY); or a broken index mended
                     except exc.NoNode:
-                        await calls.ensure(index.rsplit("/", 1)[0], gone=True)
-                        await calls.ensure(data.rsplit("/", 1)[0], gone=True)
+                        self._parents.forget(shards)
+                        await calls.ensure(shards[0], gone=True)
+                        await calls.ensure(shards[1], gone=True)
                         continue
+                    self._parents.exist(parents)
+                    return revision
                 revision, version = current
                 if expect is not ANY and revision != expect:
                     raise ConflictError(f"{table}/{id} is at revision {revision}, not {expect}")
@@ -330,14 +342,18 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
         calls, layout = self._calls, self._layout
         ops: builtins.list[Any] = []
         states: dict[str, Any] = {}
+        shards: builtins.list[str] = []
         for w in writes:
             loc = location(w.topic)
             log_path = layout.log(w.table, loc)
             if log_path not in states:
                 states[log_path] = await self._logs.state(log_path)
                 ops.append(protocol.CheckVersionRequest(path=log_path, version=states[log_path][1]))
-            await calls.ensure(layout.index(w.table, w.id).rsplit("/", 1)[0])
-            await calls.ensure(layout.data(w.table, loc, w.id).rsplit("/", 1)[0])
+            shards += (layout.index(w.table, w.id).rsplit("/", 1)[0], layout.data(w.table, loc, w.id).rsplit("/", 1)[0])
+        parents = await self._parents.missing(shards)  # made first, all at once (chunks in flight share them)
+        if parents:
+            await asyncio.gather(*(calls.ensure(p) for p in parents))
+            self._parents.exist(parents)
         zxid_at = -1
         entries: builtins.list[tuple[str, int]] = []
         for w in writes:
@@ -358,7 +374,9 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
         if failed:
             for log_path in states:
                 self._logs.forget(log_path)
-            if all(isinstance(r, exc.BadVersion) for r in failed) and attempts > 0:
+            if any(isinstance(r, exc.NoNode) for r in failed):
+                self._parents.forget(shards)  # a shard removed meanwhile: read the scopes again
+            if attempts > 0 and all(isinstance(r, exc.BadVersion | exc.NoNode) for r in failed):
                 return await self._create_chunk(writes, attempts - 1)  # a log moved on: again
             return None
         revision = int(replies[zxid_at].stat.last_modified_zxid)

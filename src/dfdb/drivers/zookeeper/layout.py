@@ -211,8 +211,12 @@ class ChangeLogs:
 
     async def read_meta(self, log_path: str, watch: bool = False) -> tuple[LogMeta, int] | None:
         """A log's meta and node version, ``None`` when it has none yet."""
-        found = await self.calls.get(log_path, watch=watch)
-        return None if found is None else (LogMeta.decode(found[0]), int(found[1].version))
+        return (await self.read_meta_at(log_path, watch))[1]
+
+    async def read_meta_at(self, log_path: str, watch: bool = False) -> tuple[int, tuple[LogMeta, int] | None]:
+        """:meth:`read_meta`, with the zxid the server had applied when it read it (0: no log)."""
+        zxid, found = await self.calls.get_at(log_path, watch=watch)
+        return zxid, None if found is None else (LogMeta.decode(found[0]), int(found[1].version))
 
     async def state(self, log_path: str, *, fresh: bool = False) -> tuple[LogMeta, int]:
         """(meta, version) of a log, creating the log when absent."""
@@ -342,11 +346,11 @@ class ChangeLogs:
                 low = mid + 1
         return Cursor(chosen, low)
 
-    async def read_batch(self, log_path: str, at: Cursor) -> list[tuple[bytes, Any]]:
-        """The changes at ``at`` and after it in its bucket, up to ``READ_AHEAD`` of them
+    async def read_batch(self, log_path: str, at: Cursor, count: int = READ_AHEAD) -> list[tuple[bytes, Any]]:
+        """The changes at ``at`` and after it in its bucket, up to ``count`` of them
         (fewer: the bucket ends there for now); ``at`` is not moved."""
         bucket_path = self.layout.bucket(log_path, at.bucket)
-        paths = [self.layout.change(bucket_path, at.seq + k) for k in range(READ_AHEAD)]
+        paths = [self.layout.change(bucket_path, at.seq + k) for k in range(count)]
         found = await asyncio.gather(*(self.calls.get(p) for p in paths))
         batch = []
         for got in found:

@@ -4,7 +4,10 @@ A watch reads the logs of its topics (all topics of its tables when none are giv
 each log from the first change after its position, then an ``exists`` watch on the
 next change's path and a data watch on the log wake it. ZooKeeper delivers a watch
 event before any reply to a later request, so a log whose watches have not fired is
-complete up to the latest reply: that is how far the stream has read.
+complete up to the latest reply: that is how far the stream has read. Without topics,
+a children watch on each table's topic logs and an ``exists`` watch on its topic-less
+log announce a new log; until a round has found it, the stream reads no further than
+the last reply before it (its first change may be below changes of other logs).
 
 The rounds run in the source's reader task (:class:`~dfdb.drivers.sources.ReaderTaskSource`):
 a round moves through the logs over many requests and watch registrations, so a
@@ -46,6 +49,9 @@ log = logging.getLogger(__name__)
 
 REAP_EVERY = 0.5
 """Seconds between two reaping rounds of a watching client."""
+_FIRST_READ = 2
+"""Change nodes read first when a log is woken (most often by one new change); more,
+up to ``READ_AHEAD``, while every one asked for is there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +113,10 @@ class ZooKeeperSource(ReaderTaskSource):
         self._identity = access.calls.known_identity
         self._callbacks: dict[WatchKey, Callable[[str], None]] = {}
         self._resync_at = 0
-        self._idle_frontier = since
+        self._known_up_to = since
+        """Every log with a change at or below this revision is in ``_logs``: a log made
+        later fires a discovery watch (``_discover``), and position stays below it until
+        a round has found the log."""
         self._safety_at = 0.0
 
     def _read_up_to(self) -> int:
@@ -218,7 +227,7 @@ class ZooKeeperSource(ReaderTaskSource):
                 self._push(heapq.heappop(self._held)[2])
 
     def _read_up_to_logs(self) -> int:
-        return min((lg.frontier for lg in self._logs.values()), default=self._idle_frontier)
+        return min([self._known_up_to, *(lg.frontier for lg in self._logs.values())])
 
     async def _read_logs(self) -> None:
         calls, layout = self._calls, self._access.layout
@@ -253,8 +262,13 @@ class ZooKeeperSource(ReaderTaskSource):
                 last = max(last, await self._read_log(entry))
         if self._resync_at:
             return
-        last = max(last, await calls.current_revision())
-        self._idle_frontier = max(self._idle_frontier, last)
+        if last == 0:  # no log was read to its end: ask how far the server is
+            last = await calls.current_revision()
+        # else the last reply's zxid: a log whose watches have not fired before it is complete up to it
+        if not self._discover:  # no log was made before that reply that this round did not find
+            self._known_up_to = max(self._known_up_to, last)
+        # else a table's new log, whose first change may be below changes of other logs read
+        # in this round: they wait for the next round, which finds it
         for entry in self._logs.values():
             if not entry.dirty:
                 entry.frontier = max(entry.frontier, last)
@@ -265,13 +279,15 @@ class ZooKeeperSource(ReaderTaskSource):
         calls, logs, layout = self._calls, self._access.logs, self._access.layout
         entry.dirty = False
         last_read = 0
+        count = _FIRST_READ
         while True:
-            batch = await logs.read_batch(entry.path, entry.at)
+            batch = await logs.read_batch(entry.path, entry.at, count)
             for got in batch:
                 self._take(entry, got)
                 entry.at.seq += 1
                 last_read = int(got[1].created_zxid)
-            if len(batch) == READ_AHEAD:
+            if len(batch) == count:
+                count = min(count * 4, READ_AHEAD)
                 continue  # more to read
             # at the bucket's end: a multi's changes are created together, so none of the
             # last one's is left unread (until here, only the changes below it are read)
@@ -284,9 +300,12 @@ class ZooKeeperSource(ReaderTaskSource):
             entry.armed = [(protocol.WatchEvent.CREATED, next_path), (protocol.WatchEvent.DATA_CHANGED, entry.path)]
             for key in entry.armed:
                 self._watch(key, self._dirty(entry.path))
-            if await calls.exists(next_path, watch=True) is not None:
+            # both watches in one round trip; the log's reply tells up to where it is complete
+            there, (zxid, found) = await asyncio.gather(
+                calls.exists(next_path, watch=True), logs.read_meta_at(entry.path, watch=True)
+            )
+            if there is not None:
                 continue  # it appeared meanwhile
-            found = await logs.read_meta(entry.path, watch=True)
             if found is None:  # no log yet: it starts at bucket 0
                 return await calls.current_revision()
             try:
@@ -295,7 +314,6 @@ class ZooKeeperSource(ReaderTaskSource):
             except Pruned as pruned:  # pruned before this reader got to it
                 self._lost(entry, pruned.trim)
                 return 0
-            zxid = await calls.current_revision()
             if not entry.dirty:  # no watch fired before this reply: complete up to it
                 entry.frontier = max(entry.frontier, zxid)
             return zxid
