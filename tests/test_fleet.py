@@ -21,7 +21,7 @@ def test_a_small_fleet_converges_through_every_scenario(tmp_path: Path, capsys: 
     args += ["--relist-rate", "10", "--relist-burst", "2", "--relist-jitter", "0.1", "--within", "60"]
     assert main([*args, "--json", str(figures_file)]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
-    for line in ("cold start:", "steady state:", "history lost:", "result: every controller converged"):
+    for line in ("cold start:", "idle:", "steady state:", "history lost:", "result: every controller converged"):
         assert line in out
     result = json.loads(figures_file.read_text())
     assert result["ok"] and result["failures"] == []
@@ -30,6 +30,9 @@ def test_a_small_fleet_converges_through_every_scenario(tmp_path: Path, capsys: 
     cold = result["scenarios"]["cold"]
     assert cold["per_controller"]["objects"] == {"min": held, "mean": held, "max": held}
     assert cold["not_converged"] == 0 and cold["errors"] == []
+    assert cold["cpu_ms_per_controller"] > 0
+    idle = result["scenarios"]["idle"]  # nothing written: what following costs the workers
+    assert idle["seconds"] >= 1 and idle["cpu_ms_per_controller_s"] >= 0 and idle["server_cpu_pct"] is None
     steady = result["scenarios"]["steady"]
     assert steady["writes"] > 0 and steady["not_converged"] == 0
     assert 0 < steady["events"] <= steady["deliveries"] == 2 * steady["writes"]

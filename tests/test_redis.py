@@ -345,3 +345,28 @@ async def test_a_close_that_is_cancelled_still_closes_every_connection(
         with pytest.raises(asyncio.CancelledError):  # the cancellation is not swallowed
             await closing
     assert await server_clients(url, 0) == 0
+
+
+async def test_many_listings_in_one_pipeline_equal_the_listings_one_by_one(volatile_server: RedisServer) -> None:
+    import redis.asyncio as aioredis
+
+    ports = [Port(id=f"p{i}", topic="big") for i in range(1200)]  # past one listing round (1,000)
+    ports += [Port(id=f"q{i}", topic=f"t{i % 3}", n=i) for i in range(30)] + [Port(id="loose")]
+    scopes = [("redis_port", "big"), ("redis_port", "t0"), ("redis_port", "t2"), ("redis_port", None)]
+    scopes.append(("redis_none", "t1"))
+    async with dfdb.connect(volatile_server.url) as nb:
+        await nb.create_many(ports)
+        driver = nb.driver
+        one_by_one = [await driver.list(table, topic) for table, topic in scopes]
+        client = aioredis.Redis.from_url(volatile_server.url.split("?")[0])
+        try:
+            for flush in (False, True):  # with the script loaded, then without (a restarted server's)
+                if flush:
+                    await client.script_flush()
+                many = await driver.list_many(scopes)  # type: ignore[attr-defined]
+                assert [len(x.entries) for x in many] == [1200, 10, 10, 1231, 0]
+                for mine, theirs in zip(many, one_by_one, strict=True):
+                    assert sorted(mine.entries, key=lambda e: e.id) == sorted(theirs.entries, key=lambda e: e.id)
+                    assert (mine.revision, mine.identity) == (theirs.revision, theirs.identity)
+        finally:
+            await client.aclose()

@@ -200,6 +200,7 @@ async def _fleet(args: argparse.Namespace, out: TextIO) -> int:
         json=args.json,
         relist_jitter=args.relist_jitter,
         within=args.within,
+        url_options=args.url_options,
     )
     result = await run_fleet(cfg)
     print_result(result, out)

@@ -257,7 +257,7 @@ def _fleet(sub: argparse._SubParsersAction[Parser]) -> None:
     f.add_argument("--rate", type=_rate, default=50.0, help="writes per second in the steady state")
     f.add_argument("--duration", type=_seconds, default=10.0, help="seconds of steady-state writing")
     f.add_argument("--lost", type=_natural, default=200, help="changes lost to the controllers (history loss)")
-    f.add_argument("--scenarios", default="cold,steady,restart,history", help="comma-separated scenarios to run")
+    f.add_argument("--scenarios", default="cold,idle,steady,restart,history", help="comma-separated scenarios to run")
     f.add_argument("--relist-rate", type=_rate, default=20.0, help="relists per second per process")
     f.add_argument("--relist-burst", type=_positive, default=10, help="relists at once per process")
     f.add_argument("--relist-jitter", type=_delay, default=1.0, help="longest random delay before a relist, seconds")
@@ -265,6 +265,9 @@ def _fleet(sub: argparse._SubParsersAction[Parser]) -> None:
         "--starts", type=_positive, default=25, help="controllers of a process connecting and loading at once"
     )
     f.add_argument("--within", type=_seconds, default=300.0, help="seconds a scenario may take to converge")
+    f.add_argument(
+        "--url-options", default="", metavar="K=V&...", help="URL options of the controllers' connections (block=5)"
+    )
     f.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
 
 

@@ -54,6 +54,7 @@ from dfdb.drivers.base import (
 )
 from dfdb.drivers.redis_digest import RedisDigest
 from dfdb.drivers.redis_leases import RedisLeases
+from dfdb.drivers.redis_listing import list_many
 from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE
 from dfdb.drivers.redis_streams import NO_EPOCH, RedisSource
 from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection, refused_by_acl
@@ -457,6 +458,10 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         except CONNECTION_ERRORS as exc:
             raise _unavailable(self.url, exc) from None
         return Listing(entries, revision, self.epoch)
+
+    async def list_many(self, scopes: Sequence[tuple[str, str | None]]) -> builtins.list[Listing]:
+        """The listings of several (table, topic) scopes, in few round trips (:mod:`.redis_listing`)."""
+        return await list_many(self, scopes, _SCAN_BATCH)
 
     async def _listing_round(
         self, index: str, cursor: bytes | int, entry_prefix: str

@@ -44,9 +44,18 @@ def print_result(result: FleetResult, out: TextIO) -> None:
         if cold.get("workers_cpu_s") is not None:
             print(
                 f"               the worker processes ran {cold['workers_cpu_s']}s on a CPU and waited "
-                f"{cold['workers_waited_for_cpu_s']}s for one (runnable, starved by the host)",
+                f"{cold['workers_waited_for_cpu_s']}s for one (runnable, starved by the host); "
+                f"{_f(cold.get('cpu_ms_per_controller'), ' ms')} of CPU per controller loaded",
                 file=out,
             )
+    idle = s.get("idle")
+    if idle:
+        print(
+            f"idle:          nothing written for {_f(idle['seconds'], 's')}: the worker processes ran "
+            f"{_f(idle['workers_cpu_s'], 's')} on a CPU, {_f(idle['cpu_ms_per_controller_s'], ' ms')} per controller "
+            f"and second; server CPU {_f(idle['server_cpu_pct'], '%')}",
+            file=out,
+        )
     steady = s.get("steady")
     if steady:
         print(

@@ -29,7 +29,7 @@ from dfdb.servers import SERVERS, LocalServer
 
 __all__ = ["SCENARIOS", "FleetConfig", "FleetResult", "run_fleet"]
 
-SCENARIOS = ("cold", "steady", "restart", "history")
+SCENARIOS = ("cold", "idle", "steady", "restart", "history")
 """The scenarios, in the order they run."""
 
 
@@ -63,6 +63,9 @@ class FleetConfig:
     """Controllers of one worker process connecting and loading at once: a host has its
     own CPU for its one controller, a worker process shares one among hundreds, and
     hundreds of loads at once starve each other past their time-outs (then start over)."""
+    url_options: str = ""
+    """URL options for the controllers' connections only (``block=5``: a Redis controller's
+    idle stream makes one round trip per five seconds, not one per second)."""
     within: float = 300.0
     """Seconds a scenario may take to converge before the run fails."""
     seed: int = 1
@@ -137,6 +140,10 @@ class _Cpu:
 
     def figure(self) -> float | None:
         return round(self.peak, 1) if self.server is not None else None
+
+    def used(self) -> float | None:
+        """CPU seconds the server process has used so far (``None``: no server of ours)."""
+        return self._read()
 
 
 def _save(cfg: FleetConfig, result: FleetResult) -> None:
@@ -264,8 +271,8 @@ async def _converge(workers: list[_Worker], nb: NbApi, start: float, within: flo
     return {"converged_s": round(finish, 3), "median_s": median, "not_converged": len(late), "revision": revision}
 
 
-async def _totals(workers: list[_Worker]) -> dict[str, Any]:
-    stats = await _ask(workers, "stats")
+async def _totals(workers: list[_Worker], sizes: bool = False) -> dict[str, Any]:
+    stats = await _ask(workers, "stats", sizes)
     errors = [s["error"] for s in stats if s.get("error")]
     keys = ["objects", "listed_bytes", "records_read", "bytes_read", "resyncs", "reconnects", "relist_wait"]
     keys.append("start_retries")
@@ -345,7 +352,8 @@ async def _run(cfg: FleetConfig, url: str, server: LocalServer | None) -> FleetR
         load = await _load(nb, topology)
         result = FleetResult(asdict(cfg), nb.url.scheme, topology.objects, round(load, 2))
         result.load_average["start"] = [round(x, 2) for x in os.getloadavg()]
-        workers = _spawn(cfg, url, topology)
+        options = cfg.url_options.strip("?&")
+        workers = _spawn(cfg, f"{url}{'&' if '?' in url else '?'}{options}" if options else url, topology)
         try:
             await _scenarios(cfg, nb, workers, server, cpu, topology, result)
             checks = await _ask(workers, "check")
@@ -375,18 +383,22 @@ async def _scenarios(
     sched = _schedstat(workers)
     with cpu.watching():
         reports = await _ask(workers, "start", cfg.within)
+        ran, waited = (round(b - a, 1) for a, b in zip(sched, _schedstat(workers), strict=True))
         ready = [r["ready"] for r in reports if r.get("ready")]
-        cold = await _totals(workers)
+        cold = await _totals(workers, sizes=True)
         cold["converged_s"] = round(max(ready, default=start) - start, 3)
         cold["not_converged"] = cfg.controllers - len(ready)
         cold["peak_server_cpu_pct"] = cpu.figure()
-        ran, waited = (round(b - a, 1) for a, b in zip(sched, _schedstat(workers), strict=True))
         cold["workers_cpu_s"], cold["workers_waited_for_cpu_s"] = ran, waited
+        cold["cpu_ms_per_controller"] = round(1000 * ran / max(len(ready), 1), 1)
     result.scenarios["cold"] = cold
     _save(cfg, result)
     result.failures += [f"cold start: {e}" for e in cold["errors"]]
     if cold["not_converged"]:
         result.failures.append(f"cold start: {cold['not_converged']} controllers not ready")
+    if "idle" in cfg.scenarios:
+        result.scenarios["idle"] = await _idle(cfg, workers, cpu, len(ready))
+        _save(cfg, result)
     if "steady" in cfg.scenarios:
         await _ask(workers, "latencies")
         with cpu.watching():
@@ -411,6 +423,25 @@ async def _scenarios(
         scen = result.scenarios.get(name)
         if scen is not None and scen["not_converged"]:
             result.failures.append(f"{name}: {scen['not_converged']} controllers did not converge")
+
+
+async def _idle(cfg: FleetConfig, workers: list[_Worker], cpu: _Cpu, loaded: int) -> dict[str, Any]:
+    """Nothing written for ``cfg.duration`` seconds: what the loaded controllers cost the
+    worker processes and the server meanwhile (their timers, reads and checks)."""
+    await asyncio.sleep(min(cfg.duration, 5.0))  # the loads' background validation is over
+    sched, server = _schedstat(workers), cpu.used()
+    start = time.monotonic()
+    await asyncio.sleep(cfg.duration)
+    took = time.monotonic() - start
+    ran = _schedstat(workers)[0] - sched[0]
+    after = cpu.used()
+    per = 1000 * ran / max(loaded, 1) / took
+    out: dict[str, Any] = {"seconds": round(took, 2), "workers_cpu_s": round(ran, 2)}
+    out["cpu_ms_per_controller_s"] = round(per, 3)
+    out["server_cpu_pct"] = (
+        round(100 * (after - server) / took, 1) if after is not None and server is not None else None
+    )
+    return out
 
 
 async def _disruption(

@@ -65,7 +65,7 @@ async def _serve(conn: Connection, url: str, indexes: list[int], topology: Topol
                         await asyncio.gather(*(c.up.wait() for c in controllers))
                 conn.send([_start_report(c) for c in controllers])
             elif command == "stats":
-                conn.send([_stats(c) for c in controllers])
+                conn.send([_stats(c, bool(arg)) for c in controllers])
             elif command == "wait":
                 revision, within = arg
                 conn.send(await asyncio.gather(*(_wait(c, revision, within) for c in controllers)))
@@ -161,17 +161,16 @@ async def _follow(c: _Controller, events: Any) -> None:
 
 
 def _start_report(c: _Controller) -> dict[str, Any]:
-    report = _stats(c)
-    report["ready"] = c.ready
-    report["started"] = c.started
-    return report
+    return {"index": c.index, "error": c.error, "ready": c.ready, "started": c.started}
 
 
-def _stats(c: _Controller) -> dict[str, Any]:
+def _stats(c: _Controller, sizes: bool = False) -> dict[str, Any]:
+    """The controller's counters; with ``sizes``, the bytes of what it holds too (which
+    builds every object it holds: the simulator's cost, not the controller's)."""
     if c.replica is None:
         return {"index": c.index, "error": c.error or "not started"}
     s = c.replica.stats()
-    held = [o for m in MODELS for o in c.replica.get_all(m)]
+    held = [o for m in MODELS for o in c.replica.get_all(m)] if sizes else []
     return {
         "index": c.index,
         "error": c.error,

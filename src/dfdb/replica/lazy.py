@@ -72,23 +72,36 @@ class _Unreadable(Exception):
 async def list_raw(nb: NbApi, models: Sequence[type[NbModel]], topics: Collection[str] | None,
                    topicless: Collection[type[NbModel]] = ()) -> RawListings:  # fmt: skip
     """The stored entries of ``models`` as :func:`dfdb.replica.relist.list_scope` lists them
-    (every object, or those of ``topics`` plus whole listings of ``topicless``), not decoded."""
-    listings: RawListings = []
+    (every object, or those of ``topics`` plus whole listings of ``topicless``), not decoded,
+    each sorted by id. A driver that reads several listings in one round trip (``list_many``:
+    Redis) is asked for every scope at once: a selective scope is dozens of small listings."""
+    scopes: list[tuple[type[NbModel], str | None]] = []
     for model in models:
-        scopes: list[str | None] = [None] if topics is None else [*sorted(topics)]
+        scopes += [(model, None)] if topics is None else [(model, t) for t in sorted(topics)]
         if topics is not None and model in topicless:
-            scopes.append(None)
-        for topic in scopes:
+            scopes.append((model, None))
+    nb._check()
+    many = getattr(nb.driver, "list_many", None)
+    if many is not None and scopes:
+        wanted = [(model.__table__, topic) for model, topic in scopes]
+        found = await nb._retry(lambda: many(wanted), "list", scopes[0][0].__table__)
+    else:
+        found = []
+        for model, topic in scopes:
             nb._check()
-            table = model.__table__
 
-            async def call(table: str = table, topic: str | None = topic) -> Any:
+            async def call(table: str = model.__table__, topic: str | None = topic) -> Any:
                 return await nb.driver.list(table, topic)
 
-            listing = await nb._retry(call, "list", table)
-            cursor = format_cursor(listing.identity or nb._identity or "", listing.revision)
-            listings.append((model, sorted(listing.entries, key=_entry_id), cursor))
-    return listings
+            found.append(await nb._retry(call, "list", model.__table__))
+    return [
+        (
+            model,
+            sorted(listing.entries, key=_entry_id),
+            format_cursor(listing.identity or nb._identity or "", listing.revision),
+        )
+        for (model, _), listing in zip(scopes, found, strict=True)
+    ]
 
 
 def _entry_id(entry: Entry) -> str:

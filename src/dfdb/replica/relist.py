@@ -4,17 +4,22 @@ names) and the events that tell the difference between the old contents and the 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
-from dfdb.errors import BackendTimeoutError, BackendUnavailableError, NotFoundError
+from dfdb.codec import decode
+from dfdb.errors import BackendTimeoutError, BackendUnavailableError, CorruptObjectError, NotFoundError
 from dfdb.events import Action
 from dfdb.nb import ListResult, NbApi, revision_of
 from dfdb.nbmodel import NbModel
 from dfdb.replica.events import EventFlow, ReplicaEvent
+from dfdb.replica.lazy import list_raw
 from dfdb.replica.store import Row
 from dfdb.retry import Backoff
 
 __all__ = ["Keys", "Listings", "emit_difference", "list_scope", "refetch", "until_done"]
+
+log = logging.getLogger("dfdb.nb")
 
 Listings = list[tuple[type[NbModel], ListResult[NbModel]]]
 """Listings of a scope, by model."""
@@ -32,13 +37,16 @@ async def list_scope(
     plus a whole listing of each model of ``topicless`` for its topic-less objects (the
     caller filters the rest out)."""
     listings: Listings = []
-    for model in models:
-        if topics is None:
-            listings.append((model, await nb.list(model)))
-        else:
-            listings += [(model, await nb.list(model, topic=t)) for t in sorted(topics)]
-            if model in topicless:
-                listings.append((model, await nb.list(model)))
+    for model, entries, cursor in await list_raw(nb, models, topics, topicless):
+        items: list[NbModel] = []
+        corrupt: list[str] = []
+        for entry in entries:
+            try:
+                items.append(decode(model, entry.id, entry.topic, entry.value, entry.revision))
+            except CorruptObjectError as exc:
+                log.warning("skipping %s", exc)
+                corrupt.append(entry.id)
+        listings.append((model, ListResult(items, cursor, corrupt)))
     return listings
 
 
