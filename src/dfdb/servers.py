@@ -507,8 +507,11 @@ class ZooKeeperServer(LocalServer):
         self.processes = [self._spawn(i) for i in range(self.members)]
         for i, proc in enumerate(self.processes):
             assert proc is not None
-            _wait_ready(
-                functools.partial(self.serving, i), proc, f"zookeeper member {i} on port {self.client_ports[i]}"
+            _wait_ready(  # an ensemble serves once it has elected a leader: slow on a loaded machine
+                functools.partial(self.serving, i),
+                proc,
+                f"zookeeper member {i} on port {self.client_ports[i]}",
+                60.0 if self.members > 1 else 20.0,
             )
             if self.ca is not None:  # the first TLS handshake warms the JVM up: not a client's first call
                 _wait_ready(functools.partial(self._tls_serving, i), proc, f"zookeeper member {i}'s TLS port")
