@@ -43,7 +43,7 @@ from dfdb.metrics.stats import NbCounters, NbStats
 from dfdb.nbmodel import NbModel, validate_key
 from dfdb.retry import Backoff, checkpoint_if_cancelled, gather_outcomes, run_to_completion
 from dfdb.url import MAX_POLL_INTERVAL, DatabaseURL, positive_seconds
-from dfdb.writes import put_chunk, write
+from dfdb.writes import in_waves, put_chunk, write
 
 __all__ = ["ListResult", "NbApi", "Notifications", "revision_of"]
 
@@ -461,7 +461,8 @@ class NbApi:
 
     async def create_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
         """Create many objects, in chunks (one driver batch each); not atomic. Cancelled, the
-        chunk already sent runs to its end first; the later ones are not sent.
+        chunk already sent runs to its end first; the later ones are not sent. Writes of one
+        (table, id) apply in their order, as separate calls would (the first one wins).
 
         Returns:
             For each input, in order: the stored object, or the error that refused it (a ``DfdbError``, or a
@@ -471,7 +472,7 @@ class NbApi:
         results: builtins.list[M | Exception] = []
         items = list(objs)
         for start in range(0, len(items), BATCH_CHUNK):
-            results.extend(await self._create_chunk(items[start : start + BATCH_CHUNK]))
+            results.extend(await in_waves(items[start : start + BATCH_CHUNK], self._create_chunk))
         return results
 
     async def _create_chunk(self, chunk: builtins.list[M]) -> builtins.list[M | Exception]:
@@ -485,7 +486,8 @@ class NbApi:
 
     async def update_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
         """Update many objects (each compare-and-swap), in chunks; not atomic. Cancelled, the
-        updates already sent run to their end first; the others are not sent.
+        updates already sent run to their end first; the others are not sent. Updates of one
+        (table, id) apply in their order, as separate calls would (the first one wins).
 
         Returns:
             For each input, in order: the stored object, or the error that refused it (a ``DfdbError``, or a
@@ -495,7 +497,7 @@ class NbApi:
         items = list(objs)
         results: builtins.list[M | Exception] = []
         for start in range(0, len(items), BATCH_CHUNK):
-            results.extend(await self._update_chunk(items[start : start + BATCH_CHUNK]))
+            results.extend(await in_waves(items[start : start + BATCH_CHUNK], self._update_chunk))
         return results
 
     async def _update_chunk(self, chunk: builtins.list[M]) -> builtins.list[M | Exception]:

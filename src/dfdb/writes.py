@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from dfdb.nb import NbApi
     from dfdb.nbmodel import NbModel
 
-__all__ = ["put_chunk", "write"]
+__all__ = ["in_waves", "put_chunk", "write"]
 
 M = TypeVar("M", bound="NbModel")
 
@@ -104,8 +104,7 @@ async def put_chunk(nb: NbApi, prepared: Sequence[tuple[M, bytes, bytes, Expect]
     A batch whose reply was lost (unavailable, timed out) is finished write by write,
     idempotently, as :func:`write` does after a lost reply; one that found the database
     locked until its deadline wrote nothing (each write a :class:`LockedError`). Cancelled,
-    the batch already sent runs to its end first. Writes naming one object apply in the
-    batch's order (see :func:`_in_waves`).
+    the batch already sent runs to its end first.
     """
     requests = [
         PutRequest(type(p[0]).__table__, p[0].id, p[0].topic, p[1], p[3])
@@ -115,7 +114,7 @@ async def put_chunk(nb: NbApi, prepared: Sequence[tuple[M, bytes, bytes, Expect]
     try:
         with anyio.fail_after(nb.timeout):
             # sent: let the batch finish, so none of it lands after a cancelled caller returned
-            outcomes: list[int | Exception] = await run_to_completion(lambda: _in_waves(nb, requests))
+            outcomes: list[int | Exception] = await run_to_completion(lambda: nb.driver.put_many(requests))
         await checkpoint_if_cancelled()
     except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
         await checkpoint_if_cancelled()
@@ -147,23 +146,28 @@ async def put_chunk(nb: NbApi, prepared: Sequence[tuple[M, bytes, bytes, Expect]
     return results
 
 
-async def _in_waves(nb: NbApi, requests: list[PutRequest]) -> list[int | Exception]:
-    """``driver.put_many`` of ``requests`` in waves, one after the other: the n-th write of
-    a (table, id) goes in the n-th wave. A driver may run a batch's writes at once, so
-    writes of one object would land in any order; in waves they apply in the batch's
-    order, as separate calls would (the first one wins, the later ones are refused
-    after it). A batch naming each object once is one wave."""
+async def in_waves(chunk: list[M], run: Callable[[list[M]], Awaitable[list[M | Exception]]]) -> list[M | Exception]:
+    """``run(objects)`` of ``chunk`` in waves, one after the other: the n-th object of a
+    (table, id) goes in the n-th wave; each outcome in its object's place.
+
+    A driver may run a batch's writes at once, so that writes of one object would land in
+    any order; in waves they apply in the batch's order, as separate calls would (the first
+    one wins, the later ones are refused after it). A chunk naming each object once is one
+    wave.
+    """
     waves: list[list[int]] = []
-    seen: dict[tuple[str, str], int] = {}
-    for i, request in enumerate(requests):
-        n = seen[request.table, request.id] = seen.get((request.table, request.id), -1) + 1
+    seen: dict[object, int] = {}
+    for i, obj in enumerate(chunk):
+        table, id = getattr(type(obj), "__table__", None), getattr(obj, "id", None)
+        key = (table, id) if isinstance(table, str) and isinstance(id, str) else object()  # invalid: alone
+        n = seen[key] = seen.get(key, -1) + 1
         if n == len(waves):
             waves.append([])
         waves[n].append(i)
     if len(waves) <= 1:
-        return await nb.driver.put_many(requests)
-    outcomes: list[int | Exception] = [0] * len(requests)
+        return await run(chunk)
+    results: list[M | Exception] = list(chunk)
     for wave in waves:
-        for i, outcome in zip(wave, await nb.driver.put_many([requests[i] for i in wave]), strict=True):
-            outcomes[i] = outcome
-    return outcomes
+        for i, outcome in zip(wave, await run([chunk[i] for i in wave]), strict=True):
+            results[i] = outcome
+    return results

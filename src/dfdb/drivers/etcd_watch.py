@@ -87,8 +87,12 @@ class EtcdSource(ReaderTaskSource):
     merge is in revision order, and the cursor of each event is its own revision. What
     is left: a cursor read in the moment between a victim's set-aside and the reply that
     shows it may pass the victim's changes (a stream resumed from it misses them; the
-    stream that read it delivers a ``resync`` of the topic). A
-    watch with nothing to catch up says so only with etcd's next progress notification
+    stream that read it delivers a ``resync`` of the topic). Nothing tells a set-aside
+    watch from an idle one sooner: a progress request is answered for the whole stream
+    (and, before etcd 3.4.25 and 3.5.8, ahead of changes still held back), a range read
+    does not see a key created and deleted in between, and a cursor moved only by each
+    watch's own replies would stand, for a quiet topic, until its progress notification.
+    A watch with nothing to catch up says so only with etcd's next progress notification
     (``--experimental-watch-progress-notify-interval``, 10 minutes by default), so an
     event is held at most about ``watch_hold`` seconds (the URL option, default 1): then
     every buffered event is returned (a forced release, counted in

@@ -27,4 +27,12 @@ async def test_a_batch_naming_an_object_twice_applies_the_first(nb: NbApi) -> No
         assert [type(u) for u in updated[1:]] == [dfdb.ConflictError, dfdb.ConflictError], updated
         stored = await nb.get(ConformanceItem, key)
         assert (stored.n, stored.version) == (10, 2)
+        built = [ConformanceItem(id=key, version=2, n=n) for n in (40, 50)]  # not read: update() reads each
+        updated = await nb.update_many([*built, stored.model_copy(update={"n": 60})])
+        assert [u.n if isinstance(u, ConformanceItem) else type(u) for u in updated] == [
+            40,
+            dfdb.ConflictError,
+            dfdb.ConflictError,
+        ], updated
+        assert (await nb.get(ConformanceItem, key)).n == 40
         await nb.delete(ConformanceItem, "other")
