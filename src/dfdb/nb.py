@@ -43,7 +43,7 @@ from dfdb.metrics.stats import NbCounters, NbStats
 from dfdb.nbmodel import NbModel, validate_key
 from dfdb.retry import Backoff, checkpoint_if_cancelled, gather_outcomes, run_to_completion
 from dfdb.url import MAX_POLL_INTERVAL, DatabaseURL, positive_seconds
-from dfdb.writes import in_waves, put_chunk, write
+from dfdb.writes import create_chunk, in_waves, update_chunk, write
 
 __all__ = ["ListResult", "NbApi", "Notifications", "revision_of"]
 
@@ -472,17 +472,8 @@ class NbApi:
         results: builtins.list[M | Exception] = []
         items = list(objs)
         for start in range(0, len(items), BATCH_CHUNK):
-            results.extend(await in_waves(items[start : start + BATCH_CHUNK], self._create_chunk))
+            results.extend(await in_waves(items[start : start + BATCH_CHUNK], lambda c: create_chunk(self, c)))
         return results
-
-    async def _create_chunk(self, chunk: builtins.list[M]) -> builtins.list[M | Exception]:
-        prepared: builtins.list[tuple[M, bytes, bytes, Expect] | Exception] = []
-        for obj in chunk:
-            try:
-                prepared.append((*self._prepare(obj, 1), ABSENT))
-            except (TypeError, ValueError) as exc:
-                prepared.append(exc)
-        return await put_chunk(self, prepared)
 
     async def update_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
         """Update many objects (each compare-and-swap), in chunks; not atomic. Cancelled, the
@@ -497,28 +488,8 @@ class NbApi:
         items = list(objs)
         results: builtins.list[M | Exception] = []
         for start in range(0, len(items), BATCH_CHUNK):
-            results.extend(await in_waves(items[start : start + BATCH_CHUNK], self._update_chunk))
+            results.extend(await in_waves(items[start : start + BATCH_CHUNK], lambda c: update_chunk(self, c)))
         return results
-
-    async def _update_chunk(self, chunk: builtins.list[M]) -> builtins.list[M | Exception]:
-        """The objects read through an NbApi in one driver batch (compare-and-swap against
-        the revision they were read at); the others one by one, as :meth:`update` does."""
-        prepared: builtins.list[tuple[M, bytes, bytes, Expect] | Exception | None] = []
-        for obj in chunk:
-            try:
-                origin = obj._dfdb_origin if isinstance(obj, NbModel) else None
-                if origin is None or type(obj.version) is not int:
-                    prepared.append(None)  # update() reads it first, or refuses it
-                    continue
-                new, value, wid = self._prepare(obj, obj.version + 1)
-                check_topic(type(new).__table__, new.id, origin[1], new.topic)
-                prepared.append((new, value, wid, origin[0]))
-            except (TypeError, ValueError) as exc:
-                prepared.append(exc)
-        batched = iter(await put_chunk(self, [p for p in prepared if p is not None]))
-        alone = [obj for obj, p in zip(chunk, prepared, strict=True) if p is None]
-        singles = iter(await self._many(self.update, alone) if alone else [])
-        return [next(singles) if p is None else next(batched) for p in prepared]
 
     async def _many(self, op: Callable[[M], Awaitable[M]], objs: Iterable[M]) -> builtins.list[M | Exception]:
         self._check()

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from dfdb.codec import still_expected, write_id
-from dfdb.drivers.base import Expect, Guard, PutRequest
+from dfdb.codec import check_topic, still_expected, write_id
+from dfdb.drivers.base import ABSENT, Expect, Guard, PutRequest
 from dfdb.errors import (
     AlreadyExistsError,
     BackendTimeoutError,
@@ -18,13 +18,13 @@ from dfdb.errors import (
     LockedError,
     OutcomeUnknownError,
 )
+from dfdb.nbmodel import NbModel
 from dfdb.retry import checkpoint_if_cancelled, run_to_completion
 
 if TYPE_CHECKING:
     from dfdb.nb import NbApi
-    from dfdb.nbmodel import NbModel
 
-__all__ = ["in_waves", "put_chunk", "write"]
+__all__ = ["create_chunk", "in_waves", "put_chunk", "update_chunk", "write"]
 
 M = TypeVar("M", bound="NbModel")
 
@@ -171,3 +171,36 @@ async def in_waves(chunk: list[M], run: Callable[[list[M]], Awaitable[list[M | E
         for i, outcome in zip(wave, await run([chunk[i] for i in wave]), strict=True):
             results[i] = outcome
     return results
+
+
+async def create_chunk(nb: NbApi, chunk: list[M]) -> list[M | Exception]:
+    """:meth:`NbApi.create_many`'s objects of one chunk as one driver batch."""
+    prepared: list[tuple[M, bytes, bytes, Expect] | Exception] = []
+    for obj in chunk:
+        try:
+            prepared.append((*nb._prepare(obj, 1), ABSENT))
+        except (TypeError, ValueError) as exc:
+            prepared.append(exc)
+    return await put_chunk(nb, prepared)
+
+
+async def update_chunk(nb: NbApi, chunk: list[M]) -> list[M | Exception]:
+    """:meth:`NbApi.update_many`'s objects of one chunk: those read through an NbApi in one
+    driver batch (compare-and-swap against the revision they were read at); the others one
+    by one, as :meth:`NbApi.update` does."""
+    prepared: list[tuple[M, bytes, bytes, Expect] | Exception | None] = []
+    for obj in chunk:
+        try:
+            origin = obj._dfdb_origin if isinstance(obj, NbModel) else None
+            if origin is None or type(obj.version) is not int:
+                prepared.append(None)  # update() reads it first, or refuses it
+                continue
+            new, value, wid = nb._prepare(obj, obj.version + 1)
+            check_topic(type(new).__table__, new.id, origin[1], new.topic)
+            prepared.append((new, value, wid, origin[0]))
+        except (TypeError, ValueError) as exc:
+            prepared.append(exc)
+    batched = iter(await put_chunk(nb, [p for p in prepared if p is not None]))
+    alone = [obj for obj, p in zip(chunk, prepared, strict=True) if p is None]
+    singles = iter(await nb._many(nb.update, alone) if alone else [])
+    return [next(singles) if p is None else next(batched) for p in prepared]
