@@ -19,6 +19,7 @@ from dfdb.codec import (
     encode,
     first_error,
     model_of,
+    origin_of,
     raw_version,
     revision_of,
     table_of,
@@ -275,7 +276,7 @@ class NbApi:
         if type(obj.version) is not int:
             raise ValueError(f"invalid {table}/{obj.id}: version must be an integer, not {obj.version!r}")
         new, value, wid = self._prepare(obj, obj.version + 1)
-        origin = obj._dfdb_origin
+        origin = origin_of(obj)
         if origin is None:
             current = await self._retry(lambda: self.driver.get(table, new.id), "get", table)
             if current is None:
@@ -504,7 +505,7 @@ class NbApi:
         prepared: builtins.list[tuple[M, bytes, bytes, Expect] | Exception | None] = []
         for obj in chunk:
             try:
-                origin = obj._dfdb_origin if isinstance(obj, NbModel) else None
+                origin = origin_of(obj) if isinstance(obj, NbModel) else None
                 if origin is None or type(obj.version) is not int:
                     prepared.append(None)  # update() reads it first, or refuses it
                     continue

@@ -9,7 +9,7 @@ import typing
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, GetCoreSchemaHandler, PrivateAttr
+from pydantic import AfterValidator, BaseModel, ConfigDict, GetCoreSchemaHandler
 from pydantic_core import core_schema
 
 from dfdb.errors import ModelDefinitionError
@@ -144,8 +144,10 @@ class NbModel(BaseModel):
     topic: TopicKey | None = None
     version: int = 0
 
-    # Where this copy was read: (revision, topic); lets update() skip a read.
-    _dfdb_origin: tuple[int, str | None] | None = PrivateAttr(default=None)
+    # Where a copy was read or written, (revision, topic), lets update() skip a read: kept in
+    # ``__pydantic_private__["_dfdb_origin"]`` by the NbApi (see ``codec.origin_of``), not
+    # declared as a private attribute, which would cost every validation a Python call to set
+    # its default.
 
     def __init_subclass__(
         cls, *, table: str | None = None, indexes: Iterable[str | tuple[str, ...]] = (), **kwargs: Any
