@@ -182,10 +182,8 @@ class NbApi:
     ) -> T:  # fmt: skip
         """``call()`` retried with backoff on connection failures and timeouts until the
         NbApi's timeout; then ``give_up(last error)`` is raised (``BackendUnavailableError``
-        by default). ``OutcomeUnknownError`` and cancellation are never retried.
-
-        ``bounded``: ``call`` bounds itself by a deadline of its own (one NbApi timeout from
-        now, at most), so no cancel scope is opened around it."""
+        by default). ``OutcomeUnknownError`` and cancellation are never retried. ``bounded``:
+        ``call`` bounds itself (by one NbApi timeout from now at most): no cancel scope around it."""
         deadline = anyio.current_time() + self.timeout
         attempt = 0
         while True:
