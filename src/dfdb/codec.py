@@ -22,6 +22,7 @@ __all__ = [
     "encode",
     "first_error",
     "model_of",
+    "origin_of",
     "raw_version",
     "revision_of",
     "still_expected",
@@ -97,9 +98,16 @@ def decode(model: type[M], id: str, topic: str | None, value: bytes, revision: i
 def revision_of(obj: NbModel) -> int | None:
     """The backend revision at which ``obj`` was read or written by an :class:`NbApi`
     (``None`` for an object built by hand). Pass it to ``Replica.wait_for``."""
-    private = obj.__pydantic_private__  # read directly: the attribute hook costs more than the rest
-    origin = private.get("_dfdb_origin") if private else None
+    origin = origin_of(obj)
     return origin[0] if origin is not None else None
+
+
+def origin_of(obj: NbModel) -> tuple[int, str | None] | None:
+    """Where ``obj`` was read or written by an :class:`NbApi`: (revision, topic); ``None``
+    for an object built by hand."""
+    private = obj.__pydantic_private__
+    origin: tuple[int, str | None] | None = private.get("_dfdb_origin") if private else None
+    return origin
 
 
 def model_of(obj: NbModel) -> type[NbModel]:

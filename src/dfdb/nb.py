@@ -19,6 +19,7 @@ from dfdb.codec import (
     encode,
     first_error,
     model_of,
+    origin_of,
     raw_version,
     revision_of,
     table_of,
@@ -181,10 +182,8 @@ class NbApi:
     ) -> T:  # fmt: skip
         """``call()`` retried with backoff on connection failures and timeouts until the
         NbApi's timeout; then ``give_up(last error)`` is raised (``BackendUnavailableError``
-        by default). ``OutcomeUnknownError`` and cancellation are never retried.
-
-        ``bounded``: ``call`` bounds itself by a deadline of its own (one NbApi timeout from
-        now, at most), so no cancel scope is opened around it."""
+        by default). ``OutcomeUnknownError`` and cancellation are never retried. ``bounded``:
+        ``call`` bounds itself (by one NbApi timeout from now at most): no cancel scope around it."""
         deadline = anyio.current_time() + self.timeout
         attempt = 0
         while True:
@@ -275,7 +274,7 @@ class NbApi:
         if type(obj.version) is not int:
             raise ValueError(f"invalid {table}/{obj.id}: version must be an integer, not {obj.version!r}")
         new, value, wid = self._prepare(obj, obj.version + 1)
-        origin = obj._dfdb_origin
+        origin = origin_of(obj)
         if origin is None:
             current = await self._retry(lambda: self.driver.get(table, new.id), "get", table)
             if current is None:

@@ -144,13 +144,10 @@ class NbModel(BaseModel):
     topic: TopicKey | None = None
     version: int = 0
 
-    @property
-    def _dfdb_origin(self) -> tuple[int, str | None] | None:
-        """Where this copy was read: (revision, topic); lets update() skip a read. Kept in
-        ``__pydantic_private__`` with no private attribute declared: one would make pydantic
-        initialise it after every validation, a quarter of the cost of decoding an object."""
-        private = self.__pydantic_private__
-        return private.get("_dfdb_origin") if private else None
+    # Where a copy was read or written, (revision, topic), lets update() skip a read: kept in
+    # ``__pydantic_private__["_dfdb_origin"]`` by the NbApi (see ``codec.origin_of``), not
+    # declared as a private attribute, which would cost every validation a Python call to set
+    # its default.
 
     def __init_subclass__(
         cls, *, table: str | None = None, indexes: Iterable[str | tuple[str, ...]] = (), **kwargs: Any

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from dfdb.codec import check_topic, still_expected, write_id
+from dfdb.codec import check_topic, origin_of, still_expected, write_id
 from dfdb.drivers.base import ABSENT, Expect, Guard, PutRequest
 from dfdb.errors import (
     AlreadyExistsError,
@@ -191,7 +191,7 @@ async def update_chunk(nb: NbApi, chunk: list[M]) -> list[M | Exception]:
     prepared: list[tuple[M, bytes, bytes, Expect] | Exception | None] = []
     for obj in chunk:
         try:
-            origin = obj._dfdb_origin if isinstance(obj, NbModel) else None
+            origin = origin_of(obj) if isinstance(obj, NbModel) else None
             if origin is None or type(obj.version) is not int:
                 prepared.append(None)  # update() reads it first, or refuses it
                 continue
