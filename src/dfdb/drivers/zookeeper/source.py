@@ -351,6 +351,8 @@ class ZooKeeperSource(ReaderTaskSource):
             await self._seek(entry, now)
             entry.dirty = True
         self._since = now
+        # a log found later starts after `now` too: the resync stands for every change up to it
+        self._known_up_to = max(self._known_up_to, now)
         return RawEvent.resync(now, identity)
 
     async def _follow(self, topics: frozenset[str | None], since: int) -> None:
