@@ -35,6 +35,27 @@ def ensemble() -> Iterator[ZooKeeperServer]:
     yield from serve(lambda: ZooKeeperServer(3))
 
 
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[ZooKeeperServer]:
+    yield from serve(lambda: ZooKeeperServer(1))
+
+
+@pytest.fixture
+async def kept(shared_server: ZooKeeperServer) -> ZooKeeperServer:
+    """One server for the tests that neither restart nor stop it and write little (a JVM
+    takes seconds to start), emptied before each: every test starts from an empty tree, as
+    on a server of its own."""
+    client = ZKClient(shared_server.url.split("://")[1], session_timeout=10)
+    await client.start()
+    try:
+        for child in await client.get_children("/"):
+            if child != "zookeeper":
+                await client.deleteall(f"/{child}")
+    finally:
+        await client.close()
+    return shared_server
+
+
 async def server_history(server: ZooKeeperServer, table: str = "zk_port") -> list[tuple[str, int]]:
     """The server's own record: every change node of the table's logs, read with a raw
     aiozk client, in zxid order."""
@@ -187,8 +208,8 @@ async def test_leader_killed_during_writes_and_watches(ensemble: ZooKeeperServer
         await check_watchers(ws, ensemble, 600)
 
 
-async def test_buckets_move_on_and_pruning_is_announced(single: ZooKeeperServer) -> None:
-    async with dfdb.connect(single.url + "/b?bucket_size=10&keep=2") as nb:
+async def test_buckets_move_on_and_pruning_is_announced(kept: ZooKeeperServer) -> None:
+    async with dfdb.connect(kept.url + "/b?bucket_size=10&keep=2") as nb:
         async with nb.watch(Port) as live, nb.watch(Port) as stalled:
             await nb.create(Port(id="first", topic="t"))
             assert (await asyncio.wait_for(anext(stalled), 10)).id == "first"
@@ -198,7 +219,7 @@ async def test_buckets_move_on_and_pruning_is_announced(single: ZooKeeperServer)
                 await nb.create(Port(id=f"p{n}", topic="t"))
                 ev = await asyncio.wait_for(anext(live), 10)
                 assert (ev.action, ev.id) == (dfdb.Action.CREATE, f"p{n}")
-        buckets = await raw_children(single, "/b/l/zk_port/t/t")
+        buckets = await raw_children(kept, "/b/l/zk_port/t/t")
         assert len(buckets) == 2  # the others were pruned
         async with nb.watch(Port, since=cursor) as resumed:
             ev = await asyncio.wait_for(anext(resumed), 10)
@@ -224,20 +245,18 @@ async def test_hundred_thousand_objects(single: ZooKeeperServer) -> None:
         print(f"100k: bulk load {loaded:.1f}s, list {time.monotonic() - started - loaded:.1f}s")
 
 
-async def test_foreign_data_is_reported_and_made_whole(
-    single: ZooKeeperServer, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_foreign_data_is_reported_and_made_whole(kept: ZooKeeperServer, caplog: pytest.LogCaptureFixture) -> None:
     """A value that is not a Port is skipped with a warning; a change record that is not
     dfdb's is logged, counted and answered with a RESYNC of its table, and the stream goes
     on with the next change."""
-    async with dfdb.connect(single.url) as nb, nb.watch(Port) as stream:
+    async with dfdb.connect(kept.url) as nb, nb.watch(Port) as stream:
         raw = await nb.driver.watch(["zk_port"])
         try:
             await nb.create(Port(id="good", topic="t"))
             assert (await asyncio.wait_for(anext(stream), 10)).id == "good"
             driver = nb.driver
             await driver.put("zk_port", "alien", "t", b'{"id": "alien", "n": "many"}', dfdb.drivers.ABSENT)
-            await raw_create(single, "/dfdb/l/zk_port/t/t/b0000000000/c", b"?\nnonsense")
+            await raw_create(kept, "/dfdb/l/zk_port/t/t/b0000000000/c", b"?\nnonsense")
             await nb.create(Port(id="after", topic="t"))
             resync = await asyncio.wait_for(anext(stream), 10)
             assert (resync.action, resync.model) == (dfdb.Action.RESYNC, Port)
@@ -346,11 +365,11 @@ class Blob(dfdb.NbModel, table="zk_blob"):
     data: str = ""
 
 
-async def test_value_size_limit(single: ZooKeeperServer) -> None:
+async def test_value_size_limit(kept: ZooKeeperServer) -> None:
     """A value over the driver's limit is refused at once, naming the limit, and nothing is
     written; one just under it is created, updated, watched and deleted."""
     limit = ZooKeeperDriver.max_value_size
-    async with dfdb.connect(single.url + "/size") as nb, nb.watch(Blob) as stream:
+    async with dfdb.connect(kept.url + "/size") as nb, nb.watch(Blob) as stream:
         started = time.monotonic()
         with pytest.raises(dfdb.ValueTooLargeError, match=f"{limit:,}") as info:
             await nb.create(Blob(id="big", topic="t", data="x" * 2_000_000))
@@ -378,11 +397,11 @@ async def test_value_size_limit(single: ZooKeeperServer) -> None:
 
 
 @pytest.mark.parametrize("key", ["\U0001f512", "\uf000", "a\ufff0"])
-async def test_ids_and_topics_zookeeper_cannot_name_are_refused_clearly(single: ZooKeeperServer, key: str) -> None:
+async def test_ids_and_topics_zookeeper_cannot_name_are_refused_clearly(kept: ZooKeeperServer, key: str) -> None:
     """Valid dfdb keys with a character ZooKeeper refuses in node names: a write is refused
     with UnstorableKeyError naming the key (not the client's BadArguments), nothing is
     written, and reads find nothing; every other write of a batch goes through."""
-    async with dfdb.connect(single.url + "/keys") as nb:
+    async with dfdb.connect(kept.url + "/keys") as nb:
         with pytest.raises(dfdb.UnstorableKeyError, match="zk://") as info:
             await nb.create(Blob(id=key, topic="t"))
         assert info.value.key == key and isinstance(info.value, ValueError)
@@ -404,7 +423,7 @@ async def test_ids_and_topics_zookeeper_cannot_name_are_refused_clearly(single: 
 @pytest.mark.parametrize("damage", ["garbage index", "no data node"])
 @pytest.mark.parametrize("repair", ["put", "delete"])
 async def test_an_index_node_another_program_broke_is_repairable(
-    single: ZooKeeperServer, damage: str, repair: str
+    kept: ZooKeeperServer, damage: str, repair: str
 ) -> None:
     """An index node rewritten to data that is not dfdb's (its data node still there), or
     left naming a data node another program deleted: ``put`` replaces the object and
@@ -412,10 +431,10 @@ async def test_an_index_node_another_program_broke_is_repairable(
     import hashlib
 
     shard = hashlib.blake2s(b"a", digest_size=1).hexdigest()
-    async with dfdb.connect(single.url + "/mend") as nb, nb.watch(Port) as stream:
+    async with dfdb.connect(kept.url + "/mend") as nb, nb.watch(Port) as stream:
         await nb.create(Port(id="a", topic="t"))
         assert (await asyncio.wait_for(anext(stream), 10)).id == "a"
-        client = ZKClient(single.url.split("://")[1], session_timeout=10)
+        client = ZKClient(kept.url.split("://")[1], session_timeout=10)
         await client.start()
         try:
             if damage == "garbage index":
