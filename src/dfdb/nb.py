@@ -311,7 +311,7 @@ class NbApi:
         self._check()
         model = model_of(obj)
         table = model.__table__
-        validate_key(obj.__dict__.get("id"))  # model_construct may leave it out
+        validate_key(obj.__dict__.get("id", ""))  # model_construct may leave it out
         deadline, attempt = anyio.current_time() + self.timeout, 0
         while True:
             expect: Expect = ABSENT
