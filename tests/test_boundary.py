@@ -47,6 +47,23 @@ async def test_an_object_changed_without_validation_is_refused(api: dfdb.NbApi) 
     assert (await api.get(LogicalSwitch, "p1")).mtu == 1500
 
 
+async def test_an_object_built_without_its_id_is_refused_in_its_place(api: dfdb.NbApi) -> None:
+    keyless = LogicalSwitch.model_construct(topic="t1", mtu=1400)  # model_construct leaves out the id
+    for call in (api.create, api.update, api.put):
+        with pytest.raises(ValueError, match="id"):
+            await call(keyless)
+    with pytest.raises(ValueError, match="id"):
+        await api.update(LogicalSwitch.model_construct(topic="t1", version="x"))
+    good = LogicalSwitch(id="s", topic="t1")
+    outcomes = await api.create_many([good, keyless, good.model_copy(update={"mtu": 1400})])
+    assert isinstance(outcomes[0], LogicalSwitch) and outcomes[0].version == 1
+    assert isinstance(outcomes[1], ValueError) and isinstance(outcomes[2], dfdb.AlreadyExistsError)
+    [_, refused] = await api.update_many([outcomes[0].model_copy(update={"mtu": 1300}), keyless])
+    assert isinstance(refused, ValueError)
+    assert await api.get_all(LogicalSwitch) == [(await api.get(LogicalSwitch, "s"))]
+    assert (await api.get(LogicalSwitch, "s")).mtu == 1300
+
+
 @pytest.mark.parametrize(
     "bad_id",
     ["../../etc/passwd", "", "a\x00b", pytest.param("x" * 5000, id="5000-chars"), "\udcff", ".."],

@@ -51,13 +51,16 @@ def encode(obj: M, version: int, limit: int | None = None, backend: str = "") ->
         ValueTooLargeError: the encoded value exceeds ``limit`` (the driver's ``max_value_size``).
     """
     model = cast(type[M], model_of(obj))
-    validate_key(obj.id)
-    if obj.topic is not None:
-        validate_key(obj.topic, "topic")
+    given = obj.__dict__  # read directly: ``model_construct`` may leave out any field, the key too
+    if "id" not in given:
+        raise ValueError(f"invalid {model.__table__} object: id: Field required")
+    validate_key(given["id"])
+    if given.get("topic") is not None:
+        validate_key(given["topic"], "topic")
     # the object at ``version``: a shallow copy as ``model_copy(update=…)`` makes, without its
     # per-call overhead (the copy is only serialized, never handed out)
     draft = model.__new__(model)
-    fields = {**obj.__dict__, "version": version}
+    fields = {**given, "version": version}
     _set(draft, "__dict__", fields)
     _set(draft, "__pydantic_extra__", obj.__pydantic_extra__)
     _set(draft, "__pydantic_fields_set__", obj.__pydantic_fields_set__)

@@ -272,7 +272,9 @@ class NbApi:
         model = model_of(obj)
         table = model.__table__
         if type(obj.version) is not int:
-            raise ValueError(f"invalid {table}/{obj.id}: version must be an integer, not {obj.version!r}")
+            raise ValueError(
+                f"invalid {table}/{obj.__dict__.get('id')}: version must be an integer, not {obj.version!r}"
+            )
         new, value, wid = self._prepare(obj, obj.version + 1)
         origin = origin_of(obj)
         if origin is None:
@@ -308,7 +310,7 @@ class NbApi:
         self._check()
         model = model_of(obj)
         table = model.__table__
-        validate_key(obj.id)
+        validate_key(obj.__dict__.get("id", ""))  # model_construct may leave it out
         deadline, attempt = anyio.current_time() + self.timeout, 0
         while True:
             expect: Expect = ABSENT
