@@ -65,6 +65,8 @@ class LocalServer(ABC):
         self.processes: list[subprocess.Popen[bytes] | None] = []
         self.ca: LocalCA | None = make_local_ca(self.workdir / "tls") if tls else None
         """With ``tls``: the local CA and certificates the server uses (``url`` trusts it)."""
+        self.ready_within = 20.0
+        """Seconds a (re)started single server may take to answer (a loaded host needs more)."""
 
     def _tls_query(self) -> str:
         """The URL options that trust the server's CA and present the client certificate."""
@@ -238,7 +240,7 @@ class RedisServer(LocalServer):
             ]  # fmt: skip
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.processes = [proc]
-        _wait_ready(self._ping, proc, f"redis-server on port {self.port}")
+        _wait_ready(self._ping, proc, f"redis-server on port {self.port}", self.ready_within)
 
     def restart(self) -> None:
         """Start the server again on the same port with the same data folder."""
@@ -391,7 +393,7 @@ class EtcdServer(LocalServer):
         proc = self._spawn(index, binary, "existing")
         self.processes[index] = proc
         if self.members == 1:
-            _wait_ready(lambda: self.healthy(index), proc, f"etcd member m{index}")
+            _wait_ready(lambda: self.healthy(index), proc, f"etcd member m{index}", self.ready_within)
 
 
 SERVERS["etcd"] = EtcdServer
