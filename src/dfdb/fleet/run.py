@@ -354,7 +354,8 @@ async def run_fleet(cfg: FleetConfig) -> FleetResult:
 async def _run(cfg: FleetConfig, url: str, server: LocalServer | None) -> FleetResult:
     topology = Topology(cfg.controllers, cfg.tenants or cfg.controllers, cfg.ports, cfg.spread)
     cpu = _Cpu(server)
-    async with connect(url) as nb:
+    # the writer's connection: time to answer on a host whose CPU the fleet takes
+    async with connect(url, timeout=60) as nb:
         stored = [m.__table__ for m in MODELS if await nb.get_all(m)]
         if stored:
             raise ConfigurationError(f"dfdb fleet needs an empty database, and {nb.url} holds {', '.join(stored)}")
