@@ -66,7 +66,7 @@ class LocalServer(ABC):
         self.ca: LocalCA | None = make_local_ca(self.workdir / "tls") if tls else None
         """With ``tls``: the local CA and certificates the server uses (``url`` trusts it)."""
         self.ready_within = 20.0
-        """Seconds a (re)started single server may take to answer (a loaded host needs more)."""
+        """Seconds a (re)started server or member may take to answer (a loaded host needs more)."""
 
     def _tls_query(self) -> str:
         """The URL options that trust the server's CA and present the client certificate."""
@@ -350,7 +350,8 @@ class EtcdServer(LocalServer):
         self.processes = [self._spawn(i, binary) for i in range(self.members)]
         for i, proc in enumerate(self.processes):
             assert proc is not None
-            _wait_ready(functools.partial(self.healthy, i), proc, f"etcd member m{i} on port {self.client_ports[i]}")
+            what = f"etcd member m{i} on port {self.client_ports[i]}"
+            _wait_ready(functools.partial(self.healthy, i), proc, what, self.ready_within)
 
     def _spawn(self, index: int, binary: str, state: str = "new") -> subprocess.Popen[bytes]:
         with open(self.workdir / f"m{index}.log", "ab") as log:
@@ -509,9 +510,8 @@ class ZooKeeperServer(LocalServer):
         self.processes = [self._spawn(i) for i in range(self.members)]
         for i, proc in enumerate(self.processes):
             assert proc is not None
-            _wait_ready(
-                functools.partial(self.serving, i), proc, f"zookeeper member {i} on port {self.client_ports[i]}"
-            )
+            what = f"zookeeper member {i} on port {self.client_ports[i]}"
+            _wait_ready(functools.partial(self.serving, i), proc, what, self.ready_within)
             if self.ca is not None:  # the first TLS handshake warms the JVM up: not a client's first call
                 _wait_ready(functools.partial(self._tls_serving, i), proc, f"zookeeper member {i}'s TLS port")
 
