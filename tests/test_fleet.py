@@ -56,7 +56,11 @@ def test_the_topology_lays_tenants_round_the_chassis() -> None:
 
 @pytest.mark.parametrize(
     ("args", "text"),
-    [(["--db", "memory://"], "memory://"), (["--db", "sqlite:///x.db", "--scenarios", "cold,nope"], "nope")],
+    [
+        (["--db", "memory://"], "memory://"),
+        (["--db", "sqlite:///x.db", "--scenarios", "cold,nope"], "nope"),
+        (["--server", "redis", "--members", "3"], "redis: only single servers"),
+    ],
 )
 def test_fleet_usage_mistakes_are_one_line(args: list[str], text: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fleet", *args]) == 2

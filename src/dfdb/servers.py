@@ -65,6 +65,8 @@ class LocalServer(ABC):
         self.processes: list[subprocess.Popen[bytes] | None] = []
         self.ca: LocalCA | None = make_local_ca(self.workdir / "tls") if tls else None
         """With ``tls``: the local CA and certificates the server uses (``url`` trusts it)."""
+        self.ready_within = 20.0
+        """Seconds a (re)started server or member may take to answer (a loaded host needs more)."""
 
     def _tls_query(self) -> str:
         """The URL options that trust the server's CA and present the client certificate."""
@@ -238,7 +240,7 @@ class RedisServer(LocalServer):
             ]  # fmt: skip
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.processes = [proc]
-        _wait_ready(self._ping, proc, f"redis-server on port {self.port}")
+        _wait_ready(self._ping, proc, f"redis-server on port {self.port}", self.ready_within)
 
     def restart(self) -> None:
         """Start the server again on the same port with the same data folder."""
@@ -348,7 +350,8 @@ class EtcdServer(LocalServer):
         self.processes = [self._spawn(i, binary) for i in range(self.members)]
         for i, proc in enumerate(self.processes):
             assert proc is not None
-            _wait_ready(functools.partial(self.healthy, i), proc, f"etcd member m{i} on port {self.client_ports[i]}")
+            what = f"etcd member m{i} on port {self.client_ports[i]}"
+            _wait_ready(functools.partial(self.healthy, i), proc, what, self.ready_within)
 
     def _spawn(self, index: int, binary: str, state: str = "new") -> subprocess.Popen[bytes]:
         with open(self.workdir / f"m{index}.log", "ab") as log:
@@ -391,7 +394,7 @@ class EtcdServer(LocalServer):
         proc = self._spawn(index, binary, "existing")
         self.processes[index] = proc
         if self.members == 1:
-            _wait_ready(lambda: self.healthy(index), proc, f"etcd member m{index}")
+            _wait_ready(lambda: self.healthy(index), proc, f"etcd member m{index}", self.ready_within)
 
 
 SERVERS["etcd"] = EtcdServer
@@ -507,12 +510,10 @@ class ZooKeeperServer(LocalServer):
         self.processes = [self._spawn(i) for i in range(self.members)]
         for i, proc in enumerate(self.processes):
             assert proc is not None
-            _wait_ready(  # an ensemble serves once it has elected a leader: slow on a loaded machine
-                functools.partial(self.serving, i),
-                proc,
-                f"zookeeper member {i} on port {self.client_ports[i]}",
-                60.0 if self.members > 1 else 20.0,
-            )
+            what = f"zookeeper member {i} on port {self.client_ports[i]}"
+            # an ensemble serves once it has elected a leader: slow on a loaded machine
+            within = max(self.ready_within, 60.0) if self.members > 1 else self.ready_within
+            _wait_ready(functools.partial(self.serving, i), proc, what, within)
             if self.ca is not None:  # the first TLS handshake warms the JVM up: not a client's first call
                 _wait_ready(functools.partial(self._tls_serving, i), proc, f"zookeeper member {i}'s TLS port")
 

@@ -185,6 +185,7 @@ async def _fleet(args: argparse.Namespace, out: TextIO) -> int:
     cfg = FleetConfig(
         url=None if args.server else _url(args),
         server=args.server,
+        members=args.members,
         controllers=args.controllers,
         workers=args.workers,
         tenants=args.tenants,

@@ -249,6 +249,9 @@ def _fleet(sub: argparse._SubParsersAction[Parser]) -> None:
         "dfdb fleet --server redis --controllers 200",
     )
     f.add_argument("--server", choices=["redis", "etcd", "zookeeper"], help="start a local server (instead of --db)")
+    f.add_argument(
+        "--members", type=_members, default=1, help="members of the server started (3: its restart kills the leader)"
+    )
     f.add_argument("--controllers", type=_positive, default=50, help="controllers (one per chassis)")
     f.add_argument("--workers", type=_positive, default=4, help="worker processes the controllers are spread over")
     f.add_argument("--tenants", type=_positive, help="tenants (default: as many as controllers)")

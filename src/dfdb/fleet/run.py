@@ -41,6 +41,9 @@ class FleetConfig:
     server: str | None = None
     """Start a local server of this backend (``redis``, ``etcd``, ``zookeeper``) instead of using ``url``;
     the restart scenario needs it, and the server CPU is read from its process."""
+    members: int = 1
+    """Members of the server started with ``server`` (3: an etcd cluster or a ZooKeeper
+    ensemble, whose restart scenario restarts the leader)."""
     controllers: int = 50
     workers: int = 4
     tenants: int | None = None
@@ -111,15 +114,20 @@ class _Cpu:
         self._task: asyncio.Task[None] | None = None
 
     def _read(self) -> float | None:
-        if self.server is None or not self.server.processes or self.server.processes[0] is None:
+        """CPU seconds of the server's processes (every member's, added up)."""
+        if self.server is None or not any(self.server.processes):
             return None
-        pid = self.server.processes[0].pid
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        used = 0.0
+        for proc in self.server.processes:
+            if proc is None:
+                continue
+            try:
+                with open(f"/proc/{proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # a member down (killed, restarting)
+                continue
+            used += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return used
 
     async def _sample(self) -> None:
         while True:
@@ -328,7 +336,8 @@ async def run_fleet(cfg: FleetConfig) -> FleetResult:
     if cfg.server is not None:
         if cfg.server not in ("redis", "etcd", "zookeeper"):
             raise ConfigurationError(f"dfdb fleet starts redis, etcd or zookeeper servers, not {cfg.server!r}")
-        server = SERVERS[cfg.server]()
+        server = SERVERS[cfg.server](cfg.members)
+        server.ready_within = 120.0  # a restart under a fleet's load, on a shared host
         server.start()
     try:
         url = server.url if server is not None else cfg.url
@@ -345,7 +354,8 @@ async def run_fleet(cfg: FleetConfig) -> FleetResult:
 async def _run(cfg: FleetConfig, url: str, server: LocalServer | None) -> FleetResult:
     topology = Topology(cfg.controllers, cfg.tenants or cfg.controllers, cfg.ports, cfg.spread)
     cpu = _Cpu(server)
-    async with connect(url) as nb:
+    # the writer's connection: time to answer on a host whose CPU the fleet takes
+    async with connect(url, timeout=60) as nb:
         stored = [m.__table__ for m in MODELS if await nb.get_all(m)]
         if stored:
             raise ConfigurationError(f"dfdb fleet needs an empty database, and {nb.url} holds {', '.join(stored)}")
@@ -464,7 +474,10 @@ async def _disruption(
         if lose:
             _signal(workers, signal.SIGSTOP)
         try:
-            if server is not None:
+            if server is not None and server.members > 1:  # the leader, killed and started again
+                leader = await asyncio.to_thread(server.leader)  # type: ignore[attr-defined]
+                await asyncio.to_thread(server.restart, leader)  # type: ignore[attr-defined]
+            elif server is not None:
                 await asyncio.to_thread(server.restart)  # type: ignore[attr-defined]
             if lose:
                 for _ in range(cfg.lost):
