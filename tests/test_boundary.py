@@ -8,6 +8,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,15 @@ from dfdb.nbmodel import validate_key
 
 class Counter(dfdb.NbModel, table="test_boundary_counter"):
     n: int = 0
+
+
+class Gauge(dfdb.NbModel, table="test_boundary_gauge"):
+    ratio: float | None = None
+    extra: Any = None
+
+
+class LenientGauge(dfdb.NbModel, table="test_boundary_lenient_gauge", ser_json_inf_nan="constants"):
+    ratio: float | None = None
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -62,6 +72,25 @@ async def test_an_object_built_without_its_id_is_refused_in_its_place(api: dfdb.
     assert isinstance(refused, ValueError)
     assert await api.get_all(LogicalSwitch) == [(await api.get(LogicalSwitch, "s"))]
     assert (await api.get(LogicalSwitch, "s")).mtu == 1300
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+async def test_nan_and_infinity_are_refused_not_stored_as_null(api: dfdb.NbApi, value: float) -> None:
+    """JSON has no NaN: stored as null it would read back as another value (None) than the one
+    written, where a plain float field refuses it."""
+    for given in (Gauge(id="g", ratio=value), Gauge(id="g", extra={"a": [1.0, value]})):
+        with pytest.raises(ValueError, match="NaN and infinity cannot be stored"):
+            await api.create(given)
+        [refused] = await api.create_many([given])
+        assert isinstance(refused, ValueError)
+    created = await api.create(Gauge(id="g", ratio=0.5))
+    with pytest.raises(ValueError, match="ratio: NaN"):
+        await api.update(created.model_copy(update={"ratio": value}))
+    with pytest.raises(ValueError, match="ratio: NaN"):
+        await api.patch(Gauge, "g", ratio=value)
+    assert (await api.get(Gauge, "g")).ratio == 0.5
+    kept = await api.create(LenientGauge(id="l", ratio=value))  # a model that stores them says so
+    assert kept.ratio is not None and (math.isnan(kept.ratio) if math.isnan(value) else kept.ratio == value)
 
 
 @pytest.mark.parametrize(

@@ -85,3 +85,16 @@ async def test_status_names_the_presence_records_it_cannot_read(
             err = capsys.readouterr().err
             assert "dfdb: 2 presence records could not be read (left out): 'c1.bad.1', 'c1.old.2'" in err
             assert "Traceback" not in err
+
+
+async def test_status_escapes_control_characters_in_a_record(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/p.db"
+    async with dfdb.connect(url) as nb:
+        hostile = "\x1b]0;owned\x07svc\u009b31m\u2028x"
+        await nb.create(
+            dfdb.ServicePresence(id="c1.svc.1", service=hostile, chassis="c\x1b[2J", pid=1, dfdb_version="\x7f")
+        )
+    code, text = await anyio.to_thread.run_sync(status, url)
+    assert code == 0 and "1 live service" in text
+    assert not any(c in text for c in "\x1b\x07\x7f\u009b\u2028")
+    assert "\\u001b]0;owned\\u0007svc\\u009b31m\\u2028x" in text and "c\\u001b[2J" in text

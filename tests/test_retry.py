@@ -8,7 +8,7 @@ import weakref
 import anyio
 import pytest
 
-from dfdb.retry import Backoff, checkpoint_if_cancelled
+from dfdb.retry import Backoff, checkpoint_if_cancelled, run_to_completion
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -73,3 +73,26 @@ async def test_a_logged_retry_keeps_no_exception_alive(caplog: pytest.LogCapture
     del held
     assert "reading failed (the server went away)" in caplog.text
     assert ref() is None, "the log record keeps the failed call's frames alive"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_call_run_to_completion_sees_its_deadline_and_finishes_its_shielded_steps(backend: str) -> None:
+    """A driver bounds its own waits by the effective deadline and shields the steps that must
+    not be cut (a transaction in a thread): the deadline given reaches it as an anyio scope."""
+    seen: list[float] = []
+
+    async def call() -> str:
+        seen.append(anyio.current_effective_deadline())
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0.05)  # a step that runs past the deadline to its end
+        await anyio.sleep(1)  # cut at the deadline
+        return "not reached"
+
+    async def main() -> None:
+        deadline = anyio.current_time() + 0.01
+        with pytest.raises(TimeoutError):
+            await run_to_completion(call, deadline)
+        assert len(seen) == 1 and seen[0] == pytest.approx(deadline, abs=1e-3)
+        assert anyio.current_time() - deadline >= 0.04  # the shielded step ended first
+
+    anyio.run(main, backend=backend)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 import os
+from collections.abc import Iterable
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
@@ -73,12 +75,36 @@ def encode(obj: M, version: int, limit: int | None = None, backend: str = "") ->
     except PydanticSerializationError as exc:
         raise ValueError(f"invalid {model.__table__}/{obj.id}: {exc}") from exc
     if new.__dict__ != fields:
+        if model.model_config.get("ser_json_inf_nan", "null") == "null":
+            where = _non_finite(fields)
+            if where is not None:  # JSON would store it as null: another value, or a refused one
+                raise ValueError(f"invalid {model.__table__}/{given['id']}: {where}: NaN and infinity cannot be stored")
         body = model.__pydantic_serializer__.to_json(new)  # the validated form (coerced values)
     wid = os.urandom(16).hex().encode()  # 128 random bits, as uuid4 gave, without its object
     value = WRITE_ID + wid + b'",' + body[1:]
     if limit is not None and len(value) > limit:
         raise ValueTooLargeError(model.__table__, obj.id, len(value), limit, backend)
     return new, value, wid
+
+
+def _non_finite(value: Any, path: str = "") -> str | None:
+    """The path of a NaN or infinite float in ``value`` (an object's fields, read through
+    its containers and nested models), or ``None``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path or "value"
+    if isinstance(value, BaseModel):
+        value = value.__dict__
+    if isinstance(value, dict):
+        items: Iterable[tuple[object, Any]] = value.items()
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def decode(model: type[M], id: str, topic: str | None, value: bytes, revision: int) -> M:

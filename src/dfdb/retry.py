@@ -90,19 +90,22 @@ async def run_to_completion(call: Callable[[], Awaitable[T]], deadline: float = 
     was cancelled. Under asyncio the call runs in a task of its own (a native
     ``Task.cancel`` cannot be shielded otherwise); under trio in a shielded cancel scope.
     ``deadline`` (on anyio's clock) bounds the call as well, as ``anyio.fail_at(deadline)``
-    around it would, without the cost of one more cancel scope.
+    around it would; the call sees it as its effective deadline.
     """
     deadline = min(deadline, anyio.current_effective_deadline())  # the caller's own deadline still holds
     if running_asyncio_task() is None:
         with anyio.CancelScope(shield=True), anyio.fail_after(max(deadline - anyio.current_time(), 0)):
             return await call()
 
-    # a bare done-callback rather than asyncio.wait, and no cancel scope without a deadline:
-    # less cost on every write
+    # the deadline as an anyio scope, not asyncio's own timeout: a driver reads it
+    # (anyio.current_effective_deadline) to bound its own waits, and it ends the call by
+    # anyio's cancellation, which the driver's shielded steps (a thread running a
+    # transaction) wait out, where a native cancel would abandon them and leave the
+    # write's outcome unknown; the wait is a bare done-callback (cheaper than asyncio.wait)
     async def run() -> T:
         if deadline == math.inf:
             return await call()
-        with anyio.fail_at(deadline):  # anyio's own: drivers read it (SQLite's lock waits)
+        with anyio.fail_at(deadline):
             return await call()
 
     loop = asyncio.get_running_loop()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 import dfdb.models  # noqa: F401  (registers the network model set)
 from dfdb.cli import objects, transfer
 from dfdb.cli.options import DEFAULT_TIMEOUT, DEFAULT_URL, DEMO_URL, build_parser, merge_globals
-from dfdb.cli.output import UsageError
+from dfdb.cli.output import UsageError, printable
 from dfdb.connecting import connect
 from dfdb.errors import ConfigurationError, DfdbError
 from dfdb.nb import NbApi
@@ -269,8 +269,9 @@ async def _status(nb: NbApi, as_json: bool, out: TextIO) -> int:
         return 0
     header = ("SERVICE", "CHASSIS", "PID", "VERSION", "POSITION", "LAG", "LAST REPORT")
     rows_text = [
-        (s.service, s.chassis, str(s.pid), s.dfdb_version, "-" if s.position is None else str(s.position),
-         "-" if s.lag is None else str(s.lag), f"{now - s.reported_at:.1f}s ago")
+        (printable(s.service), printable(s.chassis), str(s.pid), printable(s.dfdb_version),
+         "-" if s.position is None else str(s.position), "-" if s.lag is None else str(s.lag),
+         f"{now - s.reported_at:.1f}s ago")
         for s in services
     ]  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *rows_text]) for i in range(len(header))]

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["Progress", "UsageError", "dump_json", "load_json", "print_rows", "terminal_safe_json"]
+__all__ = ["Progress", "UsageError", "dump_json", "load_json", "print_rows", "printable", "terminal_safe_json"]
 
 
 class UsageError(Exception):
@@ -62,7 +62,12 @@ def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: s
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return printable(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def printable(text: str) -> str:
+    """``text`` for a table cell: its control characters and line separators escaped
+    (``\\u001b``), so that a stored value cannot drive the terminal or break a row."""
     return _UNPRINTABLE.sub(_escape, text)
 
 
