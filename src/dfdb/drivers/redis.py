@@ -54,7 +54,7 @@ from dfdb.drivers.base import (
 )
 from dfdb.drivers.redis_digest import RedisDigest
 from dfdb.drivers.redis_leases import RedisLeases
-from dfdb.drivers.redis_listing import list_many
+from dfdb.drivers.redis_listing import entries_of, list_many
 from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE
 from dfdb.drivers.redis_streams import NO_EPOCH, RedisSource
 from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection, refused_by_acl
@@ -443,16 +443,7 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
             entry_prefix = self._key("e", table, "")
             while True:  # one round trip per round: SSCAN and the entries it names, in one script
                 cursor, rows = await self._listing_round(index, cursor, entry_prefix)
-                for id, row in rows:
-                    try:
-                        if row[0] == b"!":
-                            raise CorruptObjectError(table, id, f"not a dfdb entry ({(row[2] or b'').decode()})")
-                        entry = lua.entry_of(table, id, row)
-                    except CorruptObjectError as exc:
-                        log.warning("skipping %s", exc)
-                        continue
-                    if entry is not None:
-                        entries.append(entry)
+                entries += entries_of(table, rows)
                 if cursor in (b"0", 0):
                     break
         except CONNECTION_ERRORS as exc:

@@ -27,7 +27,7 @@ from dfdb.errors import CorruptObjectError
 if TYPE_CHECKING:
     from dfdb.drivers.redis import RedisDriver
 
-__all__ = ["list_many"]
+__all__ = ["entries_of", "list_many"]
 
 log = logging.getLogger("dfdb.drivers.redis")
 
@@ -63,17 +63,18 @@ async def list_many(
                 revision = 0
         listings = []
         for (table, _), index, prefix, (cursor, packed) in zip(scopes, indexes, prefixes, replies[1:], strict=True):
-            entries = _entries(table, lua.unpack_round(packed))
+            entries = entries_of(table, lua.unpack_round(packed))
             while cursor not in (b"0", 0):
                 cursor, rows = await driver._listing_round(index, cursor, prefix)
-                entries += _entries(table, rows)
+                entries += entries_of(table, rows)
             listings.append(Listing(entries, revision, driver.epoch))
     except CONNECTION_ERRORS as exc:
         raise _unavailable(driver.url, exc) from None
     return listings
 
 
-def _entries(table: str, rows: Iterable[tuple[str, builtins.list[bytes | None]]]) -> builtins.list[Entry]:
+def entries_of(table: str, rows: Iterable[tuple[str, builtins.list[bytes | None]]]) -> builtins.list[Entry]:
+    """The entries of one listing round's ``rows``; a row that is no dfdb entry is logged and skipped."""
     entries = []
     for id, row in rows:
         try:
