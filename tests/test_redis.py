@@ -363,7 +363,7 @@ async def test_many_listings_in_one_pipeline_equal_the_listings_one_by_one(volat
             for flush in (False, True):  # with the script loaded, then without (a restarted server's)
                 if flush:
                     await client.script_flush()
-                many = await driver.list_many(scopes)  # type: ignore[attr-defined]
+                many = await driver.list_many(scopes)
                 assert [len(x.entries) for x in many] == [1200, 10, 10, 1231, 0]
                 for mine, theirs in zip(many, one_by_one, strict=True):
                     assert sorted(mine.entries, key=lambda e: e.id) == sorted(theirs.entries, key=lambda e: e.id)

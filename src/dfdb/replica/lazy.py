@@ -73,27 +73,16 @@ async def list_raw(nb: NbApi, models: Sequence[type[NbModel]], topics: Collectio
                    topicless: Collection[type[NbModel]] = ()) -> RawListings:  # fmt: skip
     """The stored entries of ``models`` as :func:`dfdb.replica.relist.list_scope` lists them
     (every object, or those of ``topics`` plus whole listings of ``topicless``), not decoded,
-    each sorted by id. A driver that reads several listings in one round trip (``list_many``:
-    Redis) is asked for every scope at once: a selective scope is dozens of small listings."""
+    each sorted by id. The driver is asked for every scope at once (:meth:`Driver.list_many`: Redis reads
+    them in one round trip): a selective scope is dozens of small listings."""
     scopes: list[tuple[type[NbModel], str | None]] = []
     for model in models:
         scopes += [(model, None)] if topics is None else [(model, t) for t in sorted(topics)]
         if topics is not None and model in topicless:
             scopes.append((model, None))
     nb._check()
-    many = getattr(nb.driver, "list_many", None)
-    if many is not None and scopes:
-        wanted = [(model.__table__, topic) for model, topic in scopes]
-        found = await nb._retry(lambda: many(wanted), "list", scopes[0][0].__table__)
-    else:
-        found = []
-        for model, topic in scopes:
-            nb._check()
-
-            async def call(table: str = model.__table__, topic: str | None = topic) -> Any:
-                return await nb.driver.list(table, topic)
-
-            found.append(await nb._retry(call, "list", model.__table__))
+    wanted = [(model.__table__, topic) for model, topic in scopes]
+    found = await nb._retry(lambda: nb.driver.list_many(wanted), "list", scopes[0][0].__table__) if scopes else []
     return [
         (
             model,
