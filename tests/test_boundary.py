@@ -74,6 +74,26 @@ async def test_an_object_built_without_its_id_is_refused_in_its_place(api: dfdb.
     assert (await api.get(LogicalSwitch, "s")).mtu == 1300
 
 
+class Strict(dfdb.NbModel, table="test_boundary_strict", extra="forbid"):
+    n: int = 0
+
+
+async def test_unknown_fields_of_a_model_that_forbids_them_are_refused(api: dfdb.NbApi) -> None:
+    built = Strict(id="s").model_copy(update={"bogus": 1})  # model_copy keeps what validation refuses
+    with pytest.raises(ValueError, match="bogus: Extra inputs are not permitted"):
+        await api.create(built)
+    [refused] = await api.create_many([built])
+    assert isinstance(refused, ValueError)
+    created = await api.create(Strict(id="s"))
+    with pytest.raises(ValueError, match="bogus"):
+        await api.update(created.model_copy(update={"bogus": 1}))
+    assert (await api.get(Strict, "s")) == created  # read back: the write id is not a field of it
+    assert await api.get_all(Strict) == [created]
+    async with dfdb.Replica(api, [Strict]) as replica:
+        await replica.wait_synced()
+        assert replica.get(Strict, "s") == created
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 async def test_nan_and_infinity_are_refused_not_stored_as_null(api: dfdb.NbApi, value: float) -> None:
     """JSON has no NaN: stored as null it would read back as another value (None) than the one

@@ -98,3 +98,23 @@ async def test_status_escapes_control_characters_in_a_record(tmp_path: Path) -> 
     assert code == 0 and "1 live service" in text
     assert not any(c in text for c in "\x1b\x07\x7f\u009b\u2028")
     assert "\\u001b]0;owned\\u0007svc\\u009b31m\\u2028x" in text and "c\\u001b[2J" in text
+
+
+async def test_ls_names_the_objects_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path}/p.db"
+    async with dfdb.connect(url) as nb:
+        await nb.create(LogicalSwitch(id="good", topic="t"))
+        await nb.driver.put("lswitch", "bad", "t", b"{not json", ANY)
+
+    def ls(*extra: str) -> tuple[int, str]:
+        out = io.StringIO()
+        import contextlib
+
+        with contextlib.redirect_stdout(out):
+            code = main(["--db", url, "ls", "lswitch", *extra])
+        return code, out.getvalue()
+
+    for extra in ((), ("-o", "json")):
+        code, text = await anyio.to_thread.run_sync(ls, *extra)
+        assert code == 0 and "good" in text and "bad" not in text
+        assert "dfdb: 1 lswitch object could not be read (left out): 'bad'" in capsys.readouterr().err

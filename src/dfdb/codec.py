@@ -75,6 +75,12 @@ def encode(obj: M, version: int, limit: int | None = None, backend: str = "") ->
     except PydanticSerializationError as exc:
         raise ValueError(f"invalid {model.__table__}/{obj.id}: {exc}") from exc
     if new.__dict__ != fields:
+        if model.model_config.get("extra") == "forbid":  # model_construct keeps unknown fields
+            unknown = sorted(set(fields) - set(model.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"invalid {model.__table__}/{given['id']}: {unknown[0]}: Extra inputs are not permitted"
+                )
         if model.model_config.get("ser_json_inf_nan", "null") == "null":
             where = _non_finite(fields)
             if where is not None:  # JSON would store it as null: another value, or a refused one
@@ -117,11 +123,30 @@ def decode(model: type[M], id: str, topic: str | None, value: bytes, revision: i
     try:
         obj = model.model_validate_json(value)
     except ValidationError as exc:
-        raise CorruptObjectError(model.__table__, id, first_error(exc)) from None
+        obj = _without_write_id(model, id, value, exc)
     if obj.id != id or obj.topic != topic:
         raise CorruptObjectError(model.__table__, id, f"stored object names {obj.topic}/{obj.id}")
     object.__setattr__(obj, "__pydantic_private__", {"_dfdb_origin": (revision, topic)})
     return obj
+
+
+def _without_write_id(model: type[M], id: str, value: bytes, exc: ValidationError) -> M:
+    """The object stored as ``value`` read without its write id, for a model that forbids
+    fields it does not declare (``extra="forbid"``), which refuses the write id's; else the
+    value is corrupt."""
+    data = None
+    if model.model_config.get("extra") == "forbid":
+        try:
+            data = json.loads(value)
+        except ValueError:
+            pass
+    if not isinstance(data, dict) or "_w" not in data:
+        raise CorruptObjectError(model.__table__, id, first_error(exc)) from None
+    del data["_w"]
+    try:
+        return model.model_validate_json(json.dumps(data))
+    except ValidationError as again:
+        raise CorruptObjectError(model.__table__, id, first_error(again)) from None
 
 
 def revision_of(obj: NbModel) -> int | None:

@@ -54,9 +54,16 @@ async def run(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     command = args.command
     if command == "ls":
         cls = model(args.table)
-        objs = await nb.get_all(cls, topic=args.topic)
+        listing = await nb.list(cls, topic=args.topic)
         columns = ["id", "topic", "version", *(f for f in cls.model_fields if f not in ("id", "topic", "version"))]
-        print_rows([o.model_dump(mode="json") for o in objs], columns, args.output, out)
+        print_rows([o.model_dump(mode="json") for o in listing.items], columns, args.output, out)
+        if listing.corrupt:  # named, not left out unsaid (stderr: the rows stay parseable)
+            count = len(listing.corrupt)
+            print(
+                f"dfdb: {count} {args.table} object{'s' if count != 1 else ''} could not be read "
+                f"(left out): {', '.join(map(repr, listing.corrupt))}",
+                file=sys.stderr,
+            )
         return 0
     if command == "get":
         print(terminal_safe_json((await nb.get(model(args.table), args.id)).model_dump_json()), file=out)
