@@ -7,6 +7,7 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -19,6 +20,7 @@ __all__ = [
     "checkpoint",
     "checkpoint_if_cancelled",
     "close_to_completion",
+    "fail_at",
     "gather_outcomes",
     "raise_if_cancelling",
     "run_to_completion",
@@ -29,6 +31,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def fail_at(deadline: float) -> AbstractContextManager[anyio.CancelScope]:
+    """A scope that raises ``TimeoutError`` at ``deadline`` (on anyio's clock), as
+    ``anyio.fail_at`` does in the anyio releases that have it (the oldest supported lacks it)."""
+    return anyio.fail_after(max(deadline - anyio.current_time(), 0))
 
 
 def running_asyncio_task() -> asyncio.Task[object] | None:
@@ -89,7 +97,7 @@ async def run_to_completion(call: Callable[[], Awaitable[T]], deadline: float = 
     the server may still apply it, or the write could land after the caller was told it
     was cancelled. Under asyncio the call runs in a task of its own (a native
     ``Task.cancel`` cannot be shielded otherwise); under trio in a shielded cancel scope.
-    ``deadline`` (on anyio's clock) bounds the call as well, as ``anyio.fail_at(deadline)``
+    ``deadline`` (on anyio's clock) bounds the call as well, as ``fail_at(deadline)``
     around it would; the call sees it as its effective deadline.
     """
     deadline = min(deadline, anyio.current_effective_deadline())  # the caller's own deadline still holds
@@ -105,7 +113,7 @@ async def run_to_completion(call: Callable[[], Awaitable[T]], deadline: float = 
     async def run() -> T:
         if deadline == math.inf:
             return await call()
-        with anyio.fail_at(deadline):
+        with fail_at(deadline):
             return await call()
 
     loop = asyncio.get_running_loop()

@@ -19,7 +19,7 @@ from dfdb.errors import (
     OutcomeUnknownError,
 )
 from dfdb.nbmodel import NbModel
-from dfdb.retry import checkpoint_if_cancelled, run_to_completion
+from dfdb.retry import checkpoint_if_cancelled, fail_at, run_to_completion
 
 if TYPE_CHECKING:
     from dfdb.nb import NbApi
@@ -66,7 +66,7 @@ async def write(
     async def attempt() -> int:
         nonlocal sent
         if sent:
-            with anyio.fail_at(max(deadline, anyio.current_time() + 0.001)):
+            with fail_at(max(deadline, anyio.current_time() + 0.001)):
                 current = await driver.get(table, id)
             if current is not None and write_id(current.value) == wid:
                 return current.revision
@@ -86,7 +86,7 @@ async def write(
             if not retried:
                 raise
             # the earlier attempt may have landed after the check above
-            with anyio.fail_at(max(deadline, anyio.current_time() + 0.001)):
+            with fail_at(max(deadline, anyio.current_time() + 0.001)):
                 current = await driver.get(table, id)
             if current is None or write_id(current.value) != wid:
                 raise
