@@ -120,33 +120,33 @@ def decode(model: type[M], id: str, topic: str | None, value: bytes, revision: i
     Raises:
         CorruptObjectError: the value is not a valid ``model`` object of that key.
     """
+    if model.model_config.get("extra") == "forbid":  # it would refuse the write id's field
+        value = _without_write_id(value)
     try:
         obj = model.model_validate_json(value)
     except ValidationError as exc:
-        obj = _without_write_id(model, id, value, exc)
+        raise CorruptObjectError(model.__table__, id, first_error(exc)) from None
     if obj.id != id or obj.topic != topic:
         raise CorruptObjectError(model.__table__, id, f"stored object names {obj.topic}/{obj.id}")
     object.__setattr__(obj, "__pydantic_private__", {"_dfdb_origin": (revision, topic)})
     return obj
 
 
-def _without_write_id(model: type[M], id: str, value: bytes, exc: ValidationError) -> M:
-    """The object stored as ``value`` read without its write id, for a model that forbids
-    fields it does not declare (``extra="forbid"``), which refuses the write id's; else the
-    value is corrupt."""
-    data = None
-    if model.model_config.get("extra") == "forbid":
-        try:
-            data = json.loads(value)
-        except ValueError:
-            pass
-    if not isinstance(data, dict) or "_w" not in data:
-        raise CorruptObjectError(model.__table__, id, first_error(exc)) from None
-    del data["_w"]
+def _without_write_id(value: bytes) -> bytes:
+    """The stored ``value`` without its write id (as :func:`write_id` finds it), for a model
+    that forbids fields it does not declare (``extra="forbid"``); as stored when it holds none."""
+    if value.startswith(WRITE_ID):
+        end = value.find(b'",', len(WRITE_ID))
+        if end > 0:
+            return b"{" + value[end + 2 :]
     try:
-        return model.model_validate_json(json.dumps(data))
-    except ValidationError as again:
-        raise CorruptObjectError(model.__table__, id, first_error(again)) from None
+        data = json.loads(value)
+    except ValueError:
+        return value
+    if not isinstance(data, dict) or "_w" not in data:
+        return value
+    del data["_w"]
+    return json.dumps(data).encode()
 
 
 def revision_of(obj: NbModel) -> int | None:
