@@ -3,8 +3,10 @@ on a SQLite file, through a cold start, the steady state and a history loss."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +43,10 @@ def test_a_small_fleet_converges_through_every_scenario(tmp_path: Path, capsys: 
     assert history["not_converged"] == 0
     assert history["relists"] == 24  # everyone lost history, and relisted once
     assert history["objects_relisted"] == 24 * held
+    assert history["records_read_total"] == history["objects_relisted"] + history["records_read"]
+    # no server of its own: nothing of the server's to ask, the host's TCP counters only
+    assert history["connections"]["server_rejected"] is None and history["connections"]["host_listen_drops"] >= 0
+    assert result["started"].endswith("Z") and result["cpus"] >= 1
     assert history["relist_wait_s"] > 0  # the relists waited for their turn
     assert 1 <= history["peak_relists_at_once"] <= 2 * 2  # each process's burst, at most
     assert "restart" not in result["scenarios"]  # no server of its own to restart
@@ -84,3 +90,56 @@ async def test_a_selective_replica_lists_whole_only_its_topicless_models() -> No
             assert {o.id for o in replica.get_all(Vm)} == {"v1"}  # no whole listing of Vm
         async with Replica(nb, [Host, Vm], mode=SyncMode.SELECTIVE, topics={"t1"}) as replica:
             assert {o.id for o in replica.get_all(Vm)} == {"v1", "loose"}  # by default every model's
+
+
+def _bench() -> Any:
+    """benchmarks/fleet.py, imported (it is a script, not a module of the package)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fleet.py"
+    spec = importlib.util.spec_from_file_location("fleet_bench", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _kept(folder: Path, name: str, backend: str, controllers: int, ports: int, **scenarios: dict[str, Any]) -> None:
+    config = {"controllers": controllers, "tenants": None, "ports": ports, "workers": 4}
+    run = {"config": config, "backend": backend, "objects": controllers * (ports + 8 + 1), "ok": True}
+    run |= {"started": scenarios.pop("started", {}).get("at", ""), "load_average": {"start": [0.5, 0.4, 0.3]}}
+    run |= {"scenarios": {**scenarios, "check": {"controllers": controllers, "diverged": 0}}}
+    (folder / name).write_text(json.dumps(run))
+
+
+def test_the_chart_and_table_take_runs_of_some_scenarios_and_other_sizes(tmp_path: Path) -> None:
+    bench = _bench()
+    cold = {"converged_s": 2.0, "not_converged": 0, "peak_server_cpu_pct": 10.0, "per_controller": {"objects": {}}}
+    hist = {"converged_s": 9.0, "not_converged": 0, "peak_server_cpu_pct": 30.0, "relists": 1000}
+    hist |= {"peak_relists_at_once": 40, "objects_relisted": 1000, "records_read": 5}
+    hist["connections"] = {"refused": False}
+    _kept(tmp_path, "redis-50.json", "redis", 50, 20, cold=cold, history={**hist, "converged_s": 3.0})
+    _kept(tmp_path, "redis-1000-quiet.json", "redis", 1000, 20, cold=cold, restart={**cold, "relists": 0})
+    _kept(tmp_path, "redis-1000-100k.json", "redis", 1000, 100, cold=cold, history=hist)
+    _kept(tmp_path, "etcd-1000-quiet.json", "etcd", 1000, 20, cold={**cold, "converged_s": 68.0})
+    later = {"at": "2026-11-28T12:00:00Z"}
+    _kept(tmp_path, "etcd-1000.json", "etcd", 1000, 20, cold=cold, history=hist, started=later)
+    runs = bench.load(sorted(tmp_path.glob("*.json")))
+    history = bench.points(runs, "history", "converged_s")
+    # a run without the scenario is no point; another database shape is another line
+    assert history == {
+        ("redis", "redis"): [(50, 3.0, True)],
+        ("redis", "redis (100 ports per tenant, 109,000 objects)"): [(1000, 9.0, True)],
+        ("etcd", "etcd"): [(1000, 9.0, True)],
+    }
+    assert bench.points(runs, "cold", "converged_s")[("etcd", "etcd")] == [(1000, 2.0, True)]  # the newer run
+    assert bench.points(runs, "restart", "peak_server_cpu_pct") == {("redis", "redis"): [(1000, 10.0, True)]}
+    table = bench.table(runs).splitlines()
+    assert len(table) == 2 + 5
+    row = next(r for r in table if "| 1,000 x 100 |" in r)
+    assert "| redis | 1,000 | 1,000 x 100 | 109,000 |" in row and "| 9.0 s, 1,000, 40, 1,005 |" in row
+    assert "| - | ok (0 differ) | 0.5 |" not in row and "| no | ok (0 differ) | 0.5 |" in row
+    quiet = next(r for r in table if r.startswith("| etcd | 1,000 |") and "68.0 s" in r)
+    assert "| - | - | 10.0% / - / - | - |" in quiet  # no steady, restart or history: dashes
+    pytest.importorskip("matplotlib")
+    chart = tmp_path / "chart.png"
+    bench.chart(runs, chart)
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

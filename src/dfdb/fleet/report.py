@@ -19,6 +19,18 @@ def _f(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _connections(d: dict[str, Any], out: TextIO) -> None:
+    c = d.get("connections")
+    if c is None:
+        return
+    print(
+        f"               connections refused: {'YES' if c['refused'] else 'none'} (server turned away "
+        f"{_f(c['server_rejected'])}; host: accept queue full {c['host_listen_overflows']:,}, dropped "
+        f"{c['host_listen_drops']:,}, connects failed {c['host_connects_failed']:,})",
+        file=out,
+    )
+
+
 def print_result(result: FleetResult, out: TextIO) -> None:
     """Print what the run measured, one block per scenario."""
     cfg = result.config
@@ -48,6 +60,7 @@ def print_result(result: FleetResult, out: TextIO) -> None:
                 f"{_f(cold.get('cpu_ms_per_controller'), ' ms')} of CPU per controller loaded",
                 file=out,
             )
+        _connections(cold, out)
     idle = s.get("idle")
     if idle:
         print(
@@ -71,11 +84,13 @@ def print_result(result: FleetResult, out: TextIO) -> None:
             print(
                 f"{title + ':':<14} all converged in {_f(d['converged_s'], 's')} ({d['not_converged']} not); "
                 f"relists {d['relists']}, reconnects {d['reconnects']}, objects relisted {d['objects_relisted']:,}, "
-                f"change records read {d['records_read']:,} ({_f(d['bytes_read'] // 1024)} KiB), relists waited "
+                f"change records read {d['records_read']:,} ({_f(d['bytes_read'] // 1024)} KiB), "
+                f"{_f(d.get('records_read_total'))} records in all; relists waited "
                 f"{_f(d['relist_wait_s'], 's')} in all, at most {d['peak_relists_at_once']} at once; "
                 f"peak server CPU {_f(d['peak_server_cpu_pct'], '%')}",
                 file=out,
             )
+            _connections(d, out)
     check = s.get("check")
     if check:
         compared, differ = check["controllers"], check["diverged"]

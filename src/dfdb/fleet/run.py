@@ -20,6 +20,7 @@ from typing import Any
 from dfdb.connecting import connect
 from dfdb.errors import ConfigurationError, DfdbError
 from dfdb.events import parse_cursor
+from dfdb.fleet.conns import Refusals
 from dfdb.fleet.topology import MODELS, Topology
 from dfdb.fleet.worker import worker_main
 from dfdb.models import LogicalPort
@@ -97,6 +98,10 @@ class FleetResult:
     load_average: dict[str, list[float]] = field(default_factory=dict)
     """The host's load average (1, 5, 15 minutes) when the run started and ended: the
     controllers share the host's cores with whatever else runs there."""
+    started: str = ""
+    """When the run started (UTC, ISO 8601)."""
+    cpus: int = 0
+    """The host's CPUs."""
 
     @property
     def ok(self) -> bool:
@@ -355,12 +360,15 @@ async def _run(cfg: FleetConfig, url: str, server: LocalServer | None) -> FleetR
     topology = Topology(cfg.controllers, cfg.tenants or cfg.controllers, cfg.ports, cfg.spread)
     cpu = _Cpu(server)
     # the writer's connection: time to answer on a host whose CPU the fleet takes
+    began = time.time()
     async with connect(url, timeout=60) as nb:
         stored = [m.__table__ for m in MODELS if await nb.get_all(m)]
         if stored:
             raise ConfigurationError(f"dfdb fleet needs an empty database, and {nb.url} holds {', '.join(stored)}")
         load = await _load(nb, topology)
         result = FleetResult(asdict(cfg), nb.url.scheme, topology.objects, round(load, 2))
+        result.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began))
+        result.cpus = os.cpu_count() or 0
         result.load_average["start"] = [round(x, 2) for x in os.getloadavg()]
         options = cfg.url_options.strip("?&")
         workers = _spawn(cfg, f"{url}{'&' if '?' in url else '?'}{options}" if options else url, topology)
@@ -391,6 +399,8 @@ async def _scenarios(
     await _ask(workers, "stats")  # every worker is up (imported, listening) before the clock starts
     start = time.time()
     sched = _schedstat(workers)
+    refusals = Refusals(server)
+    await asyncio.to_thread(refusals.mark)
     with cpu.watching():
         reports = await _ask(workers, "start", cfg.within)
         ran, waited = (round(b - a, 1) for a, b in zip(sched, _schedstat(workers), strict=True))
@@ -401,6 +411,7 @@ async def _scenarios(
         cold["peak_server_cpu_pct"] = cpu.figure()
         cold["workers_cpu_s"], cold["workers_waited_for_cpu_s"] = ran, waited
         cold["cpu_ms_per_controller"] = round(1000 * ran / max(len(ready), 1), 1)
+        cold["connections"] = await asyncio.to_thread(refusals.figures)
     result.scenarios["cold"] = cold
     _save(cfg, result)
     result.failures += [f"cold start: {e}" for e in cold["errors"]]
@@ -470,6 +481,7 @@ async def _disruption(
     before = await _totals(workers)
     await _ask(workers, "limiter")
     held = {s["index"]: (s.get("resyncs", 0), s.get("objects", 0)) for s in await _ask(workers, "stats")}
+    refusals = Refusals(server)
     with cpu.watching():
         if lose:
             _signal(workers, signal.SIGSTOP)
@@ -479,6 +491,8 @@ async def _disruption(
                 await asyncio.to_thread(server.restart, leader)  # type: ignore[attr-defined]
             elif server is not None:
                 await asyncio.to_thread(server.restart)  # type: ignore[attr-defined]
+            # from here on the server is up: what the controllers' reconnects and relists meet
+            await asyncio.to_thread(refusals.mark)
             if lose:
                 for _ in range(cfg.lost):
                     await writer.write()
@@ -490,15 +504,19 @@ async def _disruption(
         await writer.write()  # a change after the disruption, for everyone to reach
         out = await _converge(workers, nb, start, cfg.within)
         out["peak_server_cpu_pct"] = cpu.figure()
+        out["connections"] = await asyncio.to_thread(refusals.figures)
     after = await _totals(workers)
     stats = await _ask(workers, "stats")
     out["objects_relisted"] = sum(s.get("objects", 0) for s in stats if s.get("resyncs", 0) > held[s["index"]][0])
     out["relists"] = after["resyncs"] - before["resyncs"]
     out["reconnects"] = after["reconnects"] - before["reconnects"]
     out["records_read"] = after["records_read"] - before["records_read"]
+    # what the controllers read in all: the objects relisted and the change records
+    out["records_read_total"] = out["objects_relisted"] + out["records_read"]
     out["bytes_read"] = after["bytes_read"] - before["bytes_read"]
     out["relist_wait_s"] = round(after["relist_wait"] - before["relist_wait"], 2)
     out["errors"] = after["errors"]
+    out["start_retries"] = after["start_retries"] - before["start_retries"]
     # relists running at once, at most: the sum of each process's peak
     out["peak_relists_at_once"] = sum(w["peak_active"] for w in await _ask(workers, "limiter"))
     return out
