@@ -86,17 +86,19 @@ def series(run: dict[str, Any]) -> str:
 def points(runs: list[dict[str, Any]], scenario: str, key: str) -> dict[tuple[str, str], list[tuple[int, float, bool]]]:
     """Per (backend, series), (controllers, figure, every controller converged) of the runs that
     measured it; a run without the scenario is no point. Of several runs of one series
-    and size, the newest that measured it counts."""
-    best: dict[tuple[str, str, int], tuple[tuple[str, str], float, bool]] = {}
+    and size, the newest that measured it counts, one where every controller converged
+    before one where some did not."""
+    best: dict[tuple[str, str, int], tuple[tuple[bool, str, str], float, bool]] = {}
     for r in runs:
         d = r["scenarios"].get(scenario) or {}
         value = d.get(key)
         if value is None:
             continue
-        age = (r.get("started", ""), r["file"])
+        whole = not d.get("not_converged")
+        rank = (whole, r.get("started", ""), r["file"])
         where = (r["backend"], series(r), r["config"]["controllers"])
-        if where not in best or best[where][0] <= age:
-            best[where] = (age, float(value), not d.get("not_converged"))
+        if where not in best or best[where][0] <= rank:
+            best[where] = (rank, float(value), whole)
     found: dict[tuple[str, str], list[tuple[int, float, bool]]] = {}
     for (backend, name, n), (_, value, whole) in best.items():
         found.setdefault((backend, name), []).append((n, value, whole))
@@ -113,7 +115,7 @@ def chart(runs: list[dict[str, Any]], target: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     fig, grid = plt.subplots(len(FIGURES), len(SCENARIOS), figsize=(4.4 * len(SCENARIOS), 3.4 * len(FIGURES)))
     sizes = sorted({r["config"]["controllers"] for r in runs})
@@ -122,13 +124,13 @@ def chart(runs: list[dict[str, Any]], target: Path) -> None:
             found = points(runs, scenario, key)
             for (backend, name), pts in sorted(found.items()):
                 colour = COLOURS.get(backend, "black")
-                style = "--" if "(" in name else "-"
+                marker, style = ("s", "--") if "(" in name else ("o", "-")  # another database shape
                 whole = [(n, v) for n, v, ok in pts if ok]
                 if whole:
-                    ax.plot(*zip(*whole, strict=True), "o" + style, color=colour, label=name)
+                    ax.plot(*zip(*whole, strict=True), marker + style, color=colour, label=name)
                 partial = [(n, v) for n, v, ok in pts if not ok]
                 if partial:
-                    ax.plot(*zip(*partial, strict=True), "o", mfc="none", color=colour, label=f"{name}: not all")
+                    ax.plot(*zip(*partial, strict=True), marker, mfc="none", color=colour, label=f"{name}: not all")
                 if key == "converged_s" and len(whole) > 1 and whole[0][1] > 0:
                     xs = [n for n, _ in whole]
                     ax.plot(xs, [whole[0][1] * n / xs[0] for n in xs], ":", color=colour, lw=1)
@@ -139,6 +141,7 @@ def chart(runs: list[dict[str, Any]], target: Path) -> None:
             ax.minorticks_off()
             if key == "converged_s" and found:
                 ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
                 ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
                 ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
             else:
