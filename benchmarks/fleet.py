@@ -70,7 +70,8 @@ def load(files: list[Path]) -> list[dict[str, Any]]:
 
 def series(run: dict[str, Any]) -> str:
     """The line a run belongs to: its backend, and its database's shape when it is not the
-    default (ports per tenant, tenants other than one per controller)."""
+    default (ports per tenant, tenants other than one per controller): the objects grow
+    with the controllers along a line."""
     cfg = run["config"]
     name = NAMES.get(run["backend"], run["backend"])
     shape = []
@@ -78,8 +79,6 @@ def series(run: dict[str, Any]) -> str:
         shape.append(f"{cfg['ports']} ports per tenant")
     if cfg.get("tenants") and cfg["tenants"] != cfg["controllers"]:
         shape.append(f"{cfg['tenants']:,} tenants")
-    if shape:
-        shape.append(f"{run['objects']:,} objects")
     return f"{name} ({', '.join(shape)})" if shape else name
 
 
