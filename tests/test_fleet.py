@@ -47,6 +47,7 @@ def test_a_small_fleet_converges_through_every_scenario(tmp_path: Path, capsys: 
     # no server of its own: nothing of the server's to ask, the host's TCP counters only
     assert history["connections"]["server_rejected"] is None and history["connections"]["host_listen_drops"] >= 0
     assert result["started"].endswith("Z") and result["cpus"] >= 1
+    assert result["memory_mib"]["workers"] > 0 and result["memory_mib"]["server"] is None
     assert history["relist_wait_s"] > 0  # the relists waited for their turn
     assert 1 <= history["peak_relists_at_once"] <= 2 * 2  # each process's burst, at most
     assert "restart" not in result["scenarios"]  # no server of its own to restart

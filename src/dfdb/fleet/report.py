@@ -97,6 +97,13 @@ def print_result(result: FleetResult, out: TextIO) -> None:
         print(f"check:         {compared} controllers compared with the database, {differ} differ", file=out)
     for failure in result.failures:
         print(f"FAILED: {failure}", file=out)
+    mem = result.memory_mib
+    if mem:
+        print(
+            f"memory:        worker processes' peak {_f(mem.get('workers'), ' MiB')}, server "
+            f"{_f(mem.get('server'), ' MiB')}",
+            file=out,
+        )
     for when, load in result.load_average.items():
         print(f"load average at the {when}: {', '.join(f'{x:.2f}' for x in load)}", file=out)
     print("result: every controller converged" if result.ok else "result: DIVERGED", file=out)

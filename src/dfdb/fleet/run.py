@@ -102,6 +102,9 @@ class FleetResult:
     """When the run started (UTC, ISO 8601)."""
     cpus: int = 0
     """The host's CPUs."""
+    memory_mib: dict[str, float | None] = field(default_factory=dict)
+    """Peak resident memory (``VmHWM``) of the worker processes added up (``workers``),
+    and the server's now (``server``, every member's; it restarts with the scenarios)."""
 
     @property
     def ok(self) -> bool:
@@ -181,6 +184,18 @@ def _schedstat(workers: list[_Worker]) -> tuple[float, float]:
             continue
         ran, waited = ran + on_cpu, waited + queued
     return ran, waited
+
+
+def _peak_rss(pids: list[int | None], field: str) -> float | None:
+    """``field`` of ``/proc/PID/status`` added up over ``pids``, in MiB."""
+    kib = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                kib += next(int(line.split()[1]) for line in f if line.startswith(f"{field}:"))
+        except (OSError, StopIteration, ValueError):
+            return None
+    return round(kib / 1024, 1)
 
 
 async def _ask(workers: list[_Worker], command: str, arg: Any = None) -> list[Any]:
@@ -379,6 +394,8 @@ async def _run(cfg: FleetConfig, url: str, server: LocalServer | None) -> FleetR
             result.scenarios["check"] = {"controllers": len(checks), "diverged": len(diverged)}
             result.failures += [f"controller {c['index']} differs from the database: {c['diff']}" for c in diverged]
             result.load_average["end"] = [round(x, 2) for x in os.getloadavg()]
+            result.memory_mib = {"workers": _peak_rss([w.process.pid for w in workers], "VmHWM")}
+            result.memory_mib["server"] = _peak_rss([p.pid for p in server.processes if p], "VmRSS") if server else None
         finally:
             await _stop(workers)
             if server is None:  # leave the database as found
