@@ -4,6 +4,7 @@ the writer, the scenarios and what they measured."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import multiprocessing
 import os
@@ -21,9 +22,9 @@ from dfdb.connecting import connect
 from dfdb.errors import ConfigurationError, DfdbError
 from dfdb.events import parse_cursor
 from dfdb.fleet.conns import Refusals
-from dfdb.fleet.topology import MODELS, Topology
+from dfdb.fleet.topology import MODELS, Topology, chassis_id
 from dfdb.fleet.worker import worker_main
-from dfdb.models import LogicalPort
+from dfdb.models import Chassis, LogicalPort
 from dfdb.nb import NbApi
 from dfdb.retry import gather_outcomes
 from dfdb.servers import SERVERS, LocalServer
@@ -225,6 +226,8 @@ class _Writer:
         self.topology = topology
         self.rng = random.Random(seed)
         self.held: dict[tuple[int, int], LogicalPort] = {}
+        self.chassis: Chassis | None = None
+        self.marks = 0
         self.writes = 0
         self.deliveries = 0  # how many controllers each write should reach, in all
 
@@ -235,6 +238,16 @@ class _Writer:
         self.held[(t, p)] = stored
         self.writes += 1
         self.deliveries += len(self.topology.homes(t))
+
+    async def mark(self) -> None:
+        """Change what every controller holds (a chassis: the one global table), to time
+        convergence by: each controller applies it as it comes, where a change outside its
+        scope is known to be passed only when its stream's next read returns (on Redis,
+        every ``block`` seconds)."""
+        chassis = self.chassis or await self.nb.get(Chassis, chassis_id(0))
+        self.marks += 1
+        address = ipaddress.ip_address(0x0B000000 + self.marks % 0xFFFFFF)
+        self.chassis = await self.nb.update(chassis.model_copy(update={"external_host_ip": address}))
 
     async def steady(self, rate: float, duration: float) -> float:
         start = time.monotonic()
@@ -441,7 +454,9 @@ async def _scenarios(
         await _ask(workers, "latencies")
         with cpu.watching():
             took = await writer.steady(cfg.rate, cfg.duration)
-            steady = await _converge(workers, nb, time.time(), cfg.within)
+            last = time.time()
+            await writer.mark()  # after the last write: every controller applies it
+            steady = await _converge(workers, nb, last, cfg.within)
             steady["peak_server_cpu_pct"] = cpu.figure()
         lat = await _ask(workers, "latencies")
         steady |= {"writes": writer.writes, "seconds": round(took, 2), "rate": round(writer.writes / took, 1)}
@@ -518,7 +533,7 @@ async def _disruption(
             if lose:
                 _signal(workers, signal.SIGCONT)
         start = time.time()
-        await writer.write()  # a change after the disruption, for everyone to reach
+        await writer.mark()  # a change after the disruption, which every controller holds
         out = await _converge(workers, nb, start, cfg.within)
         out["peak_server_cpu_pct"] = cpu.figure()
         out["connections"] = await asyncio.to_thread(refusals.figures)
