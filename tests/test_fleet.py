@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import pytest
 import dfdb
 from dfdb import Replica, SyncMode
 from dfdb.cli import main
+from dfdb.fleet.conns import Refusals
 from dfdb.fleet.topology import Topology
+from dfdb.servers import RedisServer
 
 
 def test_a_small_fleet_converges_through_every_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,3 +147,20 @@ def test_the_chart_and_table_take_runs_of_some_scenarios_and_other_sizes(tmp_pat
     chart = tmp_path / "chart.png"
     bench.chart(runs, chart)
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not RedisServer.available(), reason="redis-server is not installed")
+def test_a_connection_the_server_turns_away_is_counted() -> None:
+    with RedisServer(appendonly=False) as server:
+        refusals = Refusals(server)
+        refusals.mark()
+        assert refusals.figures()["server_rejected"] == 0
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as admin:
+            admin.sendall(b"CONFIG SET maxclients 1\r\n")
+            assert admin.recv(64) == b"+OK\r\n"
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as extra:
+                assert extra.recv(64).startswith(b"-ERR max number of clients reached")
+            admin.sendall(b"CONFIG SET maxclients 100\r\n")
+            assert admin.recv(64) == b"+OK\r\n"
+        figures = refusals.figures()  # its own INFO connection counts none: the limit is lifted again
+        assert figures["server_rejected"] == 1 and figures["refused"] is True

@@ -8,7 +8,7 @@ import contextlib
 import socket
 from typing import Any
 
-from dfdb.servers import LocalServer
+from dfdb.servers import LocalServer, RedisServer, ZooKeeperServer
 
 __all__ = ["Refusals"]
 
@@ -46,15 +46,14 @@ def _server_rejected(server: LocalServer | None) -> int | None:
     ``maxclients``), ZooKeeper's ``zk_connection_rejected`` (every member's)."""
     if server is None or server.ca is not None:
         return None
-    name = type(server).__name__
     with contextlib.suppress(OSError, ValueError):
-        if name == "RedisServer":
-            for line in _redis_info(server.port).splitlines():  # type: ignore[attr-defined]
+        if isinstance(server, RedisServer):
+            for line in _redis_info(server.port).splitlines():
                 if line.startswith("rejected_connections:"):
                     return int(line.split(":", 1)[1])
-        elif name == "ZooKeeperServer":
+        elif isinstance(server, ZooKeeperServer):
             total = 0
-            for port in server.client_ports:  # type: ignore[attr-defined]
+            for port in server.client_ports:
                 for line in _four_letters(port, b"mntr").splitlines():
                     if line.startswith("zk_connection_rejected"):
                         total += int(line.split()[1])
@@ -63,6 +62,7 @@ def _server_rejected(server: LocalServer | None) -> int | None:
 
 
 def _redis_info(port: int) -> str:
+    """Redis's ``INFO stats`` (a bulk string) over a connection of its own."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"INFO stats\r\n")
         head = b""
