@@ -391,6 +391,17 @@ def test_a_failed_package_import_puts_the_usual_sigint_handling_back() -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")
 
 
+def test_ls_of_an_empty_table_prints_the_header_or_no_json_line(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty table (or topic) still shows its header in a table, as ``tables`` and
+    ``status`` do; the JSON output is JSON lines, one object a line, so none for no object."""
+    for extra in ([], ["--topic", "nobody"]):
+        assert main(["ls", "lswitch", "-o", "table", "--db", store, *extra]) == 0
+        out, err = capsys.readouterr()
+        assert (out.split()[:4], len(out.splitlines()), err) == (["ID", "TOPIC", "VERSION", "NAME"], 1, "")
+        assert main(["ls", "lswitch", "-o", "json", "--db", store, *extra]) == 0
+        assert capsys.readouterr() == ("", "")
+
+
 def test_table_output_shows_control_characters_escaped(store: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A value holding a terminal escape sequence, a NUL or a line break cannot recolour the
     terminal, hide text or break a table row: the table shows them escaped, as JSON does."""
