@@ -9,7 +9,8 @@ import contextlib
 import io
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -19,7 +20,9 @@ import dfdb
 from dfdb.drivers import ABSENT
 from dfdb.drivers.sqlite import SqliteDriver
 from dfdb.leases import guard_of
+from dfdb.servers import EtcdServer, LocalServer, ZooKeeperServer
 from dfdb.testing.plugin import fill_url
+from watching import serve
 
 ZK_URL = "zk://{zookeeper}/{name}?bucket_size=100&keep=30&idle=1"
 
@@ -308,3 +311,78 @@ async def test_a_guard_from_another_nbapi(tmp_path: Path) -> None:
             await elsewhere.put(EdgeItem(id="a"), guard=lock)
         assert [(o.id, o.n) for o in await one.get_all(EdgeItem)] == [("a", lock.token)]
         assert await elsewhere.get_all(EdgeItem) == []
+
+
+@pytest.fixture(params=["etcd", "zookeeper"])
+def own_server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
+    """A server of this test's own, to stop with SIGSTOP (resumed before it is stopped)."""
+    factory: Callable[[], LocalServer] = {"etcd": EtcdServer, "zookeeper": ZooKeeperServer}[request.param]
+    for server in serve(factory):
+        try:
+            yield server
+        finally:
+            for index in range(len(server.processes)):
+                server.resume(index)
+
+
+def stop(server: LocalServer) -> None:
+    """SIGSTOP the server and wait until every thread of it stopped (a thread busy at that
+    moment may still answer a request written meanwhile)."""
+    server.pause()
+    [proc] = server.processes
+    assert proc is not None
+    deadline = time.monotonic() + 10
+    tasks = Path(f"/proc/{proc.pid}/task")
+    while any(_state(t / "stat") not in ("T", "t", None) for t in tasks.iterdir()):
+        assert time.monotonic() < deadline, "the server did not stop"
+        time.sleep(0.001)
+
+
+def _state(stat: Path) -> str | None:
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # a thread that ended meanwhile
+        return None
+
+
+async def test_lease_calls_to_a_server_that_stopped_answering_end_as_their_deadline_says(
+    own_server: LocalServer, dfdb_leak_check: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Against a server stopped with SIGSTOP: a keep-alive that meets the holder's own
+    deadline (the TTL, here shorter than the driver's time-out per call) ends the lease with
+    LeaseLostError, never a bare CancelledError or TimeoutError, and the background
+    keep-alive retries quietly until then. A grant stopped by the NbApi's deadline is a dfdb
+    error; by the caller's anyio deadline, its TimeoutError (the grant runs to its end first,
+    to revoke a lease granted meanwhile); by task.cancel(), the caller's CancelledError.
+    Nothing is left behind once the server answers again."""
+    url = f"{own_server.url}/lease-pause?timeout=5"
+
+    async def grant() -> None:
+        async with nb.lease(ttl=5):
+            pass
+
+    caplog.set_level(logging.WARNING, "dfdb.leases")
+    async with dfdb.connect(url, timeout=1) as nb:
+        async with nb.lease(ttl=2, keepalive=False) as lease, nb.lease(ttl=2) as kept:
+            stop(own_server)
+            try:
+                with anyio.fail_after(5), pytest.raises(dfdb.LeaseLostError, match="not kept alive within its TTL"):
+                    await lease.refresh()
+                with anyio.fail_after(5):
+                    await kept.lost
+                assert isinstance(kept.error, dfdb.LeaseLostError)
+                with anyio.fail_after(5), pytest.raises(dfdb.BackendUnavailableError):
+                    await grant()
+                with anyio.fail_after(5), pytest.raises(TimeoutError) as deadline:
+                    with anyio.fail_after(0.3):
+                        await grant()
+                assert type(deadline.value) is TimeoutError
+                task = asyncio.create_task(grant())
+                await asyncio.sleep(0.3)
+                task.cancel()
+                with anyio.fail_after(5), pytest.raises(asyncio.CancelledError):
+                    await task
+            finally:
+                own_server.resume()
+        assert [r.getMessage() for r in caplog.records] == []
+        assert await nb.get_all(EdgeItem) == []  # the server answers again
