@@ -9,7 +9,6 @@ import contextlib
 import io
 import logging
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from dfdb.drivers.sqlite import SqliteDriver
 from dfdb.leases import guard_of
 from dfdb.servers import EtcdServer, LocalServer, ZooKeeperServer
 from dfdb.testing.plugin import fill_url
-from watching import serve
+from watching import serve, stop
 
 ZK_URL = "zk://{zookeeper}/{name}?bucket_size=100&keep=30&idle=1"
 
@@ -323,26 +322,6 @@ def own_server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
         finally:
             for index in range(len(server.processes)):
                 server.resume(index)
-
-
-def stop(server: LocalServer) -> None:
-    """SIGSTOP the server and wait until every thread of it stopped (a thread busy at that
-    moment may still answer a request written meanwhile)."""
-    server.pause()
-    [proc] = server.processes
-    assert proc is not None
-    deadline = time.monotonic() + 10
-    tasks = Path(f"/proc/{proc.pid}/task")
-    while any(_state(t / "stat") not in ("T", "t", None) for t in tasks.iterdir()):
-        assert time.monotonic() < deadline, "the server did not stop"
-        time.sleep(0.001)
-
-
-def _state(stat: Path) -> str | None:
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):  # a thread that ended meanwhile
-        return None
 
 
 async def test_lease_calls_to_a_server_that_stopped_answering_end_as_their_deadline_says(
