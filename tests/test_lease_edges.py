@@ -297,6 +297,48 @@ async def test_a_failed_revoke_never_hides_the_block_s_own_error(tmp_path: Path,
             assert "revoke" in str(info.value)
 
 
+@pytest.mark.parametrize("ending", ["block-error", "cancelled", "deadline", "no-error"])
+async def test_a_failed_unlock_never_hides_the_block_s_own_error_or_cancellation(tmp_path: Path, ending: str) -> None:
+    """Leaving a lock block while the database refuses the unlock (SQLite write-locked by
+    another connection): the block's own error, its task's cancellation or the caller's
+    anyio deadline is what the caller sees (the lock ends with its lease); a block that ended without an error is told
+    that the unlock failed."""
+    path = f"{tmp_path}/unlock.db"
+    entered = asyncio.Event()
+
+    async def hold(db: sqlite3.Connection) -> None:
+        with anyio.fail_after(1) if ending == "deadline" else contextlib.nullcontext():
+            async with nb.lock("edge", ttl=5):
+                db.execute("BEGIN IMMEDIATE")  # held while the block is left
+                if ending == "block-error":
+                    raise ValueError("the block's own error")
+                if ending in ("cancelled", "deadline"):
+                    entered.set()
+                    await asyncio.sleep(30)
+
+    async with dfdb.connect(f"sqlite:///{path}?timeout=0.3") as nb:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=5)) as db:
+            expected = {
+                "block-error": ValueError,
+                "cancelled": asyncio.CancelledError,
+                "deadline": TimeoutError,
+                "no-error": dfdb.DfdbError,
+            }
+            with pytest.raises(expected[ending]) as info:
+                task = asyncio.create_task(hold(db))
+                if ending == "cancelled":
+                    await asyncio.wait_for(entered.wait(), 10)
+                    task.cancel()
+                await asyncio.wait_for(task, 10)
+            db.execute("ROLLBACK")
+    if ending == "block-error":
+        assert str(info.value) == "the block's own error"
+    elif ending == "deadline":
+        assert type(info.value) is TimeoutError
+    elif ending == "no-error":
+        assert "unlock" in str(info.value)
+
+
 async def test_a_guard_from_another_nbapi(tmp_path: Path) -> None:
     """A lock held through one NbApi guards writes through another of the same database while
     held, and refuses them once released; a guard of another database is refused."""

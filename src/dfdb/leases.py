@@ -306,7 +306,13 @@ class Lock:
         try:
             if self.token and self.lease.id is not None and not self.lease.lost:
                 lease, nb, name, token = self.lease.id, self._nb, self.name, self.token
-                await _to_the_end(lambda: nb._retry(lambda: nb.driver.lock_release(name, lease, token), "unlock"))
+                try:
+                    await _to_the_end(lambda: nb._retry(lambda: nb.driver.lock_release(name, lease, token), "unlock"))
+                except DfdbError as error:
+                    if e is None:
+                        raise
+                    # the block's own error (or cancellation) goes on; the lock ends with its lease
+                    log.warning("lock %r: %s (it ends with its lease)", name, error)
         finally:
             await self.lease.__aexit__(et, e, tb)
 
