@@ -7,16 +7,19 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 
 import dfdb
 from dfdb.models import LogicalSwitch
+from dfdb.servers import EtcdServer, RedisServer
 from dfdb.testing.servers import LocalServer, free_port, skip_missing_server
+from watching import serve, stop
 
 
 @dataclass
@@ -140,3 +143,40 @@ async def test_etcd_takes_values_up_to_its_limit_and_refuses_larger(dfdb_etcd_se
         assert (await nb.get(LogicalSwitch, at_limit.id)).name == stored.name
         with pytest.raises(dfdb.ValueTooLargeError):
             await nb.create(LogicalSwitch(id="c", name="x" * 1_000_000))  # failed inside etcd before
+
+
+class BatchItem(dfdb.NbModel, table="boundary_batch_item"):
+    n: int = 0
+
+
+@pytest.mark.parametrize("factory", [RedisServer, EtcdServer], ids=["redis", "etcd"])
+async def test_a_batch_to_a_server_that_stopped_answering_ends_within_two_deadlines(
+    factory: Callable[[], LocalServer], dfdb_leak_check: None
+) -> None:
+    """create_many of 1,000 objects (four chunks) and update_many of 300, with a 1 s timeout,
+    the server stopped with SIGSTOP: the first chunk's writes, whose reply was lost, are
+    resolved together within one more deadline (each an OutcomeUnknownError); the later ones
+    are not sent (each a BackendUnavailableError saying so, and none of them stored). About
+    two deadlines in all, not one or more per write."""
+    for server in serve(factory):
+        try:
+            url = server.url if factory is RedisServer else f"{server.url}/batch"
+            async with dfdb.connect(url, timeout=1) as nb:
+                kept = await nb.create_many([BatchItem(id=f"u{i}") for i in range(300)])
+                stop(server)
+                creates = [BatchItem(id=f"o{i}") for i in range(1000)]
+                updates = [u.model_copy(update={"n": 1}) for u in kept if isinstance(u, BatchItem)]
+                for call, objs in ((nb.create_many, creates), (nb.update_many, updates)):
+                    started = time.monotonic()
+                    with anyio.fail_after(15):
+                        results = await call(objs)
+                    assert time.monotonic() - started < 5
+                    assert all(isinstance(r, dfdb.OutcomeUnknownError) for r in results[:256]), results[0]
+                    assert all(type(r) is dfdb.BackendUnavailableError for r in results[256:]), results[-1]
+                    assert "was not sent: the server did not answer" in str(results[-1])
+                server.resume()
+                stored = {i.id: i.n for i in await nb.get_all(BatchItem)}
+                assert not set(stored) & {f"o{i}" for i in range(256, 1000)}
+                assert [stored[f"u{i}"] for i in range(256, 300)] == [0] * 44
+        finally:
+            server.resume()

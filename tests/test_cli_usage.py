@@ -359,6 +359,49 @@ def test_python_m_dfdb_sent_sigint_while_it_loads_the_package_exits_130_quietly(
     assert (result.returncode, result.stderr, result.stdout) == (130, "", "")
 
 
+_IMPORT_FAILS = """
+import signal
+import sys
+
+
+class Missing:  # dfdb.connecting cannot be imported (a broken install)
+    def find_spec(self, name, path=None, target=None):
+        if name == "dfdb.connecting":
+            raise ImportError("no dfdb.connecting")
+
+
+sys.argv[:1] = ["-m"]  # as while python -m locates the module it runs
+sys.meta_path.insert(0, Missing())
+try:
+    import dfdb
+except ImportError:
+    pass
+else:
+    sys.exit("dfdb was imported")
+print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+
+
+def test_a_failed_package_import_puts_the_usual_sigint_handling_back() -> None:
+    """The handler that ends ``python -m dfdb`` quietly while the package loads is removed
+    when that import fails too: a program that catches the ImportError gets
+    KeyboardInterrupt for a later Ctrl-C, not a silent exit 130."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run([sys.executable, "-c", _IMPORT_FAILS], capture_output=True, text=True, timeout=60, env=env)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")
+
+
+def test_ls_of_an_empty_table_prints_the_header_or_no_json_line(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty table (or topic) still shows its header in a table, as ``tables`` and
+    ``status`` do; the JSON output is JSON lines, one object a line, so none for no object."""
+    for extra in ([], ["--topic", "nobody"]):
+        assert main(["ls", "lswitch", "-o", "table", "--db", store, *extra]) == 0
+        out, err = capsys.readouterr()
+        assert (out.split()[:4], len(out.splitlines()), err) == (["ID", "TOPIC", "VERSION", "NAME"], 1, "")
+        assert main(["ls", "lswitch", "-o", "json", "--db", store, *extra]) == 0
+        assert capsys.readouterr() == ("", "")
+
+
 def test_table_output_shows_control_characters_escaped(store: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A value holding a terminal escape sequence, a NUL or a line break cannot recolour the
     terminal, hide text or break a table row: the table shows them escaped, as JSON does."""

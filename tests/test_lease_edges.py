@@ -9,7 +9,7 @@ import contextlib
 import io
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -19,7 +19,9 @@ import dfdb
 from dfdb.drivers import ABSENT
 from dfdb.drivers.sqlite import SqliteDriver
 from dfdb.leases import guard_of
+from dfdb.servers import EtcdServer, LocalServer, ZooKeeperServer
 from dfdb.testing.plugin import fill_url
+from watching import serve, stop
 
 ZK_URL = "zk://{zookeeper}/{name}?bucket_size=100&keep=30&idle=1"
 
@@ -295,6 +297,48 @@ async def test_a_failed_revoke_never_hides_the_block_s_own_error(tmp_path: Path,
             assert "revoke" in str(info.value)
 
 
+@pytest.mark.parametrize("ending", ["block-error", "cancelled", "deadline", "no-error"])
+async def test_a_failed_unlock_never_hides_the_block_s_own_error_or_cancellation(tmp_path: Path, ending: str) -> None:
+    """Leaving a lock block while the database refuses the unlock (SQLite write-locked by
+    another connection): the block's own error, its task's cancellation or the caller's
+    anyio deadline is what the caller sees (the lock ends with its lease); a block that ended without an error is told
+    that the unlock failed."""
+    path = f"{tmp_path}/unlock.db"
+    entered = asyncio.Event()
+
+    async def hold(db: sqlite3.Connection) -> None:
+        with anyio.fail_after(1) if ending == "deadline" else contextlib.nullcontext():
+            async with nb.lock("edge", ttl=5):
+                db.execute("BEGIN IMMEDIATE")  # held while the block is left
+                if ending == "block-error":
+                    raise ValueError("the block's own error")
+                if ending in ("cancelled", "deadline"):
+                    entered.set()
+                    await asyncio.sleep(30)
+
+    async with dfdb.connect(f"sqlite:///{path}?timeout=0.3") as nb:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=5)) as db:
+            expected = {
+                "block-error": ValueError,
+                "cancelled": asyncio.CancelledError,
+                "deadline": TimeoutError,
+                "no-error": dfdb.DfdbError,
+            }
+            with pytest.raises(expected[ending]) as info:
+                task = asyncio.create_task(hold(db))
+                if ending == "cancelled":
+                    await asyncio.wait_for(entered.wait(), 10)
+                    task.cancel()
+                await asyncio.wait_for(task, 10)
+            db.execute("ROLLBACK")
+    if ending == "block-error":
+        assert str(info.value) == "the block's own error"
+    elif ending == "deadline":
+        assert type(info.value) is TimeoutError
+    elif ending == "no-error":
+        assert "unlock" in str(info.value)
+
+
 async def test_a_guard_from_another_nbapi(tmp_path: Path) -> None:
     """A lock held through one NbApi guards writes through another of the same database while
     held, and refuses them once released; a guard of another database is refused."""
@@ -308,3 +352,58 @@ async def test_a_guard_from_another_nbapi(tmp_path: Path) -> None:
             await elsewhere.put(EdgeItem(id="a"), guard=lock)
         assert [(o.id, o.n) for o in await one.get_all(EdgeItem)] == [("a", lock.token)]
         assert await elsewhere.get_all(EdgeItem) == []
+
+
+@pytest.fixture(params=["etcd", "zookeeper"])
+def own_server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
+    """A server of this test's own, to stop with SIGSTOP (resumed before it is stopped)."""
+    factory: Callable[[], LocalServer] = {"etcd": EtcdServer, "zookeeper": ZooKeeperServer}[request.param]
+    for server in serve(factory):
+        try:
+            yield server
+        finally:
+            for index in range(len(server.processes)):
+                server.resume(index)
+
+
+async def test_lease_calls_to_a_server_that_stopped_answering_end_as_their_deadline_says(
+    own_server: LocalServer, dfdb_leak_check: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Against a server stopped with SIGSTOP: a keep-alive that meets the holder's own
+    deadline (the TTL, here shorter than the driver's time-out per call) ends the lease with
+    LeaseLostError, never a bare CancelledError or TimeoutError, and the background
+    keep-alive retries quietly until then. A grant stopped by the NbApi's deadline is a dfdb
+    error; by the caller's anyio deadline, its TimeoutError (the grant runs to its end first,
+    to revoke a lease granted meanwhile); by task.cancel(), the caller's CancelledError.
+    Nothing is left behind once the server answers again."""
+    url = f"{own_server.url}/lease-pause?timeout=5"
+
+    async def grant() -> None:
+        async with nb.lease(ttl=5):
+            pass
+
+    caplog.set_level(logging.WARNING, "dfdb.leases")
+    async with dfdb.connect(url, timeout=1) as nb:
+        async with nb.lease(ttl=2, keepalive=False) as lease, nb.lease(ttl=2) as kept:
+            stop(own_server)
+            try:
+                with anyio.fail_after(5), pytest.raises(dfdb.LeaseLostError, match="not kept alive within its TTL"):
+                    await lease.refresh()
+                with anyio.fail_after(5):
+                    await kept.lost
+                assert isinstance(kept.error, dfdb.LeaseLostError)
+                with anyio.fail_after(5), pytest.raises(dfdb.BackendUnavailableError):
+                    await grant()
+                with anyio.fail_after(5), pytest.raises(TimeoutError) as deadline:
+                    with anyio.fail_after(0.3):
+                        await grant()
+                assert type(deadline.value) is TimeoutError
+                task = asyncio.create_task(grant())
+                await asyncio.sleep(0.3)
+                task.cancel()
+                with anyio.fail_after(5), pytest.raises(asyncio.CancelledError):
+                    await task
+            finally:
+                own_server.resume()
+        assert [r.getMessage() for r in caplog.records] == []
+        assert await nb.get_all(EdgeItem) == []  # the server answers again

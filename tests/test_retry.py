@@ -8,7 +8,7 @@ import weakref
 import anyio
 import pytest
 
-from dfdb.retry import Backoff, checkpoint_if_cancelled, run_to_completion
+from dfdb.retry import Backoff, checkpoint_if_cancelled, raise_if_cancelling, run_to_completion
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -96,3 +96,27 @@ def test_a_call_run_to_completion_sees_its_deadline_and_finishes_its_shielded_st
         assert anyio.current_time() - deadline >= 0.04  # the shielded step ended first
 
     anyio.run(main, backend=backend)
+
+
+async def test_raise_if_cancelling_raises_the_cancellation_a_client_library_turned_into_its_error() -> None:
+    """A client library that answers an anyio deadline's cancellation with an error of its
+    own: what raise_if_cancelling raises carries the deadline's message, so the deadline ends
+    as its TimeoutError, never as a bare CancelledError; a cancellation from outside still
+    propagates."""
+
+    async def call() -> None:
+        try:
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                raise ConnectionResetError("connection lost") from None  # the library's own error
+        except ConnectionResetError as exc:
+            raise_if_cancelling(exc)
+
+    with pytest.raises(TimeoutError), anyio.fail_after(0.01):
+        await call()
+    task = asyncio.create_task(call())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -1,11 +1,13 @@
-"""Helpers of the driver fault tests: a local server per test, and a watcher that follows
-one model and reconciles on RESYNC."""
+"""Helpers of the driver fault tests: a local server per test (and stopping it with SIGSTOP),
+and a watcher that follows one model and reconciles on RESYNC."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import dfdb
@@ -126,3 +128,23 @@ async def check_server_run(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def stop(server: LocalServer) -> None:
+    """SIGSTOP the server and wait until every thread of it stopped (a thread busy at that
+    moment may still answer a request written meanwhile)."""
+    server.pause()
+    [proc] = server.processes
+    assert proc is not None
+    deadline = time.monotonic() + 10
+    tasks = Path(f"/proc/{proc.pid}/task")
+    while any(_state(t / "stat") not in ("T", "t", None) for t in tasks.iterdir()):
+        assert time.monotonic() < deadline, "the server did not stop"
+        time.sleep(0.001)
+
+
+def _state(stat: Path) -> str | None:
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # a thread that ended meanwhile
+        return None

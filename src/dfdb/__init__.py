@@ -9,43 +9,46 @@ from __future__ import annotations
 import logging as _logging
 
 from dfdb._interrupt import loaded as _loaded  # first: python -m dfdb, Ctrl-C while loading is exit 130
-from dfdb.connecting import connect
-from dfdb.errors import (
-    AlreadyExistsError,
-    AuthenticationError,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    ConfigurationError,
-    ConflictError,
-    CorruptObjectError,
-    DfdbError,
-    DriverError,
-    InvalidURL,
-    LeaseLostError,
-    LockedError,
-    MissingDependencyError,
-    ModelDefinitionError,
-    NotFoundError,
-    OutcomeUnknownError,
-    StreamClosedError,
-    UnknownDriverError,
-    UnstorableKeyError,
-    UnsupportedEventLoopError,
-    ValueTooLargeError,
-)
-from dfdb.events import Action, ChangeEvent, ChangeStream
-from dfdb.leases import Lease, Lock
-from dfdb.metrics.stats import NbStats, TableStats
-from dfdb.nb import ListResult, NbApi, revision_of
-from dfdb.nbmodel import NbModel, Ref, dependency_order, registered_models
-from dfdb.presence import ServicePresence, publish_presence
-from dfdb.replica import ChassisTopics, Replica, ReplicaEvent, ReplicaEvents, ReplicaStats, SyncMode
-from dfdb.url import DatabaseURL
+
+try:  # the usual SIGINT handling comes back however this import ends
+    from dfdb.connecting import connect
+    from dfdb.errors import (
+        AlreadyExistsError,
+        AuthenticationError,
+        BackendTimeoutError,
+        BackendUnavailableError,
+        ConfigurationError,
+        ConflictError,
+        CorruptObjectError,
+        DfdbError,
+        DriverError,
+        InvalidURL,
+        LeaseLostError,
+        LockedError,
+        MissingDependencyError,
+        ModelDefinitionError,
+        NotFoundError,
+        OutcomeUnknownError,
+        StreamClosedError,
+        UnknownDriverError,
+        UnstorableKeyError,
+        UnsupportedEventLoopError,
+        ValueTooLargeError,
+    )
+    from dfdb.events import Action, ChangeEvent, ChangeStream
+    from dfdb.leases import Lease, Lock
+    from dfdb.metrics.stats import NbStats, TableStats
+    from dfdb.nb import ListResult, NbApi, revision_of
+    from dfdb.nbmodel import NbModel, Ref, dependency_order, registered_models
+    from dfdb.presence import ServicePresence, publish_presence
+    from dfdb.replica import ChassisTopics, Replica, ReplicaEvent, ReplicaEvents, ReplicaStats, SyncMode
+    from dfdb.url import DatabaseURL
+finally:
+    _loaded()
 
 __version__ = "0.1.0"
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
-_loaded()
 
 __all__ = [
     "ChassisTopics",

@@ -5,8 +5,9 @@ of a second on a slow machine) before it runs ``dfdb/__main__.py``, so that modu
 handling comes too late for a Ctrl-C in the meantime. The package imports this module
 first: importing it calls :func:`quiet_while_loading`, which acts when Python is locating
 a module to run (``sys.argv[0]`` is ``"-m"`` then), and the package calls :data:`loaded`
-once it has loaded. The console script has the same guarantee from ``_dfdb_launch``,
-which imports nothing before its handler.
+once its import ends, however it ends (a failed import leaves no handler behind). The
+console script has the same guarantee from ``_dfdb_launch``, which imports nothing before
+its handler.
 """
 
 from __future__ import annotations
@@ -50,4 +51,5 @@ def quiet_while_loading() -> Callable[[], None]:
 
 
 loaded = quiet_while_loading()
-"""Puts the usual SIGINT handling back: ``dfdb/__init__.py`` calls it once it has loaded."""
+"""Puts the usual SIGINT handling back: ``dfdb/__init__.py`` calls it once its import ends,
+however it ends."""

@@ -133,6 +133,7 @@ class Lease:
         except BaseException:
             if self.id is not None:
                 await _to_the_end(self.revoke)
+            await checkpoint_if_cancelled()  # the caller's deadline, passed meanwhile, before the grant's error
             raise
         self._valid_until = started + self.ttl
         self._identity = nb._identity
@@ -187,18 +188,24 @@ class Lease:
         """Keep the lease alive once (the background task does it every third of the TTL).
 
         Raises:
-            LeaseLostError: the lease ended.
+            LeaseLostError: the lease ended, or the backend confirmed no keep-alive within
+                its TTL (the holder's own deadline passed while this one waited).
+            BackendUnavailableError: the backend did not answer (the lease may still hold).
             StreamClosedError: its NbApi was closed.
         """
         self._nb._check()
         lease = self.check()
         sent = anyio.current_time()
-        try:
-            with anyio.fail_after(max(self._valid_until - sent, 0.001)):
+        # bounded by the holder's own deadline: past it, the lease counts as lost
+        with anyio.move_on_after(max(self._valid_until - sent, 0.001)) as held:
+            try:
                 await self._nb.driver.lease_keepalive(lease)
-        except LeaseLostError as exc:
-            self._end(str(exc))
-            raise self.error from exc  # type: ignore[misc]
+            except LeaseLostError as exc:
+                self._end(str(exc))
+                raise self.error from exc  # type: ignore[misc]
+        if held.cancelled_caught:
+            self._end(f"not kept alive within its TTL of {self.ttl:g}s")
+            raise self.error  # type: ignore[misc]
         self._valid_until = max(self._valid_until, sent + self.ttl)
 
     async def _keep_alive(self) -> None:
@@ -299,7 +306,13 @@ class Lock:
         try:
             if self.token and self.lease.id is not None and not self.lease.lost:
                 lease, nb, name, token = self.lease.id, self._nb, self.name, self.token
-                await _to_the_end(lambda: nb._retry(lambda: nb.driver.lock_release(name, lease, token), "unlock"))
+                try:
+                    await _to_the_end(lambda: nb._retry(lambda: nb.driver.lock_release(name, lease, token), "unlock"))
+                except DfdbError as error:
+                    if e is None:
+                        raise
+                    # the block's own error (or cancellation) goes on; the lock ends with its lease
+                    log.warning("lock %r: %s (it ends with its lease)", name, error)
         finally:
             await self.lease.__aexit__(et, e, tb)
 

@@ -44,7 +44,7 @@ from dfdb.metrics.stats import NbCounters, NbStats
 from dfdb.nbmodel import NbModel, validate_key
 from dfdb.retry import Backoff, checkpoint_if_cancelled, gather_outcomes, run_to_completion
 from dfdb.url import MAX_POLL_INTERVAL, DatabaseURL, positive_seconds
-from dfdb.writes import create_chunk, in_waves, update_chunk, write
+from dfdb.writes import Batch, create_chunk, in_waves, update_chunk, write
 
 __all__ = ["ListResult", "NbApi", "Notifications", "revision_of"]
 
@@ -463,7 +463,10 @@ class NbApi:
     async def create_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
         """Create many objects, in chunks (one driver batch each); not atomic. Cancelled, the
         chunk already sent runs to its end first; the later ones are not sent. Writes of one
-        (table, id) apply in their order, as separate calls would (the first one wins).
+        (table, id) apply in their order, as separate calls would (the first one wins). A
+        chunk whose reply was lost is finished within one more timeout (a write still unknown
+        then is an ``OutcomeUnknownError``), and then nothing more is sent (each later write a
+        ``BackendUnavailableError``): the call ends within about two timeouts, however long.
 
         Returns:
             For each input, in order: the stored object, or the error that refused it (a ``DfdbError``, or a
@@ -471,25 +474,26 @@ class NbApi:
         """
         self._check()
         results: builtins.list[M | Exception] = []
-        items = list(objs)
+        items, batch = list(objs), Batch()
         for start in range(0, len(items), BATCH_CHUNK):
-            results.extend(await in_waves(items[start : start + BATCH_CHUNK], lambda c: create_chunk(self, c)))
+            results.extend(await in_waves(items[start : start + BATCH_CHUNK], lambda c: create_chunk(self, c, batch)))
         return results
 
     async def update_many(self, objs: Iterable[M]) -> builtins.list[M | Exception]:
         """Update many objects (each compare-and-swap), in chunks; not atomic. Cancelled, the
         updates already sent run to their end first; the others are not sent. Updates of one
-        (table, id) apply in their order, as separate calls would (the first one wins).
+        (table, id) apply in their order, as separate calls would (the first one wins). A lost
+        reply ends the call as it does :meth:`create_many`'s.
 
         Returns:
             For each input, in order: the stored object, or the error that refused it (a ``DfdbError``, or a
             ``ValueError``/``TypeError`` for an invalid object).
         """
         self._check()
-        items = list(objs)
+        items, batch = list(objs), Batch()
         results: builtins.list[M | Exception] = []
         for start in range(0, len(items), BATCH_CHUNK):
-            results.extend(await in_waves(items[start : start + BATCH_CHUNK], lambda c: update_chunk(self, c)))
+            results.extend(await in_waves(items[start : start + BATCH_CHUNK], lambda c: update_chunk(self, c, batch)))
         return results
 
     async def _many(self, op: Callable[[M], Awaitable[M]], objs: Iterable[M]) -> builtins.list[M | Exception]:

@@ -72,7 +72,21 @@ def raise_if_cancelling(exc: BaseException) -> None:
     """
     task = running_asyncio_task()
     if task is not None and task.cancelling():
-        raise asyncio.CancelledError() from exc
+        raise asyncio.CancelledError(*_cancellation_args(exc)) from exc
+
+
+def _cancellation_args(exc: BaseException) -> tuple[object, ...]:
+    """The arguments of the ``CancelledError`` that ``exc`` was raised while handling (its
+    message says which anyio cancel scope sent it: without it, an anyio deadline does not
+    take the cancellation for its own, and it escapes as a bare ``CancelledError``)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, asyncio.CancelledError):
+            return cause.args
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return ()
 
 
 async def checkpoint_if_cancelled() -> None:

@@ -24,7 +24,7 @@ from dfdb.retry import checkpoint_if_cancelled, fail_at, run_to_completion
 if TYPE_CHECKING:
     from dfdb.nb import NbApi
 
-__all__ = ["create_chunk", "in_waves", "put_chunk", "update_chunk", "write"]
+__all__ = ["Batch", "create_chunk", "in_waves", "put_chunk", "update_chunk", "write"]
 
 M = TypeVar("M", bound="NbModel")
 
@@ -96,16 +96,35 @@ async def write(
         return await nb._retry(attempt, f"write of {table}/{id}", table, give_up, bounded=True)
 
 
-async def put_chunk(nb: NbApi, prepared: Sequence[tuple[M, bytes, bytes, Expect] | Exception]) -> list[M | Exception]:
+class Batch:
+    """What the chunks of one ``create_many``/``update_many`` call share: once the server
+    left a chunk unanswered for a whole deadline, the later writes are not sent (each would
+    wait as long), and each gets a :class:`BackendUnavailableError` saying so."""
+
+    def __init__(self) -> None:
+        self.unanswered: str | None = None
+        """Why the later writes are not sent (``None``: they are)."""
+
+    def not_sent(self, nb: NbApi, obj: object) -> BackendUnavailableError:
+        table, id = getattr(type(obj), "__table__", "?"), getattr(obj, "id", "?")
+        return BackendUnavailableError(f"{nb.url}: write of {table}/{id} was not sent: {self.unanswered}")
+
+
+async def put_chunk(
+    nb: NbApi, prepared: Sequence[tuple[M, bytes, bytes, Expect] | Exception], batch: Batch
+) -> list[M | Exception]:
     """One batch of prepared writes (stored object, value, write id, expectation; or the
     error that refused it) through ``driver.put_many``: each outcome in its place, the
     object returned with its origin.
 
     A batch whose reply was lost (unavailable, timed out) is finished write by write,
-    idempotently, as :func:`write` does after a lost reply; one that found the database
-    locked until its deadline wrote nothing (each write a :class:`LockedError`). Cancelled,
-    the batch already sent runs to its end first.
+    idempotently, as :func:`write` does after a lost reply, all within one more deadline:
+    those still unresolved then are :class:`OutcomeUnknownError`, and ``batch`` sends nothing
+    more. One that found the database locked until its deadline wrote nothing (each write a
+    :class:`LockedError`). Cancelled, the batch already sent runs to its end first.
     """
+    if batch.unanswered is not None:
+        return [p if isinstance(p, Exception) else batch.not_sent(nb, p[0]) for p in prepared]
     requests = [
         PutRequest(type(p[0]).__table__, p[0].id, p[0].topic, p[1], p[3])
         for p in prepared
@@ -119,31 +138,74 @@ async def put_chunk(nb: NbApi, prepared: Sequence[tuple[M, bytes, bytes, Expect]
     except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
         await checkpoint_if_cancelled()
         outcomes = [exc] * len(requests)
-    results: list[M | Exception] = []
+    results: list[M | Exception | None] = []
+    lost: list[tuple[int, tuple[M, bytes, bytes, Expect]]] = []
     pending = iter(outcomes)
     for p in prepared:
         if isinstance(p, Exception):
             results.append(p)
             continue
-        new, value, wid, expect = p
-        table = type(new).__table__
+        table = type(p[0]).__table__
         outcome = next(pending)
         if isinstance(outcome, LockedError):  # the batch wrote nothing: no reply was lost
-            outcome = LockedError(f"write of {table}/{new.id} was not applied: {nb._reason(outcome)}")
-            nb._counters.outcome(table, outcome)
+            outcome = LockedError(f"write of {table}/{p[0].id} was not applied: {nb._reason(outcome)}")
         elif isinstance(outcome, BackendUnavailableError | BackendTimeoutError | TimeoutError):
-            try:  # the batch's reply was lost: finish this write idempotently (counted there)
-                outcome = await write(nb, table, new.id, new.topic, value, wid, expect, sent=True)
+            lost.append((len(results), p))  # finished below (counted there)
+            results.append(None)
+            continue
+        nb._counters.outcome(table, outcome)
+        results.append(_stored(p[0], outcome))
+    if lost:
+        await _finish_lost(nb, lost, results, batch)
+    return [r for r in results if r is not None]
+
+
+_RESOLVING = 16
+"""Writes of a batch whose reply was lost that are finished at once."""
+
+
+async def _finish_lost(
+    nb: NbApi,
+    lost: list[tuple[int, tuple[M, bytes, bytes, Expect]]],
+    results: list[M | Exception | None],
+    batch: Batch,
+) -> None:
+    """Finish the writes of a batch whose reply was lost (``results[index]`` for each), all
+    within one deadline; those it leaves unresolved are :class:`OutcomeUnknownError`."""
+    limiter = anyio.CapacityLimiter(_RESOLVING)
+
+    async def finish(index: int, new: M, value: bytes, wid: bytes, expect: Expect) -> None:
+        async with limiter:
+            try:
+                outcome: int | Exception = await write(
+                    nb, type(new).__table__, new.id, new.topic, value, wid, expect, sent=True
+                )
             except DfdbError as exc:
                 outcome = exc
-        else:
-            nb._counters.outcome(table, outcome)
-        if isinstance(outcome, Exception):
-            results.append(outcome)
-        else:
-            object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (outcome, new.topic)})
-            results.append(new)
-    return results
+        results[index] = _stored(new, outcome)
+
+    with anyio.move_on_after(nb.timeout):
+        async with anyio.create_task_group() as tg:
+            for index, (new, value, wid, expect) in lost:
+                tg.start_soon(finish, index, new, value, wid, expect)
+    for index, (new, _, _, _) in lost:
+        if results[index] is None:
+            table = type(new).__table__
+            error = OutcomeUnknownError(
+                f"{nb.url}: the reply to a batch write of {table}/{new.id} was lost and the server did not "
+                f"answer again within {nb.timeout:g}s; the write may or may not have taken effect"
+            )
+            nb._counters.outcome(table, error)
+            results[index] = error
+            batch.unanswered = f"the server did not answer an earlier write of the batch within {nb.timeout:g}s"
+
+
+def _stored(new: M, outcome: int | Exception) -> M | Exception:
+    """The object as stored at revision ``outcome`` (with its origin), or the error."""
+    if isinstance(outcome, Exception):
+        return outcome
+    object.__setattr__(new, "__pydantic_private__", {"_dfdb_origin": (outcome, new.topic)})
+    return new
 
 
 async def in_waves(chunk: list[M], run: Callable[[list[M]], Awaitable[list[M | Exception]]]) -> list[M | Exception]:
@@ -173,7 +235,7 @@ async def in_waves(chunk: list[M], run: Callable[[list[M]], Awaitable[list[M | E
     return results
 
 
-async def create_chunk(nb: NbApi, chunk: list[M]) -> list[M | Exception]:
+async def create_chunk(nb: NbApi, chunk: list[M], batch: Batch) -> list[M | Exception]:
     """:meth:`NbApi.create_many`'s objects of one chunk as one driver batch."""
     prepared: list[tuple[M, bytes, bytes, Expect] | Exception] = []
     for obj in chunk:
@@ -181,10 +243,10 @@ async def create_chunk(nb: NbApi, chunk: list[M]) -> list[M | Exception]:
             prepared.append((*nb._prepare(obj, 1), ABSENT))
         except (TypeError, ValueError) as exc:
             prepared.append(exc)
-    return await put_chunk(nb, prepared)
+    return await put_chunk(nb, prepared, batch)
 
 
-async def update_chunk(nb: NbApi, chunk: list[M]) -> list[M | Exception]:
+async def update_chunk(nb: NbApi, chunk: list[M], batch: Batch) -> list[M | Exception]:
     """:meth:`NbApi.update_many`'s objects of one chunk: those read through an NbApi in one
     driver batch (compare-and-swap against the revision they were read at); the others one
     by one, as :meth:`NbApi.update` does."""
@@ -200,7 +262,13 @@ async def update_chunk(nb: NbApi, chunk: list[M]) -> list[M | Exception]:
             prepared.append((new, value, wid, origin[0]))
         except (TypeError, ValueError) as exc:
             prepared.append(exc)
-    batched = iter(await put_chunk(nb, [p for p in prepared if p is not None]))
+    batched = iter(await put_chunk(nb, [p for p in prepared if p is not None], batch))
     alone = [obj for obj, p in zip(chunk, prepared, strict=True) if p is None]
-    singles = iter(await nb._many(nb.update, alone) if alone else [])
+    if batch.unanswered is not None:
+        single: list[M | Exception] = [batch.not_sent(nb, obj) for obj in alone]
+    else:
+        single = await nb._many(nb.update, alone) if alone else []
+        if any(isinstance(r, BackendUnavailableError) for r in single):  # each waited its whole deadline
+            batch.unanswered = f"the server did not answer an earlier write of the batch within {nb.timeout:g}s"
+    singles = iter(single)
     return [next(singles) if p is None else next(batched) for p in prepared]

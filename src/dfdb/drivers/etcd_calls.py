@@ -42,6 +42,28 @@ async def unary(call: Any) -> Any:
         raise
 
 
+async def exchange(call: Any, request: Any) -> Any:
+    """Write ``request`` on the streaming gRPC ``call`` and return the reply it reads next
+    (``grpc.aio.EOF`` when the stream ended); a cancellation of the caller cancels the call
+    and waits for it to end (a moment), and is raised as the caller's own (see :func:`unary`:
+    gRPC's own ``CancelledError`` would escape an anyio deadline as a bare cancellation)."""
+
+    async def both() -> Any:
+        await call.write(request)
+        return await call.read()
+
+    inner = asyncio.ensure_future(both())
+    try:
+        return await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        call.cancel()
+        inner.cancel()  # a write to a server that stopped answering waits on, cancelled call or not
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+            await asyncio.wait({inner})
+        inner.add_done_callback(lambda done: done.cancelled() or done.exception())
+        raise
+
+
 class _Endpoints:
     """gRPC channels to a list of members: one in use, the next on failure."""
 

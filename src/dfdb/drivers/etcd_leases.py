@@ -28,6 +28,7 @@ import grpc
 from aetcd import rpc
 
 from dfdb.drivers.base import Entry, Expect, Guard
+from dfdb.drivers.etcd_calls import exchange
 from dfdb.errors import BackendUnavailableError, DriverError, LeaseLostError, NotFoundError
 from dfdb.retry import raise_if_cancelling
 
@@ -126,12 +127,12 @@ class EtcdLeases:
     async def lease_keepalive(self, lease: str) -> None:
         self._check_open()
         conn = self._conn
-        channel = await conn.connect()
-        call = conn.lease.LeaseKeepAlive(metadata=conn.metadata())
+        channel = call = None
         try:
+            channel = await conn.connect()
+            call = conn.lease.LeaseKeepAlive(metadata=conn.metadata())
             async with asyncio.timeout(self.timeout):
-                await call.write(rpc.LeaseKeepAliveRequest(ID=int(lease)))
-                reply = await call.read()
+                reply = await exchange(call, rpc.LeaseKeepAliveRequest(ID=int(lease)))
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -141,9 +142,11 @@ class EtcdLeases:
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             raise_if_cancelling(exc)
             await conn.failover(channel)
-            raise BackendUnavailableError(f"{self.url}: lease keep-alive failed: {exc}") from None
+            why = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else "no answer"
+            raise BackendUnavailableError(f"{self.url}: lease keep-alive failed: {why}") from None
         finally:
-            call.cancel()
+            if call is not None:
+                call.cancel()
         if reply is grpc.aio.EOF or reply.TTL <= 0:
             raise LeaseLostError(f"lease {lease} ended")
 
