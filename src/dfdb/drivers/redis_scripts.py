@@ -103,7 +103,8 @@ local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
       redis.call('HSET', prefix .. '/trim', key, last)
     end
   end
-  if op == 'put' then return {'OK', tostring(rev)} end  -- the caller has the topic and value
+  -- a put: the revision alone, an integer reply (the caller has the topic and value)
+  if op == 'put' then return rev end
   return {'OK', tostring(rev), topic, value}
 end
 
@@ -147,6 +148,7 @@ end
 
 # KEYS: entry, rev, epoch
 # ARGV: prefix, table, id, op, expect, topic, value, maxlen, epoch[, lease, guard lease, lock, token]
+# reply: a put's revision (an integer), or {status, detail[, topic, value]}
 WRITE = (
     _APPLY
     + """
@@ -166,8 +168,8 @@ if lease ~= '' or guard ~= '' then
   end
 end
 local done = apply(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], false)
-if done[1] == 'OK' and lease ~= '' then
-  redis.call('HSET', prefix .. '/lk/' .. lease, ARGV[2] .. '/' .. ARGV[3], done[2])
+if lease ~= '' and (type(done) == 'number' or done[1] == 'OK') then
+  redis.call('HSET', prefix .. '/lk/' .. lease, ARGV[2] .. '/' .. ARGV[3], type(done) == 'number' and done or done[2])
 end
 return done
 """
