@@ -6,9 +6,10 @@ import asyncio
 import weakref
 
 import anyio
+import anyio.lowlevel
 import pytest
 
-from dfdb.retry import Backoff, checkpoint_if_cancelled, raise_if_cancelling, run_to_completion
+from dfdb.retry import Backoff, checkpoint_if_cancelled, fail_at, raise_if_cancelling, run_to_completion
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -120,3 +121,53 @@ async def test_raise_if_cancelling_raises_the_cancellation_a_client_library_turn
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_fail_at_raises_timeout_at_its_deadline_only(backend: str) -> None:
+    """Past its deadline the block is cut with ``TimeoutError``; a block that ends in time
+    returns its value; an enclosing scope's cancellation goes through as a cancellation."""
+
+    async def main() -> None:
+        start = anyio.current_time()
+        with pytest.raises(TimeoutError):
+            with fail_at(start + 0.02):
+                await anyio.sleep(1)
+        assert 0.015 <= anyio.current_time() - start < 0.5
+        with fail_at(anyio.current_time() + 1) as scope:
+            await anyio.lowlevel.checkpoint()
+        assert not scope.cancelled_caught
+        with anyio.CancelScope() as outer:
+            with fail_at(anyio.current_time() + 1):
+                outer.cancel()
+                await anyio.sleep(1)
+            pytest.fail("not reached: the outer scope's cancellation passes through")
+        assert outer.cancelled_caught
+
+    anyio.run(main, backend=backend)
+
+
+def test_a_caller_cancelled_during_run_to_completion_gets_the_cancel_after_the_call() -> None:
+    """Cancelled (natively, twice) while its call runs, the caller waits for the call's end,
+    then raises ``CancelledError``; the call was not cut."""
+
+    async def main() -> None:
+        started, release, ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def call() -> str:
+            started.set()
+            await release.wait()
+            ended.set()
+            return "done"
+
+        caller = asyncio.create_task(run_to_completion(call, anyio.current_time() + 5))
+        await asyncio.wait_for(started.wait(), 5)
+        caller.cancel()
+        await asyncio.sleep(0)  # the caller takes the first cancellation
+        caller.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(caller, 5)
+        assert ended.is_set()
+
+    asyncio.run(main())

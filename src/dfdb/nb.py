@@ -42,7 +42,7 @@ from dfdb.events import ChangeStream, DriverOpener, format_cursor, parse_cursor
 from dfdb.leases import Lease, Lock, guard_of, lease_of
 from dfdb.metrics.stats import NbCounters, NbStats
 from dfdb.nbmodel import NbModel, validate_key
-from dfdb.retry import Backoff, checkpoint_if_cancelled, gather_outcomes, run_to_completion
+from dfdb.retry import Backoff, checkpoint_if_cancelled, fail_at, gather_outcomes, run_to_completion
 from dfdb.url import MAX_POLL_INTERVAL, DatabaseURL, positive_seconds
 from dfdb.writes import Batch, create_chunk, in_waves, update_chunk, write
 
@@ -187,12 +187,11 @@ class NbApi:
         deadline = anyio.current_time() + self.timeout
         attempt = 0
         while True:
-            remaining = deadline - anyio.current_time()
             try:
                 if bounded:
                     result = await call()
                 else:
-                    with anyio.fail_after(max(remaining, 0.001)):
+                    with fail_at(max(deadline, anyio.current_time() + 0.001)):
                         result = await call()
                 await checkpoint_if_cancelled()
                 return result

@@ -7,8 +7,8 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TypeVar
 
 import anyio
@@ -33,10 +33,28 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def fail_at(deadline: float) -> AbstractContextManager[anyio.CancelScope]:
+class fail_at:
     """A scope that raises ``TimeoutError`` at ``deadline`` (on anyio's clock), as
-    ``anyio.fail_at`` does in the anyio releases that have it (the oldest supported lacks it)."""
-    return anyio.fail_after(max(deadline - anyio.current_time(), 0))
+    ``anyio.fail_at`` does in the anyio releases that have it (the oldest supported lacks it):
+    one cancel scope, without the generator-based context managers of ``anyio.fail_after``
+    (a write's path enters one per attempt)."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, deadline: float) -> None:
+        self._scope = anyio.CancelScope(deadline=deadline)
+
+    def __enter__(self) -> anyio.CancelScope:
+        return self._scope.__enter__()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        scope = self._scope
+        suppressed = bool(scope.__exit__(exc_type, exc, tb))
+        if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+            raise TimeoutError
+        return suppressed
 
 
 def running_asyncio_task() -> asyncio.Task[object] | None:
@@ -123,30 +141,37 @@ async def run_to_completion(call: Callable[[], Awaitable[T]], deadline: float = 
     # (anyio.current_effective_deadline) to bound its own waits, and it ends the call by
     # anyio's cancellation, which the driver's shielded steps (a thread running a
     # transaction) wait out, where a native cancel would abandon them and leave the
-    # write's outcome unknown; the wait is a bare done-callback (cheaper than asyncio.wait)
-    async def run() -> T:
-        if deadline == math.inf:
-            return await call()
-        with fail_at(deadline):
-            return await call()
-
+    # write's outcome unknown. The caller waits on a bare future (cheaper than
+    # asyncio.wait) that the call sets as it ends: the caller runs in the next loop round,
+    # not one round later as a done-callback of the task would wake it.
     loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    async def run() -> T:
+        try:
+            if deadline == math.inf:
+                return await call()
+            with fail_at(deadline):
+                return await call()
+            raise TimeoutError  # the scope ended the call (fail_at raises this itself)
+        finally:
+            wake()
+
     task = loop.create_task(run())
+    task.add_done_callback(wake)  # a task that ended without running (its loop closing)
     cancelled = False
     with anyio.CancelScope(shield=True):  # anyio's own cancellations wait until the end
         while not task.done():
-            waiter = loop.create_future()
-
-            def wake(_: object, waiter: asyncio.Future[None] = waiter) -> None:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-            task.add_done_callback(wake)
             try:
                 await waiter
             except asyncio.CancelledError:  # a native one (asyncio.wait_for, Task.cancel)
-                task.remove_done_callback(wake)
                 cancelled = True  # the call goes on; the cancellation is raised after it
+            if not task.done():
+                waiter = loop.create_future()
     if cancelled:
         if not task.cancelled():
             task.exception()  # retrieved: the outcome is for the caller to read back

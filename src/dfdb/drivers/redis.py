@@ -338,7 +338,7 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
                 raise DriverError(f"{self.url}: {exc}") from None
             except rexc.RedisError as exc:
                 raise DriverError(f"{self.url}: {exc}") from None
-            if reply[0] == b"EPOCH":  # the data set changed under us: adopt its epoch (or make one)
+            if type(reply) is not int and reply[0] == b"EPOCH":  # the data set changed: adopt its epoch (or make one)
                 await self._adopt_epoch(reply[1] or None, read=False)
                 continue
             return self._reply(table, id, expect, topic, value, reply)
@@ -361,7 +361,7 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
                     replies = await pipe.execute(raise_on_error=False)
                 except CONNECTION_ERRORS as exc:
                     raise _unavailable(self.url, exc) from None
-            stale = [r for r in replies if not isinstance(r, Exception) and r[0] == b"EPOCH"]
+            stale = [r for r in replies if isinstance(r, list) and r[0] == b"EPOCH"]
             if stale:
                 await self._adopt_epoch(stale[0][1] or None, read=False)
                 if len(stale) == len(replies):
@@ -392,10 +392,10 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
     ) -> tuple[int, str | None, bytes]:
         """Interpret the write script's reply (EPOCH is handled by the caller): the
         revision, and the topic and value written (a delete's come from the server)."""
+        if type(reply) is int:  # a put done
+            return reply, topic or None, value
         status, detail = reply[0].decode(), reply[1]
-        if status == "OK":
-            if len(reply) == 2:  # a put
-                return int(detail), topic or None, value
+        if status == "OK":  # a delete done
             return int(detail), reply[2].decode() or None, reply[3]
         if status == "EPOCH":
             raise BackendUnavailableError(f"{self.url}: the dataset changed during the write")

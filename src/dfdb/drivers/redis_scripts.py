@@ -56,42 +56,43 @@ local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
     value = old[3] or ''
   end
   local tsuffix = (topic == '') and '/n' or ('/t/' .. topic)
+  local index, tindex = prefix .. '/i/' .. tbl, prefix .. '/i/' .. tbl .. tsuffix
+  local streams = {prefix .. '/s/' .. tbl, prefix .. '/s/' .. tbl .. tsuffix}
   -- every write this user's ACL refuses is found before the first one is made: a script
   -- stopped half-way keeps what it wrote (an entry without its change: lost to watchers)
-  if redis.acl_check_cmd then  -- Redis 7
+  if redis.acl_check_cmd then  -- Redis 7; each command checked in turn, no table built
     local set = (op == 'put') and 'SADD' or 'SREM'
-    local checks = {{'INCR', prefix .. '/rev'}, {'DEL', ekey}, {'HSET', ekey, 'r', '1'},
-      {set, prefix .. '/i/' .. tbl, id}, {set, prefix .. '/i/' .. tbl .. tsuffix, id},
-      {'HSET', prefix .. '/trim', 'k', '1'}}
-    for _, key in ipairs({prefix .. '/s/' .. tbl, prefix .. '/s/' .. tbl .. tsuffix}) do
-      table.insert(checks, {'XADD', key, '1-0', 'a', 'b'})
-      table.insert(checks, {'XLEN', key})
-      table.insert(checks, {'XRANGE', key, '-', '+', 'COUNT', '1'})
-      table.insert(checks, {'XTRIM', key, 'MINID', '1-0'})
+    local function refused(cmd, key, ...)
+      if redis.acl_check_cmd(cmd, key, ...) then return false end
+      return {'NOPERM', cmd .. ' ' .. key}
     end
-    for _, check in ipairs(checks) do
-      if not redis.acl_check_cmd(unpack(check)) then return {'NOPERM', check[1] .. ' ' .. check[2]} end
+    local no = refused('INCR', prefix .. '/rev') or refused('DEL', ekey) or refused('HSET', ekey, 'r', '1')
+      or refused(set, index, id) or refused(set, tindex, id) or refused('HSET', prefix .. '/trim', 'k', '1')
+    for _, key in ipairs(streams) do
+      no = no or refused('XADD', key, '1-0', 'a', 'b') or refused('XLEN', key)
+        or refused('XRANGE', key, '-', '+', 'COUNT', '1') or refused('XTRIM', key, 'MINID', '1-0')
     end
+    if no then return no end
   end
   if foreign then redis.call('DEL', ekey) end
   local rev = redis.call('INCR', prefix .. '/rev')
   if op == 'put' then
     redis.call('HSET', ekey, 'r', rev, 't', topic, 'v', value)
     if not exists then
-      redis.call('SADD', prefix .. '/i/' .. tbl, id)
-      redis.call('SADD', prefix .. '/i/' .. tbl .. tsuffix, id)
+      redis.call('SADD', index, id)
+      redis.call('SADD', tindex, id)
     end
   else
     redis.call('DEL', ekey)
-    redis.call('SREM', prefix .. '/i/' .. tbl, id)
-    redis.call('SREM', prefix .. '/i/' .. tbl .. tsuffix, id)
+    redis.call('SREM', index, id)
+    redis.call('SREM', tindex, id)
   end
   local sid = rev .. '-0'
   local fields = {'a', action, 'b', tbl, 'i', id, 'p', topic, 'v', value}
   if expired then table.insert(fields, 'x') table.insert(fields, '1') end
   local limit = tonumber(maxlen)
   local slack = math.min(1000, math.max(1, math.floor(limit / 10)))
-  for _, key in ipairs({prefix .. '/s/' .. tbl, prefix .. '/s/' .. tbl .. tsuffix}) do
+  for _, key in ipairs(streams) do
     redis.call('XADD', key, sid, unpack(fields))
     local len = redis.call('XLEN', key)
     if len > limit + slack then
@@ -102,7 +103,8 @@ local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
       redis.call('HSET', prefix .. '/trim', key, last)
     end
   end
-  if op == 'put' then return {'OK', tostring(rev)} end  -- the caller has the topic and value
+  -- a put: the revision alone, an integer reply (the caller has the topic and value)
+  if op == 'put' then return rev end
   return {'OK', tostring(rev), topic, value}
 end
 
@@ -146,6 +148,7 @@ end
 
 # KEYS: entry, rev, epoch
 # ARGV: prefix, table, id, op, expect, topic, value, maxlen, epoch[, lease, guard lease, lock, token]
+# reply: a put's revision (an integer), or {status, detail[, topic, value]}
 WRITE = (
     _APPLY
     + """
@@ -165,8 +168,8 @@ if lease ~= '' or guard ~= '' then
   end
 end
 local done = apply(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], false)
-if done[1] == 'OK' and lease ~= '' then
-  redis.call('HSET', prefix .. '/lk/' .. lease, ARGV[2] .. '/' .. ARGV[3], done[2])
+if lease ~= '' and (type(done) == 'number' or done[1] == 'OK') then
+  redis.call('HSET', prefix .. '/lk/' .. lease, ARGV[2] .. '/' .. ARGV[3], type(done) == 'number' and done or done[2])
 end
 return done
 """

@@ -376,7 +376,7 @@ class _Waiting:
             await self._script(keys=keys, args=args, client=pipe)
             pipe.execute_command("WAIT", driver.min_replicas, int(driver.min_replicas_timeout * 1000))
             reply, acked = await pipe.execute()
-        if reply[0] == b"OK" and int(acked) < driver.min_replicas:
+        if (type(reply) is int or reply[0] == b"OK") and int(acked) < driver.min_replicas:  # a write done
             raise DriverError(
                 f"{driver.url}: the write is applied on the master but only {acked} of {driver.min_replicas} "
                 f"replica(s) confirmed it within {driver.min_replicas_timeout:g}s: it may or may not survive a failover"
