@@ -94,6 +94,23 @@ async def test_unknown_fields_of_a_model_that_forbids_them_are_refused(api: dfdb
         assert replica.get(Strict, "s") == created
 
 
+class Open(dfdb.NbModel, table="test_boundary_open", extra="allow"):
+    n: int = 0
+
+
+async def test_a_model_that_keeps_undeclared_fields_does_not_read_the_write_id_as_one(api: dfdb.NbApi) -> None:
+    created = await api.create(Open(id="o", n=1, colour="red"))
+    read = await api.get(Open, "o")
+    assert read.model_extra == {"colour": "red"} and read.model_dump() == created.model_dump()
+    updated = await api.update(read.model_copy(update={"n": 2}))
+    stored = await api.driver.get("test_boundary_open", "o")
+    assert stored is not None and stored.value.count(b'"_w"') == 1  # the write id once, not kept as a field
+    assert (await api.get(Open, "o")).model_dump() == updated.model_dump()
+    async with dfdb.Replica(api, [Open]) as replica:
+        await replica.wait_synced()
+        assert replica.get(Open, "o").model_extra == {"colour": "red"}
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 async def test_nan_and_infinity_are_refused_not_stored_as_null(api: dfdb.NbApi, value: float) -> None:
     """JSON has no NaN: stored as null it would read back as another value (None) than the one
