@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import dfdb
@@ -253,6 +254,17 @@ async def test_outcome_unknown_after_a_timeout_names_the_reason() -> None:
         with pytest.raises(dfdb.OutcomeUnknownError) as info:
             await nb.create(Counter(id="a"))
     assert str(info.value).endswith("no answer within 0.2s"), str(info.value)
+
+
+async def test_a_batch_whose_reply_was_lost_is_finished_within_its_deadline_not_one_per_object() -> None:
+    """A batch that timed out is finished write by write at once, sharing a deadline: not
+    one timeout after another, each object's in turn (256 of them to a chunk)."""
+    async with dfdb.connect("test-boundary-hang://", timeout=0.2) as nb:
+        started = anyio.current_time()
+        outcomes = await nb.create_many([Counter(id=f"c{i}") for i in range(30)])
+        took = anyio.current_time() - started
+    assert all(isinstance(o, dfdb.OutcomeUnknownError) for o in outcomes), outcomes
+    assert took < 2.0, f"30 writes of a lost batch took {took:.1f}s at a 0.2s timeout"
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -1.0, 0.0, -math.inf, 1e12])

@@ -19,7 +19,7 @@ from dfdb.errors import (
     OutcomeUnknownError,
 )
 from dfdb.nbmodel import NbModel
-from dfdb.retry import checkpoint_if_cancelled, fail_at, run_to_completion
+from dfdb.retry import checkpoint_if_cancelled, fail_at, gather_outcomes, run_to_completion
 
 if TYPE_CHECKING:
     from dfdb.nb import NbApi
@@ -119,24 +119,37 @@ async def put_chunk(nb: NbApi, prepared: Sequence[tuple[M, bytes, bytes, Expect]
     except (BackendUnavailableError, BackendTimeoutError, TimeoutError) as exc:
         await checkpoint_if_cancelled()
         outcomes = [exc] * len(requests)
+    sent = [p for p in prepared if not isinstance(p, Exception)]
+    lost = [
+        i
+        for i, outcome in enumerate(outcomes)
+        if isinstance(outcome, BackendUnavailableError | BackendTimeoutError | TimeoutError)
+        and not isinstance(outcome, LockedError)
+    ]
+
+    async def finish(i: int) -> int:  # the batch's reply was lost: finish this write idempotently (counted there)
+        new, value, wid, expect = sent[i]
+        return await write(nb, type(new).__table__, new.id, new.topic, value, wid, expect, sent=True)
+
+    # at once, not one after another: each write's deadline would add up to one per object
+    for i, finished in zip(lost, await gather_outcomes(finish, lost), strict=True):
+        if isinstance(finished, Exception) and not isinstance(finished, DfdbError):
+            raise finished
+        outcomes[i] = finished
     results: list[M | Exception] = []
-    pending = iter(outcomes)
+    pending = iter(enumerate(outcomes))
+    finished_ones = set(lost)
     for p in prepared:
         if isinstance(p, Exception):
             results.append(p)
             continue
-        new, value, wid, expect = p
+        new = p[0]
         table = type(new).__table__
-        outcome = next(pending)
-        if isinstance(outcome, LockedError):  # the batch wrote nothing: no reply was lost
+        i, outcome = next(pending)
+        if isinstance(outcome, LockedError) and i not in finished_ones:  # the batch wrote nothing
             outcome = LockedError(f"write of {table}/{new.id} was not applied: {nb._reason(outcome)}")
             nb._counters.outcome(table, outcome)
-        elif isinstance(outcome, BackendUnavailableError | BackendTimeoutError | TimeoutError):
-            try:  # the batch's reply was lost: finish this write idempotently (counted there)
-                outcome = await write(nb, table, new.id, new.topic, value, wid, expect, sent=True)
-            except DfdbError as exc:
-                outcome = exc
-        else:
+        elif i not in finished_ones:
             nb._counters.outcome(table, outcome)
         if isinstance(outcome, Exception):
             results.append(outcome)
