@@ -110,6 +110,8 @@ async def test_a_model_that_keeps_undeclared_fields_does_not_read_the_write_id_a
     async with dfdb.Replica(api, [Open]) as replica:
         await replica.wait_synced()
         assert replica.get(Open, "o").model_extra == {"colour": "red"}
+    with pytest.raises(ValueError, match="_w: the name is reserved"):  # it would be read back as the write id
+        await api.create(Open(id="p", _w="mine"))
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])

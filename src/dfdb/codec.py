@@ -59,6 +59,8 @@ def encode(obj: M, version: int, limit: int | None = None, backend: str = "") ->
     validate_key(given["id"])
     if given.get("topic") is not None:
         validate_key(given["topic"], "topic")
+    if obj.__pydantic_extra__ and "_w" in obj.__pydantic_extra__:  # extra="allow": it would be read as the write id
+        raise ValueError(f"invalid {model.__table__}/{given['id']}: _w: the name is reserved for the write id")
     # the object at ``version``: a shallow copy as ``model_copy(update=…)`` makes, without its
     # per-call overhead (the copy is only serialized, never handed out)
     draft = model.__new__(model)
