@@ -37,7 +37,9 @@ class ClosingPool(aioredis.ConnectionPool):
             await connection.disconnect()
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
-        self.closed = True
+        # the client's close drops every connection; a Sentinel pool drops its idle ones
+        # (inuse_connections=False) to move them to a new master, and stays open
+        self.closed = self.closed or inuse_connections
         await super().disconnect(inuse_connections)
 
 
