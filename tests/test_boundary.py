@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import dfdb
@@ -92,6 +93,25 @@ async def test_unknown_fields_of_a_model_that_forbids_them_are_refused(api: dfdb
     async with dfdb.Replica(api, [Strict]) as replica:
         await replica.wait_synced()
         assert replica.get(Strict, "s") == created
+
+
+class Open(dfdb.NbModel, table="test_boundary_open", extra="allow"):
+    n: int = 0
+
+
+async def test_a_model_that_keeps_undeclared_fields_does_not_read_the_write_id_as_one(api: dfdb.NbApi) -> None:
+    created = await api.create(Open(id="o", n=1, colour="red"))
+    read = await api.get(Open, "o")
+    assert read.model_extra == {"colour": "red"} and read.model_dump() == created.model_dump()
+    updated = await api.update(read.model_copy(update={"n": 2}))
+    stored = await api.driver.get("test_boundary_open", "o")
+    assert stored is not None and stored.value.count(b'"_w"') == 1  # the write id once, not kept as a field
+    assert (await api.get(Open, "o")).model_dump() == updated.model_dump()
+    async with dfdb.Replica(api, [Open]) as replica:
+        await replica.wait_synced()
+        assert replica.get(Open, "o").model_extra == {"colour": "red"}
+    with pytest.raises(ValueError, match="_w: the name is reserved"):  # it would be read back as the write id
+        await api.create(Open(id="p", _w="mine"))
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
@@ -236,6 +256,17 @@ async def test_outcome_unknown_after_a_timeout_names_the_reason() -> None:
         with pytest.raises(dfdb.OutcomeUnknownError) as info:
             await nb.create(Counter(id="a"))
     assert str(info.value).endswith("no answer within 0.2s"), str(info.value)
+
+
+async def test_a_batch_whose_reply_was_lost_is_finished_within_its_deadline_not_one_per_object() -> None:
+    """A batch that timed out is finished write by write at once, sharing a deadline: not
+    one timeout after another, each object's in turn (256 of them to a chunk)."""
+    async with dfdb.connect("test-boundary-hang://", timeout=0.2) as nb:
+        started = anyio.current_time()
+        outcomes = await nb.create_many([Counter(id=f"c{i}") for i in range(30)])
+        took = anyio.current_time() - started
+    assert all(isinstance(o, dfdb.OutcomeUnknownError) for o in outcomes), outcomes
+    assert took < 2.0, f"30 writes of a lost batch took {took:.1f}s at a 0.2s timeout"
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -1.0, 0.0, -math.inf, 1e12])

@@ -370,3 +370,19 @@ async def test_many_listings_in_one_pipeline_equal_the_listings_one_by_one(volat
                     assert (mine.revision, mine.identity) == (theirs.revision, theirs.identity)
         finally:
             await client.aclose()
+
+
+async def test_a_close_during_writes_leaves_no_connection_they_were_opening(volatile_server: RedisServer) -> None:
+    """Writes in flight when the NbApi closes may still be connecting: a connection that
+    comes up after the close is closed when its write ends, not kept in the closed pool."""
+    url = volatile_server.url + "?prefix=closing"
+    for turns in (1, 2, 3, 5, 8):
+        nb = await dfdb.connect(url)
+        writes = [asyncio.create_task(nb.put(Port(id=f"p{i}"))) for i in range(30)]  # a connection each
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await nb.aclose()
+        for outcome in await asyncio.gather(*writes, return_exceptions=True):
+            assert isinstance(outcome, Port | dfdb.StreamClosedError | dfdb.BackendUnavailableError), outcome
+        assert await server_clients(url, 0) == 0, f"closed after {turns} turns"
+        del nb, writes

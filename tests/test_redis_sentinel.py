@@ -444,3 +444,27 @@ async def test_connections_made_at_once_find_the_master_and_are_closed(setup: Se
         await asyncio.sleep(0.05)
     assert left == [0, 0, 0]
     assert reads == [None] * 8  # none skipped a sentinel and found no master
+
+
+async def test_a_close_during_writes_leaves_no_connection_to_the_master(setup: SentinelSetup) -> None:
+    """Writes in flight when the NbApi closes may still be connecting to the master: such a
+    connection is closed when its write ends, not kept in the closed pool."""
+    url = setup.url + "&prefix=closing"
+    master = raw(setup.master_port(), setup.password)
+    try:
+        before = len(await master.client_list())
+        for turns in (1, 2, 3, 5):
+            nb = await dfdb.connect(url)
+            writes = [asyncio.create_task(nb.put(Item(id=f"p{i}"))) for i in range(30)]  # a connection each
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await nb.aclose()
+            for outcome in await asyncio.gather(*writes, return_exceptions=True):
+                assert isinstance(outcome, Item | dfdb.StreamClosedError | dfdb.BackendUnavailableError), outcome
+            async with asyncio.timeout(10):
+                while (held := len(await master.client_list())) > before:
+                    await asyncio.sleep(0.05)  # replicas and sentinels reconnect now and then; ours must go
+            assert held <= before, f"closed after {turns} turns"
+            del nb, writes
+    finally:
+        await master.aclose()

@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field
 
 import dfdb
 from dfdb import NbApi, Replica, SyncMode
-from dfdb.drivers import ABSENT
-from dfdb.drivers.base import Entry
+from dfdb.drivers import ABSENT, register_driver
+from dfdb.drivers.base import Entry, Listing
+from dfdb.drivers.memory import MemoryDriver
 from dfdb.models import LogicalPort, LogicalSwitch, PortBinding
 
 WAIT = 10
@@ -259,3 +260,25 @@ async def test_removing_a_topic_with_values_the_plain_parse_cannot_read() -> Non
             await replica.remove_topic("t2")
             assert replica.get_all(Zoned) == [*first, await nb.get(Zoned, "old")]
             assert replica.corrupt == 1
+
+
+class SlowListDriver(MemoryDriver):
+    """Every listing takes 0.15 s (a large scope, a loaded server)."""
+
+    async def list(self, table: str, topic: str | None = None) -> Listing:
+        await asyncio.sleep(0.15)
+        return await super().list(table, topic)
+
+
+register_driver("test-lazy-slowlist", SlowListDriver)
+
+
+async def test_a_load_of_many_scopes_gives_each_listing_its_own_deadline() -> None:
+    """A selective load lists each (table, topic) scope: one after the other on a driver without
+    a batched listing, each within the NbApi's timeout, not all of them within one."""
+    topics = {f"t{i}" for i in range(8)}
+    async with dfdb.connect("test-lazy-slowlist://", timeout=0.5) as nb:
+        await nb.create(LogicalPort(id="p", topic="t3", lswitch="ls"))
+        async with Replica(nb, [LogicalPort], mode=SyncMode.SELECTIVE, topics=topics, check_interval=None) as replica:
+            await asyncio.wait_for(replica.wait_synced(), WAIT)
+            assert replica.get(LogicalPort, "p").topic == "t3"

@@ -14,6 +14,7 @@ import pytest
 import dfdb
 from dfdb.certs import make_local_ca
 from dfdb.models import LogicalSwitch
+from dfdb.testing.leaks import ResourceSnapshot
 from dfdb.testing.servers import EtcdServer, require_servers
 
 SECRET = "p/a#s?s@w:o%rd"
@@ -204,3 +205,21 @@ async def test_a_user_whose_role_only_reads_reads_and_watches_and_cannot_write(t
             assert SECRET not in str(info.value)
         with pytest.raises(dfdb.NotFoundError):
             await nb.get(LogicalSwitch, "r3")
+
+
+async def test_a_close_while_a_call_authenticates_leaves_no_channel_open(tls_etcd: EtcdServer) -> None:
+    """A call that authenticates its new channel when the NbApi closes does not keep that
+    channel open in the closed driver: it is closed, and the call ends with a dfdb error."""
+    async with dfdb.connect(_url(tls_etcd, "ns-a")) as warm:  # gRPC's own threads and descriptors
+        await warm.list(LogicalSwitch)
+    for turns in (0, 1, 2, 4):
+        baseline = ResourceSnapshot.take()
+        nb = await dfdb.connect(_url(tls_etcd, "ns-a"))
+        await nb.driver._conn.close()  # type: ignore[attr-defined]  # as a failover does: the next call connects
+        reads = [asyncio.create_task(nb.get(LogicalSwitch, "s")) for _ in range(5)]
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await nb.aclose()
+        for outcome in await asyncio.gather(*reads, return_exceptions=True):
+            assert isinstance(outcome, dfdb.DfdbError), outcome
+        assert await ResourceSnapshot.wait_clean(baseline, 3.0) == [], f"closed after {turns} turns"

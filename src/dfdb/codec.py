@@ -59,6 +59,8 @@ def encode(obj: M, version: int, limit: int | None = None, backend: str = "") ->
     validate_key(given["id"])
     if given.get("topic") is not None:
         validate_key(given["topic"], "topic")
+    if obj.__pydantic_extra__ and "_w" in obj.__pydantic_extra__:  # extra="allow": it would be read as the write id
+        raise ValueError(f"invalid {model.__table__}/{given['id']}: _w: the name is reserved for the write id")
     # the object at ``version``: a shallow copy as ``model_copy(update=…)`` makes, without its
     # per-call overhead (the copy is only serialized, never handed out)
     draft = model.__new__(model)
@@ -120,12 +122,15 @@ def decode(model: type[M], id: str, topic: str | None, value: bytes, revision: i
     Raises:
         CorruptObjectError: the value is not a valid ``model`` object of that key.
     """
-    if model.model_config.get("extra") == "forbid":  # it would refuse the write id's field
+    extra = model.model_config.get("extra")
+    if extra == "forbid":  # it would refuse the write id's field
         value = _without_write_id(value)
     try:
         obj = model.model_validate_json(value)
     except ValidationError as exc:
         raise CorruptObjectError(model.__table__, id, first_error(exc)) from None
+    if extra == "allow" and obj.__pydantic_extra__:  # it would keep the write id as a field (and store it again)
+        obj.__pydantic_extra__.pop("_w", None)
     if obj.id != id or obj.topic != topic:
         raise CorruptObjectError(model.__table__, id, f"stored object names {obj.topic}/{obj.id}")
     object.__setattr__(obj, "__pydantic_private__", {"_dfdb_origin": (revision, topic)})

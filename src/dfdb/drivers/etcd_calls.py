@@ -13,7 +13,7 @@ import anyio
 import grpc
 from aetcd import rpc
 
-from dfdb.errors import AuthenticationError
+from dfdb.errors import AuthenticationError, BackendUnavailableError
 
 if TYPE_CHECKING:
     from dfdb.drivers.etcd import EtcdDriver
@@ -72,6 +72,7 @@ class _Endpoints:
         self._index = start % len(driver.targets)
         self._channel: grpc.aio.Channel | None = None
         self._token: str | None = None
+        self._closes = 0  # how many times the channel was dropped: a connect that spans one is stale
         self.kv: Any = None
         self.watch: Any = None
         self.lease: Any = None
@@ -83,6 +84,7 @@ class _Endpoints:
     async def connect(self) -> grpc.aio.Channel:
         if self._channel is None:
             driver = self._driver
+            closes = self._closes
             log.debug("connecting to etcd member %s of %s", self.target, driver.url)
             if driver.credentials is None:
                 channel = grpc.aio.insecure_channel(self.target, options=driver.channel_options)
@@ -104,6 +106,12 @@ class _Endpoints:
                         # wrong user or password, or auth not enabled: permanent, not retried
                         raise AuthenticationError(f"{driver.url}: authentication failed: {exc.details()}") from None
                     raise
+                if self._closes != closes or self._channel is not None:
+                    # closed meanwhile (the driver, or a failover), or another call connected first
+                    await channel.close()
+                    if self._channel is None:
+                        raise BackendUnavailableError(f"{driver.url} ({self.target}): closed while authenticating")
+                    return self._channel
                 self._token = reply.token
             self._channel = channel
             self.kv = rpc.KVStub(channel)
@@ -126,6 +134,7 @@ class _Endpoints:
 
     async def close(self) -> None:
         channel, self._channel, self._token = self._channel, None, None
+        self._closes += 1
         self.kv = self.watch = self.lease = None
         if channel is not None:
             with contextlib.suppress(Exception):

@@ -57,7 +57,7 @@ from dfdb.drivers.redis_leases import RedisLeases
 from dfdb.drivers.redis_listing import entries_of, list_many
 from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE
 from dfdb.drivers.redis_streams import NO_EPOCH, RedisSource
-from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection, refused_by_acl
+from dfdb.drivers.redis_tls import CONNECTION_ERRORS, ClosingPool, TlsConnection, refused_by_acl
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 
 try:  # redis-py 7.1+ reads its own version from the package metadata for every client made
@@ -162,18 +162,14 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
             **_DRIVER_INFO,
         }
         if "unix_socket_path" in kw:
-            return aioredis.Redis(unix_socket_path=kw["unix_socket_path"], **common)
-        if self._tls_context is None:
-            return aioredis.Redis(host=kw["host"], port=kw["port"], **common)
-        pool = aioredis.ConnectionPool(
-            connection_class=TlsConnection,
-            tls_context=self._tls_context,
-            tls_server_name=self._tls_server_name,
-            host=kw["host"],
-            port=kw["port"],
-            **common,
-        )
-        return aioredis.Redis.from_pool(pool)
+            unix = aioredis.UnixDomainSocketConnection
+            pool = ClosingPool(connection_class=unix, path=kw["unix_socket_path"], **common)
+        elif self._tls_context is None:
+            pool = ClosingPool(host=kw["host"], port=kw["port"], **common)
+        else:
+            common.update(tls_context=self._tls_context, tls_server_name=self._tls_server_name)
+            pool = ClosingPool(connection_class=TlsConnection, host=kw["host"], port=kw["port"], **common)
+        return aioredis.Redis.from_pool(pool)  # closed with the client
 
     # ------------------------------------------------------------ connection
     async def open(self) -> None:

@@ -49,12 +49,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
 
 from dfdb.drivers.base import PutRequest
 from dfdb.drivers.redis import RedisDriver
-from dfdb.drivers.redis_tls import CONNECTION_ERRORS, TlsConnection, refused_by_acl
+from dfdb.drivers.redis_tls import CONNECTION_ERRORS, ClosingPool, TlsConnection, refused_by_acl
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import AuthenticationError, BackendUnavailableError, ConfigurationError, DriverError, InvalidURL
 from dfdb.retry import close_to_completion
@@ -83,6 +83,10 @@ return 1
 def _info_fields(raw: Any) -> dict[str, str]:
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+
+class _ClosingSentinelPool(SentinelConnectionPool, ClosingPool):
+    """The master's connection pool, which stays closed once closed (see :class:`ClosingPool`)."""
 
 
 class _Sentinel(Sentinel):
@@ -179,15 +183,10 @@ class SentinelDriver(RedisDriver):
             "socket_connect_timeout": self.connect_timeout,
             "retry": Retry(NoBackoff(), 0),
         }
-        if self._sentinel_tls is None:
-            return aioredis.Redis(**common)
-        pool = aioredis.ConnectionPool(
-            connection_class=TlsConnection,
-            tls_context=self._sentinel_tls,
-            tls_server_name=self._sentinel_server_name,
-            **common,
-        )
-        return aioredis.Redis.from_pool(pool)
+        if self._sentinel_tls is not None:
+            common.update(connection_class=TlsConnection, tls_context=self._sentinel_tls)
+            common.update(tls_server_name=self._sentinel_server_name)
+        return aioredis.Redis.from_pool(ClosingPool(**common))  # closed with the client
 
     def _new_client(self, socket_timeout: float | None) -> aioredis.Redis:
         if self._sentinel is None:
@@ -204,6 +203,7 @@ class SentinelDriver(RedisDriver):
         client: aioredis.Redis = self._sentinel.master_for(
             self.service,
             redis_class=aioredis.Redis,
+            connection_pool_class=_ClosingSentinelPool,
             db=self.db,
             username=self._kwargs["username"],
             password=None if self._password is None else Secret.reveal(self._password),

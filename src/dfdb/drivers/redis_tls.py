@@ -12,11 +12,35 @@ from dfdb.errors import AuthenticationError, BackendUnavailableError, DriverErro
 from dfdb.tls import describe_tls_failure, tls_failure
 from dfdb.url import DatabaseURL
 
-__all__ = ["CONNECTION_ERRORS", "TlsConnection", "connection_error", "refused_by_acl"]
+__all__ = ["CONNECTION_ERRORS", "ClosingPool", "TlsConnection", "connection_error", "refused_by_acl"]
 
 _HANDSHAKE_WAIT = 3.0
 """Seconds at most for a TLS handshake (a plain Redis never answers one; a server that
 does, answers at once)."""
+
+
+class ClosingPool(aioredis.ConnectionPool):
+    """A connection pool that stays closed once closed. redis-py's closes the connections it
+    holds then, but a call in flight may be connecting one (or get one back) meanwhile: here
+    such a connection is closed when the call releases it, and no call gets another."""
+
+    closed = False
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self.closed:
+            raise rexc.ConnectionError("the connection pool is closed")
+        return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        if self.closed:
+            await connection.disconnect()
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        # the client's close drops every connection; a Sentinel pool drops its idle ones
+        # (inuse_connections=False) to move them to a new master, and stays open
+        self.closed = self.closed or inuse_connections
+        await super().disconnect(inuse_connections)
 
 
 class TlsConnection(aioredis.Connection):

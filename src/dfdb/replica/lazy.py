@@ -36,7 +36,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel
 from pydantic.fields import FieldInfo
 
-from dfdb.drivers.base import Entry
+from dfdb.drivers.base import Driver, Entry
 from dfdb.events import format_cursor
 from dfdb.nb import NbApi
 from dfdb.nbmodel import NbModel, Ref, _reference_fields, _resolve_target, references
@@ -82,7 +82,11 @@ async def list_raw(nb: NbApi, models: Sequence[type[NbModel]], topics: Collectio
             scopes.append((model, None))
     nb._check()
     wanted = [(model.__table__, topic) for model, topic in scopes]
-    found = await nb._retry(lambda: nb.driver.list_many(wanted), "list", scopes[0][0].__table__) if scopes else []
+    if type(nb.driver).list_many is Driver.list_many:  # one listing after the other: each its own deadline
+        listing = nb.driver.list
+        found = [await nb._retry(functools.partial(listing, table, topic), "list", table) for table, topic in wanted]
+    else:
+        found = await nb._retry(lambda: nb.driver.list_many(wanted), "list", scopes[0][0].__table__) if scopes else []
     return [
         (
             model,
