@@ -21,7 +21,7 @@ from dfdb.nbmodel import NbModel, dependency_order, validate_key
 from dfdb.replica.antientropy import AntiEntropy, CheckReport
 from dfdb.replica.events import EventFlow, Flag, ReplicaEvent, ReplicaEvents
 from dfdb.replica.lazy import list_raw
-from dfdb.replica.loading import built, fill_raw, validate_held
+from dfdb.replica.loading import built, collector_paused, fill_raw, validate_held
 from dfdb.replica.modes import ReplicaStats, SyncMode
 from dfdb.replica.pacing import RELISTS, RelistLimiter
 from dfdb.replica.reactive import Reactive
@@ -236,11 +236,12 @@ class Replica(Reactive):
         corrupt = {(model, id) for model, listing in listings for id in listing.corrupt}
         if whole and listings:
             self._position = max(self._position, min(parse_cursor(lt.cursor)[1] for _, lt in listings))
-        for model, listing in listings:
-            for obj in listing.items:
-                if topics is not None and obj.topic is not None and obj.topic not in topics:
-                    continue
-                self._apply(model, obj.id, obj, revision_of(obj) or 0)
+        with collector_paused():  # as fill_raw
+            for model, listing in listings:
+                for obj in listing.items:
+                    if topics is not None and obj.topic is not None and obj.topic not in topics:
+                        continue
+                    self._apply(model, obj.id, obj, revision_of(obj) or 0)
         return corrupt
 
     def _apply(self, model: type[NbModel], id: str, obj: NbModel | None, revision: int, expired: bool = False) -> None:
