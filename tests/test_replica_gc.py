@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import field_validator
 
 import dfdb
 from dfdb import NbApi, Replica
+from dfdb._collector import collector_paused
 from dfdb.drivers import ABSENT
 
 WAIT = 10
@@ -40,9 +43,10 @@ def seen() -> Iterator[list[bool]]:
     SEEN.clear()
 
 
-@pytest.fixture
-async def nb() -> NbApi:
-    async with dfdb.connect("memory://gc") as nb:
+@pytest.fixture(params=["memory", "sqlite"])
+async def nb(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NbApi]:
+    url = "memory://gc" if request.param == "memory" else f"sqlite:///{tmp_path}/gc.db"
+    async with dfdb.connect(url) as nb:
         await nb.create_many([Probe(id=f"p{i:03d}", topic="t", n=i) for i in range(300)])
         yield nb
 
@@ -103,3 +107,34 @@ async def test_a_collector_the_application_disabled_stays_disabled(nb: NbApi, se
     finally:
         if was:
             gc.enable()
+
+
+def test_pauses_that_overlap_in_two_threads_resume_when_the_last_ends(collector: None) -> None:
+    inside, leave = threading.Event(), threading.Event()
+
+    def listing() -> None:
+        with collector_paused():
+            inside.set()
+            leave.wait(WAIT)
+
+    thread = threading.Thread(target=listing)
+    thread.start()
+    try:
+        assert inside.wait(WAIT) and not gc.isenabled()
+        with collector_paused():
+            leave.set()
+            thread.join(WAIT)
+            assert not thread.is_alive() and not gc.isenabled()  # the other pause ended, not this one
+        assert gc.isenabled()
+    finally:
+        leave.set()
+        thread.join(WAIT)
+
+
+def test_a_pause_that_fails_resumes(collector: None) -> None:
+    with pytest.raises(KeyError), collector_paused():
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+        raise KeyError("x")
+    assert gc.isenabled()

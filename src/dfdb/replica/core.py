@@ -11,6 +11,7 @@ from typing import TypeVar, cast
 
 import anyio
 
+from dfdb._collector import collector_paused
 from dfdb.background import BackgroundTask
 from dfdb.codec import decode
 from dfdb.drivers.base import Entry
@@ -21,7 +22,7 @@ from dfdb.nbmodel import NbModel, dependency_order, validate_key
 from dfdb.replica.antientropy import AntiEntropy, CheckReport
 from dfdb.replica.events import EventFlow, Flag, ReplicaEvent, ReplicaEvents
 from dfdb.replica.lazy import list_raw
-from dfdb.replica.loading import built, collector_paused, fill_raw, validate_held
+from dfdb.replica.loading import built, fill_raw, validate_held
 from dfdb.replica.modes import ReplicaStats, SyncMode
 from dfdb.replica.pacing import RELISTS, RelistLimiter
 from dfdb.replica.reactive import Reactive

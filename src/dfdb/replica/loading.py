@@ -3,14 +3,12 @@ the background afterwards, built when a relist replaces them."""
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import anyio.lowlevel
 
+from dfdb._collector import collector_paused
 from dfdb.codec import decode
 from dfdb.drivers.base import Entry
 from dfdb.errors import CorruptObjectError
@@ -22,7 +20,7 @@ from dfdb.replica.store import Held, Row
 if TYPE_CHECKING:
     from dfdb.replica.core import Replica
 
-__all__ = ["built", "collector_paused", "fill_raw", "validate_held"]
+__all__ = ["built", "fill_raw", "validate_held"]
 
 log = logging.getLogger("dfdb.replica.core")
 
@@ -30,28 +28,10 @@ SLICE = 200
 """Entries validated in the background between two yields to other tasks (a few milliseconds)."""
 
 
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector disabled while a load, with no await, builds objects
-    that stay: each full collection it would start meanwhile walks every tracked object of the
-    process, and their number grows with the load (a sync of a million objects started two,
-    over a quarter of its time). The collector is enabled again afterwards, also when the load
-    fails; left alone when it was disabled already (by the application, or by an enclosing
-    load)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def fill_raw(replica: Replica, listings: RawListings, topics: set[str] | None) -> None:
-    """Apply stored entries of the whole scope to the store, with no await (nor garbage
-    collection: :func:`collector_paused`): each new key whose value its model's reader reads
-    is held unbuilt (its event only counted: nobody listens), any other is decoded and
+    """Apply stored entries of the whole scope to the store, with no await and the garbage
+    collector paused (:mod:`dfdb._collector`): each new key whose value its model's reader
+    reads is held unbuilt (its event only counted: nobody listens), any other is decoded and
     applied as by :meth:`Replica._fill`."""
     with collector_paused():
         _fill_raw(replica, listings, topics)

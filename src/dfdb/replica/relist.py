@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
+from dfdb._collector import collector_paused
 from dfdb.codec import decode
 from dfdb.errors import BackendTimeoutError, BackendUnavailableError, CorruptObjectError, NotFoundError
 from dfdb.events import Action
@@ -14,7 +15,6 @@ from dfdb.nb import ListResult, NbApi, revision_of
 from dfdb.nbmodel import NbModel
 from dfdb.replica.events import EventFlow, ReplicaEvent
 from dfdb.replica.lazy import list_raw
-from dfdb.replica.loading import collector_paused
 from dfdb.replica.store import Row
 from dfdb.retry import Backoff
 
