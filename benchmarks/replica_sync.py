@@ -1,6 +1,6 @@
 """A Replica's full sync against the driver's own listing, in one process, and where its time goes.
 
-Usage: python benchmarks/replica_sync.py [--db URL] [--ports 20000] [--repeat 3] [--profile] [--memory]
+Usage: python benchmarks/replica_sync.py [--db URL] [--ports 20000] [--repeat 3] [--profile] [--memory] [--gc]
 
 Fills ``--db`` with ``--ports`` ports (the benchmark's ports) when it holds none, then times,
 ``--repeat`` times each, interleaved: a Replica's full sync, the driver's listing of the table
@@ -11,8 +11,10 @@ holds the values as stored and validates them in the background afterwards: the 
 validation ended is printed too. ``--memory`` adds the memory a synced Replica holds per port
 (tracemalloc; after the sync and after its background validation) against a plain dict of the
 same validated models (measured on at most 100,000 of them: the size per model does not depend
-on how many there are). On a machine shared with other work the absolute figures vary a lot:
-compare ratios of one run.
+on how many there are). ``--gc`` adds the garbage collections (count and CPU seconds by
+generation) during the best sync and listing, and the CPU time of a plain dict of the listing
+by id (one entry per port and no dfdb code: how such a table grows on this machine). On a
+machine shared with other work the absolute figures vary a lot: compare ratios of one run.
 """
 
 from __future__ import annotations
@@ -45,6 +47,33 @@ async def validated(replica: Replica) -> None:
     flag = getattr(replica, "_validated", None)
     if flag is not None:
         await flag.wait()
+
+
+class Collections:
+    """Garbage collections seen (by ``gc.callbacks``) while ``on``: count and CPU seconds by generation."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.seen: dict[int, tuple[int, float]] = {}
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._start = time.process_time()
+            return
+        count, cpu = self.seen.get(info["generation"], (0, 0.0))
+        self.seen[info["generation"]] = (count + 1, cpu + time.process_time() - self._start)
+
+    def take(self) -> dict[int, tuple[int, float]]:
+        seen, self.seen = self.seen, {}
+        return seen
+
+
+def collections_text(seen: dict[int, tuple[int, float]]) -> str:
+    return ", ".join(f"gen {g}: {n} ({cpu:.3f} s)" for g, (n, cpu) in sorted(seen.items())) or "none"
 
 
 async def memory(nb: NbApi, ports: int) -> str:
@@ -116,7 +145,9 @@ async def fill(nb: NbApi, ports: int) -> None:
                 raise result
 
 
-async def main(url: str, ports: int, repeat: int, profile: bool, measure_memory: bool, wait: bool = True) -> None:
+async def main(
+    url: str, ports: int, repeat: int, profile: bool, measure_memory: bool, wait: bool = True, collections: bool = False
+) -> None:
     async with connect(url, timeout=600) as nb:
         if not (await nb.list(LogicalPort)).items:
             await fill(nb, ports)
@@ -131,26 +162,40 @@ async def main(url: str, ports: int, repeat: int, profile: bool, measure_memory:
         read: list[float] = []
         cpu: dict[str, list[float]] = {"read": [], "listed": [], "synced": []}
         profiler = cProfile.Profile()
+        seen = Collections()
+        gcs: dict[str, list[dict[int, tuple[int, float]]]] = {"listed": [], "synced": []}
+        plain: list[float] = []
         for run in range(repeat):
             if raw is not None:
                 t0, c0 = time.perf_counter(), time.process_time()
                 await raw.read_all("sync-raw")
                 read.append(time.perf_counter() - t0)
                 cpu["read"].append(time.process_time() - c0)
+            seen.on = collections
             t0, c0 = time.perf_counter(), time.process_time()
             listing = await nb.driver.list(LogicalPort.__table__, None)
             for entry in listing.entries:
                 json.loads(entry.value)
             listed.append(time.perf_counter() - t0)
             cpu["listed"].append(time.process_time() - c0)
+            gcs["listed"].append(seen.take())
+            if collections:
+                c0 = time.process_time()
+                by_id = {entry.id: entry for entry in listing.entries}
+                plain.append(time.process_time() - c0)
+                del by_id
+            seen.on = False
             del listing
             last = profile and run == repeat - 1
             t0, c0 = time.perf_counter(), time.process_time()
             if last:
                 profiler.enable()
+            seen.on = collections
             async with Replica(nb, [LogicalPort]) as replica:
                 synced.append(time.perf_counter() - t0)
                 cpu["synced"].append(time.process_time() - c0)
+                seen.on = False
+                gcs["synced"].append(seen.take())
                 if last:
                     profiler.disable()
                 held = len(replica)
@@ -173,6 +218,12 @@ async def main(url: str, ports: int, repeat: int, profile: bool, measure_memory:
             + (f", raw client read + json.loads {min(cpu['read']):.3f}" if cpu["read"] else "")
             + f": {ratio:.2f}x"
         )
+        if collections:
+            best = {name: gcs[name][cpu[name].index(min(cpu[name]))] for name in gcs}
+            print(
+                f"  garbage collections during the sync: {collections_text(best['synced'])}; during the listing: "
+                f"{collections_text(best['listed'])}; a plain dict of the listing by id: {min(plain):.3f} s of CPU"
+            )
         if measure_memory:
             print(await memory(nb, ports))
         if profile:
@@ -187,5 +238,6 @@ if __name__ == "__main__":
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for the background validation")
+    parser.add_argument("--gc", action="store_true", help="count the garbage collections, time a plain dict")
     args = parser.parse_args()
-    asyncio.run(main(args.db, args.ports, args.repeat, args.profile, args.memory, not args.no_wait))
+    asyncio.run(main(args.db, args.ports, args.repeat, args.profile, args.memory, not args.no_wait, args.gc))

@@ -43,6 +43,7 @@ from typing import Any, ClassVar, TypeVar
 import anyio
 import anyio.to_thread
 
+from dfdb._collector import collector_paused
 from dfdb.drivers.base import (
     Capability,
     Driver,
@@ -372,19 +373,15 @@ class SqliteDriver(SqliteDigest, SqliteLeases, Driver):
         def read(db: sqlite3.Connection, call: _Call) -> tuple[int, builtins.list[Any]]:
             with _transaction(db, call, "BEGIN"):  # one read snapshot for the head and the rows
                 head = _head(db)
-                if topic is None:
-                    rows = db.execute(
-                        "SELECT CAST(id AS BLOB), topic, value, revision FROM dfdb_entries WHERE tbl = ?", (table,)
-                    ).fetchall()
-                else:
-                    rows = db.execute(
-                        "SELECT CAST(id AS BLOB), topic, value, revision FROM dfdb_entries WHERE tbl = ? AND topic = ?",
-                        (table, topic),
-                    ).fetchall()
+                sql = "SELECT CAST(id AS BLOB), topic, value, revision FROM dfdb_entries WHERE tbl = ?"
+                params = (table,) if topic is None else (table, topic)
+                with collector_paused():  # a row per entry, all kept (see dfdb._collector)
+                    rows = db.execute(sql if topic is None else sql + " AND topic = ?", params).fetchall()
             return head, rows
 
         head, rows = await self._trip(read)
-        return Listing(entries_of(table, rows), head)
+        with collector_paused():
+            return Listing(entries_of(table, rows), head)
 
     async def tables(self) -> builtins.list[str]:
         sql = "SELECT DISTINCT tbl FROM dfdb_entries ORDER BY tbl"

@@ -11,6 +11,7 @@ from typing import TypeVar, cast
 
 import anyio
 
+from dfdb._collector import collector_paused
 from dfdb.background import BackgroundTask
 from dfdb.codec import decode
 from dfdb.drivers.base import Entry
@@ -236,11 +237,12 @@ class Replica(Reactive):
         corrupt = {(model, id) for model, listing in listings for id in listing.corrupt}
         if whole and listings:
             self._position = max(self._position, min(parse_cursor(lt.cursor)[1] for _, lt in listings))
-        for model, listing in listings:
-            for obj in listing.items:
-                if topics is not None and obj.topic is not None and obj.topic not in topics:
-                    continue
-                self._apply(model, obj.id, obj, revision_of(obj) or 0)
+        with collector_paused():  # as fill_raw
+            for model, listing in listings:
+                for obj in listing.items:
+                    if topics is not None and obj.topic is not None and obj.topic not in topics:
+                        continue
+                    self._apply(model, obj.id, obj, revision_of(obj) or 0)
         return corrupt
 
     def _apply(self, model: type[NbModel], id: str, obj: NbModel | None, revision: int, expired: bool = False) -> None:

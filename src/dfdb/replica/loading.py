@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import anyio.lowlevel
 
+from dfdb._collector import collector_paused
 from dfdb.codec import decode
 from dfdb.drivers.base import Entry
 from dfdb.errors import CorruptObjectError
@@ -28,9 +29,15 @@ SLICE = 200
 
 
 def fill_raw(replica: Replica, listings: RawListings, topics: set[str] | None) -> None:
-    """Apply stored entries of the whole scope to the store, with no await: each new key
-    whose value its model's reader reads is held unbuilt (its event only counted: nobody
-    listens), any other is decoded and applied as by :meth:`Replica._fill`."""
+    """Apply stored entries of the whole scope to the store, with no await and the garbage
+    collector paused (:mod:`dfdb._collector`): each new key whose value its model's reader
+    reads is held unbuilt (its event only counted: nobody listens), any other is decoded and
+    applied as by :meth:`Replica._fill`."""
+    with collector_paused():
+        _fill_raw(replica, listings, topics)
+
+
+def _fill_raw(replica: Replica, listings: RawListings, topics: set[str] | None) -> None:
     store, flow = replica._store, replica._flow
     lazy = 0
     held = frozenset(store.rows)

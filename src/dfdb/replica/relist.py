@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
+from dfdb._collector import collector_paused
 from dfdb.codec import decode
 from dfdb.errors import BackendTimeoutError, BackendUnavailableError, CorruptObjectError, NotFoundError
 from dfdb.events import Action
@@ -37,16 +38,18 @@ async def list_scope(
     plus a whole listing of each model of ``topicless`` for its topic-less objects (the
     caller filters the rest out)."""
     listings: Listings = []
-    for model, entries, cursor in await list_raw(nb, models, topics, topicless):
-        items: list[NbModel] = []
-        corrupt: list[str] = []
-        for entry in entries:
-            try:
-                items.append(decode(model, entry.id, entry.topic, entry.value, entry.revision))
-            except CorruptObjectError as exc:
-                log.warning("skipping %s", exc)
-                corrupt.append(entry.id)
-        listings.append((model, ListResult(items, cursor, corrupt)))
+    raw = await list_raw(nb, models, topics, topicless)
+    with collector_paused():  # every object built stays (see fill_raw)
+        for model, entries, cursor in raw:
+            items: list[NbModel] = []
+            corrupt: list[str] = []
+            for entry in entries:
+                try:
+                    items.append(decode(model, entry.id, entry.topic, entry.value, entry.revision))
+                except CorruptObjectError as exc:
+                    log.warning("skipping %s", exc)
+                    corrupt.append(entry.id)
+            listings.append((model, ListResult(items, cursor, corrupt)))
     return listings
 
 
