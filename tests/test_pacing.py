@@ -157,6 +157,7 @@ async def test_a_resync_of_one_table_relists_only_that_table() -> None:
             probe = await nb.create(Vm(id="probe", topic="t"))
             await asyncio.wait_for(replica.wait_for(dfdb.revision_of(probe) or 0), WAIT)
             assert replica.stats().resyncs == 1
+            assert replica.stats().relisted == 3  # Vm's three objects: what the relist read
             assert {v.id for v in replica.get_all(Vm)} == {"v", "v2", "probe"}
             assert replica.get(Vm, "v2") == vm2
             net_held = replica.get(Net, "n")
@@ -359,7 +360,7 @@ async def test_a_resync_of_one_topic_relists_only_that_topic() -> None:
             ev = await asyncio.wait_for(anext(events), WAIT)  # the relist's difference
             await events.aclose()
             assert (ev.action, ev.id, ev.new and ev.new.name) == (dfdb.Action.UPDATE, "a", "unseen")
-            assert r.stats().resyncs == 1
+            assert r.stats().resyncs == 1 and r.stats().relisted == 2  # t1's Net and Vm
             assert sorted(driver.listed) == [(Net.__table__, "t1"), (Vm.__table__, "t1")]  # t1 only
             held = r.get(Net, "b")
             assert held is not None and held.name == "before"  # t2 was not relisted

@@ -231,6 +231,7 @@ class RedisServer(LocalServer):
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
             "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.workdir / "redis.log"),
+            "--tcp-backlog", "4096",  # not 511: a thousand clients connecting at once (the kernel caps it at somaxconn)
         ]  # fmt: skip
         if self.ca is not None:
             args[1:3] = ["--port", "0", "--tls-port", str(self.port)]

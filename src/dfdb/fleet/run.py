@@ -315,7 +315,7 @@ async def _converge(workers: list[_Worker], nb: NbApi, start: float, within: flo
 async def _totals(workers: list[_Worker], sizes: bool = False) -> dict[str, Any]:
     stats = await _ask(workers, "stats", sizes)
     errors = [s["error"] for s in stats if s.get("error")]
-    keys = ["objects", "listed_bytes", "records_read", "bytes_read", "resyncs", "reconnects", "relist_wait"]
+    keys = ["objects", "listed_bytes", "records_read", "bytes_read", "resyncs", "reconnects", "relist_wait", "relisted"]
     keys.append("start_retries")
     totals: dict[str, Any] = {k: sum(s.get(k, 0) for s in stats) for k in keys}
     totals["errors"] = errors
@@ -539,7 +539,9 @@ async def _disruption(
         out["connections"] = await asyncio.to_thread(refusals.figures)
     after = await _totals(workers)
     stats = await _ask(workers, "stats")
-    out["objects_relisted"] = sum(s.get("objects", 0) for s in stats if s.get("resyncs", 0) > held[s["index"]][0])
+    out["objects_relisted"] = after["relisted"] - before["relisted"]  # what the relists read (their scopes only)
+    relisting = [s for s in stats if s.get("resyncs", 0) > held[s["index"]][0]]
+    out["objects_held_by_relisting"] = sum(s.get("objects", 0) for s in relisting)
     out["relists"] = after["resyncs"] - before["resyncs"]
     out["reconnects"] = after["reconnects"] - before["reconnects"]
     out["records_read"] = after["records_read"] - before["records_read"]

@@ -184,6 +184,7 @@ def _stats(c: _Controller, sizes: bool = False) -> dict[str, Any]:
         "stale": s.stale,
         "synced": c.replica.synced,
         "relist_wait": s.relist_wait,
+        "relisted": s.relisted,
         "start_retries": c.start_retries,
     }
 

@@ -109,8 +109,8 @@ class Replica(Reactive):
         """Changes whose value failed validation (their keys were evicted)."""
         self.resyncs = 0
         """How many times the Replica relisted its scope after a ``RESYNC``."""
-        self.relist_wait = 0.0
-        """Seconds its relists waited for their turn, in all."""
+        self.relist_wait, self.relisted = 0.0, 0
+        """Seconds its relists waited for their turn, and objects they read, in all."""
         self._follower = BackgroundTask("dfdb-replica")
         self._checker = AntiEntropy(self, check_interval, check_settle)
         self._checks = BackgroundTask("dfdb-replica-check")
@@ -414,6 +414,7 @@ class Replica(Reactive):
             listings = []
             if self.mode is not SyncMode.REACTIVE:
                 listings = await list_scope(self.nb, models, topics, self._topicless if topic is None else ())
+                self.relisted += sum(len(listing.items) + len(listing.corrupt) for _, listing in listings)
             before = built(self, self._store.clear(models, topic) if scoped else self._store.clear())
             if not scoped:
                 self._recent.clear()
@@ -590,6 +591,7 @@ class Replica(Reactive):
             corrupt=self.corrupt,
             stale=self._following and not self._synced.is_set(),
             relist_wait=self.relist_wait,
+            relisted=self.relisted,
             checks=self._checker.checks,
             divergences=self._checker.divergences,
             repaired=self._checker.repaired,

@@ -56,6 +56,8 @@ class ReplicaStats:
     stale: bool = False
     """It follows no stream now (reconnecting, or waiting to relist after a ``RESYNC``): what
     it holds may be behind the database, and stays readable."""
+    relisted: int = 0
+    """Objects its relists read from the database, in all (a relist reads the ``RESYNC``'s scope only)."""
     relist_wait: float = 0.0
     """Seconds its relists waited for their turn after a ``RESYNC`` (jitter and the process's
     relist rate, :mod:`dfdb.replica.pacing`), in all."""
