@@ -386,3 +386,31 @@ async def test_a_close_during_writes_leaves_no_connection_they_were_opening(vola
             assert isinstance(outcome, Port | dfdb.StreamClosedError | dfdb.BackendUnavailableError), outcome
         assert await server_clients(url, 0) == 0, f"closed after {turns} turns"
         del nb, writes
+
+
+async def test_a_trimmed_stream_resyncs_its_own_topic_only_in_its_place(volatile_server: RedisServer) -> None:
+    """History trimmed past a watcher's cursor in one topic's stream is a ``RESYNC`` of that
+    table and topic, in revision order; a stream that lost nothing unread goes on. (A
+    ``RESYNC`` of everything watched made every controller of a fleet relist its whole scope.)"""
+    async with dfdb.connect(volatile_server.url) as nb:
+        await nb.create(Port(id="a", topic="t1"))
+        await nb.create(Port(id="b", topic="t2"))
+        async with nb.watch(Port, topics={"t1", "t2"}) as stream:
+            await nb.create(Port(id="c", topic="t1"))
+            seen = await asyncio.wait_for(anext(stream), 10)
+            cursor = stream.cursor
+        assert seen.id == "c"
+        a = await nb.get(Port, "a")
+        await nb.update(a.model_copy(update={"n": 1}))  # lost to the watcher: trimmed below
+        await nb.driver.compact()
+        later = await nb.create(Port(id="d", topic="t2"))
+        again = await nb.create(Port(id="e", topic="t1"))
+        async with nb.watch(Port, topics={"t1", "t2"}, since=cursor) as stream:
+            got = [await asyncio.wait_for(anext(stream), 10) for _ in range(3)]
+        assert [(ev.action, ev.model, ev.topic, ev.id) for ev in got] == [
+            (dfdb.Action.RESYNC, Port, "t1", ""),
+            (dfdb.Action.CREATE, Port, "t2", "d"),
+            (dfdb.Action.CREATE, Port, "t1", "e"),
+        ]
+        assert [ev.revision for ev in got[1:]] == [dfdb.revision_of(later), dfdb.revision_of(again)]
+        assert got[0].revision < got[1].revision

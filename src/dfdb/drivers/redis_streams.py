@@ -122,11 +122,12 @@ class RedisSource(ReaderTaskSource):
             # another dataset, one that came back without its data, or a counter that went back
             fresh, now = await access.new_dataset(epoch, self._epoch)
             return self._resync(now, fresh)
+        lost: dict[str, int] = {}  # stream -> the newest revision trimmed from it, past what we read
         for stream, trimmed in zip(streams, replies[4], strict=True):
             if trimmed is not None and int(trimmed if trimmed.isdigit() else 0) > asked[stream]:
-                log.debug("redis stream %s was trimmed past %d; resync", stream, asked[stream])
-                return self._resync(counter, epoch)
+                lost[stream] = int(trimmed)
         if not data:  # nothing after our ids, and the counter was read before: all read up to it
+            self._resync_trimmed(lost)
             self._read_position = max(self._read_position, counter)
             return None
         per_stream: dict[str, builtins.list[tuple[int, dict[bytes, bytes]]]] = {}
@@ -137,6 +138,9 @@ class RedisSource(ReaderTaskSource):
             self.bytes_read += sum(len(eid) + sum(len(k) + len(v) for k, v in f.items()) for eid, f in entries)
         full = [items[-1][0] for items in per_stream.values() if len(items) >= _READ_COUNT]
         cap = min(full) if full else None
+        if lost and cap is not None and max(lost.values()) > cap:  # its place is past this round's reads
+            log.debug("redis streams %s were trimmed past what was read; resync", sorted(lost))
+            return self._resync(counter, epoch)
         merged: dict[int, RawEvent] = {}
         for name, items in per_stream.items():
             for revision, fields in items:
@@ -151,7 +155,21 @@ class RedisSource(ReaderTaskSource):
         if merged:
             self._read_position = max(self._read_position, max(merged))
             self._push_all(merged.values())
+        self._resync_trimmed(lost)
         return None
+
+    def _resync_trimmed(self, lost: dict[str, int]) -> None:
+        """A ``resync`` of the scope of each stream trimmed past what was read (its table, and its
+        topic for a topic's stream), in revision order at the newest revision it lost: every
+        change of the other streams before it was read in this round (or the whole watch is
+        resynced instead, above). The stream is read on after that revision."""
+        for stream, last in lost.items():
+            log.debug("redis stream %s was trimmed up to %d; resync of its scope", stream, last)
+            table, _, rest = stream[len(self._access.key("s")) + 1 :].partition("/")
+            topic = rest[2:] if rest.startswith("t/") else None  # None: the whole table (or its topic-less part)
+            self._ids[stream] = max(self._ids[stream], last)
+            self._read_position = max(self._read_position, last)
+            self._push(RawEvent("resync", table, "", topic, None, last))
 
     def _event(self, stream: str, revision: int, fields: dict[bytes, bytes]) -> RawEvent:
         """The event of one stream entry; an entry that cannot be read yields a resync of its table."""
