@@ -105,6 +105,10 @@ class Batch:
         self.unanswered: str | None = None
         """Why the later writes are not sent (``None``: they are)."""
 
+    def stop(self, nb: NbApi) -> None:
+        """Send nothing more: the server left a write of the batch unanswered for a deadline."""
+        self.unanswered = f"the server did not answer an earlier write of the batch within {nb.timeout:g}s"
+
     def not_sent(self, nb: NbApi, obj: object) -> BackendUnavailableError:
         table, id = getattr(type(obj), "__table__", "?"), getattr(obj, "id", "?")
         return BackendUnavailableError(f"{nb.url}: write of {table}/{id} was not sent: {self.unanswered}")
@@ -197,7 +201,7 @@ async def _finish_lost(
             )
             nb._counters.outcome(table, error)
             results[index] = error
-            batch.unanswered = f"the server did not answer an earlier write of the batch within {nb.timeout:g}s"
+            batch.stop(nb)
 
 
 def _stored(new: M, outcome: int | Exception) -> M | Exception:
@@ -269,6 +273,6 @@ async def update_chunk(nb: NbApi, chunk: list[M], batch: Batch) -> list[M | Exce
     else:
         single = await nb._many(nb.update, alone) if alone else []
         if any(isinstance(r, BackendUnavailableError) for r in single):  # each waited its whole deadline
-            batch.unanswered = f"the server did not answer an earlier write of the batch within {nb.timeout:g}s"
+            batch.stop(nb)
     singles = iter(single)
     return [next(singles) if p is None else next(batched) for p in prepared]
