@@ -11,7 +11,7 @@ import pytest
 
 import dfdb
 from dfdb.testing.servers import RedisServer, skip_missing_server
-from watching import check_server_run, serve, watchers
+from watching import check_server_run, close_during_writes, serve, watchers
 
 
 class Port(dfdb.NbModel, table="redis_port"):
@@ -377,15 +377,8 @@ async def test_a_close_during_writes_leaves_no_connection_they_were_opening(vola
     comes up after the close is closed when its write ends, not kept in the closed pool."""
     url = volatile_server.url + "?prefix=closing"
     for turns in (1, 2, 3, 5, 8):
-        nb = await dfdb.connect(url)
-        writes = [asyncio.create_task(nb.put(Port(id=f"p{i}"))) for i in range(30)]  # a connection each
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        await nb.aclose()
-        for outcome in await asyncio.gather(*writes, return_exceptions=True):
-            assert isinstance(outcome, Port | dfdb.StreamClosedError | dfdb.BackendUnavailableError), outcome
+        await close_during_writes(url, Port, turns)
         assert await server_clients(url, 0) == 0, f"closed after {turns} turns"
-        del nb, writes
 
 
 async def test_a_trimmed_stream_resyncs_its_own_topic_only_in_its_place(volatile_server: RedisServer) -> None:

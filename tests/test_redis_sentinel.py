@@ -22,7 +22,7 @@ from dfdb.sentinel_server import SentinelSetup, _command
 from dfdb.servers import free_port
 from dfdb.testing.servers import skip_missing_server
 from dfdb.url import DatabaseURL
-from watching import check_server_run, serve, watchers
+from watching import check_server_run, close_during_writes, serve, watchers
 
 
 class Item(dfdb.NbModel, table="item"):
@@ -454,17 +454,10 @@ async def test_a_close_during_writes_leaves_no_connection_to_the_master(setup: S
     try:
         before = len(await master.client_list())
         for turns in (1, 2, 3, 5):
-            nb = await dfdb.connect(url)
-            writes = [asyncio.create_task(nb.put(Item(id=f"p{i}"))) for i in range(30)]  # a connection each
-            for _ in range(turns):
-                await asyncio.sleep(0)
-            await nb.aclose()
-            for outcome in await asyncio.gather(*writes, return_exceptions=True):
-                assert isinstance(outcome, Item | dfdb.StreamClosedError | dfdb.BackendUnavailableError), outcome
+            await close_during_writes(url, Item, turns)
             async with asyncio.timeout(10):
                 while (held := len(await master.client_list())) > before:
                     await asyncio.sleep(0.05)  # replicas and sentinels reconnect now and then; ours must go
             assert held <= before, f"closed after {turns} turns"
-            del nb, writes
     finally:
         await master.aclose()

@@ -148,3 +148,16 @@ def _state(stat: Path) -> str | None:
         return stat.read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):  # a thread that ended meanwhile
         return None
+
+
+async def close_during_writes(url: str, model: type[dfdb.NbModel], turns: int) -> None:
+    """Connect to ``url``, start 30 puts of ``model`` (each may open a connection), let them
+    run ``turns`` loop rounds, close the NbApi under them, and check that each write ended
+    stored or refused as closed or unavailable."""
+    nb = await dfdb.connect(url)
+    writes = [asyncio.create_task(nb.put(model(id=f"p{i}"))) for i in range(30)]
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    await nb.aclose()
+    for outcome in await asyncio.gather(*writes, return_exceptions=True):
+        assert isinstance(outcome, model | dfdb.StreamClosedError | dfdb.BackendUnavailableError), outcome
