@@ -476,17 +476,27 @@ class ZooKeeperServer(LocalServer):
         """Whether member ``index`` serves clients."""
         return self.mode(index) is not None
 
+    def four_letters(self, index: int, command: bytes, timeout: float = 1) -> str:
+        """Member ``index``'s reply to a four-letter command (``srvr``, ``mntr``; plain port
+        only): the server closes the connection after it.
+
+        Raises:
+            OSError: the member did not answer.
+        """
+        with socket.create_connection(("127.0.0.1", self.client_ports[index]), timeout=timeout) as sock:
+            sock.sendall(command)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        return reply.decode(errors="replace")
+
     def mode(self, index: int) -> str | None:
         """``standalone``, ``leader`` or ``follower`` (from ``srvr``), ``None`` when not serving."""
         try:
-            with socket.create_connection(("127.0.0.1", self.client_ports[index]), timeout=1) as sock:
-                sock.sendall(b"srvr")
-                reply = b""
-                while chunk := sock.recv(4096):
-                    reply += chunk
+            reply = self.four_letters(index, b"srvr")
         except OSError:
             return None
-        for line in reply.decode(errors="replace").splitlines():
+        for line in reply.splitlines():
             if line.startswith("Mode:"):
                 return line.split(":", 1)[1].strip()
         return None

@@ -30,16 +30,6 @@ def _kernel() -> dict[str, int]:
     return out
 
 
-def _four_letters(port: int, command: bytes) -> str:
-    """A ZooKeeper four-letter command's reply (the server closes the connection after it)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(command)
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
-    return reply.decode(errors="replace")
-
-
 def _server_rejected(server: LocalServer | None) -> int | None:
     """Connections the server turned away since it started (``None``: it keeps no such
     count, as etcd, or it did not answer): Redis's ``rejected_connections`` (past
@@ -53,8 +43,8 @@ def _server_rejected(server: LocalServer | None) -> int | None:
                     return int(line.split(":", 1)[1])
         elif isinstance(server, ZooKeeperServer):
             total = 0
-            for port in server.client_ports:
-                for line in _four_letters(port, b"mntr").splitlines():
+            for index in range(server.members):
+                for line in server.four_letters(index, b"mntr", timeout=5).splitlines():
                     if line.startswith("zk_connection_rejected"):
                         total += int(line.split()[1])
             return total
