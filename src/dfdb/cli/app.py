@@ -186,6 +186,7 @@ async def _fleet(args: argparse.Namespace, out: TextIO) -> int:
         url=None if args.server else _url(args),
         server=args.server,
         members=args.members,
+        etcd_progress=args.etcd_progress,
         controllers=args.controllers,
         workers=args.workers,
         tenants=args.tenants,

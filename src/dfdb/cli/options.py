@@ -252,6 +252,13 @@ def _fleet(sub: argparse._SubParsersAction[Parser]) -> None:
     f.add_argument(
         "--members", type=_members, default=1, help="members of the server started (3: its restart kills the leader)"
     )
+    f.add_argument(
+        "--etcd-progress",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="progress notification interval of the etcd server started",
+    )
     f.add_argument("--controllers", type=_positive, default=50, help="controllers (one per chassis)")
     f.add_argument("--workers", type=_positive, default=4, help="worker processes the controllers are spread over")
     f.add_argument("--tenants", type=_positive, help="tenants (default: as many as controllers)")
