@@ -45,7 +45,9 @@ def test_a_small_fleet_converges_through_every_scenario(tmp_path: Path, capsys: 
     history = result["scenarios"]["history"]
     assert history["not_converged"] == 0
     assert history["relists"] == 24  # everyone lost history, and relisted once
-    assert history["objects_relisted"] == 24 * held
+    # a relist reads only the values changed meanwhile (its scope's ids and revisions first): each
+    # lost port change is held by 2 controllers, the change that times convergence by all 24
+    assert 0 < history["objects_relisted"] <= 2 * 30 + 24 < 24 * held
     assert history["records_read_total"] == history["objects_relisted"] + history["records_read"]
     # no server of its own: nothing of the server's to ask, the host's TCP counters only
     assert history["connections"]["server_rejected"] is None and history["connections"]["host_listen_drops"] >= 0

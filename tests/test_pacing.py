@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Collection, Iterable
@@ -17,6 +18,7 @@ from dfdb import NbApi, Replica, SyncMode
 from dfdb.codec import encode
 from dfdb.drivers import ABSENT, Entry, Listing, register_driver
 from dfdb.drivers.base import EventSource, RawEvent
+from dfdb.drivers.digest import KeyListing
 from dfdb.drivers.memory import MemoryDriver, _MemorySource
 from dfdb.errors import BackendUnavailableError
 from dfdb.replica import pacing
@@ -157,7 +159,7 @@ async def test_a_resync_of_one_table_relists_only_that_table() -> None:
             probe = await nb.create(Vm(id="probe", topic="t"))
             await asyncio.wait_for(replica.wait_for(dfdb.revision_of(probe) or 0), WAIT)
             assert replica.stats().resyncs == 1
-            assert replica.stats().relisted == 3  # Vm's three objects: what the relist read
+            assert replica.stats().relisted == 1  # what the relist read: the one Vm not held at its revision
             assert {v.id for v in replica.get_all(Vm)} == {"v", "v2", "probe"}
             assert replica.get(Vm, "v2") == vm2
             net_held = replica.get(Net, "n")
@@ -176,6 +178,14 @@ class AwayDriver(MemoryDriver):
             self.refused += 1
             raise BackendUnavailableError("the server is away")
         return await super().list(table, topic)
+
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        if self.away:
+            self.refused += 1
+            raise BackendUnavailableError("the server is away")
+        return await super().digest_keys(table, topics, buckets, wanted)
 
 
 register_driver("test-away", AwayDriver)
@@ -335,6 +345,12 @@ class TopicResyncDriver(MemoryDriver):
         self.listed.append((table, topic))
         return await super().list(table, topic)
 
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        self.listed += [(table, topic) for topic in (topics or [None])]  # a relist by keys
+        return await super().digest_keys(table, topics, buckets, wanted)
+
 
 register_driver("test-topic-resync", TopicResyncDriver)
 
@@ -360,7 +376,7 @@ async def test_a_resync_of_one_topic_relists_only_that_topic() -> None:
             ev = await asyncio.wait_for(anext(events), WAIT)  # the relist's difference
             await events.aclose()
             assert (ev.action, ev.id, ev.new and ev.new.name) == (dfdb.Action.UPDATE, "a", "unseen")
-            assert r.stats().resyncs == 1 and r.stats().relisted == 2  # t1's Net and Vm
+            assert r.stats().resyncs == 1 and r.stats().relisted == 1  # t1's Net, stored anew (Vm unchanged)
             assert sorted(driver.listed) == [(Net.__table__, "t1"), (Vm.__table__, "t1")]  # t1 only
             held = r.get(Net, "b")
             assert held is not None and held.name == "before"  # t2 was not relisted
@@ -443,13 +459,16 @@ async def test_relist_marks_of_another_dataset_are_forgotten() -> None:
     (a server back without its data, whose revisions start again), the old marks must not
     make the new dataset's changes look older than a listing (they would be dropped)."""
     from dfdb.nb import ListResult
+    from dfdb.replica.relist import note_relisted
 
     async with dfdb.connect("memory://marks") as nb:
         async with Replica(nb, [Net]) as r:
-            r._note_relisted([(Net, ListResult([], "old-dataset@5000"))], None)
-            r._note_relisted([(Net, ListResult([], "new-dataset@3"))], None)
+            r._relisted_in = note_relisted(
+                r._relisted, r._relisted_in, [(Net, ListResult([], "old-dataset@5000"))], None
+            )
+            r._relisted_in = note_relisted(r._relisted, r._relisted_in, [(Net, ListResult([], "new-dataset@3"))], None)
             assert r._relisted == {(Net, None): 3}
-            r._note_relisted([(Net, ListResult([], "new-dataset@9"))], "t")
+            r._relisted_in = note_relisted(r._relisted, r._relisted_in, [(Net, ListResult([], "new-dataset@9"))], "t")
             assert r._relisted == {(Net, None): 3, (Net, "t"): 9}
 
 
@@ -476,6 +495,13 @@ class GatedListDriver(MemoryDriver):
             asked.set()
             await opened.wait()
         return await super().list(table, topic)
+
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        """As a driver that reads the values to know the keys: a relist lists the scope."""
+        keys = await super().digest_keys(table, topics, buckets, wanted)
+        return dataclasses.replace(keys, values_read=len(keys.revisions))
 
 
 register_driver("test-gated-list", GatedListDriver)

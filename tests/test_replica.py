@@ -15,6 +15,7 @@ import dfdb
 from dfdb import Action, NbApi, Replica, SyncMode, revision_of
 from dfdb.codec import encode
 from dfdb.drivers import ABSENT, EventSource, Listing, RawEvent, register_driver
+from dfdb.drivers.digest import KeyListing
 from dfdb.drivers.memory import MemoryDriver
 from dfdb.retry import Backoff
 from dfdb.testing.faults import FaultyDriver
@@ -906,6 +907,13 @@ class OutageDriver(MemoryDriver):
         if self.lists > 0:
             self._refuse("lists")
         return await super().list(table, topic)
+
+    async def digest_keys(
+        self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
+    ) -> KeyListing:
+        if self.lists > 0:  # a relist by keys reads them first
+            self._refuse("lists")
+        return await super().digest_keys(table, topics, buckets, wanted)
 
     async def watch(
         self, tables: Collection[str], topics: Collection[str | None] | None = None, since: int | None = None

@@ -19,6 +19,7 @@ from dfdb.errors import BackendUnavailableError, CorruptObjectError, StreamClose
 from dfdb.events import Action, ChangeEvent, ChangeStream, parse_cursor
 from dfdb.nb import NbApi, revision_of
 from dfdb.nbmodel import NbModel, dependency_order, validate_key
+from dfdb.replica import relist as relisting
 from dfdb.replica.antientropy import AntiEntropy, CheckReport
 from dfdb.replica.events import EventFlow, Flag, ReplicaEvent, ReplicaEvents
 from dfdb.replica.lazy import list_raw
@@ -120,6 +121,7 @@ class Replica(Reactive):
         self._loading: set[str] = set()  # SELECTIVE: topics being added (followed, not loaded yet)
         self._relisted: dict[tuple[type[NbModel], str | None], int] = {}  # (model, topic; None: all) -> listed at
         self._relisted_in = ""  # the dataset those revisions belong to
+        self._dataset = ""  # the dataset the rows held are of (the stream's)
         self._entered = False
         self._records_read = self._bytes_read = 0  # of the stream, once closed
         self._following = False
@@ -302,6 +304,7 @@ class Replica(Reactive):
         backoff = Backoff()
         failures = 0
         relist = False  # a RESYNC whose relist failed: done again before anything more is applied
+        self._dataset = parse_cursor(stream.cursor)[0]  # the one its rows are of: the load's
         while True:
             try:
                 if relist:
@@ -313,7 +316,8 @@ class Replica(Reactive):
                     await self._on_event(ev)
                     relist = False
                     # the cursor, not ev.revision: an unordered driver may still send older changes
-                    self._position = max(self._position, parse_cursor(ev.cursor)[1])
+                    self._dataset, at = parse_cursor(ev.cursor)
+                    self._position = max(self._position, at)
                     self._progress.set()
                     failures = 0
                 log.warning("replica stream ended; reopening it from its cursor")
@@ -348,7 +352,8 @@ class Replica(Reactive):
 
     async def _on_event(self, ev: ChangeEvent) -> None:
         if ev.action == Action.RESYNC:
-            await until_done(lambda: self._resync(ev.model, ev.topic), "relisting the replica's scope")
+            keyed = parse_cursor(ev.cursor)[0] == self._dataset  # else every revision may name another write
+            await until_done(lambda: self._resync(ev.model, ev.topic, keyed), "relisting the replica's scope")
             return
         if ev.model is None or ev.model not in self._store:
             return
@@ -367,10 +372,11 @@ class Replica(Reactive):
         elif ev.obj is not None:
             self._apply(ev.model, ev.id, ev.obj, ev.revision)
 
-    async def _resync(self, model: type[NbModel] | None = None, topic: str | None = None) -> None:
+    async def _resync(self, model: type[NbModel] | None = None, topic: str | None = None, keyed: bool = False) -> None:
         """History was lost (of ``model`` and ``topic`` when named): wait for a relist's turn
         (the readers see the old contents meanwhile), relist that scope and replace it,
-        emitting updates and deletes."""
+        emitting updates and deletes; ``keyed``: of the dataset held, so by keys first
+        (:func:`~dfdb.replica.relist.list_changed`)."""
         if model is not None and model not in self._store:
             return
         models = self.models if model is None else [model]
@@ -380,7 +386,7 @@ class Replica(Reactive):
             async with anyio.create_task_group() as watch:
                 watch.start_soon(self._end_when_closed, closing)
                 try:
-                    await self._relist(models, model is not None or topic is not None, topic)
+                    await self._relist(models, model is not None or topic is not None, topic, keyed)
                 except Exception as exc:
                     failure = exc
                 finally:
@@ -396,7 +402,7 @@ class Replica(Reactive):
             await anyio.sleep(0.1)
         scope.cancel()
 
-    async def _relist(self, models: list[type[NbModel]], part: bool, topic: str | None) -> None:
+    async def _relist(self, models: list[type[NbModel]], part: bool, topic: str | None, keyed: bool) -> None:
         """Wait for a relist's turn, then relist ``models`` (of ``topic`` when named; ``part``:
         only the part a RESYNC named) and emit the difference."""
         scoped = part and self.mode is not SyncMode.REACTIVE
@@ -411,10 +417,18 @@ class Replica(Reactive):
                     return  # a topic it does not follow
             # list first and swap the contents with no await in between: a reader sees the
             # old contents or the new, never an empty or half-filled scope
-            listings = []
+            listings: Listings = []
             if self.mode is not SyncMode.REACTIVE:
-                listings = await list_scope(self.nb, models, topics, self._topicless if topic is None else ())
-                self.relisted += sum(len(listing.items) + len(listing.corrupt) for _, listing in listings)
+                topicless = self._topicless if topic is None else ()
+                found = keyed and await relisting.list_changed(
+                    self.nb, models, topics, topicless, self._store.rows, self._dataset
+                )
+                if found:
+                    listings, read = found
+                else:
+                    listings = await list_scope(self.nb, models, topics, topicless)
+                    read = sum(len(listing.items) + len(listing.corrupt) for _, listing in listings)
+                self.relisted += read
             before = built(self, self._store.clear(models, topic) if scoped else self._store.clear())
             if not scoped:
                 self._recent.clear()
@@ -429,26 +443,9 @@ class Replica(Reactive):
             finally:
                 self._flow.muted = False
             now = cast(dict[type[NbModel], dict[str, Row]], self._store.rows)  # refilled by _fill: built
-            self._note_relisted(listings, topic)
+            self._relisted_in = relisting.note_relisted(self._relisted, self._relisted_in, listings, topic)
             self.corrupt += emit_difference(self._flow, before, now, topic, corrupt, self._position)
             self.resyncs += 1
-
-    def _note_relisted(self, listings: Listings, topic: str | None) -> None:
-        """Remember up to which revision each relisted model (of ``topic``; ``None``: every
-        topic) is as listed: the stream's changes at or below it that arrive after the relist
-        are older than the listing (a snapshot poller's, or a stream reopened behind it)."""
-        listed: dict[type[NbModel], int] = {}
-        for model, listing in listings:
-            dataset, at = parse_cursor(listing.cursor)
-            if dataset != self._relisted_in:  # another dataset's revisions say nothing of this one's
-                self._relisted.clear()
-                self._relisted_in = dataset
-            listed[model] = min(listed.get(model, at), at)
-        for model, at in listed.items():
-            if topic is None:  # every topic of the model: the older marks of single topics are moot
-                for key in [k for k, v in self._relisted.items() if k[0] is model and v <= at]:
-                    del self._relisted[key]
-            self._relisted[(model, topic)] = max(self._relisted.get((model, topic), 0), at)
 
     # ------------------------------------------------------------ state
     @property
