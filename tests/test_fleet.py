@@ -15,8 +15,9 @@ import dfdb
 from dfdb import Replica, SyncMode
 from dfdb.cli import main
 from dfdb.fleet.conns import Refusals
+from dfdb.fleet.run import FleetConfig, server_for
 from dfdb.fleet.topology import Topology
-from dfdb.servers import RedisServer
+from dfdb.servers import EtcdServer, RedisServer
 
 
 def test_a_small_fleet_converges_through_every_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,12 +73,22 @@ def test_the_topology_lays_tenants_round_the_chassis() -> None:
         (["--db", "memory://"], "memory://"),
         (["--db", "sqlite:///x.db", "--scenarios", "cold,nope"], "nope"),
         (["--server", "redis", "--members", "3"], "redis: only single servers"),
+        (["--server", "etcd", "--etcd-progress", "0"], "--etcd-progress: must be a number of seconds above 0"),
     ],
 )
 def test_fleet_usage_mistakes_are_one_line(args: list[str], text: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fleet", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and text in err
+
+
+def test_the_etcd_server_of_a_fleet_notifies_progress_as_told() -> None:
+    """A deployment's interval, not the test servers' half second (two replies a second to
+    every idle watch: more than the host has at 1,000 controllers)."""
+    assert FleetConfig().etcd_progress == 10.0
+    server = server_for(FleetConfig(server="etcd", members=3, etcd_progress=2.5))
+    assert isinstance(server, EtcdServer) and server.members == 3 and server.progress_interval == "2500ms"
+    assert isinstance(server_for(FleetConfig(server="redis")), RedisServer)
 
 
 class Host(dfdb.NbModel, table="fleet_host"):

@@ -361,6 +361,13 @@ def _signal(workers: list[_Worker], sig: signal.Signals) -> None:
             os.kill(w.process.pid, sig)
 
 
+def server_for(cfg: FleetConfig) -> LocalServer:
+    """The local server ``cfg`` asks for (not started)."""
+    if cfg.server == "etcd":
+        return EtcdServer(cfg.members, progress_interval=f"{round(cfg.etcd_progress * 1000)}ms")
+    return SERVERS[str(cfg.server)](cfg.members)
+
+
 async def run_fleet(cfg: FleetConfig) -> FleetResult:
     """Run the simulator with ``cfg``; the result says what it measured and whether the
     controllers converged (``ok``).
@@ -375,10 +382,7 @@ async def run_fleet(cfg: FleetConfig) -> FleetResult:
     if cfg.server is not None:
         if cfg.server not in ("redis", "etcd", "zookeeper"):
             raise ConfigurationError(f"dfdb fleet starts redis, etcd or zookeeper servers, not {cfg.server!r}")
-        if cfg.server == "etcd":
-            server = EtcdServer(cfg.members, progress_interval=f"{round(cfg.etcd_progress * 1000)}ms")
-        else:
-            server = SERVERS[cfg.server](cfg.members)
+        server = server_for(cfg)
         server.ready_within = 120.0  # a restart under a fleet's load, on a shared host
         server.start()
     try:
