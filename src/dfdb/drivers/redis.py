@@ -55,7 +55,7 @@ from dfdb.drivers.base import (
 from dfdb.drivers.redis_digest import RedisDigest
 from dfdb.drivers.redis_leases import RedisLeases
 from dfdb.drivers.redis_listing import entries_of, list_many
-from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE
+from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE, WRITE_MANY
 from dfdb.drivers.redis_streams import NO_EPOCH, RedisSource
 from dfdb.drivers.redis_tls import CONNECTION_ERRORS, ClosingPool, TlsConnection, refused_by_acl
 from dfdb.drivers.redis_tls import connection_error as _unavailable
@@ -90,6 +90,10 @@ log = logging.getLogger(__name__)
 _SCAN_BATCH = 1000
 """Ids the digest script reads per call (each call holds the server for about 10 ms)."""
 
+_PUTS_PER_CALL = 64
+"""Writes of a batch that one write script call makes (a call holds the server for about
+40 us a write; the calls of a batch go in one pipeline)."""
+
 
 class RedisDriver(RedisDigest, RedisLeases, Driver):
     """The Redis driver; see the module documentation."""
@@ -120,6 +124,7 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         self._client: Any = None
         self._reader_client: Any = None
         self._write: Any = None
+        self._write_many: Any = None
         self._new_epoch: Any = None
         self._compact: Any = None
         self._list_round: Any = None
@@ -179,6 +184,7 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         self._client = self._new_client(socket_timeout=max(5.0, self.connect_timeout))
         self._reader_client = self._new_client(socket_timeout=self.block + max(5.0, self.connect_timeout))
         self._write = self._client.register_script(WRITE)
+        self._write_many = self._client.register_script(WRITE_MANY)
         self._new_epoch = self._client.register_script(NEW_EPOCH)
         self._compact = self._client.register_script(COMPACT)
         self._digest = self._client.register_script(DIGEST)
@@ -341,47 +347,48 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
 
     async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
-        """One pipeline of write scripts: one round trip for the whole batch."""
+        """One pipeline of batch write scripts, each making up to ``_PUTS_PER_CALL`` writes
+        with an outcome each: one round trip for the whole batch."""
         client = self._open_client()
+        calls = [writes[i : i + _PUTS_PER_CALL] for i in range(0, len(writes), _PUTS_PER_CALL)]
+        keys = [self._key("epoch"), self._key("rev")]
         for _ in range(3):
             # closed on the way out: a pipeline that failed while loading its script keeps its connection
             async with client.pipeline(transaction=False) as pipe:
-                for w in writes:
-                    exp = lua.expect_arg(w.expect)
-                    await self._write(  # queues EVALSHA on the pipeline
-                        keys=[self._key("e", w.table, w.id), self._key("rev"), self._key("epoch")],
-                        args=[self.prefix, w.table, w.id, "put", exp, w.topic or "", w.value, self.maxlen, self.epoch],
-                        client=pipe,
-                    )
+                for call in calls:
+                    args: builtins.list[Any] = [self.prefix, self.maxlen, self.epoch]
+                    for w in call:
+                        args += (w.table, w.id, lua.expect_arg(w.expect), w.topic or "", w.value)
+                    await self._write_many(keys=keys, args=args, client=pipe)  # queues EVALSHA on the pipeline
                 try:
                     replies = await pipe.execute(raise_on_error=False)
                 except CONNECTION_ERRORS as exc:
                     raise _unavailable(self.url, exc) from None
-            stale = [r for r in replies if isinstance(r, list) and r[0] == b"EPOCH"]
+            stale = [r for r in replies if isinstance(r, list) and r and r[0] == b"EPOCH"]
             if stale:
                 await self._adopt_epoch(stale[0][1] or None, read=False)
                 if len(stale) == len(replies):
                     continue
                 # mixed replies: the epoch changed mid-batch; those writes report BackendUnavailableError
             results: builtins.list[int | Exception] = []
-            for w, reply in zip(writes, replies, strict=True):
-                try:
-                    if isinstance(reply, Exception):
-                        raise reply
-                    results.append(self._reply(w.table, w.id, str(w.expect), w.topic or "", w.value, reply)[0])
-                except (
-                    DriverError,
-                    CorruptObjectError,
-                    AlreadyExistsError,
-                    NotFoundError,
-                    ConflictError,
-                    ValueError,
-                ) as exc:
-                    results.append(exc)
-                except rexc.RedisError as exc:
-                    results.append(DriverError(f"{self.url}: {exc}"))
+            for call, reply in zip(calls, replies, strict=True):
+                if isinstance(reply, Exception) or reply[:1] == [b"EPOCH"]:
+                    reply = [reply] * len(call)  # the call made none of its writes
+                for w, outcome in zip(call, reply, strict=True):
+                    results.append(self._outcome(w, outcome))
             return results
         raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
+
+    def _outcome(self, w: PutRequest, reply: Any) -> int | Exception:
+        """The revision of one write of a batch, or the error that refused it."""
+        try:
+            if isinstance(reply, Exception):
+                raise reply
+            return self._reply(w.table, w.id, str(w.expect), w.topic or "", w.value, reply)[0]
+        except (DriverError, CorruptObjectError, AlreadyExistsError, NotFoundError, ConflictError, ValueError) as exc:
+            return exc
+        except rexc.RedisError as exc:
+            return DriverError(f"{self.url}: {exc}")
 
     def _reply(
         self, table: str, id: str, expect: str, topic: str, value: bytes, reply: Any

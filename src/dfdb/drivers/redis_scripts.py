@@ -1,5 +1,5 @@
-"""The Lua scripts of the Redis driver (each write, epoch change and compaction runs as one
-script), and the encoding of their arguments and replies."""
+"""The Lua scripts of the Redis driver (each write, batch of writes, epoch change and compaction
+runs as one script), and the encoding of their arguments and replies."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ __all__ = [
     "LIST_ROUND",
     "NEW_EPOCH",
     "WRITE",
+    "WRITE_MANY",
     "entry_of",
     "expect_arg",
     "glob_escape",
@@ -27,6 +28,7 @@ __all__ = [
 # Shared by WRITE and LEASE: apply one change (and log it), and the lease table. ARGV[1] is the prefix.
 _APPLY = """
 local prefix = ARGV[1]
+local allowed = {}  -- the ACL checks made in this call: 'COMMAND key' -> allowed
 local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
   -- one read: a put needs the revision and topic, a delete the value too
   local old = (op == 'put') and redis.pcall('HMGET', ekey, 'r', 't') or redis.pcall('HMGET', ekey, 'r', 't', 'v')
@@ -60,10 +62,15 @@ local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
   local streams = {prefix .. '/s/' .. tbl, prefix .. '/s/' .. tbl .. tsuffix}
   -- every write this user's ACL refuses is found before the first one is made: a script
   -- stopped half-way keeps what it wrote (an entry without its change: lost to watchers)
-  if redis.acl_check_cmd then  -- Redis 7; each command checked in turn, no table built
+  if redis.acl_check_cmd then  -- Redis 7; each command checked in turn
     local set = (op == 'put') and 'SADD' or 'SREM'
     local function refused(cmd, key, ...)
-      if redis.acl_check_cmd(cmd, key, ...) then return false end
+      local known = allowed[cmd .. ' ' .. key]  -- the writes of a batch share most of their keys
+      if known == nil then
+        known = redis.acl_check_cmd(cmd, key, ...)
+        allowed[cmd .. ' ' .. key] = known
+      end
+      if known then return false end
       return {'NOPERM', cmd .. ' ' .. key}
     end
     local no = refused('INCR', prefix .. '/rev') or refused('DEL', ekey) or refused('HSET', ekey, 'r', '1')
@@ -172,6 +179,29 @@ if lease ~= '' and (type(done) == 'number' or done[1] == 'OK') then
   redis.call('HSET', prefix .. '/lk/' .. lease, ARGV[2] .. '/' .. ARGV[3], type(done) == 'number' and done or done[2])
 end
 return done
+"""
+)
+
+# KEYS: epoch, rev
+# ARGV: prefix, maxlen, epoch, then per put: table, id, expect, topic, value
+# reply: {'EPOCH', the epoch on the server} (nothing written), or per put, in order, what
+# WRITE replies or the error that stopped that put (the next ones are still made)
+WRITE_MANY = (
+    _APPLY
+    + """
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[3] then return {'EPOCH', current or ''} end
+local out, maxlen = {}, ARGV[2]
+for i = 4, #ARGV, 5 do
+  local tbl, id = ARGV[i], ARGV[i + 1]
+  local ekey = prefix .. '/e/' .. tbl .. '/' .. id
+  local ok, done = pcall(apply, ekey, tbl, id, 'put', ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], maxlen, false)
+  if not ok then
+    done = (type(done) == 'table' and done['err']) and done or redis.error_reply(tostring(done))
+  end
+  out[#out + 1] = done
+end
+return out
 """
 )
 

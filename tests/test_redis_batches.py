@@ -1,0 +1,116 @@
+"""Batches of writes on Redis: several writes per script call, each with its own outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+import dfdb
+from dfdb.drivers.base import ABSENT, ANY, PutRequest
+from dfdb.testing.servers import RedisServer
+from watching import serve
+
+TABLE = "batch_port"
+
+
+class Port(dfdb.NbModel, table=TABLE):
+    n: int = 0
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    yield from serve(lambda: RedisServer(appendonly=False))
+
+
+async def evalsha_calls(admin: aioredis.Redis) -> int:
+    stats = await admin.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_batch_reports_each_write_in_its_place_and_takes_few_script_calls(server: RedisServer) -> None:
+    """Refusals of every kind, and a write stopped by another program's key, amid 200
+    writes: each outcome in its place, every other write made (with its change in the
+    streams), in a few script calls rather than one per write."""
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        async with dfdb.connect(server.url + "?prefix=mixed") as nb:
+            driver = nb.driver
+            old = await driver.put(TABLE, "old", "t", b'{"id":"old"}', ABSENT)
+            await admin.set(f"mixed/e/{TABLE}/foreign", "another program's")
+            await admin.set(f"mixed/e/{TABLE}/replaced", "another program's")
+            await admin.set(f"mixed/i/{TABLE}/t/jammed", "another program's")  # no SADD to this index
+            special = {
+                10: (PutRequest(TABLE, "old", "t", b"{}", ABSENT), dfdb.AlreadyExistsError),
+                70: (PutRequest(TABLE, "old", "t", b"{}", old + 100), dfdb.ConflictError),
+                71: (PutRequest(TABLE, "missing", "t", b"{}", 5), dfdb.NotFoundError),
+                130: (PutRequest(TABLE, "old", "other", b"{}", ANY), ValueError),
+                131: (PutRequest(TABLE, "foreign", "t", b"{}", ABSENT), dfdb.CorruptObjectError),
+                190: (PutRequest(TABLE, "jam", "jammed", b"{}", ABSENT), dfdb.DriverError),
+            }
+            writes = [PutRequest(TABLE, f"p{i}", "t", b'{"n":%d}' % i, ABSENT) for i in range(200)]
+            for i, (request, _) in special.items():
+                writes[i] = request
+            writes[199] = PutRequest(TABLE, "replaced", "t", b'{"n":199}', ANY)
+            before = await evalsha_calls(admin)
+            outcomes = await driver.put_many(writes)
+            assert await evalsha_calls(admin) - before <= 4
+            made = {}
+            for i, (request, outcome) in enumerate(zip(writes, outcomes, strict=True)):
+                if i in special:
+                    assert isinstance(outcome, special[i][1]), (i, outcome)
+                else:
+                    assert isinstance(outcome, int), (i, outcome)
+                    made[request.id] = outcome
+            assert len(made) == 194
+            revisions = list(made.values())
+            assert revisions == sorted(revisions) and revisions[0] > old  # made in the batch's order
+            for id, revision in made.items():
+                entry = await driver.get(TABLE, id)
+                assert entry is not None and entry.revision == revision
+            changes = await admin.xrange(f"mixed/s/{TABLE}/t/t")
+            logged = {fields[b"i"].decode(): int(eid.split(b"-")[0]) for eid, fields in changes}
+            assert {id: logged[id] for id in made} == made
+    finally:
+        await admin.aclose()
+
+
+async def test_a_batch_spanning_a_flushed_script_cache_and_a_new_epoch_is_made_whole(server: RedisServer) -> None:
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        async with dfdb.connect(server.url + "?prefix=again") as nb:
+            await nb.create(Port(id="first"))
+            await admin.script_flush()  # as a restarted server's
+            await admin.delete("again/epoch")
+            created = await nb.create_many([Port(id=f"p{i}", n=i) for i in range(150)])
+            assert [p.n for p in created if isinstance(p, Port)] == list(range(150))
+            assert len(await nb.get_all(Port)) == 151
+    finally:
+        await admin.aclose()
+
+
+async def test_a_batch_of_a_user_refused_one_topic_stream_writes_the_others(server: RedisServer) -> None:
+    """The ACL lets the user append to the stream of topic ``ok`` only: in one batch, each
+    write of the other topic is refused whole (nothing of it written), the others made."""
+    admin = aioredis.Redis.from_url(server.url)
+    ns = "acl"
+    keys = [f"{ns}/{key}" for key in ("epoch", "rev", "trim", "e/*", "i/*", f"s/{TABLE}", f"s/{TABLE}/t/ok")]
+    try:
+        await admin.acl_setuser("erin", enabled=True, passwords=["+secret"], keys=keys, commands=["+@all"])
+        host, port = server.url.removeprefix("redis://").split("/")[0].split(":")
+        url = f"redis://erin:secret@{host}:{port}/0?prefix={ns}"
+        async with dfdb.connect(url) as nb:
+            ports = [Port(id=f"p{i}", topic="ok" if i % 3 else "no", n=i) for i in range(150)]
+            results = await nb.create_many(ports)
+            for i, result in enumerate(results):
+                if i % 3:
+                    assert isinstance(result, Port) and result.version == 1, (i, result)
+                else:
+                    assert isinstance(result, dfdb.AuthenticationError), (i, result)
+                    assert "nothing was written" in str(result)
+            assert {p.id for p in await nb.get_all(Port)} == {f"p{i}" for i in range(150) if i % 3}
+            assert await admin.xlen(f"{ns}/s/{TABLE}") == 100
+    finally:
+        await admin.acl_deluser("erin")
+        await admin.aclose()
