@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -113,4 +114,35 @@ async def test_a_batch_of_a_user_refused_one_topic_stream_writes_the_others(serv
             assert await admin.xlen(f"{ns}/s/{TABLE}") == 100
     finally:
         await admin.acl_deluser("erin")
+        await admin.aclose()
+
+
+async def test_a_batch_trims_its_streams_as_single_writes_do(server: RedisServer) -> None:
+    """maxlen=10: a stream is cut back to 10 records once it holds 12, recording the highest
+    revision it discarded; within one script call as across calls. A watcher behind the
+    trimmed history gets RESYNC; one within it, each change."""
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        async with dfdb.connect(server.url + "?prefix=trim&maxlen=10") as nb:
+            driver = nb.driver
+            first = await driver.put(TABLE, "first", "t", b"{}", ABSENT)
+            outcomes = await driver.put_many([PutRequest(TABLE, f"p{i}", "t", b"{}", ABSENT) for i in range(150)])
+            assert outcomes == list(range(first + 1, first + 151))
+            for key in (f"trim/s/{TABLE}", f"trim/s/{TABLE}/t/t"):
+                kept = [int(eid.split(b"-")[0]) for eid, _ in await admin.xrange(key)]
+                assert 10 <= len(kept) <= 11
+                assert kept == list(range(kept[0], first + 151))  # the newest, none missing
+                assert int(await admin.hget("trim/trim", key)) == kept[0] - 1
+            behind = await driver.watch([TABLE], since=first)
+            try:
+                assert (await asyncio.wait_for(anext(behind), 10)).action == "resync"
+            finally:
+                await behind.aclose()
+            within = await driver.watch([TABLE], since=first + 145)
+            try:
+                got = [await asyncio.wait_for(anext(within), 10) for _ in range(5)]
+                assert [(e.id, e.revision) for e in got] == [(f"p{i}", first + 1 + i) for i in range(145, 150)]
+            finally:
+                await within.aclose()
+    finally:
         await admin.aclose()

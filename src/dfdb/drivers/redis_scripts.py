@@ -28,7 +28,12 @@ __all__ = [
 # Shared by WRITE and LEASE: apply one change (and log it), and the lease table. ARGV[1] is the prefix.
 _APPLY = """
 local prefix = ARGV[1]
-local allowed = {}  -- the ACL checks made in this call: 'COMMAND key' -> allowed
+local shared = {}  -- the ACL checks of keys shared by writes, made in this call: false or the refusal
+local function refused(cmd, key, ...)
+  if redis.acl_check_cmd(cmd, key, ...) then return false end
+  return {'NOPERM', cmd .. ' ' .. key}
+end
+local lengths = {}  -- stream key -> its length, once read in this call (only the call changes it)
 local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
   -- one read: a put needs the revision and topic, a delete the value too
   local old = (op == 'put') and redis.pcall('HMGET', ekey, 'r', 't') or redis.pcall('HMGET', ekey, 'r', 't', 'v')
@@ -64,20 +69,19 @@ local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
   -- stopped half-way keeps what it wrote (an entry without its change: lost to watchers)
   if redis.acl_check_cmd then  -- Redis 7; each command checked in turn
     local set = (op == 'put') and 'SADD' or 'SREM'
-    local function refused(cmd, key, ...)
-      local known = allowed[cmd .. ' ' .. key]  -- the writes of a batch share most of their keys
-      if known == nil then
-        known = redis.acl_check_cmd(cmd, key, ...)
-        allowed[cmd .. ' ' .. key] = known
+    -- a batch's writes share every key but their entry's: those checked once per call
+    if shared['rev'] == nil then shared['rev'] = refused('INCR', prefix .. '/rev') end
+    local no = shared['rev'] or refused('DEL', ekey) or refused('HSET', ekey, 'r', '1')
+    if no then return no end
+    local scope = set .. ' ' .. tindex
+    no = shared[scope]
+    if no == nil then
+      no = refused(set, index, id) or refused(set, tindex, id) or refused('HSET', prefix .. '/trim', 'k', '1')
+      for _, key in ipairs(streams) do
+        no = no or refused('XADD', key, '1-0', 'a', 'b') or refused('XLEN', key)
+          or refused('XRANGE', key, '-', '+', 'COUNT', '1') or refused('XTRIM', key, 'MINID', '1-0')
       end
-      if known then return false end
-      return {'NOPERM', cmd .. ' ' .. key}
-    end
-    local no = refused('INCR', prefix .. '/rev') or refused('DEL', ekey) or refused('HSET', ekey, 'r', '1')
-      or refused(set, index, id) or refused(set, tindex, id) or refused('HSET', prefix .. '/trim', 'k', '1')
-    for _, key in ipairs(streams) do
-      no = no or refused('XADD', key, '1-0', 'a', 'b') or refused('XLEN', key)
-        or refused('XRANGE', key, '-', '+', 'COUNT', '1') or refused('XTRIM', key, 'MINID', '1-0')
+      shared[scope] = no
     end
     if no then return no end
   end
@@ -101,13 +105,16 @@ local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
   local slack = math.min(1000, math.max(1, math.floor(limit / 10)))
   for _, key in ipairs(streams) do
     redis.call('XADD', key, sid, unpack(fields))
-    local len = redis.call('XLEN', key)
+    local len = lengths[key]
+    if len then len = len + 1 else len = redis.call('XLEN', key) end
+    lengths[key] = len
     if len > limit + slack then
       -- trim, recording the highest discarded revision in the same step
       local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', len - limit)
       local last = tonumber(string.match(gone[#gone][1], '^(%d+)'))
       redis.call('XTRIM', key, 'MINID', (last + 1) .. '-0')
       redis.call('HSET', prefix .. '/trim', key, last)
+      lengths[key] = nil  -- read again when next written
     end
   end
   -- a put: the revision alone, an integer reply (the caller has the topic and value)
