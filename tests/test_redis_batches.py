@@ -146,3 +146,23 @@ async def test_a_batch_trims_its_streams_as_single_writes_do(server: RedisServer
                 await within.aclose()
     finally:
         await admin.aclose()
+
+
+async def test_a_batch_of_large_values_is_split_by_size(server: RedisServer) -> None:
+    """Values of 700 KB: a script call takes writes until their values reach 1 MiB (one
+    request stays small however large the batch's values are); every value is stored whole."""
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        async with dfdb.connect(server.url + "?prefix=large") as nb:
+            driver = nb.driver
+            values = [bytes([65 + i]) * 700_000 if i % 2 else b"{}" for i in range(12)]
+            before = await evalsha_calls(admin)
+            writes = [PutRequest(TABLE, f"p{i}", None, v, ABSENT) for i, v in enumerate(values)]
+            outcomes = await driver.put_many(writes)
+            assert await evalsha_calls(admin) - before == 3  # each call closed by its second large value
+            assert all(isinstance(o, int) for o in outcomes)
+            for i, value in enumerate(values):
+                entry = await driver.get(TABLE, f"p{i}")
+                assert entry is not None and entry.value == value and entry.topic is None
+    finally:
+        await admin.aclose()

@@ -90,10 +90,6 @@ log = logging.getLogger(__name__)
 _SCAN_BATCH = 1000
 """Ids the digest script reads per call (each call holds the server for about 10 ms)."""
 
-_PUTS_PER_CALL = 64
-"""Writes of a batch that one write script call makes (a call holds the server for about
-40 us a write; the calls of a batch go in one pipeline)."""
-
 
 class RedisDriver(RedisDigest, RedisLeases, Driver):
     """The Redis driver; see the module documentation."""
@@ -347,19 +343,16 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
 
     async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
-        """One pipeline of batch write scripts, each making up to ``_PUTS_PER_CALL`` writes
-        with an outcome each: one round trip for the whole batch."""
+        """One pipeline of batch write scripts (:func:`.redis_scripts.write_calls`), each
+        making several writes with an outcome each: one round trip for the whole batch."""
         client = self._open_client()
-        calls = [writes[i : i + _PUTS_PER_CALL] for i in range(0, len(writes), _PUTS_PER_CALL)]
+        calls = lua.write_calls(writes)
         keys = [self._key("epoch"), self._key("rev")]
         for _ in range(3):
             # closed on the way out: a pipeline that failed while loading its script keeps its connection
             async with client.pipeline(transaction=False) as pipe:
-                for call in calls:
-                    args: builtins.list[Any] = [self.prefix, self.maxlen, self.epoch]
-                    for w in call:
-                        args += (w.table, w.id, lua.expect_arg(w.expect), w.topic or "", w.value)
-                    await self._write_many(keys=keys, args=args, client=pipe)  # queues EVALSHA on the pipeline
+                for call in calls:  # queues EVALSHA on the pipeline
+                    await self._write_many(keys=keys, args=lua.write_many_args(self, call), client=pipe)
                 try:
                     replies = await pipe.execute(raise_on_error=False)
                 except CONNECTION_ERRORS as exc:

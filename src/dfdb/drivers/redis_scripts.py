@@ -4,10 +4,10 @@ runs as one script), and the encoding of their arguments and replies."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
-from dfdb.drivers.base import ABSENT, ANY, Entry, Expect
+from dfdb.drivers.base import ABSENT, ANY, Entry, Expect, PutRequest
 from dfdb.errors import CorruptObjectError
 
 __all__ = [
@@ -23,7 +23,18 @@ __all__ = [
     "glob_escape",
     "plain_row",
     "unpack_round",
+    "write_calls",
+    "write_many_args",
 ]
+
+PUTS_PER_CALL = 64
+"""Writes that one ``WRITE_MANY`` call makes at most (a call holds the server for about
+40 us a write; the calls of a batch go in one pipeline)."""
+
+BYTES_PER_CALL = 1 << 20
+"""Value bytes past which a ``WRITE_MANY`` call takes no more writes (a request stays far
+below the server's limits on one request, and a call does not hold the server long copying
+values; a larger value goes alone)."""
 
 # Shared by WRITE and LEASE: apply one change (and log it), and the lease table. ARGV[1] is the prefix.
 _APPLY = """
@@ -352,6 +363,35 @@ def _row(raw_id: bytes, fields: list[bytes | None]) -> tuple[str, list[bytes | N
         return raw_id.decode(), fields
     except UnicodeDecodeError:  # another program's key: no dfdb id, reported as not an entry
         return raw_id.decode(errors="backslashreplace"), [b"!", None, b"its id is not UTF-8"]
+
+
+def write_calls(writes: Sequence[PutRequest]) -> list[Sequence[PutRequest]]:
+    """``writes`` in runs of at most ``PUTS_PER_CALL`` writes, each closed once its values
+    reach ``BYTES_PER_CALL`` bytes: one ``WRITE_MANY`` call each."""
+    calls: list[Sequence[PutRequest]] = []
+    start, size = 0, 0
+    for i, w in enumerate(writes):
+        size += len(w.value)
+        if size >= BYTES_PER_CALL or i + 1 - start == PUTS_PER_CALL:
+            calls.append(writes[start : i + 1])
+            start, size = i + 1, 0
+    if start < len(writes):
+        calls.append(writes[start:])
+    return calls
+
+
+class _Dataset(Protocol):
+    prefix: str
+    maxlen: int
+    epoch: str
+
+
+def write_many_args(dataset: _Dataset, call: Sequence[PutRequest]) -> list[Any]:
+    """The arguments of one ``WRITE_MANY`` call making ``call`` in ``dataset``."""
+    args: list[Any] = [dataset.prefix, dataset.maxlen, dataset.epoch]
+    for w in call:
+        args += (w.table, w.id, expect_arg(w.expect), w.topic or "", w.value)
+    return args
 
 
 def expect_arg(expect: Expect) -> str:
