@@ -365,10 +365,8 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
                 # mixed replies: the epoch changed mid-batch; those writes report BackendUnavailableError
             results: builtins.list[int | Exception] = []
             for call, reply in zip(calls, replies, strict=True):
-                if isinstance(reply, Exception) or reply[:1] == [b"EPOCH"]:
-                    reply = [reply] * len(call)  # the call made none of its writes
-                for w, outcome in zip(call, reply, strict=True):
-                    results.append(self._outcome(w, outcome))
+                for w, outcome in zip(call, lua.write_many_outcomes(reply, len(call)), strict=True):
+                    results.append(outcome if type(outcome) is int else self._outcome(w, outcome))
             return results
         raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
 

@@ -25,6 +25,7 @@ __all__ = [
     "unpack_round",
     "write_calls",
     "write_many_args",
+    "write_many_outcomes",
 ]
 
 PUTS_PER_CALL = 64
@@ -201,24 +202,39 @@ return done
 )
 
 # KEYS: epoch, rev
-# ARGV: prefix, maxlen, epoch, then per put: table, id, expect, topic, value
-# reply: {'EPOCH', the epoch on the server} (nothing written), or per put, in order, what
-# WRITE replies or the error that stopped that put (the next ones are still made)
+# ARGV: prefix, maxlen, epoch, the puts packed by write_many_args (per put: five big-endian
+# 32-bit lengths, then the table, id, expectation, topic and value)
+# reply: {'EPOCH', the epoch on the server} (nothing written), or {'OK', the revision of each
+# put in order, comma separated (0: refused), then per refused put what WRITE replies or the
+# error that stopped it (the next puts are still made)}
 WRITE_MANY = (
     _APPLY
     + """
 local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[3] then return {'EPOCH', current or ''} end
-local out, maxlen = {}, ARGV[2]
-for i = 4, #ARGV, 5 do
-  local tbl, id = ARGV[i], ARGV[i + 1]
+local packed, maxlen, pos, revisions, out = ARGV[4], ARGV[2], 1, {}, {'OK', ''}
+while pos <= #packed do
+  local a, b, c, d, e, at = struct.unpack('>I4I4I4I4I4', packed, pos)
+  local tbl = string.sub(packed, at, at + a - 1)
+  local id = string.sub(packed, at + a, at + a + b - 1)
+  at = at + a + b
+  local expect, topic = string.sub(packed, at, at + c - 1), string.sub(packed, at + c, at + c + d - 1)
+  at = at + c + d
+  local value = string.sub(packed, at, at + e - 1)
+  pos = at + e
   local ekey = prefix .. '/e/' .. tbl .. '/' .. id
-  local ok, done = pcall(apply, ekey, tbl, id, 'put', ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], maxlen, false)
+  local ok, done = pcall(apply, ekey, tbl, id, 'put', expect, topic, value, maxlen, false)
   if not ok then
     done = (type(done) == 'table' and done['err']) and done or redis.error_reply(tostring(done))
   end
-  out[#out + 1] = done
+  if type(done) == 'number' then
+    revisions[#revisions + 1] = string.format('%d', done)
+  else
+    revisions[#revisions + 1] = '0'
+    out[#out + 1] = done
+  end
 end
+out[2] = table.concat(revisions, ',')
 return out
 """
 )
@@ -380,6 +396,9 @@ def write_calls(writes: Sequence[PutRequest]) -> list[Sequence[PutRequest]]:
     return calls
 
 
+_PUT_HEAD = struct.Struct(">IIIII")
+
+
 class _Dataset(Protocol):
     prefix: str
     maxlen: int
@@ -387,11 +406,25 @@ class _Dataset(Protocol):
 
 
 def write_many_args(dataset: _Dataset, call: Sequence[PutRequest]) -> list[Any]:
-    """The arguments of one ``WRITE_MANY`` call making ``call`` in ``dataset``."""
-    args: list[Any] = [dataset.prefix, dataset.maxlen, dataset.epoch]
+    """The arguments of one ``WRITE_MANY`` call making ``call`` in ``dataset``: the puts
+    packed into one (one argument to encode and send, not five per put)."""
+    parts: list[bytes] = []
     for w in call:
-        args += (w.table, w.id, expect_arg(w.expect), w.topic or "", w.value)
-    return args
+        table, id, topic = w.table.encode(), w.id.encode(), (w.topic or "").encode()
+        expect = expect_arg(w.expect).encode()
+        parts += (_PUT_HEAD.pack(len(table), len(id), len(expect), len(topic), len(w.value)), table, id, expect, topic)
+        parts.append(w.value)
+    return [dataset.prefix, dataset.maxlen, dataset.epoch, b"".join(parts)]
+
+
+def write_many_outcomes(reply: list[Any] | Exception, count: int) -> list[Any]:
+    """Per put of a ``WRITE_MANY`` call, in order: its revision, or what refused it (the reply
+    of the write script, or the error that stopped it). An ``EPOCH`` reply, or an error
+    for the whole call, is every put's."""
+    if isinstance(reply, Exception) or reply[0] != b"OK":
+        return [reply] * count
+    refused = iter(reply[2:])
+    return [int(r) or next(refused) for r in reply[1].split(b",")]
 
 
 def expect_arg(expect: Expect) -> str:
