@@ -15,6 +15,8 @@ One Lua script checks a write's expectation, changes the value, takes the next
 revision from ``P/rev`` and appends the change with stream entry id
 ``<revision>-0`` to the table stream and to the topic stream. One integer cursor
 thus resumes every stream, and a topic subscription reads only its own streams.
+A batch (``put_many``) is one pipeline of script calls, each making up to 64 writes
+(fewer once their values reach 1 MiB) in order, each with its own outcome.
 Streams are trimmed to ``maxlen`` entries (default 100,000, in steps of a tenth),
 the highest discarded revision recorded in ``P/trim`` by the same script; a position
 below it yields ``resync``, and so does a dataset whose
