@@ -166,3 +166,22 @@ async def test_a_batch_of_large_values_is_split_by_size(server: RedisServer) -> 
                 assert entry is not None and entry.value == value and entry.topic is None
     finally:
         await admin.aclose()
+
+
+async def test_update_many_is_batched_as_create_many_is(server: RedisServer) -> None:
+    """update_many of 150 objects read through the NbApi: a few script calls, each update a
+    compare-and-swap with its own outcome (one changed meanwhile: ConflictError)."""
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        async with dfdb.connect(server.url + "?prefix=updates") as nb:
+            created = await nb.create_many([Port(id=f"p{i}", n=i) for i in range(150)])
+            ports = [p for p in created if isinstance(p, Port)]
+            await nb.update(ports[70].model_copy(update={"n": -1}))  # changed since it was read
+            before = await evalsha_calls(admin)
+            updated = await nb.update_many([p.model_copy(update={"n": p.n + 1000}) for p in ports])
+            assert await evalsha_calls(admin) - before <= 3
+            assert isinstance(updated[70], dfdb.ConflictError)
+            assert [u.version for i, u in enumerate(updated) if i != 70] == [2] * 149
+            assert (await nb.get(Port, "p70")).n == -1 and (await nb.get(Port, "p71")).n == 1071
+    finally:
+        await admin.aclose()
