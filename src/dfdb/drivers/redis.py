@@ -15,6 +15,8 @@ One Lua script checks a write's expectation, changes the value, takes the next
 revision from ``P/rev`` and appends the change with stream entry id
 ``<revision>-0`` to the table stream and to the topic stream. One integer cursor
 thus resumes every stream, and a topic subscription reads only its own streams.
+A batch (``put_many``) is one pipeline of script calls, each making up to 64 writes
+(fewer once their values reach 1 MiB) in order, each with its own outcome.
 Streams are trimmed to ``maxlen`` entries (default 100,000, in steps of a tenth),
 the highest discarded revision recorded in ``P/trim`` by the same script; a position
 below it yields ``resync``, and so does a dataset whose
@@ -55,7 +57,7 @@ from dfdb.drivers.base import (
 from dfdb.drivers.redis_digest import RedisDigest
 from dfdb.drivers.redis_leases import RedisLeases
 from dfdb.drivers.redis_listing import entries_of, list_many
-from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE
+from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE, WRITE_MANY
 from dfdb.drivers.redis_streams import NO_EPOCH, RedisSource
 from dfdb.drivers.redis_tls import CONNECTION_ERRORS, ClosingPool, TlsConnection, refused_by_acl
 from dfdb.drivers.redis_tls import connection_error as _unavailable
@@ -120,6 +122,7 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         self._client: Any = None
         self._reader_client: Any = None
         self._write: Any = None
+        self._write_many: Any = None
         self._new_epoch: Any = None
         self._compact: Any = None
         self._list_round: Any = None
@@ -179,6 +182,7 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         self._client = self._new_client(socket_timeout=max(5.0, self.connect_timeout))
         self._reader_client = self._new_client(socket_timeout=self.block + max(5.0, self.connect_timeout))
         self._write = self._client.register_script(WRITE)
+        self._write_many = self._client.register_script(WRITE_MANY)
         self._new_epoch = self._client.register_script(NEW_EPOCH)
         self._compact = self._client.register_script(COMPACT)
         self._digest = self._client.register_script(DIGEST)
@@ -341,47 +345,43 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
         raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
 
     async def put_many(self, writes: Sequence[PutRequest]) -> builtins.list[int | Exception]:
-        """One pipeline of write scripts: one round trip for the whole batch."""
+        """One pipeline of batch write scripts (:func:`.redis_scripts.write_calls`), each
+        making several writes with an outcome each: one round trip for the whole batch."""
         client = self._open_client()
+        calls = lua.write_calls(writes)
+        keys = [self._key("epoch"), self._key("rev")]
         for _ in range(3):
             # closed on the way out: a pipeline that failed while loading its script keeps its connection
             async with client.pipeline(transaction=False) as pipe:
-                for w in writes:
-                    exp = lua.expect_arg(w.expect)
-                    await self._write(  # queues EVALSHA on the pipeline
-                        keys=[self._key("e", w.table, w.id), self._key("rev"), self._key("epoch")],
-                        args=[self.prefix, w.table, w.id, "put", exp, w.topic or "", w.value, self.maxlen, self.epoch],
-                        client=pipe,
-                    )
+                for call in calls:  # queues EVALSHA on the pipeline
+                    await self._write_many(keys=keys, args=lua.write_many_args(self, call), client=pipe)
                 try:
                     replies = await pipe.execute(raise_on_error=False)
                 except CONNECTION_ERRORS as exc:
                     raise _unavailable(self.url, exc) from None
-            stale = [r for r in replies if isinstance(r, list) and r[0] == b"EPOCH"]
+            stale = [r for r in replies if isinstance(r, list) and r and r[0] == b"EPOCH"]
             if stale:
                 await self._adopt_epoch(stale[0][1] or None, read=False)
                 if len(stale) == len(replies):
                     continue
                 # mixed replies: the epoch changed mid-batch; those writes report BackendUnavailableError
             results: builtins.list[int | Exception] = []
-            for w, reply in zip(writes, replies, strict=True):
-                try:
-                    if isinstance(reply, Exception):
-                        raise reply
-                    results.append(self._reply(w.table, w.id, str(w.expect), w.topic or "", w.value, reply)[0])
-                except (
-                    DriverError,
-                    CorruptObjectError,
-                    AlreadyExistsError,
-                    NotFoundError,
-                    ConflictError,
-                    ValueError,
-                ) as exc:
-                    results.append(exc)
-                except rexc.RedisError as exc:
-                    results.append(DriverError(f"{self.url}: {exc}"))
+            for call, reply in zip(calls, replies, strict=True):
+                for w, outcome in zip(call, lua.write_many_outcomes(reply, len(call)), strict=True):
+                    results.append(outcome if type(outcome) is int else self._outcome(w, outcome))
             return results
         raise BackendUnavailableError(f"{self.url}: the dataset keeps changing its epoch")
+
+    def _outcome(self, w: PutRequest, reply: Any) -> int | Exception:
+        """The revision of one write of a batch, or the error that refused it."""
+        try:
+            if isinstance(reply, Exception):
+                raise reply
+            return self._reply(w.table, w.id, str(w.expect), w.topic or "", w.value, reply)[0]
+        except (DriverError, CorruptObjectError, AlreadyExistsError, NotFoundError, ConflictError, ValueError) as exc:
+            return exc
+        except rexc.RedisError as exc:
+            return DriverError(f"{self.url}: {exc}")
 
     def _reply(
         self, table: str, id: str, expect: str, topic: str, value: bytes, reply: Any

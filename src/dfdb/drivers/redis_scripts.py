@@ -1,13 +1,13 @@
-"""The Lua scripts of the Redis driver (each write, epoch change and compaction runs as one
-script), and the encoding of their arguments and replies."""
+"""The Lua scripts of the Redis driver (each write, batch of writes, epoch change and compaction
+runs as one script), and the encoding of their arguments and replies."""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
-from dfdb.drivers.base import ABSENT, ANY, Entry, Expect
+from dfdb.drivers.base import ABSENT, ANY, Entry, Expect, PutRequest
 from dfdb.errors import CorruptObjectError
 
 __all__ = [
@@ -17,16 +17,35 @@ __all__ = [
     "LIST_ROUND",
     "NEW_EPOCH",
     "WRITE",
+    "WRITE_MANY",
     "entry_of",
     "expect_arg",
     "glob_escape",
     "plain_row",
     "unpack_round",
+    "write_calls",
+    "write_many_args",
+    "write_many_outcomes",
 ]
+
+PUTS_PER_CALL = 64
+"""Writes that one ``WRITE_MANY`` call makes at most (a call holds the server for about
+40 us a write; the calls of a batch go in one pipeline)."""
+
+BYTES_PER_CALL = 1 << 20
+"""Value bytes past which a ``WRITE_MANY`` call takes no more writes (a request stays far
+below the server's limits on one request, and a call does not hold the server long copying
+values; a larger value goes alone)."""
 
 # Shared by WRITE and LEASE: apply one change (and log it), and the lease table. ARGV[1] is the prefix.
 _APPLY = """
 local prefix = ARGV[1]
+local shared = {}  -- the ACL checks of keys shared by writes, made in this call: false or the refusal
+local function refused(cmd, key, ...)
+  if redis.acl_check_cmd(cmd, key, ...) then return false end
+  return {'NOPERM', cmd .. ' ' .. key}
+end
+local lengths = {}  -- stream key -> its length, once read in this call (only the call changes it)
 local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
   -- one read: a put needs the revision and topic, a delete the value too
   local old = (op == 'put') and redis.pcall('HMGET', ekey, 'r', 't') or redis.pcall('HMGET', ekey, 'r', 't', 'v')
@@ -60,17 +79,21 @@ local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
   local streams = {prefix .. '/s/' .. tbl, prefix .. '/s/' .. tbl .. tsuffix}
   -- every write this user's ACL refuses is found before the first one is made: a script
   -- stopped half-way keeps what it wrote (an entry without its change: lost to watchers)
-  if redis.acl_check_cmd then  -- Redis 7; each command checked in turn, no table built
+  if redis.acl_check_cmd then  -- Redis 7; each command checked in turn
     local set = (op == 'put') and 'SADD' or 'SREM'
-    local function refused(cmd, key, ...)
-      if redis.acl_check_cmd(cmd, key, ...) then return false end
-      return {'NOPERM', cmd .. ' ' .. key}
-    end
-    local no = refused('INCR', prefix .. '/rev') or refused('DEL', ekey) or refused('HSET', ekey, 'r', '1')
-      or refused(set, index, id) or refused(set, tindex, id) or refused('HSET', prefix .. '/trim', 'k', '1')
-    for _, key in ipairs(streams) do
-      no = no or refused('XADD', key, '1-0', 'a', 'b') or refused('XLEN', key)
-        or refused('XRANGE', key, '-', '+', 'COUNT', '1') or refused('XTRIM', key, 'MINID', '1-0')
+    -- a batch's writes share every key but their entry's: those checked once per call
+    if shared['rev'] == nil then shared['rev'] = refused('INCR', prefix .. '/rev') end
+    local no = shared['rev'] or refused('DEL', ekey) or refused('HSET', ekey, 'r', '1')
+    if no then return no end
+    local scope = set .. ' ' .. tindex
+    no = shared[scope]
+    if no == nil then
+      no = refused(set, index, id) or refused(set, tindex, id) or refused('HSET', prefix .. '/trim', 'k', '1')
+      for _, key in ipairs(streams) do
+        no = no or refused('XADD', key, '1-0', 'a', 'b') or refused('XLEN', key)
+          or refused('XRANGE', key, '-', '+', 'COUNT', '1') or refused('XTRIM', key, 'MINID', '1-0')
+      end
+      shared[scope] = no
     end
     if no then return no end
   end
@@ -94,13 +117,16 @@ local function apply(ekey, tbl, id, op, expect, topic, value, maxlen, expired)
   local slack = math.min(1000, math.max(1, math.floor(limit / 10)))
   for _, key in ipairs(streams) do
     redis.call('XADD', key, sid, unpack(fields))
-    local len = redis.call('XLEN', key)
+    local len = lengths[key]
+    if len then len = len + 1 else len = redis.call('XLEN', key) end
+    lengths[key] = len
     if len > limit + slack then
       -- trim, recording the highest discarded revision in the same step
       local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', len - limit)
       local last = tonumber(string.match(gone[#gone][1], '^(%d+)'))
       redis.call('XTRIM', key, 'MINID', (last + 1) .. '-0')
       redis.call('HSET', prefix .. '/trim', key, last)
+      lengths[key] = nil  -- read again when next written
     end
   end
   -- a put: the revision alone, an integer reply (the caller has the topic and value)
@@ -172,6 +198,44 @@ if lease ~= '' and (type(done) == 'number' or done[1] == 'OK') then
   redis.call('HSET', prefix .. '/lk/' .. lease, ARGV[2] .. '/' .. ARGV[3], type(done) == 'number' and done or done[2])
 end
 return done
+"""
+)
+
+# KEYS: epoch, rev
+# ARGV: prefix, maxlen, epoch, the puts packed by write_many_args (per put: five big-endian
+# 32-bit lengths, then the table, id, expectation, topic and value)
+# reply: {'EPOCH', the epoch on the server} (nothing written), or {'OK', the revision of each
+# put in order, comma separated (0: refused), then per refused put what WRITE replies or the
+# error that stopped it (the next puts are still made)}
+WRITE_MANY = (
+    _APPLY
+    + """
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[3] then return {'EPOCH', current or ''} end
+local packed, maxlen, pos, revisions, out = ARGV[4], ARGV[2], 1, {}, {'OK', ''}
+while pos <= #packed do
+  local a, b, c, d, e, at = struct.unpack('>I4I4I4I4I4', packed, pos)
+  local tbl = string.sub(packed, at, at + a - 1)
+  local id = string.sub(packed, at + a, at + a + b - 1)
+  at = at + a + b
+  local expect, topic = string.sub(packed, at, at + c - 1), string.sub(packed, at + c, at + c + d - 1)
+  at = at + c + d
+  local value = string.sub(packed, at, at + e - 1)
+  pos = at + e
+  local ekey = prefix .. '/e/' .. tbl .. '/' .. id
+  local ok, done = pcall(apply, ekey, tbl, id, 'put', expect, topic, value, maxlen, false)
+  if not ok then
+    done = (type(done) == 'table' and done['err']) and done or redis.error_reply(tostring(done))
+  end
+  if type(done) == 'number' then
+    revisions[#revisions + 1] = string.format('%d', done)
+  else
+    revisions[#revisions + 1] = '0'
+    out[#out + 1] = done
+  end
+end
+out[2] = table.concat(revisions, ',')
+return out
 """
 )
 
@@ -315,6 +379,52 @@ def _row(raw_id: bytes, fields: list[bytes | None]) -> tuple[str, list[bytes | N
         return raw_id.decode(), fields
     except UnicodeDecodeError:  # another program's key: no dfdb id, reported as not an entry
         return raw_id.decode(errors="backslashreplace"), [b"!", None, b"its id is not UTF-8"]
+
+
+def write_calls(writes: Sequence[PutRequest]) -> list[Sequence[PutRequest]]:
+    """``writes`` in runs of at most ``PUTS_PER_CALL`` writes, each closed once its values
+    reach ``BYTES_PER_CALL`` bytes: one ``WRITE_MANY`` call each."""
+    calls: list[Sequence[PutRequest]] = []
+    start, size = 0, 0
+    for i, w in enumerate(writes):
+        size += len(w.value)
+        if size >= BYTES_PER_CALL or i + 1 - start == PUTS_PER_CALL:
+            calls.append(writes[start : i + 1])
+            start, size = i + 1, 0
+    if start < len(writes):
+        calls.append(writes[start:])
+    return calls
+
+
+_PUT_HEAD = struct.Struct(">IIIII")
+
+
+class _Dataset(Protocol):
+    prefix: str
+    maxlen: int
+    epoch: str
+
+
+def write_many_args(dataset: _Dataset, call: Sequence[PutRequest]) -> list[Any]:
+    """The arguments of one ``WRITE_MANY`` call making ``call`` in ``dataset``: the puts
+    packed into one (one argument to encode and send, not five per put)."""
+    parts: list[bytes] = []
+    for w in call:
+        table, id, topic = w.table.encode(), w.id.encode(), (w.topic or "").encode()
+        expect = expect_arg(w.expect).encode()
+        parts += (_PUT_HEAD.pack(len(table), len(id), len(expect), len(topic), len(w.value)), table, id, expect, topic)
+        parts.append(w.value)
+    return [dataset.prefix, dataset.maxlen, dataset.epoch, b"".join(parts)]
+
+
+def write_many_outcomes(reply: list[Any] | Exception, count: int) -> list[Any]:
+    """Per put of a ``WRITE_MANY`` call, in order: its revision, or what refused it (the reply
+    of the write script, or the error that stopped it). An ``EPOCH`` reply, or an error
+    for the whole call, is every put's."""
+    if isinstance(reply, Exception) or reply[0] != b"OK":
+        return [reply] * count
+    refused = iter(reply[2:])
+    return [int(r) or next(refused) for r in reply[1].split(b",")]
 
 
 def expect_arg(expect: Expect) -> str:
