@@ -127,7 +127,7 @@ class RedisSource(ReaderTaskSource):
             if trimmed is not None and int(trimmed if trimmed.isdigit() else 0) > asked[stream]:
                 lost[stream] = int(trimmed)
         if not data:  # nothing after our ids, and the counter was read before: all read up to it
-            self._resync_trimmed(lost)
+            self._resync_trimmed(lost, counter)
             self._read_position = max(self._read_position, counter)
             return None
         per_stream: dict[str, builtins.list[tuple[int, dict[bytes, bytes]]]] = {}
@@ -155,21 +155,27 @@ class RedisSource(ReaderTaskSource):
         if merged:
             self._read_position = max(self._read_position, max(merged))
             self._push_all(merged.values())
-        self._resync_trimmed(lost)
+        # what this round read of every stream: up to the cap, else up to the read (at least the
+        # counter read before it, and what it returned)
+        self._resync_trimmed(lost, cap if cap is not None else max(counter, max(merged, default=0)))
         return None
 
-    def _resync_trimmed(self, lost: dict[str, int]) -> None:
+    def _resync_trimmed(self, lost: dict[str, int], covered: int) -> None:
         """A ``resync`` of the scope of each stream trimmed past what was read (its table, and its
-        topic for a topic's stream), in revision order at the newest revision it lost: every
-        change of the other streams before it was read in this round (or the whole watch is
-        resynced instead, above). The stream is read on after that revision."""
+        topic for a topic's stream), in revision order at the newest revision it lost, or at
+        ``covered`` when that is lower: every change of the other streams up to ``covered``
+        was read in this round (or the whole watch is resynced instead, above), but a trim
+        met after the read may have discarded changes written after it, while the other
+        streams' changes of that time wait for the next round. The stream is read on after
+        the newest revision it lost."""
         for stream, last in lost.items():
             log.debug("redis stream %s was trimmed up to %d; resync of its scope", stream, last)
             table, _, rest = stream[len(self._access.key("s")) + 1 :].partition("/")
             topic = rest[2:] if rest.startswith("t/") else None  # None: the whole table (or its topic-less part)
+            place = min(last, covered)
             self._ids[stream] = max(self._ids[stream], last)
-            self._read_position = max(self._read_position, last)
-            self._push(RawEvent("resync", table, "", topic, None, last))
+            self._read_position = max(self._read_position, place)
+            self._push(RawEvent("resync", table, "", topic, None, place))
 
     def _event(self, stream: str, revision: int, fields: dict[bytes, bytes]) -> RawEvent:
         """The event of one stream entry; an entry that cannot be read yields a resync of its table."""

@@ -1,0 +1,63 @@
+"""Redis streams trimmed past a watcher's cursor, against a real redis-server: the ``RESYNC``
+of the trimmed stream's scope, its place among the other streams' changes, and the cursor."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+import dfdb
+from dfdb.testing.servers import RedisServer
+from watching import serve
+
+
+class Port(dfdb.NbModel, table="redis_port"):
+    n: int = 0
+
+
+@pytest.fixture
+def volatile_server() -> Iterator[RedisServer]:
+    yield from serve(lambda: RedisServer(appendonly=False))
+
+
+async def until_reading(url: str) -> None:
+    """Return once a watcher's blocking stream read waits on the server."""
+    client = aioredis.Redis.from_url(url.split("?")[0])
+    try:
+        async with asyncio.timeout(10):
+            while not any(c.get("cmd") == "xread" and "b" in c.get("flags", "") for c in await client.client_list()):
+                await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()
+
+
+def summary(events: list[dfdb.ChangeEvent]) -> list[tuple[str, str | None, str]]:
+    return [(ev.action.value, ev.topic, ev.id) for ev in events]
+
+
+async def test_a_trim_after_the_read_keeps_the_cursor_below_the_changes_not_read(
+    volatile_server: RedisServer,
+) -> None:
+    """A stream trimmed between a blocking read and the read of the trim marks (one pipeline
+    of writes: the first wakes the read, the rest run before the marks are read) is resynced
+    at no revision past what the read saw: another stream's change written meanwhile comes
+    after it, in revision order, and the cursor never passes it. (Placed at the trimmed
+    revision, the ``RESYNC`` came before an older change, and a watch resumed from its cursor
+    never saw that change.)"""
+    url = volatile_server.url + "?maxlen=1"
+    async with dfdb.connect(url) as nb, nb.watch(Port, topics={"t1", "t2"}) as stream:
+        first = asyncio.create_task(anext(stream))
+        await until_reading(url)
+        ones = [Port(id="b1", topic="t2"), Port(id="b2", topic="t2")]
+        done = await nb.create_many(ones + [Port(id=f"a{i}", topic="t1") for i in range(3)])
+        got = [await asyncio.wait_for(first, 10)]
+        got += [await asyncio.wait_for(anext(stream), 10) for _ in range(2)]
+        assert summary(got) == [("create", "t2", "b1"), ("resync", "t1", ""), ("create", "t2", "b2")]
+        assert [ev.revision for ev in got] == sorted(ev.revision for ev in got)
+        b2 = dfdb.revision_of(done[1])
+        async with nb.watch(Port, topics={"t1", "t2"}, since=got[1].cursor) as resumed:
+            again = await asyncio.wait_for(anext(resumed), 10)
+        assert (again.action, again.id, again.revision) == (dfdb.Action.CREATE, "b2", b2)
