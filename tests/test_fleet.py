@@ -70,12 +70,31 @@ def test_the_topology_lays_tenants_round_the_chassis() -> None:
         (["--db", "memory://"], "memory://"),
         (["--db", "sqlite:///x.db", "--scenarios", "cold,nope"], "nope"),
         (["--server", "redis", "--members", "3"], "redis: only single servers"),
+        (["--db", "memory://", "--controllers", "99999999999999999999"], "--controllers: must be at most 100000"),
+        (["--db", "memory://", "--workers", "5000"], "--workers: must be at most 1000"),
+        (["--db", "memory://", "--tenants", "10000000"], "--tenants: must be at most 1000000"),
+        (["--db", "memory://", "--ports", "1025"], "--ports: must be at most 1000"),
+        (["--db", "memory://", "--lost", "1000000000000"], "--lost: must be at most 1000000"),
+        (["--db", "memory://", "--scenarios", " , "], "no fleet scenario"),
+        (["--db", "memory://", "--tenants", "1000000", "--ports", "1000"], "1,008,000,050 objects"),
     ],
 )
 def test_fleet_usage_mistakes_are_one_line(args: list[str], text: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fleet", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and text in err
+
+
+@pytest.mark.parametrize("options", ["count=5", "maxlen", "timeout=abc"])
+def test_bad_url_options_of_the_controllers_are_one_line_before_anything_runs(
+    options: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad ``--url-options`` are refused at once, as one line: they reached only the worker
+    processes, each of which died with a traceback after the database was loaded."""
+    db = f"sqlite:///{tmp_path}/fleet.db"
+    assert main(["fleet", "--db", db, "--controllers", "2", "--workers", "1", "--url-options", options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "option" in err and "Traceback" not in err
 
 
 class Host(dfdb.NbModel, table="fleet_host"):
