@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import dfdb
+from dfdb.replica.pacing import RelistLimiter
 from dfdb.testing.servers import RedisServer
 from watching import serve
 
@@ -61,3 +62,37 @@ async def test_a_trim_after_the_read_keeps_the_cursor_below_the_changes_not_read
         async with nb.watch(Port, topics={"t1", "t2"}, since=got[1].cursor) as resumed:
             again = await asyncio.wait_for(anext(resumed), 10)
         assert (again.action, again.id, again.revision) == (dfdb.Action.CREATE, "b2", b2)
+
+
+class Net(dfdb.NbModel, table="redis_net"):
+    n: int = 0
+
+
+@pytest.mark.parametrize(("mode", "relisted"), [(dfdb.SyncMode.SELECTIVE, 5), (dfdb.SyncMode.FULL, 13)])
+async def test_a_replica_relists_only_the_trimmed_streams_scope(
+    volatile_server: RedisServer, mode: dfdb.SyncMode, relisted: int
+) -> None:
+    """Ports of topic t1 trimmed past a Replica's cursor: a SELECTIVE Replica relists the
+    ports of t1 (5), a FULL one every port (13: its stream is the table's), neither the
+    other table; both then equal the database, nothing after the trim lost or doubled."""
+    url = volatile_server.url + "?maxlen=1"
+    async with dfdb.connect(url) as nb:
+        for topic, ports in (("t1", 2), ("t2", 3), ("t3", 4)):
+            await nb.create_many([Port(id=f"{topic}-{i}", topic=topic) for i in range(ports)])
+            await nb.create_many([Net(id=f"{topic}-{i}", topic=topic) for i in range(2)])
+        topics = {"t1", "t2"} if mode is dfdb.SyncMode.SELECTIVE else set()
+        limiter = RelistLimiter(jitter=0)
+        async with dfdb.Replica(nb, [Net, Port], mode=mode, topics=topics, relists=limiter, check_interval=None) as r:
+            await r.wait_synced()
+            await until_reading(url)
+            writes = [Port(id="new-0", topic="t2")] + [Port(id=f"new-{i}", topic="t1") for i in (1, 2, 3)]
+            done = await nb.create_many(writes)
+            later = await nb.update(done[1].model_copy(update={"n": 1}))  # after the trim: applied once
+            async with asyncio.timeout(10):
+                await r.wait_for(dfdb.revision_of(later))
+            stats = r.stats()
+            assert (stats.resyncs, stats.relisted) == (1, relisted)
+            for model in (Net, Port):
+                want = {o.id: o.version for o in await nb.get_all(model) if not topics or o.topic in topics}
+                assert {o.id: o.version for o in r.get_all(model)} == want
+            assert r.get(Port, "new-1") == later
