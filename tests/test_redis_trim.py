@@ -96,3 +96,41 @@ async def test_a_replica_relists_only_the_trimmed_streams_scope(
                 want = {o.id: o.version for o in await nb.get_all(model) if not topics or o.topic in topics}
                 assert {o.id: o.version for o in r.get_all(model)} == want
             assert r.get(Port, "new-1") == later
+
+
+class Sg(dfdb.NbModel, table="redis_sg"):
+    n: int = 0
+
+
+class Vif(dfdb.NbModel, table="redis_vif"):
+    sg: dfdb.Ref[Sg] | None = None
+
+
+async def test_a_removed_topic_whose_objects_stay_referenced_is_relisted_after_its_trim(
+    volatile_server: RedisServer,
+) -> None:
+    """A SELECTIVE Replica keeps a removed topic's objects that its other objects reference,
+    and follows their stream: when that stream is trimmed past its cursor, the ``RESYNC``
+    of that topic refreshes them. (It was ignored as the RESYNC of a topic not followed: the
+    kept object stayed at its old version for good.)"""
+    url = volatile_server.url + "?maxlen=1"
+    async with dfdb.connect(url) as nb:
+        await nb.create_many([Sg(id=f"sg{i}", topic="t2") for i in range(3)])
+        vif = await nb.create(Vif(id="vif", topic="t1", sg="sg0"))
+        limiter = RelistLimiter(jitter=0)
+        mode = dfdb.SyncMode.SELECTIVE
+        async with dfdb.Replica(
+            nb, [Sg, Vif], mode=mode, topics={"t1", "t2"}, relists=limiter, check_interval=None
+        ) as r:
+            await r.wait_synced()
+            await r.remove_topic("t2")
+            assert [sg.id for sg in r.get_all(Sg)] == ["sg0"]  # referenced: kept
+            await until_reading(url)
+            groups = [await nb.get(Sg, f"sg{i}") for i in range(3)]
+            done = await nb.update_many([vif.model_copy(update={"topic": "t1"})] + [g.model_copy() for g in groups])
+            mark = await nb.update(done[0].model_copy())  # after the trim
+            async with asyncio.timeout(10):
+                await r.wait_for(dfdb.revision_of(mark))
+            assert [(sg.id, sg.version) for sg in r.get_all(Sg)] == [("sg0", 2)]
+            assert r.get(Vif, "vif") == mark
+            assert (r.stats().resyncs, r.stats().relisted) == (1, 3)

@@ -406,9 +406,9 @@ class Replica(Reactive):
             # this waited for its turn is relisted, or left out, with the rest
             topics: set[str] | None = None if topic is None else {topic}
             if self.mode is SyncMode.SELECTIVE:
-                topics = set(self._topics) if topic is None else {topic} & self._topics
+                topics = set(self._topics) if topic is None else {topic} & (self._topics | self._partial)
                 if not topics and topic is not None:
-                    return  # a topic it does not follow
+                    return  # a topic it neither follows nor keeps referenced objects of
             # list first and swap the contents with no await in between: a reader sees the
             # old contents or the new, never an empty or half-filled scope
             listings = []
@@ -426,6 +426,8 @@ class Replica(Reactive):
                     await refetch(self.nb, before, self._apply)
                 else:
                     corrupt = self._fill(listings, topics, whole=not scoped)
+                    if topic in self._partial:
+                        self._evict_partial()  # of its objects only those still referenced stay
             finally:
                 self._flow.muted = False
             now = cast(dict[type[NbModel], dict[str, Row]], self._store.rows)  # refilled by _fill: built
