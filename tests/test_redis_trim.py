@@ -134,3 +134,35 @@ async def test_a_removed_topic_whose_objects_stay_referenced_is_relisted_after_i
             assert [(sg.id, sg.version) for sg in r.get_all(Sg)] == [("sg0", 2)]
             assert r.get(Vif, "vif") == mark
             assert (r.stats().resyncs, r.stats().relisted) == (1, 3)
+
+
+async def test_a_relist_of_a_whole_table_keeps_the_referenced_objects_of_removed_topics(
+    volatile_server: RedisServer,
+) -> None:
+    """The stream of the topic-less groups trimmed past a SELECTIVE Replica's cursor is a
+    ``RESYNC`` of the whole group table: its relist keeps (refreshed) the group of a removed
+    topic that a port it holds references, as ``remove_topic`` did. (The relist dropped it.)"""
+    url = volatile_server.url + "?maxlen=1"
+    async with dfdb.connect(url) as nb:
+        await nb.create_many([Sg(id="sg0", topic="t2"), Sg(id="sg1", topic="t2")])
+        vif = await nb.create(Vif(id="vif", topic="t1", sg="sg0"))
+        limiter = RelistLimiter(jitter=0)
+        mode = dfdb.SyncMode.SELECTIVE
+        async with dfdb.Replica(
+            nb, [Sg, Vif], mode=mode, topics={"t1", "t2"}, relists=limiter, check_interval=None
+        ) as r:
+            await r.wait_synced()
+            await r.remove_topic("t2")
+            await until_reading(url)
+            await nb.update_many([vif.model_copy()])  # wakes the read
+            await nb.create_many([Sg(id=f"global{i}") for i in range(3)])  # trimmed past the cursor
+            mark = await nb.patch(Sg, "sg0", n=1)
+            async with asyncio.timeout(10):
+                await r.wait_for(dfdb.revision_of(mark))
+            assert r.stats().resyncs == 1
+            assert sorted((sg.id, sg.version) for sg in r.get_all(Sg)) == [
+                ("global0", 1),
+                ("global1", 1),
+                ("global2", 1),
+                ("sg0", 2),
+            ]

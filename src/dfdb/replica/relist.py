@@ -18,7 +18,7 @@ from dfdb.replica.lazy import list_raw
 from dfdb.replica.store import Row
 from dfdb.retry import Backoff
 
-__all__ = ["Keys", "Listings", "emit_difference", "list_scope", "refetch", "until_done"]
+__all__ = ["Keys", "Listings", "emit_difference", "kept_only", "list_scope", "refetch", "until_done"]
 
 log = logging.getLogger("dfdb.nb")
 
@@ -51,6 +51,20 @@ async def list_scope(
                     corrupt.append(entry.id)
             listings.append((model, ListResult(items, cursor, corrupt)))
     return listings
+
+
+def kept_only(listings: Listings, partial: Collection[str], held: dict[type[NbModel], dict[str, Row]]) -> Listings:
+    """``listings`` without the objects of the ``partial`` topics (removed, their referenced
+    objects kept) that were not ``held`` before the relist: of those topics a relist
+    refreshes only the objects kept."""
+    if not partial:
+        return listings
+    kept: Listings = []
+    for model, listing in listings:
+        was = held.get(model, {})
+        items = [obj for obj in listing.items if obj.topic not in partial or obj.id in was]
+        kept.append((model, ListResult(items, listing.cursor, listing.corrupt)))
+    return kept
 
 
 async def refetch(
