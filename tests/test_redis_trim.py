@@ -166,3 +166,25 @@ async def test_a_relist_of_a_whole_table_keeps_the_referenced_objects_of_removed
                 ("global2", 1),
                 ("sg0", 2),
             ]
+
+
+async def test_a_topic_added_during_a_blocking_read_keeps_the_merge_in_revision_order(
+    volatile_server: RedisServer,
+) -> None:
+    """A topic added while a blocking read waits on the other topics' streams is read from
+    its cursor in the next round; the change of another topic that ends the wait comes
+    after the added topic's older change, and the cursor never passes that change. (The
+    wait's change came first and moved the cursor past it: a stream reopened from there,
+    as ``remove_topics`` does, lost it, and a Replica's ``wait_for`` returned before it.)"""
+    async with dfdb.connect(volatile_server.url) as nb, nb.watch(Port, topics={"t2"}) as stream:
+        first = asyncio.create_task(anext(stream))
+        await until_reading(volatile_server.url)
+        await stream.add_topics({"t1"}, since=stream.cursor)
+        older = await nb.create(Port(id="a", topic="t1"))  # not in the waiting read's streams
+        newer = await nb.create(Port(id="b", topic="t2"))  # ends the wait
+        got = [await asyncio.wait_for(first, 10), await asyncio.wait_for(anext(stream), 10)]
+        assert [(ev.id, ev.revision) for ev in got] == [
+            ("a", dfdb.revision_of(older)),
+            ("b", dfdb.revision_of(newer)),
+        ]
+        assert got[0].cursor.endswith(f"@{dfdb.revision_of(older)}")

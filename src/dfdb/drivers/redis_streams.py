@@ -126,9 +126,13 @@ class RedisSource(ReaderTaskSource):
         for stream, trimmed in zip(streams, replies[4], strict=True):
             if trimmed is not None and int(trimmed if trimmed.isdigit() else 0) > asked[stream]:
                 lost[stream] = int(trimmed)
+        # a stream followed since this round began (add_topics) is read from its own position in
+        # the next one: this round takes nothing past that position, lest it pass the stream's changes
+        hold = min((self._ids[s] for s in self._streams if s not in asked), default=None)
         if not data:  # nothing after our ids, and the counter was read before: all read up to it
-            self._resync_trimmed(lost, counter)
-            self._read_position = max(self._read_position, counter)
+            reach = counter if hold is None else min(counter, hold)
+            self._resync_trimmed(lost, reach)
+            self._read_position = max(self._read_position, reach)
             return None
         per_stream: dict[str, builtins.list[tuple[int, dict[bytes, bytes]]]] = {}
         for raw_stream, entries in data:
@@ -141,6 +145,8 @@ class RedisSource(ReaderTaskSource):
         if lost and cap is not None and max(lost.values()) > cap:  # its place is past this round's reads
             log.debug("redis streams %s were trimmed past what was read; resync", sorted(lost))
             return self._resync(counter, epoch)
+        if hold is not None:
+            cap = hold if cap is None else min(cap, hold)
         merged: dict[int, RawEvent] = {}
         for name, items in per_stream.items():
             for revision, fields in items:
