@@ -258,3 +258,12 @@ def test_copy_onto_the_database_it_reads_is_refused(tmp_path: Path, capsys: pyte
     assert main(["--db", f"sqlite:///{tmp_path}/one.db", "copy", "--to", other_spelling]) == 2
     err = capsys.readouterr().err
     assert "is the database being copied" in err and len(err.splitlines()) == 1
+
+
+def test_fleet_on_a_server_that_cannot_be_reached_fails_within_the_timeout(tmp_path: Path) -> None:
+    """``dfdb fleet --db URL`` with nothing listening there is one line within ``--timeout``
+    (it waited for its writer connection's own minute)."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result, took = timed_dfdb_cmd(tmp_path, "--db", url, "--timeout", "0.5", "fleet", "--controllers", "2")
+    assert_one_line_error(result, 1, "127.0.0.1")
+    assert took < 3

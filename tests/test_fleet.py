@@ -74,6 +74,13 @@ def test_the_topology_lays_tenants_round_the_chassis() -> None:
         (["--db", "sqlite:///x.db", "--scenarios", "cold,nope"], "nope"),
         (["--server", "redis", "--members", "3"], "redis: only single servers"),
         (["--server", "etcd", "--etcd-progress", "0"], "--etcd-progress: must be a number of seconds above 0"),
+        (["--db", "memory://", "--controllers", "99999999999999999999"], "--controllers: must be at most 100000"),
+        (["--db", "memory://", "--workers", "5000"], "--workers: must be at most 1000"),
+        (["--db", "memory://", "--tenants", "10000000"], "--tenants: must be at most 1000000"),
+        (["--db", "memory://", "--ports", "1025"], "--ports: must be at most 1000"),
+        (["--db", "memory://", "--lost", "1000000000000"], "--lost: must be at most 1000000"),
+        (["--db", "memory://", "--scenarios", " , "], "no fleet scenario"),
+        (["--db", "memory://", "--tenants", "1000000", "--ports", "1000"], "1,008,000,050 objects"),
     ],
 )
 def test_fleet_usage_mistakes_are_one_line(args: list[str], text: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,6 +96,18 @@ def test_the_etcd_server_of_a_fleet_notifies_progress_as_told() -> None:
     server = server_for(FleetConfig(server="etcd", members=3, etcd_progress=2.5))
     assert isinstance(server, EtcdServer) and server.members == 3 and server.progress_interval == "2500ms"
     assert isinstance(server_for(FleetConfig(server="redis")), RedisServer)
+
+
+@pytest.mark.parametrize("options", ["count=5", "maxlen", "timeout=abc"])
+def test_bad_url_options_of_the_controllers_are_one_line_before_anything_runs(
+    options: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad ``--url-options`` are refused at once, as one line: they reached only the worker
+    processes, each of which died with a traceback after the database was loaded."""
+    db = f"sqlite:///{tmp_path}/fleet.db"
+    assert main(["fleet", "--db", db, "--controllers", "2", "--workers", "1", "--url-options", options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "option" in err and "Traceback" not in err
 
 
 class Host(dfdb.NbModel, table="fleet_host"):

@@ -99,9 +99,15 @@ def _url(args: argparse.Namespace) -> str:
 def open_nb(url: str, timeout: float | None) -> NbApi:
     """``connect(url)``: ``--timeout`` when given wins over the URL's ``timeout``, which
     wins over :data:`DEFAULT_TIMEOUT`."""
+    return connect(url, timeout=call_timeout(url, timeout))
+
+
+def call_timeout(url: str, timeout: float | None) -> float | None:
+    """The ``timeout`` to connect to ``url`` with: ``--timeout`` when given, else ``None``
+    when the URL has its own, else :data:`DEFAULT_TIMEOUT`."""
     if timeout is None and "timeout" not in DatabaseURL.parse(url).options:
         timeout = DEFAULT_TIMEOUT
-    return connect(url, timeout=timeout)
+    return timeout
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -182,8 +188,9 @@ async def _fleet(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.relist_jitter < 0:
         raise UsageError("--relist-jitter cannot be negative")
+    url = None if args.server else _url(args)
     cfg = FleetConfig(
-        url=None if args.server else _url(args),
+        url=url,
         server=args.server,
         members=args.members,
         etcd_progress=args.etcd_progress,
@@ -203,6 +210,7 @@ async def _fleet(args: argparse.Namespace, out: TextIO) -> int:
         relist_jitter=args.relist_jitter,
         within=args.within,
         url_options=args.url_options,
+        timeout=call_timeout(url, args.timeout) if url is not None else None,
     )
     result = await run_fleet(cfg)
     print_result(result, out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from dfdb import __version__
@@ -259,14 +260,18 @@ def _fleet(sub: argparse._SubParsersAction[Parser]) -> None:
         metavar="SECONDS",
         help="progress notification interval of the etcd server started",
     )
-    f.add_argument("--controllers", type=_positive, default=50, help="controllers (one per chassis)")
-    f.add_argument("--workers", type=_positive, default=4, help="worker processes the controllers are spread over")
-    f.add_argument("--tenants", type=_positive, help="tenants (default: as many as controllers)")
-    f.add_argument("--ports", type=_positive, default=20, help="ports per tenant")
+    f.add_argument("--controllers", type=_at_most(100_000), default=50, help="controllers (one per chassis)")
+    f.add_argument(
+        "--workers", type=_at_most(1_000), default=4, help="worker processes the controllers are spread over"
+    )
+    f.add_argument("--tenants", type=_at_most(1_000_000), help="tenants (default: as many as controllers)")
+    f.add_argument("--ports", type=_at_most(1_000), default=20, help="ports per tenant")
     f.add_argument("--spread", type=_positive, default=3, help="chassis each tenant's ports sit on")
     f.add_argument("--rate", type=_rate, default=50.0, help="writes per second in the steady state")
     f.add_argument("--duration", type=_seconds, default=10.0, help="seconds of steady-state writing")
-    f.add_argument("--lost", type=_natural, default=200, help="changes lost to the controllers (history loss)")
+    f.add_argument(
+        "--lost", type=_at_most(1_000_000, 0), default=200, help="changes lost to the controllers (history loss)"
+    )
     f.add_argument("--scenarios", default="cold,idle,steady,restart,history", help="comma-separated scenarios to run")
     f.add_argument("--relist-rate", type=_rate, default=20.0, help="relists per second per process")
     f.add_argument("--relist-burst", type=_positive, default=10, help="relists at once per process")
@@ -290,6 +295,19 @@ def _members(text: str) -> int:
     if value > MAX_MEMBERS:
         raise argparse.ArgumentTypeError(f"at most {MAX_MEMBERS} members, each a server process: {text}")
     return value
+
+
+def _at_most(maximum: int, minimum: int = 1) -> Callable[[str], int]:
+    """An integer option from ``minimum`` to ``maximum`` (more is a typing mistake, or a
+    run that would never end)."""
+
+    def parse(text: str) -> int:
+        value = _positive(text) if minimum else _natural(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}: {text}")
+        return value
+
+    return parse
 
 
 def _positive(text: str) -> int:

@@ -126,9 +126,13 @@ class RedisSource(ReaderTaskSource):
         for stream, trimmed in zip(streams, replies[4], strict=True):
             if trimmed is not None and int(trimmed if trimmed.isdigit() else 0) > asked[stream]:
                 lost[stream] = int(trimmed)
+        # a stream followed since this round began (add_topics) is read from its own position in
+        # the next one: this round takes nothing past that position, lest it pass the stream's changes
+        hold = min((self._ids[s] for s in self._streams if s not in asked), default=None)
         if not data:  # nothing after our ids, and the counter was read before: all read up to it
-            self._resync_trimmed(lost)
-            self._read_position = max(self._read_position, counter)
+            reach = counter if hold is None else min(counter, hold)
+            self._resync_trimmed(lost, reach)
+            self._read_position = max(self._read_position, reach)
             return None
         per_stream: dict[str, builtins.list[tuple[int, dict[bytes, bytes]]]] = {}
         for raw_stream, entries in data:
@@ -141,6 +145,8 @@ class RedisSource(ReaderTaskSource):
         if lost and cap is not None and max(lost.values()) > cap:  # its place is past this round's reads
             log.debug("redis streams %s were trimmed past what was read; resync", sorted(lost))
             return self._resync(counter, epoch)
+        if hold is not None:
+            cap = hold if cap is None else min(cap, hold)
         merged: dict[int, RawEvent] = {}
         for name, items in per_stream.items():
             for revision, fields in items:
@@ -155,21 +161,27 @@ class RedisSource(ReaderTaskSource):
         if merged:
             self._read_position = max(self._read_position, max(merged))
             self._push_all(merged.values())
-        self._resync_trimmed(lost)
+        # what this round read of every stream: up to the cap, else up to the read (at least the
+        # counter read before it, and what it returned)
+        self._resync_trimmed(lost, cap if cap is not None else max(counter, max(merged, default=0)))
         return None
 
-    def _resync_trimmed(self, lost: dict[str, int]) -> None:
+    def _resync_trimmed(self, lost: dict[str, int], covered: int) -> None:
         """A ``resync`` of the scope of each stream trimmed past what was read (its table, and its
-        topic for a topic's stream), in revision order at the newest revision it lost: every
-        change of the other streams before it was read in this round (or the whole watch is
-        resynced instead, above). The stream is read on after that revision."""
+        topic for a topic's stream), in revision order at the newest revision it lost, or at
+        ``covered`` when that is lower: every change of the other streams up to ``covered``
+        was read in this round (or the whole watch is resynced instead, above), but a trim
+        met after the read may have discarded changes written after it, while the other
+        streams' changes of that time wait for the next round. The stream is read on after
+        the newest revision it lost."""
         for stream, last in lost.items():
             log.debug("redis stream %s was trimmed up to %d; resync of its scope", stream, last)
             table, _, rest = stream[len(self._access.key("s")) + 1 :].partition("/")
             topic = rest[2:] if rest.startswith("t/") else None  # None: the whole table (or its topic-less part)
+            place = min(last, covered)
             self._ids[stream] = max(self._ids[stream], last)
-            self._read_position = max(self._read_position, last)
-            self._push(RawEvent("resync", table, "", topic, None, last))
+            self._read_position = max(self._read_position, place)
+            self._push(RawEvent("resync", table, "", topic, None, place))
 
     def _event(self, stream: str, revision: int, fields: dict[bytes, bytes]) -> RawEvent:
         """The event of one stream entry; an entry that cannot be read yields a resync of its table."""

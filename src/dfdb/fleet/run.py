@@ -34,6 +34,10 @@ __all__ = ["SCENARIOS", "FleetConfig", "FleetResult", "run_fleet"]
 SCENARIOS = ("cold", "idle", "steady", "restart", "history")
 """The scenarios, in the order they run."""
 
+MAX_OBJECTS = 10_000_000
+"""The most objects a fleet's database may hold (each worker process holds every
+controller's share in memory)."""
+
 
 @dataclass
 class FleetConfig:
@@ -47,11 +51,9 @@ class FleetConfig:
     """Members of the server started with ``server`` (3: an etcd cluster or a ZooKeeper
     ensemble, whose restart scenario restarts the leader)."""
     etcd_progress: float = 10.0
-    """Seconds between the progress notifications of the etcd server started with
-    ``server`` (its ``--experimental-watch-progress-notify-interval``; etcd's own default
-    is 10 minutes). The test servers' half second costs every idle watch two replies a
-    second: at 200 controllers 1.2 ms of worker CPU per controller and second and a fifth
-    of a core of etcd's, at 1,000 more than the host has."""
+    """Seconds between the progress notifications of the etcd server started (etcd's default:
+    10 minutes); the test servers' 0.5 s sends every idle watch two replies a second: at
+    1,000 controllers more than the host has."""
     controllers: int = 50
     workers: int = 4
     tenants: int | None = None
@@ -80,6 +82,10 @@ class FleetConfig:
     within: float = 300.0
     """Seconds a scenario may take to converge before the run fails."""
     seed: int = 1
+    timeout: float | None = None
+    """Seconds before a database that cannot be reached is an error (``None``: the URL's
+    ``timeout``, else the NbApi's default); once reached, the fleet's own connections wait
+    longer for a server whose CPU the fleet takes."""
     json: str | None = None
     """Write the figures as JSON to this file after each scenario (a long run that is
     stopped keeps what it measured)."""
@@ -378,6 +384,11 @@ async def run_fleet(cfg: FleetConfig) -> FleetResult:
     unknown = set(cfg.scenarios) - set(SCENARIOS)
     if unknown:
         raise ConfigurationError(f"unknown fleet scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+    if not cfg.scenarios:
+        raise ConfigurationError(f"no fleet scenario to run; known: {', '.join(SCENARIOS)}")
+    objects = _topology(cfg).objects
+    if objects > MAX_OBJECTS:
+        raise ConfigurationError(f"a fleet of {objects:,} objects is too large: at most {MAX_OBJECTS:,}")
     server: LocalServer | None = None
     if cfg.server is not None:
         if cfg.server not in ("redis", "etcd", "zookeeper"):
@@ -397,8 +408,29 @@ async def run_fleet(cfg: FleetConfig) -> FleetResult:
             server.stop()
 
 
+def _topology(cfg: FleetConfig) -> Topology:
+    return Topology(cfg.controllers, cfg.tenants or cfg.controllers, cfg.ports, cfg.spread)
+
+
+def _controllers_url(cfg: FleetConfig, url: str) -> str:
+    """The URL of the controllers' connections: ``url`` with ``cfg.url_options``.
+
+    Raises:
+        ConfigurationError: an option the URL's driver refuses (checked here, before the
+            worker processes would each meet it).
+    """
+    options = cfg.url_options.strip("?&")
+    if options:
+        url = f"{url}{'&' if '?' in url else '?'}{options}"
+    connect(url)  # checks the URL and its options; connects only when entered
+    return url
+
+
 async def _run(cfg: FleetConfig, url: str, server: LocalServer | None) -> FleetResult:
-    topology = Topology(cfg.controllers, cfg.tenants or cfg.controllers, cfg.ports, cfg.spread)
+    topology = _topology(cfg)
+    controllers_url = _controllers_url(cfg, url)
+    async with connect(url, timeout=cfg.timeout):
+        pass  # a server that cannot be reached is an error within the timeout asked for
     cpu = _Cpu(server)
     # the writer's connection: time to answer on a host whose CPU the fleet takes
     began = time.time()
@@ -411,8 +443,7 @@ async def _run(cfg: FleetConfig, url: str, server: LocalServer | None) -> FleetR
         result.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began))
         result.cpus = os.cpu_count() or 0
         result.load_average["start"] = [round(x, 2) for x in os.getloadavg()]
-        options = cfg.url_options.strip("?&")
-        workers = _spawn(cfg, f"{url}{'&' if '?' in url else '?'}{options}" if options else url, topology)
+        workers = _spawn(cfg, controllers_url, topology)
         try:
             await _scenarios(cfg, nb, workers, server, cpu, topology, result)
             checks = await _ask(workers, "check")

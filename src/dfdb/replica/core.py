@@ -27,7 +27,7 @@ from dfdb.replica.loading import built, fill_raw, validate_held
 from dfdb.replica.modes import ReplicaStats, SyncMode
 from dfdb.replica.pacing import RELISTS, RelistLimiter
 from dfdb.replica.reactive import Reactive
-from dfdb.replica.relist import Keys, Listings, emit_difference, list_scope, refetch, until_done
+from dfdb.replica.relist import Keys, Listings, emit_difference, kept_only, list_scope, refetch, until_done
 from dfdb.replica.store import Row, Store
 from dfdb.retry import Backoff
 
@@ -412,9 +412,9 @@ class Replica(Reactive):
             # this waited for its turn is relisted, or left out, with the rest
             topics: set[str] | None = None if topic is None else {topic}
             if self.mode is SyncMode.SELECTIVE:
-                topics = set(self._topics) if topic is None else {topic} & self._topics
+                topics = self._topics | self._partial if topic is None else {topic} & (self._topics | self._partial)
                 if not topics and topic is not None:
-                    return  # a topic it does not follow
+                    return  # a topic it neither follows nor keeps referenced objects of
             # list first and swap the contents with no await in between: a reader sees the
             # old contents or the new, never an empty or half-filled scope
             listings: Listings = []
@@ -439,7 +439,7 @@ class Replica(Reactive):
                 if self.mode is SyncMode.REACTIVE:
                     await refetch(self.nb, before, self._apply)
                 else:
-                    corrupt = self._fill(listings, topics, whole=not scoped)
+                    corrupt = self._fill(kept_only(listings, self._partial, before), topics, whole=not scoped)
             finally:
                 self._flow.muted = False
             now = cast(dict[type[NbModel], dict[str, Row]], self._store.rows)  # refilled by _fill: built

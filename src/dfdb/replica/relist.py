@@ -21,15 +21,9 @@ from dfdb.replica.store import Held, Row
 from dfdb.retry import Backoff
 
 __all__ = [
-    "Keys",
-    "Listings",
-    "emit_difference",
-    "list_changed",
-    "list_scope",
-    "note_relisted",
-    "refetch",
+    "Keys", "Listings", "emit_difference", "kept_only", "list_changed", "list_scope", "note_relisted", "refetch",
     "until_done",
-]
+]  # fmt: skip
 
 log = logging.getLogger("dfdb.nb")
 
@@ -135,6 +129,20 @@ def _decoded(model: type[NbModel], entry: NbModel | Entry, corrupt: list[str]) -
 
 def _id_of(obj: NbModel) -> str:
     return obj.id
+
+
+def kept_only(listings: Listings, partial: Collection[str], held: dict[type[NbModel], dict[str, Row]]) -> Listings:
+    """``listings`` without the objects of the ``partial`` topics (removed, their referenced
+    objects kept) that were not ``held`` before the relist: of those topics a relist
+    refreshes only the objects kept."""
+    if not partial:
+        return listings
+    kept: Listings = []
+    for model, listing in listings:
+        was = held.get(model, {})
+        items = [obj for obj in listing.items if obj.topic not in partial or obj.id in was]
+        kept.append((model, ListResult(items, listing.cursor, listing.corrupt)))
+    return kept
 
 
 async def refetch(
