@@ -134,6 +134,26 @@ class Store:
         if self._tombstones:
             self._tombstones.pop((model, entry.id), None)
 
+    def put_unread(self, model: type[NbModel], entry: Entry) -> bool:
+        """Hold ``entry`` unbuilt and not indexed (as :meth:`put_entry` with no keys) when no
+        row of its id is held and no delete at its revision or later is remembered; returns
+        whether it did. One call per entry of a sync's listing."""
+        rows = self.rows[model]
+        id = entry.id
+        if id in rows or (self._tombstones and self.is_stale(model, id, entry.revision)):
+            return False
+        if self._keyed[model]:
+            unindexed = self._unindexed[model]
+            run = unindexed.run
+            if not run or id > run[-1]:
+                run.append(id)
+            else:
+                unindexed.extra.add(id)
+        rows[id] = (entry, entry.revision)
+        if self._tombstones:
+            self._tombstones.pop((model, id), None)
+        return True
+
     def _keys(self, model: type[NbModel], held: NbModel | Entry) -> list[Sequence[Hashable] | set[Hashable]]:
         """The index keys of a held object or entry (an entry is read again, or built when its
         JSON is not read exactly: it was indexed from its object)."""
