@@ -282,3 +282,25 @@ async def test_a_load_of_many_scopes_gives_each_listing_its_own_deadline() -> No
         async with Replica(nb, [LogicalPort], mode=SyncMode.SELECTIVE, topics=topics, check_interval=None) as replica:
             await asyncio.wait_for(replica.wait_synced(), WAIT)
             assert replica.get(LogicalPort, "p").topic == "t3"
+
+
+def test_unindexed_ids_kept_as_a_sorted_run() -> None:
+    """The store's ids not indexed yet: a run added in ascending order, ids taken out of it in
+    any order, and ids added out of order, each counted once."""
+    from dfdb.replica.store import Unindexed
+
+    pending = Unindexed()
+    for id in ("a", "b", "c", "d", "e"):
+        pending.run.append(id)
+    pending.extra.add("0")
+    assert len(pending) == 6 and all(id in pending for id in "0abcde") and "f" not in pending
+    pending.discard("c")  # out of order
+    pending.discard("a")  # the start: moves on
+    assert "c" not in pending and "a" not in pending and len(pending) == 4
+    pending.discard("b")  # the start again: skips "c", taken before
+    assert pending.start == 3 and not pending.taken
+    pending.discard("0")
+    pending.discard("zz")  # not in: nothing
+    assert sorted(pending.ids()) == ["d", "e"] and len(pending) == 2
+    pending.extra.add("c")  # held again, out of order
+    assert "c" in pending and sorted(pending.ids()) == ["c", "d", "e"]

@@ -243,6 +243,10 @@ class EventFlow:
         if event.action != Action.DELETE:
             self._release(key)
 
+    def waits(self) -> bool:
+        """Whether some event waits for the object of a key (:meth:`applied` releases it)."""
+        return bool(self._waiting)
+
     def applied(self, key: Key) -> None:
         """A create of ``key`` was applied while nobody listens, its reference targets held:
         counted, and the events that waited for it are released (the event itself is not

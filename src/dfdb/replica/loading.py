@@ -47,16 +47,19 @@ def _fill_raw(replica: Replica, listings: RawListings, topics: set[str] | None) 
         reader = store.readers[model]
         rows = store.rows[model]
         parse = refers_held(model, held) and flow.defer
+        unread = reader is not None and not parse
         for entry in entries:
             if topics is not None and entry.topic is not None and entry.topic not in topics:
                 continue
-            if store.is_stale(model, entry.id, entry.revision):
-                continue  # listed twice (a topic's listing and the topic-less one)
-            if reader is not None and not parse and entry.id not in rows:
-                store.put_entry(model, entry, None)  # indexed later (no reference to wait for)
-                flow.applied((model, entry.id))
+            if unread and store.put_unread(model, entry):  # indexed later (no reference to wait for)
+                if flow.waits():
+                    flow.applied((model, entry.id))
+                else:
+                    flow.emitted += 1
                 lazy += 1
                 continue
+            if store.is_stale(model, entry.id, entry.revision):
+                continue  # listed twice (a topic's listing and the topic-less one)
             reading = reader(entry) if reader is not None and entry.id not in rows else None
             if reading is not None:
                 keys, targets = reading

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -10,7 +11,7 @@ from dfdb.drivers.base import Entry
 from dfdb.nbmodel import NbModel, reference_targets, references
 from dfdb.replica.lazy import Reader, reader_for
 
-__all__ = ["Held", "Row", "Store"]
+__all__ = ["Held", "Row", "Store", "Unindexed"]
 
 Row = tuple[NbModel, int]
 """A held object and the revision it was written at."""
@@ -50,7 +51,7 @@ class Store:
             for m, by_index in self._indexes.items()
         }
         self._tombstones: dict[tuple[type[NbModel], str], int] = {}
-        self._unindexed: dict[type[NbModel], set[str]] = {m: set() for m in self.rows}  # held, keys not read yet
+        self._unindexed: dict[type[NbModel], Unindexed] = {m: Unindexed() for m in self.rows}  # held, keys not read yet
         self._refers: dict[type[NbModel], bool] = {}  # whether a model references one held here
 
     def __contains__(self, model: object) -> bool:
@@ -94,6 +95,9 @@ class Store:
                 self.drop(model, id)
             else:
                 self.rows[model][id] = (obj, revision)
+                unindexed = self._unindexed[model]
+                if unindexed and id in unindexed:  # indexed from its object now, cheaper than later
+                    self.index(model, id, obj)
         return obj
 
     def targets(self, model: type[NbModel], held: NbModel | Entry) -> list[tuple[type[NbModel], str]]:
@@ -116,7 +120,12 @@ class Store:
         keyed = self._keyed[model]
         if keys is None:
             if keyed:
-                self._unindexed[model].add(entry.id)
+                unindexed = self._unindexed[model]
+                run = unindexed.run
+                if not run or entry.id > run[-1]:
+                    run.append(entry.id)  # a listing sorted by id: no set of a million ids to build
+                else:
+                    unindexed.extra.add(entry.id)
         else:
             for (_, entries), index_keys in zip(keyed, keys, strict=True):
                 for key in index_keys:
@@ -124,6 +133,26 @@ class Store:
         self.rows[model][entry.id] = (entry, entry.revision)
         if self._tombstones:
             self._tombstones.pop((model, entry.id), None)
+
+    def put_unread(self, model: type[NbModel], entry: Entry) -> bool:
+        """Hold ``entry`` unbuilt and not indexed (as :meth:`put_entry` with no keys) when no
+        row of its id is held and no delete at its revision or later is remembered; returns
+        whether it did. One call per entry of a sync's listing."""
+        rows = self.rows[model]
+        id = entry.id
+        if id in rows or (self._tombstones and self.is_stale(model, id, entry.revision)):
+            return False
+        if self._keyed[model]:
+            unindexed = self._unindexed[model]
+            run = unindexed.run
+            if not run or id > run[-1]:
+                run.append(id)
+            else:
+                unindexed.extra.add(id)
+        rows[id] = (entry, entry.revision)
+        if self._tombstones:
+            self._tombstones.pop((model, id), None)
+        return True
 
     def _keys(self, model: type[NbModel], held: NbModel | Entry) -> list[Sequence[Hashable] | set[Hashable]]:
         """The index keys of a held object or entry (an entry is read again, or built when its
@@ -162,10 +191,11 @@ class Store:
 
     def index_all(self, model: type[NbModel]) -> None:
         """Index every row of ``model`` not indexed yet."""
-        for id in list(self._unindexed[model]):
-            if id in self._unindexed[model]:
+        unindexed = self._unindexed[model]
+        for id in unindexed.ids():
+            if id in unindexed:
                 self.index(model, id)
-        self._unindexed[model] = set()  # a set never shrinks: a million ids would stay allocated
+        self._unindexed[model] = Unindexed()  # a set never shrinks: a million ids would stay allocated
 
     def unindexed(self, model: type[NbModel], id: str) -> bool:
         """Whether ``id`` is held and not indexed yet."""
@@ -243,7 +273,7 @@ class Store:
             before = {m: dict(rows) for m, rows in self.rows.items()}
             for model, rows in self.rows.items():
                 rows.clear()
-                self._unindexed[model] = set()
+                self._unindexed[model] = Unindexed()
                 for entries in self._indexes[model].values():
                     entries.clear()
             self._tombstones.clear()
@@ -266,6 +296,61 @@ class Store:
         if self._unindexed[model]:
             self.index_all(model)
         return sorted(entries.get(value, ()))
+
+
+class Unindexed:
+    """The ids of a model held and not indexed yet: a run of ids added in ascending order (a
+    full sync adds its listing's, sorted by id) kept as a list and searched by bisection, the
+    ids of it taken out since, and the ids added out of order. A sync of a million objects
+    appends to a list instead of building a set of a million ids."""
+
+    __slots__ = ("extra", "run", "start", "taken")
+
+    def __init__(self) -> None:
+        self.run: list[str] = []
+        """Ids in ascending order; those before ``start`` and those in ``taken`` are out."""
+        self.start = 0
+        self.taken: set[str] = set()
+        """Ids of ``run[start:]`` taken out of order."""
+        self.extra: set[str] = set()
+        """Ids added out of order."""
+
+    def __len__(self) -> int:
+        return len(self.run) - self.start - len(self.taken) + len(self.extra)
+
+    def _in_run(self, id: str) -> bool:
+        run, start = self.run, self.start
+        if start < len(run) and run[start] == id:
+            return True
+        i = bisect.bisect_left(run, id, start)
+        return i < len(run) and run[i] == id
+
+    def __contains__(self, id: object) -> bool:
+        if type(id) is not str:
+            return False
+        if id in self.extra:
+            return True
+        return self._in_run(id) and id not in self.taken
+
+    def discard(self, id: str) -> None:
+        """Take ``id`` out (nothing when it is not in)."""
+        self.extra.discard(id)
+        if not self._in_run(id):
+            return
+        run, taken = self.run, self.taken
+        if run[self.start] != id:
+            taken.add(id)
+            return
+        start = self.start + 1
+        while taken and start < len(run) and run[start] in taken:
+            taken.discard(run[start])
+            start += 1
+        self.start = start
+
+    def ids(self) -> list[str]:
+        """The ids in, at the time of the call."""
+        taken = self.taken
+        return [id for id in itertools.islice(self.run, self.start, None) if id not in taken] + list(self.extra)
 
 
 def _path_values(value: object, parts: Sequence[str]) -> list[Hashable]:
