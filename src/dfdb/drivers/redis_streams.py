@@ -101,6 +101,7 @@ class RedisSource(ReaderTaskSource):
         if streams:
             pipe.xread({s: f"{i}-0" for s, i in asked.items()}, count=_READ_COUNT, block=int(access.block * 1000))
             pipe.hmget(access.key("trim"), streams)
+            pipe.get(access.key("epoch"))  # after the read too: the data may have gone meanwhile
         else:  # a watch of no topic yet: nothing to read, caught up with the counter
             self._grown.clear()
         replies = await pipe.execute(raise_on_error=False)
@@ -112,6 +113,8 @@ class RedisSource(ReaderTaskSource):
                 await self._grown.wait()
             replies += [None, []]
         raw_epoch, raw_rev, leases, data = replies[0], replies[1], replies[2], replies[3]
+        if streams and replies[5] != raw_epoch:  # the dataset changed while the read waited: what it
+            raw_epoch = replies[5]  # returned may be the new one's, numbered anew (below the position)
         self._leases = bool(leases)
         epoch = raw_epoch.decode() if raw_epoch else NO_EPOCH if self._epoch == NO_EPOCH else ""
         counter = int(raw_rev or 0)
