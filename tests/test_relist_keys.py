@@ -5,15 +5,19 @@ scope, when much differs): on every backend, through the fault-injecting wrapper
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import quote
 
 import pytest
 
 import dfdb
 from dfdb import Action, NbApi, Replica, SyncMode, revision_of
+from dfdb.replica.pacing import RelistLimiter
 from dfdb.replica.relist import FEW, list_changed
+from dfdb.servers import EtcdServer
 from dfdb.testing.faults import FaultyDriver
+from watching import serve
 
 
 class Net(dfdb.NbModel, table="rk_net"):
@@ -95,3 +99,46 @@ async def test_held_rows_of_another_dataset_are_never_compared_by_revision() -> 
         assert found is not None  # the same dataset: by keys, the held object at its revision
         ((_, listing),) = found[0]
         assert found[1] == 0 and [n.name for n in listing.items] == ["old"]
+
+
+@pytest.fixture
+def etcd_server() -> Iterator[EtcdServer]:
+    yield from serve(EtcdServer)
+
+
+def _wipe(server: EtcdServer) -> None:
+    """Start the server again without its data: a new dataset, whose revisions start again."""
+    server.kill()
+    shutil.rmtree(server.workdir / "m0")
+    server.start()
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_dataset_lost_while_a_relist_waits_is_never_compared_by_revision(etcd_server: EtcdServer) -> None:
+    """A RESYNC of the dataset held, then the server comes back without its data before the
+    relist reads the keys: the new dataset's writes reuse the old revisions, so an object at
+    the revision held is not the object held."""
+    limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
+    url = etcd_server.url.replace("etcd://", "faulty://") + "/rk?inner=etcd"
+    async with dfdb.connect(url, timeout=20) as nb:
+        await nb.create_many([Net(id=f"a{i}", topic="t") for i in range(5)])
+        held = await nb.create(Net(id="x", topic="t", name="old"))
+        async with Replica(nb, [Net], relists=limiter) as replica:
+            async with limiter.slot():
+                assert isinstance(nb.driver, FaultyDriver)
+                await nb.driver.cut(lose_history=True)  # a RESYNC of the dataset held
+                await _until(lambda: limiter.waiting == 1)  # its relist waits for its turn
+                await asyncio.to_thread(_wipe, etcd_server)
+                at = 0
+                while at < (revision_of(held) or 0) - 1:
+                    at = revision_of(await nb.create(Net(id=f"b{at}", topic="t"))) or 0
+                new = await nb.create(Net(id="x", topic="t", name="new"))
+                assert revision_of(new) == revision_of(held)  # the revision held names another write
+            async with limiter.slot():  # once the relist ran (a later one waits for this one)
+                assert replica.stats().resyncs == 1
+                assert _dumps(replica.get_all(Net)) == _dumps(await nb.get_all(Net))
