@@ -5,8 +5,11 @@ scope, when much differs): on every backend, through the fault-injecting wrapper
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -141,5 +144,50 @@ async def test_a_dataset_lost_while_a_relist_waits_is_never_compared_by_revision
                 new = await nb.create(Net(id="x", topic="t", name="new"))
                 assert revision_of(new) == revision_of(held)  # the revision held names another write
             async with limiter.slot():  # once the relist ran (a later one waits for this one)
+                assert replica.stats().resyncs == 1
+                assert _dumps(replica.get_all(Net)) == _dumps(await nb.get_all(Net))
+
+
+def _restore(server: EtcdServer, snapshot: Path) -> None:
+    """Start the server again from an older snapshot of its data: the same dataset, whose
+    revisions go back and are numbered again by the writes to come."""
+    server.kill()
+    shutil.rmtree(server.workdir / "m0")
+    peer = f"http://127.0.0.1:{server.peer_ports[0]}"
+    subprocess.run(
+        ["etcdctl", "snapshot", "restore", str(snapshot), "--data-dir", str(server.workdir / "m0"), "--name", "m0",
+         "--initial-cluster", f"m0={peer}", "--initial-advertise-peer-urls", peer,
+         "--initial-cluster-token", server.token],
+        check=True, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"},
+    )  # fmt: skip
+    server.restart()
+
+
+async def test_a_dataset_restored_from_a_snapshot_is_never_compared_by_revision(etcd_server: EtcdServer) -> None:
+    """A server back with an older copy of its data names the same dataset, and the stream's
+    RESYNC says its revision went back: the revisions above it name writes that are gone, and
+    the writes to come number theirs alike."""
+    limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
+    snapshot = etcd_server.workdir / "snapshot.db"
+    async with dfdb.connect(etcd_server.url + "/rk", timeout=20) as nb:
+        x = await nb.create(Net(id="x", topic="t", name="snap"))
+        endpoint = etcd_server.url.removeprefix("etcd://")
+        await asyncio.to_thread(
+            subprocess.run, ["etcdctl", "--endpoints", endpoint, "snapshot", "save", str(snapshot)],
+            check=True, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"},
+        )  # fmt: skip
+        async with Replica(nb, [Net], relists=limiter) as replica:
+            await nb.create_many([Net(id=f"a{i}", topic="t") for i in range(3)])
+            held = await nb.update(x.model_copy(update={"name": "old"}))
+            await asyncio.wait_for(replica.wait_for(revision_of(held) or 0), WAIT)
+            async with limiter.slot():
+                await asyncio.to_thread(_restore, etcd_server, snapshot)
+                await _until(lambda: limiter.waiting == 1)  # the stream's RESYNC: its relist waits
+                at = 0
+                while at < (revision_of(held) or 0) - 1:
+                    at = revision_of(await nb.create(Net(id=f"b{at}", topic="t"))) or 0
+                new = await nb.update((await nb.get(Net, "x")).model_copy(update={"name": "new"}))
+                assert revision_of(new) == revision_of(held)  # the revision held names another write
+            async with limiter.slot():  # once the relist ran
                 assert replica.stats().resyncs == 1
                 assert _dumps(replica.get_all(Net)) == _dumps(await nb.get_all(Net))
