@@ -79,6 +79,39 @@ async def test_a_resync_reads_only_the_values_that_differ(faulty_nb: NbApi, mode
         await events.aclose()
 
 
+async def test_objects_moved_in_and_out_of_a_selective_scope_and_topicless_ones_are_relisted_by_keys(
+    faulty_nb: NbApi,
+) -> None:
+    nb = faulty_nb
+    await nb.create_many([Net(id=f"n{i:03}", topic="t") for i in range(50)])
+    await nb.create_many([Net(id="in", topic="u"), Net(id="g", topic=None), Net(id="g2", topic=None)])
+    limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
+    async with Replica(nb, [Net], mode=SyncMode.SELECTIVE, topics={"t"}, topicless=[Net], relists=limiter) as replica:
+        events = replica.events()
+        driver = nb.driver
+        assert isinstance(driver, FaultyDriver)
+        async with limiter.slot():  # the changes are made while the relist waits for its turn
+            assert await driver.cut(lose_history=True) == 1
+            await _until(lambda: limiter.waiting == 1)
+            await nb.delete(Net, "n001")  # moved out of the scope
+            await nb.create(Net(id="n001", topic="u", name="moved"))
+            await nb.delete(Net, "in")  # moved into it
+            await nb.create(Net(id="in", topic="t", name="moved"))
+            await nb.update((await nb.get(Net, "g")).model_copy(update={"name": "changed"}))
+            await nb.delete(Net, "g2")
+            await nb.create(Net(id="g3", topic=None))
+        expected = [
+            (Action.DELETE, "n001"), (Action.CREATE, "in"), (Action.UPDATE, "g"), (Action.DELETE, "g2"),
+            (Action.CREATE, "g3"),
+        ]  # fmt: skip
+        got = [await asyncio.wait_for(anext(events), WAIT) for _ in expected]
+        assert sorted((e.action, e.id) for e in got) == sorted(expected)
+        assert replica.stats().relisted == 3  # "in", "g" and "g3": the rest was held, or is out of scope
+        truth = [n for n in await nb.get_all(Net) if n.topic in (None, "t")]
+        assert _dumps(replica.get_all(Net)) == _dumps(truth)
+        await events.aclose()
+
+
 async def test_a_resync_that_finds_much_changed_lists_the_whole_scope(faulty_nb: NbApi) -> None:
     nb = faulty_nb
     await nb.create_many([Net(id=f"n{i:03}", topic="t") for i in range(100)])
