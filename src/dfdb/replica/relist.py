@@ -94,7 +94,7 @@ async def list_changed(
         table = model.__table__
         scope = None if topics is None else {*topics, *([None] if model in topicless else [])}
         keys = await nb._retry(functools.partial(nb.driver.digest_keys, table, scope, 1, (0,)), "list", table)
-        unnamed = unnamed or keys.identity is None
+        unnamed = unnamed or not keys.identity
         if (keys.identity or dataset) != dataset or keys.values_read:  # values read: a listing costs no more
             return None
         rows = held.get(model, {})
