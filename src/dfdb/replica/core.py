@@ -352,7 +352,8 @@ class Replica(Reactive):
 
     async def _on_event(self, ev: ChangeEvent) -> None:
         if ev.action == Action.RESYNC:
-            keyed = parse_cursor(ev.cursor)[0] == self._dataset  # else every revision may name another write
+            dataset, at = parse_cursor(ev.cursor)  # revisions name one dataset's writes: not another's, nor
+            keyed = dataset == self._dataset and at >= self._position  # those of one back to an older copy
             await until_done(lambda: self._resync(ev.model, ev.topic, keyed), "relisting the replica's scope")
             return
         if ev.model is None or ev.model not in self._store:

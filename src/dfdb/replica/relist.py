@@ -75,19 +75,21 @@ async def list_changed(
     reading only the values whose revision differs from the rows ``held``: each model's ids
     and revisions come from :meth:`Driver.digest_keys` (no values, where the driver can), a
     held object at the revision stored is the object stored (a revision names one write of
-    the dataset ``dataset`` the rows were held from), and the rest is read one by one.
+    the dataset ``dataset`` the rows were held from, so the dataset is read with the keys or
+    after them), and the rest is read one by one.
 
     ``None`` when a whole listing is cheaper (more differ than :data:`FEW` and an eighth of
     the keys, or the driver read the values to know the keys) or the keys come from another
     dataset than ``dataset``: the caller lists."""
     listings: Listings = []
     read = 0
+    unnamed = False  # a driver that reads no identity with the keys: it is read after them
     for model in models:
         table = model.__table__
         scope = None if topics is None else {*topics, *([None] if model in topicless else [])}
         keys = await nb._retry(functools.partial(nb.driver.digest_keys, table, scope, 1, (0,)), "list", table)
-        identity = keys.identity or nb._identity or ""
-        if identity != dataset or keys.values_read:  # values read to know the keys: a listing costs no more
+        unnamed = unnamed or not keys.identity
+        if (keys.identity or dataset) != dataset or keys.values_read:  # values read: a listing costs no more
             return None
         rows = held.get(model, {})
         same = [rows[id][0] for id, rev in keys.revisions.items() if id in rows and rows[id][1] == rev]
@@ -112,7 +114,10 @@ async def list_changed(
             if found is not None and (scope is None or found.topic in scope):  # else gone since, or moved away
                 items.append(found)
         items.sort(key=_id_of)
-        listings.append((model, ListResult(items, format_cursor(identity, keys.revision), corrupt)))
+        listings.append((model, ListResult(items, format_cursor(dataset, keys.revision), corrupt)))
+    # the identity known before may be a lost dataset's: one lost meanwhile has another by now
+    if unnamed and await nb._retry(nb.driver.identity, "list", models[0].__table__) != dataset:
+        return None
     return listings, read
 
 

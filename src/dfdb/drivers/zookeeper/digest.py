@@ -8,6 +8,7 @@ for it before comparing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,10 @@ async def digest(driver: ZooKeeperDriver, table: str, topics: Collection[str | N
 async def digest_keys(
     driver: ZooKeeperDriver, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
 ) -> KeyListing:
-    """:meth:`Driver.digest_keys` from the stats of the data nodes in ``wanted`` buckets."""
+    """:meth:`Driver.digest_keys` from the stats of the data nodes in ``wanted`` buckets, at
+    the server's zxid before the first read: a change made while they run may be missing from
+    the keys, so they reflect every change up to that one only (a relist by keys takes it as
+    its listing's position, and the changes after it from the stream)."""
+    before = await driver._calls.current_revision()
     keys, _ = await _keys(driver, table, topics, buckets, set(wanted))
-    return keys
+    return dataclasses.replace(keys, revision=before, round_trips=keys.round_trips + 1)
