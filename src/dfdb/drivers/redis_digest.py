@@ -65,8 +65,9 @@ class RedisDigest:
     ) -> tuple[int, int, int, str]:  # fmt: skip
         """Run the digest script over each index set of the scope, slice by slice; each bucket
         (``width`` 1: packed) or key (``width`` 2) of a reply goes to ``put``. Returns the revision
-        after the last slice, the bytes received, the calls made and the dataset's epoch (one
-        that names no dataset when it changed between slices)."""
+        of the first slice (the slices reflect every change up to it; one made while the others
+        are read may be in none, or in one read later), the bytes received, the calls made and
+        the dataset's epoch (one that names no dataset when it changed between slices)."""
         driver: RedisDriver = self  # type: ignore[assignment]
         driver._open_client()
         if driver._plain_reads:
@@ -92,7 +93,9 @@ class RedisDigest:
                 if reply[0].decode() != driver.epoch:
                     await driver._adopt_epoch(reply[0] or None, read=False)
                 epochs.add(reply[0].decode())
-                revision, trips = int(reply[1]), trips + 1
+                if not trips:  # a change made while later slices are read may be in none
+                    revision = int(reply[1])
+                trips += 1
                 size += sum(len(x) if isinstance(x, bytes) else 8 for x in reply)
                 if width == 2:
                     for i in range(3, len(reply), 2):

@@ -421,15 +421,13 @@ class Replica(Reactive):
             listings: Listings = []
             if self.mode is not SyncMode.REACTIVE:
                 topicless = self._topicless if topic is None else ()
-                found = keyed and await relisting.list_changed(
-                    self.nb, models, topics, topicless, self._store.rows, self._dataset
-                )
-                if found:
-                    listings, read = found
-                else:
-                    listings = await list_scope(self.nb, models, topics, topicless)
-                    read = sum(len(listing.items) + len(listing.corrupt) for _, listing in listings)
-                self.relisted += read
+                rows, held_in, kept = self._store.rows, self._dataset, self._partial
+                found = keyed and await relisting.list_changed(self.nb, models, topics, topicless, rows, held_in, kept)
+                if found:  # applied as changes: the rows that are as stored stay as they are
+                    self.relisted += found[1]
+                    return relisting.apply_changed(self, found[0], whole=not scoped, topic=topic)
+                listings = await list_scope(self.nb, models, topics, topicless)
+                self.relisted += sum(len(listing.items) + len(listing.corrupt) for _, listing in listings)
             before = built(self, self._store.clear(models, topic) if scoped else self._store.clear())
             if not scoped:
                 self._recent.clear()

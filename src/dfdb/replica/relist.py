@@ -7,10 +7,10 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import TYPE_CHECKING
 
 from dfdb._collector import collector_paused
 from dfdb.codec import decode
-from dfdb.drivers.base import Entry
 from dfdb.errors import BackendTimeoutError, BackendUnavailableError, CorruptObjectError, NotFoundError
 from dfdb.events import Action, format_cursor, parse_cursor
 from dfdb.nb import ListResult, NbApi, revision_of
@@ -20,9 +20,12 @@ from dfdb.replica.lazy import list_raw
 from dfdb.replica.store import Held, Row
 from dfdb.retry import Backoff
 
+if TYPE_CHECKING:
+    from dfdb.replica.core import Replica
+
 __all__ = [
-    "Keys", "Listings", "emit_difference", "kept_only", "list_changed", "list_scope", "note_relisted", "refetch",
-    "until_done",
+    "Changes", "Keys", "Listings", "apply_changed", "emit_difference", "kept_only", "list_changed", "list_scope",
+    "note_relisted", "refetch", "until_done",
 ]  # fmt: skip
 
 log = logging.getLogger("dfdb.nb")
@@ -63,6 +66,12 @@ FEW = 32
 cheaper (and an eighth of the scope's keys above that)."""
 
 
+Changes = list[tuple[type[NbModel], int, list[tuple[str, NbModel | None, int]]]]
+"""What a relist by keys found, by model: the revision its keys reflect, and each id whose
+object differs from the one held: the object stored (``None``: gone from the scope) at a
+revision."""
+
+
 async def list_changed(
     nb: NbApi,
     models: Sequence[type[NbModel]],
@@ -70,18 +79,21 @@ async def list_changed(
     topicless: Collection[type[NbModel]],
     held: dict[type[NbModel], dict[str, Held]],
     dataset: str,
-) -> tuple[Listings, int] | None:
-    """The listings of the scope as :func:`list_scope` makes them and the values it read,
-    reading only the values whose revision differs from the rows ``held``: each model's ids
-    and revisions come from :meth:`Driver.digest_keys` (no values, where the driver can), a
-    held object at the revision stored is the object stored (a revision names one write of
-    the dataset ``dataset`` the rows were held from, so the dataset is read with the keys or
-    after them), and the rest is read one by one.
+    kept: Collection[str] = (),
+) -> tuple[Changes, int] | None:
+    """What differs between the scope stored and the rows ``held``, and the values read to
+    know it: each model's ids and revisions come from :meth:`Driver.digest_keys` (no values,
+    where the driver can), a held row at the revision stored is the object stored (a revision
+    names one write of the dataset ``dataset`` the rows were held from, so the dataset is
+    read with the keys or after them) and is not looked at, and the objects of the other ids
+    are read one by one; a held row of the scope whose id is not stored is gone. Of the
+    ``kept`` topics (removed, their referenced objects kept) only the objects held count.
 
     ``None`` when a whole listing is cheaper (more differ than :data:`FEW` and an eighth of
-    the keys, or the driver read the values to know the keys) or the keys come from another
-    dataset than ``dataset``: the caller lists."""
-    listings: Listings = []
+    the keys, or the driver read the values to know the keys), a value is corrupt (the
+    listing reports it), or the keys come from another dataset than ``dataset``: the caller
+    lists."""
+    changes: Changes = []
     read = 0
     unnamed = False  # a driver that reads no identity with the keys: it is read after them
     for model in models:
@@ -92,48 +104,48 @@ async def list_changed(
         if (keys.identity or dataset) != dataset or keys.values_read:  # values read: a listing costs no more
             return None
         rows = held.get(model, {})
-        same = [rows[id][0] for id, rev in keys.revisions.items() if id in rows and rows[id][1] == rev]
-        differ = sorted(id for id, rev in keys.revisions.items() if id not in rows or rows[id][1] != rev)
-        if len(differ) > max(FEW, len(keys.revisions) // 8):
+        stored = keys.revisions
+        differ = sorted(id for id, rev in stored.items() if id not in rows or rows[id][1] != rev)
+        if len(differ) > max(FEW, len(stored) // 8):
             return None
-        items: list[NbModel] = []
-        corrupt: list[str] = []
-        for held_obj in same:
-            obj = _decoded(model, held_obj, corrupt)  # held as stored (an Entry), or built
-            if obj is not None:
-                items.append(obj)
+        found: list[tuple[str, NbModel | None, int]] = [
+            (id, None, keys.revision)
+            for id, (row, _) in rows.items()
+            if id not in stored and (scope is None or row.topic in scope)
+        ]
         for id in differ:
             try:
                 entry = await nb._retry(functools.partial(nb.driver.get, table, id), "get", table)
-            except CorruptObjectError as exc:
-                log.warning("skipping %s", exc)
-                corrupt.append(id)
-                continue
+                obj = None if entry is None else decode(model, entry.id, entry.topic, entry.value, entry.revision)
+            except CorruptObjectError:
+                return None
             read += 1
-            found = _decoded(model, entry, corrupt) if entry is not None else None
-            if found is not None and (scope is None or found.topic in scope):  # else gone since, or moved away
-                items.append(found)
-        items.sort(key=_id_of)
-        listings.append((model, ListResult(items, format_cursor(dataset, keys.revision), corrupt)))
+            if obj is not None and obj.topic in kept and id not in rows:
+                continue  # a removed topic's object not held: not loaded again
+            if obj is None or (scope is not None and obj.topic not in scope):  # gone since, or moved away
+                found.append((id, None, keys.revision if obj is None else revision_of(obj) or keys.revision))
+            else:
+                found.append((id, obj, revision_of(obj) or 0))
+        changes.append((model, keys.revision, found))
     # the identity known before may be a lost dataset's: one lost meanwhile has another by now
     if unnamed and await nb._retry(nb.driver.identity, "list", models[0].__table__) != dataset:
         return None
-    return listings, read
+    return changes, read
 
 
-def _decoded(model: type[NbModel], entry: NbModel | Entry, corrupt: list[str]) -> NbModel | None:
-    if type(entry) is not Entry:
-        return entry  # type: ignore[return-value]
-    try:
-        return decode(model, entry.id, entry.topic, entry.value, entry.revision)
-    except CorruptObjectError as exc:
-        log.warning("skipping %s", exc)
-        corrupt.append(entry.id)
-        return None
-
-
-def _id_of(obj: NbModel) -> str:
-    return obj.id
+def apply_changed(replica: Replica, changes: Changes, *, whole: bool, topic: str | None) -> None:
+    """Apply what a relist by keys found to ``replica``, with no await, each change with its
+    event (the rows as stored stay as they are: not built, nothing to tell); the revisions
+    its keys reflect are noted as a listing's (:func:`note_relisted`); ``whole``: they cover
+    the scope, a position."""
+    for model, _, found in changes:
+        for id, obj, revision in found:
+            replica._apply(model, id, obj, revision)
+    listings: Listings = [(m, ListResult([], format_cursor(replica._dataset, at))) for m, at, _ in changes]
+    if whole and changes:
+        replica._position = max(replica._position, min(at for _, at, _ in changes))
+    replica._relisted_in = note_relisted(replica._relisted, replica._relisted_in, listings, topic)
+    replica.resyncs += 1
 
 
 def kept_only(listings: Listings, partial: Collection[str], held: dict[type[NbModel], dict[str, Row]]) -> Listings:
