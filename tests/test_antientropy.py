@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Collection, Iterator
-from urllib.parse import quote
+from collections.abc import Collection, Iterator
 
 import pytest
 
@@ -37,16 +36,6 @@ class Port(dfdb.NbModel, table="ae_port"):
 
 
 WAIT = 10
-
-
-@pytest.fixture
-async def faulty_nb(dfdb_leak_check: None, dfdb_fresh_url: str) -> AsyncIterator[NbApi]:
-    """The URL under test behind the fault-injecting wrapper, which can drop events silently."""
-    scheme, rest = dfdb_fresh_url.split("://", 1)
-    async with dfdb.connect(f"faulty://{rest}{'&' if '?' in rest else '?'}inner={quote(scheme, safe='')}") as nb:
-        if not nb.exact:
-            pytest.skip("snapshot polling promises convergence, not every change")
-        yield nb
 
 
 async def settle(replica: Replica, obj: dfdb.NbModel) -> None:

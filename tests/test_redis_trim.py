@@ -4,7 +4,8 @@ of the trimmed stream's scope, its place among the other streams' changes, and t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -109,6 +110,18 @@ class Vif(dfdb.NbModel, table="redis_vif"):
     sg: dfdb.Ref[Sg] | None = None
 
 
+@contextlib.asynccontextmanager
+async def removed_t2(nb: dfdb.NbApi) -> AsyncIterator[dfdb.Replica]:
+    """A SELECTIVE Replica of groups and ports of t1 and t2 that removed t2: it keeps the
+    groups its ports reference."""
+    limiter = RelistLimiter(jitter=0)
+    mode = dfdb.SyncMode.SELECTIVE
+    async with dfdb.Replica(nb, [Sg, Vif], mode=mode, topics={"t1", "t2"}, relists=limiter, check_interval=None) as r:
+        await r.wait_synced()
+        await r.remove_topic("t2")
+        yield r
+
+
 async def test_a_removed_topic_whose_objects_stay_referenced_is_relisted_after_its_trim(
     volatile_server: RedisServer,
 ) -> None:
@@ -120,13 +133,7 @@ async def test_a_removed_topic_whose_objects_stay_referenced_is_relisted_after_i
     async with dfdb.connect(url) as nb:
         await nb.create_many([Sg(id=f"sg{i}", topic="t2") for i in range(3)])
         vif = await nb.create(Vif(id="vif", topic="t1", sg="sg0"))
-        limiter = RelistLimiter(jitter=0)
-        mode = dfdb.SyncMode.SELECTIVE
-        async with dfdb.Replica(
-            nb, [Sg, Vif], mode=mode, topics={"t1", "t2"}, relists=limiter, check_interval=None
-        ) as r:
-            await r.wait_synced()
-            await r.remove_topic("t2")
+        async with removed_t2(nb) as r:
             assert [sg.id for sg in r.get_all(Sg)] == ["sg0"]  # referenced: kept
             await until_reading(url)
             groups = [await nb.get(Sg, f"sg{i}") for i in range(3)]
@@ -149,13 +156,7 @@ async def test_a_relist_of_a_whole_table_keeps_the_referenced_objects_of_removed
     async with dfdb.connect(url) as nb:
         await nb.create_many([Sg(id="sg0", topic="t2"), Sg(id="sg1", topic="t2")])
         vif = await nb.create(Vif(id="vif", topic="t1", sg="sg0"))
-        limiter = RelistLimiter(jitter=0)
-        mode = dfdb.SyncMode.SELECTIVE
-        async with dfdb.Replica(
-            nb, [Sg, Vif], mode=mode, topics={"t1", "t2"}, relists=limiter, check_interval=None
-        ) as r:
-            await r.wait_synced()
-            await r.remove_topic("t2")
+        async with removed_t2(nb) as r:
             await until_reading(url)
             await nb.update_many([vif.model_copy()])  # wakes the read
             await nb.create_many([Sg(id=f"global{i}") for i in range(3)])  # trimmed past the cursor

@@ -8,10 +8,9 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 
@@ -30,15 +29,6 @@ class Net(dfdb.NbModel, table="rk_net"):
 
 
 WAIT = 15
-
-
-@pytest.fixture
-async def faulty_nb(dfdb_leak_check: None, dfdb_fresh_url: str) -> AsyncIterator[NbApi]:
-    scheme, rest = dfdb_fresh_url.split("://", 1)
-    async with dfdb.connect(f"faulty://{rest}{'&' if '?' in rest else '?'}inner={quote(scheme, safe='')}") as nb:
-        if not nb.exact:
-            pytest.skip("snapshot polling promises convergence, not every change")
-        yield nb
 
 
 async def _missed(nb: NbApi, changed: int) -> list[tuple[Action, str]]:
