@@ -570,8 +570,10 @@ async def test_text_that_is_not_utf8_is_a_value_error(db_url: str) -> None:
 
 
 async def test_corruption_found_by_a_relist_is_told_as_corruption(tmp_path: Path) -> None:
-    """A value corrupted without a change record, found when a RESYNC relists the scope:
-    the Replica evicts it with a DELETE marked corrupt, never an ordinary delete."""
+    """A value corrupted without a change record (at a revision of its own), found when a
+    RESYNC relists the scope: the Replica evicts it with a DELETE marked corrupt, never an
+    ordinary delete. (A relist by keys trusts a revision to name one write: a value
+    rewritten in place at its revision is read by a whole listing only.)"""
     path = f"{tmp_path}/x.db"
     async with dfdb.connect(f"faulty:///{path}?inner=sqlite") as nb:
         await nb.create(Thing(id="good"))
@@ -579,7 +581,10 @@ async def test_corruption_found_by_a_relist_is_told_as_corruption(tmp_path: Path
         async with dfdb.Replica(nb, [Thing]) as replica:
             events = replica.events()
             with contextlib.closing(sqlite3.connect(path, timeout=10)) as db, db:
-                db.execute("UPDATE dfdb_entries SET value = ? WHERE id = 'bad'", (b'{"n": "many"}',))
+                db.execute(
+                    "UPDATE dfdb_entries SET value = ?, revision = revision + 1000 WHERE id = 'bad'",
+                    (b'{"n": "many"}',),
+                )
             driver = nb.driver
             assert isinstance(driver, FaultyDriver)
             assert await driver.cut(lose_history=True) == 1  # the stream comes back with a RESYNC
