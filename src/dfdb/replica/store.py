@@ -120,12 +120,7 @@ class Store:
         keyed = self._keyed[model]
         if keys is None:
             if keyed:
-                unindexed = self._unindexed[model]
-                run = unindexed.run
-                if not run or entry.id > run[-1]:
-                    run.append(entry.id)  # a listing sorted by id: no set of a million ids to build
-                else:
-                    unindexed.extra.add(entry.id)
+                self._unindexed[model].add(entry.id)
         else:
             for (_, entries), index_keys in zip(keyed, keys, strict=True):
                 for key in index_keys:
@@ -143,12 +138,7 @@ class Store:
         if id in rows or (self._tombstones and self.is_stale(model, id, entry.revision)):
             return False
         if self._keyed[model]:
-            unindexed = self._unindexed[model]
-            run = unindexed.run
-            if not run or id > run[-1]:
-                run.append(id)
-            else:
-                unindexed.extra.add(id)
+            self._unindexed[model].add(id)
         rows[id] = (entry, entry.revision)
         if self._tombstones:
             self._tombstones.pop((model, id), None)
@@ -331,6 +321,15 @@ class Unindexed:
         if id in self.extra:
             return True
         return self._in_run(id) and id not in self.taken
+
+    def add(self, id: str) -> None:
+        """Put ``id`` in: at the end of the run when it sorts after it (a listing sorted by id:
+        no set of a million ids to build), else among the ids added out of order."""
+        run = self.run
+        if not run or id > run[-1]:
+            run.append(id)
+        else:
+            self.extra.add(id)
 
     def discard(self, id: str) -> None:
         """Take ``id`` out (nothing when it is not in)."""
