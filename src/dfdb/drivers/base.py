@@ -14,7 +14,7 @@ import builtins
 import warnings
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import ClassVar, TypeVar
 
@@ -330,6 +330,13 @@ class Driver(LeaseMethods, ABC):
         return KeyListing(
             chosen, revision, len(entries), size, trips, {e.id: e.topic for e in entries if e.id in chosen}
         )
+
+    async def digest_keys_many(self, scopes: Mapping[str, Collection[str | None] | None]) -> dict[str, KeyListing]:
+        """The ids and revisions of every entry of each table's scope (``scopes``: table ->
+        topics, as for :meth:`digest_keys`), all buckets: what a relist by keys reads. By
+        default one :meth:`digest_keys` after the other; a driver that reads several tables'
+        keys in fewer requests (etcd: one keys-only range per topic) overrides it."""
+        return {table: await self.digest_keys(table, topics, 1, (0,)) for table, topics in scopes.items()}
 
     async def _scope_entries(
         self, table: str, topics: Collection[str | None] | None

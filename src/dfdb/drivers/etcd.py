@@ -49,7 +49,7 @@ import asyncio
 import builtins
 import logging
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -419,6 +419,11 @@ class EtcdDriver(EtcdLeases, Driver):
         self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
     ) -> KeyListing:
         return await etcd_digest.digest_keys(self, table, topics, buckets, wanted)
+
+    async def digest_keys_many(
+        self, scopes: Mapping[str, Collection[str | None] | None]
+    ) -> builtins.dict[str, KeyListing]:
+        return await etcd_digest.digest_keys_many(self, scopes)
 
     def _listed(self, table: str, topic: str | None, kv: Any) -> Entry | None:
         id = bytes(kv.key).rsplit(b"/", 1)[-1].decode(errors="replace")

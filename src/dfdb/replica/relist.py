@@ -82,11 +82,11 @@ async def list_changed(
     kept: Collection[str] = (),
 ) -> tuple[Changes, int] | None:
     """What differs between the scope stored and the rows ``held``, and the values read to
-    know it: each model's ids and revisions come from :meth:`Driver.digest_keys` (no values,
-    where the driver can), a held row at the revision stored is the object stored (a revision
-    names one write of the dataset ``dataset`` the rows were held from, so the dataset is
-    read with the keys or after them) and is not looked at, and the objects of the other ids
-    are read one by one; a held row of the scope whose id is not stored is gone. Of the
+    know it: every model's ids and revisions come from one :meth:`Driver.digest_keys_many`
+    (no values, where the driver can), a held row at the revision stored is the object
+    stored (a revision names one write of the dataset ``dataset`` the rows were held from,
+    so the dataset is read with the keys or after them) and is not looked at, and the
+    objects of the other ids are read one by one; a held row of the scope whose id is not stored is gone. Of the
     ``kept`` topics (removed, their referenced objects kept) only the objects held count.
 
     ``None`` when a whole listing is cheaper (more differ than :data:`FEW` and an eighth of
@@ -96,10 +96,13 @@ async def list_changed(
     changes: Changes = []
     read = 0
     unnamed = False  # a driver that reads no identity with the keys: it is read after them
+    scopes = {m.__table__: None if topics is None else {*topics, *([None] if m in topicless else [])} for m in models}
+    if len(scopes) < len(models):  # two models of one table: listed
+        return None
+    every = await nb._retry(functools.partial(nb.driver.digest_keys_many, scopes), "list", models[0].__table__)
     for model in models:
         table = model.__table__
-        scope = None if topics is None else {*topics, *([None] if model in topicless else [])}
-        keys = await nb._retry(functools.partial(nb.driver.digest_keys, table, scope, 1, (0,)), "list", table)
+        scope, keys = scopes[table], every[table]
         unnamed = unnamed or not keys.identity
         if (keys.identity or dataset) != dataset or keys.values_read:  # values read: a listing costs no more
             return None

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from dfdb.drivers import driver_class, register_driver
 from dfdb.drivers.base import ANY, Capability, Digest, Driver, Entry, EventSource, Expect, KeyListing, Listing, RawEvent
@@ -136,6 +136,9 @@ class FaultyDriver(Driver):
         self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
     ) -> KeyListing:
         return await self.inner.digest_keys(table, topics, buckets, wanted)
+
+    async def digest_keys_many(self, scopes: Mapping[str, Collection[str | None] | None]) -> dict[str, KeyListing]:
+        return await self.inner.digest_keys_many(scopes)
 
     async def watch(
         self,
