@@ -533,3 +533,36 @@ async def test_wait_for_after_a_relist_waits_for_changes_its_first_listings_miss
             await asyncio.wait_for(r.wait_for(dfdb.revision_of(probe) or 0), WAIT)
             assert r.get(Net, "a") is None
             assert {n.id for n in r.get_all(Net)} == {"c", "probe"} and r.stats().resyncs == 1
+
+
+class FlakyTopicDriver(MemoryDriver):
+    """The memory driver, whose next listing of topic ``fail_topic`` fails (a server restarted
+    while a topic is added)."""
+
+    fail_topic: str | None = None
+
+    async def list(self, table: str, topic: str | None = None) -> Listing:
+        if topic is not None and topic == self.fail_topic:
+            self.fail_topic = None
+            raise BackendUnavailableError("the server is restarting")
+        return await super().list(table, topic)
+
+
+register_driver("test-flaky-topic", FlakyTopicDriver)
+
+
+async def test_a_topic_added_while_the_server_restarts_is_tried_again() -> None:
+    """A polling stream lists an added topic itself: a failed listing is tried again within the
+    NbApi's timeout, as every other read of ``add_topic`` is, not raised at once."""
+    async with dfdb.connect("test-flaky-topic://flaky?notifications=poll&poll_interval=0.02", timeout=5) as nb:
+        await nb.create_many([Vm(id="a1", topic="a"), Vm(id="b1", topic="b")])
+        async with Replica(nb, [Vm], mode=SyncMode.SELECTIVE, topics={"a"}) as replica:
+            driver = nb.driver
+            assert isinstance(driver, FlakyTopicDriver)
+            driver.fail_topic = "b"
+            await asyncio.wait_for(replica.add_topic("b"), WAIT)
+            assert driver.fail_topic is None  # the failure happened, and was tried again
+            assert {v.id for v in replica.get_all(Vm)} == {"a1", "b1"}
+            b2 = await nb.create(Vm(id="b2", topic="b"))
+            await asyncio.wait_for(replica.wait_for(dfdb.revision_of(b2) or 0), WAIT)
+            assert replica.get(Vm, "b2") == b2

@@ -498,7 +498,8 @@ class Replica(Reactive):
             # (applied meanwhile: the topic is loading); the listings are never newer than it
             self._loading.add(topic)
             try:
-                await self._stream.add_topics({topic}, since=self._stream.cursor)
+                stream = self._stream  # a server away a while: tried again, as the listing is
+                await self.nb._retry(lambda: stream.add_topics({topic}, since=stream.cursor), "add_topic")
                 listings = [(model, await self.nb.list(model, topic=topic)) for model in self.models]
             except BaseException:
                 self._loading.discard(topic)
