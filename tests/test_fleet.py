@@ -81,6 +81,8 @@ def test_the_topology_lays_tenants_round_the_chassis() -> None:
         (["--db", "memory://", "--lost", "1000000000000"], "--lost: must be at most 1000000"),
         (["--db", "memory://", "--scenarios", " , "], "no fleet scenario"),
         (["--db", "memory://", "--tenants", "1000000", "--ports", "1000"], "1,008,000,050 objects"),
+        (["--db", "memory://", "--json", "/nonexistent/fleet.json"], "--json: cannot write /nonexistent/fleet.json"),
+        (["--db", "memory://", "--json", "/"], "--json: cannot write /"),
     ],
 )
 def test_fleet_usage_mistakes_are_one_line(args: list[str], text: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -188,6 +188,8 @@ async def _fleet(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.relist_jitter < 0:
         raise UsageError("--relist-jitter cannot be negative")
+    if args.json and not _writable(Path(args.json)):  # said now, not after a run of minutes
+        raise UsageError(f"--json: cannot write {args.json} (no such folder, not writable, or a folder)")
     url = None if args.server else _url(args)
     cfg = FleetConfig(
         url=url,
@@ -218,6 +220,11 @@ async def _fleet(args: argparse.Namespace, out: TextIO) -> int:
         text = json.dumps({**dataclasses.asdict(result), "ok": result.ok}, indent=2)
         await asyncio.to_thread(Path(args.json).write_text, text + "\n")
     return 0 if result.ok else 1
+
+
+def _writable(path: Path) -> bool:
+    """Whether a file can be written at ``path``: a folder that exists and may be written."""
+    return path.parent.is_dir() and os.access(path.parent, os.W_OK) and not path.is_dir()
 
 
 async def _demo(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
