@@ -172,6 +172,26 @@ async def test_a_dataset_lost_while_a_relist_waits_is_never_compared_by_revision
                 assert _dumps(replica.get_all(Net)) == _dumps(await nb.get_all(Net))
 
 
+async def test_wait_for_a_lost_datasets_successor_waits_for_its_revisions(etcd_server: EtcdServer) -> None:
+    """After a server comes back without its data, the new dataset's revisions start again
+    below those the Replica applied: once the Replica has noticed (its RESYNC), ``wait_for``
+    one of them waits until it is applied. (Before it notices, nothing on the client can tell
+    a new dataset's low revision from one applied.)"""
+    async with dfdb.connect(etcd_server.url + "/rk", timeout=20) as nb:
+        async with Replica(nb, [Net]) as replica:
+            await nb.create_many([Net(id=f"a{i}", topic="t") for i in range(30)])
+            last = await nb.create(Net(id="last", topic="t"))
+            await asyncio.wait_for(replica.wait_for(revision_of(last) or 0), WAIT)
+            await asyncio.to_thread(_wipe, etcd_server)
+            await _until(lambda: replica.stats().resyncs >= 1)
+            assert replica.get(Net, "last") is None  # the lost dataset's objects are gone
+            for i in range(3):
+                after = await nb.create(Net(id=f"after{i}", topic="t"))
+                assert (revision_of(after) or 0) < (revision_of(last) or 0)
+                await asyncio.wait_for(replica.wait_for(revision_of(after) or 0), WAIT)
+                assert replica.get(Net, f"after{i}") == after
+
+
 def _restore(server: EtcdServer, snapshot: Path) -> None:
     """Start the server again from an older snapshot of its data: the same dataset, whose
     revisions go back and are numbered again by the writes to come."""

@@ -354,6 +354,8 @@ class Replica(Reactive):
         if ev.action == Action.RESYNC:
             dataset, at = parse_cursor(ev.cursor)  # revisions name one dataset's writes: not another's, nor
             keyed = dataset == self._dataset and at >= self._position  # those of one back to an older copy
+            if not keyed:  # their revisions start again below those applied: waits count from the relist
+                self._position = 0
             await until_done(lambda: self._resync(ev.model, ev.topic, keyed), "relisting the replica's scope")
             return
         if ev.model is None or ev.model not in self._store:
@@ -480,7 +482,10 @@ class Replica(Reactive):
         if stream is None or not self._synced.is_set() or self._lock.locked():
             return self._position
         with contextlib.suppress(StreamClosedError):
-            self._position = max(self._position, parse_cursor(stream.cursor)[1])
+            dataset, at = parse_cursor(stream.cursor)
+            if dataset != self._dataset:
+                return 0  # reopened on a dataset not relisted yet (its RESYNC is to come): none applied
+            self._position = max(self._position, at)
         return self._position
 
     # ------------------------------------------------------------ topics
