@@ -72,6 +72,19 @@ async def test_the_scopes_read_at_once_are_each_tables_keys(nb: NbApi) -> None:
 
 async def test_no_scope_reads_nothing(nb: NbApi) -> None:
     assert await nb.driver.digest_keys_many({}) == {}
+    assert await nb.driver.digest_many({}, None) == {}
+
+
+@pytest.mark.parametrize("topics", [None, {"t", "u", None}, {"v"}])
+async def test_the_digests_read_at_once_are_each_tables_digest(nb: NbApi, topics: set[str | None] | None) -> None:
+    await _fill(nb)
+    buckets = {"dkm_host": 4, "dkm_link": 1, "dkm_rule": 2, "dkm_none": 8}
+    every = await nb.driver.digest_many(buckets, topics)
+    assert sorted(every) == sorted(buckets)
+    for table, n in buckets.items():
+        alone = await nb.driver.digest(table, topics, n)
+        assert (every[table].buckets, every[table].records_read) == (alone.buckets, alone.records_read), table
+        assert every[table].values_read == alone.values_read
 
 
 async def test_etcd_reads_one_range_per_shared_topic_at_one_revision(nb: NbApi) -> None:
@@ -84,6 +97,8 @@ async def test_etcd_reads_one_range_per_shared_topic_at_one_revision(nb: NbApi) 
     assert sum(k.round_trips for k in every.values()) == 5
     assert len({k.revision for k in every.values()}) == 1
     assert sum(k.bytes_read for k in every.values()) > 0
+    digests = await nb.driver.digest_many(dict.fromkeys(SCOPES, 4), {"t", "u", None})
+    assert sum(d.round_trips for d in digests.values()) == 2 + 4  # the shared topics, each table's topic-less keys
 
 
 @pytest.mark.parametrize("mode", [SyncMode.FULL, SyncMode.SELECTIVE])

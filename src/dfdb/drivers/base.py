@@ -331,6 +331,13 @@ class Driver(LeaseMethods, ABC):
             chosen, revision, len(entries), size, trips, {e.id: e.topic for e in entries if e.id in chosen}
         )
 
+    async def digest_many(self, buckets: Mapping[str, int], topics: Collection[str | None] | None) -> dict[str, Digest]:
+        """The :meth:`digest` of each table of ``buckets`` (table -> how many buckets), all of
+        one scope (``topics``, as for :meth:`digest`): what a consistency check reads. By
+        default one :meth:`digest` after the other; a driver that reads several tables' keys
+        in fewer requests (etcd) overrides it."""
+        return {table: await self.digest(table, topics, n) for table, n in buckets.items()}
+
     async def digest_keys_many(self, scopes: Mapping[str, Collection[str | None] | None]) -> dict[str, KeyListing]:
         """The ids and revisions of every entry of each table's scope (``scopes``: table ->
         topics, as for :meth:`digest_keys`), all buckets: what a relist by keys reads. By

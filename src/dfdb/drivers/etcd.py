@@ -420,6 +420,11 @@ class EtcdDriver(EtcdLeases, Driver):
     ) -> KeyListing:
         return await etcd_digest.digest_keys(self, table, topics, buckets, wanted)
 
+    async def digest_many(
+        self, buckets: Mapping[str, int], topics: Collection[str | None] | None
+    ) -> builtins.dict[str, Digest]:
+        return await etcd_digest.digest_many(self, buckets, topics)
+
     async def digest_keys_many(
         self, scopes: Mapping[str, Collection[str | None] | None]
     ) -> builtins.dict[str, KeyListing]:

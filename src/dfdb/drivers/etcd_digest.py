@@ -14,7 +14,7 @@ from dfdb.errors import BackendUnavailableError, DriverError
 if TYPE_CHECKING:
     from dfdb.drivers.etcd import EtcdDriver
 
-__all__ = ["digest", "digest_keys", "digest_keys_many"]
+__all__ = ["digest", "digest_keys", "digest_keys_many", "digest_many"]
 
 _Pairs = list[tuple[bytes, int]]
 
@@ -100,6 +100,21 @@ async def digest_keys_many(
         first = next(iter(listings))
         listings[first] = KeyListing(revisions[first], revision, bytes_read=size, round_trips=trips)
     return listings
+
+
+async def digest_many(
+    driver: EtcdDriver, buckets: Mapping[str, int], topics: Collection[str | None] | None
+) -> dict[str, Digest]:
+    """:meth:`Driver.digest_many` from the keys of every table read at once
+    (:func:`digest_keys_many`)."""
+    every = await digest_keys_many(driver, dict.fromkeys(buckets, topics))
+    return {
+        table: Digest(
+            digest_of(keys.revisions.items(), buckets[table]), keys.revision, len(keys.revisions),
+            bytes_read=keys.bytes_read, round_trips=keys.round_trips,
+        )
+        for table, keys in every.items()
+    }  # fmt: skip
 
 
 async def digest(driver: EtcdDriver, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:

@@ -193,12 +193,10 @@ class AntiEntropy:
                         await self._repair(model, scope, 1, {0}, wait, report)
                 self.checks += 1
                 return report.result()
-            digests = []
-            for model in r.models:
-                n = buckets_for(len(self._local(model, scope)))
-                table = model.__table__
-                digest = await nb._retry(functools.partial(driver.digest, table, scope, n), "digest", table)
-                digests.append((model, n, digest))
+            sizes = {model: buckets_for(len(self._local(model, scope))) for model in r.models}
+            read = functools.partial(driver.digest_many, {m.__table__: n for m, n in sizes.items()}, scope)
+            every = await nb._retry(read, "digest", r.models[0].__table__)
+            digests = [(model, n, every[model.__table__]) for model, n in sizes.items()]
             if not self._same_dataset(d.identity for _, _, d in digests):
                 return CheckReport(False)
             await self._settle(max(d.revision for _, _, d in digests), wait)

@@ -97,8 +97,6 @@ async def list_changed(
     read = 0
     unnamed = False  # a driver that reads no identity with the keys: it is read after them
     scopes = {m.__table__: None if topics is None else {*topics, *([None] if m in topicless else [])} for m in models}
-    if len(scopes) < len(models):  # two models of one table: listed
-        return None
     every = await nb._retry(functools.partial(nb.driver.digest_keys_many, scopes), "list", models[0].__table__)
     for model in models:
         table = model.__table__

@@ -137,6 +137,9 @@ class FaultyDriver(Driver):
     ) -> KeyListing:
         return await self.inner.digest_keys(table, topics, buckets, wanted)
 
+    async def digest_many(self, buckets: Mapping[str, int], topics: Collection[str | None] | None) -> dict[str, Digest]:
+        return await self.inner.digest_many(buckets, topics)
+
     async def digest_keys_many(self, scopes: Mapping[str, Collection[str | None] | None]) -> dict[str, KeyListing]:
         return await self.inner.digest_keys_many(scopes)
 
