@@ -42,6 +42,7 @@ def chart(rows: list[BenchResult], target: Path) -> str:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, LogLocator
     except ImportError:
         return NO_MATPLOTLIB.format(name=target.name)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -67,6 +68,9 @@ def chart(rows: list[BenchResult], target: Path) -> str:
     left.set_title("FULL Replica sync (median; bars: lowest-highest)", fontsize=9)
     left.set_ylabel("seconds")
     left.set_yscale("log")
+    left.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    left.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    left.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
     right.set_title("memory per cached port", fontsize=9)
     right.set_ylabel("bytes per object")
     right.set_ylim(bottom=0)
