@@ -107,7 +107,9 @@ async def test_the_raw_redis_client_reads_replies_as_it_is_told(tmp_path: Path) 
         finally:
             await raw.close()
         assert said.startswith(f"redis-py's own in Python (`{options['parser_class'].__name__}`; `hiredis` is ")
-        assert said.endswith(", RESP2" if options["protocol"] == 2 else (", RESP2", ", RESP3"))  # None: redis-py's
+        assert said.endswith(
+            " over RESP2" if options["protocol"] == 2 else (" over RESP2", " over RESP3")
+        )  # None: redis-py's
 
 
 def test_only_growth_with_update_keeps_the_other_rows_and_sections(tmp_path: Path) -> None:
@@ -123,7 +125,7 @@ def test_only_growth_with_update_keeps_the_other_rows_and_sections(tmp_path: Pat
             "growth: Replica full sync of 100 ports", "sqlite", "s", [7.0], [], False, part="growth", objects=100
         ),
     ]
-    info = {"Python": "3", "redis parser": "`hiredis` 9.9"}
+    info = {"Python": "3", "redis parser": "`hiredis` 9.9 over RESP3"}
     write_reports(old, info, Sizes(), quick=False, markdown=out, json_path=out.with_suffix(".json"))
     with out.open("a") as f:
         f.write("\n## SQLite change-log polling\n\nkept section\n")
@@ -145,7 +147,7 @@ def test_only_growth_with_update_keeps_the_other_rows_and_sections(tmp_path: Pat
     assert all(r["value"] > 0 for r in rows)
     text = out.read_text()
     assert "| sequential create | redis | objects/s | 100 | 200 | 0.50x | ≥ 0.8x **missed** |" in text
-    assert "Reply parser: `hiredis` 9.9, on both sides" in text  # how the kept redis rows were measured
+    assert "Replies parsed by `hiredis` 9.9 over RESP3 on both sides" in text  # how the kept redis rows were measured
     assert "| growth: Replica full sync of 60 ports | memory | s |" in text
     assert text.endswith("\n## SQLite change-log polling\n\nkept section\n") and text.count("kept section") == 1
 

@@ -32,7 +32,7 @@ def test_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
         assert f"| write->event p99 | {backend} | ms |" in text
     assert "| objects | idle poll |" in text
     assert "| sequential create, min_replicas=1 | objects/s |" in text
-    assert "- **redis**: `redis.asyncio` on one connection" in text and "Reply parser: " in text
+    assert "- **redis**: `redis.asyncio` on one connection" in text and "Replies parsed by " in text
     report = json.loads((tmp_path / "benchmarks.json").read_text())
     rows = report["results"]
     cases = [r for r in rows if r["part"] == "cases"]

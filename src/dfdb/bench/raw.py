@@ -140,14 +140,14 @@ def describe_redis(client: Any) -> str:
     protocol = f"RESP{connection.protocol}"
     if "hiredis" in parser.__name__.lower():
         try:
-            return f"`hiredis` {metadata.version('hiredis')}, {protocol}"
+            return f"`hiredis` {metadata.version('hiredis')} over {protocol}"
         except metadata.PackageNotFoundError:
-            return f"`hiredis`, {protocol}"
+            return f"`hiredis` over {protocol}"
     try:
         metadata.version("hiredis")
     except metadata.PackageNotFoundError:
-        return f"redis-py's own in Python (`{parser.__name__}`; `hiredis` is not installed), {protocol}"
-    return f"redis-py's own in Python (`{parser.__name__}`; `hiredis` is installed but not used), {protocol}"
+        return f"redis-py's own in Python (`{parser.__name__}`; `hiredis` is not installed) over {protocol}"
+    return f"redis-py's own in Python (`{parser.__name__}`; `hiredis` is installed but not used) over {protocol}"
 
 
 class _RawRedis(RawClient):

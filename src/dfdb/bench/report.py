@@ -130,8 +130,8 @@ def _raw_line(backend: str, versions: dict[str, str]) -> str:
     text = RAW.get(DatabaseURL.parse(versions.get(f"url {backend}", backend + "://")).scheme, "")
     if backend == "redis" and "redis parser" in versions:
         text += (
-            f" Reply parser: {versions['redis parser']}, on both sides (the raw client is given the parser "
-            "dfdb's connections are configured with, read from them in the same run)."
+            f" Replies parsed by {versions['redis parser']} on both sides (the raw client is given the parser "
+            "and protocol of dfdb's connections, read from them in the same run)."
         )
     return f"- **{backend}**: {text}"
 
