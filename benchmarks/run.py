@@ -8,14 +8,16 @@ Usage: python benchmarks/run.py [--quick] [--backends memory,sqlite,redis,etcd,z
 The cases and the raw baselines are described in ``dfdb.bench``; the servers are
 started here on loopback (as the tests do). ``--quick`` is a smoke test, not a
 measurement. The reports are rewritten after each backend; ``--update`` keeps the rows
-not measured this time (from the JSON file). Then the growth rows (``dfdb.bench.growth``:
-a FULL Replica's sync and memory at each of ``--growth-sizes`` on each of
-``--growth-backends``) and their chart, docs/benchmarks-growth.png (with matplotlib:
-``pip install 'dfdb[bench]'``). ``--only`` runs one of the two parts. Unless
-``--only growth``, it also runs the SQLite change-log polling benchmark
-(``sqlite_polling.py``), unless ``--quick`` the TLS cost of the server backends run
-(``tls_cost.py``), and with redis the Sentinel benchmark (``sentinel.py``: min_replicas
-and failover); with ``--only growth --update`` their sections of the old report stay.
+not measured this time (from the JSON file), but measures redis again when its kept rows
+read Redis replies otherwise than a run here would (``hiredis`` installed or removed).
+Then the growth rows (``dfdb.bench.growth``: a FULL Replica's sync and memory at each of
+``--growth-sizes`` on each of ``--growth-backends``) and their chart,
+docs/benchmarks-growth.png (with matplotlib: ``pip install 'dfdb[bench]'``). ``--only``
+runs one of the two parts. Unless ``--only growth``, it also runs the SQLite change-log
+polling benchmark (``sqlite_polling.py``), unless ``--quick`` the TLS cost of the server
+backends run (``tls_cost.py``), and with redis the Sentinel benchmark (``sentinel.py``:
+min_replicas and failover); with ``--only growth --update`` their sections of the old
+report stay.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dfdb.bench import (
     write_reports,
 )
 from dfdb.bench import versions as machine_versions
+from dfdb.bench.raw import default_redis_reading
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("cases", GROWTH)
@@ -107,6 +110,15 @@ def main() -> int:
     if args.update and json_path.exists():
         kept = [r for r in load_results(json_path) if r.backend not in run.get(r.part, [])]
         old = load_versions(json_path)
+    reading, before = default_redis_reading(), old.get("redis parser")
+    if reading and before and reading != before and any(r.backend == "redis" and r.part == "cases" for r in kept):
+        if args.only == GROWTH:
+            print(f"the kept redis rows read replies with {before}; a run now would use {reading}", file=sys.stderr)
+        else:  # a client option changed: the raw baseline is measured again, with dfdb
+            print(f"redis measured again: its kept rows read replies with {before}, now {reading}", file=sys.stderr)
+            backends = [b for b in BACKENDS if b in {*backends, "redis"}]
+            run["cases"] = backends
+            kept = [r for r in kept if not (r.backend == "redis" and r.part == "cases")]
     tail = _tail(out) if args.update and args.only == GROWTH else ""
     info = machine_versions()
     cases: list[BenchResult] = []

@@ -14,7 +14,7 @@ import pytest
 
 from dfdb.bench import BenchResult, Sizes, write_reports
 from dfdb.bench.heap import ALLOCATOR, TRACEMALLOC, Heap, allocated_bytes
-from dfdb.bench.raw import describe_redis, raw_client_for, redis_options
+from dfdb.bench.raw import default_redis_reading, describe_redis, raw_client_for, redis_options
 from dfdb.url import DatabaseURL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,6 +134,8 @@ def test_only_growth_with_update_keeps_the_other_rows_and_sections(tmp_path: Pat
         [*argv, "--growth-sizes", "30,60", "--out", str(out)], capture_output=True, text=True, timeout=100, check=False
     )
     assert result.returncode == 0, result.stderr
+    now = default_redis_reading()
+    assert f"the kept redis rows read replies with `hiredis` 9.9 over RESP3; a run now would use {now}" in result.stderr
     rows = json.loads(out.with_suffix(".json").read_text())["results"]
     assert [(r["case"], r["backend"], r["part"]) for r in rows] == [
         ("sequential create", "redis", "cases"),

@@ -6,12 +6,13 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from dfdb.bench.workload import sample_values
 from dfdb.url import DatabaseURL
 
-__all__ = ["RAW", "RawClient", "describe_redis", "raw_client_for", "redis_options"]
+__all__ = ["RAW", "RawClient", "default_redis_reading", "describe_redis", "raw_client_for", "redis_options"]
 
 RAW: dict[str, str] = {
     "memory": "no raw client (an in-process store): dfdb figures only.",
@@ -148,6 +149,17 @@ def describe_redis(client: Any) -> str:
     except metadata.PackageNotFoundError:
         return f"redis-py's own in Python (`{parser.__name__}`; `hiredis` is not installed) over {protocol}"
     return f"redis-py's own in Python (`{parser.__name__}`; `hiredis` is installed but not used) over {protocol}"
+
+
+def default_redis_reading() -> str | None:
+    """What :func:`describe_redis` says of a redis-py client with the default parser and
+    protocol (dfdb's driver sets neither), or ``None`` without redis-py: how a Redis run
+    here would read replies."""
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        return None
+    return describe_redis(SimpleNamespace(connection_pool=aioredis.ConnectionPool()))
 
 
 class _RawRedis(RawClient):
