@@ -133,8 +133,9 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """The benchmarks (not part of the default run); writes docs/benchmarks.md."""
-    session.install("-e", ".[all]")
+    """The benchmarks (not part of the default run); writes docs/benchmarks.md and the growth
+    chart docs/benchmarks-growth.png (matplotlib: the bench extra)."""
+    session.install("-e", ".[all,bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 

@@ -19,7 +19,7 @@ import time
 
 import dfdb
 from dfdb.bench import BACKENDS
-from dfdb.bench.cases import _servers
+from dfdb.bench.cases import local_servers
 from dfdb.drivers.digest import buckets_for, digest_of
 
 
@@ -78,7 +78,7 @@ async def main() -> None:
         "| backend | check | s | buckets | differing | round trips | keys read | values read | bytes read | repaired |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    with _servers(backends) as urls:
+    with local_servers(backends) as urls:
         for backend in backends:
             for line in await one(backend, urls[backend], args.objects):
                 print(line, flush=True)

@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from dfdb.bench.cases import _dfdb_bulk, _dfdb_latency, _dfdb_seq, _pct, _rate, _servers
+from dfdb.bench.cases import _dfdb_bulk, _dfdb_latency, _dfdb_seq, _pct, _rate, local_servers
 from dfdb.bench.raw import raw_client_for
 from dfdb.bench.workload import Namespaces, sample_port, sample_values
 from dfdb.connecting import connect
@@ -149,7 +149,7 @@ def main() -> int:
         parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     for backend in [b for b in args.backends.split(",") if b]:
-        with _servers([backend]) as urls:
+        with local_servers([backend]) as urls:
             asyncio.run(_backend(backend, urls[backend], cases, args))
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     return 0

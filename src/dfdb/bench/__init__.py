@@ -20,9 +20,15 @@ its own namespace (a fresh key prefix, chroot or file), so runs never see each o
    topic, while writes are spread over the topics: the most any controller read from
    the server vs what its own topic holds (the raw column is that ideal).
 
+Growth (:mod:`~dfdb.bench.growth`): a FULL Replica's sync and its memory per cached
+object at 10,000, 100,000 and 1,000,000 ports, with the growth of the sync time from one
+size to the next; its own part of the report.
+
 The modules: :mod:`~dfdb.bench.workload` (sizes, the ports written, a namespace per
 run), :mod:`~dfdb.bench.cases` (dfdb's side of each case and the runs),
-:mod:`~dfdb.bench.raw` (each backend's raw baseline, described in ``RAW``) and
+:mod:`~dfdb.bench.raw` (each backend's raw baseline, described in ``RAW``; a Redis one
+parses replies as dfdb's connections do), :mod:`~dfdb.bench.growth` (the growth rows),
+:mod:`~dfdb.bench.heap` (memory read from the allocators' counters) and
 :mod:`~dfdb.bench.report` (the rows, the markdown table, the JSON file).
 ``python benchmarks/run.py`` (or ``nox -s bench``) writes docs/benchmarks.md and
 docs/benchmarks.json; ``dfdb bench --db URL`` runs the same cases against a server of
@@ -32,20 +38,25 @@ your own and prints the table. Nothing in the library imports this package.
 from __future__ import annotations
 
 from dfdb.bench.cases import BACKENDS, SCHEMES, run_all, run_backend
+from dfdb.bench.growth import GROWTH, run_growth
 from dfdb.bench.raw import RAW
-from dfdb.bench.report import BenchResult, load_results, render_markdown, versions, write_reports
+from dfdb.bench.report import NOTES, BenchResult, load_results, load_versions, render_markdown, versions, write_reports
 from dfdb.bench.workload import Sizes
 
 __all__ = [
     "BACKENDS",
+    "GROWTH",
+    "NOTES",
     "RAW",
     "SCHEMES",
     "BenchResult",
     "Sizes",
     "load_results",
+    "load_versions",
     "render_markdown",
     "run_all",
     "run_backend",
+    "run_growth",
     "versions",
     "write_reports",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from dfdb.bench.raw import raw_client_for
+from dfdb.bench.raw import describe_redis, raw_client_for, redis_options
 from dfdb.bench.report import BenchResult, versions
 from dfdb.bench.workload import POLL_INTERVAL, Namespaces, Sizes, sample_port, sample_values
 from dfdb.connecting import connect
@@ -25,7 +25,7 @@ from dfdb.replica import Replica, SyncMode
 from dfdb.servers import EtcdServer, LocalServer, RedisServer, ZooKeeperServer
 from dfdb.url import DatabaseURL
 
-__all__ = ["BACKENDS", "SCHEMES", "dict_of_models_bytes", "run_all", "run_backend"]
+__all__ = ["BACKENDS", "SCHEMES", "dict_of_models_bytes", "local_servers", "run_all", "run_backend"]
 
 BACKENDS = ("memory", "sqlite", "redis", "etcd", "zookeeper")
 """The backends ``run_all`` knows (it starts the servers)."""
@@ -165,13 +165,29 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
+async def _dfdb_redis_options(url: DatabaseURL) -> tuple[dict[str, Any], str]:
+    """How dfdb's own Redis connections to ``url`` read replies: the options and their description."""
+    async with connect(url) as nb:
+        client = getattr(nb.driver, "_client")  # noqa: B009 (the driver's private client)
+        return redis_options(client), describe_redis(client)
+
+
 async def run_backend(
-    backend: str, url: str | DatabaseURL, sizes: Sizes, *, cleanup: bool = False, log: TextIO | None = None
+    backend: str,
+    url: str | DatabaseURL,
+    sizes: Sizes,
+    *,
+    cleanup: bool = False,
+    log: TextIO | None = None,
+    info: dict[str, str] | None = None,
 ) -> list[BenchResult]:
     """Run the five cases on ``url`` (``backend`` names the rows); returns the rows.
 
     Every run works in a namespace of its own (``bench-…`` key prefixes, chroots or
-    files); with ``cleanup`` (a server of your own) they are removed at the end.
+    files); with ``cleanup`` (a server of your own) they are removed at the end. A raw
+    client is configured as dfdb's connections are (Redis: the same reply parser and
+    protocol, read from dfdb's connection in this run); ``info`` (the versions) gets what
+    was used (``"redis parser"``).
 
     Raises:
         InvalidURL: not a memory, sqlite, redis, etcd or zk URL.
@@ -181,7 +197,10 @@ async def run_backend(
         raise InvalidURL(f"dfdb bench knows memory, sqlite, redis, etcd and zk URLs, not {base.scheme}://")
     tmp = Path(tempfile.mkdtemp(prefix="dfdb-bench-"))
     spaces = Namespaces(base, tmp)
-    raw = raw_client_for(base, tmp)
+    options, described = await _dfdb_redis_options(base) if base.scheme == "redis" else (None, "")
+    raw = raw_client_for(base, tmp, redis=options)
+    if options is not None and info is not None:
+        info["redis parser"] = described
     results: list[BenchResult] = []
 
     def say(text: str) -> None:
@@ -340,8 +359,9 @@ def _latency_row(
 
 
 @contextlib.contextmanager
-def _servers(backends: list[str]) -> Iterator[dict[str, str]]:
-    """Start a server for each server backend; yields backend -> URL."""
+def local_servers(backends: list[str], *, zookeeper_heap: str = "2g") -> Iterator[dict[str, str]]:
+    """Start a server for each server backend (memory:// and SQLite need none: a name and
+    a file in a temporary folder); yields backend -> URL. Stopped on leaving."""
     started: list[LocalServer] = []
     tmp = Path(tempfile.mkdtemp(prefix="dfdb-bench-sqlite-"))
     urls: dict[str, str] = {}
@@ -355,7 +375,7 @@ def _servers(backends: list[str]) -> Iterator[dict[str, str]]:
                 factory: dict[str, Callable[[], LocalServer]] = {
                     "redis": lambda: RedisServer(appendonly=False),
                     "etcd": EtcdServer,
-                    "zookeeper": lambda: ZooKeeperServer(heap="2g"),  # 100k objects, log included
+                    "zookeeper": lambda: ZooKeeperServer(heap=zookeeper_heap),  # 100k objects, log included: 2g
                 }
                 if backend not in factory:
                     raise InvalidURL(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -376,16 +396,18 @@ async def run_all(
     *,
     log: TextIO | None = None,
     done: Callable[[list[BenchResult], dict[str, str]], None] | None = None,
+    info: dict[str, str] | None = None,
 ) -> tuple[list[BenchResult], dict[str, str]]:
     """Every case on each backend in ``backends`` (servers started here); returns the
-    rows and the versions. ``done`` is called with the rows so far after each backend."""
-    info = versions()
+    rows and the versions (``info``, completed, when given). ``done`` is called with the
+    rows so far after each backend."""
+    info = versions() if info is None else info
     results: list[BenchResult] = []
     for backend in backends:  # one server at a time
-        with _servers([backend]) as urls:
+        with local_servers([backend]) as urls:
             if log is not None:
                 print(f"{backend} at {urls[backend]}", file=log, flush=True)
-            results += await run_backend(backend, urls[backend], sizes, log=log)
+            results += await run_backend(backend, urls[backend], sizes, log=log, info=info)
         if done is not None:
             done(results, info)
     return results, info

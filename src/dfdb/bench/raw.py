@@ -6,12 +6,13 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from dfdb.bench.workload import sample_values
 from dfdb.url import DatabaseURL
 
-__all__ = ["RAW", "RawClient", "raw_client_for"]
+__all__ = ["RAW", "RawClient", "default_redis_reading", "describe_redis", "raw_client_for", "redis_options"]
 
 RAW: dict[str, str] = {
     "memory": "no raw client (an in-process store): dfdb figures only.",
@@ -114,9 +115,58 @@ class _RawSqlite(RawClient):
             return {k: json.loads(v) async for k, v in cursor}
 
 
+def _connection(client: Any) -> Any:
+    """A connection made with the pool settings of redis-py's ``client`` (never connected)."""
+    pool = client.connection_pool
+    return pool.connection_class(**pool.connection_kwargs)
+
+
+def redis_options(client: Any) -> dict[str, Any]:
+    """The options that decide how the connections of redis-py's ``client`` read replies:
+    the reply parser class (``parser_class``, as a connection of it has it) and the
+    protocol its pool was given (``protocol``; ``None``: redis-py's default)."""
+    return {
+        "parser_class": type(_connection(client)._parser),
+        "protocol": client.connection_pool.connection_kwargs.get("protocol"),
+    }
+
+
+def describe_redis(client: Any) -> str:
+    """How the connections of redis-py's ``client`` read replies, for the report: the parser
+    (``hiredis`` with its version, or redis-py's own in Python) and the protocol."""
+    from importlib import metadata
+
+    connection = _connection(client)
+    parser: type[Any] = type(connection._parser)
+    protocol = f"RESP{connection.protocol}"
+    if "hiredis" in parser.__name__.lower():
+        try:
+            return f"`hiredis` {metadata.version('hiredis')} over {protocol}"
+        except metadata.PackageNotFoundError:
+            return f"`hiredis` over {protocol}"
+    try:
+        metadata.version("hiredis")
+    except metadata.PackageNotFoundError:
+        return f"redis-py's own in Python (`{parser.__name__}`; `hiredis` is not installed) over {protocol}"
+    return f"redis-py's own in Python (`{parser.__name__}`; `hiredis` is installed but not used) over {protocol}"
+
+
+def default_redis_reading() -> str | None:
+    """What :func:`describe_redis` says of a redis-py client with the default parser and
+    protocol (dfdb's driver sets neither), or ``None`` without redis-py: how a Redis run
+    here would read replies."""
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        return None
+    return describe_redis(SimpleNamespace(connection_pool=aioredis.ConnectionPool()))
+
+
 class _RawRedis(RawClient):
-    def __init__(self, url: DatabaseURL) -> None:
+    def __init__(self, url: DatabaseURL, options: dict[str, Any] | None = None) -> None:
         self.url = url
+        self.options = options or {}
+        """The client options to use, as :func:`redis_options` reads them (none: redis-py's defaults)."""
         self.client: Any = None
         self.reader: Any = None
 
@@ -126,8 +176,11 @@ class _RawRedis(RawClient):
         host, port = self.url.hosts[0] if self.url.hosts else ("127.0.0.1", 6379)
         db = int(self.url.path or 0) if (self.url.path or "0").isdigit() else 0
         kw: dict[str, Any] = {"host": host, "port": port or 6379, "db": db, "password": self.url.password}
-        self.client = aioredis.Redis(**kw)
-        self.reader = aioredis.Redis(**kw)
+        self.client = aioredis.Redis.from_pool(aioredis.ConnectionPool(**kw, **self.options))
+        self.reader = aioredis.Redis.from_pool(aioredis.ConnectionPool(**kw, **self.options))
+        used = redis_options(self.client)
+        if self.options and any(used[k] != v for k, v in self.options.items()):
+            raise RuntimeError(f"the raw Redis client uses {used}, not {self.options}")
 
     async def close(self) -> None:
         for c in (self.client, self.reader):
@@ -332,12 +385,13 @@ class _RawZooKeeper(RawClient):
         await txn.commit()
 
 
-def raw_client_for(url: DatabaseURL, tmp: Path) -> RawClient | None:
-    """The raw client of ``url``'s backend (SQLite files in ``tmp``), ``None`` for memory://."""
+def raw_client_for(url: DatabaseURL, tmp: Path, *, redis: dict[str, Any] | None = None) -> RawClient | None:
+    """The raw client of ``url``'s backend (SQLite files in ``tmp``), ``None`` for memory://.
+    ``redis``: a Redis client's options, as :func:`redis_options` reads them (default: redis-py's)."""
     if url.scheme == "sqlite":
         return _RawSqlite(tmp)
     if url.scheme == "redis":
-        return _RawRedis(url)
+        return _RawRedis(url, redis)
     if url.scheme == "etcd":
         return _RawEtcd(url)
     if url.scheme == "zk":

@@ -18,7 +18,7 @@ from dfdb.bench.raw import RAW
 from dfdb.bench.workload import POLL_INTERVAL, Sizes
 from dfdb.url import DatabaseURL
 
-__all__ = ["BenchResult", "load_results", "render_markdown", "versions", "write_reports"]
+__all__ = ["NOTES", "BenchResult", "load_results", "load_versions", "render_markdown", "versions", "write_reports"]
 
 
 @dataclass
@@ -36,6 +36,10 @@ class BenchResult:
     pooled: tuple[float, float | None] | None = None
     """Latency rows: the percentile over every event of every run (dfdb, raw); the
     samples are then the per-run percentiles, which give the spread."""
+    part: str = "cases"
+    """Which part of the benchmark made the row: ``"cases"`` (the five cases) or ``"growth"``."""
+    objects: int | None = None
+    """Growth rows of one size: the objects synced (``None`` elsewhere)."""
 
     @property
     def value(self) -> float:
@@ -95,10 +99,78 @@ def _target(row: BenchResult) -> str:
     return bound if met is None else f"{bound} {'met' if met else '**missed**'}"
 
 
-def render_markdown(results: list[BenchResult], *, sizes: Sizes, versions: dict[str, str], quick: bool) -> str:
+NOTES = ("redis parser", "growth memory")
+"""Keys of the versions that describe how a part was measured: shown with that part, not
+under the machine."""
+
+_ALLOCATOR_TEXT = (
+    "the allocators' own counters: pymalloc's bytes in allocated blocks (`sys._debugmallocstats`) plus "
+    "the bytes glibc's `malloc` has in use (`mallinfo2`), each read after a full garbage collection. "
+    "Unlike `tracemalloc`, which slows a million-port sync several times and takes gigabytes of its own, "
+    "they cost the sync nothing, so that Replica is one of the timed runs; they count each block at its "
+    "allocated size, so they read above what `tracemalloc` counts (the memory row of case 4): by 2 per cent "
+    "for the dict of models and 8 to 10 for a Replica at 100,000 ports (smaller blocks, more rounding)"
+)
+
+
+def _table(rows: list[BenchResult]) -> list[str]:
+    lines = [
+        "| case | backend | unit | dfdb | raw | dfdb/raw | target |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        ratio = row.ratio
+        lines.append(
+            f"| {row.case} | {row.backend} | {row.unit} | {_cell(row, False)} | {_cell(row, True)} | "
+            f"{'' if ratio is None else f'{ratio:.2f}x'} | {_target(row)} |"
+        )
+    return lines
+
+
+def _raw_line(backend: str, versions: dict[str, str]) -> str:
+    text = RAW.get(DatabaseURL.parse(versions.get(f"url {backend}", backend + "://")).scheme, "")
+    if backend == "redis" and "redis parser" in versions:
+        text += (
+            f" Replies parsed by {versions['redis parser']} on both sides (the raw client is given the parser "
+            "and protocol of dfdb's connections, read from them in the same run)."
+        )
+    return f"- **{backend}**: {text}"
+
+
+def _growth_section(rows: list[BenchResult], sizes: Sizes, versions: dict[str, str], chart: str | None) -> list[str]:
+    method = versions.get("growth memory", "")
+    how = _ALLOCATOR_TEXT if method == "allocator counters" else f"`{method}`, in a sync of its own (not timed)"
+    lines = [
+        "## Growth",
+        "",
+        "A FULL Replica's sync as the ports grow (regenerate this part alone with "
+        "`python benchmarks/run.py --only growth --update`). One namespace per backend grows through the sizes "
+        "below: the LogicalPorts are added with `create_many` (not timed), then at each size "
+        f"{sizes.repeat} Replicas sync it one after another, each on a connection of its own opened before the "
+        "clock starts (the median, lowest-highest in brackets). Each `/` row divides a size's sync by the "
+        "previous size's (its raw column); the target is 1.1 times the ratio of the sizes (≤ 11x for ten times "
+        "the ports). Memory per cached port: what the first of those Replicas holds once synced, against the "
+        f"same ports validated into a plain `dict` of models (target ≤ 1.0x), measured with {how}. On "
+        "memory:// a Replica holds the in-process store's own entries, so its figure leaves out the stored "
+        "values that the store keeps anyway.",
+        "",
+        *_table(rows),
+        "",
+    ]
+    if chart:
+        lines += [chart, ""]
+    return lines
+
+
+def render_markdown(
+    results: list[BenchResult], *, sizes: Sizes, versions: dict[str, str], quick: bool, chart: str | None = None
+) -> str:
     """The report: one table (case, backend, dfdb, raw, ratio, target), then the raw
-    baselines and the machine."""
-    backends = list(dict.fromkeys(r.backend for r in results))
+    baselines, the growth rows (with ``chart``: the line that shows their chart) and the
+    machine."""
+    cases = [r for r in results if r.part != "growth"]
+    growth = [r for r in results if r.part == "growth"]
+    backends = list(dict.fromkeys(r.backend for r in cases))
     lines = [
         "# Benchmarks",
         "",
@@ -110,34 +182,24 @@ def render_markdown(results: list[BenchResult], *, sizes: Sizes, versions: dict[
     ]
     if quick:
         lines += ["**Quick mode: a smoke test with small sizes, not a measurement.**", ""]
-    lines += [
-        "| case | backend | unit | dfdb | raw | dfdb/raw | target |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in results:
-        ratio = row.ratio
-        lines.append(
-            f"| {row.case} | {row.backend} | {row.unit} | {_cell(row, False)} | {_cell(row, True)} | "
-            f"{'' if ratio is None else f'{ratio:.2f}x'} | {_target(row)} |"
-        )
-    lines += ["", "## Raw baselines", ""]
-    lines += [
-        f"- **{b}**: {RAW.get(DatabaseURL.parse(versions.get(f'url {b}', b + '://')).scheme, '')}" for b in backends
-    ]
-    lines += [
-        "",
-        "Case 4's memory row measures, with `tracemalloc`, what a FULL Replica holding every port retains per "
-        "object (store, indexes, revisions) against the same ports validated into a plain `dict` of models. "
-        f"Case 3's polling rows poll every {POLL_INTERVAL} s and compare with the raw native stream. Case 5: "
-        f"{sizes.controllers} controllers, each a SELECTIVE Replica of one topic, one connection, while "
-        f"{sizes.fanout_writes:,} creates are spread over the topics; the row shows the most any controller "
-        "read from the server (records, and bytes as the driver received them: keys, values, metadata) "
-        "against what one topic holds.",
-        "",
-        "## Machine and versions",
-        "",
-    ]
-    lines += [f"- {k}: {v}" for k, v in versions.items() if not k.startswith("url ")]
+    if cases:
+        lines += [*_table(cases), "", "## Raw baselines", ""]
+        lines += [_raw_line(b, versions) for b in backends]
+        lines += [
+            "",
+            "Case 4's memory row measures, with `tracemalloc`, what a FULL Replica holding every port retains per "
+            "object (store, indexes, revisions) against the same ports validated into a plain `dict` of models. "
+            f"Case 3's polling rows poll every {POLL_INTERVAL} s and compare with the raw native stream. Case 5: "
+            f"{sizes.controllers} controllers, each a SELECTIVE Replica of one topic, one connection, while "
+            f"{sizes.fanout_writes:,} creates are spread over the topics; the row shows the most any controller "
+            "read from the server (records, and bytes as the driver received them: keys, values, metadata) "
+            "against what one topic holds.",
+            "",
+        ]
+    if growth:
+        lines += _growth_section(growth, sizes, versions, chart)
+    lines += ["## Machine and versions", ""]
+    lines += [f"- {k}: {v}" for k, v in versions.items() if not k.startswith("url ") and k not in NOTES]
     return "\n".join(lines) + "\n"
 
 
@@ -150,7 +212,7 @@ def versions() -> dict[str, str]:
         "Python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    for dist in ("dfdb", "pydantic", "redis", "aetcd", "grpcio", "aiozk", "aiosqlite"):
+    for dist in ("dfdb", "pydantic", "redis", "hiredis", "aetcd", "grpcio", "aiozk", "aiosqlite"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     for name, cmd in (("redis-server", ["redis-server", "--version"]), ("etcd", ["etcd", "--version"])):
@@ -179,6 +241,15 @@ def load_results(path: Path) -> list[BenchResult]:
     return out
 
 
+def load_versions(path: Path) -> dict[str, str]:
+    """The versions of a JSON report written by :func:`write_reports` (empty without one)."""
+    try:
+        found = json.loads(path.read_text()).get("versions", {})
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
 def write_reports(
     results: list[BenchResult],
     info: dict[str, str],
@@ -187,11 +258,13 @@ def write_reports(
     quick: bool,
     markdown: Path | None,
     json_path: Path | None,
+    chart: str | None = None,
 ) -> None:
-    """The markdown report (docs/benchmarks.md) and the JSON file with every sample."""
+    """The markdown report (docs/benchmarks.md) and the JSON file with every sample;
+    ``chart`` is the growth section's line about its chart."""
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(render_markdown(results, sizes=sizes, versions=info, quick=quick))
+        markdown.write_text(render_markdown(results, sizes=sizes, versions=info, quick=quick, chart=chart))
     if json_path is None:
         return
     payload = {

@@ -27,11 +27,15 @@ class Sizes:
     controllers: int = 50
     fanout_writes: int = 10_000
     repeat: int = 5
+    growth: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    """The ports of the growth rows (:mod:`~dfdb.bench.growth`), loaded one size after another."""
 
     @classmethod
     def quick(cls) -> Sizes:
         """Seconds per backend: a smoke test, not a measurement."""
-        return cls(seq=40, bulk=400, events=40, poll_events=10, controllers=5, fanout_writes=200, repeat=2)
+        return cls(
+            seq=40, bulk=400, events=40, poll_events=10, controllers=5, fanout_writes=200, repeat=2, growth=(100, 1000)
+        )
 
 
 def sample_port(i: int, run: str, topics: int = 20) -> LogicalPort:

@@ -311,8 +311,8 @@ async def _bench(nb: NbApi, args: argparse.Namespace, out: TextIO) -> int:
     if backend is None:
         raise UsageError(f"dfdb bench knows {', '.join(sorted(SCHEMES))} URLs, not {nb.url.scheme}://")
     await nb.aclose()  # every run opens its own namespace
-    results = await run_backend(backend, nb.url, sizes, cleanup=True, log=sys.stderr)
     info = versions()
+    results = await run_backend(backend, nb.url, sizes, cleanup=True, log=sys.stderr, info=info)
     print(render_markdown(results, sizes=sizes, versions=info, quick=args.quick), file=out)
     if args.json:
         write_reports(results, info, sizes, quick=args.quick, markdown=None, json_path=Path(args.json))
