@@ -60,15 +60,16 @@ class TimedSend(aioredis.connection.AbstractConnection):
     redis-py bounds a send with ``asyncio.wait_for``, which before Python 3.12 runs it in a
     task of its own: a task and two more event-loop rounds per command. Here the same bound
     is one ``asyncio.timeout`` around redis-py's untimed send; a send that times out drops the
-    connection and raises redis-py's ``TimeoutError``, as redis-py's own does."""
+    connection and raises redis-py's ``TimeoutError``, as redis-py's own does. A send that
+    has to connect first is redis-py's own (its connect bounded as redis-py bounds it)."""
 
     async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
         timeout = self.socket_timeout
-        if not timeout:
+        if not timeout or not self.is_connected:
             return await super().send_packed_command(command, check_health)
         try:
             async with asyncio.timeout(timeout):
-                self.socket_timeout = None  # redis-py's send without its wait_for (a connect too: bounded here)
+                self.socket_timeout = None  # redis-py's send without its wait_for
                 try:
                     await super().send_packed_command(command, check_health)  # drops the connection when cut
                 finally:
