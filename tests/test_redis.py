@@ -11,7 +11,7 @@ import pytest
 
 import dfdb
 from dfdb.testing.servers import RedisServer, skip_missing_server
-from watching import check_server_run, close_during_writes, serve, watchers
+from watching import check_server_run, close_during_writes, serve, stop, watchers
 
 
 class Port(dfdb.NbModel, table="redis_port"):
@@ -132,6 +132,41 @@ async def test_timed_out_reads_keep_their_connection(volatile_server: RedisServe
             assert stream.reconnects == 0
     finally:
         await raw.aclose()
+
+
+async def test_a_send_the_server_does_not_take_times_out_and_drops_its_connection(
+    volatile_server: RedisServer,
+) -> None:
+    from redis import exceptions as rexc
+
+    from dfdb.drivers.redis_tls import PlainConnection
+
+    conn = PlainConnection(host="127.0.0.1", port=volatile_server.port, socket_timeout=0.3)
+    await conn.connect()
+    try:
+        await conn.send_command("PING")
+        assert await conn.read_response() == b"PONG"
+        made: list[object] = []
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(lambda loop, coro, **kw: made.append(coro) or asyncio.Task(coro, loop=loop, **kw))
+        try:
+            await conn.send_command("PING")
+        finally:
+            loop.set_task_factory(None)
+        assert made == []  # the send ran in its caller's task, none of its own
+        assert await conn.read_response() == b"PONG"
+        stop(volatile_server)  # it reads nothing more: the socket buffers fill up
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(rexc.TimeoutError):
+                for _ in range(1000):
+                    await conn.send_packed_command(conn.pack_command("SET", "big", b"x" * (1 << 20)))
+            assert asyncio.get_running_loop().time() - started < 10
+            assert not conn.is_connected  # a send cut short leaves no half-written request behind
+        finally:
+            volatile_server.resume()
+    finally:
+        await conn.disconnect()
 
 
 async def test_foreign_data_in_the_namespace_is_contained(

@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from dfdb.retry import Backoff, checkpoint_if_cancelled, fail_at, raise_if_cancelling, run_to_completion
+from dfdb.retry import Backoff, checkpoint_if_cancelled, fail_at, now, raise_if_cancelling, run_to_completion
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -27,6 +27,23 @@ def test_checkpoint_if_cancelled_raises_in_a_cancelled_scope(backend: str) -> No
         assert scope.cancelled_caught
         assert reached == []
         await checkpoint_if_cancelled()  # outside the cancelled scope: returns
+
+    anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_now_is_the_clock_that_cancel_scope_deadlines_follow(backend: str) -> None:
+    """``now()`` reads anyio's clock on either loop: a deadline taken from it ends a scope
+    when anyio's own deadline would (the write path's deadlines are computed from it)."""
+
+    async def main() -> None:
+        before, during, after = now(), anyio.current_time(), now()
+        assert before <= during <= after
+        deadline = now() + 0.02
+        with anyio.CancelScope(deadline=deadline) as scope:
+            await anyio.sleep(1)
+        assert scope.cancelled_caught and anyio.current_time() >= deadline
+        assert now() >= deadline
 
     anyio.run(main, backend=backend)
 

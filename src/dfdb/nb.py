@@ -42,7 +42,7 @@ from dfdb.events import ChangeStream, DriverOpener, format_cursor, parse_cursor
 from dfdb.leases import Lease, Lock, guard_of, lease_of
 from dfdb.metrics.stats import NbCounters, NbStats
 from dfdb.nbmodel import NbModel, validate_key
-from dfdb.retry import Backoff, checkpoint_if_cancelled, fail_at, gather_outcomes, run_to_completion
+from dfdb.retry import Backoff, checkpoint_if_cancelled, fail_at, gather_outcomes, now, run_to_completion
 from dfdb.url import MAX_POLL_INTERVAL, DatabaseURL, positive_seconds
 from dfdb.writes import Batch, create_chunk, in_waves, update_chunk, write
 
@@ -179,19 +179,22 @@ class NbApi:
     async def _retry(
         self, call: Callable[[], Awaitable[T]], what: str, table: str = "",
         give_up: Callable[[BaseException], DfdbError] | None = None, *, bounded: bool = False,
+        deadline: float | None = None,
     ) -> T:  # fmt: skip
         """``call()`` retried with backoff on connection failures and timeouts until the
-        NbApi's timeout; then ``give_up(last error)`` is raised (``BackendUnavailableError``
-        by default). ``OutcomeUnknownError`` and cancellation are never retried. ``bounded``:
-        ``call`` bounds itself (by one NbApi timeout from now at most): no cancel scope around it."""
-        deadline = anyio.current_time() + self.timeout
+        NbApi's timeout (or ``deadline``, on anyio's clock: the caller's, taken just before);
+        then ``give_up(last error)`` is raised (``BackendUnavailableError`` by default).
+        ``OutcomeUnknownError`` and cancellation are never retried. ``bounded``: ``call``
+        bounds itself (by one NbApi timeout from now at most): no cancel scope around it."""
+        if deadline is None:
+            deadline = now() + self.timeout
         attempt = 0
         while True:
             try:
                 if bounded:
                     result = await call()
                 else:
-                    with fail_at(max(deadline, anyio.current_time() + 0.001)):
+                    with fail_at(max(deadline, now() + 0.001)):
                         result = await call()
                 await checkpoint_if_cancelled()
                 return result
@@ -201,7 +204,7 @@ class NbApi:
                     raise
                 delay = self.backoff.delay(attempt)
                 attempt += 1
-                if anyio.current_time() + delay >= deadline:
+                if now() + delay >= deadline:
                     raise (give_up(exc) if give_up else self._unavailable(what, exc)) from exc
                 await self._pause(what, table, exc, attempt, delay)
 

@@ -19,7 +19,7 @@ from dfdb.errors import (
     OutcomeUnknownError,
 )
 from dfdb.nbmodel import NbModel
-from dfdb.retry import checkpoint_if_cancelled, fail_at, run_to_completion
+from dfdb.retry import checkpoint_if_cancelled, fail_at, now, run_to_completion
 
 if TYPE_CHECKING:
     from dfdb.nb import NbApi
@@ -49,7 +49,7 @@ async def write(
     """
     driver = nb.driver
     bound = lease is not None or guard is not None
-    deadline = anyio.current_time() + nb.timeout  # every attempt's bound (the retries' own deadline)
+    deadline = now() + nb.timeout  # every attempt's bound (the retries' own deadline)
 
     def put() -> Awaitable[int]:
         if bound:
@@ -66,7 +66,7 @@ async def write(
     async def attempt() -> int:
         nonlocal sent
         if sent:
-            with fail_at(max(deadline, anyio.current_time() + 0.001)):
+            with fail_at(max(deadline, now() + 0.001)):
                 current = await driver.get(table, id)
             if current is not None and write_id(current.value) == wid:
                 return current.revision
@@ -78,7 +78,7 @@ async def write(
         retried, sent = sent, True
         try:
             # sent: let it finish, so it never lands after a cancelled caller returned
-            return await run_to_completion(put, max(deadline, anyio.current_time() + 0.001))
+            return await run_to_completion(put, max(deadline, now() + 0.001))
         except LockedError:
             sent = retried  # this attempt wrote nothing
             raise
@@ -86,14 +86,14 @@ async def write(
             if not retried:
                 raise
             # the earlier attempt may have landed after the check above
-            with fail_at(max(deadline, anyio.current_time() + 0.001)):
+            with fail_at(max(deadline, now() + 0.001)):
                 current = await driver.get(table, id)
             if current is None or write_id(current.value) != wid:
                 raise
             return current.revision
 
     with nb._counters.writing(table):
-        return await nb._retry(attempt, f"write of {table}/{id}", table, give_up, bounded=True)
+        return await nb._retry(attempt, f"write of {table}/{id}", table, give_up, bounded=True, deadline=deadline)
 
 
 class Batch:

@@ -59,7 +59,14 @@ from dfdb.drivers.redis_leases import RedisLeases
 from dfdb.drivers.redis_listing import entries_of, list_many
 from dfdb.drivers.redis_scripts import COMPACT, DIGEST, LIST_ROUND, NEW_EPOCH, WRITE, WRITE_MANY
 from dfdb.drivers.redis_streams import NO_EPOCH, RedisSource
-from dfdb.drivers.redis_tls import CONNECTION_ERRORS, ClosingPool, TlsConnection, refused_by_acl
+from dfdb.drivers.redis_tls import (
+    CONNECTION_ERRORS,
+    ClosingPool,
+    PlainConnection,
+    TlsConnection,
+    UnixConnection,
+    refused_by_acl,
+)
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 
 try:  # redis-py 7.1+ reads its own version from the package metadata for every client made
@@ -165,10 +172,9 @@ class RedisDriver(RedisDigest, RedisLeases, Driver):
             **_DRIVER_INFO,
         }
         if "unix_socket_path" in kw:
-            unix = aioredis.UnixDomainSocketConnection
-            pool = ClosingPool(connection_class=unix, path=kw["unix_socket_path"], **common)
+            pool = ClosingPool(connection_class=UnixConnection, path=kw["unix_socket_path"], **common)
         elif self._tls_context is None:
-            pool = ClosingPool(host=kw["host"], port=kw["port"], **common)
+            pool = ClosingPool(connection_class=PlainConnection, host=kw["host"], port=kw["port"], **common)
         else:
             common.update(tls_context=self._tls_context, tls_server_name=self._tls_server_name)
             pool = ClosingPool(connection_class=TlsConnection, host=kw["host"], port=kw["port"], **common)

@@ -54,7 +54,7 @@ from redis.backoff import NoBackoff
 
 from dfdb.drivers.base import PutRequest
 from dfdb.drivers.redis import RedisDriver
-from dfdb.drivers.redis_tls import CONNECTION_ERRORS, ClosingPool, TlsConnection, refused_by_acl
+from dfdb.drivers.redis_tls import CONNECTION_ERRORS, ClosingPool, TimedSend, TlsConnection, refused_by_acl
 from dfdb.drivers.redis_tls import connection_error as _unavailable
 from dfdb.errors import AuthenticationError, BackendUnavailableError, ConfigurationError, DriverError, InvalidURL
 from dfdb.retry import close_to_completion
@@ -117,7 +117,7 @@ class _Sentinel(Sentinel):
         )
 
 
-class _MasterConnection(SentinelManagedConnection):
+class _MasterConnection(TimedSend, SentinelManagedConnection):
     """A connection to the master the sentinels name, checked and term-stamped on connect."""
 
     async def on_connect_check_health(self, check_health: bool = True) -> None:

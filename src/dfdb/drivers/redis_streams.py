@@ -38,8 +38,8 @@ _READ_COUNT = 1000
 class RedisSource(ReaderTaskSource):
     """Blocking ``XREAD`` on the subscribed streams from one position, merged in revision order.
 
-    Each round trip also reads the epoch and the counter (before the read) and each
-    stream's trim watermark (after it), so that lost history is announced. A lost
+    Each round trip also reads the counter (before the read), and each stream's trim
+    watermark and the dataset's epoch (after it), so that lost history is announced. A lost
     connection is retried with backoff, resuming from the position. The blocking read
     runs in the source's reader task (a cancelled read would drop the connection).
     """
@@ -95,26 +95,28 @@ class RedisSource(ReaderTaskSource):
         if self._leases:  # every watcher reaps the leases that are due
             await access.reap_due()
         pipe = client.pipeline(transaction=False)
-        pipe.get(access.key("epoch"))
         pipe.get(access.key("rev"))
         pipe.zcard(access.key("leases"))
         if streams:
             pipe.xread({s: f"{i}-0" for s, i in asked.items()}, count=_READ_COUNT, block=int(access.block * 1000))
             pipe.hmget(access.key("trim"), streams)
-            pipe.get(access.key("epoch"))  # after the read too: the data may have gone meanwhile
+            # the epoch after the read: the dataset may have changed while the read waited, and
+            # what it returned may be the new one's, numbered anew (below the position)
+            pipe.get(access.key("epoch"))
         else:  # a watch of no topic yet: nothing to read, caught up with the counter
+            pipe.get(access.key("epoch"))
             self._grown.clear()
         replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        if not streams:
+        if streams:
+            raw_rev, leases, data, trims, raw_epoch = replies
+        else:
+            raw_rev, leases, raw_epoch = replies
+            data, trims = None, []
             with anyio.move_on_after(access.block):  # until add_topics gives it a topic
                 await self._grown.wait()
-            replies += [None, []]
-        raw_epoch, raw_rev, leases, data = replies[0], replies[1], replies[2], replies[3]
-        if streams and replies[5] != raw_epoch:  # the dataset changed while the read waited: what it
-            raw_epoch = replies[5]  # returned may be the new one's, numbered anew (below the position)
         self._leases = bool(leases)
         epoch = raw_epoch.decode() if raw_epoch else NO_EPOCH if self._epoch == NO_EPOCH else ""
         counter = int(raw_rev or 0)
@@ -126,7 +128,7 @@ class RedisSource(ReaderTaskSource):
             fresh, now = await access.new_dataset(epoch, self._epoch)
             return self._resync(now, fresh)
         lost: dict[str, int] = {}  # stream -> the newest revision trimmed from it, past what we read
-        for stream, trimmed in zip(streams, replies[4], strict=True):
+        for stream, trimmed in zip(streams, trims, strict=True):
             if trimmed is not None and int(trimmed if trimmed.isdigit() else 0) > asked[stream]:
                 lost[stream] = int(trimmed)
         # a stream followed since this round began (add_topics) is read from its own position in

@@ -3,6 +3,8 @@ connection, and the dfdb error of a failed call."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -12,7 +14,16 @@ from dfdb.errors import AuthenticationError, BackendUnavailableError, DriverErro
 from dfdb.tls import describe_tls_failure, tls_failure
 from dfdb.url import DatabaseURL
 
-__all__ = ["CONNECTION_ERRORS", "ClosingPool", "TlsConnection", "connection_error", "refused_by_acl"]
+__all__ = [
+    "CONNECTION_ERRORS",
+    "ClosingPool",
+    "PlainConnection",
+    "TimedSend",
+    "TlsConnection",
+    "UnixConnection",
+    "connection_error",
+    "refused_by_acl",
+]
 
 _HANDSHAKE_WAIT = 3.0
 """Seconds at most for a TLS handshake (a plain Redis never answers one; a server that
@@ -43,7 +54,39 @@ class ClosingPool(aioredis.ConnectionPool):
         await super().disconnect(inuse_connections)
 
 
-class TlsConnection(aioredis.Connection):
+class TimedSend(aioredis.connection.AbstractConnection):
+    """A connection whose sends are bounded by ``socket_timeout`` in the calling task.
+
+    redis-py bounds a send with ``asyncio.wait_for``, which before Python 3.12 runs it in a
+    task of its own: a task and two more event-loop rounds per command. Here the same bound
+    is one ``asyncio.timeout`` around redis-py's untimed send; a send that times out drops the
+    connection and raises redis-py's ``TimeoutError``, as redis-py's own does. A send that
+    has to connect first is redis-py's own (its connect bounded as redis-py bounds it)."""
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        timeout = self.socket_timeout
+        if not timeout or not self.is_connected:
+            return await super().send_packed_command(command, check_health)
+        try:
+            async with asyncio.timeout(timeout):
+                self.socket_timeout = None  # redis-py's send without its wait_for
+                try:
+                    await super().send_packed_command(command, check_health)  # drops the connection when cut
+                finally:
+                    self.socket_timeout = timeout
+        except TimeoutError:
+            raise rexc.TimeoutError("Timeout writing to socket") from None
+
+
+class PlainConnection(TimedSend, aioredis.Connection):
+    """A TCP connection (see :class:`TimedSend`)."""
+
+
+class UnixConnection(TimedSend, aioredis.UnixDomainSocketConnection):
+    """A Unix socket connection (see :class:`TimedSend`)."""
+
+
+class TlsConnection(TimedSend, aioredis.Connection):
     """A TCP connection with TLS from dfdb's own ``SSLContext`` (and a server name)."""
 
     def __init__(self, *, tls_context: Any, tls_server_name: str | None, **kwargs: Any) -> None:
