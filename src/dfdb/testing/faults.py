@@ -18,8 +18,9 @@
     (a fault the NbApi must absorb: its retries are idempotent).
 
 Without ``fault=`` the wrapper injects nothing by itself; with any fault,
-:meth:`FaultyDriver.cut` drops the change streams' connections when a test says so, and
-:meth:`FaultyDriver.drop_next` silently drops the next change event a stream reads.
+:meth:`FaultyDriver.cut` drops the change streams' connections when a test says so,
+:meth:`FaultyDriver.drop_next` silently drops the next change event a stream reads, and
+:meth:`FaultyDriver.trip` makes the Nth call of some reads fail or hang (a :class:`Trip`).
 The wrapper has the inner driver's capabilities (but leases), value-size limit and
 identities, so that a write the inner backend refuses is refused the same way here.
 """
@@ -30,16 +31,69 @@ import asyncio
 import contextlib
 from collections.abc import Collection, Sequence
 
+import anyio
+
 from dfdb.drivers import driver_class, register_driver
 from dfdb.drivers.base import ANY, Capability, Digest, Driver, Entry, EventSource, Expect, KeyListing, Listing, RawEvent
 from dfdb.errors import BackendUnavailableError, InvalidURL
 from dfdb.url import DatabaseURL
 
-__all__ = ["FAULTS", "FaultyDriver"]
+__all__ = ["FAULTS", "FaultyDriver", "Trip"]
 
 FAULTS = ("drop", "reorder", "ignore_expect", "trim", "leak", "lose_reply")
 
 _leaked: set[asyncio.Task[None]] = set()
+
+TRIPPABLE = ("digest_keys", "get", "identity", "list")
+"""The reads a :class:`Trip` counts."""
+
+
+class Trip:
+    """The calls of some reads of a :class:`FaultyDriver`, counted from when it was set
+    (:meth:`FaultyDriver.trip`): from the ``at``-th on, ``times`` calls raise ``error``
+    (a new one each time) or, without ``error``, hang until :meth:`heal` (or until
+    cancelled: ``cancelled`` counts those)."""
+
+    def __init__(self, methods: Collection[str], at: int, error: type[Exception] | None, times: int) -> None:
+        unknown = set(methods) - set(TRIPPABLE)
+        if unknown:
+            raise ValueError(f"a trip counts only {', '.join(TRIPPABLE)}, not {', '.join(sorted(unknown))}")
+        self.methods = frozenset(methods)
+        self.at = at
+        self.error = error
+        self.times = times
+        self.calls: list[str] = []
+        """The methods called, in order."""
+        self.tripped = 0
+        """Calls that failed or hung."""
+        self.cancelled = 0
+        """Hanging calls that ended by cancellation."""
+        self.reached = anyio.Event()
+        """Set by the first call that fails or hangs."""
+        self._healed = anyio.Event()
+
+    def heal(self) -> None:
+        """No call fails or hangs from now on; the hanging ones go on."""
+        self.times = 0
+        self._healed.set()
+
+    async def passing(self, method: str) -> None:
+        """Count a call of ``method``: return, raise or hang as set."""
+        if method not in self.methods:
+            return
+        self.calls.append(method)
+        if len(self.calls) < self.at or self.times <= 0:
+            return
+        self.times -= 1
+        self.tripped += 1
+        self.reached.set()
+        if self.error is not None:
+            raise self.error(f"{method} failed (injected)")
+        try:
+            await self._healed.wait()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
 
 
 class FaultyDriver(Driver):
@@ -68,11 +122,25 @@ class FaultyDriver(Driver):
         self._open_sources: set[_FaultySource] = set()
         self._history_lost_upto = -1  # a watch resumed from a cursor at or below it gets a resync
         self._drops = [0]  # change events still to drop silently, shared by the sources
+        self._trip: Trip | None = None
 
     def drop_next(self, count: int = 1) -> None:
         """Drop the next ``count`` change events the change streams read, silently: no
         ``resync``, the stream goes on as if they had never happened."""
         self._drops[0] += count
+
+    def trip(self, methods: Collection[str], at: int, error: type[Exception] | None = None, times: int = 1) -> Trip:
+        """Count the calls of ``methods`` (of :data:`TRIPPABLE`) from now on, and make the
+        ``at``-th and the next ``times - 1`` raise ``error`` or, without it, hang until the
+        trip is healed; replaces the trip set before (healing it)."""
+        if self._trip is not None:
+            self._trip.heal()
+        self._trip = Trip(methods, at, error, times)
+        return self._trip
+
+    async def _passing(self, method: str) -> None:
+        if self._trip is not None:
+            await self._trip.passing(method)
 
     async def cut(self, *, lose_history: bool = False) -> int:
         """Drop the connection of every open change stream, as a server that goes away
@@ -101,12 +169,14 @@ class FaultyDriver(Driver):
         await self.inner.aclose()
 
     async def identity(self) -> str:
+        await self._passing("identity")
         return await self.inner.identity()
 
     async def continues(self, identity: str, revision: int) -> bool:
         return await self.inner.continues(identity, revision)
 
     async def get(self, table: str, id: str) -> Entry | None:
+        await self._passing("get")
         return await self.inner.get(table, id)
 
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
@@ -124,6 +194,7 @@ class FaultyDriver(Driver):
         return await self.inner.delete(table, id, expect)
 
     async def list(self, table: str, topic: str | None = None) -> Listing:
+        await self._passing("list")
         return await self.inner.list(table, topic)
 
     async def tables(self) -> Sequence[str] | None:
@@ -135,6 +206,7 @@ class FaultyDriver(Driver):
     async def digest_keys(
         self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
     ) -> KeyListing:
+        await self._passing("digest_keys")
         return await self.inner.digest_keys(table, topics, buckets, wanted)
 
     async def watch(

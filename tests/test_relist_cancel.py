@@ -1,0 +1,211 @@
+"""A relist by keys (after a ``RESYNC`` of the dataset held) interrupted at each read it makes
+(the keys, each value, the identity): cancelled, or failing with the driver's deadline, or on
+a server that stops answering. The Replica serves its old contents meanwhile (never half a
+relist), a failed relist is done again until it is done, each change's event comes once, and
+a cancellation goes through. On every backend, through the fault-injecting wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+import dfdb
+from dfdb import Action, NbApi, Replica
+from dfdb.errors import BackendTimeoutError
+from dfdb.replica.events import ReplicaEvents
+from dfdb.replica.pacing import RelistLimiter
+from dfdb.servers import LocalServer
+from dfdb.testing.faults import FaultyDriver
+from dfdb.testing.plugin import SERVER_PLACEHOLDERS
+
+WAIT = 10
+READS = ("digest_keys", "get", "identity")
+FAILED = "relisting the replica's scope failed"
+
+
+class Net(dfdb.NbModel, table="rc_net"):
+    name: str = ""
+
+
+Change = tuple[Action, str]
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+def _driver(nb: NbApi) -> FaultyDriver:
+    driver = nb.driver
+    assert isinstance(driver, FaultyDriver)
+    return driver
+
+
+def _dumps(objs: list[Net]) -> list[dict[str, object]]:
+    return sorted((o.model_dump() for o in objs), key=lambda d: str(d["id"]))
+
+
+async def _fill(nb: NbApi) -> None:
+    await nb.create_many([Net(id=f"{kind}{i}", topic="t") for kind in "nd" for i in range(8)])
+
+
+async def _missed(nb: NbApi, limiter: RelistLimiter, turn: int) -> list[Change]:
+    """An update, a delete and a create whose events the stream drops, then the history is
+    lost: the Replica's relist by keys waits for its turn (the caller holds the limiter's
+    slot). Returns the changes its relist must tell."""
+    driver = _driver(nb)
+    driver.drop_next(3)
+    await nb.patch(Net, "n0", name=f"turn {turn}")
+    await nb.delete(Net, f"d{turn}")
+    await nb.create(Net(id=f"c{turn}", topic="t"))
+    await _until(lambda: driver._drops[0] == 0)  # each dropped as the stream read it
+    assert await driver.cut(lose_history=True) == 1
+    await _until(lambda: limiter.waiting == 1)
+    return [(Action.UPDATE, "n0"), (Action.DELETE, f"d{turn}"), (Action.CREATE, f"c{turn}")]
+
+
+async def _told(events: ReplicaEvents, expected: list[Change], nb: NbApi, probe: str) -> None:
+    """The events of ``expected``, each once: after them comes the next write's, and nothing else."""
+    got = [await asyncio.wait_for(anext(events), WAIT) for _ in expected]
+    assert sorted((e.action, e.id) for e in got) == sorted(expected)
+    await nb.create(Net(id=probe, topic="t"))
+    ev = await asyncio.wait_for(anext(events), WAIT)
+    assert (ev.action, ev.id) == (Action.CREATE, probe)  # no change told twice
+
+
+async def _reads_of_a_relist(nb: NbApi, limiter: RelistLimiter) -> list[str]:
+    """The reads one relist by keys makes, in order (on a Replica of its own)."""
+    async with Replica(nb, [Net], relists=limiter, check_interval=None) as replica:
+        events = replica.events()
+        async with limiter.slot():
+            expected = await _missed(nb, limiter, 0)
+            trip = _driver(nb).trip(READS, at=1, times=0)  # counts, never trips
+        got = [await asyncio.wait_for(anext(events), WAIT) for _ in expected]
+        calls = list(trip.calls)
+        assert sorted((e.action, e.id) for e in got) == sorted(expected)
+        assert replica.stats().relisted == 2  # by keys: the values of the update and the create
+        await events.aclose()
+    assert calls[0] == "digest_keys" and calls.count("get") == 2 and set(calls) <= set(READS)
+    return calls
+
+
+async def test_a_relist_cancelled_at_each_read_goes_through_and_leaves_the_old_contents(faulty_nb: NbApi) -> None:
+    """The Replica closed while its relist waits on each read in turn: the read is cancelled
+    and the close returns at once; the Replica still serves the contents it held, with
+    nothing of the relist applied nor told; its relist slot is given back."""
+    nb = faulty_nb
+    await _fill(nb)
+    limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
+    calls = await _reads_of_a_relist(nb, limiter)
+    for turn, _ in enumerate(calls, 1):
+        replica = Replica(nb, [Net], relists=limiter, check_interval=None)
+        async with replica:
+            events = replica.events()
+            async with limiter.slot():  # a slot not given back by the last turn's relist: stuck here
+                await _missed(nb, limiter, turn)
+                before = _dumps(replica.get_all(Net))
+                trip = _driver(nb).trip(READS, at=turn)  # the turn-th read hangs
+            await asyncio.wait_for(trip.reached.wait(), WAIT)
+            assert trip.calls[-1] == calls[turn - 1]
+            assert replica.stats().stale and _dumps(replica.get_all(Net)) == before
+            with anyio.fail_after(5):
+                await replica.aclose()
+        assert trip.cancelled == 1  # the cancellation reached the read, and was not swallowed
+        assert _dumps(replica.get_all(Net)) == before  # readable, as it was: no half relist
+        with anyio.fail_after(5):
+            assert [e async for e in events] == []  # nothing told, and the events end
+        trip.heal()
+    async with Replica(nb, [Net], relists=limiter, check_interval=None) as replica:
+        assert _dumps(replica.get_all(Net)) == _dumps(await nb.get_all(Net))
+
+
+async def test_a_relist_failing_with_the_deadline_at_each_read_is_done_again(
+    faulty_nb: NbApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each read of a relist in turn fails with the driver's deadline until the NbApi gives
+    up: the Replica serves its old contents (stale), tries the whole relist again, and once
+    the reads succeed tells each change once and equals the database."""
+    nb = faulty_nb
+    await _fill(nb)
+    limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
+    calls = await _reads_of_a_relist(nb, limiter)
+    timeout = nb.timeout
+    async with Replica(nb, [Net], relists=limiter, check_interval=None) as replica:
+        events = replica.events()
+        for turn, _ in enumerate(calls, 1):
+            resyncs = replica.stats().resyncs
+            caplog.clear()
+            async with limiter.slot():
+                expected = await _missed(nb, limiter, turn)
+                before = _dumps(replica.get_all(Net))
+                trip = _driver(nb).trip(READS, at=turn, error=BackendTimeoutError, times=1_000_000)
+                nb.timeout = 0.2
+            try:
+                await _until(lambda: any(FAILED in r.getMessage() for r in caplog.records))  # given up: again later
+                assert trip.calls[turn - 1] == calls[turn - 1]
+                stats = replica.stats()
+                assert stats.stale and stats.resyncs == resyncs and _dumps(replica.get_all(Net)) == before
+            finally:
+                nb.timeout = timeout
+                trip.heal()
+            await _told(events, expected, nb, f"p{turn}")
+            assert replica.stats().resyncs == resyncs + 1 and not replica.stats().stale
+            assert _dumps(replica.get_all(Net)) == _dumps(await nb.get_all(Net))
+        await events.aclose()
+
+
+def _server(request: pytest.FixtureRequest) -> LocalServer:
+    """The session's server of the URL under test (skips a backend without one)."""
+    url = request.getfixturevalue("dfdb_url")
+    for placeholder, fixture in SERVER_PLACEHOLDERS.items():
+        if placeholder in url:
+            server = request.getfixturevalue(fixture)
+            assert isinstance(server, LocalServer) and len(server.processes) == 1
+            return server
+    pytest.skip("no server to pause")
+
+
+async def test_a_relist_on_a_paused_server_converges_once_it_answers_and_closes_at_once(
+    faulty_nb: NbApi, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server stops answering (SIGSTOP) while a Replica relists: its relist fails and is
+    tried again until the server answers (SIGCONT), then the Replica converges; a Replica
+    closed while its relist waits on a paused server closes at once."""
+    server = _server(request)
+    nb = faulty_nb
+    await _fill(nb)
+    limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
+    timeout = nb.timeout
+    async with Replica(nb, [Net], relists=limiter, check_interval=None) as replica:
+        events = replica.events()
+        async with limiter.slot():
+            expected = await _missed(nb, limiter, 1)
+            before = _dumps(replica.get_all(Net))
+            nb.timeout = 0.5
+            server.pause()
+        try:
+            await _until(lambda: any(FAILED in r.getMessage() for r in caplog.records))
+            assert replica.stats().stale and _dumps(replica.get_all(Net)) == before
+        finally:
+            server.resume()
+        await _told(events, expected, nb, "p1")
+        assert _dumps(replica.get_all(Net)) == _dumps(await nb.get_all(Net))
+        caplog.clear()
+        async with limiter.slot():
+            await _missed(nb, limiter, 2)
+            before = _dumps(replica.get_all(Net))
+            server.pause()
+        try:
+            await _until(lambda: any(FAILED in r.getMessage() for r in caplog.records))
+            with anyio.fail_after(2):
+                await replica.aclose()
+        finally:
+            server.resume()
+            nb.timeout = timeout
+        assert _dumps(replica.get_all(Net)) == before
+        with anyio.fail_after(5):
+            assert [(e.action, e.id) async for e in events] == []
