@@ -259,3 +259,38 @@ async def test_a_relist_by_keys_reads_hostile_ids_and_topics_back_as_they_are(
         truth = [o for o in await nb.get_all(Net) if not selective or o.topic in topics]
         assert _dumps(replica.get_all(Net)) == _dumps(truth)
         await events.aclose()
+
+
+@pytest.mark.parametrize("race", ["update", "delete", "recreate", "create-then-delete"])
+async def test_a_write_of_the_id_a_relist_is_reading_is_told_once(faulty_nb: NbApi, race: str) -> None:
+    """The object a relist by keys reads is written between its keys and its value (held at
+    the read): the Replica ends equal to the database, each change told once, and the
+    stream's own event of the racing write neither repeats nor undoes the relist's."""
+    nb = faulty_nb
+    await _fill(nb)
+    limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
+    async with Replica(nb, [Net], relists=limiter, check_interval=None) as replica:
+        events = replica.events()
+        async with limiter.slot():
+            expected = await _missed(nb, limiter, 1)
+            at = 2 if race == "create-then-delete" else 3  # the read of c1, or of n0
+            trip = _driver(nb).trip(READS, at=at)
+        await asyncio.wait_for(trip.reached.wait(), WAIT)
+        assert trip.calls == ["digest_keys", "get", "get"][:at]  # the keys, then c1's value, then n0's
+        if race == "update":
+            await nb.patch(Net, "n0", name="raced")
+        elif race == "delete":
+            await nb.delete(Net, "n0")
+            expected[0] = (Action.DELETE, "n0")
+        elif race == "recreate":
+            await nb.delete(Net, "n0")
+            await nb.create(Net(id="n0", topic="t", name="again"))
+        else:
+            await nb.delete(Net, "c1")  # created and deleted while the stream was lost: nothing to tell
+            expected.remove((Action.CREATE, "c1"))
+        trip.heal()
+        await _told(events, expected, nb, "probe")
+        assert _dumps(replica.get_all(Net)) == _dumps(await nb.get_all(Net))
+        held = replica.get(Net, "n0")
+        assert (held and held.name) == {"update": "raced", "delete": None, "recreate": "again"}.get(race, "turn 1")
+        await events.aclose()
