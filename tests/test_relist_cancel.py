@@ -13,10 +13,11 @@ import anyio
 import pytest
 
 import dfdb
-from dfdb import Action, NbApi, Replica
+from dfdb import Action, NbApi, Replica, revision_of
 from dfdb.errors import BackendTimeoutError
 from dfdb.replica.events import ReplicaEvents
 from dfdb.replica.pacing import RelistLimiter
+from dfdb.replica.relist import FEW
 from dfdb.servers import LocalServer
 from dfdb.testing.faults import FaultyDriver
 from dfdb.testing.plugin import SERVER_PLACEHOLDERS
@@ -293,4 +294,105 @@ async def test_a_write_of_the_id_a_relist_is_reading_is_told_once(faulty_nb: NbA
         assert _dumps(replica.get_all(Net)) == _dumps(await nb.get_all(Net))
         held = replica.get(Net, "n0")
         assert (held and held.name) == {"update": "raced", "delete": None, "recreate": "again"}.get(race, "turn 1")
+        await events.aclose()
+
+
+async def test_a_resync_storm_while_topics_come_and_go_tells_every_change_once(faulty_nb: NbApi) -> None:
+    """Streams cut with their history lost again and again while topics are added and
+    removed and a writer changes every topic: a consumer that applies the Replica's events
+    to a copy of its own ends with the Replica's contents (no create of an object it has,
+    no update or delete of one it lacks), and both equal the database for the scope."""
+    nb = faulty_nb
+    topics = [f"s{i}" for i in range(6)]
+    await nb.create_many([Net(id=f"{t}-{i}", topic=t) for t in topics for i in range(4)])
+    limiter = RelistLimiter(rate=1000, burst=2, jitter=0.01)
+    driver = _driver(nb)
+    async with Replica(
+        nb, [Net], mode=dfdb.SyncMode.SELECTIVE, topics={"s0", "s1"}, relists=limiter, check_interval=None
+    ) as replica:
+        events = replica.events()
+        copy = {o.id: o for o in replica.get_all(Net)}
+        wrong: list[str] = []
+
+        async def consume() -> None:
+            async for ev in events:
+                assert ev.action is not Action.RESYNC
+                if ev.action is Action.CREATE:
+                    wrong.extend([f"create of {ev.id} held"] if ev.id in copy else [])
+                elif ev.id not in copy:
+                    wrong.append(f"{ev.action.value} of {ev.id} not held")
+                if ev.new is None:
+                    copy.pop(ev.id, None)
+                else:
+                    copy[ev.id] = ev.new  # type: ignore[assignment]
+
+        async def write(turns: int) -> None:
+            for n in range(turns):
+                t = topics[n % len(topics)]
+                await nb.patch(Net, f"{t}-{n % 4}", name=f"w{n}")
+
+        async def storm(turns: int) -> None:
+            for _ in range(turns):
+                await _until(lambda: bool(driver._open_sources))  # reopened after the last cut
+                assert await driver.cut(lose_history=True) == 1
+
+        async def churn(turns: int) -> None:
+            for n in range(turns):
+                t = topics[2 + n % 4]
+                await (replica.remove_topic(t) if t in replica.topics else replica.add_topic(t))
+
+        async with asyncio.TaskGroup() as tg:
+            consumer = tg.create_task(consume())
+            await asyncio.gather(write(60), storm(8), churn(12))
+            probe = await nb.create(Net(id="probe", topic="s0"))
+            await asyncio.wait_for(replica.wait_for(revision_of(probe) or 0), WAIT)
+            await _until(lambda: "probe" in copy)
+            await events.aclose()
+            consumer.cancel()
+        assert not wrong
+        scope = {None, *replica.topics}
+        truth = [o for o in await nb.get_all(Net) if o.topic in scope]
+        assert _dumps(replica.get_all(Net)) == _dumps(truth)
+        assert _dumps(list(copy.values())) == _dumps(truth)
+        print("STATS", replica.stats().resyncs, replica.stats().relisted, replica.stats().reconnects, len(truth))
+        assert replica.stats().resyncs >= 1
+
+
+async def test_a_check_whose_reply_comes_after_a_whole_relist_does_not_bring_a_deleted_object_back(
+    faulty_nb: NbApi,
+) -> None:
+    """A consistency check reads a suspect's value; the reply comes late: meanwhile the
+    object was deleted (the Replica applied it) and a whole relist replaced the scope (its
+    tombstones with it). The late value is older than the relist: not applied, no event."""
+    nb = faulty_nb
+    await nb.create_many([Net(id=f"n{i:02}", topic="t") for i in range(40)])
+    driver = _driver(nb)
+    async with Replica(nb, [Net], check_interval=None, relists=RelistLimiter(rate=1000, jitter=0)) as replica:
+        events = replica.events()
+        driver.drop_next(1)
+        await nb.patch(Net, "n00", name="missed")  # a change the stream loses silently: a check finds it
+        await _until(lambda: driver._drops[0] == 0)
+        trip = driver.trip(("get",), at=1, late=True)  # the check's read of n00: its reply comes late
+        check = asyncio.create_task(replica.check(settle=0.5))
+        try:
+            await asyncio.wait_for(trip.reached.wait(), WAIT)
+            await nb.delete(Net, "n00")
+            await _until(lambda: replica.get(Net, "n00") is None)  # the stream's delete, applied
+            driver.drop_next(FEW + 2)  # more lost than a relist by keys reads one by one: a whole listing
+            for i in range(1, FEW + 3):
+                await nb.patch(Net, f"n{i:02}", name="lost")
+            await _until(lambda: driver._drops[0] == 0)
+            assert await driver.cut(lose_history=True) == 1
+            await _until(lambda: replica.stats().resyncs == 1 and not replica.stats().stale)
+        finally:
+            trip.heal()
+        report = await asyncio.wait_for(check, WAIT)
+        assert report.repaired == 0
+        assert replica.get(Net, "n00") is None
+        assert _dumps(replica.get_all(Net)) == _dumps(await nb.get_all(Net))
+        told = [await asyncio.wait_for(anext(events), WAIT) for _ in range(FEW + 3)]
+        assert sorted((e.action, e.id) for e in told) == sorted(
+            [(Action.DELETE, "n00")] + [(Action.UPDATE, f"n{i:02}") for i in range(1, FEW + 3)]
+        )
+        await _told(events, [], nb, "probe")
         await events.aclose()

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import TypeVar
 
 import anyio
 
@@ -44,7 +45,9 @@ FAULTS = ("drop", "reorder", "ignore_expect", "trim", "leak", "lose_reply")
 
 _leaked: set[asyncio.Task[None]] = set()
 
-TRIPPABLE = ("digest_keys", "get", "identity", "list")
+T = TypeVar("T")
+
+TRIPPABLE = ("digest", "digest_keys", "get", "identity", "list")
 """The reads a :class:`Trip` counts."""
 
 
@@ -52,9 +55,12 @@ class Trip:
     """The calls of some reads of a :class:`FaultyDriver`, counted from when it was set
     (:meth:`FaultyDriver.trip`): from the ``at``-th on, ``times`` calls raise ``error``
     (a new one each time) or, without ``error``, hang until :meth:`heal` (or until
-    cancelled: ``cancelled`` counts those)."""
+    cancelled: ``cancelled`` counts those). ``late``: the call is made first, and its reply
+    is what fails or hangs (a reply that comes late, telling of the data as it was)."""
 
-    def __init__(self, methods: Collection[str], at: int, error: type[Exception] | None, times: int) -> None:
+    def __init__(
+        self, methods: Collection[str], at: int, error: type[Exception] | None, times: int, late: bool = False
+    ) -> None:
         unknown = set(methods) - set(TRIPPABLE)
         if unknown:
             raise ValueError(f"a trip counts only {', '.join(TRIPPABLE)}, not {', '.join(sorted(unknown))}")
@@ -62,6 +68,7 @@ class Trip:
         self.at = at
         self.error = error
         self.times = times
+        self.late = late
         self.calls: list[str] = []
         """The methods called, in order."""
         self.tripped = 0
@@ -129,18 +136,35 @@ class FaultyDriver(Driver):
         ``resync``, the stream goes on as if they had never happened."""
         self._drops[0] += count
 
-    def trip(self, methods: Collection[str], at: int, error: type[Exception] | None = None, times: int = 1) -> Trip:
+    def trip(
+        self,
+        methods: Collection[str],
+        at: int,
+        error: type[Exception] | None = None,
+        times: int = 1,
+        *,
+        late: bool = False,
+    ) -> Trip:
         """Count the calls of ``methods`` (of :data:`TRIPPABLE`) from now on, and make the
         ``at``-th and the next ``times - 1`` raise ``error`` or, without it, hang until the
-        trip is healed; replaces the trip set before (healing it)."""
+        trip is healed (``late``: once made, their replies); replaces the trip set before
+        (healing it)."""
         if self._trip is not None:
             self._trip.heal()
-        self._trip = Trip(methods, at, error, times)
+        self._trip = Trip(methods, at, error, times, late)
         return self._trip
 
-    async def _passing(self, method: str) -> None:
-        if self._trip is not None:
-            await self._trip.passing(method)
+    async def _through(self, method: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, counted by the trip set (before it is made, or after when late)."""
+        trip = self._trip
+        if trip is None:
+            return await call()
+        if not trip.late:
+            await trip.passing(method)
+            return await call()
+        result = await call()
+        await trip.passing(method)
+        return result
 
     async def cut(self, *, lose_history: bool = False) -> int:
         """Drop the connection of every open change stream, as a server that goes away
@@ -169,15 +193,13 @@ class FaultyDriver(Driver):
         await self.inner.aclose()
 
     async def identity(self) -> str:
-        await self._passing("identity")
-        return await self.inner.identity()
+        return await self._through("identity", self.inner.identity)
 
     async def continues(self, identity: str, revision: int) -> bool:
         return await self.inner.continues(identity, revision)
 
     async def get(self, table: str, id: str) -> Entry | None:
-        await self._passing("get")
-        return await self.inner.get(table, id)
+        return await self._through("get", lambda: self.inner.get(table, id))
 
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
         if self.fault == "ignore_expect" and isinstance(expect, int):
@@ -194,20 +216,18 @@ class FaultyDriver(Driver):
         return await self.inner.delete(table, id, expect)
 
     async def list(self, table: str, topic: str | None = None) -> Listing:
-        await self._passing("list")
-        return await self.inner.list(table, topic)
+        return await self._through("list", lambda: self.inner.list(table, topic))
 
     async def tables(self) -> Sequence[str] | None:
         return await self.inner.tables()
 
     async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
-        return await self.inner.digest(table, topics, buckets)
+        return await self._through("digest", lambda: self.inner.digest(table, topics, buckets))
 
     async def digest_keys(
         self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
     ) -> KeyListing:
-        await self._passing("digest_keys")
-        return await self.inner.digest_keys(table, topics, buckets, wanted)
+        return await self._through("digest_keys", lambda: self.inner.digest_keys(table, topics, buckets, wanted))
 
     async def watch(
         self,
