@@ -343,7 +343,7 @@ async def test_a_resync_storm_while_topics_come_and_go_tells_every_change_once(f
 
         async with asyncio.TaskGroup() as tg:
             consumer = tg.create_task(consume())
-            await asyncio.gather(write(60), storm(8), churn(12))
+            await asyncio.gather(write(60), storm(5), churn(12))
             probe = await nb.create(Net(id="probe", topic="s0"))
             await asyncio.wait_for(replica.wait_for(revision_of(probe) or 0), WAIT)
             await _until(lambda: "probe" in copy)
@@ -354,7 +354,6 @@ async def test_a_resync_storm_while_topics_come_and_go_tells_every_change_once(f
         truth = [o for o in await nb.get_all(Net) if o.topic in scope]
         assert _dumps(replica.get_all(Net)) == _dumps(truth)
         assert _dumps(list(copy.values())) == _dumps(truth)
-        print("STATS", replica.stats().resyncs, replica.stats().relisted, replica.stats().reconnects, len(truth))
         assert replica.stats().resyncs >= 1
 
 
@@ -395,4 +394,43 @@ async def test_a_check_whose_reply_comes_after_a_whole_relist_does_not_bring_a_d
             [(Action.DELETE, "n00")] + [(Action.UPDATE, f"n{i:02}") for i in range(1, FEW + 3)]
         )
         await _told(events, [], nb, "probe")
+        await events.aclose()
+
+
+async def test_a_reactive_relist_that_fails_part_way_keeps_what_it_held(
+    faulty_nb: NbApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A REACTIVE Replica fetches again what it holds after a ``RESYNC``: a read failing part
+    way (the driver's deadline, until the NbApi gives up) leaves every held object served
+    meanwhile; once the reads succeed it holds them all, fresh, each change told once."""
+    nb = faulty_nb
+    await _fill(nb)
+    limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
+    driver = _driver(nb)
+    timeout = nb.timeout
+    async with Replica(nb, [Net], mode=dfdb.SyncMode.REACTIVE, relists=limiter, check_interval=None) as replica:
+        ids = [f"n{i}" for i in range(6)]
+        for id in ids:
+            assert await replica.fetch(Net, id) is not None
+        events = replica.events()
+        async with limiter.slot():
+            driver.drop_next(1)
+            await nb.patch(Net, "n0", name="missed")
+            await _until(lambda: driver._drops[0] == 0)
+            assert await driver.cut(lose_history=True) == 1
+            await _until(lambda: limiter.waiting == 1)
+            trip = driver.trip(("get",), at=3, error=BackendTimeoutError, times=1_000_000)
+            nb.timeout = 0.2
+        try:
+            await _until(lambda: any(FAILED in r.getMessage() for r in caplog.records))
+            assert [id for id in ids if replica.get(Net, id) is None] == []  # served, stale
+        finally:
+            nb.timeout = timeout
+            trip.heal()
+        ev = await asyncio.wait_for(anext(events), WAIT)
+        assert (ev.action, ev.id) == (Action.UPDATE, "n0")
+        await nb.patch(Net, "n1", name="probe")
+        ev = await asyncio.wait_for(anext(events), WAIT)
+        assert (ev.action, ev.id) == (Action.UPDATE, "n1")  # nothing told twice, nothing dropped
+        assert _dumps(replica.get_all(Net)) == _dumps([await nb.get(Net, id) for id in ids])
         await events.aclose()

@@ -419,7 +419,10 @@ class Replica(Reactive):
             # list first and swap the contents with no await in between: a reader sees the
             # old contents or the new, never an empty or half-filled scope
             listings: Listings = []
-            if self.mode is not SyncMode.REACTIVE:
+            fetched: list[tuple[type[NbModel], NbModel, int]] = []
+            if self.mode is SyncMode.REACTIVE:  # read first too: a relist failing part way changes nothing
+                fetched = await refetch(self.nb, self._store.rows)
+            else:
                 topicless = self._topicless if topic is None else ()
                 rows, held_in, kept = self._store.rows, self._dataset, self._partial
                 found = keyed and await relisting.list_changed(self.nb, models, topics, topicless, rows, held_in, kept)
@@ -436,7 +439,8 @@ class Replica(Reactive):
             try:
                 corrupt: Keys = set()
                 if self.mode is SyncMode.REACTIVE:
-                    await refetch(self.nb, before, self._apply)
+                    for model, obj, revision in fetched:
+                        self._apply(model, obj.id, obj, revision)
                 else:
                     corrupt = self._fill(kept_only(listings, self._partial, before), topics, whole=not scoped)
             finally:

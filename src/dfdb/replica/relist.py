@@ -162,17 +162,21 @@ def kept_only(listings: Listings, partial: Collection[str], held: dict[type[NbMo
     return kept
 
 
-async def refetch(
-    nb: NbApi,
-    before: dict[type[NbModel], dict[str, Row]],
-    apply: Callable[[type[NbModel], str, NbModel | None, int], None],
-) -> None:
-    """After a ``RESYNC`` in REACTIVE mode: fetch again what was held, and ``apply`` it."""
-    for model, rows in before.items():
-        for id in rows:
+async def refetch(nb: NbApi, rows: dict[type[NbModel], dict[str, Held]]) -> list[tuple[type[NbModel], NbModel, int]]:
+    """After a ``RESYNC`` in REACTIVE mode: what to hold, read again (nothing is applied, so
+    a relist failing part way changes nothing): each object of the store's ``rows`` that
+    still exists, and the objects a reader's fetch added meanwhile (read after the ``RESYNC``)."""
+    held = {model: list(ids) for model, ids in rows.items()}
+    found: list[tuple[type[NbModel], NbModel, int]] = []
+    for model, ids in held.items():
+        for id in ids:
             with contextlib.suppress(NotFoundError):
                 obj = await nb.get(model, id)
-                apply(model, id, obj, revision_of(obj) or 0)
+                found.append((model, obj, revision_of(obj) or 0))
+    for model, now in rows.items():
+        was = set(held[model])
+        found += [(model, obj, rev) for id, (obj, rev) in now.items() if id not in was and isinstance(obj, NbModel)]
+    return found
 
 
 async def until_done(call: Callable[[], Awaitable[None]], what: str) -> None:
