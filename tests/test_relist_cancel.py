@@ -434,3 +434,63 @@ async def test_a_reactive_relist_that_fails_part_way_keeps_what_it_held(
         assert (ev.action, ev.id) == (Action.UPDATE, "n1")  # nothing told twice, nothing dropped
         assert _dumps(replica.get_all(Net)) == _dumps([await nb.get(Net, id) for id in ids])
         await events.aclose()
+
+
+async def test_a_check_cancelled_at_each_read_changes_nothing_and_the_next_one_repairs(faulty_nb: NbApi) -> None:
+    """``check()`` cancelled while it waits on each of its reads (the digest, the keys of
+    the differing buckets, the suspect's value): the cancellation goes through, nothing is
+    repaired nor told, and the next check repairs the change the stream lost, told once."""
+    nb = faulty_nb
+    await _fill(nb)
+    driver = _driver(nb)
+    async with Replica(nb, [Net], check_interval=None) as replica:
+        events = replica.events()
+        driver.drop_next(1)
+        lost = await nb.patch(Net, "n3", name="lost")
+        await _until(lambda: driver._drops[0] == 0)
+        held = replica.get(Net, "n3")
+        reads = ["digest", "digest_keys", "get"]
+        for turn, read in enumerate(reads, 1):
+            trip = driver.trip(reads, at=turn)
+            check = asyncio.create_task(replica.check(settle=0.2))
+            await asyncio.wait_for(trip.reached.wait(), WAIT)
+            assert trip.calls[-1] == read
+            check.cancel()
+            with anyio.fail_after(5), pytest.raises(asyncio.CancelledError):
+                await check
+            assert trip.cancelled == 1 and replica.get(Net, "n3") == held
+            trip.heal()
+        report = await asyncio.wait_for(replica.check(settle=0.2), WAIT)
+        assert report.repaired == 1 and replica.get(Net, "n3") == lost
+        ev = await asyncio.wait_for(anext(events), WAIT)
+        assert (ev.action, ev.id, ev.new) == (Action.UPDATE, "n3", lost)
+        await _told(events, [], nb, "probe")
+        await events.aclose()
+
+
+async def test_closing_the_nbapi_while_a_relist_waits_on_a_read_ends_the_replica_at_once(
+    dfdb_leak_check: None, dfdb_fresh_url: str
+) -> None:
+    """The NbApi closed under a Replica whose relist waits on a read: the close returns at
+    once, the Replica stops (its old contents still readable) and closes at once too."""
+    scheme, rest = dfdb_fresh_url.split("://", 1)
+    nb = await dfdb.connect(f"faulty://{rest}{'&' if '?' in rest else '?'}inner={scheme}")
+    limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
+    replica = Replica(nb, [Net], relists=limiter, check_interval=None)
+    try:
+        await _fill(nb)
+        await replica.__aenter__()
+        async with limiter.slot():
+            await _missed(nb, limiter, 1)
+            before = _dumps(replica.get_all(Net))
+            trip = _driver(nb).trip(READS, at=1)
+        await asyncio.wait_for(trip.reached.wait(), WAIT)
+        with anyio.fail_after(5):
+            await nb.aclose()
+        await _until(lambda: not replica.synced and trip.cancelled == 1)
+        assert _dumps(replica.get_all(Net)) == before
+        with anyio.fail_after(5):
+            await replica.aclose()
+    finally:
+        await replica.aclose()
+        await nb.aclose()
