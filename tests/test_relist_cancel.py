@@ -144,7 +144,7 @@ async def test_a_relist_failing_with_the_deadline_at_each_read_is_done_again(
                 expected = await _missed(nb, limiter, turn)
                 before = _dumps(replica.get_all(Net))
                 trip = _driver(nb).trip(READS, at=turn, error=BackendTimeoutError, times=1_000_000)
-                nb.timeout = 0.2
+                nb.timeout = 0.1
             try:
                 await _until(lambda: any(FAILED in r.getMessage() for r in caplog.records))  # given up: again later
                 assert trip.calls[turn - 1] == calls[turn - 1]
@@ -218,13 +218,10 @@ HOSTILE = [
 ]  # fmt: skip
 """Ids a relist by keys must read back as they are (no "/", control character or lone
 surrogate: ids may not hold them)."""
-TOPICS = ["t%", "t_", "tx", "t*", "t:1", "é", "e\u0301", "t", "t/"[:1] + "[]"]
+TOPICS = ["t%", "t_", "tx", "t*", "t:1", "é", "e\u0301", "t", "t[]"]
 
 
-@pytest.mark.parametrize("selective", [False, True])
-async def test_a_relist_by_keys_reads_hostile_ids_and_topics_back_as_they_are(
-    faulty_nb: NbApi, selective: bool
-) -> None:
+async def test_a_relist_by_keys_reads_hostile_ids_and_topics_back_as_they_are(faulty_nb: NbApi) -> None:
     """Every id and topic changed while the stream was lost, and a few deleted: the relist by
     keys tells each change once and the Replica equals the database for its scope (a topic
     whose name is a pattern of another's does not bring that one's objects)."""
@@ -235,10 +232,11 @@ async def test_a_relist_by_keys_reads_hostile_ids_and_topics_back_as_they_are(
     await nb.create_many([Net(id=f"q{i}", topic=t) for i, t in enumerate(TOPICS)])
     topics = {"t%", "t_", "é", "t:1"}
     limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
-    kwargs: dict[str, object] = {"mode": dfdb.SyncMode.SELECTIVE, "topics": topics} if selective else {}
-    async with Replica(nb, [Net], relists=limiter, check_interval=None, **kwargs) as replica:  # type: ignore[arg-type]
-        scope = [o for o in objs if not selective or o.topic in topics]
-        truth = [o for o in await nb.get_all(Net) if not selective or o.topic in topics]
+    async with Replica(
+        nb, [Net], mode=dfdb.SyncMode.SELECTIVE, topics=topics, relists=limiter, check_interval=None
+    ) as replica:
+        scope = [o for o in objs if o.topic in topics]
+        truth = [o for o in await nb.get_all(Net) if o.topic in topics]
         assert _dumps(replica.get_all(Net)) == _dumps(truth)  # loaded as they are
         events = replica.events()
         driver = _driver(nb)
@@ -257,12 +255,12 @@ async def test_a_relist_by_keys_reads_hostile_ids_and_topics_back_as_they_are(
         expected += [(Action.DELETE, o.id) for o in gone if o in scope]
         await _told(events, expected, nb, "probe", "t_")
         assert replica.stats().relisted <= len(expected) + 1  # by keys
-        truth = [o for o in await nb.get_all(Net) if not selective or o.topic in topics]
+        truth = [o for o in await nb.get_all(Net) if o.topic in topics]
         assert _dumps(replica.get_all(Net)) == _dumps(truth)
         await events.aclose()
 
 
-@pytest.mark.parametrize("race", ["update", "delete", "recreate", "create-then-delete"])
+@pytest.mark.parametrize("race", ["delete", "recreate", "create-then-delete"])
 async def test_a_write_of_the_id_a_relist_is_reading_is_told_once(faulty_nb: NbApi, race: str) -> None:
     """The object a relist by keys reads is written between its keys and its value (held at
     the read): the Replica ends equal to the database, each change told once, and the
@@ -278,9 +276,7 @@ async def test_a_write_of_the_id_a_relist_is_reading_is_told_once(faulty_nb: NbA
             trip = _driver(nb).trip(READS, at=at)
         await asyncio.wait_for(trip.reached.wait(), WAIT)
         assert trip.calls == ["digest_keys", "get", "get"][:at]  # the keys, then c1's value, then n0's
-        if race == "update":
-            await nb.patch(Net, "n0", name="raced")
-        elif race == "delete":
+        if race == "delete":
             await nb.delete(Net, "n0")
             expected[0] = (Action.DELETE, "n0")
         elif race == "recreate":
@@ -293,7 +289,7 @@ async def test_a_write_of_the_id_a_relist_is_reading_is_told_once(faulty_nb: NbA
         await _told(events, expected, nb, "probe")
         assert _dumps(replica.get_all(Net)) == _dumps(await nb.get_all(Net))
         held = replica.get(Net, "n0")
-        assert (held and held.name) == {"update": "raced", "delete": None, "recreate": "again"}.get(race, "turn 1")
+        assert (held and held.name) == {"delete": None, "recreate": "again"}.get(race, "turn 1")
         await events.aclose()
 
 
