@@ -1,7 +1,8 @@
 """A topic added to a watch (and to a SELECTIVE Replica) while the stream's read waits on the
 other topics: the added topic's changes older than the change that ends the wait come first,
-and the cursor never passes them; against real etcd and ZooKeeper servers (Redis:
-``test_redis_trim.py``)."""
+and the cursor never passes them; against real etcd, ZooKeeper and Redis servers (on Redis,
+before its fix, the change that ended the wait came first and a Replica's ``wait_for``
+returned before the added topic's change; more of Redis in ``test_redis_trim.py``)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ class Port(dfdb.NbModel, table="ato_port"):
     n: int = 0
 
 
-@pytest.fixture(params=["etcd", "zookeeper"])
+@pytest.fixture(params=["etcd", "zookeeper", "redis"])
 def server_url(request: pytest.FixtureRequest) -> str:
     server = request.getfixturevalue(f"dfdb_{request.param}_server")
     host = server.url.split("://", 1)[1].split("?", 1)[0].split("/", 1)[0]
-    scheme = "zk" if request.param == "zookeeper" else "etcd"
+    scheme = {"zookeeper": "zk", "etcd": "etcd", "redis": "redis"}[request.param]
+    if scheme == "redis":
+        return f"redis://{host}/0?prefix=ato{uuid.uuid4().hex[:12]}"
     return f"{scheme}://{host}/ato{uuid.uuid4().hex[:12]}"
 
 
