@@ -490,3 +490,33 @@ async def test_closing_the_nbapi_while_a_relist_waits_on_a_read_ends_the_replica
     finally:
         await replica.aclose()
         await nb.aclose()
+
+
+async def test_an_object_fetched_while_a_reactive_relist_reads_stays_held(faulty_nb: NbApi) -> None:
+    """A reader fetches an object a REACTIVE Replica did not hold while its relist reads the
+    held ones again: the relist keeps it (read after the ``RESYNC``), with no event of its own."""
+    nb = faulty_nb
+    await _fill(nb)
+    limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
+    driver = _driver(nb)
+    async with Replica(nb, [Net], mode=dfdb.SyncMode.REACTIVE, relists=limiter, check_interval=None) as replica:
+        for id in ("n0", "n1", "n2"):
+            await replica.fetch(Net, id)
+        events = replica.events()
+        async with limiter.slot():
+            assert await driver.cut(lose_history=True) == 1
+            await _until(lambda: limiter.waiting == 1)
+            trip = driver.trip(("get",), at=2)  # the relist's second read waits
+        try:
+            await asyncio.wait_for(trip.reached.wait(), WAIT)
+            fetched = await replica.fetch(Net, "n5")
+        finally:
+            trip.heal()
+        ev = await asyncio.wait_for(anext(events), WAIT)
+        assert (ev.action, ev.id) == (Action.CREATE, "n5")
+        await _until(lambda: replica.stats().resyncs == 1)
+        assert replica.get(Net, "n5") == fetched
+        await nb.patch(Net, "n5", name="probe")
+        ev = await asyncio.wait_for(anext(events), WAIT)
+        assert (ev.action, ev.id, ev.new and ev.new.name) == (Action.UPDATE, "n5", "probe")  # followed, told once
+        await events.aclose()
