@@ -25,6 +25,7 @@ from dfdb.testing.plugin import SERVER_PLACEHOLDERS
 WAIT = 10
 READS = ("digest_keys", "get", "identity")
 FAILED = "relisting the replica's scope failed"
+INJECTED = "failed (injected)"
 
 
 class Net(dfdb.NbModel, table="rc_net"):
@@ -44,6 +45,11 @@ def _driver(nb: NbApi) -> FaultyDriver:
     driver = nb.driver
     assert isinstance(driver, FaultyDriver)
     return driver
+
+
+def _gave_up(caplog: pytest.LogCaptureFixture, why: str = "") -> bool:
+    """Whether a relist failed (with ``why`` in its message) and waits to be done again."""
+    return any(FAILED in r.getMessage() and why in r.getMessage() for r in caplog.records)
 
 
 def _dumps(objs: list[Net]) -> list[dict[str, object]]:
@@ -144,9 +150,9 @@ async def test_a_relist_failing_with_the_deadline_at_each_read_is_done_again(
                 expected = await _missed(nb, limiter, turn)
                 before = _dumps(replica.get_all(Net))
                 trip = _driver(nb).trip(READS, at=turn, error=BackendTimeoutError, times=1_000_000)
-                nb.timeout = 0.1
+                nb.timeout = 0.3
             try:
-                await _until(lambda: any(FAILED in r.getMessage() for r in caplog.records))  # given up: again later
+                await _until(lambda: _gave_up(caplog, INJECTED))  # given up: done again later
                 assert trip.calls[turn - 1] == calls[turn - 1]
                 stats = replica.stats()
                 assert stats.stale and stats.resyncs == resyncs and _dumps(replica.get_all(Net)) == before
@@ -189,7 +195,7 @@ async def test_a_relist_on_a_paused_server_converges_once_it_answers_and_closes_
             nb.timeout = 0.5
             server.pause()
         try:
-            await _until(lambda: any(FAILED in r.getMessage() for r in caplog.records))
+            await _until(lambda: _gave_up(caplog))
             assert replica.stats().stale and _dumps(replica.get_all(Net)) == before
         finally:
             server.resume()
@@ -201,7 +207,7 @@ async def test_a_relist_on_a_paused_server_converges_once_it_answers_and_closes_
             before = _dumps(replica.get_all(Net))
             server.pause()
         try:
-            await _until(lambda: any(FAILED in r.getMessage() for r in caplog.records))
+            await _until(lambda: _gave_up(caplog))
             with anyio.fail_after(2):
                 await replica.aclose()
         finally:
@@ -416,9 +422,9 @@ async def test_a_reactive_relist_that_fails_part_way_keeps_what_it_held(
             assert await driver.cut(lose_history=True) == 1
             await _until(lambda: limiter.waiting == 1)
             trip = driver.trip(("get",), at=3, error=BackendTimeoutError, times=1_000_000)
-            nb.timeout = 0.2
+            nb.timeout = 0.3
         try:
-            await _until(lambda: any(FAILED in r.getMessage() for r in caplog.records))
+            await _until(lambda: _gave_up(caplog, INJECTED))
             assert [id for id in ids if replica.get(Net, id) is None] == []  # served, stale
         finally:
             nb.timeout = timeout
