@@ -7,13 +7,16 @@ a cancellation goes through. On every backend, through the fault-injecting wrapp
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 
 import anyio
 import pytest
 
 import dfdb
 from dfdb import Action, NbApi, Replica, revision_of
+from dfdb.drivers import register_driver
+from dfdb.drivers.base import EventSource, RawEvent
+from dfdb.drivers.memory import MemoryDriver, _MemorySource
 from dfdb.errors import BackendTimeoutError
 from dfdb.replica.events import ReplicaEvents
 from dfdb.replica.pacing import RelistLimiter
@@ -526,3 +529,57 @@ async def test_an_object_fetched_while_a_reactive_relist_reads_stays_held(faulty
         ev = await asyncio.wait_for(anext(events), WAIT)
         assert (ev.action, ev.id, ev.new and ev.new.name) == (Action.UPDATE, "n5", "probe")  # followed, told once
         await events.aclose()
+
+
+class _TopicResyncSource(_MemorySource):
+    """Reads a record of action ``topic-resync`` as a ``RESYNC`` of its topic (as a backend
+    that lost one topic's history sends)."""
+
+    def _matching(self, events: Iterable[RawEvent], topics: Collection[str | None] | None) -> list[RawEvent]:
+        found: list[RawEvent] = []
+        for ev in events:
+            if ev.action == "topic-resync":  # type: ignore[comparison-overlap]
+                if topics is None or ev.topic in topics:
+                    found.append(RawEvent("resync", None, "", ev.topic, None, ev.revision))
+            else:
+                found += super()._matching([ev], topics)
+        return found
+
+
+class TopicResyncDriver(MemoryDriver):
+    """The memory driver, whose change log can name one topic's history lost."""
+
+    async def watch(
+        self, tables: Collection[str], topics: Collection[str | None] | None = None, since: int | None = None
+    ) -> EventSource:
+        store = self._open_store()
+        return self._track(_TopicResyncSource(store, tables, topics, store.revision if since is None else since))
+
+
+register_driver("test-rc-topic-resync", TopicResyncDriver)
+
+
+async def test_an_object_moved_to_another_followed_topic_survives_a_relist_of_its_old_topic() -> None:
+    """One topic's history is lost while an object moved from it to another topic the
+    Replica follows: the relist by keys of the old topic finds it gone from there, and the
+    other topic's change that brings it (after the relist) must still be applied."""
+    limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
+    async with dfdb.connect("test-rc-topic-resync://moved?history=100") as nb:
+        driver = nb.driver
+        assert isinstance(driver, TopicResyncDriver)
+        await nb.create_many([Net(id="x", topic="t"), Net(id="y", topic="t"), Net(id="z", topic="u")])
+        async with Replica(
+            nb, [Net], mode=dfdb.SyncMode.SELECTIVE, topics={"t", "u"}, relists=limiter, check_interval=None
+        ) as replica:
+            events = replica.events()
+            async with limiter.slot():
+                del driver._open_store().tables[Net.__table__]["x"]  # its delete from "t" is in the history lost
+                driver.inject_change(Net.__table__, "", "t", "topic-resync", None)
+                await _until(lambda: limiter.waiting == 1)  # the relist of "t" waits for its turn
+                moved = await nb.create(Net(id="x", topic="u", name="moved"))
+            ev = await asyncio.wait_for(anext(events), WAIT)
+            assert (ev.action, ev.id) == (Action.DELETE, "x")  # gone from "t", as the relist found
+            ev = await asyncio.wait_for(anext(events), WAIT)
+            assert (ev.action, ev.id, ev.new) == (Action.CREATE, "x", moved)  # and in "u", by the stream
+            assert replica.get(Net, "x") == moved
+            await events.aclose()

@@ -137,9 +137,17 @@ def apply_changed(replica: Replica, changes: Changes, *, whole: bool, topic: str
     """Apply what a relist by keys found to ``replica``, with no await, each change with its
     event (the rows as stored stay as they are: not built, nothing to tell); the revisions
     its keys reflect are noted as a listing's (:func:`note_relisted`); ``whole``: they cover
-    the scope, a position."""
+    the scope, a position. A relist of one ``topic`` deletes what left it at the revision
+    held (plus one): a change of another topic that brought it there is applied after."""
     for model, _, found in changes:
         for id, obj, revision in found:
+            if obj is None and topic is not None:
+                # gone from the topic, maybe to another one followed, whose change comes by the
+                # stream (this topic's older ones are masked): no delete remembered past the row's
+                held = replica._store.row(model, id)
+                if held is None:
+                    continue
+                revision = held[1] + 1
             replica._apply(model, id, obj, revision)
     listings: Listings = [(m, ListResult([], format_cursor(replica._dataset, at))) for m, at, _ in changes]
     if whole and changes:
