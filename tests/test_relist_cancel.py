@@ -339,7 +339,7 @@ async def test_a_resync_storm_while_topics_come_and_go_tells_every_change_once(f
         async def storm(turns: int) -> None:
             for _ in range(turns):
                 await _until(lambda: bool(driver._open_sources))  # reopened after the last cut
-                assert await driver.cut(lose_history=True) == 1
+                assert await driver.cut(lose_history=True) >= 1  # two while remove_topic reopens the stream
 
         async def churn(turns: int) -> None:
             for n in range(turns):
