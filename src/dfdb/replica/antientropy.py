@@ -26,7 +26,9 @@ objects' topics (no digest: the topics hold objects it does not) and compares th
 ones.
 
 A change still on its way is not repaired: the waits make the Replica's position pass
-the digest's revision first, and a repair never overwrites a newer revision. Objects
+the digest's revision first, and a repair never overwrites a newer revision. A check
+that a relist overtook (a ``RESYNC``'s, which replaces the scope and forgets the deletes it
+remembered) repairs nothing: what it read is older than the relist. Objects
 whose stored value is corrupt are remembered with their revision, so that they do not
 count as a difference at every check.
 """
@@ -222,6 +224,7 @@ class AntiEntropy:
         """Find and repair the keys of the ``differ`` buckets that the Replica holds wrong."""
         r = self.replica
         nb, driver, table = r.nb, r.nb.driver, model.__table__
+        relists = r.resyncs  # a relist after this reads the scope again, later: what this reads is older
         keys = await nb._retry(functools.partial(driver.digest_keys, table, scope, n, differ), "digest", table)
         report.keys += len(keys.revisions)
         report.values += keys.values_read
@@ -258,8 +261,8 @@ class AntiEntropy:
                 report.bytes += len(entry.value) + len(entry.id) + len(entry.topic or "") + 16
             found.append((id, entry))
         async with r._lock:
-            if self._scope() != scope:
-                return  # topics changed meanwhile: the next check looks again
+            if self._scope() != scope or r.resyncs != relists:
+                return  # topics changed, or a relist replaced the scope (its deletes too): the next check looks again
             repaired = sum([self._repair_one(model, scope, id, entry, keys.revision) for id, entry in found])
         if repaired:
             self.divergences += 1

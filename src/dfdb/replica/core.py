@@ -387,7 +387,7 @@ class Replica(Reactive):
         failure: Exception | None = None  # raised as itself, not in an exception group
         with anyio.CancelScope() as closing:  # cancelled when the NbApi closes: no wait outlives it
             async with anyio.create_task_group() as watch:
-                watch.start_soon(self._end_when_closed, closing)
+                watch.start_soon(relisting.end_when_closed, self.nb, closing)
                 try:
                     await self._relist(models, model is not None or topic is not None, topic, keyed)
                 except Exception as exc:
@@ -398,12 +398,6 @@ class Replica(Reactive):
             raise failure
         if not closing.cancel_called:
             self._synced.set()
-
-    async def _end_when_closed(self, scope: anyio.CancelScope) -> None:
-        """Cancel ``scope`` once the NbApi is closed (polled: it has no event for it)."""
-        while self.nb._state != "closed":  # noqa: ASYNC110
-            await anyio.sleep(0.1)
-        scope.cancel()
 
     async def _relist(self, models: list[type[NbModel]], part: bool, topic: str | None, keyed: bool) -> None:
         """Wait for a relist's turn, then relist ``models`` (of ``topic`` when named; ``part``:
@@ -421,7 +415,10 @@ class Replica(Reactive):
             # list first and swap the contents with no await in between: a reader sees the
             # old contents or the new, never an empty or half-filled scope
             listings: Listings = []
-            if self.mode is not SyncMode.REACTIVE:
+            fetched: list[tuple[type[NbModel], NbModel, int]] = []
+            if self.mode is SyncMode.REACTIVE:  # read first too: a relist failing part way changes nothing
+                fetched = await refetch(self.nb, self._store.rows)
+            else:
                 topicless = self._topicless if topic is None else ()
                 rows, held_in, kept = self._store.rows, self._dataset, self._partial
                 found = keyed and await relisting.list_changed(self.nb, models, topics, topicless, rows, held_in, kept)
@@ -438,7 +435,8 @@ class Replica(Reactive):
             try:
                 corrupt: Keys = set()
                 if self.mode is SyncMode.REACTIVE:
-                    await refetch(self.nb, before, self._apply)
+                    for model, obj, revision in fetched:
+                        self._apply(model, obj.id, obj, revision)
                 else:
                     corrupt = self._fill(kept_only(listings, self._partial, before), topics, whole=not scoped)
             finally:

@@ -9,6 +9,8 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
+import anyio
+
 from dfdb._collector import collector_paused
 from dfdb.codec import decode
 from dfdb.errors import BackendTimeoutError, BackendUnavailableError, CorruptObjectError, NotFoundError
@@ -24,7 +26,8 @@ if TYPE_CHECKING:
     from dfdb.replica.core import Replica
 
 __all__ = [
-    "Changes", "Keys", "Listings", "apply_changed", "emit_difference", "kept_only", "list_changed", "list_scope",
+    "Changes", "Keys", "Listings", "apply_changed", "emit_difference", "end_when_closed", "kept_only", "list_changed",
+    "list_scope",
     "note_relisted", "refetch", "until_done",
 ]  # fmt: skip
 
@@ -138,9 +141,17 @@ def apply_changed(replica: Replica, changes: Changes, *, whole: bool, topic: str
     """Apply what a relist by keys found to ``replica``, with no await, each change with its
     event (the rows as stored stay as they are: not built, nothing to tell); the revisions
     its keys reflect are noted as a listing's (:func:`note_relisted`); ``whole``: they cover
-    the scope, a position."""
+    the scope, a position. A relist of one ``topic`` deletes what left it at the revision
+    held (plus one): a change of another topic that brought it there is applied after."""
     for model, _, found in changes:
         for id, obj, revision in found:
+            if obj is None and topic is not None:
+                # gone from the topic, maybe to another one followed, whose change comes by the
+                # stream (this topic's older ones are masked): no delete remembered past the row's
+                held = replica._store.row(model, id)
+                if held is None:
+                    continue
+                revision = held[1] + 1
             replica._apply(model, id, obj, revision)
     listings: Listings = [(m, ListResult([], format_cursor(replica._dataset, at))) for m, at, _ in changes]
     if whole and changes:
@@ -163,17 +174,28 @@ def kept_only(listings: Listings, partial: Collection[str], held: dict[type[NbMo
     return kept
 
 
-async def refetch(
-    nb: NbApi,
-    before: dict[type[NbModel], dict[str, Row]],
-    apply: Callable[[type[NbModel], str, NbModel | None, int], None],
-) -> None:
-    """After a ``RESYNC`` in REACTIVE mode: fetch again what was held, and ``apply`` it."""
-    for model, rows in before.items():
-        for id in rows:
+async def refetch(nb: NbApi, rows: dict[type[NbModel], dict[str, Held]]) -> list[tuple[type[NbModel], NbModel, int]]:
+    """After a ``RESYNC`` in REACTIVE mode: what to hold, read again (nothing is applied, so
+    a relist failing part way changes nothing): each object of the store's ``rows`` that
+    still exists, and the objects a reader's fetch added meanwhile (read after the ``RESYNC``)."""
+    held = {model: list(ids) for model, ids in rows.items()}
+    found: list[tuple[type[NbModel], NbModel, int]] = []
+    for model, ids in held.items():
+        for id in ids:
             with contextlib.suppress(NotFoundError):
                 obj = await nb.get(model, id)
-                apply(model, id, obj, revision_of(obj) or 0)
+                found.append((model, obj, revision_of(obj) or 0))
+    for model, now in rows.items():
+        was = set(held[model])
+        found += [(model, obj, rev) for id, (obj, rev) in now.items() if id not in was and isinstance(obj, NbModel)]
+    return found
+
+
+async def end_when_closed(nb: NbApi, scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` once ``nb`` is closed (polled: it has no event for it)."""
+    while nb._state != "closed":  # noqa: ASYNC110
+        await anyio.sleep(0.1)
+    scope.cancel()
 
 
 async def until_done(call: Callable[[], Awaitable[None]], what: str) -> None:

@@ -18,8 +18,9 @@
     (a fault the NbApi must absorb: its retries are idempotent).
 
 Without ``fault=`` the wrapper injects nothing by itself; with any fault,
-:meth:`FaultyDriver.cut` drops the change streams' connections when a test says so, and
-:meth:`FaultyDriver.drop_next` silently drops the next change event a stream reads.
+:meth:`FaultyDriver.cut` drops the change streams' connections when a test says so,
+:meth:`FaultyDriver.drop_next` silently drops the next change event a stream reads, and
+:meth:`FaultyDriver.trip` makes the Nth call of some reads fail or hang (a :class:`Trip`).
 The wrapper has the inner driver's capabilities (but leases), value-size limit and
 identities, so that a write the inner backend refuses is refused the same way here.
 """
@@ -28,18 +29,78 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import TypeVar
+
+import anyio
 
 from dfdb.drivers import driver_class, register_driver
 from dfdb.drivers.base import ANY, Capability, Digest, Driver, Entry, EventSource, Expect, KeyListing, Listing, RawEvent
 from dfdb.errors import BackendUnavailableError, InvalidURL
 from dfdb.url import DatabaseURL
 
-__all__ = ["FAULTS", "FaultyDriver"]
+__all__ = ["FAULTS", "FaultyDriver", "Trip"]
 
 FAULTS = ("drop", "reorder", "ignore_expect", "trim", "leak", "lose_reply")
 
 _leaked: set[asyncio.Task[None]] = set()
+
+T = TypeVar("T")
+
+TRIPPABLE = ("digest", "digest_keys", "get", "identity", "list")
+"""The reads a :class:`Trip` counts (``digest`` and ``digest_keys``: of several tables at once too)."""
+
+
+class Trip:
+    """The calls of some reads of a :class:`FaultyDriver`, counted from when it was set
+    (:meth:`FaultyDriver.trip`): from the ``at``-th on, ``times`` calls raise ``error``
+    (a new one each time) or, without ``error``, hang until :meth:`heal` (or until
+    cancelled: ``cancelled`` counts those). ``late``: the call is made first, and its reply
+    is what fails or hangs (a reply that comes late, telling of the data as it was)."""
+
+    def __init__(
+        self, methods: Collection[str], at: int, error: type[Exception] | None, times: int, late: bool = False
+    ) -> None:
+        unknown = set(methods) - set(TRIPPABLE)
+        if unknown:
+            raise ValueError(f"a trip counts only {', '.join(TRIPPABLE)}, not {', '.join(sorted(unknown))}")
+        self.methods = frozenset(methods)
+        self.at = at
+        self.error = error
+        self.times = times
+        self.late = late
+        self.calls: list[str] = []
+        """The methods called, in order."""
+        self.tripped = 0
+        """Calls that failed or hung."""
+        self.cancelled = 0
+        """Hanging calls that ended by cancellation."""
+        self.reached = anyio.Event()
+        """Set by the first call that fails or hangs."""
+        self._healed = anyio.Event()
+
+    def heal(self) -> None:
+        """No call fails or hangs from now on; the hanging ones go on."""
+        self.times = 0
+        self._healed.set()
+
+    async def passing(self, method: str) -> None:
+        """Count a call of ``method``: return, raise or hang as set."""
+        if method not in self.methods:
+            return
+        self.calls.append(method)
+        if len(self.calls) < self.at or self.times <= 0:
+            return
+        self.times -= 1
+        self.tripped += 1
+        self.reached.set()
+        if self.error is not None:
+            raise self.error(f"{method} failed (injected)")
+        try:
+            await self._healed.wait()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
 
 
 class FaultyDriver(Driver):
@@ -68,11 +129,42 @@ class FaultyDriver(Driver):
         self._open_sources: set[_FaultySource] = set()
         self._history_lost_upto = -1  # a watch resumed from a cursor at or below it gets a resync
         self._drops = [0]  # change events still to drop silently, shared by the sources
+        self._trip: Trip | None = None
 
     def drop_next(self, count: int = 1) -> None:
         """Drop the next ``count`` change events the change streams read, silently: no
         ``resync``, the stream goes on as if they had never happened."""
         self._drops[0] += count
+
+    def trip(
+        self,
+        methods: Collection[str],
+        at: int,
+        error: type[Exception] | None = None,
+        times: int = 1,
+        *,
+        late: bool = False,
+    ) -> Trip:
+        """Count the calls of ``methods`` (of :data:`TRIPPABLE`) from now on, and make the
+        ``at``-th and the next ``times - 1`` raise ``error`` or, without it, hang until the
+        trip is healed (``late``: once made, their replies); replaces the trip set before
+        (healing it)."""
+        if self._trip is not None:
+            self._trip.heal()
+        self._trip = Trip(methods, at, error, times, late)
+        return self._trip
+
+    async def _through(self, method: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, counted by the trip set (before it is made, or after when late)."""
+        trip = self._trip
+        if trip is None:
+            return await call()
+        if not trip.late:
+            await trip.passing(method)
+            return await call()
+        result = await call()
+        await trip.passing(method)
+        return result
 
     async def cut(self, *, lose_history: bool = False) -> int:
         """Drop the connection of every open change stream, as a server that goes away
@@ -101,13 +193,13 @@ class FaultyDriver(Driver):
         await self.inner.aclose()
 
     async def identity(self) -> str:
-        return await self.inner.identity()
+        return await self._through("identity", self.inner.identity)
 
     async def continues(self, identity: str, revision: int) -> bool:
         return await self.inner.continues(identity, revision)
 
     async def get(self, table: str, id: str) -> Entry | None:
-        return await self.inner.get(table, id)
+        return await self._through("get", lambda: self.inner.get(table, id))
 
     async def put(self, table: str, id: str, topic: str | None, value: bytes, expect: Expect) -> int:
         if self.fault == "ignore_expect" and isinstance(expect, int):
@@ -124,24 +216,24 @@ class FaultyDriver(Driver):
         return await self.inner.delete(table, id, expect)
 
     async def list(self, table: str, topic: str | None = None) -> Listing:
-        return await self.inner.list(table, topic)
+        return await self._through("list", lambda: self.inner.list(table, topic))
 
     async def tables(self) -> Sequence[str] | None:
         return await self.inner.tables()
 
     async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
-        return await self.inner.digest(table, topics, buckets)
+        return await self._through("digest", lambda: self.inner.digest(table, topics, buckets))
 
     async def digest_keys(
         self, table: str, topics: Collection[str | None] | None, buckets: int, wanted: Collection[int]
     ) -> KeyListing:
-        return await self.inner.digest_keys(table, topics, buckets, wanted)
+        return await self._through("digest_keys", lambda: self.inner.digest_keys(table, topics, buckets, wanted))
 
     async def digest_many(self, buckets: Mapping[str, int], topics: Collection[str | None] | None) -> dict[str, Digest]:
-        return await self.inner.digest_many(buckets, topics)
+        return await self._through("digest", lambda: self.inner.digest_many(buckets, topics))
 
     async def digest_keys_many(self, scopes: Mapping[str, Collection[str | None] | None]) -> dict[str, KeyListing]:
-        return await self.inner.digest_keys_many(scopes)
+        return await self._through("digest_keys", lambda: self.inner.digest_keys_many(scopes))
 
     async def watch(
         self,
