@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Collection
 
 import anyio
 import pytest
@@ -17,14 +17,14 @@ import dfdb
 from dfdb import NbApi, Replica, SyncMode
 from dfdb.codec import encode
 from dfdb.drivers import ABSENT, Entry, Listing, register_driver
-from dfdb.drivers.base import EventSource, RawEvent
 from dfdb.drivers.digest import KeyListing
-from dfdb.drivers.memory import MemoryDriver, _MemorySource
+from dfdb.drivers.memory import MemoryDriver
 from dfdb.errors import BackendUnavailableError
 from dfdb.replica import pacing
 from dfdb.replica.pacing import RELISTS, RelistLimiter
 from dfdb.retry import Backoff
 from dfdb.testing.leaks import ResourceSnapshot
+from topic_resync import TopicResyncDriver as _TopicResyncDriver
 
 WAIT = 20
 
@@ -314,32 +314,11 @@ async def test_relists_cancelled_while_waiting_for_a_running_slot_give_their_tok
                 assert waited < 1
 
 
-class _TopicResyncSource(_MemorySource):
-    """Reads a record of action ``topic-resync`` as a ``RESYNC`` of every table for its topic
-    (as a backend that lost one topic's history sends)."""
-
-    def _matching(self, events: Iterable[RawEvent], topics: Collection[str | None] | None) -> list[RawEvent]:
-        found: list[RawEvent] = []
-        for ev in events:
-            if ev.action == "topic-resync":  # type: ignore[comparison-overlap]
-                if topics is None or ev.topic in topics:
-                    found.append(RawEvent("resync", None, "", ev.topic, None, ev.revision))
-            else:
-                found += super()._matching([ev], topics)
-        return found
-
-
-class TopicResyncDriver(MemoryDriver):
-    """The memory driver, whose change log can name one topic's history lost; it notes its
-    listings."""
+class TopicResyncDriver(_TopicResyncDriver):
+    """A driver whose change log can name one topic's history lost (``topic-resync``); it
+    notes its listings."""
 
     listed: list[tuple[str, str | None]]
-
-    async def watch(
-        self, tables: Collection[str], topics: Collection[str | None] | None = None, since: int | None = None
-    ) -> EventSource:
-        store = self._open_store()
-        return self._track(_TopicResyncSource(store, tables, topics, store.revision if since is None else since))
 
     async def list(self, table: str, topic: str | None = None) -> Listing:
         self.listed.append((table, topic))

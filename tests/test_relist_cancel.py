@@ -7,7 +7,7 @@ a cancellation goes through. On every backend, through the fault-injecting wrapp
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -15,8 +15,6 @@ import pytest
 import dfdb
 from dfdb import Action, NbApi, Replica, revision_of
 from dfdb.drivers import register_driver
-from dfdb.drivers.base import EventSource, RawEvent
-from dfdb.drivers.memory import MemoryDriver, _MemorySource
 from dfdb.errors import BackendTimeoutError
 from dfdb.replica.events import ReplicaEvents
 from dfdb.replica.pacing import RelistLimiter
@@ -24,6 +22,7 @@ from dfdb.replica.relist import FEW
 from dfdb.servers import LocalServer
 from dfdb.testing.faults import FaultyDriver
 from dfdb.testing.plugin import SERVER_PLACEHOLDERS
+from topic_resync import TopicResyncDriver
 
 WAIT = 10
 READS = ("digest_keys", "get", "identity")
@@ -529,31 +528,6 @@ async def test_an_object_fetched_while_a_reactive_relist_reads_stays_held(faulty
         ev = await asyncio.wait_for(anext(events), WAIT)
         assert (ev.action, ev.id, ev.new and ev.new.name) == (Action.UPDATE, "n5", "probe")  # followed, told once
         await events.aclose()
-
-
-class _TopicResyncSource(_MemorySource):
-    """Reads a record of action ``topic-resync`` as a ``RESYNC`` of its topic (as a backend
-    that lost one topic's history sends)."""
-
-    def _matching(self, events: Iterable[RawEvent], topics: Collection[str | None] | None) -> list[RawEvent]:
-        found: list[RawEvent] = []
-        for ev in events:
-            if ev.action == "topic-resync":  # type: ignore[comparison-overlap]
-                if topics is None or ev.topic in topics:
-                    found.append(RawEvent("resync", None, "", ev.topic, None, ev.revision))
-            else:
-                found += super()._matching([ev], topics)
-        return found
-
-
-class TopicResyncDriver(MemoryDriver):
-    """The memory driver, whose change log can name one topic's history lost."""
-
-    async def watch(
-        self, tables: Collection[str], topics: Collection[str | None] | None = None, since: int | None = None
-    ) -> EventSource:
-        store = self._open_store()
-        return self._track(_TopicResyncSource(store, tables, topics, store.revision if since is None else since))
 
 
 register_driver("test-rc-topic-resync", TopicResyncDriver)
