@@ -479,6 +479,9 @@ async def test_closing_the_nbapi_while_a_relist_waits_on_a_read_ends_the_replica
     once, the Replica stops (its old contents still readable) and closes at once too."""
     scheme, rest = dfdb_fresh_url.split("://", 1)
     nb = await dfdb.connect(f"faulty://{rest}{'&' if '?' in rest else '?'}inner={scheme}")
+    if not nb.exact:
+        await nb.aclose()
+        pytest.skip("snapshot polling promises convergence, not every change")
     limiter = RelistLimiter(rate=1000, burst=1, jitter=0)
     replica = Replica(nb, [Net], relists=limiter, check_interval=None)
     try:
