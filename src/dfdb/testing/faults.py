@@ -176,11 +176,14 @@ class FaultyDriver(Driver):
         Returns:
             How many streams were cut.
         """
+        head = -1
+        if lose_history:
+            head = await self._head({t for source in self._open_sources for t in source.tables}, -1)
+        # no await from here to the cuts: a watch opened meanwhile (a stream reopening) is cut
+        # too, or opens after the history is gone and starts with its resync
         sources = list(self._open_sources)
         self._open_sources.clear()
-        if lose_history:
-            tables = {t for source in sources for t in source.tables}
-            self._history_lost_upto = max(self._history_lost_upto, await self._head(tables, -1))
+        self._history_lost_upto = max(self._history_lost_upto, head)
         for source in sources:
             await source.cut()
         return len(sources)
