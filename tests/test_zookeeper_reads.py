@@ -43,3 +43,9 @@ async def test_multi_read_of_absent_and_present_nodes(dfdb_zookeeper_server: Loc
         data, stat = await calls.get(present)
         nodes = await calls.get_many(["/no-such-node", present, "/no/such/either"])
         assert nodes == [None, (data, int(stat.last_modified_zxid)), None]
+        parent = present.rsplit("/", 1)[0]
+        assert await calls.children_many(["/no-such-node", parent, "/"]) == [
+            [],
+            await calls.children(parent),
+            await calls.children("/"),
+        ]

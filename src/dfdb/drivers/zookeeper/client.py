@@ -223,11 +223,20 @@ class Calls:
         request (``multiRead``); ``None`` when the server has no ``multiRead`` (before 3.6:
         remembered while the driver is open) or a read failed otherwise than by absence
         (:meth:`get` then tells why)."""
+        return await self._multi_read(MultiReadRequest(paths))
+
+    async def children_many(self, paths: list[str]) -> list[list[str]] | None:
+        """The children of each node of ``paths``, sorted (``[]``: absent), read in one
+        request (``multiRead``); ``None`` as for :meth:`get_many` (:meth:`children` then)."""
+        nodes = await self._multi_read(MultiReadRequest(paths, children=True))
+        return None if nodes is None else [[] if names is None else sorted(names) for names in nodes]
+
+    async def _multi_read(self, request: MultiReadRequest) -> list[Any] | None:
         if self.multi_read is False:
             return None
         try:
-            _, reply = await self.send(MultiReadRequest(paths))
-            nodes = check_reply(reply, paths)
+            _, reply = await self.send(request)
+            nodes = check_reply(reply, request.paths)
         except exc.Unimplemented:
             log.info("ZooKeeper: %s has no multiRead; nodes are read one by one", self.servers)
             self.multi_read = False

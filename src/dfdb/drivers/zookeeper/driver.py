@@ -70,6 +70,9 @@ _READ_BYTES = 512 * 1024
 _READ_MOST = 2000
 """The most nodes a listing reads in one ``multiRead``."""
 _READS_IN_FLIGHT = 4
+"""A listing's ``multiRead`` requests of data nodes in flight at once."""
+_CHILDREN_BATCH = 500
+"""Shard nodes whose children a listing reads in one ``multiRead``."""
 _CHUNKS_IN_FLIGHT = 4
 
 
@@ -448,7 +451,7 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
             for loc in locs:
                 base = layout.data_scope(table, loc)
                 shards = await calls.children(base)
-                per_shard = await asyncio.gather(*(calls.children(f"{base}/{shard}") for shard in shards))
+                per_shard = await self._children_of([f"{base}/{shard}" for shard in shards])
                 paths = [f"{base}/{shard}/{id}" for shard, ids in zip(shards, per_shard, strict=True) for id in ids]
                 loc_topic = topic_of(loc)
                 for path, got in zip(paths, await self._read_nodes(paths), strict=True):
@@ -461,6 +464,16 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
                 continue
             return Listing(builtins.list(entries.values()), after, calls.known_identity)
         raise BackendUnavailableError(f"{self.url}: {table}: the listing kept meeting pruned or unreadable logs")
+
+    async def _children_of(self, parents: builtins.list[str]) -> builtins.list[builtins.list[str]]:
+        """The children of each of ``parents`` (sorted; ``[]``: absent), by ``multiRead``
+        :data:`_CHILDREN_BATCH` parents a request, one by one where the server has no ``multiRead``."""
+        calls = self._calls
+        chunks = [parents[i : i + _CHILDREN_BATCH] for i in range(0, len(parents), _CHILDREN_BATCH)]
+        out: builtins.list[builtins.list[str]] = []
+        for chunk, names in zip(chunks, await asyncio.gather(*(calls.children_many(c) for c in chunks)), strict=True):
+            out += names if names is not None else await asyncio.gather(*(calls.children(p) for p in chunk))
+        return out
 
     async def _read_nodes(self, paths: builtins.list[str]) -> builtins.list[NodeRead]:
         """The data and ``mzxid`` of each node of ``paths`` (``None``: absent), read by

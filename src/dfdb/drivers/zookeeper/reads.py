@@ -22,6 +22,7 @@ NodeRead = tuple[bytes, int] | None
 """A node's data and the zxid that last changed it (``mzxid``), or ``None``: absent."""
 
 _GET_DATA = 4
+_GET_CHILDREN = 8
 _ERROR = -1
 _HEADER = struct.Struct("!i?i")  # MultiHeader: type, done, error
 _INT = struct.Struct("!i")
@@ -30,20 +31,21 @@ _NO_NODE = exc.NoNode.error_code
 
 
 class MultiReadRequest(Request):  # type: ignore[misc]
-    """``getData`` of each of ``paths`` (no watch), in one request."""
+    """``getData`` of each of ``paths`` (``children``: ``getChildren``), no watch, in one request."""
 
     opcode = 22
     writes_data = False
     parts = ()
 
-    def __init__(self, paths: list[str]) -> None:
+    def __init__(self, paths: list[str], children: bool = False) -> None:
         super().__init__()
         self.paths = paths
+        self.children = children
 
     def serialize(self, xid: int | None = None) -> bytes:
         out = bytearray() if xid is None else bytearray(_INT.pack(xid))
         out += _INT.pack(self.opcode)
-        get = _HEADER.pack(_GET_DATA, False, -1)
+        get = _HEADER.pack(_GET_CHILDREN if self.children else _GET_DATA, False, -1)
         for path in self.paths:
             name = path.encode()
             out += get
@@ -58,12 +60,13 @@ class MultiReadRequest(Request):  # type: ignore[misc]
 
 
 class MultiReadResponse(Response):  # type: ignore[misc]
-    """The reply to a :class:`MultiReadRequest`: ``nodes``, one :data:`NodeRead` per path in
-    order, and ``errors``: the error codes other than "no node" met (their nodes ``None``)."""
+    """The reply to a :class:`MultiReadRequest`: ``nodes``, one per path in order (a
+    :data:`NodeRead`, or a node's children, ``None`` when absent), and ``errors``: the
+    error codes other than "no node" met (their nodes ``None``)."""
 
     opcode = 22
     parts = ()
-    nodes: list[NodeRead]
+    nodes: list[Any]
     errors: list[int]
 
     @classmethod
@@ -72,7 +75,10 @@ class MultiReadResponse(Response):  # type: ignore[misc]
         instance.nodes, instance.errors = [], []
         try:
             instance._parse(raw)
-        except (struct.error, ValueError):  # not a multiRead reply: check_reply refuses it
+        except (
+            struct.error,
+            ValueError,
+        ):  # not a multiRead reply (UnicodeDecodeError is a ValueError): check_reply refuses it
             instance.nodes = []
         return instance
 
@@ -92,6 +98,17 @@ class MultiReadResponse(Response):  # type: ignore[misc]
                     errors.append(code)
                 nodes.append(None)
                 continue
+            if kind == _GET_CHILDREN:
+                (count,) = unpack_int(raw, offset)
+                offset += 4
+                names = []
+                for _ in range(max(count, 0)):
+                    (length,) = unpack_int(raw, offset)
+                    offset += 4
+                    names.append(raw[offset : offset + length].decode())
+                    offset += length
+                nodes.append(names)
+                continue
             if kind != _GET_DATA:
                 raise ValueError(kind)
             (length,) = unpack_int(raw, offset)
@@ -108,7 +125,7 @@ class MultiReadResponse(Response):  # type: ignore[misc]
         return f"MultiRead[{len(getattr(self, 'nodes', ()))} nodes]"
 
 
-def check_reply(reply: Any, paths: list[str]) -> list[NodeRead] | None:
+def check_reply(reply: Any, paths: list[str]) -> list[Any] | None:
     """The nodes of a :class:`MultiReadResponse` to ``paths``; ``None`` when a node's read
     failed otherwise than by its absence (read them one by one: their errors are mapped there).
 
