@@ -81,3 +81,26 @@ async def test_a_lease_ending_in_one_topic_moves_the_cursor_of_the_others_prompt
             async with asyncio.timeout(3):
                 await replica.wait_for(gone.revision)
             assert replica.get(Port, "p") is None
+
+
+class PagedPort(dfdb.NbModel, table="etcd_paged_port"):
+    n: int = 0
+
+
+async def test_a_listing_over_growing_pages_reads_every_key_once(
+    dfdb_etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pages start at ``page`` keys and grow: every boundary keeps every key, once, and a
+    foreign index key in the middle is reported and skipped."""
+    from aetcd import rpc
+
+    async with dfdb.connect(dfdb_etcd_server.url + "/paged?page=2") as nb:
+        ports = [PagedPort(id=f"p{i:03}", topic=f"t{i % 2}", n=i) for i in range(61)]
+        assert not [r for r in await nb.create_many(ports) if isinstance(r, Exception)]
+        foreign = rpc.PutRequest(key=b"paged/i/etcd_paged_port/p030x", value=b"rewritten by another tool")
+        await nb.driver._call("Put", foreign)  # type: ignore[attr-defined]
+        listing = await nb.list(PagedPort)
+        assert [(p.id, p.n) for p in listing.items] == [(p.id, p.n) for p in ports]
+        assert "p030x" in caplog.text
+        topic = await nb.list(PagedPort, topic="t1")
+        assert [p.id for p in topic.items] == [p.id for p in ports if p.topic == "t1"]

@@ -102,6 +102,8 @@ _RETRYABLE = {
     grpc.StatusCode.ABORTED,
 }
 _EQUAL = rpc.Compare.EQUAL
+_PAGE_BYTES = 16 * 1024 * 1024
+"""About the most value bytes a listing asks for in one page (gRPC takes 64 MiB a reply)."""
 _GREATER = rpc.Compare.GREATER
 
 
@@ -388,23 +390,28 @@ class EtcdDriver(EtcdLeases, Driver):
 
     async def list(self, table: str, topic: str | None = None) -> Listing:
         """A whole table from its index keys, one topic from its data keys; every page read
-        at the first page's revision."""
+        at the first page's revision.
+
+        The first page holds ``page`` keys and each next one twice as many, up to about
+        :data:`_PAGE_BYTES` of values: etcd reads every key left in the range to answer a
+        page (it counts them), whatever its limit: a listing of many small pages costs the server the
+        square of its length."""
         prefix = self._key("i", table) + b"/" if topic is None else self._key("d", f"t/{topic}", table) + b"/"
         end = _range_end(prefix)
         for _ in range(5):
             entries: builtins.list[Entry] = []
-            key, revision = prefix, 0
+            key, revision, limit, size, count = prefix, 0, self.page, 0, 0
             try:
                 while True:
-                    reply = await self._range(key, end, limit=self.page, revision=revision)
+                    reply = await self._range(key, end, limit=limit, revision=revision)
                     revision = revision or int(reply.header.revision)
-                    for kv in reply.kvs:
-                        entry = self._listed(table, topic, kv)
-                        if entry is not None:
-                            entries.append(entry)
-                    if not reply.more or not reply.kvs:
+                    kvs = reply.kvs
+                    size += self._add_listed(entries, table, topic, kvs)
+                    count += len(kvs)
+                    if not reply.more or not kvs:
                         return Listing(entries, revision, self._identity)
-                    key = bytes(reply.kvs[-1].key) + b"\x00"
+                    key = bytes(kvs[-1].key) + b"\x00"
+                    limit = max(self.page, min(2 * limit, _PAGE_BYTES * count // (size or 1)))
             except DriverError as exc:
                 if "compacted" not in str(exc):
                     raise
@@ -429,6 +436,28 @@ class EtcdDriver(EtcdLeases, Driver):
         self, scopes: Mapping[str, Collection[str | None] | None]
     ) -> builtins.dict[str, KeyListing]:
         return await etcd_digest.digest_keys_many(self, scopes)
+
+    def _add_listed(self, entries: builtins.list[Entry], table: str, topic: str | None, kvs: Any) -> int:
+        """Append the entries of a listing's page to ``entries`` (as :meth:`_listed` reads
+        each, in one loop); returns the bytes of their values."""
+        size = 0
+        add = entries.append
+        for kv in kvs:
+            stored = kv.value
+            size += len(stored)
+            location, sep, value = stored.partition(b"\n")
+            if topic is None and (not sep or (location != b"n" and not location.startswith(b"t/"))):
+                entry = self._listed(table, topic, kv)  # not an index entry: reported
+                if entry is not None:
+                    add(entry)
+                continue
+            id = kv.key.rsplit(b"/", 1)[-1].decode(errors="replace")
+            if topic is not None:
+                add(Entry(table, id, topic, stored, kv.mod_revision))
+            else:
+                loc = location.decode(errors="replace")
+                add(Entry(table, id, None if loc == "n" else loc[2:], value, kv.mod_revision))
+        return size
 
     def _listed(self, table: str, topic: str | None, kv: Any) -> Entry | None:
         id = bytes(kv.key).rsplit(b"/", 1)[-1].decode(errors="replace")

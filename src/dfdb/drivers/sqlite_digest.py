@@ -38,8 +38,15 @@ def entry_of(table: str, id: str, topic: str | None, value: bytes | str, revisio
 def entries_of(table: str, rows: list[Any]) -> list[Entry]:
     """The entries of listed rows ``(id as bytes, topic, value, revision)``; a row another
     program wrote whose id is not UTF-8 or whose revision is no number is logged and skipped."""
-    entries = []
+    entries: list[Entry] = []
+    add = entries.append
     for raw_id, topic, value, revision in rows:
+        if type(revision) is int and type(value) is bytes and type(raw_id) is bytes:  # as dfdb wrote it
+            try:
+                add(Entry(table, raw_id.decode(), topic, value, revision))
+                continue
+            except UnicodeDecodeError:
+                pass  # reported below
         try:
             id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
         except UnicodeDecodeError:

@@ -26,6 +26,7 @@ import ipaddress
 import itertools
 import json
 import json.scanner
+import operator
 import socket
 import types
 import typing
@@ -61,6 +62,7 @@ _scan: Callable[[str, int], tuple[Any, int]] | None = getattr(json.scanner, "c_m
     json.scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
 )
 _IPV4 = ipaddress.IPv4Address
+_ENTRY_ID = operator.attrgetter("id")  # a sort key called in C, about twice as fast as a function
 _pton = socket.inet_pton
 _AF_INET = socket.AF_INET
 
@@ -90,15 +92,11 @@ async def list_raw(nb: NbApi, models: Sequence[type[NbModel]], topics: Collectio
     return [
         (
             model,
-            sorted(listing.entries, key=_entry_id),
+            sorted(listing.entries, key=_ENTRY_ID),
             format_cursor(listing.identity or nb._identity or "", listing.revision),
         )
         for (model, _), listing in zip(scopes, found, strict=True)
     ]
-
-
-def _entry_id(entry: Entry) -> str:
-    return entry.id
 
 
 @functools.cache

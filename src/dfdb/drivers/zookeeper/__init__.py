@@ -20,9 +20,12 @@ ZooKeeper refuses requests over ``jute.maxbuffer`` (1 MiB); a larger one is refu
 source cannot read (not written by dfdb) is logged, counted and answered with a
 ``resync`` of its table.
 
+A listing reads its data nodes with ``multiRead`` (ZooKeeper 3.6 and later), many nodes
+a request; a server without it is read one node a request.
+
 The package's modules: ``session`` (dfdb's session repair around aiozk), ``client``
-(the calls, under dfdb's time-outs and errors), ``layout`` (paths, records, buckets,
-rotation, pruning), ``driver`` and ``source``.
+(the calls, under dfdb's time-outs and errors), ``reads`` (``multiRead``), ``layout``
+(paths, records, buckets, rotation, pruning), ``driver`` and ``source``.
 """
 
 from dfdb.drivers.zookeeper.driver import ZooKeeperDriver

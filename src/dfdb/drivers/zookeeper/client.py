@@ -19,6 +19,7 @@ from typing import Any
 
 from aiozk import exc, protocol
 
+from dfdb.drivers.zookeeper.reads import MultiReadRequest, NodeRead, check_reply
 from dfdb.drivers.zookeeper.session import SessionRepair
 from dfdb.drivers.zookeeper.tls import RefusedError, start_session, tls_failure_of
 from dfdb.errors import AuthenticationError, BackendUnavailableError, DfdbError, DriverError, StreamClosedError
@@ -70,6 +71,8 @@ class Calls:
         self._ensured: set[str] = set()  # nodes made or found by ensure in the session below
         self._ensured_in: int | None = None
         self._closed = False
+        self.multi_read: bool | None = None
+        """Whether the server answers ``multiRead`` (``None``: not tried yet)."""
 
     @property
     def auth(self) -> bytes | None:
@@ -151,7 +154,8 @@ class Calls:
         it raises).
 
         Raises:
-            exc.NoNode, exc.NodeExists, exc.BadVersion, exc.NotEmpty: as the server said.
+            exc.NoNode, exc.NodeExists, exc.BadVersion, exc.NotEmpty, exc.Unimplemented:
+                as the server said.
             BackendUnavailableError: no reply within the time-out, or the connection was
                 lost during a write (which may or may not have happened).
             DriverError: any other refusal.
@@ -189,7 +193,7 @@ class Calls:
                     session.last_zxid = max(session.last_zxid or 0, zxid)
                     session.set_heartbeat()
                     return int(zxid), response
-        except (exc.NoNode, exc.NodeExists, exc.BadVersion, exc.NotEmpty):
+        except (exc.NoNode, exc.NodeExists, exc.BadVersion, exc.NotEmpty, exc.Unimplemented):
             raise
         except _UNAVAILABLE as error:
             raise_if_cancelling(error)
@@ -213,6 +217,32 @@ class Calls:
         except exc.NoNode:
             return 0, None
         return zxid, (bytes(reply.data or b""), reply.stat)
+
+    async def get_many(self, paths: list[str]) -> list[NodeRead] | None:
+        """The data and ``mzxid`` of each node of ``paths`` (``None``: absent), read in one
+        request (``multiRead``); ``None`` when the server has no ``multiRead`` (before 3.6:
+        remembered while the driver is open) or a read failed otherwise than by absence
+        (:meth:`get` then tells why)."""
+        return await self._multi_read(MultiReadRequest(paths))
+
+    async def children_many(self, paths: list[str]) -> list[list[str]] | None:
+        """The children of each node of ``paths``, sorted (``[]``: absent), read in one
+        request (``multiRead``); ``None`` as for :meth:`get_many` (:meth:`children` then)."""
+        nodes = await self._multi_read(MultiReadRequest(paths, children=True))
+        return None if nodes is None else [[] if names is None else sorted(names) for names in nodes]
+
+    async def _multi_read(self, request: MultiReadRequest) -> list[Any] | None:
+        if self.multi_read is False:
+            return None
+        try:
+            _, reply = await self.send(request)
+            nodes = check_reply(reply, request.paths)
+        except exc.Unimplemented:
+            log.info("ZooKeeper: %s has no multiRead; nodes are read one by one", self.servers)
+            self.multi_read = False
+            return None
+        self.multi_read = True
+        return nodes
 
     async def exists(self, path: str, watch: bool = False) -> int | None:
         """The reply's zxid when the node exists, else ``None`` (an ``exists`` watch is set either way)."""

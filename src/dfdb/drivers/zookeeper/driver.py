@@ -42,6 +42,7 @@ from dfdb.drivers.zookeeper.layout import (
 )
 from dfdb.drivers.zookeeper.leases import ZooKeeperLeases
 from dfdb.drivers.zookeeper.parents import ShardParents
+from dfdb.drivers.zookeeper.reads import NodeRead
 from dfdb.drivers.zookeeper.source import LogAccess, ZooKeeperSource
 from dfdb.errors import (
     AlreadyExistsError,
@@ -62,7 +63,16 @@ __all__ = ["ZooKeeperDriver"]
 log = logging.getLogger(__name__)
 
 _MULTI_BYTES = 512 * 1024  # well under jute.maxbuffer (1 MB)
-_LIST_BATCH = 2000
+_READ_FIRST = 100
+"""Nodes in a listing's first ``multiRead``."""
+_READ_BYTES = 512 * 1024
+"""About the most data a listing reads in one ``multiRead`` (well under ``jute.maxbuffer``)."""
+_READ_MOST = 2000
+"""The most nodes a listing reads in one ``multiRead``."""
+_READS_IN_FLIGHT = 4
+"""A listing's ``multiRead`` requests of data nodes in flight at once."""
+_CHILDREN_BATCH = 500
+"""Shard nodes whose children a listing reads in one ``multiRead``."""
 _CHUNKS_IN_FLIGHT = 4
 
 
@@ -441,20 +451,52 @@ class ZooKeeperDriver(ZooKeeperLeases, Driver):
             for loc in locs:
                 base = layout.data_scope(table, loc)
                 shards = await calls.children(base)
-                per_shard = await asyncio.gather(*(calls.children(f"{base}/{shard}") for shard in shards))
+                per_shard = await self._children_of([f"{base}/{shard}" for shard in shards])
                 paths = [f"{base}/{shard}/{id}" for shard, ids in zip(shards, per_shard, strict=True) for id in ids]
-                for start in range(0, len(paths), _LIST_BATCH):
-                    batch = paths[start : start + _LIST_BATCH]
-                    for path, got in zip(batch, await asyncio.gather(*(calls.get(p) for p in batch)), strict=True):
-                        if got is not None:
-                            id = path.rsplit("/", 1)[1]
-                            entries[id] = Entry(table, id, topic_of(loc), got[0], int(got[1].last_modified_zxid))
+                loc_topic = topic_of(loc)
+                for path, got in zip(paths, await self._read_nodes(paths), strict=True):
+                    if got is not None:
+                        id = path.rsplit("/", 1)[1]
+                        entries[id] = Entry(table, id, loc_topic, got[0], got[1])
             after = await calls.current_revision()
             if after > before and not await self._apply_changes(entries, table, topic, before, after):
                 log.debug("listing %s again: a change log could not be read from %d", table, before)
                 continue
             return Listing(builtins.list(entries.values()), after, calls.known_identity)
         raise BackendUnavailableError(f"{self.url}: {table}: the listing kept meeting pruned or unreadable logs")
+
+    async def _children_of(self, parents: builtins.list[str]) -> builtins.list[builtins.list[str]]:
+        """The children of each of ``parents`` (sorted; ``[]``: absent), by ``multiRead``
+        :data:`_CHILDREN_BATCH` parents a request, one by one where the server has no ``multiRead``."""
+        calls = self._calls
+        chunks = [parents[i : i + _CHILDREN_BATCH] for i in range(0, len(parents), _CHILDREN_BATCH)]
+        out: builtins.list[builtins.list[str]] = []
+        for chunk, names in zip(chunks, await asyncio.gather(*(calls.children_many(c) for c in chunks)), strict=True):
+            out += names if names is not None else await asyncio.gather(*(calls.children(p) for p in chunk))
+        return out
+
+    async def _read_nodes(self, paths: builtins.list[str]) -> builtins.list[NodeRead]:
+        """The data and ``mzxid`` of each node of ``paths`` (``None``: absent), read by
+        ``multiRead`` a batch at a time, :data:`_READS_IN_FLIGHT` batches at once: the first
+        of :data:`_READ_FIRST` nodes, the next as many as fit in about :data:`_READ_BYTES`
+        (at most :data:`_READ_MOST`); one by one where the server has no ``multiRead``."""
+        calls = self._calls
+        out: builtins.list[NodeRead] = []
+        start, batch, size = 0, _READ_FIRST, 0
+        while start < len(paths):
+            chunks = []
+            for _ in range(_READS_IN_FLIGHT):
+                if start < len(paths):
+                    chunks.append(paths[start : start + batch])
+                    start += batch
+            for chunk, nodes in zip(chunks, await asyncio.gather(*(calls.get_many(c) for c in chunks)), strict=True):
+                if nodes is None:
+                    got = await asyncio.gather(*(calls.get(p) for p in chunk))
+                    nodes = [None if n is None else (n[0], int(n[1].last_modified_zxid)) for n in got]
+                out += nodes
+                size += sum(len(node[0]) for node in nodes if node is not None)
+            batch = max(_READ_FIRST, min(_READ_MOST, _READ_BYTES * len(out) // (size or 1)))
+        return out
 
     async def digest(self, table: str, topics: Collection[str | None] | None, buckets: int) -> Digest:
         """From the data nodes' stats (no value is read); see :mod:`~dfdb.drivers.zookeeper.digest`."""
