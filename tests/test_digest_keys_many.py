@@ -137,3 +137,22 @@ async def test_a_replica_of_several_tables_relists_by_keys(faulty_nb: NbApi, mod
 async def _drained(driver: FaultyDriver) -> None:
     while driver._drops[0]:  # each dropped as the stream read it: none left for later
         await asyncio.sleep(0.01)
+
+
+HOSTILE_TOPICS = ["t", "t_", "t%", "t*", "é", "e\u0301", "t:1", "[x]", "ß", "SS"]
+"""Topics whose names are patterns, prefixes or look-alikes of each other's."""
+
+
+async def test_hostile_topics_shared_by_tables_are_read_apart(nb: NbApi) -> None:
+    """Several tables in topics that are prefixes, patterns or look-alikes of one another:
+    each table's keys read at once are exactly its own, topic by topic."""
+    for i, topic in enumerate(HOSTILE_TOPICS):
+        await nb.create_many(
+            [Host(id=f"h{i}", topic=topic), Link(id=f"l{i}", topic=topic), Other(id=f"o{i}", topic=topic)]
+        )
+    for chosen in (HOSTILE_TOPICS, ["t", "é", "SS"], ["t_"]):
+        scopes: dict[str, Collection[str | None] | None] = {"dkm_host": set(chosen), "dkm_link": set(chosen)}
+        every = await nb.driver.digest_keys_many(scopes)
+        wanted = {f"{i}" for i, t in enumerate(HOSTILE_TOPICS) if t in chosen}
+        assert set(every["dkm_host"].revisions) == {f"h{i}" for i in wanted}, chosen
+        assert set(every["dkm_link"].revisions) == {f"l{i}" for i in wanted}, chosen
