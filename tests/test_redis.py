@@ -158,11 +158,15 @@ async def test_a_send_the_server_does_not_take_times_out_and_drops_its_connectio
         stop(volatile_server)  # it reads nothing more: the socket buffers fill up
         try:
             started = asyncio.get_running_loop().time()
+            transport = conn._writer.transport if conn._writer is not None else None
             with pytest.raises(rexc.TimeoutError):
                 for _ in range(1000):
                     await conn.send_packed_command(conn.pack_command("SET", "big", b"x" * (1 << 20)))
             assert asyncio.get_running_loop().time() - started < 10
             assert not conn.is_connected  # a send cut short leaves no half-written request behind
+            await asyncio.sleep(0)  # the transport's close is a callback of the loop
+            # closed at once, its unsent bytes dropped: not left closing until the server reads them
+            assert transport is not None and transport.get_extra_info("socket").fileno() == -1
         finally:
             volatile_server.resume()
     finally:

@@ -67,6 +67,7 @@ class TimedSend(aioredis.connection.AbstractConnection):
         timeout = self.socket_timeout
         if not timeout or not self.is_connected:
             return await super().send_packed_command(command, check_health)
+        writer = self._writer
         try:
             async with asyncio.timeout(timeout):
                 self.socket_timeout = None  # redis-py's send without its wait_for
@@ -75,6 +76,8 @@ class TimedSend(aioredis.connection.AbstractConnection):
                 finally:
                     self.socket_timeout = timeout
         except TimeoutError:
+            if writer is not None:  # a close waits to send what is buffered, which a stuck server never takes
+                writer.transport.abort()
             raise rexc.TimeoutError("Timeout writing to socket") from None
 
 
