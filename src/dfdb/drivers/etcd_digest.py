@@ -54,13 +54,8 @@ def _prefix(driver: EtcdDriver, table: str, topic: str | None) -> bytes:
 
 async def _keys(driver: EtcdDriver, table: str, topics: Collection[str | None] | None) -> tuple[KeyListing, int]:
     """Every id of the scope with its revision, read at one revision; and the keys read."""
-    if topics is None:
-        prefixes = [driver._key("i", table) + b"/"]
-    else:
-        prefixes = [_prefix(driver, table, t) for t in topics]
-    found, revision, size, trips = await _ranges(driver, prefixes, table)
-    revisions = {key.decode(errors="replace"): rev for pairs in found for key, rev in pairs}
-    return KeyListing(revisions, revision, bytes_read=size, round_trips=trips), len(revisions)
+    keys = (await digest_keys_many(driver, {table: topics}))[table]
+    return keys, len(keys.revisions)
 
 
 async def digest_keys_many(
