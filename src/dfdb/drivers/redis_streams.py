@@ -100,12 +100,11 @@ class RedisSource(ReaderTaskSource):
         if streams:
             pipe.xread({s: f"{i}-0" for s, i in asked.items()}, count=_READ_COUNT, block=int(access.block * 1000))
             pipe.hmget(access.key("trim"), streams)
-            # the epoch after the read: the dataset may have changed while the read waited, and
-            # what it returned may be the new one's, numbered anew (below the position)
-            pipe.get(access.key("epoch"))
         else:  # a watch of no topic yet: nothing to read, caught up with the counter
-            pipe.get(access.key("epoch"))
             self._grown.clear()
+        # the epoch after the read: the dataset may have changed while the read waited, and
+        # what it returned may be the new one's, numbered anew (below the position)
+        pipe.get(access.key("epoch"))
         replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception):
